@@ -1,0 +1,106 @@
+"""The one exception hierarchy of the countries pipeline.
+
+Every failure the product raises on purpose is a ``CountriesError``. Its
+``str()`` is a single line that says what went wrong and what to do about it,
+and never contains a secret (API key, database password): the command line
+prints it as the last line of output and Prefect logs it as the run's failure.
+"""
+
+from __future__ import annotations
+
+
+class CountriesError(Exception):
+    """Base class: a one-line, secret-free message saying what failed and what to do."""
+
+
+class ConfigurationError(CountriesError):
+    """An option, parameter, block or environment variable is missing or invalid."""
+
+
+class InvalidTableNameError(ConfigurationError):
+    """The table name is not a plain (optionally schema-qualified) SQL identifier."""
+
+
+# --- REST Countries API -------------------------------------------------------
+
+
+class ApiError(CountriesError):
+    """The REST Countries API could not give the data.
+
+    ``url`` is the request URL (it never holds a secret: the key travels in a
+    header); ``status`` is the HTTP status when there was a response.
+    """
+
+    def __init__(self, message: str, *, url: str | None = None, status: int | None = None):
+        super().__init__(message)
+        self.url = url
+        self.status = status
+
+
+class TransientApiError(ApiError):
+    """A failure worth retrying: 429, 5xx, timeout, connection error or dropped connection.
+
+    ``retry_after`` is the delay in seconds the server asked for (``Retry-After``),
+    or ``None``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: str | None = None,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ):
+        super().__init__(message, url=url, status=status)
+        self.retry_after = retry_after
+
+
+class PermanentApiError(ApiError):
+    """A failure that retrying cannot fix: 400, 401, 403, 404, an ``errors`` body, a bad payload."""
+
+
+class AuthenticationError(PermanentApiError):
+    """401: the API key is missing or invalid."""
+
+
+class QuotaExceededError(PermanentApiError):
+    """403: the plan's quota is used up, or the request asked for a premium field."""
+
+
+class UnknownRegionError(PermanentApiError):
+    """The API knows no region or subregion of that name (404 or no countries)."""
+
+
+class DeprecatedApiError(PermanentApiError):
+    """The API answered with an ``errors`` array, e.g. the retired hosted v3.1 endpoints."""
+
+
+class BadResponseError(PermanentApiError):
+    """The response is not what the dialect promises: not JSON, wrong shape, missing fields."""
+
+
+# --- Transform -----------------------------------------------------------------
+
+
+class UnnestError(CountriesError):
+    """Records cannot be unnested as asked (bad path, bad override, bad input type)."""
+
+
+class RowLimitExceededError(UnnestError):
+    """The unnest would produce more rows than the configured bound; raised before allocating."""
+
+
+# --- Load ----------------------------------------------------------------------
+
+
+class LoadError(CountriesError):
+    """The table could not be replaced; the previous table is left exactly as it was."""
+
+
+class DatabaseUnreachableError(LoadError):
+    """No connection to the database (names host and port, never the password)."""
+
+
+class QualityGateError(LoadError):
+    """The new data failed validation; nothing was written."""

