@@ -1,0 +1,1 @@
+"""Setup scripts for the Prefect blocks the countries pipeline uses."""
