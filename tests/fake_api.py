@@ -7,7 +7,7 @@ thread on a free port and speaks both dialects:
   (401 ``errors`` body when missing/invalid), ``GET /countries/v5?region=Europe``,
   ``GET /countries/v5/subregion/{name}``, ``response_fields`` (server-side
   projection of dotted paths; an unknown property -> 404 ``errors`` body; a
-  premium field -> 403), ``limit`` (1..``max_limit``, else 400) / ``offset``
+  premium field -> 403), ``limit`` (1..100, else 400; pages of at most ``max_limit``) / ``offset``
   pagination with ``{"data": {"objects": [...], "meta": {total, count, limit,
   offset, more}}}``. Currencies are a list of ``{code, name, symbol}``
   (``v5_currencies="list"``) or a code-keyed object (``"object"``).
@@ -66,6 +66,7 @@ DEPRECATION_MESSAGE = (
 )
 V5_PREFIX = "/countries/v5"
 V31_MAX_FIELDS = 10
+V5_HARD_LIMIT = 100  # the real API rejects a larger `limit` with 400
 
 FaultKind = Literal[
     "status",  # answer `status` (with optional Retry-After and errors body)
@@ -222,8 +223,9 @@ class FakeRestCountries:
     - ``api_key``: the valid v5 bearer key.
     - ``port``: 0 picks a free port.
     - ``latency``: seconds added before every API response (settable later: :attr:`latency`).
-    - ``max_limit``: the largest v5 ``limit`` accepted (100 like the real API; lower it to
-      exercise several pages with little data).
+    - ``max_limit``: the most v5 records served per page (100 like the real API). A ``limit``
+      above 100 is always a 400; one above a lower ``max_limit`` is clamped to it (``meta.limit``
+      says so), so a client asking for 100 walks several pages of little data.
     - ``default_limit``: the v5 page size when ``limit`` is not sent.
     - ``v5_currencies``: ``"list"`` (documented) or ``"object"`` (code-keyed).
     - ``legacy_v31``: every v3.1 call answers 200 with the deprecation ``errors`` body.
@@ -469,8 +471,9 @@ class FakeRestCountries:
             offset = int(one("offset") or 0)
         except ValueError:
             return 400, _errors_body("'limit' and 'offset' must be integers.")
-        if not 1 <= limit <= self.max_limit:
-            return 400, _errors_body(f"'limit' must be between 1 and {self.max_limit}.")
+        if not 1 <= limit <= V5_HARD_LIMIT:
+            return 400, _errors_body(f"'limit' must be between 1 and {V5_HARD_LIMIT}.")
+        limit = min(limit, self.max_limit)  # a smaller page size, to exercise paging with little data
         if offset < 0:
             return 400, _errors_body("'offset' must be >= 0.")
 
@@ -704,7 +707,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (printed)")
     parser.add_argument("--api-key", default=DEFAULT_API_KEY, help="the valid v5 bearer key")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every response")
-    parser.add_argument("--max-limit", type=int, default=100)
+    parser.add_argument("--max-limit", type=int, default=100, help="most v5 records per page")
     parser.add_argument("--v5-currencies", choices=("list", "object"), default="list")
     parser.add_argument("--legacy-v31", action="store_true", help="answer v3.1 with the deprecation body")
     parser.add_argument("--synthetic", type=int, default=None, metavar="N", help="serve N synthetic countries")

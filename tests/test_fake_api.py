@@ -74,7 +74,9 @@ def test_v5_region_errors(fake):
     assert httpx.get(base, params={"region": "Europe"}).status_code == 401
     bad = httpx.get(base, params={"region": "Europe"}, headers={"Authorization": "Bearer nope"})
     assert bad.status_code == 401 and bad.json()["errors"][0]["message"]
-    assert httpx.get(base, params={"limit": 6}, headers=_auth(fake)).status_code == 400
+    assert httpx.get(base, params={"limit": 101}, headers=_auth(fake)).status_code == 400
+    clamped = httpx.get(base, params={"limit": 100}, headers=_auth(fake)).json()["data"]
+    assert len(clamped["objects"]) == 5 and clamped["meta"]["limit"] == 5 and clamped["meta"]["more"]
     r = httpx.get(base, params={"response_fields": "names.bogus"}, headers=_auth(fake))
     assert r.status_code == 404 and "Unknown property" in r.json()["errors"][0]["message"]
     assert httpx.get(base, params={"response_fields": "gini"}, headers=_auth(fake)).status_code == 403
