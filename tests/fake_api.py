@@ -69,6 +69,7 @@ V31_MAX_FIELDS = 10
 V5_HARD_LIMIT = 100  # the real API rejects a larger `limit` with 400
 
 FaultKind = Literal[
+    "ok",  # answer normally (lets a queue skip requests, e.g. fail only page 3)
     "status",  # answer `status` (with optional Retry-After and errors body)
     "latency",  # wait `seconds`, then answer normally
     "hang",  # never answer (until the client gives up or the server stops)
@@ -85,7 +86,7 @@ FaultKind = Literal[
 class Fault:
     """One injected misbehaviour, consumed by one matching request.
 
-    Build with the class methods: ``Fault.status(503, retry_after=2)``,
+    Build with the class methods: ``Fault.ok()``, ``Fault.status(503, retry_after=2)``,
     ``Fault.status(429, retry_after=datetime(...))``, ``Fault.latency(1.5)``,
     ``Fault.hang()``, ``Fault.drop()``, ``Fault.bad_body("truncated" | "html" |
     "non_list" | "errors_body")``, ``Fault.missing_field("population")``.
@@ -110,6 +111,11 @@ class Fault:
         else:
             ra = retry_after
         return cls("status", status_code=code, retry_after=ra, message=message)
+
+    @classmethod
+    def ok(cls) -> Fault:
+        """Answer normally: ``inject(p, Fault.ok(), Fault.ok(), Fault.status(503))`` fails the third."""
+        return cls("ok")
 
     @classmethod
     def latency(cls, seconds: float) -> Fault:

@@ -190,18 +190,18 @@ def test_control_endpoints(fake):
 
 def test_standalone_cli():
     port = free_port()
-    proc = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-m", "tests.fake_api", "--port", str(port), "--max-limit", "3"],
         cwd=REPO_ROOT,
         stdout=subprocess.PIPE,
         text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line.strip() == f"fake REST Countries listening on http://127.0.0.1:{port}"
-        r = httpx.get(f"http://127.0.0.1:{port}/v3.1/subregion/Northern Europe")
-        assert len(r.json()) == 16
-    finally:
-        proc.terminate()
-        assert proc.wait(10) == 0
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()  # the server prints this once it listens
+            assert line.strip() == f"fake REST Countries listening on http://127.0.0.1:{port}"
+            r = httpx.get(f"http://127.0.0.1:{port}/v3.1/subregion/Northern Europe")
+            assert len(r.json()) == 16
+        finally:
+            proc.terminate()
+            assert proc.wait(10) == 0
