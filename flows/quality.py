@@ -1,0 +1,180 @@
+"""The quality gate: rules the data must pass before it may replace the table.
+
+Two parts, both pure (no database):
+
+- ``validate_countries(df)`` checks the transformed countries frame against
+  ``FRAME_RULES`` (shape and dtypes) and then ``ROW_RULES`` (per-row values).
+  The rules are data: to add one, append a ``FrameRule`` or ``RowRule``.
+- ``check_row_drop(...)`` is the row-drop rule that ``flows.load.replace_table``
+  applies inside its transaction, against the row count of the table it is
+  about to replace.
+
+Every failure is a ``QualityGateError`` whose message is one line naming the
+first problem found and how many rows it affects, ending with
+"the table was not changed".
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pandas as pd
+
+from flows.errors import ConfigurationError, QualityGateError
+
+logger = logging.getLogger(__name__)
+
+COLUMNS: tuple[str, ...] = ("nation_official_name", "currency_name", "population")
+"""The countries table's columns, in order."""
+
+_NOT_CHANGED = "the table was not changed"
+
+
+@dataclass(frozen=True)
+class FrameRule:
+    """A rule on the frame as a whole: ``problem(df)`` returns a description, or ``None`` if it passes."""
+
+    name: str
+    problem: Callable[[pd.DataFrame], str | None]
+
+
+@dataclass(frozen=True)
+class RowRule:
+    """A rule on each row: ``failing(df)`` is a boolean mask of the rows that break it.
+
+    The message reads "<n> rows have <problem> (e.g. <example>)", where the
+    example is ``example(df, index_label)`` for the first failing row.
+    """
+
+    name: str
+    problem: str
+    failing: Callable[[pd.DataFrame], pd.Series]
+    example: Callable[[pd.DataFrame, object], str]
+
+
+def _is_string_like(series: pd.Series) -> bool:
+    # For object columns pandas infers from the values (all str or missing).
+    return pd.api.types.is_string_dtype(series)
+
+
+def _columns_problem(df: pd.DataFrame) -> str | None:
+    actual = [str(c) for c in df.columns]
+    if tuple(actual) == COLUMNS:
+        return None
+    expected = ", ".join(COLUMNS)
+    return f"the columns are [{', '.join(actual)}], expected exactly [{expected}] in that order"
+
+
+def _dtypes_problem(df: pd.DataFrame) -> str | None:
+    for column in COLUMNS[:2]:
+        if not _is_string_like(df[column]):
+            return f'column "{column}" has dtype {df[column].dtype}, expected text (str)'
+    population = df["population"]
+    if not pd.api.types.is_integer_dtype(population.dtype):
+        return f'column "population" has dtype {population.dtype}, expected an integer dtype'
+    return None
+
+
+def _empty_problem(df: pd.DataFrame) -> str | None:
+    return "the data has no rows" if len(df) == 0 else None
+
+
+def _name_of(df: pd.DataFrame, label: object) -> str:
+    name = df.at[label, "nation_official_name"]
+    return f"row {label}" if pd.isna(name) else f'"{name}"'
+
+
+FRAME_RULES: list[FrameRule] = [
+    FrameRule("columns", _columns_problem),
+    FrameRule("dtypes", _dtypes_problem),
+    FrameRule("not empty", _empty_problem),
+]
+"""Checked first, in order; the row rules assume these passed."""
+
+ROW_RULES: list[RowRule] = [
+    RowRule(
+        "name present",
+        "no nation_official_name",
+        lambda df: df["nation_official_name"].isna(),
+        lambda df, label: f"row {label}",
+    ),
+    RowRule(
+        "population present",
+        "no population",
+        lambda df: df["population"].isna(),
+        _name_of,
+    ),
+    RowRule(
+        "population not negative",
+        "a negative population",
+        lambda df: (df["population"] < 0).fillna(False).astype(bool),
+        lambda df, label: f"{_name_of(df, label)}: {df.at[label, 'population']}",
+    ),
+]
+"""Checked in order after the frame rules; the first rule with failing rows is reported."""
+
+
+def validate_countries(df: pd.DataFrame) -> None:
+    """Check the transformed countries frame; return ``None`` if it may be loaded.
+
+    Input: the frame the transform produced. Nothing is modified.
+    Raises ``QualityGateError`` naming the first failed rule (frame rules,
+    then row rules, in list order) and, for row rules, how many rows fail
+    with an example, e.g.
+    ``quality gate: 2 rows have a negative population (e.g. "Narnia": -5); the table was not changed``.
+    """
+    for frame_rule in FRAME_RULES:
+        problem = frame_rule.problem(df)
+        if problem is not None:
+            raise QualityGateError(f"quality gate: {problem}; {_NOT_CHANGED}")
+    for row_rule in ROW_RULES:
+        failing = row_rule.failing(df).to_numpy(dtype=bool)
+        count = int(failing.sum())
+        if count:
+            label = df.index[failing.argmax()]
+            rows = "1 row has" if count == 1 else f"{count} rows have"
+            example = row_rule.example(df, label)
+            raise QualityGateError(f"quality gate: {rows} {row_rule.problem} (e.g. {example}); {_NOT_CHANGED}")
+    logger.debug("quality gate passed: %d rows", len(df))
+
+
+def _percent(drop: float, limit: float) -> str:
+    """``drop`` as a percentage, with enough digits not to look equal to ``limit``."""
+    shown = f"{drop * 100:.0f}"
+    if float(shown) <= limit * 100:
+        shown = f"{math.floor(drop * 1000) / 10:.1f}"
+    return f"{shown}%"
+
+
+def check_row_drop(
+    new_rows: int,
+    previous_rows: int | None,
+    min_fraction: float,
+    force: bool,
+    *,
+    table: str = "the table",
+) -> None:
+    """The row-drop rule: refuse data that shrinks the table by more than ``min_fraction``.
+
+    ``previous_rows`` is the current table's row count, ``None`` when there is
+    no table yet (a first load is never refused, nor is a table with 0 rows).
+    A drop of exactly ``min_fraction`` passes; ``force=True`` lets any drop
+    through. ``min_fraction`` must be in [0, 1] (``ConfigurationError``).
+    Raises ``QualityGateError``, e.g. ``new data has 3 rows, 81% fewer than
+    the 16 in northern_europe_countries; re-run with force=True if this is expected``.
+    """
+    if not 0.0 <= min_fraction <= 1.0 or math.isnan(min_fraction):
+        raise ConfigurationError(
+            f"min_row_fraction must be between 0 and 1 (a fraction like 0.5 for 50%), got {min_fraction!r}"
+        )
+    if force or not previous_rows or new_rows >= previous_rows:
+        return
+    drop = (previous_rows - new_rows) / previous_rows
+    if drop > min_fraction:
+        raise QualityGateError(
+            f"new data has {new_rows} rows, {_percent(drop, min_fraction)} fewer than the "
+            f"{previous_rows} in {table}; re-run with force=True if this is expected"
+        )
