@@ -97,13 +97,21 @@ def _route(dialect: Dialect, name: str) -> tuple[str, dict[str, str], bool]:
     return path, {k: v.format(name=plain) for k, v in query.items()}, region is not None
 
 
-def _unknown_region(req: Request, name: str, why: str) -> NoReturn:
+def _unknown_region(req: Request, name: str, why: str, status: int | None) -> NoReturn:
     req.fail(
         UnknownRegionError,
         f"GET {req.full_url} {why}: the API knows no region or subregion named {name!r}; "
         f"{_UNKNOWN_REGION_ADVICE} (if every name fails, check --base-url).",
-        status=404 if "404" in why else None,
+        status=status,
     )
+
+
+def _require_key(client: httpx.AsyncClient, dialect: Dialect) -> None:
+    if dialect.requires_key and client_secret(client) is None:
+        raise ConfigurationError(
+            f"The {dialect.name} REST Countries API needs an API key and none is set: {KEY_ADVICE} "
+            "(or use `--api v3.1` with `--base-url` pointing at a self-hosted v3.1 server)."
+        )
 
 
 def _on_404(req: Request, dialect: Dialect, name: str) -> Callable[[str | None], NoReturn]:
@@ -117,7 +125,7 @@ def _on_404(req: Request, dialect: Dialect, name: str) -> Callable[[str | None],
                 "changed, check --api.",
                 status=404,
             )
-        _unknown_region(req, name, "returned HTTP 404" + (f" ({req.quote(message)})" if message else ""))
+        _unknown_region(req, name, "returned HTTP 404" + (f" ({req.quote(message)})" if message else ""), 404)
 
     return handle
 
@@ -201,14 +209,10 @@ async def fetch_region(
     name = region.strip()
     if name.casefold() == "all":
         raise ConfigurationError("'all' is not one region: pass it to fetch_regions() or expand_regions().")
-    if dialect.requires_key and client_secret(client) is None:
-        raise ConfigurationError(
-            f"The {dialect.name} REST Countries API needs an API key and none is set: {KEY_ADVICE} "
-            "(or use `--api v3.1` with `--base-url` pointing at a self-hosted v3.1 server)."
-        )
+    _require_key(client, dialect)
     stats = stats if stats is not None else RequestStats()
     base = _base_url(dialect, base_url)
-    path, query, _is_region = _route(dialect, name)
+    path, query, _ = _route(dialect, name)
     url = base + path
     params: dict[str, str | int] = {**query, dialect.fields_param: ",".join(dialect.fields)}
 
@@ -247,7 +251,7 @@ async def fetch_region(
             url=url,
         )
     if not out and dialect.empty_is_unknown_region:
-        _unknown_region(req, name, "returned no countries")
+        _unknown_region(req, name, "returned no countries", response.status_code)
     logger.info("Fetched %d countries of %s from the %s API", len(out), name, dialect.name)
     return out
 
@@ -297,6 +301,8 @@ async def fetch_regions(
     that region's error is raised (see :func:`fetch_region` for the errors).
     """
     names = expand_regions(regions)
+    _require_key(client, dialect)
+    _base_url(dialect, base_url)  # fail once, before starting any region
     tasks = [
         asyncio.ensure_future(
             fetch_region(client, name, dialect=dialect, base_url=base_url, retry=retry, stats=stats,
