@@ -258,6 +258,9 @@ class Request:
             except (httpx.NetworkError, httpx.RemoteProtocolError, httpx.ProxyError) as exc:
                 failure = f"connection failed ({type(exc).__name__}: {self.quote(str(exc)) or 'no detail'})"
                 cause = exc
+            except httpx.DecodingError as exc:
+                self.fail(BadResponseError, f"GET {self.full_url} returned a body that cannot be decoded "
+                          f"({type(exc).__name__}: {self.quote(str(exc))}): is --base-url pointing at the API?")
             except httpx.TransportError as exc:
                 self.fail(PermanentApiError, f"GET {self.full_url} could not be sent ({type(exc).__name__}); "
                           "check --base-url and the API key.")
@@ -275,7 +278,8 @@ class Request:
             if attempt >= policy.max_attempts:
                 self._give_up(
                     f"GET {self.full_url} failed {attempt} times, last with {failure}; "
-                    "the API is unavailable or overloaded, try again later.",
+                    "the API is unavailable or overloaded, try again "
+                    + (f"in {retry_after:.0f}s or later." if retry_after else "later."),
                     status, retry_after, cause,
                 )
             if retry_after is not None:
