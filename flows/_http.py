@@ -216,10 +216,15 @@ class Request:
         self.secret = client_secret(client)
 
     def fail(self, cls: type[ApiError], message: str, **kwargs: Any) -> NoReturn:
-        """Raise ``cls`` with a one-line, key-free message and this request's URL."""
-        raise cls(one_line(message, self.secret), url=self.full_url, **kwargs)
+        """Raise ``cls`` with a one-line message and this request's URL.
+
+        ``message`` is our own text; anything in it that came from outside
+        (the API's words, exception texts) must have gone through :meth:`quote`.
+        """
+        raise cls(one_line(message), url=self.full_url, **kwargs)
 
     def quote(self, text: str | None) -> str:
+        """Outside text made safe to embed: one line, shortened, the API key masked as ``***``."""
         return one_line(text or "", self.secret, _MAX_QUOTE)
 
     async def send(self) -> httpx.Response:
@@ -249,8 +254,8 @@ class Request:
                 response = await self.client.get(self.full_url)
             except httpx.UnsupportedProtocol as exc:
                 raise ConfigurationError(
-                    one_line(f"Cannot request {self.full_url}: {exc}; --base-url must start with "
-                             "http:// or https://.", self.secret)
+                    one_line(f"Cannot request {self.full_url}: {self.quote(str(exc))}; --base-url must "
+                             "start with http:// or https://.")
                 ) from None
             except httpx.TimeoutException as exc:
                 failure = f"timed out ({type(exc).__name__}, timeout {self._timeout_text()})"
@@ -311,7 +316,7 @@ class Request:
         return f"{t.read:g}s" if t.read is not None else "none"
 
     def _give_up(self, message: str, status: int | None, retry_after: float | None, cause: Exception | None) -> NoReturn:
-        err = TransientApiError(one_line(message, self.secret), url=self.full_url, status=status,
+        err = TransientApiError(one_line(message), url=self.full_url, status=status,
                                 retry_after=retry_after)
         raise err from cause
 
@@ -332,7 +337,7 @@ class Request:
         try:
             return json.loads(response.content)
         except (ValueError, UnicodeDecodeError) as exc:
-            where = f"{exc.msg} at byte {exc.pos} of {len(response.content)}" if isinstance(
+            where = f"{exc.msg}: byte {exc.pos} of {len(response.content)}" if isinstance(
                 exc, json.JSONDecodeError) else type(exc).__name__
             self.fail(
                 BadResponseError,

@@ -145,7 +145,7 @@ def _records_and_meta(req: Request, dialect: Dialect, body: Any) -> tuple[list[A
         top = sorted(body)[:5] if isinstance(body, dict) else _kind(body)
         req.fail(
             BadResponseError,
-            f"GET {req.full_url} returned JSON without a list at '{dialect.records_at}' (got {top}): "
+            f"GET {req.full_url} returned JSON without a list at '{dialect.records_at}' (got {req.quote(str(top))}): "
             f"is --base-url pointing at the {dialect.name} API (or should --api be different)?",
         )
     meta = get_path(body, dialect.page_meta_at) if dialect.page_meta_at else None
@@ -172,7 +172,7 @@ def _check_records(req: Request, dialect: Dialect, records: list[Any], first_ind
         missing = [p for p in dialect.required_paths if get_path(record, p) is MISSING]
         if missing:
             name = get_path(record, dialect.key_path)
-            who = f"{name!r}" if isinstance(name, str) else f"#{i}"
+            who = repr(req.quote(name)) if isinstance(name, str) else f"#{i}"
             req.fail(BadResponseError, f"GET {req.full_url} returned country {who} without the requested "
                      f"field(s) {', '.join(missing)}: the API's schema changed or --api does not match the server.")
 

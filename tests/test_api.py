@@ -495,3 +495,13 @@ def test_make_client_options():
     assert "Authorization" not in make_client(api_key="  ").headers
     with pytest.raises(ConfigurationError):
         make_client(timeout=0)
+
+
+def test_short_key_masks_only_quoted_api_text():
+    with FakeRestCountries(api_key="k") as f:
+        f.inject("*", Fault.status(403, message="key k is over quota"))
+        err = _fail(f, key="k")
+        assert "the API key is" not in str(err) and "(*** is over quota)" in str(err)
+        assert "quota is used up" in str(err)
+        err = _fail(f, "Atlantis", key="k")
+        assert "knows no region" in str(err) and "like 'Northern Europe'" in str(err)
