@@ -499,9 +499,9 @@ def test_make_client_options():
 
 def test_short_key_masks_only_quoted_api_text():
     with FakeRestCountries(api_key="k") as f:
-        f.inject("*", Fault.status(403, message="key k is over quota"))
+        f.inject("*", Fault.status(403, message="quota for k used up"))
         err = _fail(f, key="k")
-        assert "(key *** is over quota)" in str(err)
+        assert "(quota for *** used up)" in str(err)
         assert "the plan's request quota is used up" in str(err)
         err = _fail(f, "Atlantis", key="k")
         assert "knows no region" in str(err) and "like 'Northern Europe'" in str(err)
