@@ -169,6 +169,11 @@ class RequestRecord:
     status: int | None = None
     finished: float | None = None
 
+    @property
+    def authorized(self) -> bool:
+        """Alias of ``authorization``: an Authorization header was sent."""
+        return self.authorization
+
     def param(self, name: str) -> str | None:
         """The first value of query parameter ``name``, or None."""
         values = self.query.get(name)
