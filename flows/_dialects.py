@@ -59,6 +59,9 @@ class Dialect:
     def paginated(self) -> bool:
         return self.limit_param is not None
 
+    def __hash__(self) -> int:  # the mapping fields are not hashable; the name identifies a dialect
+        return hash((self.name, self.default_base_url))
+
 
 V5 = Dialect(
     name="v5",

@@ -505,3 +505,11 @@ def test_short_key_masks_only_quoted_api_text():
         assert "the plan's request quota is used up" in str(err)
         err = _fail(f, "Atlantis", key="k")
         assert "knows no region" in str(err) and "like 'Northern Europe'" in str(err)
+
+
+def test_dialects_are_hashable_and_picklable():
+    import pickle
+
+    for dialect in DIALECTS.values():
+        clone = pickle.loads(pickle.dumps(dialect))  # noqa: S301 - our own object
+        assert clone == dialect and hash(clone) == hash(dialect)
