@@ -31,7 +31,8 @@ class Dialect:
     ``limit_param`` is set): ``limit_param=page_size`` and ``offset_param``,
     walking while ``<page_meta_at>.<more_key>`` is true. Records: the list at
     ``records_at`` in the body (``None``: the body itself is the list); every
-    record must have each of ``required_paths``.
+    record must have each of ``required_paths`` (``currencies`` is not one: a
+    country with no currency may omit it, and keeps one row with a null currency).
     """
 
     name: str
@@ -84,7 +85,7 @@ V5 = Dialect(
     limit_param="limit",
     offset_param="offset",
     page_size=100,
-    required_paths=("names.official", "currencies", "population"),
+    required_paths=("names.official", "population"),
     errors_body_advice="check the API's status and changelog, and that --base-url points at the v5 API",
 )
 
@@ -103,7 +104,7 @@ V31 = Dialect(
     region_route="/v3.1/region/{name}",
     subregion_route="/v3.1/subregion/{name}",
     records_at=None,
-    required_paths=("name.official", "currencies", "population"),
+    required_paths=("name.official", "population"),
     errors_body_advice=(
         "switch to the v5 API with `--api v5` and set an API key (RESTCOUNTRIES_API_KEY or the "
         "`restcountries-api-key` Secret block), or point `--base-url` at a self-hosted v3.1 server"

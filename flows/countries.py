@@ -1,0 +1,404 @@
+"""Keep a PostgreSQL table of countries fresh from the REST Countries API.
+
+The story of one run of ``countries_flow``:
+
+1. Resolve the source: API dialect (hosted v5 or a self-hosted v3.1 server),
+   base URL, and API key (env ``RESTCOUNTRIES_API_KEY`` or the
+   ``restcountries-api-key`` Secret block).
+2. Fetch every requested region concurrently, one task per region, sharing one
+   HTTP client; each task is retried on transient failures only and cached for
+   a few minutes so a retried run does not spend quota again.
+3. Unnest the JSON records into the countries frame: one row per country and
+   currency, columns ``nation_official_name``, ``currency_name``, ``population``.
+4. Check the frame against the quality gate.
+5. Replace the table atomically through the ``SqlAlchemyConnector`` block
+   (skipped when the content has not changed).
+6. Publish a report artifact for the Prefect UI.
+
+Run it locally with ``python flows/countries.py --help``; deploy it with
+``prefect deploy`` (see ``prefect.yaml``).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if str(Path(__file__).resolve().parents[1]) not in sys.path:  # `python flows/countries.py`, prefect deploy
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import os  # noqa: E402
+import time  # noqa: E402
+from urllib.parse import unquote  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from datetime import timedelta  # noqa: E402
+from typing import Annotated, Any, Literal  # noqa: E402
+
+import httpx  # noqa: E402
+import pandas as pd  # noqa: E402
+from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect.artifacts import acreate_markdown_artifact  # noqa: E402
+from prefect.cache_policies import INPUTS, TASK_SOURCE  # noqa: E402
+from pydantic import Field  # noqa: E402
+
+from flows import api as restcountries
+from flows import budget, load, quality  # noqa: E402
+from flows.errors import ConfigurationError, CountriesError, TransientApiError  # noqa: E402
+from flows.unnest import unnest  # noqa: E402
+
+DEFAULT_REGIONS = ["Northern Europe"]
+DEFAULT_TABLE = "northern_europe_countries"
+DEFAULT_DB_BLOCK = "countries-db"
+API_KEY_BLOCK = "restcountries-api-key"
+REPORT_ARTIFACT_KEY = "countries-load-report"
+COLUMNS = ["nation_official_name", "currency_name", "population"]
+
+
+# --- 1. the source -----------------------------------------------------------------
+
+
+async def resolve_api_key(dialect: restcountries.Dialect) -> str | None:
+    """The API key: env ``RESTCOUNTRIES_API_KEY`` first, then the ``restcountries-api-key`` block.
+
+    Returns None when the dialect needs no key or none is configured (the
+    client then fails with a clear message before sending a request).
+    """
+    if not dialect.requires_key:
+        return None
+    if key := os.environ.get("RESTCOUNTRIES_API_KEY"):
+        return key
+    from prefect.blocks.system import Secret
+
+    try:
+        secret = await Secret.aload(API_KEY_BLOCK)
+    except ValueError:  # Prefect's "Unable to find block document named ..."
+        return None
+    return str(secret.get())
+
+
+# --- 2. fetch ----------------------------------------------------------------------
+
+
+def retry_if_transient(task, task_run, state) -> bool:  # noqa: ARG001 - Prefect's signature
+    """Retry a fetch task only when it failed transiently (429, 5xx, timeout, dropped connection)."""
+    return isinstance(state.data, TransientApiError)
+
+
+@task(
+    task_run_name="fetch {region}",
+    # The client already retries each page (backoff, Retry-After); this one delayed
+    # task retry covers an outage longer than the client's budget.
+    retries=1,
+    retry_delay_seconds=30,
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_if_transient,
+    # Key on what determines the answer; the client and the counters are not inputs.
+    cache_policy=(INPUTS + TASK_SOURCE) - "client" - "stats",
+    cache_expiration=timedelta(minutes=4),
+)
+async def fetch_region(
+    client: httpx.AsyncClient,
+    region: str,
+    dialect: str,
+    base_url: str | None,
+    stats: restcountries.RequestStats,
+) -> list[dict[str, Any]]:
+    """Every country of one region or subregion, with only the fields the table needs."""
+    logger = get_run_logger()
+    records = await restcountries.fetch_region(
+        client,
+        region,
+        dialect=restcountries.get_dialect(dialect),
+        base_url=base_url,
+        stats=stats,
+        before_request=budget.take_request_slot,
+    )
+    logger.info("fetched %d countries for %s", len(records), region)
+    return records
+
+
+# --- 3. unnest ---------------------------------------------------------------------
+
+
+@task
+def to_countries_frame(records: list[dict[str, Any]], dialect: str) -> pd.DataFrame:
+    """One row per country and currency, sorted by name then currency (a country with no currency keeps a row)."""
+    frame = unnest(records, columns=restcountries.get_dialect(dialect).record_paths)
+    frame = frame.reindex(columns=COLUMNS)
+    frame["population"] = pd.to_numeric(frame["population"], errors="coerce").astype("Int64")
+    frame = frame.sort_values(COLUMNS[:2], na_position="first", kind="stable", ignore_index=True)
+    get_run_logger().info(
+        "unnested %d records into %d rows", len(records), len(frame)
+    )
+    return frame
+
+
+# --- 4 and 5. quality gate and load -------------------------------------------------
+
+
+@task
+def check_quality(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame, with ``population`` as int64, once it has passed the quality gate."""
+    quality.validate_countries(frame)
+    return frame.astype({"population": "int64"})
+
+
+@task
+async def replace_table(
+    frame: pd.DataFrame, table: str, db_block: str, force: bool, min_row_fraction: float
+) -> tuple[load.LoadResult, str]:
+    """Replace ``table`` with ``frame`` through the SqlAlchemyConnector block; returns the result and where."""
+    from prefect_sqlalchemy import SqlAlchemyConnector
+
+    try:
+        connector = await SqlAlchemyConnector.aload(db_block)
+    except ValueError:
+        raise ConfigurationError(
+            f"database block '{db_block}' not found on the Prefect server: create it with "
+            "`python blocks/create_blocks.py --db-url postgresql+psycopg2://USER@HOST:PORT/DB`"
+        ) from None
+    with connector:
+        engine = connector.get_engine()
+        where = unquote(engine.url.render_as_string(hide_password=True))  # password shown as ***
+        result = await asyncio.to_thread(
+            load.replace_table, engine, frame, table, force=force, min_row_fraction=min_row_fraction
+        )
+    logger = get_run_logger()
+    if result.changed:
+        logger.info("replaced %s with %d rows (was %s)", result.table, result.rows, result.previous_rows)
+    else:
+        logger.info("%s unchanged: %d rows already up to date", result.table, result.rows)
+    return result, where
+
+
+# --- 6. report ---------------------------------------------------------------------
+
+
+@dataclass
+class RunSummary:
+    """What a run did; returned by the flow and published as its artifact."""
+
+    table: str
+    database: str
+    rows: int
+    countries: int
+    currencies: int
+    regions: list[str]
+    requests: int
+    retries: int
+    changed: bool
+    step_seconds: dict[str, float] = field(default_factory=dict)
+    frame: pd.DataFrame | None = field(default=None, repr=False)
+
+    def one_line(self) -> str:
+        verb = "loaded" if self.changed else "unchanged:"
+        return (
+            f"{verb} {self.rows} rows ({self.countries} countries, {self.currencies} currencies) "
+            f"into {self.table} at {self.database}; {self.requests} API requests"
+        )
+
+    def markdown(self) -> str:
+        rows = [
+            ("table", f"`{self.table}`"),
+            ("database", f"`{self.database}`"),
+            ("table changed", "yes" if self.changed else "no (same content, not rewritten)"),
+            ("rows loaded", self.rows),
+            ("countries", self.countries),
+            ("currencies", self.currencies),
+            ("regions fetched", ", ".join(self.regions)),
+            ("API requests", f"{self.requests} ({self.retries} retries)"),
+        ]
+        rows += [(f"{step} (s)", f"{seconds:.3f}") for step, seconds in self.step_seconds.items()]
+        lines = ["# Countries load", "", "| | |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in rows]
+        return "\n".join(lines) + "\n"
+
+
+# --- the flow ----------------------------------------------------------------------
+
+
+@flow(name="countries", log_prints=False)
+async def countries_flow(
+    regions: Annotated[
+        list[str],
+        Field(description='Regions or subregions to load, e.g. "Northern Europe", "Africa"; "all" = every region.'),
+    ] = DEFAULT_REGIONS,
+    table: Annotated[
+        str, Field(description="Target table, optionally schema-qualified (replaced on every run).")
+    ] = DEFAULT_TABLE,
+    db_block: Annotated[
+        str, Field(description="Name of the SqlAlchemyConnector block for the target database.")
+    ] = DEFAULT_DB_BLOCK,
+    api: Annotated[
+        Literal["v5", "v3.1"],
+        Field(description="API dialect: hosted v5 (needs an API key) or a self-hosted v3.1 server."),
+    ] = "v5",
+    base_url: Annotated[
+        str | None,
+        Field(description="API base URL; empty = $RESTCOUNTRIES_BASE_URL or the dialect's default."),
+    ] = None,
+    force: Annotated[
+        bool, Field(description="Load even if the row count falls below min_row_fraction of the table's.")
+    ] = False,
+    min_row_fraction: Annotated[
+        float, Field(ge=0, le=1, description="Refuse loads smaller than this fraction of the current table.")
+    ] = 0.5,
+    cache_minutes: Annotated[
+        float, Field(ge=0, description="Reuse a region's fetch for this long (keep it below the schedule interval).")
+    ] = 4.0,
+) -> RunSummary:
+    """Refresh a PostgreSQL table of countries (name, currency, population) from REST Countries."""
+    logger = get_run_logger()
+    steps: dict[str, float] = {}
+    started = time.perf_counter()
+
+    # 1. The source.
+    dialect = restcountries.get_dialect(api)
+    region_names = restcountries.expand_regions(regions)
+    base_url = base_url or os.environ.get("RESTCOUNTRIES_BASE_URL") or None
+    api_key = await resolve_api_key(dialect)
+    await budget.ensure_rate_limit()
+
+    # 2. Fetch all regions concurrently over one client.
+    stats = restcountries.RequestStats()
+    fetch = fetch_region.with_options(
+        cache_expiration=timedelta(minutes=cache_minutes), refresh_cache=cache_minutes == 0
+    )
+    async with restcountries.make_client(api_key=api_key) as client:
+        per_region = await asyncio.gather(
+            *(fetch(client, region, dialect.name, base_url, stats) for region in region_names)
+        )
+    records = restcountries.dedupe_records((r for batch in per_region for r in batch), dialect)
+    steps["fetch"] = time.perf_counter() - started
+
+    # 3 and 4. Transform and check.
+    mark = time.perf_counter()
+    frame = check_quality(to_countries_frame(records, dialect.name))
+    steps["unnest + quality gate"] = time.perf_counter() - mark
+
+    # 5. Load.
+    mark = time.perf_counter()
+    result, where = await replace_table(frame, table, db_block, force, min_row_fraction)
+    steps["load"] = time.perf_counter() - mark
+
+    # 6. Report.
+    summary = RunSummary(
+        table=result.table,
+        database=where,
+        rows=result.rows,
+        countries=int(frame["nation_official_name"].nunique()),
+        currencies=int(frame["currency_name"].nunique()),
+        regions=region_names,
+        requests=stats.requests,
+        retries=stats.retries,
+        changed=result.changed,
+        step_seconds=steps,
+        frame=frame,
+    )
+    await acreate_markdown_artifact(
+        key=REPORT_ARTIFACT_KEY, markdown=summary.markdown(), description=summary.one_line()
+    )
+    logger.info(summary.one_line())
+    return summary
+
+
+# --- command line ------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python flows/countries.py",
+        description=(
+            "Run the countries flow once: fetch countries from REST Countries, load them into a "
+            "PostgreSQL table through a SqlAlchemyConnector block, print the table and a summary. "
+            "When the database block does not exist, an embedded PostgreSQL is started under .local/ "
+            "and the block is created for it."
+        ),
+    )
+    p.add_argument(
+        "--regions", nargs="+", default=DEFAULT_REGIONS, metavar="NAME",
+        help='regions or subregions, e.g. "Northern Europe" Africa; "all" = every region (default: "Northern Europe")',
+    )
+    p.add_argument("--table", default=DEFAULT_TABLE, help="target table, optionally schema.table (default: %(default)s)")
+    p.add_argument("--db-block", default=DEFAULT_DB_BLOCK, help="SqlAlchemyConnector block name (default: %(default)s)")
+    p.add_argument(
+        "--api", choices=["v5", "v3.1"], default="v5",
+        help="API dialect: hosted v5 (needs RESTCOUNTRIES_API_KEY or the restcountries-api-key block) "
+        "or a self-hosted v3.1 server (default: %(default)s)",
+    )
+    p.add_argument(
+        "--base-url", default=None,
+        help="API base URL, e.g. http://127.0.0.1:8080 for a v3.1 server (default: $RESTCOUNTRIES_BASE_URL, "
+        "else the dialect's public URL)",
+    )
+    p.add_argument("--force", action="store_true", help="load even if the row count falls by more than the gate allows")
+    p.add_argument(
+        "--min-row-fraction", type=float, default=0.5,
+        help="refuse a load smaller than this fraction of the current table (default: %(default)s)",
+    )
+    p.add_argument(
+        "--cache-minutes", type=float, default=4.0,
+        help="reuse a region's fetch for this many minutes; 0 = always fetch (default: %(default)s)",
+    )
+    return p
+
+
+async def _prepare_database(db_block: str) -> str | None:
+    """Make sure ``db_block`` can be used; start the embedded server when the block is missing.
+
+    Returns a note to print (the psql connection string) when the embedded
+    server is in use, else None.
+    """
+    from prefect_sqlalchemy import SqlAlchemyConnector
+
+    from blocks.create_blocks import connection_from_url, save_db_block
+    from flows import local_db
+
+    try:
+        block = await SqlAlchemyConnector.aload(db_block)
+    except ValueError:
+        block = None
+    if block is not None:
+        info = block.connection_info
+        socket_dir = (getattr(info, "query", None) or {}).get("host")
+        if not local_db.owns_socket(socket_dir):
+            return None  # a real database: nothing to start
+    db = local_db.ensure_running()
+    await save_db_block(db_block, connection_from_url(db.sqlalchemy_url))
+    return f'embedded PostgreSQL (data in {db.data_dir}); inspect it with: psql "{db.psql_url}"'
+
+
+async def _main_async(args: argparse.Namespace) -> RunSummary:
+    note = await _prepare_database(args.db_block)
+    if note:
+        print(note, flush=True)
+    return await countries_flow(
+        regions=args.regions,
+        table=args.table,
+        db_block=args.db_block,
+        api=args.api,
+        base_url=args.base_url,
+        force=args.force,
+        min_row_fraction=args.min_row_fraction,
+        cache_minutes=args.cache_minutes,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the flow once from the command line; 0 on success, 1 on failure (error on the last line)."""
+    args = _parser().parse_args(argv)
+    try:
+        summary = asyncio.run(_main_async(args))
+    except CountriesError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    with pd.option_context("display.max_rows", 500, "display.width", 200):
+        print(summary.frame.to_string())
+    print(summary.one_line())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
