@@ -342,10 +342,15 @@ def _parser() -> argparse.ArgumentParser:
         "--cache-minutes", type=float, default=4.0,
         help="reuse a region's fetch for this many minutes; 0 = always fetch (default: %(default)s)",
     )
+    p.add_argument(
+        "--local-db-dir", type=Path, default=None, metavar="DIR",
+        help="data directory of the embedded PostgreSQL started when the database block does not exist "
+        "(default: .local/postgres in the repository)",
+    )
     return p
 
 
-async def _prepare_database(db_block: str) -> str | None:
+async def _prepare_database(db_block: str, data_dir: Path | None) -> str | None:
     """Make sure ``db_block`` can be used; start the embedded server when the block is missing.
 
     Returns a note to print (the psql connection string) when the embedded
@@ -356,6 +361,7 @@ async def _prepare_database(db_block: str) -> str | None:
     from blocks.create_blocks import connection_from_url, save_db_block
     from flows import local_db
 
+    data_dir = data_dir or local_db.DEFAULT_DATA_DIR
     try:
         block = await SqlAlchemyConnector.aload(db_block)
     except ValueError:
@@ -363,15 +369,15 @@ async def _prepare_database(db_block: str) -> str | None:
     if block is not None:
         info = block.connection_info
         socket_dir = (getattr(info, "query", None) or {}).get("host")
-        if not local_db.owns_socket(socket_dir):
+        if not local_db.owns_socket(socket_dir, data_dir):
             return None  # a real database: nothing to start
-    db = local_db.ensure_running()
+    db = local_db.ensure_running(data_dir)
     await save_db_block(db_block, connection_from_url(db.sqlalchemy_url))
     return f'embedded PostgreSQL (data in {db.data_dir}); inspect it with: psql "{db.psql_url}"'
 
 
 async def _main_async(args: argparse.Namespace) -> RunSummary:
-    note = await _prepare_database(args.db_block)
+    note = await _prepare_database(args.db_block, args.local_db_dir)
     if note:
         print(note, flush=True)
     return await countries_flow(
