@@ -1,0 +1,432 @@
+"""End to end: prefect.yaml deployed with the real CLI, run by a real worker, into Postgres.
+
+Everything is real: the session's `prefect server start` (fixture `prefect_server`),
+`prefect work-pool create`, `prefect --no-prompt deploy --all` run in the
+repository root, `python blocks/create_blocks.py`, `prefect worker start`, the
+flow run subprocess the worker starts, the fake REST Countries HTTP server
+(v3.1 dialect) and the embedded PostgreSQL.
+
+Determinism: nothing may run against the real API. Right after the deploy both
+deployments are paused (which also deletes any run the scheduler made), and the
+worker only polls a work queue of its own, where only this test's runs go.
+Nothing is left behind on the shared session server: the deployments, the work
+queue, the pool (when this module created it) and the database block are
+deleted afterwards, and every process started here is stopped, also on failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+import yaml
+
+from tests.expected import EXPECTED_NORTHERN_EUROPE, NORTHERN_EUROPE_COUNTRIES
+from tests.fake_api import FakeRestCountries
+
+pytestmark = pytest.mark.e2e
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PREFECT_YAML = REPO_ROOT / "prefect.yaml"
+FLOW_NAME = "countries"
+POOL = "countries-pool"
+DB_BLOCK = "countries-db"
+ARTIFACT_KEY = "countries-load-report"
+FLOW_PARAMETERS = {
+    "regions",
+    "table",
+    "db_block",
+    "api",
+    "base_url",
+    "force",
+    "min_row_fraction",
+    "cache_minutes",
+}
+RUN_TIMEOUT = 150  # seconds for the worker to pick up and finish the runs
+
+
+# --- helpers ----------------------------------------------------------------------
+
+
+def prefect_env(api_url: str, home: Path) -> dict[str, str]:
+    """The environment of every process started here: this server, this home, offline."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RESTCOUNTRIES_")}
+    env.update(
+        PREFECT_API_URL=api_url,
+        PREFECT_HOME=str(home),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        DO_NOT_TRACK="1",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def run_cli(args: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run a command in the repository root; fail the test with its output when it fails."""
+    result = subprocess.run(
+        args, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    assert result.returncode == 0, (
+        f"{' '.join(args)} exited {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+    )
+    return result
+
+
+def prefect_cli(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return run_cli([sys.executable, "-m", "prefect", *args], env, timeout)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (Linux /proc), children first found first."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def stop_process_tree(proc: subprocess.Popen[bytes]) -> None:
+    """SIGINT the process group (a worker stops promptly on it), then kill whatever is left.
+
+    Flow run subprocesses run in sessions of their own, so they are found via /proc first.
+    """
+    below = descendants(proc.pid)
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    for pid in below:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def running_worker(env: dict[str, str], queue: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`prefect worker start` on the pool, polling only `queue` every 2 s, in the repository root."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL, "--work-queue", queue,
+             "--name", f"e2e-{queue}"],
+            cwd=REPO_ROOT,
+            env=dict(env, PREFECT_WORKER_QUERY_SECONDS="2"),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        yield proc
+    finally:
+        stop_process_tree(proc)
+
+
+def sync_client():
+    from prefect.client.orchestration import get_client
+
+    return get_client(sync_client=True)
+
+
+def wait_until_final(flow_run_ids: list[uuid.UUID], worker: subprocess.Popen[bytes], log: Path) -> dict:
+    """Poll the API until every run is in a final state; fail with the worker's log otherwise."""
+    deadline = time.monotonic() + RUN_TIMEOUT
+    with sync_client() as client:
+        while True:
+            runs = {i: client.read_flow_run(i) for i in flow_run_ids}
+            if all(r.state is not None and r.state.is_final() for r in runs.values()):
+                return runs
+            if worker.poll() is not None:
+                pytest.fail(f"the worker exited with {worker.returncode}:\n{log.read_text(errors='replace')}")
+            if time.monotonic() > deadline:
+                states = {str(i): r.state_name for i, r in runs.items()}
+                pytest.fail(f"runs not finished after {RUN_TIMEOUT}s: {states}\n{log.read_text(errors='replace')}")
+            time.sleep(0.5)  # polling the API, not waiting for an event by time
+
+
+def run_logs(flow_run_id: uuid.UUID) -> str:
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    with sync_client() as client:
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+    return "\n".join(f"{log.level} {log.message}" for log in logs)
+
+
+def server_log_tail(server, lines: int = 40) -> str:
+    log = Path(server.home).parent / "prefect-server.log"  # where conftest's fixture writes it
+    if not log.exists():
+        return ""
+    return "--- end of the server's log\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def yaml_deployments() -> dict[str, dict[str, Any]]:
+    config = yaml.safe_load(PREFECT_YAML.read_text(encoding="utf-8"))
+    return {d["name"]: d for d in config["deployments"]}
+
+
+# --- fixtures ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def env(prefect_server) -> dict[str, str]:
+    return prefect_env(prefect_server.api_url, prefect_server.home)
+
+
+@pytest.fixture(scope="module")
+def deployed(env) -> Iterator[dict[str, Any]]:
+    """prefect.yaml deployed with the real CLI onto countries-pool, then paused at once.
+
+    Yields the deployments as the server returned them right after the deploy
+    (before the pause), by name.
+    """
+    from prefect.exceptions import ObjectNotFound
+
+    with sync_client() as client:
+        try:
+            client.read_work_pool(POOL)
+            created_pool = False
+        except ObjectNotFound:
+            created_pool = True
+    if created_pool:
+        prefect_cli("work-pool", "create", POOL, "--type", "process", env=env)
+    names = list(yaml_deployments())
+    try:
+        prefect_cli("--no-prompt", "deploy", "--all", env=env)
+        with sync_client() as client:
+            deployments = {name: client.read_deployment_by_name(f"{FLOW_NAME}/{name}") for name in names}
+            for d in deployments.values():
+                client.pause_deployment(d.id)
+        yield deployments
+    finally:
+        with sync_client() as client:
+            for name in names:
+                with contextlib.suppress(ObjectNotFound):
+                    client.delete_deployment(client.read_deployment_by_name(f"{FLOW_NAME}/{name}").id)
+            if created_pool:
+                with contextlib.suppress(ObjectNotFound):
+                    client.delete_work_pool(POOL)
+
+
+@pytest.fixture
+def work_queue(env, deployed) -> Iterator[str]:
+    """A work queue of the pool that only this test's runs go to."""
+    name = f"e2e-{uuid.uuid4().hex[:8]}"
+    prefect_cli("work-queue", "create", name, "--pool", POOL, env=env)
+    try:
+        yield name
+    finally:
+        with sync_client() as client:
+            queue = client.read_work_queue_by_name(name, work_pool_name=POOL)
+            client.delete_work_queue_by_id(queue.id)
+
+
+@pytest.fixture
+def db_block(env, database_url) -> Iterator[str]:
+    """The `countries-db` block for a fresh database, made by the real setup script; deleted afterwards."""
+    from prefect.exceptions import ObjectNotFound
+
+    run_cli([sys.executable, "blocks/create_blocks.py", "--db-url", database_url], env)
+    try:
+        yield database_url
+    finally:
+        with sync_client() as client:
+            with contextlib.suppress(ObjectNotFound):
+                block = client.read_block_document_by_name(DB_BLOCK, "sqlalchemy-connector")
+                client.delete_block_document(block.id)
+
+
+# --- tests ------------------------------------------------------------------------
+
+
+def test_the_server_has_the_deployments_prefect_yaml_describes(deployed):
+    """Schedules, concurrency limit, pool, parameters and pull step exactly as in prefect.yaml."""
+    expected = yaml_deployments()
+    assert set(deployed) == set(expected) == {"northern-europe", "all-regions"}
+    for name, spec in expected.items():
+        d = deployed[name]
+        assert d.entrypoint == spec["entrypoint"] == "flows/countries.py:countries_flow"
+        assert d.work_pool_name == spec["work_pool"]["name"] == POOL
+        assert d.parameters == spec["parameters"]
+        assert d.tags == spec["tags"]
+        assert d.description == spec["description"]
+
+        assert len(d.schedules) == len(spec["schedules"]) == 1
+        (server_schedule,), (yaml_schedule,) = d.schedules, spec["schedules"]
+        assert server_schedule.schedule.interval == timedelta(seconds=yaml_schedule["interval"])
+        assert server_schedule.schedule.anchor_date == datetime.fromisoformat(yaml_schedule["anchor_date"])
+        assert server_schedule.schedule.timezone == yaml_schedule["timezone"]
+        assert server_schedule.active is yaml_schedule["active"]
+
+        limit = spec["concurrency_limit"]
+        assert d.global_concurrency_limit is not None, f"{name}: no concurrency limit on the server"
+        assert d.global_concurrency_limit.limit == limit["limit"] == 1
+        assert d.concurrency_options is not None
+        assert d.concurrency_options.collision_strategy.value == limit["collision_strategy"]
+
+        # No pull section: deploy recorded the repository root, where the worker finds the code.
+        assert d.pull_steps == [
+            {"prefect.deployments.steps.set_working_directory": {"directory": str(REPO_ROOT)}}
+        ]
+
+    assert deployed["northern-europe"].schedules[0].schedule.interval == timedelta(seconds=300)
+
+
+def test_the_ui_shows_every_flow_parameter_with_a_description(deployed):
+    for d in deployed.values():
+        properties = d.parameter_openapi_schema["properties"]
+        assert set(properties) == FLOW_PARAMETERS
+        for name, prop in properties.items():
+            assert prop.get("description"), f"parameter {name} has no description in the UI"
+        api = properties["api"]
+        choices = api.get("enum") or [c for alt in api.get("anyOf", []) for c in alt.get("enum", [])]
+        assert set(choices) == {"v5", "v3.1"}
+
+
+def test_the_server_turns_the_schedules_into_runs(deployed, prefect_server):
+    """The scheduler's own code path (POST /deployments/{id}/schedule) on the deployed schedules.
+
+    all-regions gets runs 12 hours apart at 00:00/12:00 UTC; northern-europe, whose
+    schedule is off, gets none. The runs go to the deployments' default queue, which
+    no worker here polls, and are deleted right away.
+    """
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId
+
+    made: list = []
+    try:
+        for d in deployed.values():
+            response = httpx.post(
+                f"{prefect_server.api_url}/deployments/{d.id}/schedule", json={"max_runs": 3}, timeout=30
+            )
+            assert response.status_code == 200, (
+                f"the server cannot schedule runs of {d.name}: HTTP {response.status_code} {response.text}. "
+                "Its scheduler service fails the same way, so no schedule would ever fire. (Prefect 3.8.8's "
+                "server fails like this with SQLAlchemy 2.1: 'Can't evaluate bulk DML statement'; it works "
+                f"with SQLAlchemy 2.0.)\n{server_log_tail(prefect_server)}"
+            )
+        with sync_client() as client:
+            for name, d in deployed.items():
+                runs = client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(any_=[d.id]))
+                )
+                made += [r for r in runs if r.auto_scheduled]
+                starts = sorted(r.expected_start_time for r in runs if r.auto_scheduled)
+                if name == "northern-europe":
+                    assert starts == [], "the 5-minute schedule is off by default"
+                    continue
+                # At least the 3 asked for: the scheduler service may have made some of the same
+                # (same times) between the deploy and the pause.
+                assert len(starts) >= 3
+                assert all(s.minute == 0 and s.second == 0 and s.hour in (0, 12) for s in starts), starts
+                assert {(b - a).total_seconds() for a, b in zip(starts, starts[1:], strict=False)} == {43200}
+    finally:
+        with sync_client() as client:
+            for run in made:
+                client.delete_flow_run(run.id)
+
+
+def test_a_worker_runs_northern_europe_into_postgres_one_run_at_a_time(
+    deployed, env, work_queue, db_block, tmp_path
+):
+    """Two runs of northern-europe at once: one loads the exact table, the other is cancelled."""
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterKey,
+        FlowRunFilter,
+        FlowRunFilterDeploymentId,
+    )
+    from prefect.deployments import run_deployment
+
+    table = deployed["northern-europe"].parameters["table"]
+    log = tmp_path / "worker.log"
+    with FakeRestCountries() as api:
+        parameters = {"api": "v3.1", "base_url": api.v31_base_url}
+        # Both runs exist before the worker starts, so its first poll submits both at once.
+        run_ids = [
+            run_deployment(
+                f"{FLOW_NAME}/northern-europe",
+                parameters=parameters,
+                work_queue_name=work_queue,
+                timeout=0,
+                as_subflow=False,
+            ).id
+            for _ in range(2)
+        ]
+        with running_worker(env, work_queue, log) as worker:
+            runs = wait_until_final(run_ids, worker, log)
+        requests = api.counts_by_path()
+
+    states = sorted(r.state.type.value for r in runs.values())
+    completed = [r for r in runs.values() if r.state.is_completed()]
+    details = "\n\n".join(f"--- run {i} ({r.state_name})\n{run_logs(i)}" for i, r in runs.items())
+    assert states == ["CANCELLED", "COMPLETED"], f"{states}\n{details}\n--- worker\n{log.read_text()}"
+    (run,) = completed
+    assert run.parameters["api"] == "v3.1"
+    assert run.work_queue_name == work_queue
+
+    # One request for the one subregion: the arithmetic behind the schedules in prefect.yaml.
+    assert requests == {"/v3.1/subregion/Northern Europe": 1}, requests
+
+    engine = sa.create_engine(db_block)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.text(
+                    f"SELECT nation_official_name, currency_name, population FROM {table} "
+                    "ORDER BY nation_official_name, currency_name"
+                )
+            ).all()
+            population_type = conn.execute(
+                sa.text(
+                    "SELECT data_type FROM information_schema.columns "
+                    "WHERE table_name = :t AND column_name = 'population'"
+                ),
+                {"t": table},
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    assert len(rows) == len(EXPECTED_NORTHERN_EUROPE) == 20
+    assert len({name for name, _, _ in rows}) == NORTHERN_EUROPE_COUNTRIES == 16
+    assert Counter(tuple(r) for r in rows) == Counter(EXPECTED_NORTHERN_EUROPE)
+    assert population_type == "bigint"
+
+    with sync_client() as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[ARTIFACT_KEY]), flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])
+            )
+        )
+        assert artifacts, f"no artifact {ARTIFACT_KEY!r} for flow run {run.id}"
+
+        # The worker ran this test's runs and nothing else of these deployments.
+        ran = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                deployment_id=FlowRunFilterDeploymentId(any_=[d.id for d in deployed.values()])
+            )
+        )
+        assert {r.id for r in ran if r.state_type.value != "SCHEDULED"} == set(run_ids)
