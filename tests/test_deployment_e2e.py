@@ -33,7 +33,20 @@ import httpx
 import pytest
 import sqlalchemy as sa
 import yaml
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    ArtifactFilterKey,
+    FlowRunFilter,
+    FlowRunFilterDeploymentId,
+    LogFilter,
+    LogFilterFlowRunId,
+)
+from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectNotFound
 
+from tests.countries_data import COUNTRIES
 from tests.expected import EXPECTED_NORTHERN_EUROPE, NORTHERN_EUROPE_COUNTRIES
 from tests.fake_api import FakeRestCountries
 
@@ -44,6 +57,7 @@ PREFECT_YAML = REPO_ROOT / "prefect.yaml"
 FLOW_NAME = "countries"
 POOL = "countries-pool"
 DB_BLOCK = "countries-db"
+API_KEY_BLOCK = "restcountries-api-key"
 ARTIFACT_KEY = "countries-load-report"
 FLOW_PARAMETERS = {
     "regions",
@@ -148,8 +162,6 @@ def running_worker(env: dict[str, str], queue: str, log: Path) -> Iterator[subpr
 
 
 def sync_client():
-    from prefect.client.orchestration import get_client
-
     return get_client(sync_client=True)
 
 
@@ -170,8 +182,6 @@ def wait_until_final(flow_run_ids: list[uuid.UUID], worker: subprocess.Popen[byt
 
 
 def run_logs(flow_run_id: uuid.UUID) -> str:
-    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-
     with sync_client() as client:
         logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
     return "\n".join(f"{log.level} {log.message}" for log in logs)
@@ -204,8 +214,6 @@ def deployed(env) -> Iterator[dict[str, Any]]:
     Yields the deployments as the server returned them right after the deploy
     (before the pause), by name.
     """
-    from prefect.exceptions import ObjectNotFound
-
     with sync_client() as client:
         try:
             client.read_work_pool(POOL)
@@ -246,18 +254,31 @@ def work_queue(env, deployed) -> Iterator[str]:
 
 
 @pytest.fixture
-def db_block(env, database_url) -> Iterator[str]:
-    """The `countries-db` block for a fresh database, made by the real setup script; deleted afterwards."""
-    from prefect.exceptions import ObjectNotFound
+def fake_api() -> Iterator[FakeRestCountries]:
+    """The fake REST Countries server (both dialects) on a free local port."""
+    with FakeRestCountries() as api:
+        yield api
 
-    run_cli([sys.executable, "blocks/create_blocks.py", "--db-url", database_url], env)
+
+@pytest.fixture
+def blocks(env, database_url, fake_api) -> Iterator[str]:
+    """The real setup script: `countries-db` for a fresh database, the API key as a Secret block.
+
+    The key reaches the flow runs only through the Secret block (the worker's
+    environment has no RESTCOUNTRIES_API_KEY). Both blocks are deleted afterwards.
+    Yields the database URL.
+    """
+    run_cli(
+        [sys.executable, "blocks/create_blocks.py", "--db-url", database_url],
+        dict(env, RESTCOUNTRIES_API_KEY=fake_api.api_key),
+    )
     try:
         yield database_url
     finally:
         with sync_client() as client:
-            with contextlib.suppress(ObjectNotFound):
-                block = client.read_block_document_by_name(DB_BLOCK, "sqlalchemy-connector")
-                client.delete_block_document(block.id)
+            for name, block_type in ((DB_BLOCK, "sqlalchemy-connector"), (API_KEY_BLOCK, "secret")):
+                with contextlib.suppress(ObjectNotFound):
+                    client.delete_block_document(client.read_block_document_by_name(name, block_type).id)
 
 
 # --- tests ------------------------------------------------------------------------
@@ -314,8 +335,6 @@ def test_the_server_turns_the_schedules_into_runs(deployed, prefect_server):
     schedule is off, gets none. The runs go to the deployments' default queue, which
     no worker here polls, and are deleted right away.
     """
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId
-
     made: list = []
     try:
         for d in deployed.values():
@@ -349,57 +368,13 @@ def test_the_server_turns_the_schedules_into_runs(deployed, prefect_server):
                 client.delete_flow_run(run.id)
 
 
-def test_a_worker_runs_northern_europe_into_postgres_one_run_at_a_time(
-    deployed, env, work_queue, db_block, tmp_path
-):
-    """Two runs of northern-europe at once: one loads the exact table, the other is cancelled."""
-    from prefect.client.schemas.filters import (
-        ArtifactFilter,
-        ArtifactFilterFlowRunId,
-        ArtifactFilterKey,
-        FlowRunFilter,
-        FlowRunFilterDeploymentId,
-    )
-    from prefect.deployments import run_deployment
-
-    table = deployed["northern-europe"].parameters["table"]
-    log = tmp_path / "worker.log"
-    with FakeRestCountries() as api:
-        parameters = {"api": "v3.1", "base_url": api.v31_base_url}
-        # Both runs exist before the worker starts, so its first poll submits both at once.
-        run_ids = [
-            run_deployment(
-                f"{FLOW_NAME}/northern-europe",
-                parameters=parameters,
-                work_queue_name=work_queue,
-                timeout=0,
-                as_subflow=False,
-            ).id
-            for _ in range(2)
-        ]
-        with running_worker(env, work_queue, log) as worker:
-            runs = wait_until_final(run_ids, worker, log)
-        requests = api.counts_by_path()
-
-    states = sorted(r.state.type.value for r in runs.values())
-    completed = [r for r in runs.values() if r.state.is_completed()]
-    details = "\n\n".join(f"--- run {i} ({r.state_name})\n{run_logs(i)}" for i, r in runs.items())
-    assert states == ["CANCELLED", "COMPLETED"], f"{states}\n{details}\n--- worker\n{log.read_text()}"
-    (run,) = completed
-    assert run.parameters["api"] == "v3.1"
-    assert run.work_queue_name == work_queue
-
-    # One request for the one subregion: the arithmetic behind the schedules in prefect.yaml.
-    assert requests == {"/v3.1/subregion/Northern Europe": 1}, requests
-
-    engine = sa.create_engine(db_block)
+def read_table(url: str, table: str) -> tuple[list[tuple[Any, ...]], str]:
+    """The table's (nation_official_name, currency_name, population) rows and population's SQL type."""
+    engine = sa.create_engine(url)
     try:
         with engine.connect() as conn:
             rows = conn.execute(
-                sa.text(
-                    f"SELECT nation_official_name, currency_name, population FROM {table} "
-                    "ORDER BY nation_official_name, currency_name"
-                )
+                sa.text(f"SELECT nation_official_name, currency_name, population FROM {table}")
             ).all()
             population_type = conn.execute(
                 sa.text(
@@ -410,18 +385,71 @@ def test_a_worker_runs_northern_europe_into_postgres_one_run_at_a_time(
             ).scalar_one()
     finally:
         engine.dispose()
+    return [tuple(r) for r in rows], population_type
+
+
+def test_a_worker_runs_the_deployments_into_postgres_one_run_at_a_time(
+    deployed, env, work_queue, blocks, fake_api, tmp_path
+):
+    """Two runs of northern-europe at once (v3.1): one loads the exact table, the other is cancelled.
+
+    Beside them one run of all-regions in the deployment's own dialect, v5, with the
+    key from the Secret block: 6 requests, every fixture country loaded.
+    """
+    def start(deployment: str, **parameters: Any) -> uuid.UUID:
+        return run_deployment(
+            f"{FLOW_NAME}/{deployment}",
+            parameters=parameters,
+            work_queue_name=work_queue,
+            timeout=0,
+            as_subflow=False,
+        ).id
+
+    # Every run exists before the worker starts, so its first poll submits them all at once.
+    northern = [start("northern-europe", api="v3.1", base_url=fake_api.v31_base_url) for _ in range(2)]
+    everything = start("all-regions", base_url=fake_api.v5_base_url)
+    log = tmp_path / "worker.log"
+    with running_worker(env, work_queue, log) as worker:
+        runs = wait_until_final([*northern, everything], worker, log)
+    requests = fake_api.requests
+
+    details = "\n\n".join(f"--- run {i} ({r.state_name})\n{run_logs(i)}" for i, r in runs.items())
+    details += f"\n--- worker\n{log.read_text(errors='replace')}"
+    northern_states = sorted(runs[i].state.type.value for i in northern)
+    assert northern_states == ["CANCELLED", "COMPLETED"], f"{northern_states}\n{details}"
+    assert runs[everything].state.is_completed(), details
+    (run,) = (runs[i] for i in northern if runs[i].state.is_completed())
+    assert run.parameters["api"] == "v3.1"
+    assert "api" not in runs[everything].parameters, "all-regions runs the flow's default dialect, v5"
+    assert {r.work_queue_name for r in runs.values()} == {work_queue}
+
+    # The arithmetic behind the schedules in prefect.yaml: 1 request for northern-europe,
+    # 6 for all-regions (one page per region), each v5 one with the key.
+    paths = Counter(r.path for r in requests)
+    assert paths == {"/v3.1/subregion/Northern Europe": 1, "/countries/v5": 6}, paths
+    assert all(r.authorization for r in requests if r.path.startswith("/countries/v5"))
+
+    rows, population_type = read_table(blocks, deployed["northern-europe"].parameters["table"])
     assert len(rows) == len(EXPECTED_NORTHERN_EUROPE) == 20
     assert len({name for name, _, _ in rows}) == NORTHERN_EUROPE_COUNTRIES == 16
-    assert Counter(tuple(r) for r in rows) == Counter(EXPECTED_NORTHERN_EUROPE)
+    assert Counter(rows) == Counter(EXPECTED_NORTHERN_EUROPE)
     assert population_type == "bigint"
 
+    all_rows, _ = read_table(blocks, deployed["all-regions"].parameters["table"])
+    assert {name for name, _, _ in all_rows} == {c["name"]["official"] for c in COUNTRIES}
+    assert Counter(r for r in all_rows if r[0] in {n for n, _, _ in EXPECTED_NORTHERN_EUROPE}) == Counter(
+        EXPECTED_NORTHERN_EUROPE
+    )
+
     with sync_client() as client:
-        artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(any_=[ARTIFACT_KEY]), flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])
+        for flow_run in (run, runs[everything]):
+            artifacts = client.read_artifacts(
+                artifact_filter=ArtifactFilter(
+                    key=ArtifactFilterKey(any_=[ARTIFACT_KEY]),
+                    flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id]),
+                )
             )
-        )
-        assert artifacts, f"no artifact {ARTIFACT_KEY!r} for flow run {run.id}"
+            assert artifacts, f"no artifact {ARTIFACT_KEY!r} for flow run {flow_run.id}"
 
         # The worker ran this test's runs and nothing else of these deployments.
         ran = client.read_flow_runs(
@@ -429,4 +457,4 @@ def test_a_worker_runs_northern_europe_into_postgres_one_run_at_a_time(
                 deployment_id=FlowRunFilterDeploymentId(any_=[d.id for d in deployed.values()])
             )
         )
-        assert {r.id for r in ran if r.state_type.value != "SCHEDULED"} == set(run_ids)
+        assert {r.id for r in ran if r.state_type.value != "SCHEDULED"} == {*northern, everything}
