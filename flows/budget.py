@@ -2,9 +2,10 @@
 
 REST Countries' free tier allows 500 requests a month, and scheduled runs on
 several workers could burst at the same moment. Every HTTP request the flow
-sends first takes a slot of the global concurrency limit ``restcountries-api``;
+sends to the hosted (metered, keyed) API first takes a slot of the global concurrency limit ``restcountries-api``;
 slots decay at ``per_second``, so across all runs and workers the API sees at
 most ``burst`` requests at once and ``per_second`` requests a second after that.
+Requests to a self-hosted v3.1 server take no slot: it has no quota to protect.
 
 The limit lives on the Prefect server. ``blocks/create_blocks.py`` creates it;
 the flow also creates it on first use (``ensure_rate_limit``) so a fresh server

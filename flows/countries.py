@@ -81,9 +81,16 @@ async def resolve_api_key(dialect: restcountries.Dialect) -> str | None:
 # --- 2. fetch ----------------------------------------------------------------------
 
 
+TASK_RETRY_DELAY_SECONDS = 30
+
+
 def retry_if_transient(task, task_run, state) -> bool:  # noqa: ARG001 - Prefect's signature
-    """Retry a fetch task only when it failed transiently (429, 5xx, timeout, dropped connection)."""
-    return isinstance(state.data, TransientApiError)
+    """Retry a fetch task only after a transient failure (429, 5xx, timeout, dropped connection),
+    and not when the server asked to wait longer than the task's retry delay (``Retry-After``)."""
+    exc = state.data
+    if not isinstance(exc, TransientApiError):
+        return False
+    return exc.retry_after is None or exc.retry_after <= TASK_RETRY_DELAY_SECONDS
 
 
 @task(
@@ -91,7 +98,7 @@ def retry_if_transient(task, task_run, state) -> bool:  # noqa: ARG001 - Prefect
     # The client already retries each page (backoff, Retry-After); this one delayed
     # task retry covers an outage longer than the client's budget.
     retries=1,
-    retry_delay_seconds=30,
+    retry_delay_seconds=TASK_RETRY_DELAY_SECONDS,
     retry_jitter_factor=0.5,
     retry_condition_fn=retry_if_transient,
     # Key on what determines the answer; the client and the counters are not inputs.
@@ -107,13 +114,15 @@ async def fetch_region(
 ) -> list[dict[str, Any]]:
     """Every country of one region or subregion, with only the fields the table needs."""
     logger = get_run_logger()
+    api_dialect = restcountries.get_dialect(dialect)
     records = await restcountries.fetch_region(
         client,
         region,
-        dialect=restcountries.get_dialect(dialect),
+        dialect=api_dialect,
         base_url=base_url,
         stats=stats,
-        before_request=budget.take_request_slot,
+        # Only the hosted, metered API spends the shared request budget; a self-hosted server has no quota.
+        before_request=budget.take_request_slot if api_dialect.requires_key else None,
     )
     logger.info("fetched %d countries for %s", len(records), region)
     return records
@@ -259,7 +268,8 @@ async def countries_flow(
     region_names = restcountries.expand_regions(regions)
     base_url = base_url or os.environ.get("RESTCOUNTRIES_BASE_URL") or None
     api_key = await resolve_api_key(dialect)
-    await budget.ensure_rate_limit()
+    if dialect.requires_key:
+        await budget.ensure_rate_limit()
 
     # 2. Fetch all regions concurrently over one client.
     stats = restcountries.RequestStats()
