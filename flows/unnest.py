@@ -364,10 +364,12 @@ class _Unnester:
         keys: Any = None
         if kind == _LIST:
             elements = list(chain.from_iterable(containers))
-            if keycol is not None:
+            if keycol is not None and not self.full:
                 keys = np.arange(total) - np.repeat(np.cumsum(lens) - lens, lens)
         else:
-            if keycol is None and self.full:
+            if keycol is None and self.full and (
+                kind == _MAPS or any(type(c) is dict and c for c in containers)
+            ):
                 keycol = star.keycol = self.column((*node.path, KEY))
             if kind == _MAPS:
                 elements = list(chain.from_iterable(map(dict.values, containers)))
@@ -378,8 +380,10 @@ class _Unnester:
                     c.values() if type(c) is dict else c for c in containers
                 ))
                 if keycol is not None:
+                    # A list's elements have their position as key; in a full unnest, none.
                     keys = list(chain.from_iterable(
-                        c if type(c) is dict else range(len(c)) for c in containers
+                        c if type(c) is dict else repeat(None, len(c)) if self.full else range(len(c))
+                        for c in containers
                     ))
         if keys is not None:
             self.leaves.append((keycol, child, None, keys, None))
@@ -444,7 +448,7 @@ class _Unnester:
                         dense[:-1] = array
                     else:
                         dense[idx] = array
-                    out = dense[inst]
+                    out = dense[:-1] if inst is None else dense[inst]
                 col.segments.append((start, out, inferred))
             level.inst = level.local = None
         self.rows += rows
@@ -522,7 +526,7 @@ class _Unnester:
         if len(segments) == 1 and covered == self.rows:
             values = segments[0][1]
         else:
-            values = np.concatenate([s[1] for s in segments]) if covered == self.rows else None
+            values = np.concatenate([s[1] for s in segments]) if covered == self.rows > 0 else None
             if values is None:
                 values = np.empty(self.rows, dtype=object)
                 for start, seg, _ in segments:
