@@ -29,6 +29,7 @@ if str(Path(__file__).resolve().parents[1]) not in sys.path:  # `python flows/co
 
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
+import atexit  # noqa: E402
 import os  # noqa: E402
 import time  # noqa: E402
 from urllib.parse import unquote  # noqa: E402
@@ -176,7 +177,8 @@ async def replace_table(
         )
     logger = get_run_logger()
     if result.changed:
-        logger.info("replaced %s with %d rows (was %s)", result.table, result.rows, result.previous_rows)
+        was = "a new table" if result.previous_rows is None else f"was {result.previous_rows} rows"
+        logger.info("replaced %s with %d rows (%s)", result.table, result.rows, was)
     else:
         logger.info("%s unchanged: %d rows already up to date", result.table, result.rows)
     return result, where
@@ -202,11 +204,10 @@ class RunSummary:
     frame: pd.DataFrame | None = field(default=None, repr=False)
 
     def one_line(self) -> str:
-        verb = "loaded" if self.changed else "unchanged:"
-        return (
-            f"{verb} {self.rows} rows ({self.countries} countries, {self.currencies} currencies) "
-            f"into {self.table} at {self.database}; {self.requests} API requests"
-        )
+        what = f"{self.rows} rows ({self.countries} countries, {self.currencies} currencies)"
+        where = f"{self.table} at {self.database}"
+        done = f"loaded {what} into {where}" if self.changed else f"unchanged: {what} already in {where}"
+        return f"{done}; API requests: {self.requests}"
 
     def markdown(self) -> str:
         rows = [
@@ -403,16 +404,24 @@ async def _main_async(args: argparse.Namespace) -> RunSummary:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the flow once from the command line; 0 on success, 1 on failure (error on the last line)."""
+    """Run the flow once from the command line; 0 on success, 1 on failure (error on the last line).
+
+    The summary (or the error) is printed at interpreter exit, after Prefect has
+    stopped its temporary server and flushed its own log lines, so it really is
+    the last line a user sees.
+    """
     args = _parser().parse_args(argv)
+    final: list[tuple[str, object]] = []
+    # atexit runs handlers last-registered-first: registered before Prefect's, this one runs after them.
+    atexit.register(lambda: [print(text, file=stream, flush=True) for text, stream in final])
     try:
         summary = asyncio.run(_main_async(args))
     except CountriesError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        final.append((f"error: {exc}", sys.stderr))
         return 1
     with pd.option_context("display.max_rows", 500, "display.width", 200):
-        print(summary.frame.to_string())
-    print(summary.one_line())
+        print(summary.frame.to_string(), flush=True)
+    final.append((summary.one_line(), sys.stdout))
     return 0
 
 

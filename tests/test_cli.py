@@ -104,6 +104,22 @@ def test_v5_from_environment_variables_loads_the_same_table(prefect_server, fake
     assert fake_api.count("/countries/v5/subregion/*") == 1
 
 
+def test_with_prefects_temporary_server_the_error_is_still_the_last_line(fake_api, local_dir, tmp_path):
+    """No PREFECT_API_URL: Prefect starts (and at exit stops, logging) a temporary server."""
+    with FakeRestCountries(legacy_v31=True) as legacy:
+        env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+        env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+        result = subprocess.run(
+            [sys.executable, str(SCRIPT), "--api", "v3.1", "--base-url", legacy.v31_base_url,
+             "--local-db-dir", str(local_dir)],
+            capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=180,
+        )
+    assert result.returncode == 1
+    assert "Stopping temporary server" in result.stderr  # Prefect's own last words came first
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "deprecated" in last and "--api v5" in last
+
+
 @pytest.mark.parametrize(
     ("args", "env", "needle"),
     [
