@@ -566,7 +566,7 @@ def _convert(values: np.ndarray, kinds: set[str], gaps: bool) -> pd.Series:
 def _exact(series: pd.Series, values: np.ndarray) -> pd.Series:
     """``series``, or ``values`` as object if it is float64 but some int in values is not."""
     if series.dtype == np.float64 and len(series):
-        big = np.flatnonzero(np.abs(series.to_numpy()) > _MAX_EXACT)
+        big = np.flatnonzero(np.abs(series.to_numpy()) >= _MAX_EXACT)
         if len(big) and any(type(values[i]) is int and float(values[i]) != values[i] for i in big):
             return pd.Series(values, copy=False)
     return series

@@ -566,7 +566,7 @@ def test_dtypes_follow_pandas_inference_of_the_values():
 
 
 def test_ints_with_nulls_that_a_float_cannot_hold_stay_exact():
-    big = 2**60 + 1
+    big = 2**53 + 1  # its float is exactly 2**53: the check must include the bound
     frame = unnest([{"x": big}, {"y": 1}])
     assert frame["x"].dtype == object
     assert frame["x"].tolist()[0] == big
