@@ -79,3 +79,9 @@ def test_help_documents_the_exit_status():
     assert result.returncode == 0
     for needle in ("--only", "--smoke", "--json", "--no-fail", "Exit status", "met == False"):
         assert needle in result.stdout
+
+
+def test_a_missing_module_is_named_and_fails_the_run(monkeypatch, capsys):
+    monkeypatch.setitem(runner.MODULES, "ghost", "tests.benchmarks.bench_ghost_does_not_exist")
+    assert runner.main(["--only", "ghost"]) == 2
+    assert "bench_ghost_does_not_exist does not exist" in capsys.readouterr().err

@@ -109,6 +109,14 @@ def run_all(names: list[str], smoke: bool) -> tuple[list[Figure], list[str]]:
         try:
             module = importlib.import_module(MODULES[name])
             got = module.run(smoke=smoke)
+        except ModuleNotFoundError as exc:
+            if exc.name == MODULES[name]:
+                print(f"{name} FAILED: {MODULES[name]} does not exist (yet)", file=sys.stderr, flush=True)
+            else:
+                traceback.print_exc(file=sys.stderr)
+                print(f"{name} FAILED after {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+            failed.append(name)
+            continue
         except Exception:  # noqa: BLE001 - report it, run the others, exit non-zero
             traceback.print_exc(file=sys.stderr)
             print(f"{name} FAILED after {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
