@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import gc
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sized
 from itertools import chain, compress, islice, repeat
 from operator import contains, itemgetter
 from typing import Any
@@ -84,14 +84,15 @@ def _objects(values: Any) -> np.ndarray:
 
 
 class _Column:
-    """One output column: per batch, (first row, object array of its rows, inferred kind)."""
+    """One output column: its values so far, in a buffer that grows (rows beyond: None)."""
 
-    __slots__ = ("gaps", "name", "segments")
+    __slots__ = ("buf", "gaps", "kinds", "name")
 
     def __init__(self, name: str):
         self.name = name
-        self.segments: list[tuple[int, np.ndarray, str]] = []
-        self.gaps = False  # some row of some segment has no value (a null)
+        self.buf: np.ndarray | None = None  # object array, allocated at the first value
+        self.kinds: set[str] = set()  # what infer_dtype (skipna) said of each batch's values
+        self.gaps = False  # some row has no value (a null) besides explicit nulls
 
 
 class _Node:
@@ -146,6 +147,9 @@ class _Unnester:
         self.root = self.node(())
         self.rows = 0  # rows of the batches done
         self.names: dict[str, _Column] = {}  # full unnest: every column by name, to catch collisions
+        self.columns: list[_Column] = []  # every column, to grow their buffers together
+        self.capacity = 0  # rows every column buffer has room for
+        self.expected: int | None = None  # records in the input, when it has a length
         self.levels: list[_Level] = []  # of the current batch
         self.leaves: list[tuple[_Column, _Level, np.ndarray | None, Any, str | None]] = []
 
@@ -173,7 +177,25 @@ class _Unnester:
                 f"separator {self.sep!r} or is '*' or '*~'); pass a sep= that no key contains"
             )
         col = self.names[name] = _Column(name)
+        self.columns.append(col)
         return col
+
+    def reserve(self, rows: int, records: int) -> None:
+        """Room in every column buffer for ``rows`` more rows (from ``records`` records)."""
+        need = self.rows + rows
+        if need <= self.capacity:
+            return
+        if self.capacity == 0 and self.expected and records:
+            # A sized input: guess the total from the first batch, with 5% to spare.
+            guess = int(rows / records * self.expected * 1.05) + 16
+        else:
+            guess = 2 * self.capacity
+        self.capacity = max(need, guess)
+        for col in self.columns:
+            if col.buf is not None:
+                grown = np.empty(self.capacity, dtype=object)
+                grown[: self.rows] = col.buf[: self.rows]
+                col.buf = grown
 
     def decide_map(self, node: _Node, dicts: Any) -> bool | None:
         """Whether the dicts at ``node`` are data-keyed maps; None: no non-empty dict to tell."""
@@ -412,6 +434,8 @@ class _Unnester:
                 group.size = group.size.astype(np.int64)
         rows = int(root.count.sum())
         start = self.rows
+        self.reserve(rows, root.n)
+        capacity = self.capacity
 
         # Which instance of each level every output row shows, top-down.
         root.complete = True
@@ -437,20 +461,28 @@ class _Unnester:
             inst = level.inst
             for col, _, idx, values, inferred in by_level.get(id(level), ()):
                 array = _objects(values)
-                if inferred is None:
-                    inferred = infer_dtype(array, skipna=True)
-                if idx is None and level.complete:
-                    out = array if inst is None else array[inst]
-                else:
+                col.kinds.add(infer_dtype(array, skipna=True) if inferred is None else inferred)
+                if col.buf is None:
+                    col.buf = np.empty(capacity, dtype=object)
+                    col.gaps = start > 0
+                target = col.buf[start : start + rows]
+                if not (idx is None and level.complete):
                     col.gaps = True
                     dense = np.empty(level.n + 1, dtype=object)  # the extra last slot stays None
                     if idx is None:
                         dense[:-1] = array
                     else:
                         dense[idx] = array
-                    out = dense[:-1] if inst is None else dense[inst]
-                col.segments.append((start, out, inferred))
+                    array = dense[:-1] if inst is None else dense
+                if inst is None:
+                    target[:] = array
+                else:
+                    np.take(array, inst, out=target, mode="wrap")  # -1: the None slot
             level.inst = level.local = None
+        written = {id(leaf[0]) for leaf in self.leaves}
+        for col in self.columns:
+            if col.buf is not None and id(col) not in written:
+                col.gaps = True
         self.rows += rows
         self.levels = []
         self.leaves = []
@@ -459,6 +491,10 @@ class _Unnester:
     def place(level: _Level, group: _Level, rows: int) -> None:
         """Set ``group.inst`` / ``group.local`` from its parent level's (mixed-radix row numbers)."""
         inst, local = level.inst, level.local
+        if group.n == level.n and not group.groups and np.array_equal(group.parent, np.arange(level.n)):
+            # One element per parent instance, spanning one row: it shows wherever its parent does.
+            group.inst, group.local, group.complete = inst, local, level.complete
+            return
         if not level.complete:
             shown = np.flatnonzero(inst >= 0)
             inst, local = inst[shown], local[shown]
@@ -520,20 +556,14 @@ class _Unnester:
 
     def series(self, col: _Column) -> pd.Series:
         """One column as a Series, of the dtype pandas infers from a list of the values."""
-        segments, col.segments = col.segments, []
-        kinds = {kind for _, _, kind in segments}
-        covered = sum(len(values) for _, values, _ in segments)
-        if len(segments) == 1 and covered == self.rows:
-            values = segments[0][1]
-        else:
-            values = np.concatenate([s[1] for s in segments]) if covered == self.rows > 0 else None
-            if values is None:
-                values = np.empty(self.rows, dtype=object)
-                for start, seg, _ in segments:
-                    values[start : start + len(seg)] = seg
-        del segments
-        gaps = col.gaps or covered < self.rows
-        return _convert(values, kinds - {"empty"}, gaps)
+        buf, col.buf = col.buf, None
+        if buf is None:
+            return pd.Series(np.empty(self.rows, dtype=object), copy=False)
+        values = buf[: self.rows]
+        if len(buf) > self.rows * 1.25 + 16:
+            values = values.copy()  # do not keep much unused room alive
+        del buf
+        return _convert(values, col.kinds - {"empty"}, col.gaps)
 
 
 def _convert(values: np.ndarray, kinds: set[str], gaps: bool) -> pd.Series:
@@ -748,6 +778,7 @@ def unnest(
         raise UnnestError(f"maps must be a mapping {{path: bool}}, a bool or None, got {type(maps).__name__}")
 
     state = _Unnester(full=selected is None, maps=overrides, sep=sep, max_rows=max_rows)
+    state.expected = len(records) if isinstance(records, Sized) else None
     internal: dict[tuple[str, ...], _Column] = {}
     for _, segments in selected or ():
         if segments in internal:
@@ -760,6 +791,7 @@ def unnest(
                 node = node.children.get(segment) or state.child(node, segment)
         last = segments[-1]
         col = _Column(sep.join(segments))
+        state.columns.append(col)
         if last == KEY:
             state.star(node).keycol = col
         else:
