@@ -3,15 +3,16 @@
 Everything is real: the session's `prefect server start` (fixture `prefect_server`),
 `prefect work-pool create`, `prefect --no-prompt deploy --all` run in the
 repository root, `python blocks/create_blocks.py`, `prefect worker start`, the
-flow run subprocess the worker starts, the fake REST Countries HTTP server
-(v3.1 dialect) and the embedded PostgreSQL.
+flow run subprocesses the worker starts, the fake REST Countries HTTP server
+(both dialects: v5 with the key from the Secret block, v3.1) and the embedded
+PostgreSQL.
 
 Determinism: nothing may run against the real API. Right after the deploy both
 deployments are paused (which also deletes any run the scheduler made), and the
 worker only polls a work queue of its own, where only this test's runs go.
 Nothing is left behind on the shared session server: the deployments, the work
-queue, the pool (when this module created it) and the database block are
-deleted afterwards, and every process started here is stopped, also on failure.
+queue, the pool (when this module created it), the database and API key blocks
+are deleted afterwards, and every process started here is stopped, also on failure.
 """
 
 from __future__ import annotations
