@@ -62,6 +62,7 @@ _SCALAR_INFERRED = frozenset(
     {"string", "integer", "floating", "mixed-integer-float", "boolean", "empty", "bytes"}
 )
 _NUMERIC_INFERRED = frozenset({"integer", "floating", "mixed-integer-float"})
+_STR = pd.Series(["a"]).dtype  # the dtype pandas infers for strings
 
 
 def _kind(value: Any) -> int:
@@ -86,19 +87,22 @@ def _objects(values: Any) -> np.ndarray:
 class _Column:
     """One output column: its values so far, in a buffer that grows (rows beyond: None)."""
 
-    __slots__ = ("buf", "gaps", "kinds", "name")
+    __slots__ = ("buf", "gaps", "kinds", "name", "nulls")
 
     def __init__(self, name: str):
         self.name = name
         self.buf: np.ndarray | None = None  # object array, allocated at the first value
         self.kinds: set[str] = set()  # what infer_dtype (skipna) said of each batch's values
         self.gaps = False  # some row has no value (a null) besides explicit nulls
+        self.nulls = False  # some value is a null (None or NaN)
 
 
 class _Node:
     """One path of the schema: a key below its parent, or the parent's elements (``*``)."""
 
-    __slots__ = ("children", "col", "getter", "hint", "is_map", "keycol", "keys", "path", "seq", "star")
+    __slots__ = (
+        "children", "col", "getter", "getters", "hint", "is_map", "keycol", "keys", "path", "seq", "star",
+    )
 
     def __init__(self, path: tuple[str, ...], seq: int):
         self.path = path
@@ -110,7 +114,8 @@ class _Node:
         self.keycol: _Column | None = None  # on a ``*`` node: the map key / list position
         self.hint: int | None = None  # the kind of values found here last time (checked)
         self.keys: tuple | None = None  # the keys every dict here had last time, and ...
-        self.getter: Any = None  # ... itemgetter(*keys)
+        self.getter: Any = None  # ... itemgetter(*keys), and ...
+        self.getters: list | None = None  # ... an itemgetter for each key
 
 
 class _Level:
@@ -226,12 +231,15 @@ class _Unnester:
             node, level, idx, values, kind = work.pop()
             inferred = None
             if kind is None:
-                if node.hint == _SCALAR:
+                hint = node.hint
+                if hint == _SCALAR:
                     # Scalars last time: one C pass both converts and checks them.
                     array = _objects(values)
-                    inferred = infer_dtype(array, skipna=True)
-                    if inferred in _SCALAR_INFERRED:
+                    inferred = _infer(array)
+                    if inferred is not None:
                         kind, values = _SCALAR, array
+                elif hint == _DICT and self.full and self.known_dicts(node, level, idx, values, work):
+                    continue
                 if kind is None:
                     types = set(map(type, values))
                     if types <= _SCALAR_TYPES:
@@ -258,6 +266,57 @@ class _Unnester:
             else:  # _LIST, _MAPS, _EXPLODE
                 self.explode(node, level, idx, values, kind, work)
         self.layout()
+
+    def known_dicts(self, node: _Node, level: _Level, idx: np.ndarray | None, values: Any,
+                    work: list) -> bool:
+        """Dicts last time at a decided path: read them as then, without a type check first.
+
+        False, having changed nothing, if some value is not what last time's dicts were
+        (the caller then sorts the values out by type).
+        """
+        n = len(values)
+        try:
+            if node.is_map:
+                lens = np.fromiter(map(len, values), dtype=np.int64, count=n)
+                elements = list(chain.from_iterable(map(dict.values, values)))
+            elif node.keys is not None and sum(map(len, values)) == n * len(node.keys):
+                columns = self.columns_of(node, values)
+            else:
+                return False
+        except (TypeError, KeyError):
+            return False  # a non-dict (no len, no .values, not subscriptable by key) or a new key
+        if node.is_map:
+            self.explode(node, level, idx, values, _MAPS, work, lens=lens, elements=elements)
+        else:
+            self.push_children(node, level, idx, node.keys, columns, work)
+        return True
+
+    def columns_of(self, node: _Node, dicts: Any) -> list:
+        """The values of each of ``node.keys`` in ``dicts`` (KeyError if one lacks one).
+
+        A child that held scalars last time gets an object array, the others a list.
+        """
+        n = len(dicts)
+        children = node.children
+        if len(node.keys) <= 3:
+            return [
+                np.fromiter(map(getter, dicts), dtype=object, count=n)
+                if children[key].hint == _SCALAR
+                else list(map(getter, dicts))
+                for key, getter in zip(node.keys, node.getters, strict=True)
+            ]
+        return list(zip(*map(node.getter, dicts)))
+
+    def push_children(self, node: _Node, level: _Level, idx: np.ndarray | None, keys: Any,
+                      columns: list, work: list) -> None:
+        """Queue each key's values, in the children's creation order (first popped first)."""
+        children = node.children
+        items = sorted(
+            ((children[key], column) for key, column in zip(keys, columns, strict=True)),
+            key=lambda item: item[0].seq,
+            reverse=True,
+        )
+        work.extend((child, level, idx, column, None) for child, column in items)
 
     def mixed(self, node: _Node, level: _Level, idx: np.ndarray | None, values: Any,
               work: list) -> None:
@@ -310,11 +369,9 @@ class _Unnester:
             if keys is not None and sum(map(len, dicts)) == n * len(keys):
                 # Same key count as last time's keys, and (if no KeyError) those very keys.
                 try:
-                    rows = list(map(node.getter, dicts))
+                    columns = self.columns_of(node, dicts)
                 except KeyError:
                     pass
-                else:
-                    columns = [rows] if len(keys) == 1 else zip(*rows)
             if columns is None:
                 keys = tuple(dict.fromkeys(chain.from_iterable(dicts)))
                 for key in keys:
@@ -322,12 +379,12 @@ class _Unnester:
                         self.child(node, key)
                 if keys and sum(map(len, dicts)) == n * len(keys):
                     node.keys, node.getter = keys, itemgetter(*keys)
-                    rows = list(map(node.getter, dicts))
-                    columns = [rows] if len(keys) == 1 else zip(*rows)
+                    node.getters = [itemgetter(key) for key in keys]
+                    columns = self.columns_of(node, dicts)
                 else:
-                    node.keys = node.getter = None
+                    node.keys = node.getter = node.getters = None
             if columns is not None:
-                for key, column in zip(keys, columns):
+                for key, column in zip(keys, columns, strict=True):
                     child = children[key]
                     items.append((child.seq, child, idx, column, None))
             elif keys:
@@ -367,7 +424,8 @@ class _Unnester:
             items.append((child.seq, child, sub_idx, values[lo:hi], None))
 
     def explode(self, node: _Node, level: _Level, idx: np.ndarray | None, containers: Any,
-                kind: int, work: list) -> None:
+                kind: int, work: list, *, lens: np.ndarray | None = None,
+                elements: list | None = None) -> None:
         """Lists (_LIST), maps (_MAPS) or both (_EXPLODE) at ``node``: their elements become
         the instances of a child level, each one showing in the rows of its parent instance."""
         star = node.star
@@ -375,7 +433,8 @@ class _Unnester:
             if not self.full:
                 return
             star = self.star(node)
-        lens = np.fromiter(map(len, containers), dtype=np.int64, count=len(containers))
+        if lens is None:
+            lens = np.fromiter(map(len, containers), dtype=np.int64, count=len(containers))
         total = int(lens.sum())
         if total == 0:
             return  # empty everywhere: one row each, nothing below
@@ -394,7 +453,8 @@ class _Unnester:
             ):
                 keycol = star.keycol = self.column((*node.path, KEY))
             if kind == _MAPS:
-                elements = list(chain.from_iterable(map(dict.values, containers)))
+                if elements is None:
+                    elements = list(chain.from_iterable(map(dict.values, containers)))
                 if keycol is not None:
                     keys = list(chain.from_iterable(containers))
             else:
@@ -461,7 +521,12 @@ class _Unnester:
             inst = level.inst
             for col, _, idx, values, inferred in by_level.get(id(level), ()):
                 array = _objects(values)
-                col.kinds.add(infer_dtype(array, skipna=True) if inferred is None else inferred)
+                if inferred is None:
+                    inferred = _infer(array) or infer_dtype(array, skipna=True)
+                if inferred.startswith("-"):
+                    col.nulls = True
+                    inferred = inferred[1:]
+                col.kinds.add(inferred)
                 if col.buf is None:
                     col.buf = np.empty(capacity, dtype=object)
                     col.gaps = start > 0
@@ -563,7 +628,16 @@ class _Unnester:
         if len(buf) > self.rows * 1.25 + 16:
             values = values.copy()  # do not keep much unused room alive
         del buf
-        return _convert(values, col.kinds - {"empty"}, col.gaps)
+        return _convert(values, col.kinds - {"empty"}, col.gaps or col.nulls)
+
+
+def _infer(array: np.ndarray) -> str | None:
+    """What infer_dtype says of scalars, prefixed with '-' if there are nulls; None if not all scalars."""
+    strict = infer_dtype(array, skipna=False)
+    if strict in _SCALAR_INFERRED:
+        return strict
+    lenient = infer_dtype(array, skipna=True)
+    return "-" + lenient if lenient in _SCALAR_INFERRED else None
 
 
 def _convert(values: np.ndarray, kinds: set[str], gaps: bool) -> pd.Series:
@@ -574,6 +648,9 @@ def _convert(values: np.ndarray, kinds: set[str], gaps: bool) -> pd.Series:
     only if every int survives as a float; otherwise the column stays object (exact ints).
     """
     if kinds == {"string"}:
+        if not gaps and getattr(_STR, "storage", None) == "python":
+            # Only strings, checked batch by batch: validating them is all that is left.
+            return pd.Series(pd.arrays.StringArray(values, dtype=_STR), copy=False)
         return pd.Series(values, dtype="str", copy=False)
     if len(kinds) == 1 and not gaps:
         try:

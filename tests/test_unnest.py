@@ -720,3 +720,28 @@ def test_property_selecting_a_column_of_the_full_unnest_gives_its_values(records
         else:
             assert len(alone) <= len(full)
             assert {repr(v) for v in got} == {repr(v) for v in want}, name
+
+
+def test_a_path_holding_dicts_in_one_batch_and_other_kinds_in_the_next():
+    records = [
+        {"s": {"x": 1}, "m": {"K1": 1}},
+        {"s": {"x": 2}, "m": {"K2": 2}},
+        {"s": "abc", "m": "abc"},
+        {"s": [3], "m": [4]},
+        {"s": 5, "m": {"K3": 5}},
+        {"s": {"x": 6, "y": 7}, "m": None},
+        {"s": {"y": 8, "x": 9}, "m": {}},
+    ]
+    frame = unnest(records, batch_size=2)
+    # First seen: s.* (third record, second batch) before s.y (sixth record, third batch).
+    assert list(frame.columns) == ["s", "s.x", "s.*", "s.y", "m", "m.*~", "m.*"]
+    assert rows(frame) == [
+        (None, 1, None, None, None, "K1", 1),
+        (None, 2, None, None, None, "K2", 2),
+        ("abc", None, None, None, "abc", None, None),
+        (None, None, 3, None, None, None, 4),
+        (5, None, None, None, None, "K3", 5),
+        (None, 6, None, 7, None, None, None),
+        (None, 9, None, 8, None, None, None),
+    ]
+    pd.testing.assert_frame_equal(frame, unnest(records)[list(frame.columns)])
