@@ -231,35 +231,33 @@ class RunSummary:
 
 @flow(name="countries", log_prints=False)
 async def countries_flow(
-    regions: Annotated[
-        list[str],
-        Field(description='Regions or subregions to load, e.g. "Northern Europe", "Africa"; "all" = every region.'),
-    ] = DEFAULT_REGIONS,
-    table: Annotated[
-        str, Field(description="Target table, optionally schema-qualified (replaced on every run).")
-    ] = DEFAULT_TABLE,
-    db_block: Annotated[
-        str, Field(description="Name of the SqlAlchemyConnector block for the target database.")
-    ] = DEFAULT_DB_BLOCK,
-    api: Annotated[
-        Literal["v5", "v3.1"],
-        Field(description="API dialect: hosted v5 (needs an API key) or a self-hosted v3.1 server."),
-    ] = "v5",
-    base_url: Annotated[
-        str | None,
-        Field(description="API base URL; empty = $RESTCOUNTRIES_BASE_URL or the dialect's default."),
-    ] = None,
-    force: Annotated[
-        bool, Field(description="Load even if the row count falls below min_row_fraction of the table's.")
-    ] = False,
-    min_row_fraction: Annotated[
-        float, Field(ge=0, le=1, description="Refuse loads smaller than this fraction of the current table.")
-    ] = 0.5,
-    cache_minutes: Annotated[
-        float, Field(ge=0, description="Reuse a region's fetch for this long (keep it below the schedule interval).")
-    ] = 4.0,
+    regions: list[str] = DEFAULT_REGIONS,
+    table: str = DEFAULT_TABLE,
+    db_block: str = DEFAULT_DB_BLOCK,
+    api: Literal["v5", "v3.1"] = "v5",
+    base_url: str | None = None,
+    force: bool = False,
+    min_row_fraction: Annotated[float, Field(ge=0, le=1)] = 0.5,
+    cache_minutes: Annotated[float, Field(ge=0)] = 4.0,
 ) -> RunSummary:
-    """Refresh a PostgreSQL table of countries (name, currency, population) from REST Countries."""
+    """Refresh a PostgreSQL table of countries (name, currency, population) from REST Countries.
+
+    Args:
+        regions: Regions or subregions to load, e.g. "Northern Europe", "Africa"; "all" = every region.
+        table: Target table, optionally schema-qualified; replaced on every run.
+        db_block: Name of the SqlAlchemyConnector block for the target database.
+        api: API dialect: hosted v5 (needs an API key) or a self-hosted v3.1 server.
+        base_url: API base URL; empty = $RESTCOUNTRIES_BASE_URL or the dialect's public URL.
+        force: Load even if the row count falls below min_row_fraction of the current table's.
+        min_row_fraction: Refuse a load smaller than this fraction of the current table (0 to 1).
+        cache_minutes: Reuse a region's fetch for this long; keep it below the schedule interval; 0 = always fetch.
+
+    Returns:
+        What the run did (rows, countries, requests, whether the table changed, the frame).
+
+    Raises:
+        CountriesError: one secret-free line saying what failed and what to do; the table is unchanged.
+    """
     logger = get_run_logger()
     steps: dict[str, float] = {}
     started = time.perf_counter()
