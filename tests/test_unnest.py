@@ -745,3 +745,12 @@ def test_a_path_holding_dicts_in_one_batch_and_other_kinds_in_the_next():
         (None, 9, None, 8, None, None, None),
     ]
     pd.testing.assert_frame_equal(frame, unnest(records)[list(frame.columns)])
+
+
+def test_string_columns_equal_pandas_own_string_columns():
+    records = [{"s": f"v{i}", "t": [f"a{i}", f"b{i}"]} for i in range(5)]
+    frame = unnest(records, batch_size=2)
+    pd.testing.assert_series_equal(frame["s"], pd.Series([f"v{i // 2}" for i in range(10)], name="s"))
+    assert frame["t.*"].tolist() == [x for i in range(5) for x in (f"a{i}", f"b{i}")]
+    assert frame["s"].dtype == pd.Series(["x"]).dtype
+    assert frame["s"].str.upper().iloc[0] == "V0"
