@@ -45,7 +45,7 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE  # noqa: E402
 from pydantic import Field  # noqa: E402
 
 from flows import api as restcountries
-from flows import budget, load, quality  # noqa: E402
+from flows import budget, load, local_db, quality  # noqa: E402
 from flows.errors import ConfigurationError, CountriesError, TransientApiError  # noqa: E402
 from flows.unnest import unnest  # noqa: E402
 
@@ -368,7 +368,6 @@ async def _prepare_database(db_block: str, data_dir: Path | None) -> str | None:
     from prefect_sqlalchemy import SqlAlchemyConnector
 
     from blocks.create_blocks import connection_from_url, save_db_block
-    from flows import local_db
 
     data_dir = data_dir or local_db.DEFAULT_DATA_DIR
     try:
@@ -380,8 +379,15 @@ async def _prepare_database(db_block: str, data_dir: Path | None) -> str | None:
         socket_dir = (getattr(info, "query", None) or {}).get("host")
         if not local_db.owns_socket(socket_dir, data_dir):
             return None  # a real database: nothing to start
+        running = local_db.status(data_dir)
+        if running is not None and running.socket_dir == socket_dir:
+            return _local_note(running)  # warm run: up where the block points; nothing to start or save
     db = local_db.ensure_running(data_dir)
     await save_db_block(db_block, connection_from_url(db.sqlalchemy_url))
+    return _local_note(db)
+
+
+def _local_note(db: local_db.LocalDatabase) -> str:
     return f'embedded PostgreSQL (data in {db.data_dir}); inspect it with: psql "{db.psql_url}"'
 
 
