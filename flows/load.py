@@ -465,8 +465,8 @@ def _pg_message(exc: BaseException) -> str:
     if context:
         parts.append(context.splitlines()[0])
     parts = [p.strip() for p in parts if p]
-    if not parts:
-        parts = [" ".join(line.strip() for line in str(original).splitlines() if line.strip())]
+    if not parts:  # no server message (e.g. the connection was lost): libpq's first line
+        return _first_line(exc)
     return "; ".join(" ".join(p.split()) for p in parts) or type(original).__name__
 
 
@@ -529,15 +529,23 @@ def _grants(conn: sa.Connection, oid: int, table: TableName) -> list[str]:
     return statements
 
 
+def _resolve_schema(conn: sa.Connection, table: TableName) -> TableName:
+    """``table`` with its schema made explicit (the first existing schema of ``search_path`` if none)."""
+    if table.schema is not None:
+        return table
+    schema = conn.execute(sa.text("SELECT current_schema()")).scalar_one_or_none()
+    if schema is None:
+        raise LoadError(f"cannot place table {table}: search_path names no existing schema; use schema.table")
+    return TableName(schema, table.name)
+
+
 def _replace_in_transaction(
     conn: sa.Connection, prepared: _Prepared, table: TableName, force: bool, min_row_fraction: float
-) -> tuple[TableName, int | None, bool]:
-    """Steps 1-5 of the module docstring inside the caller's transaction; returns (table, previous rows, changed)."""
-    if table.schema is None:
-        schema = conn.execute(sa.text("SELECT current_schema()")).scalar_one_or_none()
-        if schema is None:
-            raise LoadError(f"cannot place table {table}: search_path names no existing schema; use schema.table")
-        table = TableName(schema, table.name)
+) -> tuple[int | None, bool]:
+    """Steps 1-5 of the module docstring inside the caller's transaction; returns (previous rows, changed).
+
+    ``table`` must be schema-qualified (``_resolve_schema``).
+    """
     exists = conn.execute(sa.text("SELECT 1 FROM pg_namespace WHERE nspname = :s"), {"s": table.schema}).first()
     if exists is None:
         raise LoadError(
@@ -562,7 +570,7 @@ def _replace_in_transaction(
         stored = _COMMENT.fullmatch(comment or "")
         if stored and stored.group(1) == prepared.content_hash:
             logger.info("%s unchanged (content-sha256 %s); nothing written", table, prepared.content_hash[:12])
-            return table, int(stored.group(2)), False
+            return int(stored.group(2)), False
         previous_rows = _run(conn, f"SELECT count(*) FROM {table.sql}")[0][0]  # type: ignore[index]
         check_row_drop(prepared.rows, previous_rows, min_row_fraction, force, table=table.name)
         staging = _staging_name(table)
@@ -580,7 +588,7 @@ def _replace_in_transaction(
     if current is not None:
         _run(conn, f"DROP TABLE {table.sql}")
     _run(conn, f"ALTER TABLE {staging.sql} RENAME TO {_quote_ident(table.name)}")
-    return table, previous_rows, True
+    return previous_rows, True
 
 
 def _copy(conn: sa.Connection, prepared: _Prepared, staging: TableName) -> None:
@@ -638,7 +646,8 @@ def replace_table(
     conn = _connect(engine)
     try:
         with conn.begin():
-            target, previous_rows, changed = _replace_in_transaction(conn, prepared, target, force, min_row_fraction)
+            target = _resolve_schema(conn, target)
+            previous_rows, changed = _replace_in_transaction(conn, prepared, target, force, min_row_fraction)
     except CountriesError:
         raise
     except (sa_exc.DBAPIError, psycopg2.Error) as exc:
