@@ -64,6 +64,7 @@ _SCALAR_INFERRED = frozenset(
 _NUMERIC_INFERRED = frozenset({"integer", "floating", "mixed-integer-float"})
 _STR = pd.Series(["a"]).dtype  # the dtype pandas infers for strings
 _STR_TEMPLATE = pd.array(["a"], dtype=_STR)
+_GAP = float("nan")  # the null of string columns being built (told apart from data by identity)
 
 
 def _kind(value: Any) -> int:
@@ -88,7 +89,7 @@ def _objects(values: Any) -> np.ndarray:
 class _Column:
     """One output column: its values so far, in a buffer that grows (rows beyond: None)."""
 
-    __slots__ = ("buf", "gaps", "kinds", "name", "nulls")
+    __slots__ = ("buf", "gaps", "kinds", "name", "nulls", "strings")
 
     def __init__(self, name: str):
         self.name = name
@@ -96,6 +97,8 @@ class _Column:
         self.kinds: set[str] = set()  # what infer_dtype (skipna) said of each batch's values
         self.gaps = False  # some row has no value (a null) besides explicit nulls
         self.nulls = False  # some value is a null (None or NaN)
+        # Only strings and nulls so far: every null is kept as _GAP, as pandas' str arrays want.
+        self.strings: bool | None = None
 
 
 class _Node:
@@ -185,6 +188,13 @@ class _Unnester:
         col = self.names[name] = _Column(name)
         self.columns.append(col)
         return col
+
+    @staticmethod
+    def unstring(col: _Column, rows: int) -> None:
+        """A column kept as strings gets another kind: its missing values become None again."""
+        done = col.buf[:rows]
+        done[np.fromiter((v is _GAP for v in done), dtype=bool, count=rows)] = None
+        col.strings = False
 
     def reserve(self, rows: int, records: int) -> None:
         """Room in every column buffer for ``rows`` more rows (from ``records`` records)."""
@@ -445,7 +455,9 @@ class _Unnester:
         keycol = star.keycol
         keys: Any = None
         if kind == _LIST:
-            elements = list(chain.from_iterable(containers))
+            flat = chain.from_iterable(containers)
+            # Scalars there last time: straight into the array they will be checked as.
+            elements = np.fromiter(flat, dtype=object, count=total) if star.hint == _SCALAR else list(flat)
             if keycol is not None and not self.full:
                 keys = np.arange(total) - np.repeat(np.cumsum(lens) - lens, lens)
         else:
@@ -524,17 +536,27 @@ class _Unnester:
                 array = _objects(values)
                 if inferred is None:
                     inferred = _infer(array) or infer_dtype(array, skipna=True)
-                if inferred.startswith("-"):
+                nulls = inferred.startswith("-")
+                if nulls:
                     col.nulls = True
                     inferred = inferred[1:]
                 col.kinds.add(inferred)
+                stringy = inferred == "string" or inferred == "empty"
+                if col.strings is None:
+                    col.strings = stringy
+                elif col.strings and not stringy:
+                    self.unstring(col, start)
+                fill = _GAP if col.strings else None
                 if col.buf is None:
                     col.buf = np.empty(capacity, dtype=object)
+                    col.buf[:start] = fill
                     col.gaps = start > 0
+                if fill is not None and nulls:
+                    array[[v is None for v in array]] = fill  # our own array: no copy needed
                 target = col.buf[start : start + rows]
                 if not (idx is None and level.complete):
                     col.gaps = True
-                    dense = np.empty(level.n + 1, dtype=object)  # the extra last slot stays None
+                    dense = np.full(level.n + 1, fill, dtype=object)  # the extra last slot: no value
                     if idx is None:
                         dense[:-1] = array
                     else:
@@ -549,6 +571,8 @@ class _Unnester:
         for col in self.columns:
             if col.buf is not None and id(col) not in written:
                 col.gaps = True
+                if col.strings:
+                    col.buf[start : start + rows] = _GAP
         self.rows += rows
         self.levels = []
         self.leaves = []
@@ -557,9 +581,16 @@ class _Unnester:
     def place(level: _Level, group: _Level, rows: int) -> None:
         """Set ``group.inst`` / ``group.local`` from its parent level's (mixed-radix row numbers)."""
         inst, local = level.inst, level.local
-        if group.n == level.n and not group.groups and np.array_equal(group.parent, np.arange(level.n)):
-            # One element per parent instance, spanning one row: it shows wherever its parent does.
-            group.inst, group.local, group.complete = inst, local, level.complete
+        parent = group.parent
+        if not group.groups and (group.n == 1 or bool((parent[1:] > parent[:-1]).all())):
+            # At most one element per parent instance, one row each: it shows wherever its
+            # parent does (the common one-element list), or nowhere.
+            if group.n == level.n:
+                group.inst, group.local, group.complete = inst, local, level.complete
+            else:
+                element = np.full(level.n + 1, -1, dtype=np.int64)  # the last slot: for row -1
+                element[parent] = np.arange(group.n)
+                group.inst, group.local, group.complete = element[inst], local, False
             return
         if not level.complete:
             shown = np.flatnonzero(inst >= 0)
@@ -625,10 +656,16 @@ class _Unnester:
         buf, col.buf = col.buf, None
         if buf is None:
             return pd.Series(np.empty(self.rows, dtype=object), copy=False)
+        if col.strings and "string" not in col.kinds:
+            col.buf = buf
+            self.unstring(col, self.rows)  # nothing but nulls: pandas makes that object, with None
+            buf, col.buf = col.buf, None
         values = buf[: self.rows]
         if len(buf) > self.rows * 1.25 + 16:
             values = values.copy()  # do not keep much unused room alive
         del buf
+        if col.strings:
+            return pd.Series(_strings(values), copy=False)
         return _convert(values, col.kinds - {"empty"}, col.gaps or col.nulls)
 
 
@@ -674,7 +711,7 @@ def _convert(values: np.ndarray, kinds: set[str], gaps: bool) -> pd.Series:
                 return pd.Series(values.astype(bool), copy=False)
         except (TypeError, ValueError, OverflowError):
             pass  # a None, NaN or huge int after all: let pandas decide
-    if kinds and kinds <= _NUMERIC_INFERRED and not gaps and kinds != {"integer"}:
+    if kinds == {"floating"} and not gaps:  # ints among floats: pandas decides (huge ones stay object)
         try:
             floats = values.astype(np.float64)
         except (TypeError, ValueError, OverflowError):

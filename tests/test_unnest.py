@@ -754,3 +754,19 @@ def test_string_columns_equal_pandas_own_string_columns():
     assert frame["t.*"].tolist() == [x for i in range(5) for x in (f"a{i}", f"b{i}")]
     assert frame["s"].dtype == pd.Series(["x"]).dtype
     assert frame["s"].str.upper().iloc[0] == "V0"
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 1000])
+def test_a_string_column_that_later_gets_other_values_keeps_none_for_its_nulls(batch_size):
+    records = [{"a": "x"}, {}, {"a": None}, {"a": float("nan")}, {"a": 1}, {"b": 2}]
+    frame = unnest(records, batch_size=batch_size)
+    expected = pd.Series(["x", None, None, float("nan"), 1, None], name="a")
+    pd.testing.assert_series_equal(frame["a"], expected)
+    strings = unnest(records[:4] + [{"a": "y"}], batch_size=batch_size)
+    pd.testing.assert_series_equal(strings["a"], pd.Series(["x", None, None, float("nan"), "y"], name="a"))
+
+
+def test_a_huge_int_among_floats_stays_object_as_pandas_infers():
+    frame = unnest([{"a": [2**64, 0.0]}])
+    assert frame["a.*"].dtype == object
+    assert frame["a.*"].tolist() == [2**64, 0.0]
