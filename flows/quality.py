@@ -56,8 +56,10 @@ class RowRule:
 
 
 def _is_string_like(series: pd.Series) -> bool:
-    # For object columns pandas infers from the values (all str or missing).
-    return pd.api.types.is_string_dtype(series)
+    """A str dtype, or an object column whose values are all str (or missing)."""
+    if series.dtype == object:
+        return pd.api.types.infer_dtype(series, skipna=True) in ("string", "empty")
+    return pd.api.types.is_string_dtype(series.dtype) and not isinstance(series.dtype, pd.CategoricalDtype)
 
 
 def _columns_problem(df: pd.DataFrame) -> str | None:

@@ -1,0 +1,189 @@
+"""flows.quality: the countries rules and the row-drop rule (pure, no database)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from flows import quality
+from flows.errors import ConfigurationError, LoadError, QualityGateError
+from flows.quality import RowRule, check_row_drop, validate_countries
+
+
+def good() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "nation_official_name": pd.array(["Republic of Finland", "Åland Islands", "Narnia"], dtype="str"),
+            "currency_name": pd.array(["Euro", None, "Lion"], dtype="str"),
+            "population": np.array([5_500_000, 30_000, 0], dtype="int64"),
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        pytest.param(good(), id="str dtype"),
+        pytest.param(good().astype({"nation_official_name": object, "currency_name": object}), id="object dtype"),
+        pytest.param(good().astype({"population": "Int64"}), id="nullable Int64"),
+        pytest.param(good().astype({"population": "int32"}), id="int32"),
+    ],
+)
+def test_good_frames_pass(frame):
+    assert validate_countries(frame) is None
+
+
+def test_validation_does_not_modify_the_frame():
+    frame = good()
+    copy = frame.copy()
+    validate_countries(frame)
+    pd.testing.assert_frame_equal(frame, copy)
+
+
+def _with(**changes) -> pd.DataFrame:
+    frame = good()
+    for column, values in changes.items():
+        frame[column] = values
+    return frame
+
+
+@pytest.mark.parametrize(
+    ("frame", "message"),
+    [
+        pytest.param(
+            good().drop(columns="currency_name"),
+            "quality gate: the columns are [nation_official_name, population], expected exactly "
+            "[nation_official_name, currency_name, population] in that order; the table was not changed",
+            id="missing column",
+        ),
+        pytest.param(
+            good()[["currency_name", "nation_official_name", "population"]],
+            "quality gate: the columns are [currency_name, nation_official_name, population], expected exactly "
+            "[nation_official_name, currency_name, population] in that order; the table was not changed",
+            id="wrong order",
+        ),
+        pytest.param(
+            good().assign(extra=1),
+            "quality gate: the columns are [nation_official_name, currency_name, population, extra], expected "
+            "exactly [nation_official_name, currency_name, population] in that order; the table was not changed",
+            id="extra column",
+        ),
+        pytest.param(
+            _with(nation_official_name=[1, 2, 3]),
+            'quality gate: column "nation_official_name" has dtype int64, expected text (str); '
+            "the table was not changed",
+            id="name not text",
+        ),
+        pytest.param(
+            _with(currency_name=pd.array(["Euro", 5, None], dtype=object)),
+            'quality gate: column "currency_name" has dtype object, expected text (str); the table was not changed',
+            id="currency mixed objects",
+        ),
+        pytest.param(
+            _with(population=[1.0, 2.5, np.nan]),
+            'quality gate: column "population" has dtype float64, expected an integer dtype; '
+            "the table was not changed",
+            id="population float",
+        ),
+        pytest.param(
+            good().iloc[:0],
+            "quality gate: the data has no rows; the table was not changed",
+            id="no rows",
+        ),
+        pytest.param(
+            _with(nation_official_name=pd.array([None, "Åland Islands", None], dtype="str")),
+            "quality gate: 2 rows have no nation_official_name (e.g. row 0); the table was not changed",
+            id="null names",
+        ),
+        pytest.param(
+            _with(population=pd.array([5, None, 7], dtype="Int64")),
+            'quality gate: 1 row has no population (e.g. "Åland Islands"); the table was not changed',
+            id="null population",
+        ),
+        pytest.param(
+            _with(population=np.array([-5, 10, -7], dtype="int64")).assign(
+                nation_official_name=pd.array(["Narnia", "Finland", "Oz"], dtype="str")
+            ),
+            'quality gate: 2 rows have a negative population (e.g. "Narnia": -5); the table was not changed',
+            id="negative population",
+        ),
+    ],
+)
+def test_each_rule_names_the_first_problem(frame, message):
+    with pytest.raises(QualityGateError) as err:
+        validate_countries(frame)
+    assert str(err.value) == message
+    assert isinstance(err.value, LoadError)
+
+
+def test_rules_are_checked_in_order():
+    # Both a null name and a negative population: the earlier rule is reported.
+    frame = _with(
+        nation_official_name=pd.array(["A", None, "C"], dtype="str"),
+        population=np.array([1, 2, -3], dtype="int64"),
+    )
+    with pytest.raises(QualityGateError, match=r"1 row has no nation_official_name \(e\.g\. row 1\)"):
+        validate_countries(frame)
+
+
+def test_rules_are_data_and_easy_to_extend(monkeypatch):
+    rule = RowRule(
+        "name not blank",
+        "a blank nation_official_name",
+        lambda df: df["nation_official_name"].str.strip().eq("").fillna(False).astype(bool),
+        lambda df, label: f"row {label}",
+    )
+    monkeypatch.setattr(quality, "ROW_RULES", [*quality.ROW_RULES, rule])
+    frame = _with(nation_official_name=pd.array(["A", "  ", "C"], dtype="str"))
+    with pytest.raises(QualityGateError, match=r"^quality gate: 1 row has a blank nation_official_name \(e\.g\. row 1\)"):
+        validate_countries(frame)
+
+
+# --- row drop ---------------------------------------------------------------------------
+
+
+def test_row_drop_message():
+    with pytest.raises(QualityGateError) as err:
+        check_row_drop(3, 16, 0.5, False, table="northern_europe_countries")
+    assert str(err.value) == (
+        "new data has 3 rows, 81% fewer than the 16 in northern_europe_countries; "
+        "re-run with force=True if this is expected"
+    )
+
+
+@pytest.mark.parametrize(
+    ("new", "previous", "fraction", "force"),
+    [
+        (8, 16, 0.5, False),  # exactly 50% fewer: allowed
+        (20, 16, 0.5, False),  # growth
+        (16, 16, 0.5, False),
+        (3, None, 0.5, False),  # first load
+        (3, 0, 0.5, False),  # empty table before
+        (0, 16, 0.5, True),  # forced
+        (0, 16, 1.0, False),  # rule disabled
+    ],
+)
+def test_row_drop_allowed(new, previous, fraction, force):
+    assert check_row_drop(new, previous, fraction, force) is None
+
+
+@pytest.mark.parametrize(
+    ("new", "previous", "fraction", "shown"),
+    [
+        (7, 16, 0.5, "56%"),
+        (0, 16, 0.5, "100%"),
+        (99, 200, 0.5, "50.5%"),  # rounds to the limit: one decimal so it does not read "50% fewer"
+        (89, 100, 0.1, "11%"),
+    ],
+)
+def test_row_drop_refused(new, previous, fraction, shown):
+    with pytest.raises(QualityGateError) as err:
+        check_row_drop(new, previous, fraction, False)
+    assert str(err.value).startswith(f"new data has {new} rows, {shown} fewer than the {previous} in the table;")
+
+
+@pytest.mark.parametrize("fraction", [-0.1, 1.5, float("nan")])
+def test_row_drop_fraction_must_be_a_fraction(fraction):
+    with pytest.raises(ConfigurationError, match=r"min_row_fraction must be between 0 and 1"):
+        check_row_drop(1, 2, fraction, False)
