@@ -58,9 +58,7 @@ _SCALAR_TYPES = frozenset(t for t, k in _KINDS.items() if k == _SCALAR)
 _DICT_ONLY = frozenset({dict})
 _LIST_ONLY = frozenset({list})
 # pandas.api.types.infer_dtype answers that rule out a dict or a list among the values.
-_SCALAR_INFERRED = frozenset(
-    {"string", "integer", "floating", "mixed-integer-float", "boolean", "empty", "bytes"}
-)
+_SCALAR_INFERRED = frozenset({"string", "integer", "floating", "mixed-integer-float", "boolean", "empty", "bytes"})
 _NUMERIC_INFERRED = frozenset({"integer", "floating", "mixed-integer-float"})
 _STR = pd.Series(["a"]).dtype  # the dtype pandas infers for strings
 _STR_TEMPLATE = pd.array(["a"], dtype=_STR)
@@ -105,7 +103,17 @@ class _Node:
     """One path of the schema: a key below its parent, or the parent's elements (``*``)."""
 
     __slots__ = (
-        "children", "col", "getter", "getters", "hint", "is_map", "keycol", "keys", "path", "seq", "star",
+        "children",
+        "col",
+        "getter",
+        "getters",
+        "hint",
+        "is_map",
+        "keycol",
+        "keys",
+        "path",
+        "seq",
+        "star",
     )
 
     def __init__(self, path: tuple[str, ...], seq: int):
@@ -146,8 +154,7 @@ class _Level:
 class _Unnester:
     """The state of one :func:`unnest` call: the schema tree, the columns, the row count."""
 
-    def __init__(self, *, full: bool, maps: Mapping[tuple[str, ...], bool] | bool | None, sep: str,
-                 max_rows: int):
+    def __init__(self, *, full: bool, maps: Mapping[tuple[str, ...], bool] | bool | None, sep: str, max_rows: int):
         self.full = full
         self.maps = maps
         self.sep = sep
@@ -235,9 +242,7 @@ class _Unnester:
         root = _Level(len(records), None)
         self.levels = [root]
         self.leaves = []
-        work: list[tuple[_Node, _Level, np.ndarray | None, Any, int | None]] = [
-            (self.root, root, None, records, _DICT)
-        ]
+        work: list[tuple[_Node, _Level, np.ndarray | None, Any, int | None]] = [(self.root, root, None, records, _DICT)]
         while work:
             node, level, idx, values, kind = work.pop()
             inferred = None
@@ -278,8 +283,7 @@ class _Unnester:
                 self.explode(node, level, idx, values, kind, work)
         self.layout()
 
-    def known_dicts(self, node: _Node, level: _Level, idx: np.ndarray | None, values: Any,
-                    work: list) -> bool:
+    def known_dicts(self, node: _Node, level: _Level, idx: np.ndarray | None, values: Any, work: list) -> bool:
         """Dicts last time at a decided path: read them as then, without a type check first.
 
         False, having changed nothing, if some value is not what last time's dicts were
@@ -316,10 +320,11 @@ class _Unnester:
                 else list(map(getter, dicts))
                 for key, getter in zip(node.keys, node.getters, strict=True)
             ]
-        return list(zip(*map(node.getter, dicts)))
+        return list(zip(*map(node.getter, dicts)))  # noqa: B905 - itemgetter tuples: one length
 
-    def push_children(self, node: _Node, level: _Level, idx: np.ndarray | None, keys: Any,
-                      columns: list, work: list) -> None:
+    def push_children(
+        self, node: _Node, level: _Level, idx: np.ndarray | None, keys: Any, columns: list, work: list
+    ) -> None:
         """Queue each key's values, in the children's creation order (first popped first)."""
         children = node.children
         items = sorted(
@@ -329,8 +334,7 @@ class _Unnester:
         )
         work.extend((child, level, idx, column, None) for child, column in items)
 
-    def mixed(self, node: _Node, level: _Level, idx: np.ndarray | None, values: Any,
-              work: list) -> None:
+    def mixed(self, node: _Node, level: _Level, idx: np.ndarray | None, values: Any, work: list) -> None:
         """Values of several kinds at one path: split them, and queue each part on its own."""
         if idx is None:
             idx = np.arange(level.n)
@@ -348,8 +352,7 @@ class _Unnester:
             exploding |= struct
         if exploding.any():
             containers = [
-                v if type(v) is dict else list(v) if _kind(v) == _LIST else dict(v)
-                for v in compress(values, exploding)
+                v if type(v) is dict else list(v) if _kind(v) == _LIST else dict(v) for v in compress(values, exploding)
             ]
             kind = _EXPLODE if (exploding & (kinds == _DICT)).any() else _LIST
             work.append((node, level, idx[exploding], containers, kind))
@@ -360,8 +363,7 @@ class _Unnester:
         if scalars.any():
             work.append((node, level, idx[scalars], list(compress(values, scalars)), _SCALAR))
 
-    def dicts(self, node: _Node, level: _Level, idx: np.ndarray | None, dicts: Any, kind: int,
-              work: list) -> None:
+    def dicts(self, node: _Node, level: _Level, idx: np.ndarray | None, dicts: Any, kind: int, work: list) -> None:
         """Dicts at ``node``: a map explodes into rows; a struct's keys become child paths.
 
         ``kind`` _STRUCT: the keys only (the caller explodes any maps).
@@ -416,8 +418,7 @@ class _Unnester:
         work.extend((child, level, i, v, k) for _, child, i, v, k in items)
 
     @staticmethod
-    def sparse(node: _Node, level: _Level, idx: np.ndarray | None, dicts: Any, keys: tuple,
-               items: list) -> None:
+    def sparse(node: _Node, level: _Level, idx: np.ndarray | None, dicts: Any, keys: tuple, items: list) -> None:
         """Dicts with varying keys: group all their entries by key with one stable sort."""
         lens = np.fromiter(map(len, dicts), dtype=np.int64, count=len(dicts))
         position = {key: i for i, key in enumerate(keys)}
@@ -434,9 +435,18 @@ class _Unnester:
             sub_idx = None if idx is None and hi - lo == level.n else owners[lo:hi]
             items.append((child.seq, child, sub_idx, values[lo:hi], None))
 
-    def explode(self, node: _Node, level: _Level, idx: np.ndarray | None, containers: Any,
-                kind: int, work: list, *, lens: np.ndarray | None = None,
-                elements: list | None = None) -> None:
+    def explode(
+        self,
+        node: _Node,
+        level: _Level,
+        idx: np.ndarray | None,
+        containers: Any,
+        kind: int,
+        work: list,
+        *,
+        lens: np.ndarray | None = None,
+        elements: list | None = None,
+    ) -> None:
         """Lists (_LIST), maps (_MAPS) or both (_EXPLODE) at ``node``: their elements become
         the instances of a child level, each one showing in the rows of its parent instance."""
         star = node.star
@@ -461,9 +471,7 @@ class _Unnester:
             if keycol is not None and not self.full:
                 keys = np.arange(total) - np.repeat(np.cumsum(lens) - lens, lens)
         else:
-            if keycol is None and self.full and (
-                kind == _MAPS or any(type(c) is dict and c for c in containers)
-            ):
+            if keycol is None and self.full and (kind == _MAPS or any(type(c) is dict and c for c in containers)):
                 keycol = star.keycol = self.column((*node.path, KEY))
             if kind == _MAPS:
                 if elements is None:
@@ -471,15 +479,15 @@ class _Unnester:
                 if keycol is not None:
                     keys = list(chain.from_iterable(containers))
             else:
-                elements = list(chain.from_iterable(
-                    c.values() if type(c) is dict else c for c in containers
-                ))
+                elements = list(chain.from_iterable(c.values() if type(c) is dict else c for c in containers))
                 if keycol is not None:
                     # A list's elements have their position as key; in a full unnest, none.
-                    keys = list(chain.from_iterable(
-                        c if type(c) is dict else repeat(None, len(c)) if self.full else range(len(c))
-                        for c in containers
-                    ))
+                    keys = list(
+                        chain.from_iterable(
+                            c if type(c) is dict else repeat(None, len(c)) if self.full else range(len(c))
+                            for c in containers
+                        )
+                    )
         if keys is not None:
             self.leaves.append((keycol, child, None, keys, None))
         work.append((star, child, None, elements, None))
@@ -736,9 +744,7 @@ def _split(path: Any, sep: str, what: str) -> tuple[str, ...]:
         raise UnnestError(f"{what}: path {path!r} is not a string; write paths like 'name{sep}official'")
     segments = tuple(path.split(sep))
     if not path or "" in segments:
-        raise UnnestError(
-            f"{what}: path {path!r} has an empty segment; write paths like 'name{sep}official'"
-        )
+        raise UnnestError(f"{what}: path {path!r} has an empty segment; write paths like 'name{sep}official'")
     return segments
 
 
@@ -746,8 +752,7 @@ def _batches(records: Iterable[Any], size: int) -> Iterable[list[dict]]:
     """The records in lists of up to ``size``, each record checked to be a dict."""
     if isinstance(records, Mapping | str | bytes):
         raise UnnestError(
-            f"records must be an iterable of dicts, got a single {type(records).__name__}; "
-            "wrap one record in a list"
+            f"records must be an iterable of dicts, got a single {type(records).__name__}; wrap one record in a list"
         )
     try:
         iterator = iter(records)
@@ -868,8 +873,7 @@ def unnest(
     if columns is not None:
         if maps is not None:
             raise UnnestError(
-                "maps= applies only to a full unnest (columns=None); in columns= a '*' path "
-                "segment declares the map"
+                "maps= applies only to a full unnest (columns=None); in columns= a '*' path segment declares the map"
             )
         if isinstance(columns, str | bytes):
             raise UnnestError(

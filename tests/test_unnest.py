@@ -762,7 +762,7 @@ def test_a_string_column_that_later_gets_other_values_keeps_none_for_its_nulls(b
     frame = unnest(records, batch_size=batch_size)
     expected = pd.Series(["x", None, None, float("nan"), 1, None], name="a")
     pd.testing.assert_series_equal(frame["a"], expected)
-    strings = unnest(records[:4] + [{"a": "y"}], batch_size=batch_size)
+    strings = unnest([*records[:4], {"a": "y"}], batch_size=batch_size)
     pd.testing.assert_series_equal(strings["a"], pd.Series(["x", None, None, float("nan"), "y"], name="a"))
 
 

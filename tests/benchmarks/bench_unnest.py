@@ -63,7 +63,7 @@ def _codes(rnd: random.Random, count: int, letters: str) -> list[str]:
 
 
 def _pools(diverse: bool) -> tuple[list[str], list[tuple[str, str, str]]]:
-    rnd = random.Random(20240)
+    rnd = random.Random(20240)  # noqa: S311 - reproducible test data, not crypto
     languages = _codes(rnd, 150 if diverse else 20, string.ascii_lowercase)
     currencies = [
         (code, f"Currency of {code}", rnd.choice(_SYMBOLS))
@@ -119,7 +119,7 @@ def country_records(n: int, *, seed: int = 1, diverse: bool = True) -> Iterator[
     """``n`` country-like records, the same for the same seed, parsed from JSON a page at a time."""
     languages, currencies = _pools(diverse)
     for start in range(0, n, PAGE):
-        rnd = random.Random(seed * 1_000_003 + start)
+        rnd = random.Random(seed * 1_000_003 + start)  # noqa: S311 - reproducible test data
         page = [_record(i, rnd, languages, currencies) for i in range(start, min(n, start + PAGE))]
         yield from json.loads(json.dumps(page))
 
