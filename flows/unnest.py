@@ -785,9 +785,10 @@ def unnest(
     """Flatten JSON records into one DataFrame with no dict or list left in any cell.
 
     **Input.** ``records`` is any iterable of dicts (JSON objects) nesting dicts, lists and
-    scalars arbitrarily deep; it is read once, in batches of ``batch_size`` records, so a
-    generator is never held whole. A record that is not a dict (a Mapping is accepted) raises
-    :class:`UnnestError` naming its index. Depth is unlimited (no recursion).
+    scalars arbitrarily deep; it is read once, ``batch_size`` records at a time, so a
+    generator is never held whole (only one batch of input at a time). A record that is not a
+    dict (a Mapping is accepted) raises :class:`UnnestError` naming its index. Depth is
+    unlimited (no recursion).
 
     **Paths and columns.** A *path* names where a value sits: dict keys joined by ``sep``
     (``name.official``); ``*`` stands for the elements of a list or the values of a data-keyed
@@ -804,8 +805,10 @@ def unnest(
       (insertion order), with the record's other values repeated on each;
     - sibling lists/maps within one record are independent and multiply (a cross product,
       like SQL lateral joins), so every value appears: ``{"a": [1, 2], "b": ["x", "y"]}``
-      gives rows (1, x), (1, y), (2, x), (2, y). The list whose columns come first in the
-      output varies slowest;
+      gives rows (1, x), (1, y), (2, x), (2, y). Sibling lists nest in path order (depth
+      first, keys in first-seen order; with ``columns=``, in the order the paths are first
+      mentioned), the first varying slowest: in a full unnest, the list whose columns come
+      first;
     - an empty list or dict, a missing key, or a path where a record holds a different kind of
       value keeps the row, with null in the columns below that path (like a LEFT JOIN); it
       never drops a record. A null is a scalar: it gives null at its own path.
@@ -840,9 +843,12 @@ def unnest(
 
     **Full unnest** (``columns=None``): every scalar path becomes a column, named by its path
     (``tld.*``, ``currencies.*~``, ``currencies.*.name``), so any column name can be passed
-    back as a path in ``columns=``; columns are ordered by first-seen key, depth first, a
-    map's ``*~`` column before its values. If two different paths would give the same column
-    name (a key containing ``sep``), UnnestError asks for another ``sep``.
+    back as a path in ``columns=`` to select those values (a selected ``*`` also reads as a
+    map any dict at that level, so it may find more). Columns are ordered by first-seen key,
+    depth first, a map's ``*~`` column before its values. ``P.*~`` exists for each map path
+    ``P`` and holds the map keys (lists found at ``P`` give null there: their order is the
+    row order). If two different paths would give the same column name (a key containing
+    ``sep``), UnnestError asks for another ``sep``.
 
     **Output.** A DataFrame with a RangeIndex. Each column's dtype is what pandas infers
     from the list of its Python values (``pandas.Series(values)``): int64 for ints without
@@ -851,10 +857,15 @@ def unnest(
     mixed values or only nulls. No records gives an empty frame (no columns for a full
     unnest, the selected columns otherwise).
 
-    **Row limit.** The rows are counted before they are built: as soon as the records read so
-    far would give more than ``max_rows`` rows, :class:`RowLimitExceededError` is raised
-    (saying the count reached, the bound and what to do); no more than ``max_rows`` rows are
-    ever held, and no DataFrame is built.
+    **Row limit.** The rows are counted before they are built, batch by batch: as soon as the
+    records read so far would give more than ``max_rows`` rows, :class:`RowLimitExceededError`
+    is raised (saying the count reached, the bound and what to do); no more than ``max_rows``
+    rows are ever held, and no DataFrame is built. A single record whose lists multiply to an
+    astronomical count is refused at once, its rows never built.
+
+    **Batches.** ``batch_size`` (default 1,000) records are read at a time: it bounds the input
+    held, and is the sample that decides a path's maps (see above). Output and dtypes do
+    not depend on it otherwise.
 
     Raises:
         UnnestError: a record is not a dict; a path or ``maps`` entry is malformed; ``maps``
