@@ -864,8 +864,9 @@ def unnest(
     astronomical count is refused at once, its rows never built.
 
     **Batches.** ``batch_size`` (default 1,000) records are read at a time: it bounds the input
-    held, and is the sample that decides a path's maps (see above). Output and dtypes do
-    not depend on it otherwise.
+    held, and is the sample that decides a path's maps (see above). Rows, values and dtypes
+    do not depend on it otherwise (column order can, where one path holds both dicts and
+    lists: their columns come in the order first met).
 
     Raises:
         UnnestError: a record is not a dict; a path or ``maps`` entry is malformed; ``maps``
