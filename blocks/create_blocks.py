@@ -32,13 +32,13 @@ from pathlib import Path
 if str(Path(__file__).resolve().parents[1]) not in sys.path:  # run as a script from a clone
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from prefect.blocks.system import Secret  # noqa: E402
-from prefect_sqlalchemy import ConnectionComponents, SqlAlchemyConnector, SyncDriver  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
-from sqlalchemy.exc import ArgumentError  # noqa: E402
+from prefect.blocks.system import Secret
+from prefect_sqlalchemy import ConnectionComponents, SqlAlchemyConnector, SyncDriver
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
-from flows import budget  # noqa: E402
-from flows.errors import ConfigurationError, CountriesError  # noqa: E402
+from flows import budget
+from flows.errors import ConfigurationError, CountriesError
 
 DEFAULT_DB_BLOCK = "countries-db"
 API_KEY_BLOCK = "restcountries-api-key"

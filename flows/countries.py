@@ -27,27 +27,27 @@ from pathlib import Path
 if str(Path(__file__).resolve().parents[1]) not in sys.path:  # `python flows/countries.py`, prefect deploy
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import atexit  # noqa: E402
-import os  # noqa: E402
-import time  # noqa: E402
-from urllib.parse import unquote  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from datetime import timedelta  # noqa: E402
-from typing import Annotated, Any, Literal  # noqa: E402
+import argparse
+import asyncio
+import atexit
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Annotated, Any, Literal
+from urllib.parse import unquote
 
-import httpx  # noqa: E402
-import pandas as pd  # noqa: E402
-from prefect import flow, get_run_logger, task  # noqa: E402
-from prefect.artifacts import acreate_markdown_artifact  # noqa: E402
-from prefect.cache_policies import INPUTS, TASK_SOURCE  # noqa: E402
-from pydantic import Field  # noqa: E402
+import httpx
+import pandas as pd
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import acreate_markdown_artifact
+from prefect.cache_policies import INPUTS, TASK_SOURCE
+from pydantic import Field
 
 from flows import api as restcountries
-from flows import budget, load, local_db, quality  # noqa: E402
-from flows.errors import ConfigurationError, CountriesError, TransientApiError  # noqa: E402
-from flows.unnest import unnest  # noqa: E402
+from flows import budget, load, local_db, quality
+from flows.errors import ConfigurationError, CountriesError, TransientApiError
+from flows.unnest import unnest
 
 DEFAULT_REGIONS = ["Northern Europe"]
 DEFAULT_TABLE = "northern_europe_countries"
@@ -85,7 +85,7 @@ async def resolve_api_key(dialect: restcountries.Dialect) -> str | None:
 TASK_RETRY_DELAY_SECONDS = 30
 
 
-def retry_if_transient(task, task_run, state) -> bool:  # noqa: ARG001 - Prefect's signature
+def retry_if_transient(task, task_run, state) -> bool:
     """Retry a fetch task only after a transient failure (429, 5xx, timeout, dropped connection),
     and not when the server asked to wait longer than the task's retry delay (``Retry-After``)."""
     exc = state.data
@@ -330,7 +330,9 @@ def _parser() -> argparse.ArgumentParser:
         "--regions", nargs="+", default=DEFAULT_REGIONS, metavar="NAME",
         help='regions or subregions, e.g. "Northern Europe" Africa; "all" = every region (default: "Northern Europe")',
     )
-    p.add_argument("--table", default=DEFAULT_TABLE, help="target table, optionally schema.table (default: %(default)s)")
+    p.add_argument(
+        "--table", default=DEFAULT_TABLE, help="target table, optionally schema.table (default: %(default)s)"
+    )
     p.add_argument("--db-block", default=DEFAULT_DB_BLOCK, help="SqlAlchemyConnector block name (default: %(default)s)")
     p.add_argument(
         "--api", choices=["v5", "v3.1"], default="v5",

@@ -93,6 +93,34 @@ def database_url(pg: Postgres) -> Iterator[str]:
         admin.dispose()
 
 
+def table_rows(url: str, table: str) -> list[tuple]:
+    """Every row of ``table`` at ``url``, sorted by (name, currency) in code-point order.
+
+    That is the pipeline's own order (PostgreSQL would sort by collation).
+    """
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = [tuple(r) for r in conn.execute(sa.text(f'SELECT * FROM "{table}"'))]
+    finally:
+        engine.dispose()
+    return sorted(rows, key=lambda r: (r[0], r[1] or ""))
+
+
+@pytest.fixture
+def db_block(prefect_server, database_url) -> tuple[str, str]:
+    """(block name, SQLAlchemy URL): a fresh database behind a stored SqlAlchemyConnector block."""
+    from prefect_sqlalchemy import SqlAlchemyConnector
+
+    from blocks.create_blocks import connection_from_url
+
+    name = f"test-db-{uuid.uuid4().hex[:10]}"
+    SqlAlchemyConnector(connection_info=connection_from_url(database_url)).save(name)
+    return name, database_url
+
+
 # --- Prefect ----------------------------------------------------------------------
 
 
@@ -156,5 +184,5 @@ def prefect_server() -> Iterator[PrefectServer]:
             proc.wait()
 
 
-def pytest_sessionfinish(session, exitstatus):  # noqa: ARG001 - pytest hook signature
+def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_SESSION_TMP, ignore_errors=True)

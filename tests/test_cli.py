@@ -15,10 +15,9 @@ import uuid
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 
 from flows import local_db
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, table_rows
 from tests.expected import EXPECTED_NORTHERN_EUROPE
 from tests.fake_api import FakeRestCountries
 
@@ -37,13 +36,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 
 
 def rows_at(url: str, table: str = "northern_europe_countries") -> list[tuple]:
-    engine = sa.create_engine(url)
-    try:
-        with engine.connect() as conn:
-            rows = [tuple(r) for r in conn.execute(sa.text(f'SELECT * FROM "{table}"'))]
-    finally:
-        engine.dispose()
-    return sorted(rows, key=lambda r: (r[0], r[1] or ""))
+    return table_rows(url, table)
 
 
 @pytest.fixture
@@ -89,8 +82,9 @@ def test_missing_block_starts_embedded_postgres_and_loads_the_v31_table(prefect_
 
 
 def test_v5_from_environment_variables_loads_the_same_table(prefect_server, fake_api, database_url):
-    from blocks.create_blocks import connection_from_url, save_db_block
     from prefect.utilities.asyncutils import run_coro_as_sync
+
+    from blocks.create_blocks import connection_from_url, save_db_block
 
     block = f"cli-db-{uuid.uuid4().hex[:8]}"
     run_coro_as_sync(save_db_block(block, connection_from_url(database_url)))

@@ -23,8 +23,9 @@ from flows.errors import (
     InvalidTableNameError,
     UnknownRegionError,
 )
+from tests.conftest import table_rows as read_table
 from tests.expected import EXPECTED_NORTHERN_EUROPE, NORTHERN_EUROPE_COUNTRIES
-from tests.fake_api import Fault, FakeRestCountries
+from tests.fake_api import FakeRestCountries, Fault
 
 TABLE = "northern_europe_countries"
 
@@ -36,25 +37,12 @@ def fake_api():
 
 
 @pytest.fixture
-def db(prefect_server, database_url):
-    """(block name, SQLAlchemy URL) of a fresh database behind a stored SqlAlchemyConnector block."""
-    from prefect_sqlalchemy import SqlAlchemyConnector
-
-    from blocks.create_blocks import connection_from_url
-
-    name = f"flow-test-db-{uuid.uuid4().hex[:8]}"
-    SqlAlchemyConnector(connection_info=connection_from_url(database_url)).save(name)
-    return name, database_url
+def db(db_block):
+    return db_block
 
 
 def table_rows(url: str, table: str = TABLE) -> list[tuple]:
-    engine = sa.create_engine(url)
-    try:
-        with engine.connect() as conn:
-            rows = conn.execute(sa.text(f'SELECT * FROM "{table}" ORDER BY 1, 2')).all()
-        return [tuple(r) for r in rows]
-    finally:
-        engine.dispose()
+    return read_table(url, table)
 
 
 def column_types(url: str, table: str = TABLE) -> list[tuple[str, str]]:
@@ -79,16 +67,11 @@ def run(**params):
     return asyncio.run(countries_flow(**params))
 
 
-def python_sorted(rows):
-    """Postgres sorts by collation; the pipeline (and EXPECTED) by code point."""
-    return sorted(rows, key=lambda r: (r[0], r[1] or ""))
-
-
 def test_v31_loads_the_exact_northern_europe_table(fake_api, db):
     block, url = db
     summary = run(db_block=block, api="v3.1", base_url=fake_api.v31_base_url)
 
-    assert python_sorted(table_rows(url)) == EXPECTED_NORTHERN_EUROPE
+    assert table_rows(url) == EXPECTED_NORTHERN_EUROPE
     assert column_types(url) == [
         ("nation_official_name", "text"),
         ("currency_name", "text"),
@@ -112,7 +95,7 @@ def test_v5_with_key_from_the_secret_block_pages_and_loads_the_same_table(fake_a
     Secret(value=fake_api.api_key).save("restcountries-api-key", overwrite=True)
     summary = run(db_block=block, api="v5", base_url=fake_api.v5_base_url)
 
-    assert python_sorted(table_rows(url)) == EXPECTED_NORTHERN_EUROPE
+    assert table_rows(url) == EXPECTED_NORTHERN_EUROPE
     pages = fake_api.count("/countries/v5/subregion/*")
     assert pages == 4 == summary.requests  # 16 countries, 5 a page
     assert all(r.param("limit") == "100" for r in fake_api.requests)
@@ -125,7 +108,7 @@ def test_v5_code_keyed_currencies_give_the_same_table(db, monkeypatch):
         monkeypatch.setenv("RESTCOUNTRIES_API_KEY", fake.api_key)
         monkeypatch.setenv("RESTCOUNTRIES_BASE_URL", fake.v5_base_url)
         run(db_block=block)
-    assert python_sorted(table_rows(url)) == EXPECTED_NORTHERN_EUROPE
+    assert table_rows(url) == EXPECTED_NORTHERN_EUROPE
 
 
 def test_overlapping_regions_are_fetched_concurrently_and_not_duplicated(fake_api, db):
@@ -151,7 +134,7 @@ def test_second_run_is_served_from_cache_and_leaves_the_table_unchanged(fake_api
     assert second.requests == 0 and fake_api.count() == 1  # the cached fetch spent no request
     third = run(db_block=block, api="v3.1", base_url=fake_api.v31_base_url, cache_minutes=0)
     assert third.requests == 1 and fake_api.count() == 2
-    assert python_sorted(table_rows(url)) == EXPECTED_NORTHERN_EUROPE
+    assert table_rows(url) == EXPECTED_NORTHERN_EUROPE
 
 
 def test_run_publishes_the_report_artifact(fake_api, db):
@@ -216,7 +199,7 @@ def test_api_key_and_db_password_never_reach_logs_artifacts_or_errors(prefect_se
     from blocks.create_blocks import connection_from_url
 
     canary_key = "canary-key-" + uuid.uuid4().hex
-    canary_password = "canary-pw-" + uuid.uuid4().hex  # noqa: S105
+    canary_password = "canary-pw-" + uuid.uuid4().hex
     block = f"flow-test-canary-{uuid.uuid4().hex[:8]}"
     # the embedded server trusts local connections, so the password is sent but not needed
     SqlAlchemyConnector(connection_info=connection_from_url(pg.url(), password=canary_password)).save(block)

@@ -25,6 +25,7 @@ from flows.errors import (
     TransientApiError,
 )
 from tests.conftest import free_port
+from tests.conftest import table_rows as read_table
 from tests.countries_data import COUNTRIES, NORTHERN_EUROPE
 from tests.expected import EXPECTED_NORTHERN_EUROPE
 from tests.fake_api import FakeRestCountries, Fault
@@ -39,14 +40,8 @@ def fake_api():
 
 
 @pytest.fixture
-def db(prefect_server, database_url):
-    from prefect_sqlalchemy import SqlAlchemyConnector
-
-    from blocks.create_blocks import connection_from_url
-
-    name = f"reliability-db-{uuid.uuid4().hex[:8]}"
-    SqlAlchemyConnector(connection_info=connection_from_url(database_url)).save(name)
-    return name, database_url
+def db(db_block):
+    return db_block
 
 
 @pytest.fixture
@@ -63,13 +58,7 @@ def run(fake: FakeRestCountries, block: str, **params):
 
 
 def table_rows(url: str, table: str = TABLE) -> list[tuple]:
-    engine = sa.create_engine(url)
-    try:
-        with engine.connect() as conn:
-            rows = [tuple(r) for r in conn.execute(sa.text(f'SELECT * FROM "{table}"'))]
-    finally:
-        engine.dispose()
-    return sorted(rows, key=lambda r: (r[0], r[1] or ""))
+    return read_table(url, table)
 
 
 def one_line(exc: BaseException) -> str:
@@ -150,7 +139,7 @@ def test_an_unreachable_database_names_host_and_port_but_not_the_password(fake_a
     from blocks.create_blocks import connection_from_url
 
     port = free_port()
-    password = "canary-unreachable-" + uuid.uuid4().hex  # noqa: S105
+    password = "canary-unreachable-" + uuid.uuid4().hex
     block = f"reliability-nowhere-{uuid.uuid4().hex[:8]}"
     url = f"postgresql+psycopg2://etl@127.0.0.1:{port}/analytics"
     SqlAlchemyConnector(connection_info=connection_from_url(url, password=password)).save(block)
