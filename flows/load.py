@@ -174,32 +174,121 @@ class LoadResult:
     seconds: float = 0.0
 
 
-# --- serialisation: a frame as COPY text-format fields, plus its content hash -------
+# --- serialisation: a frame as COPY text format, hashed as it is produced ----------
 
 _NULL = "\\N"  # COPY text format's NULL marker
-_SPECIAL = ("\\", "\t", "\n", "\r")
 _SQL_TYPE = re.compile(
     r"[A-Za-z_][A-Za-z0-9_]*(?: [A-Za-z_][A-Za-z0-9_]*)*"
     r"(?: ?\(\s*\d+\s*(?:,\s*\d+\s*)?\))?"
     r"(?: [A-Za-z_][A-Za-z0-9_]*)*"
 )
+_TAB, _NEWLINE, _BACKSLASH, _CR, _NUL = 9, 10, 92, 13, 0
 
 
 @dataclass(frozen=True)
 class _Column:
-    """One column ready to load: name, SQL type, digest of its values, and its COPY fields by row range."""
+    """One column of the frame, as it will be loaded."""
 
     name: str
     sql_type: str
-    digest: bytes
-    fields: Callable[[int, int], list[str]]
+    series: pd.Series
 
 
 @dataclass(frozen=True)
-class _Prepared:
+class _Plan:
+    """A validated frame: its columns with SQL types, row count, and the header its hash starts with."""
+
     columns: list[_Column]
     rows: int
-    content_hash: str
+    header: bytes
+
+
+class _Fields:
+    """A column's COPY fields by row range, as ``%``-format arguments; built in the serialising thread.
+
+    ``spec`` is the format of one field: ``%d`` for ints and ``%r`` for floats
+    (exact round-trip) when they have no NULLs, ``%s`` otherwise.
+    ``chunk(i, j, escape)`` returns the arguments for rows ``i:j`` with NULL
+    as ``\\N``, and the number of NULLs. Without ``escape`` text is passed
+    as is: right for all but the rare values holding a backslash, tab,
+    newline or CR, which the caller detects by counting bytes and then asks
+    again with ``escape=True`` (the slow path).
+    """
+
+    def __init__(self, column: _Column) -> None:
+        series, dtype = column.series, column.series.dtype
+        self.name = column.name
+        self.spec = "%s"
+        self._text = isinstance(dtype, pd.CategoricalDtype) or pd.api.types.is_string_dtype(dtype)
+        if self._text:
+            self._values = series.to_numpy(dtype=object)  # NaN/None/NA where missing
+            return
+        mask = series.isna().to_numpy(dtype=bool)
+        self._mask: np.ndarray | None = mask if mask.any() else None
+        if pd.api.types.is_bool_dtype(dtype):
+            words = np.array(["f", "t"], dtype=object)[series.to_numpy(dtype=bool, na_value=False).astype(np.intp)]
+            words[mask] = _NULL
+            self._format: Callable[[int, int], list] = lambda i, j: words[i:j].tolist()
+        elif pd.api.types.is_integer_dtype(dtype):
+            unsigned = pd.api.types.is_unsigned_integer_dtype(dtype)
+            ints = series.to_numpy(dtype="uint64" if unsigned else "int64", na_value=0)
+            if self._mask is None:
+                self.spec = "%d"
+                self._format = lambda i, j: ints[i:j].tolist()
+            else:
+                self._format = lambda i, j: self._with_nulls(list(map(str, ints[i:j].tolist())), i, j)
+        elif pd.api.types.is_float_dtype(dtype):
+            floats = series.to_numpy(dtype="float64", na_value=np.nan)  # NaN is missing: NULL, like None
+            if self._mask is None:
+                self.spec = "%r"
+                self._format = lambda i, j: floats[i:j].tolist()
+            else:
+                self._format = lambda i, j: self._with_nulls(list(map(repr, floats[i:j].tolist())), i, j)
+        elif pd.api.types.is_datetime64_any_dtype(dtype):
+            if isinstance(dtype, pd.DatetimeTZDtype):
+                series = series.dt.tz_convert("UTC").dt.tz_localize(None)  # naive datetimes are taken as UTC
+            stamps = series.to_numpy(dtype="datetime64[us]")
+            iso = np.datetime_as_string(stamps, unit="us", timezone="UTC").astype(object)
+            iso[mask] = _NULL
+            self._format = lambda i, j: iso[i:j].tolist()
+        else:  # _default_sql_type refused it already unless column_types named a type
+            raise ConfigurationError(f'column "{column.name}" has dtype {dtype}, which the loader cannot serialise')
+
+    def _with_nulls(self, fields: list[str], i: int, j: int) -> list[str]:
+        if self._mask is None or not self._mask[i:j].any():
+            return fields
+        array = np.array(fields, dtype=object)
+        array[self._mask[i:j]] = _NULL
+        return array.tolist()
+
+    def chunk(self, i: int, j: int, escape: bool) -> tuple[list, int]:
+        if not self._text:
+            nulls = 0 if self._mask is None else int(np.count_nonzero(self._mask[i:j]))
+            return self._format(i, j), nulls
+        values = self._values[i:j]
+        mask = pd.isna(values)
+        nulls = int(np.count_nonzero(mask))
+        if escape:
+            return self._escaped(values, mask), nulls
+        if nulls:
+            values = values.copy()
+            values[mask] = _NULL
+        return values.tolist(), nulls
+
+    def _escaped(self, values: np.ndarray, mask: np.ndarray) -> list[str]:
+        texts = [v if isinstance(v, str) else str(v) for v in values.tolist()]  # slow path only: odd objects
+        for k in np.flatnonzero(mask):
+            texts[k] = ""
+        joined = "\x00".join(texts)
+        if joined.count("\x00") != len(texts) - 1:
+            raise LoadError(
+                f'column "{self.name}" contains a NUL character (\\x00), which PostgreSQL text cannot store; '
+                "the previous table is unchanged"
+            )
+        escaped = joined.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+        array = np.array(escaped.split("\x00"), dtype=object)
+        array[mask] = _NULL
+        return array.tolist()
 
 
 def _default_sql_type(name: str, dtype: object) -> str:
@@ -217,88 +306,6 @@ def _default_sql_type(name: str, dtype: object) -> str:
         f'column "{name}" has dtype {dtype}, which the loader cannot map to an SQL type; '
         "convert it to text, integer, float, bool or datetime"
     )
-
-
-def _text_fields(name: str, series: pd.Series, digest: hashlib._Hash) -> list[str]:
-    """Text column: hash the UTF-8 of its values; return COPY fields (escaped, NULL as \\N)."""
-    mask = series.isna().to_numpy(dtype=bool)
-    values: list[str] = series.to_numpy(dtype=object, na_value="").tolist()
-    try:
-        joined = "\x00".join(values)
-    except TypeError:  # non-str objects in an object column: load their str()
-        values = [v if isinstance(v, str) else str(v) for v in values]
-        joined = "\x00".join(values)
-    if values and joined.count("\x00") != len(values) - 1:
-        raise LoadError(
-            f'column "{name}" contains a NUL character (\\x00), which PostgreSQL text cannot store; '
-            "nothing was written"
-        )
-    try:
-        encoded = joined.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise LoadError(
-            f'column "{name}" contains text that is not valid Unicode ({exc.reason}); nothing was written'
-        ) from None
-    digest.update(np.packbits(mask).tobytes())
-    digest.update(encoded)
-    del encoded
-    if any(ch in joined for ch in _SPECIAL):  # rare: escape the whole column at C speed
-        escaped = joined.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
-        values = escaped.split("\x00")
-    return _with_nulls(values, mask)
-
-
-def _with_nulls(fields: list[str], mask: np.ndarray) -> list[str]:
-    if not mask.any():
-        return fields
-    array = np.array(fields, dtype=object)
-    array[mask] = _NULL
-    return array.tolist()
-
-
-def _prepare_column(name: str, series: pd.Series, sql_type: str) -> _Column:
-    """Hash ``series`` and set up its COPY fields; vectorised, no per-row Python."""
-    digest = hashlib.sha256()
-    dtype = series.dtype
-    if isinstance(dtype, pd.CategoricalDtype) or pd.api.types.is_string_dtype(dtype):
-        text = _text_fields(name, series if not isinstance(dtype, pd.CategoricalDtype) else series.astype(object), digest)
-        return _Column(name, sql_type, digest.digest(), lambda i, j: text[i:j])
-
-    mask = series.isna().to_numpy(dtype=bool)
-    digest.update(np.packbits(mask).tobytes())
-    if pd.api.types.is_bool_dtype(dtype):
-        data = series.to_numpy(dtype=bool, na_value=False)
-        digest.update(data.tobytes())
-        words = np.array(["f", "t"], dtype=object)[data.astype(np.intp)]
-        words[mask] = _NULL
-        bools = words.tolist()
-        return _Column(name, sql_type, digest.digest(), lambda i, j: bools[i:j])
-    if pd.api.types.is_integer_dtype(dtype):
-        unsigned = pd.api.types.is_unsigned_integer_dtype(dtype)
-        ints = series.to_numpy(dtype="<u8" if unsigned else "<i8", na_value=0)
-        digest.update(ints.tobytes())
-        if not mask.any():
-            return _Column(name, sql_type, digest.digest(), lambda i, j: list(map(str, ints[i:j].tolist())))
-        return _Column(
-            name, sql_type, digest.digest(), lambda i, j: _with_nulls(list(map(str, ints[i:j].tolist())), mask[i:j])
-        )
-    if pd.api.types.is_float_dtype(dtype):
-        floats = np.array(series.to_numpy(dtype="<f8", na_value=np.nan), dtype="<f8", copy=True)
-        floats[mask] = 0.0  # NaN is missing: NULL, like None
-        digest.update(floats.tobytes())
-        return _Column(
-            name, sql_type, digest.digest(), lambda i, j: _with_nulls(list(map(repr, floats[i:j].tolist())), mask[i:j])
-        )
-    if pd.api.types.is_datetime64_any_dtype(dtype):
-        if isinstance(dtype, pd.DatetimeTZDtype):
-            series = series.dt.tz_convert("UTC").dt.tz_localize(None)  # naive datetimes are taken as UTC
-        stamps = series.to_numpy(dtype="datetime64[us]")
-        digest.update(np.where(mask, 0, stamps.view("<i8")).astype("<i8").tobytes())
-        iso = np.datetime_as_string(stamps, unit="us", timezone="UTC").astype(object)
-        iso[mask] = _NULL
-        texts = iso.tolist()
-        return _Column(name, sql_type, digest.digest(), lambda i, j: texts[i:j])
-    raise ConfigurationError(f'column "{name}" has dtype {dtype}, which the loader cannot serialise')
 
 
 def _check_columns(df: pd.DataFrame, column_types: Mapping[str, str]) -> list[str]:
@@ -325,8 +332,8 @@ def _check_columns(df: pd.DataFrame, column_types: Mapping[str, str]) -> list[st
     return names
 
 
-def _prepare(df: pd.DataFrame, column_types: Mapping[str, str] | None) -> _Prepared:
-    """Validate the frame, hash it and set up its serialisation (no database)."""
+def _plan(df: pd.DataFrame, column_types: Mapping[str, str] | None) -> _Plan:
+    """Validate the frame and settle each column's SQL type (cheap; no data is touched)."""
     if not isinstance(df, pd.DataFrame):
         raise ConfigurationError(f"expected a pandas DataFrame, got {type(df).__name__}")
     column_types = dict(column_types or {})
@@ -335,62 +342,144 @@ def _prepare(df: pd.DataFrame, column_types: Mapping[str, str] | None) -> _Prepa
     for position, name in enumerate(names):
         series = df.iloc[:, position]
         sql_type = column_types.get(name, "").strip() or _default_sql_type(name, series.dtype)
-        columns.append(_prepare_column(name, series, sql_type))
+        columns.append(_Column(name, sql_type, series))
     header = json.dumps({"columns": names, "types": [c.sql_type for c in columns], "rows": len(df)})
-    total = hashlib.sha256(header.encode("utf-8"))
-    for column in columns:
-        total.update(column.digest)
-    return _Prepared(columns=columns, rows=len(df), content_hash=total.hexdigest())
+    return _Plan(columns=columns, rows=len(df), header=header.encode("utf-8") + b"\n")
+
+
+_HEAD_ROWS = 4096
+"""Rows covered by the head digest (stored with the table; a different head means changed data)."""
+
+_COPY_CHUNK_ROWS = 131_072
+"""Largest chunk handed to COPY; chunks grow to it from _HEAD_ROWS (tests make it small)."""
+
+
+def _chunk_bounds(rows: int, head_rows: int, max_rows: int) -> Iterator[tuple[int, int]]:
+    """Row ranges: up to ``head_rows`` first (a boundary at ``head_rows``), then doubling up to ``max_rows``."""
+    start, size = 0, max(1, min(max_rows, head_rows))
+    while start < rows:
+        stop = min(rows, start + size, head_rows) if start < head_rows else min(rows, start + size)
+        yield start, stop
+        start = stop
+        if start >= head_rows:
+            size = min(max_rows, size * 2)
+
+
+def _serialise(plan: _Plan, digests: _Digests) -> Iterator[bytes]:
+    """The rows in COPY text format (UTF-8), chunk by chunk, feeding ``digests`` as it goes.
+
+    Each chunk is one ``%``-format of a row template repeated (C speed: no
+    per-row Python). Fast path: text unescaped, then count tab, newline,
+    backslash, CR and NUL bytes (numpy); if they are exactly the separators and
+    the NULL markers' backslashes, no value needed escaping. Otherwise the
+    chunk is rebuilt with escaping. Raises ``LoadError`` for text PostgreSQL
+    cannot store (NUL, lone surrogates).
+    """
+    fields = [_Fields(c) for c in plan.columns]
+    width = len(fields)
+    fast_row = "\t".join(f.spec for f in fields) + "\n"
+    slow_row = "\t".join("%s" for _ in fields) + "\n"
+    for start, stop in _chunk_bounds(plan.rows, _HEAD_ROWS, _COPY_CHUNK_ROWS):
+        count = stop - start
+        chunk, nulls = _format_rows(fields, fast_row, start, stop, escape=False)
+        raw = np.frombuffer(chunk, dtype=np.uint8)
+        clean = (
+            np.count_nonzero(raw == _TAB) == count * (width - 1)
+            and np.count_nonzero(raw == _NEWLINE) == count
+            and np.count_nonzero(raw == _BACKSLASH) == nulls
+            and np.count_nonzero(raw == _CR) == 0
+            and np.count_nonzero(raw == _NUL) == 0
+        )
+        if not clean:
+            chunk, _ = _format_rows(fields, slow_row, start, stop, escape=True)
+        digests.update(chunk, head_done=stop >= min(_HEAD_ROWS, plan.rows))
+        yield chunk
+    if plan.rows == 0:
+        digests.update(b"", head_done=True)
+
+
+def _format_rows(fields: list[_Fields], row: str, start: int, stop: int, *, escape: bool) -> tuple[bytes, int]:
+    """Rows ``start:stop`` as COPY text, and how many NULL markers they hold."""
+    width, count = len(fields), stop - start
+    arguments: list[object] = [None] * (width * count)
+    nulls = 0
+    for position, column in enumerate(fields):
+        values, column_nulls = column.chunk(start, stop, escape)
+        arguments[position::width] = values
+        nulls += column_nulls
+    text = (row * count) % tuple(arguments)
+    try:
+        return text.encode("utf-8"), nulls
+    except UnicodeEncodeError as exc:
+        raise LoadError(
+            f"the data contains text that is not valid Unicode ({exc.reason}: {exc.object[exc.start:exc.end]!r}); "
+            "the previous table is unchanged"
+        ) from None
+
+
+class _Digests:
+    """SHA-256 of header + COPY bytes: ``head`` once the first _HEAD_ROWS rows are in, ``full`` at the end."""
+
+    def __init__(self, header: bytes) -> None:
+        self._hash = hashlib.sha256(header)
+        self.head: str | None = None
+        self.full: str | None = None
+
+    def update(self, chunk: bytes, *, head_done: bool) -> None:
+        self._hash.update(chunk)
+        if head_done and self.head is None:
+            self.head = self._hash.hexdigest()
+
+    def finish(self) -> str:
+        self.full = self._hash.hexdigest()
+        return self.full
 
 
 def content_hash(df: pd.DataFrame, column_types: Mapping[str, str] | None = None) -> str:
     """SHA-256 hex of the frame's content: column names, SQL types, row count, values in order.
 
-    Two frames hash alike exactly when loading them gives the same table: the
-    index is ignored, NULL (None/NaN/NaT/NA) differs from every string, dtype
-    matters only through the SQL type (``column_types`` as for
-    ``replace_table``). Raises ``ConfigurationError`` for unloadable frames.
+    It is the digest of a small JSON header (names, SQL types as
+    ``replace_table`` would create them, given ``column_types``; row count)
+    followed by the rows in COPY text format, i.e. exactly what is loaded:
+    the index is ignored, NULL (None/NaN/NaT/NA) differs from every string,
+    dtypes matter only through their SQL type. Raises ``ConfigurationError``
+    or ``LoadError`` for frames that cannot be loaded.
     """
-    return _prepare(df, column_types).content_hash
+    plan = _plan(df, column_types)
+    digests = _Digests(plan.header)
+    for _ in _serialise(plan, digests):
+        pass
+    return digests.finish()
 
 
 # --- the COPY source ---------------------------------------------------------------
-
-_COPY_CHUNK_ROWS = 32_768
-"""Rows per chunk handed to COPY (tests make it small)."""
 
 _copy_read_hook: Callable[[int], None] | None = None
 """Test hook: called in the loading thread before each chunk is handed to COPY,
 with the number of chunks already handed. ``None`` in production."""
 
 
-def _copy_chunks(prepared: _Prepared, chunk_rows: int) -> Iterator[bytes]:
-    """The rows as COPY text format (tab-separated, newline-terminated, UTF-8), chunk by chunk."""
-    width = len(prepared.columns)
-    for start in range(0, prepared.rows, chunk_rows):
-        stop = min(start + chunk_rows, prepared.rows)
-        count = stop - start
-        pieces: list[str | None] = [None] * (2 * width * count)
-        tabs = ["\t"] * count
-        for position, column in enumerate(prepared.columns):
-            pieces[2 * position :: 2 * width] = column.fields(start, stop)
-            pieces[2 * position + 1 :: 2 * width] = tabs if position < width - 1 else ["\n"] * count
-        yield "".join(pieces).encode("utf-8")  # type: ignore[arg-type]
-
-
 class _CopySource:
-    """A file-like object for ``copy_expert`` whose chunks a background thread serialises.
+    """Serialises the frame in a background thread from the moment it is created.
 
-    Serialising in Python and parsing in the server overlap: ``read`` is called
-    by psycopg2 between sends, and while it waits for the server to accept a
-    chunk (GIL released), the next one is being built. ``close`` stops the
+    The thread starts before the database is even contacted, so the content
+    digests are usually ready when the loader asks; during COPY it overlaps
+    with the server's parsing (psycopg2 releases the GIL while sending).
+    Chunks are kept until read (at most the whole COPY text in memory, when
+    the loader must see the full hash before deciding to write).
+    ``read`` is the file protocol for ``copy_expert``; ``close`` stops the
     thread whatever happened.
     """
 
-    def __init__(self, prepared: _Prepared, chunk_rows: int) -> None:
-        self._chunks = _copy_chunks(prepared, chunk_rows)
-        self._queue: queue.Queue[bytes | Exception] = queue.Queue(maxsize=4)
+    def __init__(self, plan: _Plan) -> None:
+        self.rows = plan.rows
+        self.digests = _Digests(plan.header)
+        self._plan = plan
+        self._chunks: queue.SimpleQueue[bytes | BaseException] = queue.SimpleQueue()
         self._stop = threading.Event()
+        self._head_ready = threading.Event()
+        self._full_ready = threading.Event()
+        self._error: BaseException | None = None
         self._done = False
         self.chunks_read = 0
         self._thread = threading.Thread(target=self._produce, name="copy-serialiser", daemon=True)
@@ -398,21 +487,46 @@ class _CopySource:
 
     def _produce(self) -> None:
         try:
-            for chunk in self._chunks:
+            for chunk in _serialise(self._plan, self.digests):
+                if self.digests.head is not None:
+                    self._head_ready.set()
                 if self._stop.is_set():
                     return
-                self._queue.put(chunk)
-            self._queue.put(b"")
-        except Exception as exc:  # handed to the reading thread, which re-raises it
-            self._queue.put(exc)
+                self._chunks.put(chunk)
+            self.digests.finish()
+            self._chunks.put(b"")
+        except Exception as exc:  # handed to the loading thread, which re-raises it
+            self._error = exc
+            self._chunks.put(exc)
+        finally:
+            self._head_ready.set()
+            self._full_ready.set()
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def head_digest(self) -> str:
+        """The digest after the first _HEAD_ROWS rows (waits for them)."""
+        self._head_ready.wait()
+        self._raise_error()
+        assert self.digests.head is not None
+        return self.digests.head
+
+    def full_digest(self) -> str:
+        """The content hash (waits for the whole frame to be serialised)."""
+        self._full_ready.wait()
+        self._raise_error()
+        assert self.digests.full is not None
+        return self.digests.full
 
     def read(self, size: int = -1) -> bytes:  # noqa: ARG002 - file protocol; chunks are ours to size
         if self._done:
             return b""
         if _copy_read_hook is not None:
             _copy_read_hook(self.chunks_read)
-        item = self._queue.get()
-        if isinstance(item, Exception):
+        item = self._chunks.get()
+        if isinstance(item, BaseException):
             self._done = True
             raise item
         self._done = item == b""
@@ -421,17 +535,15 @@ class _CopySource:
 
     def close(self) -> None:
         self._stop.set()
-        while self._thread.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                self._queue.get(timeout=0.05)
-            except queue.Empty:
-                pass
         self._thread.join()
 
 
 # --- database helpers ----------------------------------------------------------------
 
-_COMMENT = re.compile(r"countries-pipeline content-sha256=([0-9a-f]{64}) rows=(\d+)")
+_COMMENT = re.compile(
+    r"countries-pipeline content-sha256=(?P<hash>[0-9a-f]{64}) rows=(?P<rows>\d+)"
+    r"(?: head-sha256=(?P<head>[0-9a-f]{64}) head-rows=(?P<head_rows>\d+))?"
+)
 _PRIVILEGES = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER", "MAINTAIN"})
 
 
@@ -540,7 +652,7 @@ def _resolve_schema(conn: sa.Connection, table: TableName) -> TableName:
 
 
 def _replace_in_transaction(
-    conn: sa.Connection, prepared: _Prepared, table: TableName, force: bool, min_row_fraction: float
+    conn: sa.Connection, source: _CopySource, plan: _Plan, table: TableName, force: bool, min_row_fraction: float
 ) -> tuple[int | None, bool]:
     """Steps 1-5 of the module docstring inside the caller's transaction; returns (previous rows, changed).
 
@@ -563,27 +675,34 @@ def _replace_in_transaction(
 
     previous_rows: int | None = None
     grants: list[str] = []
+    staging = _staging_name(table)
     if current is not None:
         oid, relkind, comment = current
         if relkind != "r":
             raise LoadError(f"{table} exists but is not a plain table (relkind {relkind!r}); refusing to replace it")
         stored = _COMMENT.fullmatch(comment or "")
-        if stored and stored.group(1) == prepared.content_hash:
-            logger.info("%s unchanged (content-sha256 %s); nothing written", table, prepared.content_hash[:12])
-            return int(stored.group(2)), False
-        previous_rows = _run(conn, f"SELECT count(*) FROM {table.sql}")[0][0]  # type: ignore[index]
-        check_row_drop(prepared.rows, previous_rows, min_row_fraction, force, table=table.name)
-        staging = _staging_name(table)
+        if stored is not None:
+            previous_rows = int(stored["rows"])
+            head_differs = stored["head"] is not None and int(stored["head_rows"]) == _HEAD_ROWS and (
+                source.head_digest() != stored["head"]
+            )
+            if not head_differs and source.full_digest() == stored["hash"]:
+                logger.info("%s unchanged (content-sha256 %s); nothing written", table, stored["hash"][:12])
+                return previous_rows, False
+        else:  # not loaded by us (or comment edited): count
+            previous_rows = _run(conn, f"SELECT count(*) FROM {table.sql}")[0][0]  # type: ignore[index]
+        check_row_drop(plan.rows, previous_rows, min_row_fraction, force, table=table.name)
         grants = _grants(conn, oid, staging)
-    else:
-        staging = _staging_name(table)
 
-    columns = ", ".join(f"{_quote_ident(c.name)} {c.sql_type}" for c in prepared.columns)
+    columns = ", ".join(f"{_quote_ident(c.name)} {c.sql_type}" for c in plan.columns)
     _run(conn, f"CREATE TABLE {staging.sql} ({columns})")
-    _copy(conn, prepared, staging)
+    _copy(conn, source, plan, staging)
     for grant in grants:
         _run(conn, grant)
-    comment = f"countries-pipeline content-sha256={prepared.content_hash} rows={prepared.rows}"
+    comment = (
+        f"countries-pipeline content-sha256={source.full_digest()} rows={plan.rows}"
+        f" head-sha256={source.head_digest()} head-rows={_HEAD_ROWS}"
+    )
     _run(conn, f"COMMENT ON TABLE {staging.sql} IS {_quote_literal(comment)}")
     if current is not None:
         _run(conn, f"DROP TABLE {table.sql}")
@@ -591,12 +710,16 @@ def _replace_in_transaction(
     return previous_rows, True
 
 
-def _copy(conn: sa.Connection, prepared: _Prepared, staging: TableName) -> None:
-    """COPY the prepared rows into ``staging`` on the transaction's own DBAPI connection."""
-    columns = ", ".join(_quote_ident(c.name) for c in prepared.columns)
-    statement = f"COPY {staging.sql} ({columns}) FROM STDIN WITH (FORMAT text, ENCODING 'UTF8')"
+def _copy(conn: sa.Connection, source: _CopySource, plan: _Plan, staging: TableName) -> None:
+    """COPY the rows into ``staging`` on the transaction's own DBAPI connection.
+
+    FREEZE (allowed: the table was created in this transaction) writes the
+    rows already frozen, so the first readers after the swap do not have to
+    set hint bits on a million rows.
+    """
+    columns = ", ".join(_quote_ident(c.name) for c in plan.columns)
+    statement = f"COPY {staging.sql} ({columns}) FROM STDIN WITH (FORMAT text, FREEZE, ENCODING 'UTF8')"
     raw = conn.connection.dbapi_connection
-    source = _CopySource(prepared, _COPY_CHUNK_ROWS)
     try:
         with raw.cursor() as cursor:
             cursor.copy_expert(statement, source, size=1 << 20)
@@ -604,8 +727,6 @@ def _copy(conn: sa.Connection, prepared: _Prepared, staging: TableName) -> None:
         if raw.closed:  # the server went away: let SQLAlchemy discard the connection
             conn.invalidate(exc)
         raise
-    finally:
-        source.close()
 
 
 # --- the public entry point -----------------------------------------------------------
@@ -640,38 +761,40 @@ def replace_table(
     started = time.perf_counter()
     target = table if isinstance(table, TableName) else parse_table_name(table)
     check_row_drop(0, None, min_row_fraction, force)  # validates min_row_fraction only
-    prepared = _prepare(df, column_types)
-    prepared_at = time.perf_counter()
-
-    conn = _connect(engine)
+    plan = _plan(df, column_types)
+    source = _CopySource(plan)  # starts serialising and hashing now, while we connect
     try:
-        with conn.begin():
-            target = _resolve_schema(conn, target)
-            previous_rows, changed = _replace_in_transaction(conn, prepared, target, force, min_row_fraction)
-    except CountriesError:
-        raise
-    except (sa_exc.DBAPIError, psycopg2.Error) as exc:
-        raise LoadError(
-            f"loading {target} failed: {_scrub(_pg_message(exc), engine.url)}; the previous table is unchanged"
-        ) from exc
+        conn = _connect(engine)
+        try:
+            with conn.begin():
+                target = _resolve_schema(conn, target)
+                previous_rows, changed = _replace_in_transaction(conn, source, plan, target, force, min_row_fraction)
+        except CountriesError:
+            raise
+        except (sa_exc.DBAPIError, psycopg2.Error) as exc:
+            raise LoadError(
+                f"loading {target} failed: {_scrub(_pg_message(exc), engine.url)}; the previous table is unchanged"
+            ) from exc
+        finally:
+            conn.close()
+        digest = source.full_digest()
     finally:
-        conn.close()
+        source.close()
 
     seconds = time.perf_counter() - started
     if changed:
         logger.info(
-            "replaced %s: %d rows (previously %s) in %.3fs (%.3fs preparing)",
+            "replaced %s: %d rows (previously %s) in %.3fs",
             target,
-            prepared.rows,
+            plan.rows,
             "no table" if previous_rows is None else previous_rows,
             seconds,
-            prepared_at - started,
         )
     return LoadResult(
         table=str(target),
-        rows=prepared.rows,
+        rows=plan.rows,
         previous_rows=previous_rows,
         changed=changed,
-        content_hash=prepared.content_hash,
+        content_hash=digest,
         seconds=seconds,
     )

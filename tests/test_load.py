@@ -153,7 +153,8 @@ def test_replace_with_different_data_leaves_exact_contents_and_no_leftovers(engi
     assert relnames(engine) == ["countries"]  # no staging or old table left behind
     with engine.connect() as conn:
         comment = conn.exec_driver_sql("SELECT obj_description('countries'::regclass, 'pg_class')").scalar_one()
-    assert comment == f"countries-pipeline content-sha256={content_hash(new)} rows=15"
+    digest = content_hash(new)  # 15 rows: the head digest covers them all
+    assert comment == f"countries-pipeline content-sha256={digest} rows=15 head-sha256={digest} head-rows=4096"
 
 
 def test_unchanged_data_is_not_rewritten(engine):
@@ -748,3 +749,91 @@ def test_role_that_may_not_log_in_is_unreachable(pg, engine, database_url, caplo
     finally:
         with engine.begin() as conn:
             conn.exec_driver_sql(f'DROP ROLE "{role}"')
+
+
+# --- chunked serialisation and the head digest ----------------------------------------------
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Tiny chunks and head, so that a few dozen rows exercise every path of the serialiser."""
+    monkeypatch.setattr(load, "_HEAD_ROWS", 4)
+    monkeypatch.setattr(load, "_COPY_CHUNK_ROWS", 3)
+
+
+def test_awkward_values_spread_over_many_chunks_round_trip(engine, small_chunks):
+    values = [f"plain {i}" for i in range(40)]
+    for k, awkward in enumerate(AWKWARD):
+        values[k * 2] = awkward  # some chunks clean, some needing escapes
+    df = pd.DataFrame({"v": pd.array(values, dtype=object), "n": np.arange(40, dtype="int64")})
+
+    replace_table(engine, df, "chunks")
+
+    assert read_table(engine, "chunks") == [(v, n) for n, v in enumerate(values)]
+    assert content_hash(df) == replace_table(engine, df, "chunks").content_hash  # same digest, chunked or not
+
+
+def test_change_only_after_the_head_is_detected(engine, small_chunks):
+    df = countries(30, seed=1)
+    replace_table(engine, df, "countries")
+    tail_changed = df.copy()
+    tail_changed.loc[29, "currency_name"] = "changed"
+    head_changed = df.copy()
+    head_changed.loc[0, "currency_name"] = "changed"
+
+    assert replace_table(engine, df, "countries").changed is False
+    assert replace_table(engine, tail_changed, "countries").changed is True
+    assert read_table(engine) == as_tuples(tail_changed)
+    assert replace_table(engine, head_changed, "countries").changed is True
+    assert read_table(engine) == as_tuples(head_changed)
+
+
+def test_unchanged_is_detected_when_the_stored_head_size_differs(engine, monkeypatch):
+    df = countries(30, seed=1)
+    monkeypatch.setattr(load, "_HEAD_ROWS", 4)
+    replace_table(engine, df, "countries")
+    before = relation_state(engine)
+    monkeypatch.setattr(load, "_HEAD_ROWS", 4096)  # e.g. a later release with another head size
+
+    result = replace_table(engine, df, "countries")
+
+    assert result.changed is False
+    assert relation_state(engine) == before
+
+
+def test_bad_text_late_in_the_frame_fails_mid_copy_and_keeps_the_old_table(engine, small_chunks, monkeypatch):
+    old = countries(30, seed=1)
+    replace_table(engine, old, "countries")
+    before = relation_state(engine)
+    bad = countries(30, seed=2)  # head differs: COPY starts without waiting for the bad row
+    bad.loc[28, "nation_official_name"] = "nul\x00inside"
+    handed: list[int] = []
+    monkeypatch.setattr(load, "_copy_read_hook", handed.append)
+
+    with pytest.raises(LoadError, match=r'column "nation_official_name" contains a NUL character'):
+        replace_table(engine, bad, "countries")
+
+    assert len(handed) > 1  # COPY was under way (chunks handed) when the bad row was met
+    assert relation_state(engine) == before
+    assert relnames(engine) == ["countries"]
+
+
+def test_non_string_objects_in_a_text_column_load_as_their_text(engine):
+    df = pd.DataFrame({"v": pd.array(["a", 5, None, 2.5, "tab\t"], dtype=object)})
+
+    replace_table(engine, df, "objs")
+
+    assert read_table(engine, "objs") == [("a",), ("5",), (None,), ("2.5",), ("tab\t",)]
+
+
+def test_table_without_our_comment_is_counted_and_replaced(engine):
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE countries (x int)")
+        conn.exec_driver_sql("INSERT INTO countries SELECT generate_series(1, 10)")
+
+    with pytest.raises(QualityGateError, match=r"new data has 2 rows, 80% fewer than the 10 in countries"):
+        replace_table(engine, countries(2), "countries")
+    result = replace_table(engine, countries(6), "countries")
+
+    assert (result.changed, result.previous_rows) == (True, 10)
+    assert read_table(engine) == as_tuples(countries(6))
