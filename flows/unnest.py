@@ -284,12 +284,14 @@ class _Unnester:
         self.layout()
 
     def known_dicts(self, node: _Node, level: _Level, idx: np.ndarray | None, values: Any, work: list) -> bool:
-        """Dicts last time at a decided path: read them as then, without a type check first.
+        """Dicts last time at a decided path: read them as then (maps, or the same keys).
 
-        False, having changed nothing, if some value is not what last time's dicts were
-        (the caller then sorts the values out by type).
+        False, having changed nothing, if they are not all dicts or not with those keys (the
+        caller then sorts the values out in general).
         """
         n = len(values)
+        if set(map(type, values)) != _DICT_ONLY:
+            return False  # not all exactly dicts (a subclass's __missing__ must not run)
         try:
             if node.is_map:
                 lens = np.fromiter(map(len, values), dtype=np.int64, count=n)
@@ -298,8 +300,8 @@ class _Unnester:
                 columns = self.columns_of(node, values)
             else:
                 return False
-        except (TypeError, KeyError):
-            return False  # a non-dict (no len, no .values, not subscriptable by key) or a new key
+        except KeyError:
+            return False  # a key that last time's dicts did not have
         if node.is_map:
             self.explode(node, level, idx, values, _MAPS, work, lens=lens, elements=elements)
         else:

@@ -682,9 +682,7 @@ def _leaves(value: Any, path: tuple, out: list) -> None:
 def _matches(column: str, path: tuple) -> bool:
     """Whether a column name is this leaf's path, some dict keys read as a map level (``*``)."""
     parts = column.split(".")
-    return len(parts) == len(path) and all(
-        part in (segment, "*") for part, segment in zip(parts, path, strict=True)
-    )
+    return len(parts) == len(path) and all(part in (segment, "*") for part, segment in zip(parts, path, strict=True))
 
 
 @settings(max_examples=300, deadline=None)
@@ -770,3 +768,13 @@ def test_a_huge_int_among_floats_stays_object_as_pandas_infers():
     frame = unnest([{"a": [2**64, 0.0]}])
     assert frame["a.*"].dtype == object
     assert frame["a.*"].tolist() == [2**64, 0.0]
+
+
+def test_dict_subclasses_are_read_without_running_their_missing_hook():
+    from collections import defaultdict
+
+    records = [{"d": {"a": 1, "b": 2}}, {"d": {"a": 3, "b": 4}}]
+    odd = defaultdict(int, {"a": 5, "z": 6})  # as many keys as last batch's dicts, one other
+    frame = unnest([*records, {"d": odd}], batch_size=2)
+    assert dict(odd) == {"a": 5, "z": 6}  # untouched: no "b" added by a lookup
+    assert rows(frame) == [(1, 2, None), (3, 4, None), (5, None, 6)]
