@@ -10,44 +10,52 @@ Public API::
 The code works on a plain SQLAlchemy ``Engine`` (psycopg2 driver); the Prefect
 flow passes the one from the ``countries-db`` ``SqlAlchemyConnector`` block.
 
-How a replace works (one transaction, on one connection):
+How a replace works. A background thread starts serialising the frame to
+COPY text format (and hashing it) the moment ``replace_table`` is called;
+meanwhile, in one transaction on one connection:
 
 1. ``pg_advisory_xact_lock`` keyed on the schema-qualified table name:
    concurrent loaders of the same table run one after the other.
-2. Read the current table's stored content hash (see "change detection"). If
-   it equals the new data's hash, stop: nothing is written, ``changed=False``.
-3. Count the current table's rows and apply the row-drop rule
-   (``flows.quality.check_row_drop``): ``QualityGateError``, nothing written.
-4. ``CREATE TABLE`` a staging table next to it, ``COPY ... FROM STDIN`` the
-   rows into it (text format, serialised in a background thread while the
-   server ingests: no INSERTs, no per-row Python), copy the old table's
-   privileges (GRANTs) onto it, ``COMMENT ON`` it with the hash.
+2. Read the current table's comment (see "change detection"). If the new
+   data's hash equals the stored one, stop: nothing is written,
+   ``changed=False``.
+3. Apply the row-drop rule (``flows.quality.check_row_drop``) against the
+   row count stored with the table (``count(*)`` if the table was not loaded
+   by us): ``QualityGateError``, nothing written.
+4. ``CREATE TABLE`` a staging table next to it, ``COPY ... FROM STDIN WITH
+   (FREEZE)`` the rows into it while they are being serialised (psycopg2
+   ``copy_expert``; no INSERTs, no per-row Python: each chunk is one
+   ``%``-format of a repeated row template), copy the old table's privileges
+   (GRANTs) onto it, ``COMMENT ON`` it with the hash.
 5. ``DROP`` the old table, ``RENAME`` the staging table to the name, commit.
 
 Readers never see a missing, empty or partial table: until the commit the old
 table is untouched; the ``DROP`` takes an ACCESS EXCLUSIVE lock only for the
 last step, so readers wait (for milliseconds, not for the COPY) and then
-PostgreSQL resolves the name again and they read the new table. A failure at
-any point rolls the whole transaction back, leaving the old table exactly as
-it was. Caveats (inherent to swapping tables, documented rather than hidden):
+PostgreSQL resolves the name again and they read the new table (tested with
+concurrent readers during 50 swaps). Because the rows are COPY'd FROZEN, even a
+REPEATABLE READ reader whose snapshot predates the swap sees the whole new
+table (without FREEZE it would see an empty one). A failure at any point rolls
+the whole transaction back, leaving the old table exactly as it was. Caveats
+(inherent to swapping tables, documented rather than hidden):
 
-- Readers in REPEATABLE READ / SERIALIZABLE transactions whose snapshot
-  predates the commit and who first touch the table after it see the new
-  table as empty (PostgreSQL's "MVCC caveat" for DDL). READ COMMITTED readers,
-  the default, are unaffected (verified by the concurrency test).
 - A reader query that is already running holds the old table; the swap waits
   for it, and readers arriving meanwhile queue behind the swap.
 - Indexes, constraints, triggers and views on the old table are not carried
   over; a view depending on the table makes the swap fail (``LoadError``, old
-  table unchanged). Privileges are carried over.
+  table unchanged). Privileges are carried over; the owner becomes the loader.
 
-Change detection: ``content_hash`` is a SHA-256 over the column names, their
-SQL types, the row count and every value (with NULLs distinct from any
-string). It is stored as the table's comment,
-``countries-pipeline content-sha256=<hex> rows=<n>``, written in the same
-transaction as the data, so it always describes the table's content. Editing
-the table by hand does not update it; run ``COMMENT ON TABLE ... IS NULL`` to
-make the next load rewrite the table regardless.
+Change detection: ``content_hash`` is the SHA-256 of a small JSON header
+(column names, SQL types, row count) followed by the rows in COPY text format:
+every value, in order, NULL distinct from any string. It is stored as the
+table's comment, ``countries-pipeline content-sha256=<hex> rows=<n>
+head-sha256=<hex> head-rows=4096``, written in the same transaction as the
+data, so it always describes the table's content. The head digest covers the
+header and the first 4096 rows: when it differs, the data has changed and COPY
+starts at once; otherwise the full hash is awaited before anything is written
+(the serialised rows wait in memory meanwhile: at most the COPY text of the
+frame). Editing the table by hand does not update the comment; run
+``COMMENT ON TABLE ... IS NULL`` to make the next load rewrite the table.
 
 Errors (all ``flows.errors``): ``InvalidTableNameError`` and
 ``ConfigurationError`` before touching the database; ``DatabaseUnreachableError``

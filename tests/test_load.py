@@ -801,21 +801,52 @@ def test_unchanged_is_detected_when_the_stored_head_size_differs(engine, monkeyp
     assert relation_state(engine) == before
 
 
-def test_bad_text_late_in_the_frame_fails_mid_copy_and_keeps_the_old_table(engine, small_chunks, monkeypatch):
+class _TextAfterCopyStarted:
+    """A value whose text is only available once COPY has started (set by the read hook)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.copy_started = threading.Event()
+
+    def __str__(self) -> str:
+        assert self.copy_started.wait(timeout=30), "COPY never started"
+        return self.text
+
+
+def test_bad_text_met_during_copy_fails_it_and_keeps_the_old_table(engine, small_chunks, monkeypatch):
     old = countries(30, seed=1)
     replace_table(engine, old, "countries")
     before = relation_state(engine)
-    bad = countries(30, seed=2)  # head differs: COPY starts without waiting for the bad row
-    bad.loc[28, "nation_official_name"] = "nul\x00inside"
+    late = _TextAfterCopyStarted("nul\x00inside")
+    bad = countries(30, seed=2).astype({"nation_official_name": object})  # head differs: COPY starts at once
+    bad.loc[28, "nation_official_name"] = late
     handed: list[int] = []
-    monkeypatch.setattr(load, "_copy_read_hook", handed.append)
+
+    def hook(chunks_sent: int) -> None:
+        handed.append(chunks_sent)
+        late.copy_started.set()  # only now can the serialiser reach row 28
+
+    monkeypatch.setattr(load, "_copy_read_hook", hook)
 
     with pytest.raises(LoadError, match=r'column "nation_official_name" contains a NUL character'):
         replace_table(engine, bad, "countries")
 
-    assert len(handed) > 1  # COPY was under way (chunks handed) when the bad row was met
+    assert len(handed) > 1  # chunks had gone to COPY before the bad row was met
     assert relation_state(engine) == before
     assert relnames(engine) == ["countries"]
+
+
+def test_bad_text_found_before_copy_writes_nothing(engine):
+    old = countries(30, seed=1)
+    replace_table(engine, old, "countries")
+    before = relation_state(engine)
+    bad = countries(30, seed=2)
+    bad.loc[28, "nation_official_name"] = "lone surrogate \ud800"
+
+    with pytest.raises(LoadError, match=r"not valid Unicode"):
+        replace_table(engine, bad, "countries")
+
+    assert relation_state(engine) == before
 
 
 def test_non_string_objects_in_a_text_column_load_as_their_text(engine):
@@ -837,3 +868,19 @@ def test_table_without_our_comment_is_counted_and_replaced(engine):
 
     assert (result.changed, result.previous_rows) == (True, 10)
     assert read_table(engine) == as_tuples(countries(6))
+
+
+def test_repeatable_read_reader_with_an_older_snapshot_sees_the_whole_new_table(engine, pg, database_url):
+    old, new = countries(50, seed=1), countries(70, seed=2)
+    replace_table(engine, old, "countries")
+    with contextlib.closing(dbapi_connect(pg, database_url)) as reader:
+        reader.autocommit = False
+        reader.set_session(isolation_level="REPEATABLE READ")
+        with reader.cursor() as cur:
+            cur.execute("SELECT 1")  # the snapshot is taken now, before the swap; the table is not touched yet
+            replace_table(engine, new, "countries")
+            cur.execute("SELECT * FROM countries ORDER BY ctid")
+            rows = [tuple(r) for r in cur.fetchall()]
+        reader.rollback()
+    # COPY FREEZE: the new rows are visible even to this older snapshot (without it: an empty table)
+    assert rows == as_tuples(new)
