@@ -146,10 +146,13 @@ def parse_table_name(name: str) -> TableName:
     shown = json.dumps(name, ensure_ascii=False)
     parts = name.split(".")
     if len(parts) > 2:
-        raise InvalidTableNameError(f"invalid table name {shown}: at most one dot (schema.table) is allowed; {_NAME_HELP}")
+        raise InvalidTableNameError(
+            f"invalid table name {shown}: at most one dot (schema.table) is allowed; {_NAME_HELP}"
+        )
     for part in parts:
         if not _IDENTIFIER.fullmatch(part):
-            what = "an empty part" if part == "" else f"{json.dumps(part, ensure_ascii=False)} is not a plain identifier"
+            quoted = json.dumps(part, ensure_ascii=False)
+            what = "an empty part" if part == "" else f"{quoted} is not a plain identifier"
             raise InvalidTableNameError(f"invalid table name {shown}: {what}; {_NAME_HELP}")
         if len(part) > _MAX_IDENTIFIER_BYTES:
             raise InvalidTableNameError(
@@ -234,7 +237,8 @@ class _Fields:
         mask = series.isna().to_numpy(dtype=bool)
         self._mask: np.ndarray | None = mask if mask.any() else None
         if pd.api.types.is_bool_dtype(dtype):
-            words = np.array(["f", "t"], dtype=object)[series.to_numpy(dtype=bool, na_value=False).astype(np.intp)]
+            flags = series.to_numpy(dtype=bool, na_value=False).astype(np.intp)
+            words = np.array(["f", "t"], dtype=object)[flags]
             words[mask] = _NULL
             self._format: Callable[[int, int], list] = lambda i, j: words[i:j].tolist()
         elif pd.api.types.is_integer_dtype(dtype):
@@ -260,7 +264,9 @@ class _Fields:
             iso[mask] = _NULL
             self._format = lambda i, j: iso[i:j].tolist()
         else:  # _default_sql_type refused it already unless column_types named a type
-            raise ConfigurationError(f'column "{column.name}" has dtype {dtype}, which the loader cannot serialise')
+            raise ConfigurationError(
+                f'column "{column.name}" has dtype {dtype}, which the loader cannot serialise'
+            )
 
     def _with_nulls(self, fields: list[str], i: int, j: int) -> list[str]:
         if self._mask is None or not self._mask[i:j].any():
@@ -320,7 +326,9 @@ def _check_columns(df: pd.DataFrame, column_types: Mapping[str, str]) -> list[st
     names: list[str] = []
     for column in df.columns:
         if not isinstance(column, str) or not column or "\x00" in column:
-            raise ConfigurationError(f"column name {column!r} is not usable: column names must be non-empty strings")
+            raise ConfigurationError(
+                f"column name {column!r} is not usable: column names must be non-empty strings"
+            )
         if len(column.encode("utf-8")) > _MAX_IDENTIFIER_BYTES:
             raise ConfigurationError(f'column name "{column}" is longer than PostgreSQL\'s 63 bytes')
         names.append(column)
@@ -330,7 +338,9 @@ def _check_columns(df: pd.DataFrame, column_types: Mapping[str, str]) -> list[st
         raise ConfigurationError(f"the frame has duplicate column names: {names}")
     unknown = sorted(set(column_types) - set(names))
     if unknown:
-        raise ConfigurationError(f"column_types names columns the frame does not have: {unknown} (columns: {names})")
+        raise ConfigurationError(
+            f"column_types names columns the frame does not have: {unknown} (columns: {names})"
+        )
     for column, sql_type in column_types.items():
         if not isinstance(sql_type, str) or not _SQL_TYPE.fullmatch(sql_type.strip()):
             raise ConfigurationError(
@@ -363,7 +373,7 @@ _COPY_CHUNK_ROWS = 131_072
 
 
 def _chunk_bounds(rows: int, head_rows: int, max_rows: int) -> Iterator[tuple[int, int]]:
-    """Row ranges: up to ``head_rows`` first (a boundary at ``head_rows``), then doubling up to ``max_rows``."""
+    """Row ranges: small ones up to ``head_rows`` (always a boundary), then doubling up to ``max_rows``."""
     start, size = 0, max(1, min(max_rows, head_rows))
     while start < rows:
         stop = min(rows, start + size, head_rows) if start < head_rows else min(rows, start + size)
@@ -406,7 +416,9 @@ def _serialise(plan: _Plan, digests: _Digests) -> Iterator[bytes]:
         digests.update(b"", head_done=True)
 
 
-def _format_rows(fields: list[_Fields], row: str, start: int, stop: int, *, escape: bool) -> tuple[bytes, int]:
+def _format_rows(
+    fields: list[_Fields], row: str, start: int, stop: int, *, escape: bool
+) -> tuple[bytes, int]:
     """Rows ``start:stop`` as COPY text, and how many NULL markers they hold."""
     width, count = len(fields), stop - start
     arguments: list[object] = [None] * (width * count)
@@ -420,7 +432,8 @@ def _format_rows(fields: list[_Fields], row: str, start: int, stop: int, *, esca
         return text.encode("utf-8"), nulls
     except UnicodeEncodeError as exc:
         raise LoadError(
-            f"the data contains text that is not valid Unicode ({exc.reason}: {exc.object[exc.start:exc.end]!r}); "
+            f"the data contains text that is not valid Unicode "
+            f"({exc.reason}: {exc.object[exc.start : exc.end]!r}); "
             "the previous table is unchanged"
         ) from None
 
@@ -552,7 +565,9 @@ _COMMENT = re.compile(
     r"countries-pipeline content-sha256=(?P<hash>[0-9a-f]{64}) rows=(?P<rows>\d+)"
     r"(?: head-sha256=(?P<head>[0-9a-f]{64}) head-rows=(?P<head_rows>\d+))?"
 )
-_PRIVILEGES = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER", "MAINTAIN"})
+_PRIVILEGES = frozenset(
+    {"SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER", "MAINTAIN"}
+)
 
 
 def _describe_target(url: sa.engine.URL) -> str:
@@ -660,17 +675,23 @@ def _resolve_schema(conn: sa.Connection, table: TableName) -> TableName:
 
 
 def _replace_in_transaction(
-    conn: sa.Connection, source: _CopySource, plan: _Plan, table: TableName, force: bool, min_row_fraction: float
+    conn: sa.Connection,
+    source: _CopySource,
+    plan: _Plan,
+    table: TableName,
+    force: bool,
+    min_row_fraction: float,
 ) -> tuple[int | None, bool]:
     """Steps 1-5 of the module docstring inside the caller's transaction; returns (previous rows, changed).
 
     ``table`` must be schema-qualified (``_resolve_schema``).
     """
-    exists = conn.execute(sa.text("SELECT 1 FROM pg_namespace WHERE nspname = :s"), {"s": table.schema}).first()
+    schema_query = sa.text("SELECT 1 FROM pg_namespace WHERE nspname = :s")
+    exists = conn.execute(schema_query, {"s": table.schema}).first()
     if exists is None:
         raise LoadError(
-            f'schema "{table.schema}" does not exist: create it first (CREATE SCHEMA {_quote_ident(table.schema)}) '
-            f"or load into another schema; nothing was written"
+            f'schema "{table.schema}" does not exist: create it first '
+            f"(CREATE SCHEMA {_quote_ident(table.schema)}) or load into another schema; nothing was written"
         )
     conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _lock_key(table)})
     current = conn.execute(
@@ -687,7 +708,9 @@ def _replace_in_transaction(
     if current is not None:
         oid, relkind, comment = current
         if relkind != "r":
-            raise LoadError(f"{table} exists but is not a plain table (relkind {relkind!r}); refusing to replace it")
+            raise LoadError(
+                f"{table} exists but is not a plain table (relkind {relkind!r}); refusing to replace it"
+            )
         stored = _COMMENT.fullmatch(comment or "")
         if stored is not None:
             previous_rows = int(stored["rows"])
@@ -776,12 +799,15 @@ def replace_table(
         try:
             with conn.begin():
                 target = _resolve_schema(conn, target)
-                previous_rows, changed = _replace_in_transaction(conn, source, plan, target, force, min_row_fraction)
+                previous_rows, changed = _replace_in_transaction(
+                    conn, source, plan, target, force, min_row_fraction
+                )
         except CountriesError:
             raise
         except (sa_exc.DBAPIError, psycopg2.Error) as exc:
             raise LoadError(
-                f"loading {target} failed: {_scrub(_pg_message(exc), engine.url)}; the previous table is unchanged"
+                f"loading {target} failed: {_scrub(_pg_message(exc), engine.url)}; "
+                "the previous table is unchanged"
             ) from exc
         finally:
             conn.close()

@@ -14,7 +14,9 @@ from flows.quality import RowRule, check_row_drop, validate_countries
 def good() -> pd.DataFrame:
     return pd.DataFrame(
         {
-            "nation_official_name": pd.array(["Republic of Finland", "Åland Islands", "Narnia"], dtype="str"),
+            "nation_official_name": pd.array(
+                ["Republic of Finland", "Åland Islands", "Narnia"], dtype="str"
+            ),
             "currency_name": pd.array(["Euro", None, "Lion"], dtype="str"),
             "population": np.array([5_500_000, 30_000, 0], dtype="int64"),
         }
@@ -25,7 +27,9 @@ def good() -> pd.DataFrame:
     "frame",
     [
         pytest.param(good(), id="str dtype"),
-        pytest.param(good().astype({"nation_official_name": object, "currency_name": object}), id="object dtype"),
+        pytest.param(
+            good().astype({"nation_official_name": object, "currency_name": object}), id="object dtype"
+        ),
         pytest.param(good().astype({"population": "Int64"}), id="nullable Int64"),
         pytest.param(good().astype({"population": "int32"}), id="int32"),
     ],
@@ -59,14 +63,16 @@ def _with(**changes) -> pd.DataFrame:
         ),
         pytest.param(
             good()[["currency_name", "nation_official_name", "population"]],
-            "quality gate: the columns are [currency_name, nation_official_name, population], expected exactly "
-            "[nation_official_name, currency_name, population] in that order; the table was not changed",
+            "quality gate: the columns are [currency_name, nation_official_name, population], "
+            "expected exactly [nation_official_name, currency_name, population] in that order; "
+            "the table was not changed",
             id="wrong order",
         ),
         pytest.param(
             good().assign(extra=1),
-            "quality gate: the columns are [nation_official_name, currency_name, population, extra], expected "
-            "exactly [nation_official_name, currency_name, population] in that order; the table was not changed",
+            "quality gate: the columns are [nation_official_name, currency_name, population, extra], "
+            "expected exactly [nation_official_name, currency_name, population] in that order; "
+            "the table was not changed",
             id="extra column",
         ),
         pytest.param(
@@ -77,7 +83,8 @@ def _with(**changes) -> pd.DataFrame:
         ),
         pytest.param(
             _with(currency_name=pd.array(["Euro", 5, None], dtype=object)),
-            'quality gate: column "currency_name" has dtype object, expected text (str); the table was not changed',
+            'quality gate: column "currency_name" has dtype object, expected text (str); '
+            "the table was not changed",
             id="currency mixed objects",
         ),
         pytest.param(
@@ -136,7 +143,8 @@ def test_rules_are_data_and_easy_to_extend(monkeypatch):
     )
     monkeypatch.setattr(quality, "ROW_RULES", [*quality.ROW_RULES, rule])
     frame = _with(nation_official_name=pd.array(["A", "  ", "C"], dtype="str"))
-    with pytest.raises(QualityGateError, match=r"^quality gate: 1 row has a blank nation_official_name \(e\.g\. row 1\)"):
+    expected = r"^quality gate: 1 row has a blank nation_official_name \(e\.g\. row 1\)"
+    with pytest.raises(QualityGateError, match=expected):
         validate_countries(frame)
 
 
@@ -180,7 +188,8 @@ def test_row_drop_allowed(new, previous, fraction, force):
 def test_row_drop_refused(new, previous, fraction, shown):
     with pytest.raises(QualityGateError) as err:
         check_row_drop(new, previous, fraction, False)
-    assert str(err.value).startswith(f"new data has {new} rows, {shown} fewer than the {previous} in the table;")
+    expected = f"new data has {new} rows, {shown} fewer than the {previous} in the table;"
+    assert str(err.value).startswith(expected)
 
 
 @pytest.mark.parametrize("fraction", [-0.1, 1.5, float("nan")])
