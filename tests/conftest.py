@@ -172,16 +172,18 @@ def prefect_server() -> Iterator[PrefectServer]:
         with temporary_settings({PREFECT_API_URL: api_url}):
             yield PrefectServer(api_url=api_url, home=home)
     finally:
-        from prefect.logging.handlers import APILogWorker
-
-        APILogWorker.drain_all(timeout=10)  # send queued run logs while the server is still up
-        os.environ.pop("PREFECT_API_URL", None)
-        proc.terminate()
         try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            from prefect.logging.handlers import APILogWorker
+
+            APILogWorker.drain_all(timeout=10)  # send queued run logs while the server is still up
+        finally:
+            os.environ.pop("PREFECT_API_URL", None)
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def pytest_sessionfinish(session, exitstatus):
