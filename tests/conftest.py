@@ -49,6 +49,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def run_script(script: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run ``python <script> <args>`` from the repository root as a user would; output captured as text."""
+    return subprocess.run(
+        [sys.executable, str(script), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=REPO_ROOT,
+        timeout=180,
+    )
+
+
 # --- PostgreSQL -------------------------------------------------------------------
 
 

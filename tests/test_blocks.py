@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 
 import pytest
 import sqlalchemy as sa
 
 from tests.conftest import REPO_ROOT
+from tests.conftest import run_script as run_script_at
 
 SCRIPT = REPO_ROOT / "blocks" / "create_blocks.py"
 CANARY_PASSWORD = "canary-db-password-7f3a9"  # noqa: S105 - test canary, must never be printed
@@ -17,14 +16,7 @@ CANARY_KEY = "canary-api-key-41c2e"
 
 
 def run_script(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        cwd=REPO_ROOT,
-        timeout=120,
-    )
+    return run_script_at(SCRIPT, *args, env=env)
 
 
 def test_saves_db_block_that_connects_and_is_idempotent(prefect_server, database_url):

@@ -18,6 +18,7 @@ import pytest
 
 from flows import local_db
 from tests.conftest import REPO_ROOT, table_rows
+from tests.conftest import run_script as run_script_at
 from tests.expected import EXPECTED_NORTHERN_EUROPE
 from tests.fake_api import FakeRestCountries
 
@@ -25,14 +26,7 @@ SCRIPT = REPO_ROOT / "flows" / "countries.py"
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        cwd=REPO_ROOT,
-        timeout=180,
-    )
+    return run_script_at(SCRIPT, *args, env=env)
 
 
 def rows_at(url: str, table: str = "northern_europe_countries") -> list[tuple]:
