@@ -139,9 +139,7 @@ def to_countries_frame(records: list[dict[str, Any]], dialect: str) -> pd.DataFr
     frame = frame.reindex(columns=COLUMNS)
     frame["population"] = pd.to_numeric(frame["population"], errors="coerce").astype("Int64")
     frame = frame.sort_values(COLUMNS[:2], na_position="first", kind="stable", ignore_index=True)
-    get_run_logger().info(
-        "unnested %d records into %d rows", len(records), len(frame)
-    )
+    get_run_logger().info("unnested %d records into %d rows", len(records), len(frame))
     return frame
 
 
