@@ -521,7 +521,7 @@ class _CopySource:
                 time.sleep(0)
             self.digests.finish()
             self._chunks.put(b"")
-        except Exception as exc:  # handed to the loading thread, which re-raises it
+        except Exception as exc:  # noqa: BLE001 - handed to the loading thread, which re-raises it
             self._error = exc
             self._chunks.put(exc)
         finally:
@@ -546,7 +546,7 @@ class _CopySource:
         assert self.digests.full is not None
         return self.digests.full
 
-    def read(self, size: int = -1) -> bytes:  # noqa: ARG002 - file protocol; chunks are ours to size
+    def read(self, size: int = -1) -> bytes:
         if self._done:
             return b""
         if _copy_read_hook is not None:

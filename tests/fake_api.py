@@ -565,7 +565,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
     server_version = "FakeRestCountries/1.0"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         logger.debug("fake api: " + format, *args)
 
     def finish(self) -> None:
@@ -737,7 +737,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     stop = threading.Event()
 
-    def _on_signal(signum: int, frame: object) -> None:  # noqa: ARG001 - signal handler signature
+    def _on_signal(signum: int, frame: object) -> None:
         stop.set()
 
     signal.signal(signal.SIGTERM, _on_signal)
@@ -758,8 +758,8 @@ def running(**options: Any) -> Iterator[FakeRestCountries]:
 __all__ = [
     "DEFAULT_API_KEY",
     "DEPRECATION_MESSAGE",
-    "Fault",
     "FakeRestCountries",
+    "Fault",
     "RequestRecord",
     "running",
 ]

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import traceback
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from tests.benchmarks._report import Figure, format_table, write_json
@@ -95,7 +95,7 @@ def machine(names: list[str], smoke: bool) -> dict:
         "git_commit": _git_commit(),
         "benchmarks": names,
         "smoke": smoke,
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
 
