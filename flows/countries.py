@@ -54,7 +54,6 @@ DEFAULT_TABLE = "northern_europe_countries"
 DEFAULT_DB_BLOCK = "countries-db"
 API_KEY_BLOCK = "restcountries-api-key"
 REPORT_ARTIFACT_KEY = "countries-load-report"
-COLUMNS = ["nation_official_name", "currency_name", "population"]
 
 
 # --- 1. the source -----------------------------------------------------------------
@@ -136,9 +135,9 @@ async def fetch_region(
 def to_countries_frame(records: list[dict[str, Any]], dialect: str) -> pd.DataFrame:
     """One row per country and currency, sorted by name then currency (a country with no currency keeps a row)."""
     frame = unnest(records, columns=restcountries.get_dialect(dialect).record_paths)
-    frame = frame.reindex(columns=COLUMNS)
+    frame = frame.reindex(columns=list(quality.COLUMNS))
     frame["population"] = pd.to_numeric(frame["population"], errors="coerce").astype("Int64")
-    frame = frame.sort_values(COLUMNS[:2], na_position="first", kind="stable", ignore_index=True)
+    frame = frame.sort_values(list(quality.COLUMNS[:2]), na_position="first", kind="stable", ignore_index=True)
     get_run_logger().info("unnested %d records into %d rows", len(records), len(frame))
     return frame
 

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import uuid
 
+import pandas as pd
 import pytest
 import sqlalchemy as sa
 
@@ -80,7 +81,7 @@ def test_v31_loads_the_exact_northern_europe_table(fake_api, db):
     frame = summary.frame
     assert list(frame.columns) == ["nation_official_name", "currency_name", "population"]
     assert [tuple(r) for r in frame.itertuples(index=False)] == EXPECTED_NORTHERN_EUROPE  # sorted by the flow
-    assert isinstance(frame.index, __import__("pandas").RangeIndex)
+    assert isinstance(frame.index, pd.RangeIndex)
     assert str(frame["population"].dtype) == "int64"
     assert (summary.rows, summary.countries, summary.changed) == (20, NORTHERN_EUROPE_COUNTRIES, True)
     # one subregion request, asking only for the fields the table needs

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import socket
 import tempfile
 import threading
 import traceback
@@ -28,6 +27,7 @@ from flows.errors import (
     QualityGateError,
 )
 from flows.load import LoadResult, TableName, content_hash, parse_table_name, replace_table
+from tests.conftest import free_port
 
 CANARY = "CANARY-pw-7f3a9Zq"
 
@@ -747,9 +747,7 @@ def test_unreachable_socket_directory(caplog):
 
 def test_unreachable_closed_tcp_port(caplog):
     caplog.set_level(logging.DEBUG)
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nothing listens on it
     engine = sa.create_engine(f"postgresql+psycopg2://loader:{CANARY}@127.0.0.1:{port}/countries_db")
 
     with pytest.raises(DatabaseUnreachableError) as err:
