@@ -8,9 +8,52 @@ prints it as the last line of output and Prefect logs it as the run's failure.
 
 from __future__ import annotations
 
+import re
+from typing import Literal
+
+Audience = Literal["flow", "cli"]
+
+_SETTING = re.compile(r"\{\{([a-z][a-z0-9_]*)(?:=([^{}]*))?\}\}")
+
+
+def setting(name: str, value: object = None) -> str:
+    """A reference to a run setting inside a message, written the way its reader knows it.
+
+    ``setting("base_url")`` reads ``base_url`` in the Prefect UI, deployments and
+    logs, and ``--base-url`` on the command line; ``setting("force", True)`` reads
+    ``force=True`` or ``--force``; ``setting("min_row_fraction", 0.2)`` reads
+    ``min_row_fraction=0.2`` or ``--min-row-fraction 0.2``. Use it in the message
+    of any ``CountriesError``; :func:`render` (and ``str()``) turns it into text.
+    """
+    return "{{" + name + ("" if value is None else f"={value}") + "}}"
+
+
+def render(text: str, audience: Audience = "flow") -> str:
+    """``text`` with every :func:`setting` reference written for ``audience``."""
+
+    def one(match: re.Match[str]) -> str:
+        name, value = match.group(1), match.group(2)
+        if audience == "flow":
+            return name if value is None else f"{name}={value}"
+        flag = "--" + name.replace("_", "-")
+        return flag if value in (None, "True") else f"{flag} {value}"
+
+    return _SETTING.sub(one, text)
+
 
 class CountriesError(Exception):
-    """Base class: a one-line, secret-free message saying what failed and what to do."""
+    """Base class: a one-line, secret-free message saying what failed and what to do.
+
+    ``str(exc)`` speaks the flow's language (``base_url``, ``force=True``);
+    ``exc.for_audience("cli")`` the command line's (``--base-url``, ``--force``).
+    """
+
+    def __str__(self) -> str:
+        return render(super().__str__(), "flow")
+
+    def for_audience(self, audience: Audience) -> str:
+        """The message with its setting references written for ``audience`` (see :func:`setting`)."""
+        return render(super().__str__(), audience)
 
 
 class ConfigurationError(CountriesError):
