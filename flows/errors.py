@@ -130,6 +130,10 @@ class UnnestError(CountriesError):
     """Records cannot be unnested as asked (bad path, bad override, bad input type)."""
 
 
+class InvalidRecordError(CountriesError):
+    """A record breaks the table's data contract (``flows.schema``): names the country, the value and the rule."""
+
+
 class RowLimitExceededError(UnnestError):
     """The unnest would produce more rows than the configured bound; raised before allocating."""
 

@@ -23,12 +23,13 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from flows import schema
 from flows.errors import ConfigurationError, QualityGateError
 
 logger = logging.getLogger(__name__)
 
-COLUMNS: tuple[str, ...] = ("nation_official_name", "currency_name", "population")
-"""The countries table's columns, in order."""
+COLUMNS: tuple[str, ...] = schema.COLUMN_NAMES
+"""The countries table's columns, in order (from ``flows.schema``)."""
 
 _NOT_CHANGED = "the table was not changed"
 
@@ -71,12 +72,12 @@ def _columns_problem(df: pd.DataFrame) -> str | None:
 
 
 def _dtypes_problem(df: pd.DataFrame) -> str | None:
-    for column in COLUMNS[:2]:
-        if not _is_string_like(df[column]):
-            return f'column "{column}" has dtype {df[column].dtype}, expected text (str)'
-    population = df["population"]
-    if not pd.api.types.is_integer_dtype(population.dtype):
-        return f'column "population" has dtype {population.dtype}, expected an integer dtype'
+    for col in schema.COLUMNS:
+        series = df[col.name]
+        if col.dtype == "str" and not _is_string_like(series):
+            return f'column "{col.name}" has dtype {series.dtype}, expected text (str)'
+        if col.dtype == "int64" and not pd.api.types.is_integer_dtype(series.dtype):
+            return f'column "{col.name}" has dtype {series.dtype}, expected an integer dtype'
     return None
 
 
@@ -85,8 +86,22 @@ def _empty_problem(df: pd.DataFrame) -> str | None:
 
 
 def _name_of(df: pd.DataFrame, label: object) -> str:
-    name = df.at[label, "nation_official_name"]
+    name = df.at[label, schema.KEY.name]
     return f"row {label}" if pd.isna(name) else f'"{name}"'
+
+
+def _required(col: schema.Column) -> RowRule:
+    example = (lambda df, label: f"row {label}") if col is schema.KEY else _name_of
+    return RowRule(f"{col.name} present", f"no {col.name}", lambda df: df[col.name].isna(), example)
+
+
+def _at_least(col: schema.Column, minimum: int) -> RowRule:
+    return RowRule(
+        f"{col.name} at least {minimum}",
+        f"a negative {col.name}" if minimum == 0 else f"{col.name} below {minimum}",
+        lambda df: (df[col.name] < minimum).fillna(False).astype(bool),
+        lambda df, label: f"{_name_of(df, label)}: {df.at[label, col.name]}",
+    )
 
 
 FRAME_RULES: list[FrameRule] = [
@@ -97,26 +112,13 @@ FRAME_RULES: list[FrameRule] = [
 """Checked first, in order; the row rules assume these passed."""
 
 ROW_RULES: list[RowRule] = [
-    RowRule(
-        "name present",
-        "no nation_official_name",
-        lambda df: df["nation_official_name"].isna(),
-        lambda df, label: f"row {label}",
-    ),
-    RowRule(
-        "population present",
-        "no population",
-        lambda df: df["population"].isna(),
-        _name_of,
-    ),
-    RowRule(
-        "population not negative",
-        "a negative population",
-        lambda df: (df["population"] < 0).fillna(False).astype(bool),
-        lambda df, label: f"{_name_of(df, label)}: {df.at[label, 'population']}",
-    ),
+    *(_required(col) for col in schema.COLUMNS if col.required),
+    *(_at_least(col, col.minimum) for col in schema.COLUMNS if col.minimum is not None),
 ]
-"""Checked in order after the frame rules; the first rule with failing rows is reported."""
+"""Checked in order after the frame rules; the first rule with failing rows is reported.
+
+Derived from ``flows.schema``: a required column has a value in every row; a
+column with a minimum has no value below it."""
 
 
 def validate_countries(df: pd.DataFrame) -> None:

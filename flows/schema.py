@@ -1,0 +1,295 @@
+"""The countries table, defined once.
+
+Each :class:`Column` says what the column is called, its PostgreSQL type, where
+its values sit in an API record of each dialect (an unnest path, see
+``flows.unnest``), and the rules its values obey. Everything else is derived
+from :data:`COLUMNS`:
+
+- the fields requested from the API and the unnest selection
+  (:func:`source_paths`, :func:`unnest_columns`);
+- the record checks run before the transform (:func:`check_records`): a value
+  of the wrong kind is one error naming the country and the value;
+- the frame's dtypes and the load's SQL types (:func:`to_frame_dtypes`,
+  :data:`SQL_TYPES`);
+- the quality gate's rules (``flows.quality``) and what the change report
+  compares (``KEY`` names a country).
+
+Adding a column is one entry here (plus its tests).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from flows.errors import InvalidRecordError
+
+BIGINT_MAX = 2**63 - 1
+BIGINT_MIN = -(2**63)
+
+_MISSING: Any = object()
+
+
+# --- value rules: the raw JSON value at a column's container -> a problem, or None ------------
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """A JSON-ish rendering of a raw value for messages, shortened."""
+    if isinstance(value, float) and not math.isfinite(value):
+        text = "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    elif isinstance(value, bool):
+        text = "true" if value else "false"
+    elif value is None:
+        text = "null"
+    elif isinstance(value, str):
+        text = '"' + value + '"'
+    elif isinstance(value, Mapping | list | tuple):
+        text = json.dumps(value, ensure_ascii=False, default=str)
+    else:
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, Mapping):
+        return "an object"
+    if isinstance(value, list | tuple):
+        return "a list"
+    return f"a {type(value).__name__}"
+
+
+def whole_number(value: Any) -> str | None:
+    """A whole number within PostgreSQL's bigint: an int, or a float or string that is exactly one."""
+    if isinstance(value, bool):
+        return f"{_show(value)} (a boolean)"
+    number: Any = value
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            number = int(text, 10)
+        except ValueError:
+            try:
+                number = float(text)
+            except ValueError:
+                return f"{_show(value)} (text, not a number)"
+    if isinstance(number, float):
+        if not math.isfinite(number):
+            return f"{_show(value)} (not a finite number)"
+        if not number.is_integer():
+            return f"{_show(value)} (not a whole number)"
+        number = int(number)
+    if not isinstance(number, int):
+        return f"{_show(value)} ({_kind(value)})"
+    if not BIGINT_MIN <= number <= BIGINT_MAX:
+        return f"{_show(value)} (outside bigint, at most {BIGINT_MAX})"
+    return None
+
+
+def as_whole_number(value: Any) -> int:
+    """The int a value that passed :func:`whole_number` stands for."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return int(text, 10)
+        except ValueError:
+            return int(float(text))
+    return int(value)
+
+
+def non_empty_text(value: Any) -> str | None:
+    """Text with at least one non-blank character."""
+    if isinstance(value, str) and value.strip():
+        return None
+    return f"{_show(value)} ({_kind(value) if not isinstance(value, str) else 'blank text'})"
+
+
+def currency_shape(value: Any) -> str | None:
+    """A list of objects with a text ``name``, an object keyed by code of such objects, empty, or null."""
+    if value is None or value is _MISSING:
+        return None
+    if isinstance(value, list):
+        entries: Iterable[Any] = value
+    elif isinstance(value, Mapping):
+        entries = value.values()
+    else:
+        return f"{_kind(value)} {_show(value)}"
+    for entry in entries:
+        if not isinstance(entry, Mapping):
+            return f"{_kind(value)} holding {_kind(entry)} {_show(entry)}"
+        name = entry.get("name", _MISSING)
+        if not isinstance(name, str):
+            got = "no name" if name is _MISSING else f"name {_show(name)}"
+            return f"{_kind(value)} holding an object with {got}"
+    return None
+
+
+CURRENCY_SHAPES = (
+    "a list of objects with a name, an object keyed by currency code, empty, or null"
+)
+
+
+# --- the table -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of the countries table.
+
+    ``sources`` maps an API dialect name to the column's unnest path in that
+    dialect's records (``*`` explodes a list or a code-keyed object). The
+    *container* is the path up to the first ``*``: ``rule`` is applied to the
+    raw value found there in every record, and returns a description of the
+    problem or ``None``; ``expected`` says in words what the rule accepts.
+    ``required``: every record has a value (not missing, not null).
+    ``minimum``: the smallest value allowed (numbers).
+    """
+
+    name: str
+    sql_type: str
+    sources: Mapping[str, str]
+    description: str
+    rule: Callable[[Any], str | None]
+    expected: str
+    required: bool = False
+    minimum: int | None = None
+    dtype: str = "str"
+    convert: Callable[[Any], Any] | None = field(default=None, repr=False)
+
+    def source(self, dialect: str) -> str:
+        """The unnest path of this column in ``dialect``'s records."""
+        return self.sources[dialect]
+
+    def container(self, dialect: str) -> str:
+        """The path up to the first ``*`` (the whole path if there is none)."""
+        path = self.sources[dialect]
+        return path.split(".*", 1)[0]
+
+
+COLUMNS: tuple[Column, ...] = (
+    Column(
+        name="nation_official_name",
+        sql_type="text",
+        sources={"v5": "names.official", "v3.1": "name.official"},
+        description="the country's official name",
+        rule=non_empty_text,
+        expected="non-blank text",
+        required=True,
+    ),
+    Column(
+        name="currency_name",
+        sql_type="text",
+        sources={"v5": "currencies.*.name", "v3.1": "currencies.*.name"},
+        description="one of the country's currencies (null if it has none)",
+        rule=currency_shape,
+        expected=CURRENCY_SHAPES,
+    ),
+    Column(
+        name="population",
+        sql_type="bigint",
+        sources={"v5": "population", "v3.1": "population"},
+        description="the country's population",
+        rule=whole_number,
+        expected="a whole number within bigint",
+        required=True,
+        minimum=0,
+        dtype="int64",
+        convert=as_whole_number,
+    ),
+)
+"""The columns, in table order."""
+
+KEY = COLUMNS[0]
+"""The column that identifies a country (records are de-duplicated on it; changes are reported by it)."""
+
+COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)
+SQL_TYPES: dict[str, str] = {c.name: c.sql_type for c in COLUMNS}
+SORT_BY: tuple[str, ...] = ("nation_official_name", "currency_name")
+"""The frame's row order: by name, then currency (code-point order)."""
+
+
+def column(name: str) -> Column:
+    """The column called ``name`` (KeyError if there is none)."""
+    for col in COLUMNS:
+        if col.name == name:
+            return col
+    raise KeyError(name)
+
+
+def source_paths(dialect: str) -> tuple[str, ...]:
+    """The unnest paths of every column in ``dialect``'s records, in table order (what to request)."""
+    return tuple(c.source(dialect) for c in COLUMNS)
+
+
+def unnest_columns(dialect: str) -> dict[str, str]:
+    """``{column name: unnest path}`` for ``flows.unnest.unnest(records, columns=...)``."""
+    return {c.name: c.source(dialect) for c in COLUMNS}
+
+
+def _get(record: Any, path: str) -> Any:
+    cur = record
+    for part in path.split("."):
+        if not isinstance(cur, Mapping) or part not in cur:
+            return _MISSING
+        cur = cur[part]
+    return cur
+
+
+def _country(record: Any, dialect: str) -> str:
+    name = _get(record, KEY.source(dialect))
+    return f'"{name}"' if isinstance(name, str) and name.strip() else "a country without a name"
+
+
+def check_records(records: Iterable[Mapping[str, Any]], dialect: str) -> int:
+    """Check every record against the columns' rules; return how many records were checked.
+
+    For each column, the raw value at its container must pass its rule, and a
+    required column's value must be present and not null. Raises
+    ``InvalidRecordError`` naming the first bad record's country, the value
+    and what is accepted, plus how many records break a rule, e.g.
+    ``population of "Iceland" is 30654.7 (not a whole number): expected a whole
+    number within bigint; the table was not changed``.
+    """
+    problems: list[str] = []
+    count = 0
+    checks = [(c, c.container(dialect)) for c in COLUMNS]
+    for count, record in enumerate(records, start=1):  # noqa: B007 - count is the result
+        for col, path in checks:
+            value = _get(record, path)
+            if value is _MISSING or value is None:
+                if col.required:
+                    what = "missing" if value is _MISSING else "null"
+                    problems.append(f"{path} of {_country(record, dialect)} is {what}: expected {col.expected}")
+                continue
+            problem = col.rule(value)
+            if problem is not None:
+                problems.append(f"{path} of {_country(record, dialect)} is {problem}: expected {col.expected}")
+    if problems:
+        more = f" ({len(problems)} values break the table's rules; this is the first)" if len(problems) > 1 else ""
+        raise InvalidRecordError(f"{problems[0]}{more}; the table was not changed")
+    return count
+
+
+def to_frame_dtypes(frame: Any) -> Any:
+    """The unnested frame in table order with each column converted to its dtype.
+
+    Only for frames of records that passed :func:`check_records`: numbers that
+    are exact whole numbers in any form (``1e3``, ``"1000"``) become int64.
+    """
+    frame = frame.reindex(columns=list(COLUMN_NAMES))
+    for col in COLUMNS:
+        if col.dtype == "int64" and col.convert is not None:
+            series = frame[col.name]
+            if str(series.dtype) != "int64":
+                frame[col.name] = series.map(col.convert, na_action="ignore").astype("Int64")
+    return frame
