@@ -20,11 +20,12 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
 
 import pandas as pd
 
 from flows import schema
-from flows.errors import ConfigurationError, QualityGateError
+from flows.errors import ConfigurationError, QualityGateError, setting
 
 logger = logging.getLogger(__name__)
 
@@ -147,11 +148,11 @@ def validate_countries(df: pd.DataFrame) -> None:
     logger.debug("quality gate passed: %d rows", len(df))
 
 
-def _percent(drop: float, limit: float) -> str:
-    """``drop`` as a percentage, with enough digits not to look equal to ``limit``."""
-    shown = f"{drop * 100:.0f}"
-    if float(shown) <= limit * 100:
-        shown = f"{math.floor(drop * 1000) / 10:.1f}"
+def _percent(kept: float, limit: float) -> str:
+    """``kept`` as a percentage, with enough digits not to look as large as ``limit``."""
+    shown = f"{kept * 100:.0f}"
+    if float(shown) >= limit * 100:
+        shown = f"{math.floor(kept * 1000) / 10:.1f}"
     return f"{shown}%"
 
 
@@ -163,24 +164,32 @@ def check_row_drop(
     *,
     table: str = "the table",
 ) -> None:
-    """The row-drop rule: refuse data that shrinks the table by more than ``min_fraction``.
+    """The row-drop rule: refuse a load smaller than ``min_fraction`` of the current table.
 
     ``previous_rows`` is the current table's row count, ``None`` when there is
-    no table yet (a first load is never refused, nor is a table with 0 rows).
-    A drop of exactly ``min_fraction`` passes; ``force=True`` lets any drop
-    through. ``min_fraction`` must be in [0, 1] (``ConfigurationError``).
-    Raises ``QualityGateError``, e.g. ``new data has 3 rows, 81% fewer than
-    the 16 in northern_europe_countries; re-run with force=True if this is expected``.
+    no table yet. A load is refused when ``new_rows < min_fraction *
+    previous_rows`` (computed exactly on the decimal ``min_fraction``, so 0.1
+    of 10 rows is 1 row); exactly that many rows pass. Never refused: a first
+    load (no table), a table with 0 rows, or ``force=True``. ``min_fraction``
+    0 lets everything through; 1 refuses any shrinking. It must be a number in
+    [0, 1] (``ConfigurationError``). Raises ``QualityGateError`` whose message
+    names the settings the caller knows (``flows.errors.setting``), e.g.
+    ``new data has 3 rows, 19% of the 16 in northern_europe_countries, below
+    min_row_fraction=0.5 (at least 8 rows); re-run with force=True if this is
+    expected`` (``--min-row-fraction 0.5`` and ``--force`` on the command line).
     """
-    if not 0.0 <= min_fraction <= 1.0 or math.isnan(min_fraction):
+    valid = isinstance(min_fraction, int | float) and not isinstance(min_fraction, bool)
+    if not valid or math.isnan(min_fraction) or not 0.0 <= min_fraction <= 1.0:
         raise ConfigurationError(
-            f"min_row_fraction must be between 0 and 1 (a fraction like 0.5 for 50%), got {min_fraction!r}"
+            f"{setting('min_row_fraction')} must be between 0 and 1 (a fraction like 0.5 for 50%), "
+            f"got {min_fraction!r}"
         )
-    if force or not previous_rows or new_rows >= previous_rows:
+    if force or not previous_rows:
         return
-    drop = (previous_rows - new_rows) / previous_rows
-    if drop > min_fraction:
+    needed = Fraction(repr(float(min_fraction))) * previous_rows
+    if new_rows < needed:
         raise QualityGateError(
-            f"new data has {new_rows} rows, {_percent(drop, min_fraction)} fewer than the "
-            f"{previous_rows} in {table}; re-run with force=True if this is expected"
+            f"new data has {new_rows} rows, {_percent(new_rows / previous_rows, min_fraction)} of the "
+            f"{previous_rows} in {table}, below {setting('min_row_fraction', min_fraction)} "
+            f"(at least {math.ceil(needed)} rows); re-run with {setting('force', True)} if this is expected"
         )

@@ -149,27 +149,40 @@ def test_rules_are_data_and_easy_to_extend(monkeypatch):
 
 
 # --- row drop ---------------------------------------------------------------------------
+# The promise (help text of min_row_fraction, README): "refuse a load smaller than this fraction
+# of the current table". So new < fraction * previous is refused, exactly that fraction passes,
+# force lets anything through, and no table or an empty table never refuses.
 
 
-def test_row_drop_message():
+def test_row_drop_message_speaks_the_flow_and_the_command_line():
     with pytest.raises(QualityGateError) as err:
         check_row_drop(3, 16, 0.5, False, table="northern_europe_countries")
     assert str(err.value) == (
-        "new data has 3 rows, 81% fewer than the 16 in northern_europe_countries; "
-        "re-run with force=True if this is expected"
+        "new data has 3 rows, 19% of the 16 in northern_europe_countries, below min_row_fraction=0.5 "
+        "(at least 8 rows); re-run with force=True if this is expected"
+    )
+    assert err.value.for_audience("cli") == (
+        "new data has 3 rows, 19% of the 16 in northern_europe_countries, below --min-row-fraction 0.5 "
+        "(at least 8 rows); re-run with --force if this is expected"
     )
 
 
 @pytest.mark.parametrize(
     ("new", "previous", "fraction", "force"),
     [
-        (8, 16, 0.5, False),  # exactly 50% fewer: allowed
-        (20, 16, 0.5, False),  # growth
-        (16, 16, 0.5, False),
-        (3, None, 0.5, False),  # first load
-        (3, 0, 0.5, False),  # empty table before
-        (0, 16, 0.5, True),  # forced
-        (0, 16, 1.0, False),  # rule disabled
+        pytest.param(8, 16, 0.5, False, id="exactly half of the table at 0.5"),
+        pytest.param(71, 100, 0.2, False, id="71% kept at 0.2 (issue 9: was refused)"),
+        pytest.param(90, 100, 0.9, False, id="exactly 0.9"),
+        pytest.param(1, 10, 0.1, False, id="exactly 0.1 of 10 (decimal, not binary, fraction)"),
+        pytest.param(7, 10, 0.7, False, id="exactly 0.7 of 10"),
+        pytest.param(3, 10, 0.3, False, id="exactly 0.3 of 10"),
+        pytest.param(20, 16, 0.5, False, id="growth"),
+        pytest.param(16, 16, 1.0, False, id="same size at 1.0"),
+        pytest.param(0, 16, 0.0, False, id="fraction 0 lets everything through"),
+        pytest.param(3, None, 1.0, False, id="no table yet"),
+        pytest.param(0, 0, 1.0, False, id="empty table"),
+        pytest.param(0, 16, 0.5, True, id="forced"),
+        pytest.param(1, 100, 1.0, True, id="forced at 1.0"),
     ],
 )
 def test_row_drop_allowed(new, previous, fraction, force):
@@ -177,22 +190,28 @@ def test_row_drop_allowed(new, previous, fraction, force):
 
 
 @pytest.mark.parametrize(
-    ("new", "previous", "fraction", "shown"),
+    ("new", "previous", "fraction", "shown", "needed"),
     [
-        (7, 16, 0.5, "56%"),
-        (0, 16, 0.5, "100%"),
-        (99, 200, 0.5, "50.5%"),  # rounds to the limit: one decimal so it does not read "50% fewer"
-        (89, 100, 0.1, "11%"),
+        pytest.param(7, 16, 0.5, "44%", 8, id="one row short of half"),
+        pytest.param(0, 16, 0.5, "0%", 8, id="nothing"),
+        pytest.param(10, 100, 0.9, "10%", 90, id="a 90% drop at 0.9 (issue 9: was let through)"),
+        pytest.param(89, 100, 0.9, "89%", 90, id="one row short of 0.9"),
+        pytest.param(99, 200, 0.5, "49.5%", 100, id="rounds up to the limit: shown with one decimal"),
+        pytest.param(15, 16, 1.0, "94%", 16, id="any shrinking at 1.0"),
+        pytest.param(2, 3, 0.7, "67%", 3, id="0.7 of 3 is 2.1 rows"),
     ],
 )
-def test_row_drop_refused(new, previous, fraction, shown):
+def test_row_drop_refused(new, previous, fraction, shown, needed):
     with pytest.raises(QualityGateError) as err:
         check_row_drop(new, previous, fraction, False)
-    expected = f"new data has {new} rows, {shown} fewer than the {previous} in the table;"
-    assert str(err.value).startswith(expected)
+    assert str(err.value) == (
+        f"new data has {new} rows, {shown} of the {previous} in the table, below min_row_fraction={fraction} "
+        f"(at least {needed} rows); re-run with force=True if this is expected"
+    )
 
 
-@pytest.mark.parametrize("fraction", [-0.1, 1.5, float("nan")])
+@pytest.mark.parametrize("fraction", [-0.1, 1.5, float("nan"), "0.5", True])
 def test_row_drop_fraction_must_be_a_fraction(fraction):
-    with pytest.raises(ConfigurationError, match=r"min_row_fraction must be between 0 and 1"):
+    with pytest.raises(ConfigurationError, match=r"^min_row_fraction must be between 0 and 1") as err:
         check_row_drop(1, 2, fraction, False)
+    assert err.value.for_audience("cli").startswith("--min-row-fraction must be between 0 and 1")
