@@ -30,12 +30,17 @@ if str(Path(__file__).resolve().parents[1]) not in sys.path:  # `python flows/co
 import argparse
 import asyncio
 import atexit
+import hashlib
+import math
 import os
+import re
 import time
+import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Annotated, Any, Literal
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 import httpx
 import pandas as pd
@@ -46,14 +51,118 @@ from pydantic import Field
 
 from flows import api as restcountries
 from flows import budget, load, local_db, quality
-from flows.errors import ConfigurationError, CountriesError, TransientApiError
+from flows.errors import ConfigurationError, CountriesError, InvalidTableNameError, TransientApiError, setting
+from flows.settings import API_KEY_BLOCK, DEFAULT_DB_BLOCK
 from flows.unnest import unnest
 
 DEFAULT_REGIONS = ["Northern Europe"]
 DEFAULT_TABLE = "northern_europe_countries"
-DEFAULT_DB_BLOCK = "countries-db"
-API_KEY_BLOCK = "restcountries-api-key"
 REPORT_ARTIFACT_KEY = "countries-load-report"
+
+
+# --- 0. the parameters -------------------------------------------------------------
+
+
+def default_table(regions: Sequence[str]) -> str:
+    """The table a run loads when none is named: the regions' names, then ``_countries``.
+
+    ``["Northern Europe"]`` -> ``northern_europe_countries``; ``["all"]`` ->
+    ``all_countries``; ``["Europe", "Asia"]`` -> ``europe_asia_countries``.
+    Names are folded to lower-case ASCII letters, digits and underscores; a name
+    longer than PostgreSQL's 63 bytes is shortened and keeps a hash of the whole.
+    """
+    parts = []
+    for region in regions:
+        ascii_name = unicodedata.normalize("NFKD", str(region)).encode("ascii", "ignore").decode()
+        part = re.sub(r"[^a-z0-9]+", "_", ascii_name.casefold()).strip("_")
+        if part and part not in parts:
+            parts.append(part)
+    name = "_".join(parts or ["regions"]) + "_countries"
+    if name[0].isdigit():
+        name = "r_" + name
+    if len(name) > 63:
+        digest = hashlib.sha256("|".join(map(str, regions)).encode()).hexdigest()[:8]
+        name = f"{name[:44].rstrip('_')}_{digest}_countries"
+    return name
+
+
+def _check_base_url(base_url: str) -> str:
+    url = base_url.strip()
+    if not url:
+        return ""
+    parts = urlsplit(url)
+    problem = None
+    if parts.scheme not in ("http", "https"):
+        problem = "must start with http:// or https://"
+    elif not parts.hostname:
+        problem = "names no host"
+    elif parts.username or parts.password:
+        problem = "must not contain credentials (the API key is a Secret block or RESTCOUNTRIES_API_KEY)"
+    elif parts.query or parts.fragment:
+        problem = "must not have a query or fragment"
+    else:
+        try:
+            parts.port  # noqa: B018 - raises ValueError for a bad port
+        except ValueError:
+            problem = "has an invalid port"
+    if problem:
+        shown = "" if parts.username or parts.password else f" {url!r}"  # never echo credentials
+        raise ConfigurationError(
+            f"{setting('base_url')}{shown} {problem}: give the API's address, e.g. "
+            "https://api.restcountries.com/countries/v5 or http://127.0.0.1:8080 for a self-hosted v3.1 server"
+        )
+    return url.rstrip("/")
+
+
+def check_parameters(
+    *,
+    regions: Sequence[str],
+    table: str,
+    db_block: str,
+    api: str,
+    base_url: str,
+    force: bool,
+    min_row_fraction: float,
+    cache_minutes: float,
+) -> dict[str, Any]:
+    """Check the flow's parameters without touching the network; return them normalised.
+
+    Returns the same keys with: ``regions`` as the distinct names to fetch
+    (``"all"`` expanded, regions in their canonical case), ``table`` derived from
+    the regions when empty (see :func:`default_table`), ``base_url`` stripped
+    (empty stays empty: the configured default applies later). Raises
+    ``ConfigurationError`` (``InvalidTableNameError`` for a table name) with one
+    line naming the parameter, what was wrong and what to do.
+    """
+    names = restcountries.expand_regions(regions)
+    table_name = (table or "").strip() or default_table([r.strip() for r in regions])
+    try:
+        load.parse_table_name(table_name)
+    except InvalidTableNameError as exc:
+        raise InvalidTableNameError(f"{setting('table')}: {exc}") from None
+    restcountries.get_dialect(api)
+    if not isinstance(db_block, str) or not db_block.strip():
+        raise ConfigurationError(f"{setting('db_block')} is empty: name a SqlAlchemyConnector block, e.g. countries-db")
+    if isinstance(min_row_fraction, bool) or not (isinstance(min_row_fraction, int | float) and 0 <= min_row_fraction <= 1):
+        raise ConfigurationError(
+            f"{setting('min_row_fraction')} must be between 0 and 1 (a fraction of the current table's rows), "
+            f"got {min_row_fraction!r}"
+        )
+    if isinstance(cache_minutes, bool) or not (isinstance(cache_minutes, int | float) and 0 <= cache_minutes < math.inf):
+        raise ConfigurationError(
+            f"{setting('cache_minutes')} must be 0 (always fetch) or a positive number of minutes, got {cache_minutes!r}"
+        )
+    return {
+        "regions": names,
+        "table": table_name,
+        "db_block": db_block.strip(),
+        "api": api.strip(),
+        "base_url": _check_base_url(base_url or ""),
+        "force": bool(force),
+        "min_row_fraction": float(min_row_fraction),
+        "cache_minutes": float(cache_minutes),
+    }
+
 
 
 # --- 1. the source -----------------------------------------------------------------
@@ -229,10 +338,10 @@ class RunSummary:
 @flow(name="countries", log_prints=False)
 async def countries_flow(
     regions: list[str] = DEFAULT_REGIONS,
-    table: str = DEFAULT_TABLE,
+    table: str = "",
     db_block: str = DEFAULT_DB_BLOCK,
     api: Literal["v5", "v3.1"] = "v5",
-    base_url: str | None = None,
+    base_url: str = "",
     force: bool = False,
     min_row_fraction: Annotated[float, Field(ge=0, le=1)] = 0.5,
     cache_minutes: Annotated[float, Field(ge=0)] = 4.0,
@@ -241,7 +350,8 @@ async def countries_flow(
 
     Args:
         regions: Regions or subregions to load, e.g. "Northern Europe", "Africa"; "all" = every region.
-        table: Target table, optionally schema-qualified; replaced on every run.
+        table: Target table, optionally schema-qualified (analytics.countries); replaced on every run.
+            Empty = named after the regions: northern_europe_countries, all_countries, europe_asia_countries.
         db_block: Name of the SqlAlchemyConnector block for the target database.
         api: API dialect: hosted v5 (needs an API key) or a self-hosted v3.1 server.
         base_url: API base URL; empty = $RESTCOUNTRIES_BASE_URL or the dialect's public URL.
@@ -259,10 +369,17 @@ async def countries_flow(
     steps: dict[str, float] = {}
     started = time.perf_counter()
 
+    # 0. The parameters.
+    p = check_parameters(
+        regions=regions, table=table, db_block=db_block, api=api, base_url=base_url, force=force,
+        min_row_fraction=min_row_fraction, cache_minutes=cache_minutes,
+    )
+    table = p["table"]
+
     # 1. The source.
     dialect = restcountries.get_dialect(api)
-    region_names = restcountries.expand_regions(regions)
-    base_url = base_url or os.environ.get("RESTCOUNTRIES_BASE_URL") or None
+    region_names = p["regions"]
+    base_url = p["base_url"] or os.environ.get("RESTCOUNTRIES_BASE_URL") or None
     api_key = await resolve_api_key(dialect)
     if dialect.requires_key:
         await budget.ensure_rate_limit()
@@ -310,6 +427,21 @@ async def countries_flow(
     return summary
 
 
+async def run_flow(**params: Any) -> RunSummary:
+    """Run the flow once in this process; return its summary or raise the ``CountriesError`` it failed with.
+
+    For callers such as the command line, which print ``exc.for_audience("cli")``.
+    An unexpected failure is re-raised as it is.
+    """
+    state = await countries_flow(**params, return_state=True)
+    if state.is_completed():
+        return await state.aresult()
+    failure = await state.aresult(raise_on_failure=False)
+    if isinstance(failure, BaseException):
+        raise failure
+    raise CountriesError(state.message or f"the run ended {state.name}")
+
+
 # --- command line ------------------------------------------------------------------
 
 
@@ -328,7 +460,7 @@ def _parser() -> argparse.ArgumentParser:
         help='regions or subregions, e.g. "Northern Europe" Africa; "all" = every region (default: "Northern Europe")',
     )
     p.add_argument(
-        "--table", default=DEFAULT_TABLE, help="target table, optionally schema.table (default: %(default)s)"
+        "--table", default="", help="target table, optionally schema.table (default: named after the regions)"
     )
     p.add_argument("--db-block", default=DEFAULT_DB_BLOCK, help="SqlAlchemyConnector block name (default: %(default)s)")
     p.add_argument(
@@ -337,7 +469,7 @@ def _parser() -> argparse.ArgumentParser:
         "or a self-hosted v3.1 server (default: %(default)s)",
     )
     p.add_argument(
-        "--base-url", default=None,
+        "--base-url", default="",
         help="API base URL, e.g. http://127.0.0.1:8080 for a v3.1 server (default: $RESTCOUNTRIES_BASE_URL, "
         "else the dialect's public URL)",
     )
@@ -366,7 +498,7 @@ async def _prepare_database(db_block: str, data_dir: Path | None) -> str | None:
     """
     from prefect_sqlalchemy import SqlAlchemyConnector
 
-    from blocks.create_blocks import connection_from_url, save_db_block
+    from flows.settings import connection_from_url, save_db_block
 
     data_dir = data_dir or local_db.DEFAULT_DATA_DIR
     try:

@@ -100,7 +100,7 @@ def test_quota_exceeded_is_not_retried_and_keeps_the_table(db, monkeypatch):
     block, url = db
     with FakeRestCountries(quota=2) as fake:  # 2 requests allowed, then 403
         monkeypatch.setenv("RESTCOUNTRIES_API_KEY", fake.api_key)
-        run(fake, block, api="v5", base_url=fake.v5_base_url, regions=["Northern Europe", "Europe"])
+        run(fake, block, api="v5", base_url=fake.v5_base_url, regions=["Northern Europe", "Europe"], table=TABLE)
         before = table_rows(url)
         with pytest.raises(QuotaExceededError) as caught:
             run(fake, block, api="v5", base_url=fake.v5_base_url)
