@@ -13,8 +13,15 @@ thread on a free port and speaks both dialects:
   (``v5_currencies="list"``) or a code-keyed object (``"object"``).
 * **v3.1** at the server root: ``/v3.1/region/{name}``, ``/v3.1/subregion/{name}``,
   ``/v3.1/all`` (``fields`` required, at most 10) with ``fields`` projection,
-  404 when nothing matches. ``legacy_v31=True`` answers every v3.1 call like the
-  retired hosted API: 200 with ``{"success": false, "data": null, "errors": [...]}``.
+  404 when nothing matches. ``legacy_v31=True`` answers every v3.1 call with 200 and
+  the deprecation body ``{"success": false, "data": null, "errors": [...]}``.
+* **The hosted legacy API as it behaves today**: ``legacy_redirect=URL`` answers every
+  v3.1 path with ``301`` to ``URL``; ``files={path: body}`` serves static files, so a
+  second server can play the other origin (``files-03.restcountries.com``) that holds
+  :data:`LEGACY_BODY`. :func:`legacy_hosted` starts both.
+* **The demo key**: a request with ``Authorization: Bearer <demo_key>`` (default
+  ``rc_live_demo``) gets 200 with one fixed record (Canada, all fields) under
+  ``data.objects`` and a ``data._demo`` notice, whatever it asked.
 
 Observation: :attr:`FakeRestCountries.requests` (a thread-safe log of
 :class:`RequestRecord`: method, path, query, whether an Authorization header
@@ -22,7 +29,9 @@ was sent -- never its value), :meth:`count`, :attr:`max_in_flight` and
 :meth:`max_overlap` (how many requests were being served at the same time).
 
 Fault injection: :meth:`FakeRestCountries.inject` queues :class:`Fault` s per
-path glob; each matching request consumes one. See :class:`Fault` for the kinds.
+path glob; each matching request consumes one. See :class:`Fault` for the kinds,
+among them a body trickled a byte at a time, an oversize body generated lazily
+(with or without ``Content-Length``), and records of another region mixed in.
 
 Control over HTTP (for other processes using the standalone server):
 ``GET /_fake/requests``, ``POST /_fake/faults`` (JSON ``{"pattern": ..., "faults":
@@ -30,7 +39,8 @@ Control over HTTP (for other processes using the standalone server):
 (``{"seconds": 0.5}``). These paths are not logged.
 
 Standalone: ``python -m tests.fake_api --port 8765 [--api-key K] [--latency 0.5]
-[--max-limit 100] [--v5-currencies object] [--legacy-v31] [--synthetic N --seed S]``;
+[--max-limit 100] [--v5-currencies object] [--legacy-v31] [--legacy-redirect URL]
+[--synthetic N --seed S]``;
 prints one line ``fake REST Countries listening on http://127.0.0.1:8765`` and
 serves until SIGINT/SIGTERM.
 """
@@ -62,8 +72,15 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_API_KEY = "fake-restcountries-key-0123456789"
 DEPRECATION_MESSAGE = (
-    "This API version has been deprecated. Please migrate to v5: https://restcountries.com"
+    "This API version has been deprecated. Please visit "
+    "https://restcountries.com/docs/countries/legacy-api-deprecation to migrate to our new version (v5)."
 )
+"""The hosted legacy API's message, word for word as it reads today."""
+LEGACY_BODY: dict[str, Any] = {"success": False, "data": None, "errors": [{"message": DEPRECATION_MESSAGE}]}
+"""The static file every hosted v3.1 call is redirected to (``countries.00/legacy.json``)."""
+LEGACY_FILE_PATH = "/countries.00/legacy.json"
+DEMO_KEY = "rc_live_demo"
+DEMO_NOTICE = "This is a demo key: every query returns the same sample. Get your own key at https://restcountries.com"
 V5_PREFIX = "/countries/v5"
 V31_MAX_FIELDS = 10
 V5_HARD_LIMIT = 100  # the real API rejects a larger `limit` with 400
@@ -79,6 +96,9 @@ FaultKind = Literal[
     "non_list",  # 200 with the wrong shape: v3.1 an object, v5 a bare list (wrong envelope)
     "missing_field",  # 200 normal body, but `field` removed from the first record
     "errors_body",  # 200 with an `errors` array (like the retired hosted API)
+    "trickle",  # 200 normal body, Content-Length sent, then one byte every `seconds`
+    "oversize",  # 200 JSON body of `size` bytes generated lazily (with or without Content-Length)
+    "foreign",  # 200 normal body plus the records of `region` (same fields)
 ]
 
 
@@ -89,15 +109,20 @@ class Fault:
     Build with the class methods: ``Fault.ok()``, ``Fault.status(503, retry_after=2)``,
     ``Fault.status(429, retry_after=datetime(...))``, ``Fault.latency(1.5)``,
     ``Fault.hang()``, ``Fault.drop()``, ``Fault.bad_body("truncated" | "html" |
-    "non_list" | "errors_body")``, ``Fault.missing_field("population")``.
+    "non_list" | "errors_body")``, ``Fault.missing_field("population")``,
+    ``Fault.trickle(0.5)``, ``Fault.oversize(200_000_000, declare_length=False)``,
+    ``Fault.foreign("Americas")``.
     """
 
     kind: FaultKind
     status_code: int = 200
     retry_after: str | None = None  # the literal Retry-After header value
     message: str | None = None  # the errors body message (status / errors_body)
-    seconds: float = 0.0  # latency
+    seconds: float = 0.0  # latency; trickle: the pause before each byte
     field: str = "population"  # missing_field: a top-level key removed from the first record
+    size: int = 0  # oversize: body length in bytes
+    declare_length: bool = True  # oversize: send Content-Length (else the body ends when the connection closes)
+    region: str = "Americas"  # foreign: the region whose records are mixed in
 
     @classmethod
     def status(
@@ -133,7 +158,9 @@ class Fault:
         return cls("drop")
 
     @classmethod
-    def bad_body(cls, kind: Literal["truncated", "html", "non_list", "errors_body"], message: str | None = None) -> Fault:
+    def bad_body(
+        cls, kind: Literal["truncated", "html", "non_list", "errors_body"], message: str | None = None
+    ) -> Fault:
         """A 200 response with a broken body of the given kind."""
         if kind not in ("truncated", "html", "non_list", "errors_body"):
             raise ValueError(f"unknown bad body kind {kind!r}")
@@ -143,6 +170,25 @@ class Fault:
     def missing_field(cls, field: str = "population") -> Fault:
         """A 200 normal response whose first record lacks the top-level key ``field``."""
         return cls("missing_field", field=field)
+
+    @classmethod
+    def trickle(cls, seconds_per_byte: float) -> Fault:
+        """200 with the normal body and its ``Content-Length``, sent one byte every ``seconds_per_byte``."""
+        return cls("trickle", seconds=seconds_per_byte)
+
+    @classmethod
+    def oversize(cls, size: int, *, declare_length: bool = True) -> Fault:
+        """200 with a valid JSON body of exactly ``size`` bytes (mostly blanks), generated while it is sent.
+
+        With ``declare_length=False`` no ``Content-Length`` is sent and the body ends when
+        the server closes the connection, so only counting while reading can stop it.
+        """
+        return cls("oversize", size=size, declare_length=declare_length)
+
+    @classmethod
+    def foreign(cls, region: str = "Americas") -> Fault:
+        """200 with the normal records followed by those of ``region`` (same requested fields)."""
+        return cls("foreign", region=region)
 
     @classmethod
     def from_dict(cls, spec: dict[str, Any]) -> Fault:
@@ -168,6 +214,7 @@ class RequestRecord:
     started: float  # time.monotonic()
     status: int | None = None
     finished: float | None = None
+    bytes_sent: int = 0  # body bytes written to the client
 
     @property
     def authorized(self) -> bool:
@@ -182,6 +229,14 @@ class RequestRecord:
 
 def _errors_body(message: str) -> dict[str, Any]:
     return {"errors": [{"message": message}]}
+
+
+def _file_bytes(body: Any) -> bytes:
+    if isinstance(body, bytes):
+        return body
+    if isinstance(body, str):
+        return body.encode()
+    return json.dumps(body).encode()
 
 
 _MISSING = object()
@@ -240,6 +295,10 @@ class FakeRestCountries:
     - ``default_limit``: the v5 page size when ``limit`` is not sent.
     - ``v5_currencies``: ``"list"`` (documented) or ``"object"`` (code-keyed).
     - ``legacy_v31``: every v3.1 call answers 200 with the deprecation ``errors`` body.
+    - ``legacy_redirect``: every v3.1 call answers ``301`` with this ``Location`` (the hosted API today).
+    - ``files``: static files by path (``bytes``, ``str`` or a JSON-able object), served with 200 to
+      anyone; every other path of such a server answers as the API does.
+    - ``demo_key``: the bearer key answered with the demo sample (None: no demo key).
     - ``premium_fields``: v5 ``response_fields`` that answer 403 (premium plan needed).
     - ``quota``: after this many authenticated v5 requests, answer 403 quota exceeded.
     """
@@ -256,6 +315,9 @@ class FakeRestCountries:
         default_limit: int = 10,
         v5_currencies: Literal["list", "object"] = "list",
         legacy_v31: bool = False,
+        legacy_redirect: str | None = None,
+        files: dict[str, Any] | None = None,
+        demo_key: str | None = DEMO_KEY,
         premium_fields: Iterable[str] = ("gini", "economy.gdp"),
         quota: int | None = None,
     ):
@@ -266,6 +328,9 @@ class FakeRestCountries:
         self.default_limit = default_limit
         self.v5_currencies = v5_currencies
         self.legacy_v31 = legacy_v31
+        self.legacy_redirect = legacy_redirect
+        self.files = {path: _file_bytes(body) for path, body in (files or {}).items()}
+        self.demo_key = demo_key
         self.premium_fields = frozenset(premium_fields)
         self.quota = quota
         self._countries = copy.deepcopy(list(COUNTRIES if countries is None else countries))
@@ -438,6 +503,21 @@ class FakeRestCountries:
             record.status = status
             record.finished = time.monotonic()
 
+    def _count_sent(self, record: RequestRecord, n: int) -> None:
+        with self._lock:
+            record.bytes_sent += n
+
+    def _region_records(
+        self, path: str, query: dict[str, list[str]], authorization: str | None, region: str
+    ) -> list[dict[str, Any]]:
+        """The records of ``region`` as the request at ``path`` would get them (same fields)."""
+        if path == V5_PREFIX or path.startswith(V5_PREFIX + "/"):
+            q = {**query, "region": [region], "offset": ["0"]}
+            _, body = self._v5("", q, authorization)
+            return body["data"]["objects"] if isinstance(body, dict) and "data" in body else []
+        _, body = self._v31(f"/region/{region}", query)
+        return body if isinstance(body, list) else []
+
     def _forget_connection(self, conn: socket.socket) -> None:
         with self._lock:
             self._connections.discard(conn)
@@ -461,6 +541,8 @@ class FakeRestCountries:
     def _v5(self, sub: str, query: dict[str, list[str]], authorization: str | None) -> tuple[int, Any]:
         if authorization is None or not authorization.startswith("Bearer "):
             return 401, _errors_body("Missing API key: send 'Authorization: Bearer <key>'.")
+        if self.demo_key is not None and authorization[len("Bearer "):] == self.demo_key:
+            return 200, self._demo_answer()
         if authorization[len("Bearer "):] != self.api_key:
             return 401, _errors_body("Invalid API key.")
         with self._lock:
@@ -527,6 +609,14 @@ class FakeRestCountries:
             "more": offset + len(page) < total,
         }
         return 200, {"data": {"objects": page, "meta": meta}}
+
+    def _demo_answer(self) -> dict[str, Any]:
+        """What the demo key gets for any query: Canada, whole, and a notice."""
+        canada = next((r for r in self._v5_records if r["names"]["common"] == "Canada"), None)
+        if canada is None:
+            canada = to_v5(next(c for c in COUNTRIES if c["name"]["common"] == "Canada"), currencies=self.v5_currencies)
+        meta = {"total": 1, "count": 1, "limit": 10, "offset": 0, "more": False}
+        return {"data": {"objects": [copy.deepcopy(canada)], "meta": meta, "_demo": DEMO_NOTICE}}
 
     def _v31(self, sub: str, query: dict[str, list[str]]) -> tuple[int, Any]:
         if self.legacy_v31:
@@ -623,6 +713,7 @@ class _Handler(BaseHTTPRequestHandler):
             fault=None if fault is None else fault.kind,
             started=time.monotonic(),
         )
+        self._record = record
         fake._enter(self.connection, record)
         status: int | None = None
         try:
@@ -647,6 +738,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._drop()
             if fault.kind == "status":
                 headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
+                if 300 <= fault.status_code < 400:
+                    headers["Location"] = fault.message or f"{fake.url}/elsewhere"
                 message = fault.message or f"Injected HTTP {fault.status_code}."
                 self._send_json(fault.status_code, _errors_body(message), headers)
                 return fault.status_code
@@ -657,20 +750,81 @@ class _Handler(BaseHTTPRequestHandler):
                 message = fault.message or DEPRECATION_MESSAGE
                 self._send_json(200, {"success": False, "data": None, "errors": [{"message": message}]})
                 return 200
+            if fault.kind == "oversize":
+                return self._send_oversize(fake, fault)
+        if path in fake.files:
+            self._send_bytes(200, fake.files[path], "application/json")
+            return 200
+        if fake.legacy_redirect is not None and (path == "/v3.1" or path.startswith("/v3.1/")):
+            self._send_bytes(301, b"", "text/html", {"Location": fake.legacy_redirect})
+            return 301
         status, body = fake._respond(path, query, authorization)
         if fault is not None and status == 200:
+            records = body["data"]["objects"] if isinstance(body, dict) and "data" in body else body
             if fault.kind == "truncated":
                 raw = json.dumps(body).encode()
                 self._send_bytes(200, raw[: max(1, len(raw) // 2)], "application/json")
                 return 200
             if fault.kind == "non_list":
-                body = body["data"]["objects"] if isinstance(body, dict) and "data" in body else {"countries": body}
-            if fault.kind == "missing_field":
-                records = body["data"]["objects"] if isinstance(body, dict) else body
-                if records:
-                    records[0].pop(fault.field, None)
+                body = records if isinstance(body, dict) else {"countries": body}
+            if fault.kind == "missing_field" and records:
+                records[0].pop(fault.field, None)
+            if fault.kind == "foreign":
+                records.extend(fake._region_records(path, query, authorization, fault.region))
+            if fault.kind == "trickle":
+                return self._send_trickle(fake, json.dumps(body, ensure_ascii=False).encode(), fault.seconds)
         self._send_json(status, body)
         return status
+
+    def _send_trickle(self, fake: FakeRestCountries, raw: bytes, seconds: float) -> int | None:
+        """200 with ``raw`` announced in full, then written a byte at a time, ``seconds`` apart."""
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(raw)))
+            self.end_headers()
+            self.wfile.flush()
+            for i in range(len(raw)):
+                if fake._sleep(seconds):
+                    return self._drop()
+                self.wfile.write(raw[i : i + 1])
+                self.wfile.flush()
+                self._sent(1)
+        except OSError:  # the client gave up
+            self.close_connection = True
+        return 200
+
+    def _send_oversize(self, fake: FakeRestCountries, fault: Fault) -> int | None:
+        """200 with a valid JSON body of ``fault.size`` bytes, generated chunk by chunk as it is sent."""
+        head = b'{"data": {"objects": ['
+        tail = b'], "meta": {"total": 0, "count": 0, "limit": 100, "offset": 0, "more": false}}}'
+        blanks = max(0, fault.size - len(head) - len(tail))
+        chunk = b" " * 65536
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            if fault.declare_length:
+                self.send_header("Content-Length", str(len(head) + blanks + len(tail)))
+            else:
+                self.send_header("Connection", "close")
+                self.close_connection = True
+            self.end_headers()
+            self.wfile.write(head)
+            self._sent(len(head))
+            while blanks > 0 and not fake._stopping.is_set():
+                piece = chunk[: min(blanks, len(chunk))]
+                self.wfile.write(piece)
+                self._sent(len(piece))
+                blanks -= len(piece)
+            self.wfile.write(tail)
+            self._sent(len(tail))
+            self.wfile.flush()
+        except OSError:  # the client stopped reading
+            self.close_connection = True
+        return 200
+
+    def _sent(self, n: int) -> None:
+        self.server.fake._count_sent(self._record, n)
 
     def _wait_for_disconnect(self, fake: FakeRestCountries) -> None:
         """Block until the client closes the connection or the server stops."""
@@ -707,6 +861,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(raw)
             self.wfile.flush()
+            self._sent(len(raw))
         except OSError:
             self.close_connection = True
 
@@ -721,6 +876,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-limit", type=int, default=100, help="most v5 records per page")
     parser.add_argument("--v5-currencies", choices=("list", "object"), default="list")
     parser.add_argument("--legacy-v31", action="store_true", help="answer v3.1 with the deprecation body")
+    parser.add_argument("--legacy-redirect", metavar="URL", default=None,
+                        help="answer every v3.1 path with 301 to URL (the hosted API today)")
     parser.add_argument("--synthetic", type=int, default=None, metavar="N", help="serve N synthetic countries")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -734,6 +891,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_limit=args.max_limit,
         v5_currencies=args.v5_currencies,
         legacy_v31=args.legacy_v31,
+        legacy_redirect=args.legacy_redirect,
     )
     stop = threading.Event()
 
@@ -755,12 +913,31 @@ def running(**options: Any) -> Iterator[FakeRestCountries]:
         yield fake
 
 
+@contextlib.contextmanager
+def legacy_hosted(**options: Any) -> Iterator[tuple[FakeRestCountries, FakeRestCountries]]:
+    """``with legacy_hosted() as (api, files):`` -- the hosted v3.1 API as it behaves today.
+
+    ``files`` (another origin, like ``files-03.restcountries.com``) serves
+    :data:`LEGACY_BODY` at :data:`LEGACY_FILE_PATH`; ``api`` answers every v3.1
+    path with ``301`` to it. ``options`` go to ``api``.
+    """
+    with FakeRestCountries(files={LEGACY_FILE_PATH: LEGACY_BODY}) as files, FakeRestCountries(
+        legacy_redirect=files.url + LEGACY_FILE_PATH, **options
+    ) as api:
+        yield api, files
+
+
 __all__ = [
     "DEFAULT_API_KEY",
+    "DEMO_KEY",
+    "DEMO_NOTICE",
     "DEPRECATION_MESSAGE",
+    "LEGACY_BODY",
+    "LEGACY_FILE_PATH",
     "FakeRestCountries",
     "Fault",
     "RequestRecord",
+    "legacy_hosted",
     "running",
 ]
 
