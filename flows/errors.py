@@ -123,6 +123,33 @@ class BadResponseError(PermanentApiError):
     """The response is not what the dialect promises: not JSON, wrong shape, missing fields."""
 
 
+class KeyWithheldError(ConfigurationError):
+    """The API key would have to go to an origin it is not sent to (untrusted, or plain http off this machine).
+
+    Raised before any request; the key was sent nowhere.
+    """
+
+
+class DemoKeyError(AuthenticationError):
+    """The key is the public demo key, which answers every query with one fixed sample record."""
+
+
+class HostNotFoundError(PermanentApiError):
+    """The API's host name cannot be resolved (DNS says it does not exist): a wrong URL or no network."""
+
+
+class DeadlineExceededError(TransientApiError):
+    """A request did not complete (connect, headers and whole body) within its deadline."""
+
+
+class ResponseTooLargeError(BadResponseError):
+    """The response body is larger than the configured bound; reading stopped there."""
+
+
+class ForeignRecordsError(BadResponseError):
+    """The API answered with countries that do not belong to the region or subregion asked for."""
+
+
 # --- Transform -----------------------------------------------------------------
 
 

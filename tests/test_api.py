@@ -1,27 +1,44 @@
-"""The REST Countries client against the real fake server (tests/fake_api.py): no mocks."""
+"""The REST Countries client against the real fake server (tests/fake_api.py): no mocks.
+
+Expected values come from issue 8 and the API facts it cites: the legacy API's
+301 to a static file on another host, the demo key's fixed sample, where the
+key may go, the per-attempt deadline, the size bound, the request budget, and
+messages that put the cause first and a short ``(GET …)`` last.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Coroutine, Iterator
+import pickle
+import socket
+import time
+import tracemalloc
+from collections.abc import Coroutine, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
+import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from flows import budget
+from flows._http import dns_failure
 from flows.api import (
+    DEADLINE_ENV,
     DIALECTS,
+    HOSTED_ORIGIN,
+    MAX_RESPONSE_ENV,
     REGIONS,
+    ApiClient,
     RequestStats,
     RetryPolicy,
     dedupe_records,
     expand_regions,
     fetch_region,
-    fetch_regions,
+    fingerprint,
     get_dialect,
     make_client,
 )
@@ -30,22 +47,41 @@ from flows.errors import (
     AuthenticationError,
     BadResponseError,
     ConfigurationError,
+    DeadlineExceededError,
+    DemoKeyError,
     DeprecatedApiError,
+    ForeignRecordsError,
+    HostNotFoundError,
+    KeyWithheldError,
     PermanentApiError,
     QuotaExceededError,
+    ResponseTooLargeError,
     TransientApiError,
     UnknownRegionError,
 )
+from tests.conftest import free_port
 from tests.countries_data import COUNTRIES, NORTHERN_EUROPE, synthetic_countries, to_v5
-from tests.fake_api import DEPRECATION_MESSAGE, FakeRestCountries, Fault
+from tests.fake_api import (
+    DEPRECATION_MESSAGE,
+    LEGACY_FILE_PATH,
+    FakeRestCountries,
+    Fault,
+    legacy_hosted,
+)
 
 T = TypeVar("T")
 V5 = get_dialect("v5")
 V31 = get_dialect("v3.1")
+# The source paths the table needs, as the lead's schema passes them (issue 8 §8).
+PATHS = {
+    "v5": ("names.official", "currencies.*.name", "population"),
+    "v3.1": ("name.official", "currencies.*.name", "population"),
+}
 CANARY = "canary-KEY-7f3a9c1e5b"
-FAST = RetryPolicy(max_attempts=4, base_delay=0.01, max_delay=0.05, max_total_seconds=10, jitter=0.5)
+FAST = RetryPolicy(max_attempts=4, base_delay=0.01, max_delay=0.05, max_total_seconds=10)
 NE_NAMES = [c["name"]["official"] for c in NORTHERN_EUROPE]
 EUROPE = [c for c in COUNTRIES if c["region"] == "Europe"]
+NO_HOST = "nonexistent-host.invalid"  # .invalid never resolves (RFC 2606)
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
@@ -65,24 +101,46 @@ def paged() -> Iterator[FakeRestCountries]:
         yield f
 
 
+@pytest.fixture
+def other() -> Iterator[FakeRestCountries]:
+    """A second server: another origin, which the client was not told to trust."""
+    with FakeRestCountries(api_key=CANARY) as f:
+        yield f
+
+
+def client_for(f: FakeRestCountries | None, *, key: str | None = CANARY, trust: Sequence[str] | None = None,
+               deadline: float = 5.0, max_bytes: int = 5_000_000) -> ApiClient:
+    """A client that trusts ``f``'s origin (or exactly ``trust``)."""
+    trusted = trust if trust is not None else ([f.url] if f is not None else [])
+    return make_client(api_key=key, trusted_base_urls=trusted, deadline=deadline, max_bytes=max_bytes)
+
+
+async def fetch_all(client: ApiClient, names: Sequence[str], **kwargs: Any) -> list[dict]:
+    """The flow's shape: every region at once over one client, then each country once."""
+    regions = expand_regions(names)
+    batches = await asyncio.gather(*(fetch_region(client, n, **kwargs) for n in regions))
+    return dedupe_records((r for b in batches for r in b), kwargs["dialect"])
+
+
 async def _fetch(
     f: FakeRestCountries,
     region: str | list[str],
     *,
     dialect=V5,
     key: str | None = CANARY,
-    timeout: float = 5.0,
+    trust: Sequence[str] | None = None,
+    deadline: float = 5.0,
+    max_bytes: int = 5_000_000,
     retry: RetryPolicy = FAST,
-    stats: RequestStats | None = None,
+    base_url: str | None = None,
     **kwargs: Any,
 ) -> list[dict]:
-    base = f.v5_base_url if dialect.name == "v5" else f.v31_base_url
-    async with make_client(api_key=key, timeout=timeout) as client:
+    base = base_url or (f.v5_base_url if dialect.name == "v5" else f.v31_base_url)
+    kwargs.setdefault("paths", PATHS[dialect.name])
+    async with client_for(f, key=key, trust=trust, deadline=deadline, max_bytes=max_bytes) as client:
         if isinstance(region, list):
-            return await fetch_regions(client, region, dialect=dialect, base_url=base, retry=retry,
-                                       stats=stats, **kwargs)
-        return await fetch_region(client, region, dialect=dialect, base_url=base, retry=retry, stats=stats,
-                                  **kwargs)
+            return await fetch_all(client, region, dialect=dialect, base_url=base, retry=retry, **kwargs)
+        return await fetch_region(client, region, dialect=dialect, base_url=base, retry=retry, **kwargs)
 
 
 def _fail(f: FakeRestCountries, region: str = "Northern Europe", **kwargs: Any) -> ApiError:
@@ -91,22 +149,37 @@ def _fail(f: FakeRestCountries, region: str = "Northern Europe", **kwargs: Any) 
     return info.value
 
 
-def _assert_good_message(exc: BaseException, url_part: str) -> None:
+def _assert_good_message(exc: BaseException, shown: str | None = None) -> None:
+    """One line, no secret, the cause first and the request last and short, without the query string."""
     text = str(exc)
-    assert "\n" not in text and url_part in text, text
-    assert CANARY not in text and CANARY not in repr(exc)
+    assert "\n" not in text and CANARY not in text and CANARY not in repr(exc), text
+    assert not text.startswith(("GET", "http")), text
+    assert "response_fields" not in text and "fields=" not in text and "limit=" not in text, text
+    if shown is not None:
+        assert text.endswith(f"(GET {shown})"), text
 
 
-# --- dialects, regions, dedupe ------------------------------------------------------------
+def ne_names(records: list[dict]) -> list[str]:
+    return [r["names"]["official"] for r in records]
+
+
+# --- dialects, paths, regions, dedupe ------------------------------------------------------
 
 
 def test_get_dialect_and_unknown_name():
     assert set(DIALECTS) == {"v5", "v3.1"} and get_dialect(" v5 ") is V5
     with pytest.raises(ConfigurationError, match=r"v4.*use one of v5, v3\.1"):
         get_dialect("v4")
-    assert V5.record_paths["nation_official_name"] == "names.official"
-    assert V31.record_paths["nation_official_name"] == "name.official"
     assert V5.requires_key and not V31.requires_key
+
+
+def test_dialects_turn_source_paths_into_request_fields_and_add_region_fields():
+    # v5 response_fields: dotted paths up to the first `*`; v3.1 fields: top-level names (issue 8 §8).
+    assert V5.request_fields(PATHS["v5"]) == ("names.official", "currencies", "population", "region", "subregion")
+    assert V31.request_fields(PATHS["v3.1"]) == ("name", "currencies", "population", "region", "subregion")
+    for bad in ([], [""], ["names..official"], ["*.name"]):
+        with pytest.raises(ConfigurationError):
+            V5.request_fields(bad)
 
 
 def test_expand_regions():
@@ -132,13 +205,19 @@ def test_dedupe_records_keeps_first_in_order():
     assert dedupe_records(recs, V5) == recs[:2]
 
 
-# --- v5 --------------------------------------------------------------------------------------
+def test_dialects_are_hashable_and_picklable():
+    for dialect in DIALECTS.values():
+        clone = pickle.loads(pickle.dumps(dialect))  # noqa: S301 - our own object
+        assert clone == dialect and hash(clone) == hash(dialect)
 
 
-def test_v5_paginates_without_wasted_requests(paged):
+# --- v5 ------------------------------------------------------------------------------------------
+
+
+def test_v5_paginates_asking_for_the_paths_and_region_fields_in_the_same_request(paged):
     stats = RequestStats()
     records = run(_fetch(paged, "Northern Europe", stats=stats))
-    assert [r["names"]["official"] for r in records] == NE_NAMES
+    assert ne_names(records) == NE_NAMES
     reqs = paged.requests
     assert len(reqs) == 4 and (stats.requests, stats.retries) == (4, 0)
     assert [r.param("offset") for r in reqs] == ["0", "5", "10", "15"]
@@ -146,11 +225,13 @@ def test_v5_paginates_without_wasted_requests(paged):
         assert r.path == "/countries/v5/subregion/Northern Europe"
         assert r.authorization
         assert r.param("limit") == "100"
-        assert r.param("response_fields") == "names.official,currencies,population"
+        assert r.param("response_fields") == "names.official,currencies,population,region,subregion"
     assert records[0] == {
         "names": {"official": "Åland Islands"},
         "currencies": [{"code": "EUR", "name": "Euro", "symbol": "€"}],
         "population": 29458,
+        "region": "Europe",
+        "subregion": "Northern Europe",
     }
 
 
@@ -172,30 +253,40 @@ def test_v5_region_of_up_to_100_countries_is_one_request(fake):
 def test_v5_currency_forms_pass_through_unchanged(form):
     with FakeRestCountries(api_key=CANARY, v5_currencies=form) as f:
         records = run(_fetch(f, "Northern Europe"))
-    expected = [
-        {k: v for k, v in to_v5(c, currencies=form).items() if k in ("currencies", "population")}
-        | {"names": {"official": c["name"]["official"]}}
-        for c in NORTHERN_EUROPE
-    ]
-    assert records == expected
+    assert [r["currencies"] for r in records] == [to_v5(c, currencies=form)["currencies"] for c in NORTHERN_EUROPE]
 
 
-def test_v5_all_regions_and_trailing_slash(fake):
-    async def go() -> list[dict]:
-        async with make_client(api_key=CANARY) as client:
-            return await fetch_regions(client, ["all"], dialect=V5, base_url=fake.v5_base_url + "/", retry=FAST)
-
-    records = run(go())
-    assert sorted(r["names"]["official"] for r in records) == sorted(c["name"]["official"] for c in COUNTRIES)
+def test_all_regions_at_once_and_trailing_slash(fake):
+    records = run(_fetch(fake, ["all"], base_url=fake.v5_base_url + "/"))
+    assert sorted(ne_names(records)) == sorted(c["name"]["official"] for c in COUNTRIES)
     assert sorted(r.param("region") for r in fake.requests) == sorted(REGIONS)
+
+
+def test_regions_are_fetched_concurrently():
+    with FakeRestCountries(api_key=CANARY, latency=0.3) as f:
+        records = run(_fetch(f, ["all"]))
+        assert len(records) == len(COUNTRIES)
+        assert f.count() == 6 and f.max_overlap() == 6
 
 
 def test_dedupe_across_overlapping_regions(fake):
     stats = RequestStats()
     records = run(_fetch(fake, ["Europe", "Northern Europe"], stats=stats))
-    names = [r["names"]["official"] for r in records]
-    assert names == [c["name"]["official"] for c in EUROPE]
+    assert ne_names(records) == [c["name"]["official"] for c in EUROPE]
     assert stats.requests == 2
+
+
+def test_a_record_without_currencies_is_kept_but_one_without_population_is_refused(fake):
+    """A path with `*` may be absent (a country with no currency keeps a row); the others are required."""
+    fake.inject("*", Fault.missing_field("currencies"))
+    records = run(_fetch(fake, "Northern Europe"))
+    assert len(records) == 16 and sum("currencies" not in r for r in records) == 1
+    fake.inject("*", Fault.missing_field("population"))
+    err = _fail(fake)
+    assert isinstance(err, BadResponseError) and "lacks the requested field(s) population" in str(err)
+
+
+# --- status codes -------------------------------------------------------------------------------
 
 
 def test_v5_missing_key_fails_before_any_request(fake):
@@ -210,7 +301,9 @@ def test_401_is_authentication_error_not_retried(fake):
     err = _fail(fake, "Europe", key="wrong-" + CANARY[:3])
     assert isinstance(err, AuthenticationError) and err.status == 401
     assert "RESTCOUNTRIES_API_KEY" in str(err) and "restcountries-api-key" in str(err)
-    _assert_good_message(err, fake.v5_base_url)
+    assert str(err).startswith("the API key was refused (HTTP 401")
+    _assert_good_message(err, "…?region=Europe")
+    assert err.url is not None and err.url.startswith(fake.v5_base_url + "?")
     assert fake.count() == 1
 
 
@@ -222,19 +315,22 @@ def test_403_quota_is_quota_error_quoting_the_api():
 
 
 def test_404_unknown_property_is_not_an_unknown_region(fake):
-    bogus = dataclasses.replace(V5, fields=(*V5.fields, "names.bogus"))
-    err = _fail(fake, "Europe", dialect=bogus)
+    err = _fail(fake, "Europe", paths=(*PATHS["v5"], "names.bogus"))
     assert type(err) is PermanentApiError and "Unknown property 'names.bogus'" in str(err)
     assert fake.count() == 1
 
 
-@pytest.mark.parametrize("dialect", [V5, V31], ids=["v5", "v3.1"])
-def test_unknown_region_lists_the_valid_ones(fake, dialect):
-    err = _fail(fake, "Atlantis", dialect=dialect)
+@pytest.mark.parametrize(("dialect", "shown"), [(V5, "…/subregion/Narnia"), (V31, "…/v3.1/subregion/Narnia")],
+                         ids=["v5", "v3.1"])
+def test_unknown_region_puts_the_cause_first_and_the_request_last(fake, dialect, shown):
+    err = _fail(fake, "Narnia", dialect=dialect)
     assert isinstance(err, UnknownRegionError)
-    assert "'Atlantis'" in str(err) and "Africa, Americas, Antarctic, Asia, Europe, Oceania" in str(err)
-    assert "Northern Europe" in str(err)
-    _assert_good_message(err, "Atlantis")
+    text = str(err)
+    # issue 8 §7: `unknown region 'Narnia': the API knows no region or subregion of that name; regions are
+    # Africa, ... (GET …/subregion/Narnia)`
+    assert text.startswith("unknown region 'Narnia': the API knows no region or subregion of that name")
+    assert "Africa, Americas, Antarctic, Asia, Europe, Oceania" in text and "'Northern Europe'" in text
+    _assert_good_message(err, shown)
     assert fake.count() == 1
 
 
@@ -254,43 +350,11 @@ def test_4xx_never_retried(fake, status, dialect):
     assert fake.count() == 1
 
 
-def test_redirect_is_not_followed(fake):
-    fake.inject("*", Fault.status(302))
-    err = _fail(fake)
-    assert isinstance(err, PermanentApiError) and "redirected" in str(err) and fake.count() == 1
-
-
-# --- v3.1 ------------------------------------------------------------------------------------
-
-
-def test_v31_routes_and_fields(fake):
-    records = run(_fetch(fake, ["Northern Europe", "Oceania"], dialect=V31, key=None))
-    assert [r["name"]["official"] for r in records[:16]] == NE_NAMES
-    assert len(records) == 16 + 5
-    assert set(records[0]) == {"name", "currencies", "population"}
-    assert records[3]["currencies"] == {
-        "DKK": {"name": "Danish krone", "symbol": "kr"},
-        "FOK": {"name": "Faroese króna", "symbol": "kr"},
-    }
-    assert sorted(r.path for r in fake.requests) == ["/v3.1/region/Oceania", "/v3.1/subregion/Northern Europe"]
-    assert {r.param("fields") for r in fake.requests} == {"name,currencies,population"}
-    assert not any(r.authorization for r in fake.requests)
-
-
-def test_v31_sends_the_key_if_given_but_does_not_need_it(fake):
-    run(_fetch(fake, "Asia", dialect=V31))
-    assert fake.requests[0].authorization
-
-
-def test_legacy_v31_deprecation_is_a_clear_error():
-    with FakeRestCountries(legacy_v31=True) as f:
-        err = _fail(f, dialect=V31, key=None)
-        assert isinstance(err, DeprecatedApiError)
-        text = str(err)
-        assert DEPRECATION_MESSAGE in text and "--api v5" in text and "--base-url" in text
-        assert "RESTCOUNTRIES_API_KEY" in text
-        _assert_good_message(err, f"{f.url}/v3.1/subregion/Northern%20Europe")
-        assert f.count() == 1
+def test_a_v5_redirect_is_not_followed_and_the_key_does_not_cross_it(fake, other):
+    fake.inject("*", Fault.status(302, message=other.v5_base_url + "/subregion/Northern%20Europe"))
+    err = _fail(fake, trust=[fake.url, other.url])
+    assert isinstance(err, PermanentApiError) and "redirected" in str(err) and err.status == 302
+    assert fake.count() == 1 and other.count() == 0
 
 
 def test_errors_body_on_v5_is_not_retried(fake):
@@ -300,28 +364,404 @@ def test_errors_body_on_v5_is_not_retried(fake):
     assert fake.count() == 1
 
 
-def test_a_record_without_currencies_is_kept(fake):
-    """No currency is data, not a bad body: the country keeps a row with a null currency."""
-    fake.inject("*", Fault.missing_field("currencies"))
-    records = run(_fetch(fake, "Northern Europe", dialect=V31))
+# --- 1. the hosted legacy API redirects ------------------------------------------------------
+
+
+def test_legacy_redirect_ends_in_the_deprecation_error_quoting_the_api_without_sending_the_key():
+    with legacy_hosted(api_key=CANARY) as (api, files):
+        # Even with both origins trusted, the key goes to the API and never across the redirect.
+        err = _fail(api, dialect=V31, trust=[api.url, files.url])
+        assert isinstance(err, DeprecatedApiError) and err.status == 301
+        text = str(err)
+        assert DEPRECATION_MESSAGE in text
+        assert "deprecated" in text.split(":")[0]
+        assert "api=v5" in text and "RESTCOUNTRIES_API_KEY" in text
+        assert "--api v5" in err.for_audience("cli")
+        _assert_good_message(err, "…/v3.1/subregion/Northern Europe")
+        assert [(r.path, r.authorization) for r in api.requests] == [("/v3.1/subregion/Northern Europe", True)]
+        assert [(r.path, r.authorization) for r in files.requests] == [(LEGACY_FILE_PATH, False)]
+
+
+def test_legacy_redirect_to_an_unreadable_place_is_still_the_deprecation_error():
+    with FakeRestCountries(legacy_redirect=f"http://127.0.0.1:{free_port()}/countries.00/legacy.json") as api:
+        err = _fail(api, dialect=V31, key=None)
+    assert isinstance(err, DeprecatedApiError)
+    assert "deprecated" in str(err) and "api=v5" in str(err) and DEPRECATION_MESSAGE not in str(err)
+
+
+@pytest.mark.parametrize("fault", [Fault.hang(), Fault.oversize(50_000_000, declare_length=False)],
+                         ids=["hang", "oversize"])
+def test_the_redirect_target_is_read_bounded_in_time_and_size(fault):
+    with legacy_hosted() as (api, files):
+        files.inject(LEGACY_FILE_PATH, fault)
+        started = time.monotonic()
+        err = _fail(api, dialect=V31, key=None, deadline=0.5)
+        assert time.monotonic() - started < 5
+    assert isinstance(err, DeprecatedApiError) and "deprecated" in str(err)
+    assert DEPRECATION_MESSAGE not in str(err)
+
+
+def test_legacy_errors_body_is_the_deprecation_error():
+    with FakeRestCountries(legacy_v31=True) as f:
+        err = _fail(f, dialect=V31, key=None)
+        assert isinstance(err, DeprecatedApiError)
+        text = str(err)
+        assert DEPRECATION_MESSAGE in text and "api=v5" in text and "base_url" in text
+        assert "RESTCOUNTRIES_API_KEY" in text
+        _assert_good_message(err, "…/v3.1/subregion/Northern Europe")
+        assert f.count() == 1
+
+
+# --- 2. the demo key ----------------------------------------------------------------------------
+
+
+def test_the_demo_key_is_refused_before_any_request():
+    with pytest.raises(DemoKeyError) as info:
+        make_client(api_key="rc_live_demo")
+    assert "only returns a fixed sample" in str(info.value) and "get a key at" in str(info.value)
+
+
+def test_a_demo_answer_is_one_clear_error():
+    """A key the API treats as its demo key gets Canada for Northern Europe, with `data._demo`."""
+    with FakeRestCountries(demo_key=CANARY, api_key="another-key") as f:
+        err = _fail(f)
+        assert f.count() == 1
+    assert isinstance(err, DemoKeyError)
+    assert "the demo key only returns a fixed sample" in str(err) and "get a key at" in str(err)
+    _assert_good_message(err, "…/subregion/Northern Europe")
+
+
+@pytest.mark.parametrize("dialect", [V5, V31], ids=["v5", "v3.1"])
+def test_records_of_another_region_are_refused_naming_them(fake, dialect):
+    fake.inject("*", Fault.foreign("Americas"))
+    err = _fail(fake, dialect=dialect)
+    assert isinstance(err, ForeignRecordsError)
+    assert "'Canada' (Americas / North America)" in str(err) and "'Northern Europe'" in str(err)
+    assert fake.count() == 1  # region and subregion came with the same request
+    _assert_good_message(err)
+
+
+# --- 3. the key only where it belongs -----------------------------------------------------------
+
+
+def test_v5_at_an_untrusted_origin_fails_before_any_request_saying_how_to_trust_it(fake, other):
+    with pytest.raises(KeyWithheldError) as info:
+        run(_fetch(other, "Northern Europe", trust=[fake.url]))
+    assert other.count() == 0
+    text = str(info.value)
+    assert text.startswith(f"the API key was withheld from {other.url}")
+    assert f"RESTCOUNTRIES_BASE_URL={other.v5_base_url}" in text
+    assert f"python blocks/create_blocks.py --base-url {other.v5_base_url}" in text
+    assert "\n" not in text and CANARY not in text
+
+
+def test_v31_at_an_untrusted_origin_gets_no_key_and_still_works(fake, other):
+    records = run(_fetch(other, "Northern Europe", dialect=V31, trust=[fake.url]))
     assert len(records) == 16
-    assert sum("currencies" not in r for r in records) == 1
+    assert [r.authorization for r in other.requests] == [False]
+    run(_fetch(fake, "Northern Europe", dialect=V31, trust=[fake.url]))
+    assert [r.authorization for r in fake.requests] == [True]
 
 
-# --- bad bodies -------------------------------------------------------------------------------
+def test_no_request_of_the_client_carries_the_key_to_an_untrusted_origin(fake, other):
+    """Structural: the client's own auth decides per request, so even a direct GET cannot leak it."""
+
+    async def go() -> None:
+        async with client_for(fake) as client:
+            await client.http.get(other.v5_base_url, params={"region": "Europe"})
+            await client.http.get(fake.v5_base_url, params={"region": "Europe"})
+
+    run(go())
+    assert [r.authorization for r in other.requests] == [False]
+    assert [r.authorization for r in fake.requests] == [True]
+
+
+def test_the_key_never_goes_over_plain_http_except_to_loopback():
+    client = make_client(api_key=CANARY, trusted_base_urls=["http://countries.example.org/countries/v5",
+                                                            "http://localhost:8080", "http://[::1]:8080"])
+    try:
+        assert client.sends_key_to(HOSTED_ORIGIN + "/countries/v5")
+        assert client.sends_key_to("https://API.restcountries.com:443/countries/v5/subregion/Asia")
+        assert not client.sends_key_to("http://api.restcountries.com/countries/v5")
+        assert not client.sends_key_to("https://api.restcountries.com.example.org/countries/v5")
+        assert not client.sends_key_to("http://countries.example.org/countries/v5")
+        assert client.sends_key_to("http://localhost:8080/x") and client.sends_key_to("http://[::1]:8080/x")
+        with pytest.raises(KeyWithheldError, match="never sent over plain http"):
+            run(fetch_region(client, "Europe", dialect=V5, base_url="http://countries.example.org/countries/v5",
+                             paths=PATHS["v5"]))
+    finally:
+        run(client.aclose())
+
+
+def test_a_trusted_base_url_must_be_http_or_https():
+    with pytest.raises(ConfigurationError, match="RESTCOUNTRIES_BASE_URL"):
+        make_client(api_key=CANARY, trusted_base_urls=["ftp://example.org"])
+
+
+# --- 4. a total deadline per attempt ----------------------------------------------------------
+
+
+def test_a_trickling_answer_is_cut_at_the_deadline_and_retried_within_the_budget(fake):
+    fake.inject("*", Fault.trickle(0.05), times=10)
+    started = time.monotonic()
+    err = _fail(fake, deadline=0.3, retry=RetryPolicy(max_attempts=3, base_delay=0.01, max_total_seconds=10))
+    elapsed = time.monotonic() - started
+    assert isinstance(err, DeadlineExceededError) and isinstance(err, TransientApiError)
+    assert "0.3s deadline" in str(err) and "3 tries" in str(err)
+    assert fake.count() == 3 and 0.9 <= elapsed < 3
+    _assert_good_message(err, "…/subregion/Northern Europe")
+
+
+def test_the_retry_budget_bounds_the_whole_request(fake):
+    """However many attempts are allowed, the request ends at its total budget (at least one deadline)."""
+    fake.inject("*", Fault.trickle(0.05), times=50)
+    started = time.monotonic()
+    err = _fail(fake, deadline=0.4, retry=RetryPolicy(max_attempts=50, base_delay=0.01, max_total_seconds=1))
+    assert isinstance(err, DeadlineExceededError) and time.monotonic() - started < 1.5
+
+
+def test_a_hang_is_retried_after_the_deadline(fake):
+    fake.inject("*", Fault.hang())
+    assert len(run(_fetch(fake, "Northern Europe", deadline=0.3))) == 16 and fake.count() == 2
+
+
+def test_deadline_and_size_defaults_and_environment(monkeypatch):
+    monkeypatch.delenv(DEADLINE_ENV, raising=False)
+    monkeypatch.delenv(MAX_RESPONSE_ENV, raising=False)
+    client = make_client()
+    assert (client.deadline, client.max_bytes) == (60.0, 20_000_000)  # issue 8: ~60 s, 20 MB
+    monkeypatch.setenv(DEADLINE_ENV, "5")
+    monkeypatch.setenv(MAX_RESPONSE_ENV, "2.5")
+    client = make_client()
+    assert (client.deadline, client.max_bytes) == (5.0, 2_500_000)
+    monkeypatch.setenv(DEADLINE_ENV, "soon")
+    with pytest.raises(ConfigurationError, match=DEADLINE_ENV):
+        make_client()
+
+
+# --- 5. a size bound ------------------------------------------------------------------------------
+
+
+def test_an_announced_oversize_body_is_refused_without_reading_it(fake):
+    fake.inject("*", Fault.oversize(200_000_000))
+    started = time.monotonic()
+    err = _fail(fake, max_bytes=100_000)
+    assert isinstance(err, ResponseTooLargeError) and "larger than" in str(err)
+    assert MAX_RESPONSE_ENV in str(err) and time.monotonic() - started < 5
+    assert fake.count() == 1  # not retried
+    _assert_good_message(err, "…/subregion/Northern Europe")
+
+
+def test_an_unannounced_oversize_body_stops_at_the_bound_in_bounded_memory(fake):
+    fake.inject("*", Fault.oversize(200_000_000, declare_length=False))
+    tracemalloc.start()
+    try:
+        err = _fail(fake, max_bytes=1_000_000)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert isinstance(err, ResponseTooLargeError) and "reading stopped there" in str(err)
+    assert peak < 20_000_000, f"peak {peak / 1e6:.1f} MB while refusing a 200 MB body"
+    assert fake.count() == 1
+
+
+# --- 6. the request budget ---------------------------------------------------------------------
+
+
+def test_a_local_limiter_lets_a_burst_through_then_spaces_requests():
+    limiter = budget.LocalLimiter(burst=3, per_second=2.0)
+    waits = [limiter.reserve() for _ in range(5)]
+    assert waits[:3] == [0.0, 0.0, 0.0]
+    assert 0.4 <= waits[3] <= 0.5 and 0.9 <= waits[4] <= 1.0
+
+
+def test_a_run_budget_sends_its_prepaid_requests_at_once_and_the_rest_through_the_limiter():
+    limiter = budget.LocalLimiter(burst=1, per_second=0.001)
+    limiter.reserve()  # the limiter's one place is taken: any further request would wait ~1000 s
+    run_budget = budget.RunBudget(prepaid=6, limiter=limiter)
+
+    async def go() -> None:
+        await asyncio.wait_for(asyncio.gather(*(run_budget.before_request() for _ in range(6))), timeout=5)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(run_budget.before_request(), timeout=0.2)
+
+    run(go())
+    assert run_budget.sent == 7 and run_budget.prepaid == 0
+
+
+def test_an_unmetered_run_never_waits_nor_contacts_prefect():
+    async def go() -> None:
+        run_budget = await budget.start_run(6, metered=False)
+        await asyncio.wait_for(asyncio.gather(*(run_budget.before_request() for _ in range(50))), timeout=5)
+
+    run(go())
+
+
+def test_a_metered_run_takes_its_slots_in_one_acquisition_on_a_real_server(prefect_server):
+    from prefect.client.orchestration import get_client
+
+    run_budget = run(budget.start_run(6))
+    assert run_budget.prepaid == 6
+
+    async def read():
+        async with get_client() as client:
+            return await client.read_global_concurrency_limit_by_name(budget.RATE_LIMIT_NAME)
+
+    limit = run(read())
+    assert limit.limit >= 6 and limit.slot_decay_per_second > 0
+
+
+def test_before_request_is_awaited_before_every_request(paged):
+    paged.inject("*", Fault.status(500))
+    calls = 0
+
+    async def gate() -> None:
+        nonlocal calls
+        calls += 1
+
+    run(_fetch(paged, ["Northern Europe", "Antarctic"], before_request=gate))
+    assert calls == paged.count() == 4 + 1 + 1
+
+
+def test_a_cancelled_fetch_ends_cleanly_and_the_client_stays_usable(fake):
+    """What the flow relies on to cancel sibling regions when one fails (issue 8 §7)."""
+    fake.inject("/countries/v5", Fault.hang())
+
+    async def go() -> list[dict]:
+        sent = asyncio.Event()
+
+        async def mark() -> None:
+            sent.set()
+
+        async with client_for(fake) as client:
+            task = asyncio.ensure_future(fetch_region(client, "Europe", dialect=V5, base_url=fake.v5_base_url,
+                                                      paths=PATHS["v5"], before_request=mark))
+            await sent.wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            return await fetch_region(client, "Northern Europe", dialect=V5, base_url=fake.v5_base_url,
+                                      paths=PATHS["v5"])
+
+    assert len(run(go())) == 16
+
+
+# --- 7. messages ---------------------------------------------------------------------------------
+
+
+def test_an_unknown_host_says_it_cannot_be_resolved_and_is_not_retried():
+    stats = RequestStats()
+
+    async def go() -> None:
+        async with make_client() as client:
+            await fetch_region(client, "Europe", dialect=V31, base_url=f"http://{NO_HOST}", paths=PATHS["v3.1"],
+                               retry=FAST, stats=stats)
+
+    with pytest.raises(HostNotFoundError) as info:
+        run(go())
+    text = str(info.value)
+    assert text.startswith(f"the host {NO_HOST} cannot be resolved") and "network" in text and "URL" in text
+    assert "unavailable or overloaded" not in text
+    assert stats.requests == 1
+
+
+def test_dns_failures_are_told_apart():
+    """EAI_NONAME ("Name or service not known") is final; "Temporary failure in name resolution" is not."""
+    def chained(gai: socket.gaierror) -> Exception:
+        try:
+            try:
+                raise gai
+            except socket.gaierror as inner:
+                raise httpx.ConnectError(str(inner)) from inner
+        except httpx.ConnectError as outer:
+            return outer
+
+    assert dns_failure(chained(socket.gaierror(socket.EAI_NONAME, "Name or service not known"))) == (
+        True, "Name or service not known")
+    assert dns_failure(chained(socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution"))) == (
+        False, "Temporary failure in name resolution")
+    assert dns_failure(httpx.ConnectError("[Errno 111] Connection refused")) is None
+
+
+def test_connection_refused_is_transient():
+    port = free_port()
+
+    async def go() -> None:
+        async with make_client(deadline=1) as client:
+            await fetch_region(client, "Europe", dialect=V31, base_url=f"http://127.0.0.1:{port}",
+                               paths=PATHS["v3.1"], retry=dataclasses.replace(FAST, max_attempts=2))
+
+    with pytest.raises(TransientApiError, match=r"could not be reached \(connection failed.*2 tries") as info:
+        run(go())
+    _assert_good_message(info.value, "…/v3.1/region/Europe")
+
+
+def test_fingerprint_is_a_short_hash_never_the_key():
+    a, b = fingerprint(CANARY), fingerprint(CANARY + "x")
+    assert a == fingerprint(CANARY) and a != b and CANARY not in a
+    assert len(a) == 16 and int(a, 16) >= 0
+    assert fingerprint(None) == fingerprint("  ") != a
+
+
+def test_api_key_never_in_errors_reprs_or_logs(fake, caplog):
+    caplog.set_level(logging.DEBUG)
+    fake.inject("*", Fault.status(401, message=f"Invalid API key '{CANARY}'."))
+    err = _fail(fake)
+    assert isinstance(err, AuthenticationError) and "'***'" in str(err)
+    fake.inject("*", Fault.status(503, message=f"overloaded for {CANARY}"), times=4)
+    err = _fail(fake)
+    assert isinstance(err, TransientApiError)
+    _assert_good_message(err, "…/subregion/Northern Europe")
+    fake.inject("*", Fault.bad_body("errors_body", message=f"deprecated {CANARY}"))
+    _assert_good_message(_fail(fake), "…/subregion/Northern Europe")
+    run(_fetch(fake, "Oceania"))
+    client = client_for(fake)
+    assert CANARY not in repr(client) and CANARY not in repr(client.http.auth)
+    run(client.aclose())
+    assert CANARY not in caplog.text
+
+
+def test_bad_key_characters_are_refused_without_quoting_the_key():
+    with pytest.raises(ConfigurationError) as info:
+        make_client(api_key="abc\ndef")
+    assert "abc" not in str(info.value)
+
+
+def test_bad_base_url_and_all_in_fetch_region():
+    async def go(base: str, region: str = "Europe") -> None:
+        async with make_client() as client:
+            await fetch_region(client, region, dialect=V31, base_url=base, paths=PATHS["v3.1"])
+
+    with pytest.raises(ConfigurationError, match="http:// or https://"):
+        run(go("ftp://example.invalid"))
+    with pytest.raises(ConfigurationError, match="expand_regions"):
+        run(go("http://127.0.0.1:1", "all"))
+
+
+def test_short_key_masks_only_quoted_api_text():
+    with FakeRestCountries(api_key="k") as f:
+        f.inject("*", Fault.status(403, message="quota for k used up"))
+        err = _fail(f, key="k")
+        assert '"quota for *** used up"' in str(err)
+        assert "the plan's request quota is used up" in str(err)
+        err = _fail(f, "Atlantis", key="k")
+        assert "knows no region" in str(err) and "like 'Northern Europe'" in str(err)
+
+
+# --- 8. bad bodies and retries ----------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
     ("fault", "dialect", "needle"),
     [
-        (Fault.bad_body("html"), V5, "returned HTML, not JSON (content-type text/html"),
-        (Fault.bad_body("html"), V31, "is --base-url pointing at the API?"),
-        (Fault.bad_body("truncated"), V5, "invalid JSON"),
-        (Fault.bad_body("truncated"), V31, "truncated"),
+        (Fault.bad_body("html"), V5, "answered with HTML, not JSON (content-type text/html"),
+        (Fault.bad_body("html"), V31, "is base_url pointing at the API?"),
+        (Fault.bad_body("truncated"), V5, "not valid JSON"),
+        (Fault.bad_body("truncated"), V31, "cut short"),
         (Fault.bad_body("non_list"), V31, "a JSON object where a list of countries was expected"),
-        (Fault.bad_body("non_list"), V5, "without a list at 'data.objects'"),
-        (Fault.missing_field("population"), V5, "without the requested field(s) population"),
-        (Fault.missing_field("name"), V31, "without the requested field(s) name.official"),
+        (Fault.bad_body("non_list"), V5, "has no list at 'data.objects'"),
+        (Fault.missing_field("population"), V5, "lacks the requested field(s) population"),
+        (Fault.missing_field("name"), V31, "lacks the requested field(s) name.official"),
     ],
     ids=["html-v5", "html-v31", "trunc-v5", "trunc-v31", "nonlist-v31", "envelope-v5", "missing-v5",
          "missing-name-v31"],
@@ -331,12 +771,10 @@ def test_bad_bodies_are_bad_response_errors(fake, fault, dialect, needle):
     err = _fail(fake, dialect=dialect)
     assert isinstance(err, BadResponseError), err
     assert needle in str(err)
-    _assert_good_message(err, "Northern%20Europe")
+    _assert_good_message(err)
+    assert str(err).endswith("subregion/Northern Europe)")
     assert err.url is not None and err.url.startswith(fake.url)
     assert fake.count() == 1
-
-
-# --- retries ----------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("status", [429, 500, 502, 503, 504])
@@ -347,10 +785,9 @@ def test_transient_status_is_retried(fake, status):
     assert fake.count() == 2 and (stats.requests, stats.retries) == (2, 1)
 
 
-@pytest.mark.parametrize("fault", [Fault.drop(), Fault.hang()], ids=["drop", "hang"])
-def test_dropped_and_hung_connections_are_retried(fake, fault):
-    fake.inject("*", fault)
-    assert len(run(_fetch(fake, "Northern Europe", timeout=0.3))) == 16
+def test_a_dropped_connection_is_retried(fake):
+    fake.inject("*", Fault.drop())
+    assert len(run(_fetch(fake, "Northern Europe"))) == 16
     assert fake.count() == 2
 
 
@@ -358,7 +795,7 @@ def test_failed_page_is_retried_without_refetching_earlier_pages(paged):
     paged.inject("*", Fault.ok(), Fault.ok(), Fault.status(503), Fault.drop())
     stats = RequestStats()
     records = run(_fetch(paged, "Northern Europe", stats=stats))
-    assert [r["names"]["official"] for r in records] == NE_NAMES
+    assert ne_names(records) == NE_NAMES
     assert [r.param("offset") for r in paged.requests] == ["0", "5", "10", "10", "10", "15"]
     assert (stats.requests, stats.retries) == (6, 2)
 
@@ -368,19 +805,19 @@ def test_failed_page_is_retried_without_refetching_earlier_pages(paged):
 )
 def test_retries_stop_at_max_attempts(fake, fault):
     fake.inject("*", fault, times=10)
-    policy = dataclasses.replace(FAST, max_attempts=3)
-    err = _fail(fake, retry=policy, timeout=0.3)
-    assert isinstance(err, TransientApiError) and "failed 3 times" in str(err)
-    _assert_good_message(err, "Northern%20Europe")
+    err = _fail(fake, retry=dataclasses.replace(FAST, max_attempts=3), deadline=0.3)
+    assert isinstance(err, TransientApiError) and "3 tries" in str(err)
+    _assert_good_message(err, "…/subregion/Northern Europe")
     assert fake.count() == 3 and fake.pending_faults() == 7
 
 
 def test_retries_stop_at_the_total_time_budget(fake):
     fake.inject("*", Fault.status(503), times=10)
-    policy = RetryPolicy(max_attempts=10, base_delay=5, max_delay=5, max_total_seconds=1, jitter=0)
-    err = _fail(fake, retry=policy)
-    assert isinstance(err, TransientApiError) and "retry budget" in str(err) and err.status == 503
-    assert fake.count() == 1
+    policy = RetryPolicy(max_attempts=10, base_delay=50, max_delay=50, max_total_seconds=1)
+    started = time.monotonic()
+    err = _fail(fake, retry=policy, deadline=1)
+    assert isinstance(err, TransientApiError) and err.status == 503 and "unavailable or overloaded" in str(err)
+    assert time.monotonic() - started < 1.5 and fake.count() <= 2
 
 
 def test_retry_after_seconds_is_honoured(fake, caplog):
@@ -404,119 +841,5 @@ def test_retry_after_beyond_the_budget_gives_up_at_once(fake, form):
     err = _fail(fake, retry=dataclasses.replace(FAST, max_total_seconds=5))
     assert isinstance(err, TransientApiError) and err.status == 429
     assert err.retry_after is not None and 100 < err.retry_after <= 120
-    assert "asked to retry after" in str(err) and "try again after" in str(err)
+    assert str(err).startswith("the API asked to retry after") and "try again after" in str(err)
     assert fake.count() == 1
-
-
-def test_before_request_is_awaited_before_every_request(paged):
-    paged.inject("*", Fault.status(500))
-    calls = 0
-
-    async def gate() -> None:
-        nonlocal calls
-        calls += 1
-
-    run(_fetch(paged, ["Northern Europe", "Antarctic"], before_request=gate))
-    assert calls == paged.count() == 4 + 1 + 1
-
-
-# --- concurrency ------------------------------------------------------------------------------
-
-
-def test_regions_are_fetched_concurrently():
-    with FakeRestCountries(api_key=CANARY, latency=0.3) as f:
-        records = run(_fetch(f, ["all"]))
-        assert len(records) == len(COUNTRIES)
-        assert f.count() == 6 and f.max_overlap() == 6
-
-
-def test_one_failing_region_cancels_the_rest(fake):
-    fake.inject("/countries/v5/subregion/*", Fault.status(401))
-    fake.inject("/countries/v5", Fault.hang())  # Europe would never finish on its own
-
-    with pytest.raises(AuthenticationError):
-        run(_fetch(fake, ["Europe", "Northern Europe"], timeout=30))
-
-
-# --- secrets ----------------------------------------------------------------------------------
-
-
-def test_api_key_never_in_errors_reprs_or_logs(fake, caplog):
-    caplog.set_level(logging.DEBUG)
-    fake.inject("*", Fault.status(401, message=f"Invalid API key '{CANARY}'."))
-    err = _fail(fake)
-    assert isinstance(err, AuthenticationError) and "'***'" in str(err)
-    fake.inject("*", Fault.status(503, message=f"overloaded for {CANARY}"), times=4)
-    err = _fail(fake)
-    assert isinstance(err, TransientApiError)
-    _assert_good_message(err, "Northern%20Europe")
-    fake.inject("*", Fault.bad_body("errors_body", message=f"deprecated {CANARY}"))
-    _assert_good_message(_fail(fake), "Northern%20Europe")
-    run(_fetch(fake, "Oceania"))
-    client = make_client(api_key=CANARY)
-    assert CANARY not in repr(client.headers)
-    run(client.aclose())
-    for record in caplog.records:
-        assert CANARY not in record.getMessage()
-    assert CANARY not in caplog.text
-
-
-def test_bad_key_characters_are_refused_without_quoting_the_key():
-    with pytest.raises(ConfigurationError) as info:
-        make_client(api_key="abc\ndef")
-    assert "abc" not in str(info.value)
-
-
-def test_connection_refused_is_transient():
-    from tests.conftest import free_port
-
-    port = free_port()
-
-    async def go() -> None:
-        async with make_client(timeout=1) as client:
-            await fetch_region(client, "Europe", dialect=V31, base_url=f"http://127.0.0.1:{port}",
-                               retry=dataclasses.replace(FAST, max_attempts=2))
-
-    with pytest.raises(TransientApiError, match="failed 2 times.*connection failed"):
-        run(go())
-
-
-def test_bad_base_url_and_all_in_fetch_region():
-    async def go(base: str, region: str = "Europe") -> None:
-        async with make_client() as client:
-            await fetch_region(client, region, dialect=V31, base_url=base)
-
-    with pytest.raises(ConfigurationError, match="http:// or https://"):
-        run(go("ftp://example.invalid"))
-    with pytest.raises(ConfigurationError, match="fetch_regions"):
-        run(go("http://127.0.0.1:1", "all"))
-
-
-def test_make_client_options():
-    client = make_client(api_key="k", timeout=7)
-    try:
-        assert client.headers["Authorization"] == "Bearer k"
-        assert client.timeout.read == 7 and client.follow_redirects is False
-    finally:
-        run(client.aclose())
-    assert "Authorization" not in make_client(api_key="  ").headers
-    with pytest.raises(ConfigurationError):
-        make_client(timeout=0)
-
-
-def test_short_key_masks_only_quoted_api_text():
-    with FakeRestCountries(api_key="k") as f:
-        f.inject("*", Fault.status(403, message="quota for k used up"))
-        err = _fail(f, key="k")
-        assert "(quota for *** used up)" in str(err)
-        assert "the plan's request quota is used up" in str(err)
-        err = _fail(f, "Atlantis", key="k")
-        assert "knows no region" in str(err) and "like 'Northern Europe'" in str(err)
-
-
-def test_dialects_are_hashable_and_picklable():
-    import pickle
-
-    for dialect in DIALECTS.values():
-        clone = pickle.loads(pickle.dumps(dialect))  # noqa: S301 - our own object
-        assert clone == dialect and hash(clone) == hash(dialect)
