@@ -23,10 +23,14 @@ WORKDIR /opt/prefect/countries
 COPY requirements.txt ./
 RUN pip install --no-cache-dir -r requirements.txt
 
-# The code, owned by root and read-only for the runtime user.
+# The code, owned by root and read-only for the runtime user, installed as the
+# package (editable: `import flows` is this directory, which deployments run from).
+# Its dependencies are the ones above (pyproject.toml reads requirements.txt).
+COPY pyproject.toml ./
 COPY flows/ ./flows/
 COPY blocks/ ./blocks/
 COPY prefect.yaml prefect.docker.yaml ./
+RUN pip install --no-cache-dir --no-deps -e .
 
 USER 10001:10001
 ENV HOME=/home/countries \
