@@ -1,0 +1,342 @@
+"""The command line of the countries flow: ``countries`` (installed) or ``python flows/countries.py``.
+
+Every option but ``--local-db-dir`` is a parameter of ``countries_flow``, and
+the command line is derived from the flow itself: from the parameter schema
+Prefect builds out of its signature and docstring (the same schema the Prefect
+UI and deployments show), so names, help, choices, defaults and ranges are
+written once, in ``flows/countries.py``. ``--regions`` takes several values
+after one flag (``--regions "Northern Europe" Africa``).
+
+A run goes in this order, so that a mistake costs no server start and no request:
+
+1. usage and parameter checks that need no network (types, the signature's
+   ranges, ``check_parameters``: region names, table name, base URL, ...);
+2. the Prefect API: ``PREFECT_API_URL`` when set, else the local Prefect server
+   (started on first use, reused later; see ``flows/local.py``), else (with
+   ``COUNTRIES_LOCAL_PREFECT_SERVER=0``) Prefect's temporary server;
+3. the API key for v5 (``RESTCOUNTRIES_API_KEY`` or the Secret block);
+4. the database block: an explicitly named block must exist; the default one
+   is served by the embedded PostgreSQL when it does not exist yet;
+5. the flow run; then the table and, last, the one-line summary.
+
+Each failure is one ``error:`` line on stderr. Exit status: 0 success, 1 the
+run failed or could not start, 2 bad usage (options or parameter values).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import sys
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+PROG = "countries"
+
+
+class UsageError(Exception):
+    """The command line or a parameter value is wrong (exit status 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with each usage error as one ``error:`` line (no usage block) and exit status 2."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(EXIT_USAGE, f"error: {message}; see {self.prog} --help\n")
+
+
+# --- the parser, derived from the flow ----------------------------------------------------
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _range(spec: Mapping[str, Any]) -> str:
+    low = spec.get("minimum", spec.get("exclusiveMinimum"))
+    high = spec.get("maximum", spec.get("exclusiveMaximum"))
+    if low is not None and high is not None:
+        return f"range {low:g} to {high:g}"
+    if low is not None:
+        return f"at least {low:g}" if "minimum" in spec else f"more than {low:g}"
+    if high is not None:
+        return f"at most {high:g}" if "maximum" in spec else f"less than {high:g}"
+    return ""
+
+
+def _shown_default(value: Any) -> str:
+    if isinstance(value, list):
+        return " ".join(f'"{v}"' if " " in str(v) else str(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _schema_type(spec: Mapping[str, Any]) -> str | None:
+    if "type" in spec:
+        return spec["type"]
+    types = [s.get("type") for s in spec.get("anyOf", ()) if s.get("type") != "null"]
+    return types[0] if len(types) == 1 else None
+
+
+_CONVERTERS = {"number": float, "integer": int, "string": str}
+
+
+def build_parser(flow: Any = None, prog: str = PROG) -> argparse.ArgumentParser:
+    """The command line of ``flow`` (default: ``countries_flow``), one option per parameter, plus ``--local-db-dir``.
+
+    Options are named after the parameters (``min_row_fraction`` ->
+    ``--min-row-fraction``); help, choices, defaults and ranges come from the
+    flow's parameter schema. An option that is not given is not passed, so the
+    flow's own default applies.
+    """
+    if flow is None:
+        from flows.countries import countries_flow as flow
+    summary = (flow.description or "").partition("\n")[0]
+    parser = _Parser(
+        prog=prog,
+        description=f"{summary.strip()} Runs the flow '{flow.name}' once and prints the table and a summary.",
+        epilog=(
+            "Prefect: PREFECT_API_URL when set; otherwise a local Prefect server on 127.0.0.1, started on the "
+            "first run and reused (COUNTRIES_LOCAL_PREFECT_SERVER=0: Prefect's temporary server instead). "
+            "Database: the block --db-block; the default block, when it does not exist yet, is served by an "
+            "embedded PostgreSQL. `python -m flows.local status|stop|url|psql` manages both local servers. "
+            "Exit status: 0 success, 1 the run failed, 2 bad usage."
+        ),
+    )
+    schema = flow.parameters.model_dump()["properties"]
+    for name, spec in sorted(schema.items(), key=lambda item: item[1].get("position", 0)):
+        kind = _schema_type(spec)
+        notes = [n for n in (_range(spec),) if n]
+        default = spec.get("default")
+        if not (default is None or default is False or default in ("", [])):
+            notes.append(f"default: {_shown_default(default)}")
+        text = " ".join([spec.get("description", "").strip(), f"({'; '.join(notes)})" if notes else ""]).strip()
+        for other in schema:  # the docstring names other parameters the flow's way: min_row_fraction
+            if "_" in other:
+                text = re.sub(rf"\b{other}\b", _flag(other), text)
+        kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": text.replace("%", "%%")}
+        if kind == "boolean":
+            kwargs["action"] = "store_true" if default is False else argparse.BooleanOptionalAction
+        elif kind == "array":
+            item = _schema_type(spec.get("items", {})) or "string"
+            kwargs.update(nargs="+", type=_CONVERTERS.get(item, str), metavar=name.removesuffix("s").upper())
+        else:
+            kwargs.update(type=_CONVERTERS.get(kind, str), metavar=name.rsplit("_", 1)[-1].upper())
+            if "enum" in spec:
+                kwargs.update(choices=spec["enum"], metavar=None)
+        parser.add_argument(_flag(name), **kwargs)
+    parser.add_argument(
+        "--local-db-dir", type=Path, default=None, metavar="DIR",
+        help="data directory of the embedded PostgreSQL that serves the default database block when that "
+        "block does not exist (default: .local/postgres in the project)",
+    )
+    return parser
+
+
+def check_types(flow: Any, given: Mapping[str, Any]) -> None:
+    """Check ``given`` parameter values against the flow signature's types and constraints (ranges).
+
+    Raises ``UsageError`` naming the option, the value and the rule, e.g.
+    ``--min-row-fraction 5: input should be less than or equal to 1``.
+    """
+    from pydantic import TypeAdapter, ValidationError
+
+    hints = typing.get_type_hints(flow.fn, include_extras=True)
+    for name, value in given.items():
+        try:
+            TypeAdapter(hints[name]).validate_python(value)
+        except ValidationError as exc:
+            message = exc.errors()[0]["msg"]
+            shown = " ".join(map(str, value)) if isinstance(value, list) else value
+            raise UsageError(f"{_flag(name)} {shown}: {message[:1].lower()}{message[1:]}") from None
+
+
+# --- the Prefect API ------------------------------------------------------------------------
+
+
+def connect_prefect() -> str | None:
+    """Point this process at a Prefect API; returns the line that tells the user where the UI is, if any.
+
+    ``PREFECT_API_URL`` (environment or Prefect profile) wins; otherwise the
+    local Prefect server is started or reused, unless turned off with
+    ``COUNTRIES_LOCAL_PREFECT_SERVER=0`` (then Prefect's temporary server is used,
+    which has no UI).
+    """
+    from prefect.context import refresh_global_settings_context
+    from prefect.settings import get_current_settings
+
+    from flows import local
+
+    settings = get_current_settings()
+    if settings.api.url:
+        return f"Prefect UI: {settings.ui_url}" if settings.ui_url else None
+    if not local.prefect_server_enabled():
+        return None
+    if local.prefect_server_status() is None:
+        print(f"starting a local Prefect server for {settings.home} (once; later runs reuse it) ...", flush=True)
+    server, _ = local.ensure_prefect_server()
+    os.environ["PREFECT_API_URL"] = server.api_url
+    refresh_global_settings_context()  # the setting is read from the environment, also by Prefect's threads
+    return f"Prefect UI: {server.ui_url} (local Prefect server; `python -m flows.local stop` stops it)"
+
+
+# --- the database -----------------------------------------------------------------------------
+
+
+BLOCK_TYPE = "sqlalchemy-connector"
+
+
+async def _block_socket(client: Any, name: str) -> tuple[bool, str | None]:
+    """(whether the SqlAlchemyConnector block ``name`` exists, the unix-socket directory it points at)."""
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        document = await client.read_block_document_by_name(name, block_type_slug=BLOCK_TYPE, include_secrets=False)
+    except ObjectNotFound:
+        return False, None
+    info = document.data.get("connection_info")
+    query = info.get("query") if isinstance(info, dict) else None
+    return True, (query or {}).get("host")
+
+
+async def _block_names(client: Any) -> list[str]:
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        documents = await client.read_block_documents_by_type(BLOCK_TYPE, include_secrets=False)
+    except ObjectNotFound:  # the block type was never registered: no such blocks
+        return []
+    return sorted(d.name for d in documents if d.name and not d.is_anonymous)
+
+
+async def prepare_database(db_block: str, data_dir: Path | None) -> str | None:
+    """Make sure the database block ``db_block`` can be used; returns a note to print, if any.
+
+    - Any name but the default (``countries-db``) must name an existing
+      SqlAlchemyConnector block; otherwise ``ConfigurationError`` lists the ones
+      that exist.
+    - The default block, when it does not exist, is created for the embedded
+      PostgreSQL (started in ``data_dir``, default ``.local/postgres``); when it
+      points at that embedded PostgreSQL, the server is started if needed. The
+      note then gives the psql connection string.
+    """
+    from prefect.client.orchestration import get_client
+
+    from flows import local
+    from flows.errors import ConfigurationError, setting
+    from flows.settings import DEFAULT_DB_BLOCK, connection_from_url, save_db_block
+
+    async with get_client() as client:
+        exists, socket_dir = await _block_socket(client, db_block)
+        if db_block != DEFAULT_DB_BLOCK:
+            if exists:
+                return None
+            names = await _block_names(client)
+            listing = f"the SqlAlchemyConnector blocks are: {', '.join(names)}" if names else "there are none"
+            raise ConfigurationError(
+                f"no database block named '{db_block}' on the Prefect server ({listing}): check "
+                f"{setting('db_block')}, or create it with `python blocks/create_blocks.py --db-block {db_block} "
+                "--db-url postgresql+psycopg2://USER@HOST:PORT/DATABASE`"
+            )
+    if exists and not local.owns_socket(socket_dir, data_dir):
+        return None  # the default block points at a real database
+    db = local.database_status(data_dir)
+    if db is None or db.socket_dir != socket_dir:
+        db = local.ensure_database(data_dir)
+        if db.socket_dir != socket_dir:
+            await save_db_block(db_block, connection_from_url(db.sqlalchemy_url))
+    return f'embedded PostgreSQL (data in {db.data_dir}); see the table with: psql "{db.psql_url}"'
+
+
+async def check_api_key(api: str) -> None:
+    """Raise ``ConfigurationError`` when ``api`` needs a key and neither the environment nor the Secret block has it."""
+    from flows.api import get_dialect
+    from flows.errors import ConfigurationError, setting
+    from flows.settings import API_KEY_BLOCK, API_KEY_ENV, load_api_key
+
+    if not get_dialect(api).requires_key or await load_api_key() is not None:
+        return
+    raise ConfigurationError(
+        f"no REST Countries API key for {setting('api', api)}: set {API_KEY_ENV}, or save it in the "
+        f"'{API_KEY_BLOCK}' Secret block with `{API_KEY_ENV}=... python blocks/create_blocks.py`; "
+        f"a self-hosted server needs none: {setting('api', 'v3.1')} {setting('base_url')} http://HOST:PORT"
+    )
+
+
+# --- running ----------------------------------------------------------------------------------
+
+
+async def _run(given: dict[str, Any], params: dict[str, Any], data_dir: Path | None) -> Any:
+    from flows.countries import run_flow
+
+    await check_api_key(params["api"])
+    if note := await prepare_database(params["db_block"], data_dir):
+        print(note, flush=True)
+    return await run_flow(**given)
+
+
+def _finish_prefect_output() -> None:
+    """Let Prefect finish what it prints before the last line: send queued logs and events, stop a temporary server.
+
+    Without this, Prefect's exit handlers could print after the summary
+    ("Stopping temporary server ...", a warning about unsent events).
+    """
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)
+    EventsWorker.drain_all(timeout=10)
+    if "prefect.server.api.server" in sys.modules:  # Prefect started its temporary server for this run
+        from prefect.server.api.server import SubprocessASGIServer
+
+        SubprocessASGIServer().stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the countries flow once from the command line; returns the exit status (0, 1 or 2)."""
+    from flows.countries import check_parameters, countries_flow
+    from flows.errors import ConfigurationError, CountriesError
+
+    args = vars(build_parser(countries_flow).parse_args(argv))
+    data_dir = args.pop("local_db_dir")
+    given = args  # only the options given on the command line; the flow's defaults apply to the others
+    try:
+        check_types(countries_flow, given)
+        defaults = {k: v.default for k, v in _signature(countries_flow).items()}
+        params = check_parameters(**{**defaults, **given})
+    except UsageError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except ConfigurationError as exc:
+        return _fail(exc.for_audience("cli"), EXIT_USAGE)
+
+    try:
+        if ui := connect_prefect():
+            print(ui, flush=True)
+        summary = asyncio.run(_run(given, params, data_dir))
+    except CountriesError as exc:
+        return _fail(exc.for_audience("cli"), EXIT_FAILED)
+    finally:
+        _finish_prefect_output()
+    if summary.frame is not None:
+        print(summary.frame.to_string(), flush=True)
+    print(summary.one_line(), flush=True)
+    return EXIT_OK
+
+
+def _signature(flow: Any) -> Mapping[str, Any]:
+    import inspect
+
+    return inspect.signature(flow.fn).parameters
+
+
+def _fail(message: str, status: int) -> int:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
