@@ -286,7 +286,6 @@ def make_client(
         timeout=httpx.Timeout(deadline, connect=min(deadline, 10.0)),
         limits=httpx.Limits(max_connections=20, max_keepalive_connections=10, keepalive_expiry=30.0),
         follow_redirects=False,
-        trust_env=False,  # no proxies or .netrc credentials picked up from the environment
     )
     return ApiClient(http, key_auth=key_auth, deadline=float(deadline), max_bytes=max_bytes)
 
@@ -734,7 +733,7 @@ async def read_redirect_message(req: Request, answer: Answer) -> str | None:
     try:
         async with asyncio.timeout(seconds), httpx.AsyncClient(
             headers={"Accept": "application/json", "User-Agent": _USER_AGENT},
-            follow_redirects=False, trust_env=False, timeout=seconds,
+            follow_redirects=False, timeout=seconds,
         ) as bare, bare.stream("GET", target) as response:
             if not 200 <= response.status_code < 300:
                 return None

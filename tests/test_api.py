@@ -611,6 +611,20 @@ def test_a_metered_run_takes_its_slots_in_one_acquisition_on_a_real_server(prefe
     assert limit.limit >= 6 and limit.slot_decay_per_second > 0
 
 
+def test_a_runs_requests_make_no_prefect_round_trip(prefect_server):
+    """Once the run has its slots, its requests go out without asking the server (issue 8 §6)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    run_budget = run(budget.start_run(6))
+
+    async def send_all() -> None:
+        await asyncio.wait_for(asyncio.gather(*(run_budget.before_request() for _ in range(6))), timeout=5)
+
+    with temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{free_port()}/api"}):  # no server there
+        run(send_all())
+    assert run_budget.sent == 6
+
+
 def test_before_request_is_awaited_before_every_request(paged):
     paged.inject("*", Fault.status(500))
     calls = 0
