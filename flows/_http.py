@@ -76,6 +76,7 @@ _MAX_QUOTE = 300
 _ERROR_BODY_BYTES = 64_000  # how much of an error answer is read for its message
 _REDIRECT_BODY_BYTES = 64_000
 _REDIRECT_SECONDS = 10.0
+_SLOW_ADVICE = f"try again later, or raise ${DEADLINE_ENV} if the API is just slow"
 
 
 # --- where the key may go ------------------------------------------------------------
@@ -416,9 +417,10 @@ class _Failed(Exception):
     """One attempt failed in a way worth retrying (internal; becomes a TransientApiError)."""
 
     def __init__(self, failure: str, *, status: int | None = None, retry_after: float | None = None,
-                 timed_out: bool = False, cause: BaseException | None = None):
+                 timed_out: bool = False, advice: str = "try again later", cause: BaseException | None = None):
         super().__init__(failure)
         self.failure = failure
+        self.advice = advice
         self.status = status
         self.retry_after = retry_after
         self.timed_out = timed_out
@@ -574,9 +576,7 @@ class Request:
                     else "the API is unavailable or overloaded" if exc.status is not None
                     else "the API could not be reached")
             times = f"{tries} tries" if tries > 1 else "1 try"
-            then = (f"try again in {exc.retry_after:.0f}s or later" if exc.retry_after
-                    else f"try again later, or raise ${DEADLINE_ENV} if the API is just slow" if exc.timed_out
-                    else "try again later")
+            then = f"try again in {exc.retry_after:.0f}s or later" if exc.retry_after else exc.advice
             message = f"{what} ({exc.failure}; {times} in {state.seconds_since_start or 0:.0f}s): {then}"
         err = cls(one_line(f"{message} {self.where()}"), url=self.full_url, status=exc.status,
                   retry_after=exc.retry_after)
@@ -588,9 +588,9 @@ class Request:
             async with asyncio.timeout(seconds):
                 return await self._read()
         except TimeoutError as exc:
-            raise _Failed(f"no complete answer {bound}", timed_out=True, cause=exc) from None
+            raise _Failed(f"no complete answer {bound}", timed_out=True, advice=_SLOW_ADVICE, cause=exc) from None
         except httpx.TimeoutException as exc:
-            raise _Failed(f"{type(exc).__name__} {bound}", timed_out=True, cause=exc) from None
+            raise _Failed(f"{type(exc).__name__} {bound}", timed_out=True, advice=_SLOW_ADVICE, cause=exc) from None
         except httpx.UnsupportedProtocol:
             raise ConfigurationError(
                 f"The API URL {self.url!r} cannot be requested: {setting('base_url')} must start with "
@@ -604,7 +604,7 @@ class Request:
                           f"check the URL ({setting('base_url')}) and the network")
             if dns is not None:
                 raise _Failed(f"the host {host} cannot be resolved right now ({self.quote(dns[1])})",
-                              cause=exc) from None
+                              advice="check the network, or try again later", cause=exc) from None
             raise _Failed(f"connection failed: {self.quote(str(exc)) or type(exc).__name__}", cause=exc) from None
         except (httpx.NetworkError, httpx.RemoteProtocolError, httpx.ProxyError) as exc:
             raise _Failed(f"connection failed ({type(exc).__name__}: {self.quote(str(exc)) or 'no detail'})",

@@ -106,7 +106,7 @@ logger = logging.getLogger(__name__)
 
 _UNKNOWN_REGION_ADVICE = (
     f"regions are {', '.join(REGIONS)} (or 'all'), anything else is looked up as a subregion, "
-    f"named like 'Northern Europe' (if every name fails, check {setting('base_url')})"
+    f"named like 'Northern Europe'; if every name fails, check {setting('base_url')}"
 )
 _MAX_PAGES = 1000  # guards against a server whose `more` never turns false
 _MAX_NAMED = 5  # foreign records named in a message
