@@ -29,12 +29,21 @@ from flows import local
 from tests.conftest import REPO_ROOT
 
 
+@pytest.fixture(scope="module")
+def prefect_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A PREFECT_HOME of this module's tests (its database is created once, by the first server)."""
+    return tmp_path_factory.mktemp("prefect-home")
+
+
 @pytest.fixture
-def stack_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
-    """This process and its subprocesses use a fresh PREFECT_HOME and .local directory; both servers stopped after."""
+def stack_env(prefect_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """This process and its subprocesses use the module's PREFECT_HOME and a fresh .local directory.
+
+    Both servers are stopped afterwards.
+    """
     from prefect.settings import PREFECT_HOME, temporary_settings
 
-    home, local_dir = tmp_path / "prefect-home", tmp_path / "local"
+    home, local_dir = prefect_home, tmp_path / "local"
     monkeypatch.setenv("PREFECT_HOME", str(home))
     monkeypatch.setenv(local.LOCAL_DIR_ENV, str(local_dir))
     monkeypatch.setenv(local.PREFECT_SERVER_ENV, "1")
