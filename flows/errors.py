@@ -178,3 +178,11 @@ class DatabaseUnreachableError(LoadError):
 
 class QualityGateError(LoadError):
     """The new data failed validation; nothing was written."""
+
+
+class TableBusyError(LoadError):
+    """Another session held a lock the load needed for longer than the load may wait; nothing was written.
+
+    The message names the blocking sessions (pid, user, application, state, how
+    long their transaction has been open, their query shortened).
+    """

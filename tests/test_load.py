@@ -1,14 +1,25 @@
-"""flows.load against a real embedded PostgreSQL (fixtures ``pg`` and ``database_url``); no mocks."""
+"""flows.load against a real embedded PostgreSQL (fixtures ``pg`` and ``database_url``); no mocks.
+
+Failures in the middle of a load are made by real means: a value PostgreSQL
+refuses, a user's trigger or constraint that raises, a trigger that waits on an
+advisory lock the test holds (so the test knows the load is inside its
+transaction, past the DELETE) and then ``pg_terminate_backend``. Waiting for a
+session to reach a lock polls ``pg_locks`` with a deadline; nothing sleeps to
+let something happen.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import tempfile
 import threading
+import time
 import traceback
 import uuid
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -19,17 +30,27 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import flows.load as load
+from flows.changes import ChangeSpec, Measure, MeasureChange, SetChange, SetColumn
 from flows.errors import (
     ConfigurationError,
     DatabaseUnreachableError,
     InvalidTableNameError,
     LoadError,
     QualityGateError,
+    TableBusyError,
 )
-from flows.load import LoadResult, TableName, content_hash, parse_table_name, replace_table
+from flows.load import STATE_TABLE, LoadResult, TableName, content_hash, parse_table_name, replace_table
 from tests.conftest import free_port
 
 CANARY = "CANARY-pw-7f3a9Zq"
+STRATEGIES = ["rows", "swap"]
+SPEC = ChangeSpec(
+    key="nation_official_name",
+    noun="country",
+    plural="countries",
+    measures=(Measure("population", "population", "populations"),),
+    sets=(SetColumn("currency_name", "currencies"),),
+)
 
 
 # --- helpers ----------------------------------------------------------------------
@@ -48,19 +69,37 @@ def countries(n: int, seed: int = 0, prefix: str = "Country") -> pd.DataFrame:
     )
 
 
+def frame(rows: list[tuple[str, str | None, int]]) -> pd.DataFrame:
+    """A countries frame from (name, currency, population) tuples."""
+    names, currencies, populations = zip(*rows, strict=True) if rows else ((), (), ())
+    return pd.DataFrame(
+        {
+            "nation_official_name": pd.array(list(names), dtype="str"),
+            "currency_name": pd.array(list(currencies), dtype="str"),
+            "population": np.array(populations, dtype="int64"),
+        }
+    )
+
+
 def as_tuples(df: pd.DataFrame) -> list[tuple]:
-    """Rows as Python tuples with None for missing values (what psycopg2 returns)."""
+    """Rows as Python tuples with None for missing values (what psycopg2 returns), in frame order."""
     out = df.astype(object).where(df.notna(), None)
     return [tuple(None if pd.isna(v) else v for v in row) for row in out.itertuples(index=False)]
 
 
-def read_table(engine: sa.Engine, table: str = "countries") -> list[tuple]:
+def read_table(engine: sa.Engine, table: str = "countries", order: str = "ctid") -> list[tuple]:
+    """The table's rows in physical order (right for a table the load just created)."""
     with engine.connect() as conn:
-        return [tuple(r) for r in conn.exec_driver_sql(f"SELECT * FROM {table} ORDER BY ctid").all()]
+        return [tuple(r) for r in conn.exec_driver_sql(f"SELECT * FROM {table} ORDER BY {order}").all()]
+
+
+def same_rows(engine: sa.Engine, df: pd.DataFrame, table: str = "countries") -> bool:
+    """Whether the table holds exactly the frame's rows (a table's rows have no order)."""
+    return Counter(read_table(engine, table)) == Counter(as_tuples(df))
 
 
 def relation_state(engine: sa.Engine, table: str = "countries") -> tuple:
-    """(oid, relfilenode, catalog-row xmin, comment, row xmins) — all change if the table is rewritten."""
+    """(oid, relfilenode, catalog-row xmin, comment, row xmins): all change if the table is rewritten."""
     with engine.connect() as conn:
         rel = conn.execute(
             sa.text(
@@ -70,7 +109,7 @@ def relation_state(engine: sa.Engine, table: str = "countries") -> tuple:
             {"t": table},
         ).one()
         xmins = conn.exec_driver_sql(f"SELECT array_agg(xmin::text ORDER BY ctid) FROM {table}").scalar_one()
-    return (*rel, tuple(xmins))
+    return (*rel, tuple(xmins or ()))
 
 
 def relnames(engine: sa.Engine, schema: str = "public") -> list[str]:
@@ -84,6 +123,15 @@ def relnames(engine: sa.Engine, schema: str = "public") -> list[str]:
                 {"s": schema},
             ).scalars()
         )
+
+
+def stored_state(engine: sa.Engine, table: str = "countries", schema: str = "public") -> tuple | None:
+    """(content hash, row count, strategy) of the table's row in the load-state table."""
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.text(f'SELECT content_sha256, row_count, strategy FROM "{schema}".{STATE_TABLE} WHERE table_name = :t'),
+            {"t": table},
+        ).one_or_none()
 
 
 def column_types(engine: sa.Engine, table: str, schema: str = "public") -> list[tuple[str, str]]:
@@ -100,12 +148,80 @@ def column_types(engine: sa.Engine, table: str, schema: str = "public") -> list[
         ]
 
 
-def dbapi_connect(pg, database_url: str):
+def dbapi_connect(pg, database_url: str, application_name: str = "test"):
     """An autocommit psycopg2 connection (use with ``contextlib.closing``: psycopg2's own
     ``with conn`` opens a transaction, which would hold locks until the block ends)."""
-    conn = psycopg2.connect(host=pg.socket_dir, dbname=sa.make_url(database_url).database, user=pg.user)
+    conn = psycopg2.connect(
+        host=pg.socket_dir,
+        dbname=sa.make_url(database_url).database,
+        user=pg.user,
+        application_name=application_name,
+    )
     conn.autocommit = True
     return conn
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Poll ``condition`` until it holds (a readiness probe, not a timed wait); fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+class Background:
+    """Run ``replace_table(...)`` in a thread; ``result()`` joins it and returns or raises."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        self._outcome: list = []
+        self._thread = threading.Thread(target=self._run, args=args, kwargs=kwargs)
+        self._thread.start()
+
+    def _run(self, *args, **kwargs) -> None:
+        try:
+            self._outcome.append(replace_table(*args, **kwargs))
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread by result()
+            self._outcome.append(exc)
+
+    def result(self, timeout: float = 60.0):
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "the load did not finish"
+        if isinstance(self._outcome[0], BaseException):
+            raise self._outcome[0]
+        return self._outcome[0]
+
+
+HOLD_KEY = 4242  # advisory lock (HOLD_KEY, 1): a user trigger waits on it while the test holds it
+
+
+@contextlib.contextmanager
+def load_held_at_insert(pg, database_url: str, table: str = "countries") -> Iterator[psycopg2.extensions.connection]:
+    """A user trigger on ``table`` makes the next load wait at its INSERT (after its DELETE) while
+    the yielded connection holds advisory lock (HOLD_KEY, 1); the trigger is dropped afterwards."""
+    with contextlib.closing(dbapi_connect(pg, database_url, "holder")) as holder, holder.cursor() as cur:
+        cur.execute(
+            "CREATE FUNCTION hold_load() RETURNS trigger LANGUAGE plpgsql SET lock_timeout = 0 AS $$"
+            f" BEGIN PERFORM pg_advisory_xact_lock_shared({HOLD_KEY}, 1); RETURN NULL; END $$"
+        )
+        cur.execute(f"CREATE TRIGGER hold BEFORE INSERT ON {table} FOR EACH STATEMENT EXECUTE FUNCTION hold_load()")
+        cur.execute(f"SELECT pg_advisory_lock({HOLD_KEY}, 1)")
+        try:
+            yield holder
+        finally:
+            cur.execute("SELECT pg_advisory_unlock_all()")
+            cur.execute(f"DROP TRIGGER IF EXISTS hold ON {table}")
+            cur.execute("DROP FUNCTION IF EXISTS hold_load()")
+
+
+def held_loader_pid(holder) -> int | None:
+    """The pid of the session waiting on the hold lock, if one is."""
+    with holder.cursor() as cur:
+        cur.execute(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = %s AND objid = 1 AND NOT granted",
+            (HOLD_KEY,),
+        )
+        row = cur.fetchone()
+    return None if row is None else row[0]
 
 
 @pytest.fixture
@@ -128,8 +244,11 @@ def test_first_load_creates_table_with_types_and_exact_contents(engine):
     assert result == LoadResult(
         table="public.countries",
         rows=25,
+        rows_written=25,
         previous_rows=None,
         changed=True,
+        changes=None,
+        strategy="rows",
         content_hash=content_hash(df),
         seconds=result.seconds,
     )
@@ -142,39 +261,37 @@ def test_first_load_creates_table_with_types_and_exact_contents(engine):
     assert any(row[1] is None for row in read_table(engine))  # the NULL currency survived as NULL
 
 
-def test_replace_with_different_data_leaves_exact_contents_and_no_leftovers(engine):
-    replace_table(engine, countries(20, seed=1), "countries")
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_replace_with_different_data_leaves_exact_contents_and_its_state(engine, strategy):
+    replace_table(engine, countries(20, seed=1), "countries", strategy=strategy)
     new = countries(15, seed=2, prefix="Nation")
 
-    result = replace_table(engine, new, "countries")
+    result = replace_table(engine, new, "countries", strategy=strategy)
 
-    assert (result.changed, result.rows, result.previous_rows) == (True, 15, 20)
-    assert read_table(engine) == as_tuples(new)
-    assert relnames(engine) == ["countries"]  # no staging or old table left behind
-    with engine.connect() as conn:
-        comment = conn.exec_driver_sql(
-            "SELECT obj_description('countries'::regclass, 'pg_class')"
-        ).scalar_one()
-    digest = content_hash(new)  # 15 rows: the head digest covers them all
-    assert comment == (
-        f"countries-pipeline content-sha256={digest} rows=15 head-sha256={digest} head-rows=4096"
-    )
+    assert (result.changed, result.rows, result.rows_written, result.previous_rows) == (True, 15, 15, 20)
+    assert result.strategy == strategy
+    assert same_rows(engine, new)
+    assert relnames(engine) == ["countries", STATE_TABLE]  # no staging table left behind
+    assert stored_state(engine) == (content_hash(new), 15, strategy)
+    assert relation_state(engine)[3] is None  # the table's comment is the user's: the load wrote none
 
 
-def test_unchanged_data_is_not_rewritten(engine):
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_unchanged_data_is_not_rewritten(engine, strategy):
     df = countries(30)
-    first = replace_table(engine, df, "countries")
+    first = replace_table(engine, df, "countries", strategy=strategy)
     before = relation_state(engine)
 
-    again = replace_table(engine, df.copy(), "countries")
+    again = replace_table(engine, df.copy(), "countries", strategy=strategy, changes=SPEC)
 
-    assert again.changed is False
+    assert (again.changed, again.rows_written, again.rows, again.previous_rows) == (False, 0, 30, 30)
     assert again.content_hash == first.content_hash
-    assert (again.rows, again.previous_rows) == (30, 30)
+    assert again.changes.unchanged and again.changes.phrase() == "no changes"
     assert relation_state(engine) == before  # same relation, same file, same catalog row, same row versions
+    assert relnames(engine) == ["countries", STATE_TABLE]
 
 
-def test_a_changed_value_is_detected_and_loaded(engine):
+def test_a_changed_value_is_detected_and_loaded_in_place(engine):
     df = countries(30)
     replace_table(engine, df, "countries")
     before = relation_state(engine)
@@ -183,17 +300,198 @@ def test_a_changed_value_is_detected_and_loaded(engine):
 
     result = replace_table(engine, changed, "countries")
 
-    assert result.changed is True
-    assert relation_state(engine)[0] != before[0]
-    assert read_table(engine)[29][2] == int(df.loc[29, "population"]) + 1
+    assert (result.changed, result.rows_written) == (True, 30)
+    after = relation_state(engine)
+    assert after[0] == before[0]  # the same table (oid): only its rows were replaced
+    assert set(after[4]).isdisjoint(before[4])  # every row is a new row version
+    assert same_rows(engine, changed)
 
 
 def test_zero_rows_first_load_creates_an_empty_table(engine):
     result = replace_table(engine, countries(0), "countries")
 
-    assert (result.rows, result.changed) == (0, True)
+    assert (result.rows, result.rows_written, result.changed) == (0, 0, True)
     assert read_table(engine) == []
     assert [t for _, t in column_types(engine, "countries")] == ["text", "text", "bigint"]
+
+
+def test_a_table_replaced_by_hand_is_rewritten(engine):
+    df = countries(10)
+    replace_table(engine, df, "countries")
+    with engine.begin() as conn:  # same rows, but another table: the stored state no longer describes it
+        conn.exec_driver_sql("CREATE TABLE copy AS SELECT * FROM countries")
+        conn.exec_driver_sql("DROP TABLE countries")
+        conn.exec_driver_sql("ALTER TABLE copy RENAME TO countries")
+
+    assert replace_table(engine, df, "countries").changed is True
+    assert replace_table(engine, df, "countries").changed is False
+
+
+def test_rows_deleted_by_hand_make_the_next_load_rewrite(engine):
+    df = countries(10)
+    replace_table(engine, df, "countries")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM countries WHERE ctid = (SELECT min(ctid) FROM countries)")
+
+    result = replace_table(engine, df, "countries")
+
+    assert (result.changed, result.previous_rows) == (True, 9)
+    assert same_rows(engine, df)
+
+
+# --- the legacy comment of earlier releases, and the user's comment ------------------
+
+
+def test_legacy_comment_is_read_once_so_an_unchanged_table_is_not_rewritten(engine):
+    df = countries(12)
+    digest = content_hash(df)
+    replace_table(engine, df, "countries")
+    with engine.begin() as conn:  # what an earlier release left: no state table, the hash in the comment
+        conn.exec_driver_sql(f"DROP TABLE {STATE_TABLE}")
+        legacy = f"countries-pipeline content-sha256={digest} rows=12 head-sha256={digest} head-rows=4096"
+        conn.exec_driver_sql(f"COMMENT ON TABLE countries IS '{legacy}'")
+    rows_before = relation_state(engine)[4]
+
+    result = replace_table(engine, df, "countries")
+
+    assert (result.changed, result.rows_written) == (False, 0)
+    _, _, _, comment, rows_after = relation_state(engine)
+    assert rows_after == rows_before  # not rewritten
+    assert comment is None  # the pipeline's old comment is gone; its state table took over
+    assert stored_state(engine) == (digest, 12, "rows")
+    assert replace_table(engine, df, "countries").changed is False
+
+
+def test_legacy_comment_with_other_content_is_replaced_and_removed(engine):
+    old, new = countries(12, seed=1), countries(12, seed=2)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE TABLE countries (nation_official_name text, currency_name text, population bigint)"
+        )
+        legacy = f"countries-pipeline content-sha256={content_hash(old)} rows=12"
+        conn.exec_driver_sql(f"COMMENT ON TABLE countries IS '{legacy}'")
+
+    result = replace_table(engine, new, "countries")
+
+    assert (result.changed, result.previous_rows) == (True, 0)
+    assert relation_state(engine)[3] is None
+    assert same_rows(engine, new)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_a_users_comment_is_left_alone(engine, strategy):
+    replace_table(engine, countries(5, seed=1), "countries", strategy=strategy)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("COMMENT ON TABLE countries IS 'Countries, refreshed nightly; ask #data'")
+
+    replace_table(engine, countries(5, seed=2), "countries", strategy=strategy)
+
+    assert relation_state(engine)[3] == "Countries, refreshed nightly; ask #data"
+
+
+# --- what users attach to the table survives (strategy "rows") ----------------------------
+
+
+def test_views_indexes_constraints_triggers_grants_comment_and_owner_survive_loads(engine):
+    role = f"analyst_{uuid.uuid4().hex[:8]}"
+    replace_table(engine, countries(20, seed=1), "countries")
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f'CREATE ROLE "{role}" NOLOGIN')
+        conn.exec_driver_sql("CREATE VIEW big_countries AS SELECT * FROM countries WHERE population > 500000000")
+        conn.exec_driver_sql("CREATE INDEX countries_by_population ON countries (population)")
+        conn.exec_driver_sql("ALTER TABLE countries ADD CONSTRAINT population_not_negative CHECK (population >= 0)")
+        conn.exec_driver_sql(
+            "ALTER TABLE countries ADD CONSTRAINT one_row_per_currency UNIQUE NULLS NOT DISTINCT"
+            " (nation_official_name, currency_name)"
+        )
+        conn.exec_driver_sql("CREATE TABLE audit (at timestamptz DEFAULT now(), rows bigint)")
+        conn.exec_driver_sql(
+            "CREATE FUNCTION audit_load() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN INSERT INTO audit (rows) SELECT count(*) FROM countries; RETURN NULL; END $$"
+        )
+        conn.exec_driver_sql(
+            "CREATE TRIGGER audit AFTER INSERT ON countries FOR EACH STATEMENT EXECUTE FUNCTION audit_load()"
+        )
+        conn.exec_driver_sql(f'GRANT SELECT ON countries TO "{role}"')
+        conn.exec_driver_sql("COMMENT ON TABLE countries IS 'owned by the data team'")
+        conn.exec_driver_sql(f'ALTER TABLE countries OWNER TO "{role}"')
+    oid = relation_state(engine)[0]
+    try:
+        for seed in (2, 3):
+            new = countries(20, seed=seed)
+            assert replace_table(engine, new, "countries").changed
+
+        with engine.connect() as conn:
+            assert relation_state(engine)[0] == oid
+            view = conn.exec_driver_sql("SELECT count(*) FROM big_countries").scalar_one()
+            assert view == int((new["population"] > 500_000_000).sum())
+            indexes = conn.exec_driver_sql("SELECT indexname FROM pg_indexes WHERE tablename = 'countries'").scalars()
+            assert set(indexes) == {"countries_by_population", "one_row_per_currency"}
+            constraints = conn.exec_driver_sql(
+                "SELECT conname FROM pg_constraint WHERE conrelid = 'countries'::regclass"
+            ).scalars()
+            assert set(constraints) == {"population_not_negative", "one_row_per_currency"}
+            assert conn.exec_driver_sql("SELECT rows FROM audit ORDER BY at").scalars().all() == [20, 20]
+            granted = conn.execute(sa.text("SELECT has_table_privilege(:r, 'countries', 'SELECT')"), {"r": role})
+            assert granted.scalar_one() is True
+            owner = conn.exec_driver_sql("SELECT tableowner FROM pg_tables WHERE tablename = 'countries'")
+            assert owner.scalar_one() == role
+        assert relation_state(engine)[3] == "owned by the data team"
+        assert same_rows(engine, new)
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f'REASSIGN OWNED BY "{role}" TO CURRENT_USER')
+            conn.exec_driver_sql(f'DROP OWNED BY "{role}"')
+            conn.exec_driver_sql(f'DROP ROLE "{role}"')
+
+
+def test_a_user_added_column_with_a_default_is_kept(engine):
+    replace_table(engine, countries(5, seed=1), "countries")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE countries ADD COLUMN loaded_at timestamptz NOT NULL DEFAULT now()")
+
+    replace_table(engine, countries(5, seed=2), "countries")
+
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(loaded_at) FROM countries").scalar_one() == 5
+
+
+def test_rows_strategy_refuses_a_table_without_the_datas_columns_and_swap_replaces_it(engine):
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE countries (x int)")
+        conn.exec_driver_sql("INSERT INTO countries SELECT generate_series(1, 10)")
+    before = relation_state(engine)
+
+    with pytest.raises(LoadError) as err:
+        replace_table(engine, countries(6), "countries")
+
+    assert str(err.value) == (
+        'public.countries has no column "nation_official_name", "currency_name", "population" of the data '
+        "(its columns: x): add it, drop the table so that the next load creates it, or load with "
+        "strategy=swap to replace the table; the previous table is unchanged"
+    )
+    assert err.value.for_audience("cli").endswith(
+        "or load with --strategy swap to replace the table; the previous table is unchanged"
+    )
+    assert relation_state(engine) == before
+    result = replace_table(engine, countries(6), "countries", strategy="swap")
+    assert (result.changed, result.previous_rows) == (True, 10)
+    assert read_table(engine) == as_tuples(countries(6))
+
+
+def test_a_table_not_loaded_by_the_pipeline_is_counted_and_its_rows_replaced(engine):
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE TABLE countries (nation_official_name text, currency_name text, population bigint)"
+        )
+        conn.exec_driver_sql("INSERT INTO countries SELECT 'C' || i, NULL, i FROM generate_series(1, 10) i")
+
+    with pytest.raises(QualityGateError, match=r"^new data has 2 rows, 20% of the 10 in countries"):
+        replace_table(engine, countries(2), "countries")
+    result = replace_table(engine, countries(6), "countries")
+
+    assert (result.changed, result.previous_rows) == (True, 10)
+    assert same_rows(engine, countries(6))
 
 
 # --- values round-trip -------------------------------------------------------------
@@ -231,7 +529,7 @@ def test_awkward_text_values_round_trip_exactly(engine):
         }
     )
 
-    replace_table(engine, df, "countries")
+    replace_table(engine, df, "countries", changes=SPEC)
 
     rows = read_table(engine)
     assert [r[0] for r in rows] == AWKWARD  # None stays NULL, "" stays "", "\\N" stays the text \N
@@ -257,9 +555,7 @@ def test_other_dtypes_get_default_types_and_round_trip(engine):
                 ],
                 format="ISO8601",
             ),
-            "tz": pd.to_datetime(["2024-01-02 03:04:05+02:00"] * 5 + [None], utc=True).tz_convert(
-                "Europe/Helsinki"
-            ),
+            "tz": pd.to_datetime(["2024-01-02 03:04:05+02:00"] * 5 + [None], utc=True).tz_convert("Europe/Helsinki"),
         }
     )
 
@@ -315,14 +611,37 @@ def test_bad_column_types_are_refused_before_touching_the_database(types, needle
     assert not isinstance(err.value, LoadError)
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"strategy": "truncate"}, "strategy must be one of rows, swap, got 'truncate'"),
+        ({"lock_timeout": 0}, "lock_timeout must be a number of seconds in (0, 60], got 0"),
+        ({"lock_retries": -1}, "lock_retries must be a whole number >= 0, got -1"),
+        (
+            {"changes": ChangeSpec(key="name")},
+            "the change spec names columns the data does not have: ['name'] "
+            "(columns: ['nation_official_name', 'currency_name', 'population'])",
+        ),
+    ],
+)
+def test_bad_options_are_refused_before_touching_the_database(options, message):
+    nowhere = sa.create_engine(f"postgresql+psycopg2://u:{CANARY}@/db?host=/nonexistent-socket-dir")
+    with pytest.raises(ConfigurationError) as err:
+        replace_table(nowhere, countries(3), "countries", **options)
+    assert str(err.value) == message
+
+
 def test_awkward_column_names_are_quoted(engine):
     names = ["has space", 'quo"te', "colon:x", "per%cent", "Upper"]
     df = pd.DataFrame([["a", "b", "c", "d", 1]], columns=names)
 
     replace_table(engine, df, "odd")
+    replace_table(
+        engine, df.assign(Upper=2), "odd", changes=ChangeSpec(key="per%cent", sets=(SetColumn('quo"te', "q"),))
+    )
 
     assert [c for c, _ in column_types(engine, "odd")] == names
-    assert read_table(engine, "odd") == [("a", "b", "c", "d", 1)]
+    assert read_table(engine, "odd") == [("a", "b", "c", "d", 2)]
 
 
 TEXT_VALUES = st.lists(
@@ -341,7 +660,7 @@ def test_any_text_round_trips_property(engine):
     def check(values: list[str | None]) -> None:
         df = pd.DataFrame({"v": pd.array(values, dtype=object), "k": np.arange(len(values), dtype="int64")})
         replace_table(engine, df, "prop", force=True)
-        assert read_table(engine, "prop") == [(v, k) for k, v in enumerate(values)]
+        assert read_table(engine, "prop", order="k") == [(v, k) for k, v in enumerate(values)]
 
     check()
 
@@ -349,13 +668,64 @@ def test_any_text_round_trips_property(engine):
 def test_text_with_nul_character_is_refused_and_old_table_kept(engine):
     old = countries(10)
     replace_table(engine, old, "countries")
+    before = relation_state(engine)
     bad = countries(10, seed=5)
     bad.loc[7, "nation_official_name"] = "nul\x00inside"
 
     with pytest.raises(LoadError, match=r'column "nation_official_name" contains a NUL character'):
         replace_table(engine, bad, "countries")
 
-    assert read_table(engine) == as_tuples(old)
+    assert relation_state(engine) == before
+
+
+def test_bad_text_met_in_a_later_chunk_fails_the_copy_and_keeps_the_old_table(engine, monkeypatch):
+    monkeypatch.setattr(load, "_COPY_CHUNK_ROWS", 3)  # the bad row is in the 10th chunk COPY asks for
+    old = countries(30, seed=1)
+    replace_table(engine, old, "countries")
+    before = relation_state(engine)
+    bad = countries(30, seed=2)
+    bad.loc[28, "nation_official_name"] = "nul\x00inside"
+
+    with pytest.raises(LoadError, match=r'column "nation_official_name" contains a NUL character'):
+        replace_table(engine, bad, "countries")
+
+    assert relation_state(engine) == before
+    assert relnames(engine) == ["countries", STATE_TABLE]
+
+
+def test_bad_text_found_before_copy_writes_nothing(engine):
+    old = countries(30, seed=1)
+    replace_table(engine, old, "countries")
+    before = relation_state(engine)
+    bad = countries(30, seed=2)
+    bad.loc[28, "nation_official_name"] = "lone surrogate \ud800"
+
+    with pytest.raises(LoadError, match=r"not valid Unicode"):
+        replace_table(engine, bad, "countries")
+
+    assert relation_state(engine) == before
+
+
+def test_non_string_objects_in_a_text_column_load_as_their_text(engine):
+    df = pd.DataFrame({"v": pd.array(["a", 5, None, 2.5, "tab\t"], dtype=object)})
+
+    replace_table(engine, df, "objs")
+
+    assert read_table(engine, "objs") == [("a",), ("5",), (None,), ("2.5",), ("tab\t",)]
+
+
+def test_awkward_values_spread_over_many_chunks_round_trip(engine, monkeypatch):
+    monkeypatch.setattr(load, "_COPY_CHUNK_ROWS", 3)  # some chunks clean, some needing escapes
+    values = [f"plain {i}" for i in range(40)]
+    for k, awkward in enumerate(AWKWARD):
+        values[k * 2] = awkward
+    df = pd.DataFrame({"v": pd.array(values, dtype=object), "n": np.arange(40, dtype="int64")})
+
+    result = replace_table(engine, df, "chunks")
+
+    assert read_table(engine, "chunks") == [(v, n) for n, v in enumerate(values)]
+    monkeypatch.setattr(load, "_COPY_CHUNK_ROWS", 4096)
+    assert result.content_hash == content_hash(df)  # the same digest, however it is chunked
 
 
 # --- content hash -------------------------------------------------------------------
@@ -366,6 +736,16 @@ def test_content_hash_is_stable_and_ignores_the_index():
     shuffled_index = df.set_index(pd.Index(np.arange(50)[::-1] * 3))
     assert content_hash(df) == content_hash(df.copy()) == content_hash(shuffled_index)
     assert len(content_hash(df)) == 64
+
+
+def test_content_hash_is_the_documented_digest():
+    df = frame([("Åland", None, 30000), ("tab\there", "Euro", 5)])
+    header = (
+        b'{"columns": ["nation_official_name", "currency_name", "population"],'
+        b' "types": ["text", "text", "bigint"], "rows": 2}\n'
+    )
+    body = "Åland\t\\N\t30000\ntab\\there\tEuro\t5\n".encode()
+    assert content_hash(df) == hashlib.sha256(header + body).hexdigest()  # what earlier releases stored too
 
 
 @pytest.mark.parametrize(
@@ -464,9 +844,10 @@ def test_schema_qualified_load_and_case_folding(engine):
     result = replace_table(engine, df, "Analytics.Countries")
 
     assert result.table == "analytics.countries"
-    assert relnames(engine, "analytics") == ["countries"]
+    assert relnames(engine, "analytics") == ["countries", STATE_TABLE]
     assert relnames(engine, "public") == []
     assert read_table(engine, "analytics.countries") == as_tuples(df)
+    assert stored_state(engine, schema="analytics") == (content_hash(df), 4, "rows")
 
 
 def test_missing_schema_is_refused(engine):
@@ -486,6 +867,28 @@ def test_a_view_of_that_name_is_not_replaced(engine):
         assert conn.exec_driver_sql("SELECT * FROM countries").all() == [(1,)]
 
 
+def test_loaders_of_different_tables_create_the_state_table_once(engine):
+    barrier = threading.Barrier(4)
+    results: list = []
+    errors: list[BaseException] = []
+
+    def first_load(k: int) -> None:
+        barrier.wait()
+        try:
+            results.append(replace_table(engine, countries(5, seed=k), f"t{k}"))
+        except Exception as exc:  # noqa: BLE001 - recorded and asserted on
+            errors.append(exc)
+
+    threads = [threading.Thread(target=first_load, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert errors == [] and len(results) == 4
+    assert relnames(engine) == [STATE_TABLE, "t0", "t1", "t2", "t3"]
+
+
 # --- zero downtime ---------------------------------------------------------------------
 
 SIGNATURE_SQL = (
@@ -495,14 +898,15 @@ SIGNATURE_SQL = (
 )
 
 
-def test_readers_see_old_or_new_table_never_an_error_or_a_partial_one(engine, pg, database_url):
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_readers_see_old_or_new_table_never_an_error_or_a_partial_one(engine, pg, database_url, strategy):
     dataset_a = countries(400, seed=1, prefix="Alpha")
     dataset_b = countries(650, seed=2, prefix="Beta")
     signatures = {}
     with contextlib.closing(dbapi_connect(pg, database_url)) as probe, probe.cursor() as cur:
         for label, df in (("a", dataset_a), ("b", dataset_b)):
-            replace_table(engine, df, "countries")
-            assert read_table(engine) == as_tuples(df)
+            replace_table(engine, df, "countries", strategy=strategy)
+            assert same_rows(engine, df)
             cur.execute(SIGNATURE_SQL)
             signatures[cur.fetchone()] = label
     assert len(signatures) == 2
@@ -519,6 +923,7 @@ def test_readers_see_old_or_new_table_never_an_error_or_a_partial_one(engine, pg
             return
         try:
             with conn.cursor() as cur:
+                cur.execute("SET statement_timeout = '5s'")
                 while not stop.is_set():
                     cur.execute(SIGNATURE_SQL)
                     seen[slot].append(cur.fetchone())
@@ -532,24 +937,25 @@ def test_readers_see_old_or_new_table_never_an_error_or_a_partial_one(engine, pg
         t.start()
     results = []
     try:
-        for i in range(50):
+        for i in range(40):
             dataset = dataset_a if i % 2 == 0 else dataset_b
-            results.append(replace_table(engine, dataset, "countries", force=True))
+            results.append(replace_table(engine, dataset, "countries", force=True, strategy=strategy))
     finally:
         stop.set()
         for t in threads:
             t.join()
 
     assert errors == []
-    assert all(r.changed for r in results)  # 50 real swaps
+    assert all(r.changed for r in results)  # 40 real replacements
     reads = [sig for slot in seen for sig in slot]
     assert set(reads) <= set(signatures)  # every read saw one whole dataset, never a partial or empty one
     assert set(reads) == set(signatures)  # and the readers did see both
     assert all(len(slot) > 0 for slot in seen)
-    assert relnames(engine) == ["countries"]
+    assert relnames(engine) == ["countries", STATE_TABLE]
 
 
-def test_concurrent_loaders_of_one_table_are_serialised(engine):
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_concurrent_loaders_of_one_table_are_serialised(engine, strategy):
     datasets = [countries(100, seed=s) for s in range(4)]
     errors: list[BaseException] = []
     results: list[LoadResult] = []
@@ -557,7 +963,7 @@ def test_concurrent_loaders_of_one_table_are_serialised(engine):
     def loader(k: int) -> None:
         try:
             for i in range(8):
-                results.append(replace_table(engine, datasets[(k + i) % 4], "countries"))
+                results.append(replace_table(engine, datasets[(k + i) % 4], "countries", strategy=strategy))
         except Exception as exc:  # noqa: BLE001 - recorded and asserted on
             errors.append(exc)
 
@@ -569,30 +975,144 @@ def test_concurrent_loaders_of_one_table_are_serialised(engine):
 
     assert errors == []
     assert len(results) == 24
-    assert read_table(engine) in [as_tuples(d) for d in datasets]
-    assert relnames(engine) == ["countries"]
+    assert any(same_rows(engine, d) for d in datasets)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM countries").scalar_one() == 100
+    assert relnames(engine) == ["countries", STATE_TABLE]
 
 
-def test_privileges_of_the_old_table_are_carried_over(engine):
-    role = f"reader_{uuid.uuid4().hex[:8]}"
-    with engine.begin() as conn:
-        conn.exec_driver_sql(f'CREATE ROLE "{role}" NOLOGIN')
-    try:
-        replace_table(engine, countries(5, seed=1), "countries")
-        with engine.begin() as conn:
-            conn.exec_driver_sql(f'GRANT SELECT ON countries TO "{role}"')
+def test_a_long_reader_neither_blocks_the_load_nor_is_blocked(engine, pg, database_url):
+    old, new = countries(50, seed=1), countries(70, seed=2)
+    replace_table(engine, old, "countries")
+    with contextlib.closing(dbapi_connect(pg, database_url, "long-report")) as reader:
+        reader.autocommit = False
+        reader.set_session(isolation_level="REPEATABLE READ")
+        with reader.cursor() as cur:
+            cur.execute("SELECT count(*) FROM countries")  # holds its snapshot and its lock on the table
+            assert cur.fetchone()[0] == 50
 
-        replace_table(engine, countries(5, seed=2), "countries")
+            started = time.monotonic()
+            result = replace_table(engine, new, "countries", lock_timeout=5, lock_retries=0)
+            waited = time.monotonic() - started
 
-        with engine.connect() as conn:
-            can = conn.execute(sa.text("SELECT has_table_privilege(:r, 'countries', 'SELECT')"), {"r": role})
-            assert can.scalar_one() is True
-            can = conn.execute(sa.text("SELECT has_table_privilege(:r, 'countries', 'INSERT')"), {"r": role})
-            assert can.scalar_one() is False
-    finally:
-        with engine.begin() as conn:
-            conn.exec_driver_sql(f'DROP OWNED BY "{role}"')
-            conn.exec_driver_sql(f'DROP ROLE "{role}"')
+            cur.execute("SELECT * FROM countries")
+            seen_by_old_snapshot = [tuple(r) for r in cur.fetchall()]
+        reader.rollback()
+
+    assert result.changed and waited < 5  # it would have raised TableBusyError after 5 s of waiting
+    assert Counter(seen_by_old_snapshot) == Counter(as_tuples(old))  # the whole old table, to the end
+    with contextlib.closing(dbapi_connect(pg, database_url)) as fresh, fresh.cursor() as cur:
+        cur.execute("SET statement_timeout = '5s'")
+        cur.execute("SELECT * FROM countries")
+        assert Counter(tuple(r) for r in cur.fetchall()) == Counter(as_tuples(new))
+
+
+def test_a_load_in_progress_blocks_no_reader(engine, pg, database_url):
+    old, new = countries(50, seed=1), countries(60, seed=2)
+    replace_table(engine, old, "countries")
+    with load_held_at_insert(pg, database_url) as holder:
+        running = Background(engine, new, "countries")
+        wait_until(lambda: held_loader_pid(holder) is not None, "the load to reach its INSERT")
+
+        with contextlib.closing(dbapi_connect(pg, database_url)) as reader, reader.cursor() as cur:
+            cur.execute("SET statement_timeout = '5s'")  # a reader like the one issue 9 saw fail
+            cur.execute("SELECT * FROM countries")  # the load has deleted every row, uncommitted
+            during = Counter(tuple(r) for r in cur.fetchall())
+        with holder.cursor() as cur:
+            cur.execute(f"SELECT pg_advisory_unlock({HOLD_KEY}, 1)")
+        result = running.result()
+
+    assert during == Counter(as_tuples(old))
+    assert result.changed
+    assert same_rows(engine, new)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_repeatable_read_reader_with_an_older_snapshot_sees_a_whole_table(engine, pg, database_url, strategy):
+    old, new = countries(50, seed=1), countries(70, seed=2)
+    replace_table(engine, old, "countries", strategy=strategy)
+    with contextlib.closing(dbapi_connect(pg, database_url)) as reader:
+        reader.autocommit = False
+        reader.set_session(isolation_level="REPEATABLE READ")
+        with reader.cursor() as cur:
+            cur.execute("SELECT 1")  # the snapshot is taken now, before the load; the table is untouched
+            replace_table(engine, new, "countries", strategy=strategy)
+            cur.execute("SELECT * FROM countries")
+            rows = Counter(tuple(r) for r in cur.fetchall())
+        reader.rollback()
+    # rows: MVCC shows this snapshot the old rows; swap: the new table's rows were COPY'd FREEZE
+    assert rows == Counter(as_tuples(old if strategy == "rows" else new))
+
+
+# --- lock waits are bounded; a busy table is named with what holds it ----------------------
+
+
+def test_swap_behind_a_long_reader_ends_table_busy_naming_it_and_readers_keep_working(engine, pg, database_url):
+    old = countries(30, seed=1)
+    replace_table(engine, old, "countries")
+    before = relation_state(engine)
+    stop = threading.Event()
+    reads: list[float] = []
+    errors: list[BaseException] = []
+
+    def reader() -> None:
+        with contextlib.closing(dbapi_connect(pg, database_url, "dashboard")) as conn, conn.cursor() as cur:
+            cur.execute("SET statement_timeout = '5s'")
+            while not stop.is_set():
+                try:
+                    started = time.monotonic()
+                    cur.execute("SELECT count(*) FROM countries")
+                    cur.fetchone()
+                    reads.append(time.monotonic() - started)
+                except psycopg2.Error as exc:
+                    errors.append(exc)
+
+    with contextlib.closing(dbapi_connect(pg, database_url, "long-report")) as long_reader:
+        long_reader.autocommit = False
+        with long_reader.cursor() as cur:
+            cur.execute("SELECT count(*)   FROM\n countries")  # then idle in transaction, holding its lock
+        pid = long_reader.get_backend_pid()
+        thread = threading.Thread(target=reader)
+        thread.start()
+        try:
+            with pytest.raises(TableBusyError) as err:
+                replace_table(engine, countries(30, seed=2), "countries", strategy="swap", lock_retries=1)
+        finally:
+            stop.set()
+            thread.join()
+        long_reader.rollback()
+
+    message = str(err.value)
+    assert message.startswith(
+        "table public.countries is busy: 2 tries to lock it, each waiting up to 1s, failed; "
+        f'blocked by pid {pid} (user "{pg.user}", application "long-report", idle in transaction, transaction open '
+    )  # the oldest transaction first
+    assert 's, query "SELECT count(*) FROM countries")' in message
+    assert f"end that transaction (or SELECT pg_terminate_backend(pid) for pid {pid}" in message
+    assert message.endswith(") and re-run; the previous table is unchanged")
+    assert relation_state(engine) == before
+    assert relnames(engine) == ["countries", STATE_TABLE]  # the staging table went with the transaction
+    assert errors == [] and reads  # readers arriving during the swap's tries were held at most ~1 s each
+    assert max(reads) < 4
+
+
+def test_rows_strategy_behind_a_users_row_lock_ends_table_busy_naming_the_writer(engine, pg, database_url):
+    replace_table(engine, countries(10, seed=1), "countries")
+    before = relation_state(engine)
+    with contextlib.closing(dbapi_connect(pg, database_url, "editor")) as editor:
+        editor.autocommit = False
+        with editor.cursor() as cur:
+            cur.execute("SELECT * FROM countries LIMIT 1 FOR UPDATE")
+        with pytest.raises(TableBusyError) as err:
+            replace_table(engine, countries(10, seed=2), "countries", lock_timeout=0.2, lock_retries=2)
+        editor.rollback()
+        pid = editor.get_backend_pid()
+
+    assert str(err.value).startswith(
+        "table public.countries is busy: 3 tries to lock it, each waiting up to 0.2s, failed; "
+        f'blocked by pid {pid} (user "{pg.user}", application "editor", idle in transaction'
+    )
+    assert relation_state(engine) == before
 
 
 # --- failures leave the old table exactly as it was ---------------------------------------
@@ -610,110 +1130,158 @@ def test_bad_value_for_the_type_fails_copy_and_keeps_the_old_table(engine):
         replace_table(engine, bad, "countries", column_types={"population": "bigint"})
 
     message = str(err.value)
-    assert 'invalid input syntax for type bigint: "about 5 million"' in message
+    assert message.startswith(
+        'loading public.countries failed: invalid input syntax for type bigint: "about 5 million"'
+    )
     assert "line 40, column population" in message
     assert message.endswith("the previous table is unchanged")
     assert "\n" not in message
     assert relation_state(engine) == before
-    assert read_table(engine) == as_tuples(old)
-    assert relnames(engine) == ["countries"]
+    assert relnames(engine) == ["countries", STATE_TABLE]
 
 
-def test_connection_killed_during_copy_keeps_the_old_table(engine, pg, database_url, monkeypatch):
+def test_a_users_trigger_or_constraint_refusing_a_row_fails_the_load_and_keeps_the_old_table(engine):
+    old = countries(20, seed=1)
+    replace_table(engine, old, "countries")
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE FUNCTION no_narnia() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+            " IF NEW.nation_official_name = 'Narnia' THEN RAISE EXCEPTION 'Narnia is not a country'; END IF;"
+            " RETURN NEW; END $$"
+        )
+        conn.exec_driver_sql(
+            "CREATE TRIGGER no_narnia BEFORE INSERT ON countries FOR EACH ROW EXECUTE FUNCTION no_narnia()"
+        )
+        conn.exec_driver_sql("ALTER TABLE countries ADD CONSTRAINT population_not_negative CHECK (population >= 0)")
+    before = relation_state(engine)
+
+    narnia = pd.concat([countries(20, seed=2), frame([("Narnia", "Lion", 5)])], ignore_index=True)
+    with pytest.raises(LoadError, match=r"^loading public.countries failed: Narnia is not a country; .*unchanged$"):
+        replace_table(engine, narnia, "countries")
+    negative = pd.concat([countries(20, seed=2), frame([("Atlantis", None, -1)])], ignore_index=True)
+    with pytest.raises(LoadError, match=r'violates check constraint "population_not_negative"'):
+        replace_table(engine, negative, "countries")
+
+    assert relation_state(engine) == before
+    assert same_rows(engine, old)
+
+
+def test_loader_killed_in_the_middle_keeps_the_old_table(engine, pg, database_url):
     old = countries(30, seed=1)
     replace_table(engine, old, "countries")
     before = relation_state(engine)
-    killed: list[int] = []
-
-    def kill_loader_mid_copy(chunks_sent: int) -> None:
-        if chunks_sent != 2:  # COPY is running and the server has two chunks of rows
-            return
-        with contextlib.closing(dbapi_connect(pg, database_url)) as admin, admin.cursor() as cur:
-            cur.execute(
-                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-                " AND state = 'active' AND query LIKE 'COPY %%' AND pid <> pg_backend_pid()"
-            )
-            pids = [row[0] for row in cur.fetchall()]
-            assert len(pids) == 1
-            cur.execute("SELECT pg_terminate_backend(%s, 10000)", (pids[0],))  # waits until it has exited
+    with load_held_at_insert(pg, database_url) as holder:
+        running = Background(engine, countries(50, seed=2), "countries", changes=SPEC)
+        wait_until(lambda: held_loader_pid(holder) is not None, "the load to reach its INSERT")
+        with holder.cursor() as cur:  # it has deleted every row and staged the new ones
+            cur.execute("SELECT pg_terminate_backend(%s, 10000)", (held_loader_pid(holder),))
             assert cur.fetchone()[0] is True
-            killed.append(pids[0])
+        with pytest.raises(LoadError) as err:
+            running.result()
 
-    monkeypatch.setattr(load, "_COPY_CHUNK_ROWS", 5)
-    monkeypatch.setattr(load, "_copy_read_hook", kill_loader_mid_copy)
-
-    with pytest.raises(LoadError) as err:
-        replace_table(engine, countries(50, seed=2), "countries")
-
-    assert len(killed) == 1
     message = str(err.value)
     assert message.startswith("loading public.countries failed: ")
     assert "terminat" in message or "closed" in message
     assert message.endswith("the previous table is unchanged")
-    assert relation_state(engine) == before
-    assert read_table(engine) == as_tuples(old)
-    assert relnames(engine) == ["countries"]
-
-    monkeypatch.setattr(load, "_copy_read_hook", None)
+    after = relation_state(engine)  # (its catalog row changed: the test's trigger came and went)
+    assert (after[0], after[1], after[3], after[4]) == (before[0], before[1], before[3], before[4])
+    assert relnames(engine) == ["countries", STATE_TABLE]
     new = countries(50, seed=3)
     # the engine recovered: the dead connection was discarded, not handed out again
     assert replace_table(engine, new, "countries").changed
-    assert read_table(engine) == as_tuples(new)
+    assert same_rows(engine, new)
 
 
-def test_dependent_view_makes_the_swap_fail_cleanly(engine):
+def test_swap_refuses_to_drop_a_table_with_a_view_and_rows_keeps_the_view(engine):
     old = countries(10, seed=1)
-    replace_table(engine, old, "countries")
+    replace_table(engine, old, "countries", strategy="swap")
     with engine.begin() as conn:
         conn.exec_driver_sql("CREATE VIEW big_countries AS SELECT * FROM countries WHERE population > 1000")
 
-    with pytest.raises(LoadError, match=r"cannot drop table countries because other objects depend on it"):
-        replace_table(engine, countries(10, seed=2), "countries")
+    with pytest.raises(LoadError) as err:
+        replace_table(engine, countries(10, seed=2), "countries", strategy="swap")
 
+    assert str(err.value).startswith(
+        "cannot swap public.countries: cannot drop table countries because other objects depend on it; "
+    )
+    assert str(err.value).endswith(
+        "load with strategy=rows (the default), which keeps them, or drop them; the previous table is unchanged"
+    )
     assert read_table(engine) == as_tuples(old)
-    assert relnames(engine) == ["countries"]
+    assert relnames(engine) == ["countries", STATE_TABLE]
+    assert replace_table(engine, countries(10, seed=2), "countries").changed
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM big_countries").scalar_one() > 0
 
 
-# --- row-drop gate ----------------------------------------------------------------------
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_privileges_of_the_old_table_are_kept(engine, strategy):
+    role = f"reader_{uuid.uuid4().hex[:8]}"
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f'CREATE ROLE "{role}" NOLOGIN')
+    try:
+        replace_table(engine, countries(5, seed=1), "countries", strategy=strategy)
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f'GRANT SELECT ON countries TO "{role}"')
+
+        replace_table(engine, countries(5, seed=2), "countries", strategy=strategy)
+
+        with engine.connect() as conn:
+            can = conn.execute(sa.text("SELECT has_table_privilege(:r, 'countries', 'SELECT')"), {"r": role})
+            assert can.scalar_one() is True
+            can = conn.execute(sa.text("SELECT has_table_privilege(:r, 'countries', 'INSERT')"), {"r": role})
+            assert can.scalar_one() is False
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f'DROP OWNED BY "{role}"')
+            conn.exec_driver_sql(f'DROP ROLE "{role}"')
 
 
-def test_row_drop_gate_refuses_a_big_drop_and_writes_nothing(engine):
-    old = countries(16, seed=1)
-    replace_table(engine, old, "northern_europe_countries")
+# --- row-drop rule: "refuse a load smaller than min_row_fraction of the current table" ----------
+
+
+def test_row_drop_rule_refuses_a_load_below_the_fraction_and_writes_nothing(engine):
+    replace_table(engine, countries(16, seed=1), "northern_europe_countries")
     before = relation_state(engine, "northern_europe_countries")
 
     with pytest.raises(QualityGateError) as err:
-        replace_table(engine, countries(3, seed=2), "northern_europe_countries")
+        replace_table(engine, countries(7, seed=2), "northern_europe_countries")
 
     assert str(err.value) == (
-        "new data has 3 rows, 81% fewer than the 16 in northern_europe_countries; "
-        "re-run with force=True if this is expected"
+        "new data has 7 rows, 44% of the 16 in northern_europe_countries, below min_row_fraction=0.5 "
+        "(at least 8 rows); re-run with force=True if this is expected"
+    )
+    assert err.value.for_audience("cli").endswith(
+        "below --min-row-fraction 0.5 (at least 8 rows); re-run with --force if this is expected"
     )
     assert relation_state(engine, "northern_europe_countries") == before
 
 
-def test_row_drop_gate_lets_force_and_small_drops_through(engine):
+def test_row_drop_rule_boundaries(engine):
     replace_table(engine, countries(16, seed=1), "countries")
 
-    half = replace_table(engine, countries(8, seed=2), "countries")  # exactly 50% fewer: allowed
-    forced = replace_table(engine, countries(1, seed=3), "countries", force=True)
+    half = replace_table(engine, countries(8, seed=2), "countries")  # exactly half: allowed at 0.5
+    with pytest.raises(
+        QualityGateError, match=r"^new data has 7 rows, 88% of the 8 in countries, below min_row_fraction=0.9 "
+    ):
+        replace_table(engine, countries(7, seed=3), "countries", min_row_fraction=0.9)
+    kept = replace_table(engine, countries(2, seed=4), "countries", min_row_fraction=0.2)  # 25% kept at 0.2
+    forced = replace_table(engine, countries(1, seed=5), "countries", min_row_fraction=1.0, force=True)
 
     assert (half.changed, half.previous_rows, half.rows) == (True, 16, 8)
-    assert (forced.changed, forced.previous_rows, forced.rows) == (True, 8, 1)
-    assert read_table(engine) == as_tuples(countries(1, seed=3))
-
-
-def test_row_drop_gate_honours_min_row_fraction(engine):
-    replace_table(engine, countries(10, seed=1), "countries")
-    with pytest.raises(QualityGateError, match=r"new data has 8 rows, 20% fewer than the 10 in countries"):
-        replace_table(engine, countries(8, seed=2), "countries", min_row_fraction=0.1)
-    with pytest.raises(ConfigurationError, match=r"min_row_fraction must be between 0 and 1"):
+    assert (kept.changed, kept.previous_rows, kept.rows) == (True, 8, 2)
+    assert (forced.changed, forced.previous_rows, forced.rows) == (True, 2, 1)
+    assert same_rows(engine, countries(1, seed=5))
+    with pytest.raises(ConfigurationError, match=r"^min_row_fraction must be between 0 and 1"):
         replace_table(engine, countries(8, seed=2), "countries", min_row_fraction=50)
 
 
-def test_first_load_is_not_gated(engine):
-    result = replace_table(engine, countries(1), "countries", min_row_fraction=0.0)
-    assert (result.changed, result.previous_rows) == (True, None)
+def test_no_table_or_an_empty_table_never_refuses(engine):
+    first = replace_table(engine, countries(1), "countries", min_row_fraction=1.0)
+    emptied = replace_table(engine, countries(0), "countries", force=True)
+    again = replace_table(engine, countries(1, seed=2), "countries", min_row_fraction=1.0)
+    assert (first.changed, first.previous_rows) == (True, None)
+    assert (emptied.rows, again.previous_rows, again.rows) == (0, 0, 1)
 
 
 # --- database unreachable ----------------------------------------------------------------
@@ -787,136 +1355,123 @@ def test_role_that_may_not_log_in_is_unreachable(pg, engine, database_url, caplo
             conn.exec_driver_sql(f'DROP ROLE "{role}"')
 
 
-# --- chunked serialisation and the head digest ----------------------------------------------
+# --- what changed ---------------------------------------------------------------------------
+
+BEFORE = [
+    ("Republic of Finland", "Euro", 5_500_000),
+    ("Iceland", "Icelandic króna", 370_000),
+    ("Kingdom of Denmark", "Danish krone", 5_900_000),
+    ("Kingdom of Norway", "Norwegian krone", 5_400_000),
+    ("Kingdom of Sweden", "Swedish krona", 10_400_000),
+    ("Faroe Islands", "Danish krone", 54_000),
+    ("Faroe Islands", "Faroese króna", 54_000),
+    ("Åland Islands", "Euro", 30_000),
+    ("Narnia", None, 1_000),
+]
+AFTER = [
+    ("Republic of Finland", "Euro", 5_600_000),  # population +100,000
+    ("Iceland", "Euro", 370_000),  # currency changed
+    ("Iceland", "Icelandic króna", 370_000),
+    ("Kingdom of Denmark", "Danish krone", 5_900_000),
+    ("Kingdom of Norway", "Norwegian krone", 5_350_000),  # population -50,000
+    ("Kingdom of Sweden", "Swedish krona", 10_400_000),
+    ("Faroe Islands", "Danish krone", 54_001),  # population +1; currency removed
+    ("Åland Islands", "Euro", 30_000),
+    ("Svalbard and Jan Mayen", "Norwegian krone", 2_500),  # added; Narnia removed
+]
 
 
-@pytest.fixture
-def small_chunks(monkeypatch):
-    """Tiny chunks and head, so that a few dozen rows exercise every path of the serialiser."""
-    monkeypatch.setattr(load, "_HEAD_ROWS", 4)
-    monkeypatch.setattr(load, "_COPY_CHUNK_ROWS", 3)
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_change_report_names_added_and_removed_countries_population_and_currency_changes(engine, strategy):
+    replace_table(engine, frame(BEFORE), "countries", strategy=strategy)
+
+    result = replace_table(engine, frame(AFTER), "countries", changes=SPEC, strategy=strategy)
+
+    changes = result.changes
+    assert (changes.added_count, changes.added) == (1, ("Svalbard and Jan Mayen",))
+    assert (changes.removed_count, changes.removed) == (1, ("Narnia",))
+    [population] = changes.measures
+    assert population.count == 3
+    assert population.largest == (  # largest change first
+        MeasureChange("Republic of Finland", 5_500_000, 5_600_000),
+        MeasureChange("Kingdom of Norway", 5_400_000, 5_350_000),
+        MeasureChange("Faroe Islands", 54_000, 54_001),
+    )
+    [currencies] = changes.sets
+    assert currencies.count == 2
+    assert currencies.changes == (  # by name, code-point order
+        SetChange("Faroe Islands", ("Danish krone", "Faroese króna"), ("Danish krone",)),
+        SetChange("Iceland", ("Icelandic króna",), ("Euro", "Icelandic króna")),
+    )
+    assert changes.phrase() == "+1 country, -1 country, 3 populations changed, currencies changed for 2 countries"
+    assert changes.log_lines() == [
+        "countries added (1): Svalbard and Jan Mayen",
+        "countries removed (1): Narnia",
+        "populations changed (3), largest: Republic of Finland 5,500,000 -> 5,600,000 (+100,000), "
+        "Kingdom of Norway 5,400,000 -> 5,350,000 (-50,000), Faroe Islands 54,000 -> 54,001 (+1)",
+        "currencies changed for 2 countries: Faroe Islands: {Danish krone, Faroese króna} -> {Danish krone}, "
+        "Iceland: {Icelandic króna} -> {Euro, Icelandic króna}",
+    ]
+    assert changes.table_rows() == [
+        {"change": "added", "country": "Svalbard and Jan Mayen", "before": "", "after": ""},
+        {"change": "removed", "country": "Narnia", "before": "", "after": ""},
+        {"change": "population", "country": "Republic of Finland", "before": "5,500,000", "after": "5,600,000"},
+        {"change": "population", "country": "Kingdom of Norway", "before": "5,400,000", "after": "5,350,000"},
+        {"change": "population", "country": "Faroe Islands", "before": "54,000", "after": "54,001"},
+        {
+            "change": "currencies",
+            "country": "Faroe Islands",
+            "before": "{Danish krone, Faroese króna}",
+            "after": "{Danish krone}",
+        },
+        {
+            "change": "currencies",
+            "country": "Iceland",
+            "before": "{Icelandic króna}",
+            "after": "{Euro, Icelandic króna}",
+        },
+    ]
+    assert changes.markdown().startswith(
+        "**Changes:** +1 country, -1 country, 3 populations changed, currencies changed for 2 countries\n\n"
+        "| change | country | before | after |\n|---|---|---|---|\n| added | Svalbard and Jan Mayen |  |  |\n"
+    )
 
 
-def test_awkward_values_spread_over_many_chunks_round_trip(engine, small_chunks):
-    values = [f"plain {i}" for i in range(40)]
-    for k, awkward in enumerate(AWKWARD):
-        values[k * 2] = awkward  # some chunks clean, some needing escapes
-    df = pd.DataFrame({"v": pd.array(values, dtype=object), "n": np.arange(40, dtype="int64")})
+def test_change_report_caps_its_lists_and_counts_exactly(engine):
+    base = [(f"Country {i:02d}", "Euro", 1000 + i) for i in range(30)]
+    replace_table(engine, frame(base), "countries")
+    grown = [(n, c, p * 2 if i < 12 else p) for i, (n, c, p) in enumerate(base)]
+    grown += [(f"New {i:02d}", None, 5) for i in range(13)]
 
-    replace_table(engine, df, "chunks")
+    changes = replace_table(engine, frame(grown), "countries", changes=SPEC).changes
 
-    assert read_table(engine, "chunks") == [(v, n) for n, v in enumerate(values)]
-    assert content_hash(df) == replace_table(engine, df, "chunks").content_hash  # same digest, chunked or not
-
-
-def test_change_only_after_the_head_is_detected(engine, small_chunks):
-    df = countries(30, seed=1)
-    replace_table(engine, df, "countries")
-    tail_changed = df.copy()
-    tail_changed.loc[29, "currency_name"] = "changed"
-    head_changed = df.copy()
-    head_changed.loc[0, "currency_name"] = "changed"
-
-    assert replace_table(engine, df, "countries").changed is False
-    assert replace_table(engine, tail_changed, "countries").changed is True
-    assert read_table(engine) == as_tuples(tail_changed)
-    assert replace_table(engine, head_changed, "countries").changed is True
-    assert read_table(engine) == as_tuples(head_changed)
+    assert changes.added_count == 13 and changes.added == tuple(f"New {i:02d}" for i in range(10))
+    assert changes.measures[0].count == 12 and len(changes.measures[0].largest) == 10
+    assert changes.measures[0].largest[0] == MeasureChange("Country 11", 1011, 2022)  # the largest first
+    assert changes.phrase() == "+13 countries, 12 populations changed"
+    assert changes.log_lines()[0] == (
+        "countries added (13): New 00, New 01, New 02, New 03, New 04, New 05, New 06, New 07, New 08, New 09"
+        " and 3 more"
+    )
+    assert changes.table_rows()[10] == {"change": "added", "country": "and 3 more", "before": "", "after": ""}
 
 
-def test_unchanged_is_detected_when_the_stored_head_size_differs(engine, monkeypatch):
-    df = countries(30, seed=1)
-    monkeypatch.setattr(load, "_HEAD_ROWS", 4)
-    replace_table(engine, df, "countries")
-    before = relation_state(engine)
-    monkeypatch.setattr(load, "_HEAD_ROWS", 4096)  # e.g. a later release with another head size
-
-    result = replace_table(engine, df, "countries")
-
-    assert result.changed is False
-    assert relation_state(engine) == before
+def test_change_report_on_a_first_load_lists_every_country_as_added(engine):
+    changes = replace_table(engine, frame(BEFORE), "countries", changes=SPEC).changes
+    assert changes.phrase() == "+8 countries"
+    assert changes.added[:3] == ("Faroe Islands", "Iceland", "Kingdom of Denmark")
 
 
-class _TextAfterCopyStarted:
-    """A value whose text is only available once COPY has started (set by the read hook)."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.copy_started = threading.Event()
-
-    def __str__(self) -> str:
-        assert self.copy_started.wait(timeout=30), "COPY never started"
-        return self.text
+def test_change_report_when_rows_change_but_no_country_does(engine):
+    replace_table(engine, frame(BEFORE), "countries")
+    changes = replace_table(engine, frame(BEFORE[::-1]), "countries", changes=SPEC).changes  # only the order
+    assert (changes.any, changes.phrase()) == (False, "same countries, populations and currencies")
+    assert changes.log_lines() == ["same countries, populations and currencies"]
+    assert changes.table_rows() == []
 
 
-def test_bad_text_met_during_copy_fails_it_and_keeps_the_old_table(engine, small_chunks, monkeypatch):
-    old = countries(30, seed=1)
-    replace_table(engine, old, "countries")
-    before = relation_state(engine)
-    late = _TextAfterCopyStarted("nul\x00inside")
-    bad = countries(30, seed=2).astype({"nation_official_name": object})  # head differs: COPY starts at once
-    bad.loc[28, "nation_official_name"] = late
-    handed: list[int] = []
-
-    def hook(chunks_sent: int) -> None:
-        handed.append(chunks_sent)
-        late.copy_started.set()  # only now can the serialiser reach row 28
-
-    monkeypatch.setattr(load, "_copy_read_hook", hook)
-
-    with pytest.raises(LoadError, match=r'column "nation_official_name" contains a NUL character'):
-        replace_table(engine, bad, "countries")
-
-    assert len(handed) > 1  # chunks had gone to COPY before the bad row was met
-    assert relation_state(engine) == before
-    assert relnames(engine) == ["countries"]
-
-
-def test_bad_text_found_before_copy_writes_nothing(engine):
-    old = countries(30, seed=1)
-    replace_table(engine, old, "countries")
-    before = relation_state(engine)
-    bad = countries(30, seed=2)
-    bad.loc[28, "nation_official_name"] = "lone surrogate \ud800"
-
-    with pytest.raises(LoadError, match=r"not valid Unicode"):
-        replace_table(engine, bad, "countries")
-
-    assert relation_state(engine) == before
-
-
-def test_non_string_objects_in_a_text_column_load_as_their_text(engine):
-    df = pd.DataFrame({"v": pd.array(["a", 5, None, 2.5, "tab\t"], dtype=object)})
-
-    replace_table(engine, df, "objs")
-
-    assert read_table(engine, "objs") == [("a",), ("5",), (None,), ("2.5",), ("tab\t",)]
-
-
-def test_table_without_our_comment_is_counted_and_replaced(engine):
+def test_change_report_says_why_it_could_not_compare(engine):
     with engine.begin() as conn:
-        conn.exec_driver_sql("CREATE TABLE countries (x int)")
-        conn.exec_driver_sql("INSERT INTO countries SELECT generate_series(1, 10)")
-
-    with pytest.raises(QualityGateError, match=r"new data has 2 rows, 80% fewer than the 10 in countries"):
-        replace_table(engine, countries(2), "countries")
-    result = replace_table(engine, countries(6), "countries")
-
-    assert (result.changed, result.previous_rows) == (True, 10)
-    assert read_table(engine) == as_tuples(countries(6))
-
-
-def test_repeatable_read_reader_with_an_older_snapshot_sees_the_whole_new_table(engine, pg, database_url):
-    old, new = countries(50, seed=1), countries(70, seed=2)
-    replace_table(engine, old, "countries")
-    with contextlib.closing(dbapi_connect(pg, database_url)) as reader:
-        reader.autocommit = False
-        reader.set_session(isolation_level="REPEATABLE READ")
-        with reader.cursor() as cur:
-            cur.execute("SELECT 1")  # the snapshot is taken now, before the swap; the table is untouched
-            replace_table(engine, new, "countries")
-            cur.execute("SELECT * FROM countries ORDER BY ctid")
-            rows = [tuple(r) for r in cur.fetchall()]
-        reader.rollback()
-    # COPY FREEZE: the new rows are visible even to this older snapshot (without it: an empty table)
-    assert rows == as_tuples(new)
+        conn.exec_driver_sql("CREATE TABLE countries (nation_official_name text, currency_name text, population text)")
+    result = replace_table(engine, frame(BEFORE), "countries", changes=SPEC)
+    assert result.changes.phrase() == 'changes not compared: the previous table\'s "population" is not numeric'
