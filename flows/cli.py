@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import re
 import sys
@@ -300,11 +301,36 @@ async def _run(given: dict[str, Any], params: dict[str, Any], data_dir: Path | N
     return await run_flow(**given)
 
 
+class _RunErrorsStayInTheRunLogs(logging.Filter):
+    """Drops the error records of flow and task runs (a failure and its traceback, each "Failed" state).
+
+    On the console a failed run is the command's one ``error:`` line; the
+    records stay in the run's logs in the Prefect UI (another handler). An
+    unexpected failure still ends in Python's traceback.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR or not record.name.startswith(("prefect.flow_runs", "prefect.task_runs"))
+
+
+def _quiet_prefect_on_the_console() -> None:
+    """Run errors go to the run's logs only (see above); Prefect's senders of logs and events do not note their
+    progress ("Still processing items ...") while the command finishes."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker, PrefectConsoleHandler
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler):
+            handler.addFilter(_RunErrorsStayInTheRunLogs())
+    for worker in (APILogWorker, EventsWorker):
+        logging.getLogger(worker.__name__).setLevel(logging.ERROR)
+
+
 def _finish_prefect_output() -> None:
     """Let Prefect finish what it prints before the last line: send queued logs and events, stop a temporary server.
 
     Without this, Prefect's exit handlers could print after the summary
-    ("Stopping temporary server ...", a warning about unsent events).
+    ("Stopping temporary server ...", a note about events still being sent).
     """
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
@@ -334,12 +360,16 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigurationError as exc:
         return _fail(exc.for_audience("cli"), EXIT_USAGE)
 
+    _quiet_prefect_on_the_console()
+    failure: CountriesError | None = None
     try:
         summary = asyncio.run(_run(given, params, data_dir))
     except CountriesError as exc:
-        return _fail(exc.for_audience("cli"), EXIT_FAILED)
+        failure = exc
     finally:
         _finish_prefect_output()
+    if failure is not None:
+        return _fail(failure.for_audience("cli"), EXIT_FAILED)
     if summary.frame is not None:
         print(summary.frame.to_string(), flush=True)
     print(summary.one_line(), flush=True)
