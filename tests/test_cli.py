@@ -1,130 +1,296 @@
-"""`python flows/countries.py` as a user runs it: a subprocess, the fake API, real PostgreSQL.
+"""The command line as a user runs it: ``python flows/countries.py`` (and ``countries``) in a subprocess.
 
-The subprocesses use the session's Prefect server (PREFECT_API_URL is set by
-the ``prefect_server`` fixture), so each run costs seconds, not the ephemeral
-server's start-up.
+Real parts only: the fake REST Countries API on 127.0.0.1 (tests/fake_api.py),
+the embedded PostgreSQL, and a real Prefect server -- the local stack the
+command starts itself (in a temporary PREFECT_HOME and ``.local`` directory,
+stopped afterwards), the session's server (``prefect_server``), or Prefect's
+temporary server.
+
+What is promised (issue 12, ``--help``): a mistake that needs no network is
+one ``error:`` line on stderr, nothing else, exit status 2, no server started
+and no request sent; a missing API key is found before the database starts
+and before any request; a mistyped ``--db-block`` is an error that lists the
+blocks that exist; without ``--table`` the table is named after the regions;
+the first local run starts a Prefect server and an embedded PostgreSQL and
+later runs reuse both; the summary is the last line.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
-import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+import psutil
 import pytest
 
-from flows import local_db
 from tests.conftest import REPO_ROOT, table_rows
-from tests.conftest import run_script as run_script_at
+from tests.countries_data import COUNTRIES
 from tests.expected import EXPECTED_NORTHERN_EUROPE
 from tests.fake_api import FakeRestCountries
 
 SCRIPT = REPO_ROOT / "flows" / "countries.py"
+CONSOLE_SCRIPT = Path(sys.executable).parent / "countries"
+OPTIONS = ("--regions", "--table", "--db-block", "--api", "--base-url", "--force",
+           "--min-row-fraction", "--cache-minutes", "--local-db-dir")
+CANARY_KEY = "canary-cli-key-5d1f"
+# Variables that would point a run at another Prefect server, API or key than the test chose.
+_OUTSIDE = {"PREFECT_API_URL", "PREFECT_API_KEY", "RESTCOUNTRIES_API_KEY", "RESTCOUNTRIES_BASE_URL",
+            "COUNTRIES_LOCAL_DIR", "COUNTRIES_LOCAL_PREFECT_SERVER"}
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return run_script_at(SCRIPT, *args, env=env)
+def clean_env(**extra: str | Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _OUTSIDE}
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
 
 
-def rows_at(url: str, table: str = "northern_europe_countries") -> list[tuple]:
-    return table_rows(url, table)
+def run_cli(*args: str, env: dict[str, str], command: tuple[str, ...] = (sys.executable, str(SCRIPT)),
+            timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([*command, *args], capture_output=True, text=True, env=env, cwd=REPO_ROOT,
+                          timeout=timeout)
+
+
+def stderr_lines(result: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.strip()]
+
+
+def last_line(text: str) -> str:
+    return text.strip().splitlines()[-1]
+
+
+def psql_url(stdout: str) -> str:
+    return re.search(r'psql "(postgresql://[^"]+)"', stdout).group(1)
+
+
+def ui_url(stdout: str) -> str:
+    return re.search(r"Prefect UI: (http://\S+)", stdout).group(1)
+
+
+def block_names(api_url: str) -> list[str]:
+    """The SqlAlchemyConnector blocks on a Prefect server, read through its REST API."""
+    response = httpx.get(f"{api_url}/block_types/slug/sqlalchemy-connector/block_documents",
+                         params={"include_secrets": "false"}, timeout=30)
+    if response.status_code == 404:  # the block type was never registered
+        return []
+    response.raise_for_status()
+    return sorted(d["name"] for d in response.json())
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeRestCountries]:
+    with FakeRestCountries() as api:
+        yield api
 
 
 @pytest.fixture
-def fake_api():
-    with FakeRestCountries() as fake:
-        yield fake
+def fake_api(fake: FakeRestCountries) -> FakeRestCountries:
+    fake.reset()
+    return fake
 
 
-@pytest.fixture
-def local_dir(tmp_path: Path):
-    """A data directory for the embedded server a run may start; stopped afterwards."""
-    data_dir = tmp_path / "pg"
-    yield data_dir
-    local_db.stop(data_dir)
+@dataclass(frozen=True)
+class Stack:
+    """A local stack in temporary directories, and the output of the run that started it."""
+
+    env: dict[str, str]
+    local_dir: Path
+    first: subprocess.CompletedProcess
+
+    def state(self) -> dict:
+        return json.loads((self.local_dir / "prefect-server.json").read_text())
 
 
-def test_help_documents_every_option():
-    result = run_cli("--help")
-    assert result.returncode == 0
-    for option in ("--regions", "--table", "--db-block", "--api", "--base-url", "--force",
-                   "--min-row-fraction", "--cache-minutes", "--local-db-dir"):
-        assert option in result.stdout
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, fake: FakeRestCountries) -> Iterator[Stack]:
+    """The first local run in a fresh PREFECT_HOME and .local directory: it starts both servers.
+
+    Both are stopped afterwards with ``python -m flows.local stop``.
+    """
+    root = tmp_path_factory.mktemp("stack")
+    env = clean_env(PREFECT_HOME=root / "prefect-home", COUNTRIES_LOCAL_DIR=root / "local",
+                    COUNTRIES_LOCAL_PREFECT_SERVER="1")
+    try:
+        first = run_cli("--api", "v3.1", "--base-url", fake.v31_base_url, "--cache-minutes", "0", env=env)
+        yield Stack(env=env, local_dir=root / "local", first=first)
+    finally:
+        subprocess.run([sys.executable, "-m", "flows.local", "stop"], env=env, cwd=REPO_ROOT, timeout=120,
+                       capture_output=True)
 
 
-def test_missing_block_starts_embedded_postgres_and_loads_the_v31_table(prefect_server, fake_api, local_dir):
-    block = f"cli-db-{uuid.uuid4().hex[:8]}"
-    args = ("--api", "v3.1", "--base-url", fake_api.v31_base_url, "--db-block", block,
-            "--local-db-dir", str(local_dir))
-    first = run_cli(*args)
-    assert first.returncode == 0, first.stderr
-
-    psql_url = re.search(r'psql "(postgresql://[^"]+)"', first.stdout).group(1)
-    assert psql_url == local_db.status(local_dir).psql_url  # still running for psql after the run
-    assert rows_at(psql_url.replace("postgresql://", "postgresql+psycopg2://")) == EXPECTED_NORTHERN_EUROPE
-    assert "Faroese króna" in first.stdout  # the DataFrame is printed
-    assert first.stdout.strip().splitlines()[-1].startswith(
-        "loaded 20 rows (16 countries, 10 currencies) into public.northern_europe_countries"
-    )
-
-    again = run_cli(*args)  # the block now exists and points at the embedded server: reused
-    assert again.returncode == 0, again.stderr
-    assert again.stdout.strip().splitlines()[-1].startswith("unchanged: 20 rows")
-
-
-def test_v5_from_environment_variables_loads_the_same_table(prefect_server, fake_api, database_url):
-    from prefect.utilities.asyncutils import run_coro_as_sync
-
-    from blocks.create_blocks import connection_from_url, save_db_block
-
-    block = f"cli-db-{uuid.uuid4().hex[:8]}"
-    run_coro_as_sync(save_db_block(block, connection_from_url(database_url)))
-    result = run_cli(
-        "--db-block", block,
-        env={"RESTCOUNTRIES_BASE_URL": fake_api.v5_base_url, "RESTCOUNTRIES_API_KEY": fake_api.api_key},
-    )
-    assert result.returncode == 0, result.stderr
-    assert "embedded PostgreSQL" not in result.stdout  # a real block: nothing started
-    assert rows_at(database_url) == EXPECTED_NORTHERN_EUROPE
-    assert fake_api.count("/countries/v5/subregion/*") == 1
-
-
-def test_with_prefects_temporary_server_the_error_is_still_the_last_line(fake_api, local_dir, tmp_path):
-    """No PREFECT_API_URL: Prefect starts (and at exit stops, logging) a temporary server."""
-    with FakeRestCountries(legacy_v31=True) as legacy:
-        env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-        env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
-        result = subprocess.run(
-            [sys.executable, str(SCRIPT), "--api", "v3.1", "--base-url", legacy.v31_base_url,
-             "--local-db-dir", str(local_dir)],
-            capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=180,
-        )
-    assert result.returncode == 1
-    assert "Stopping temporary server" in result.stderr  # Prefect's own last words came first
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and "deprecated" in last and "--api v5" in last
+# --- fail fast: one line, nothing started, nothing sent --------------------------------------
 
 
 @pytest.mark.parametrize(
-    ("args", "env", "needle"),
+    ("args", "option"),
     [
-        (["--regions", "Narnia", "--api", "v3.1"], {}, "Narnia"),
-        (["--table", "bad name;"], {}, "invalid table name"),
-        (["--api", "v5"], {"RESTCOUNTRIES_API_KEY": "canary-cli-key-0b6e"}, "RESTCOUNTRIES_API_KEY"),
+        (["--table", "my-table"], "--table"),
+        (["--min-row-fraction", "5"], "--min-row-fraction"),
+        (["--cache-minutes", "-1"], "--cache-minutes"),
+        (["--base-url", "not a url"], "--base-url"),
+        (["--regions", " "], "region"),
+        (["--api", "v4"], "--api"),
     ],
-    ids=["unknown-region", "bad-table", "401"],
+    ids=["table-name", "min-row-fraction", "cache-minutes", "base-url", "blank-region", "api"],
 )
-def test_failure_exits_non_zero_with_the_clear_error_last(prefect_server, fake_api, local_dir, args, env, needle):
-    base = fake_api.v5_base_url if "v5" in args else fake_api.v31_base_url
-    args = [*args, "--base-url", base, "--db-block", f"cli-db-{uuid.uuid4().hex[:8]}",
-            "--local-db-dir", str(local_dir), "--cache-minutes", "0"]
-    if "--api" not in args:
-        args += ["--api", "v3.1"]
-    result = run_cli(*args, env=env)
-    assert result.returncode == 1
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and needle in last
-    assert "canary-cli-key-0b6e" not in result.stdout + result.stderr
+def test_a_mistake_is_one_error_line_before_any_server_or_request(fake_api, tmp_path, args, option):
+    local_dir = tmp_path / "local"
+    env = clean_env(PREFECT_HOME=tmp_path / "prefect-home", COUNTRIES_LOCAL_DIR=local_dir,
+                    COUNTRIES_LOCAL_PREFECT_SERVER="1", RESTCOUNTRIES_API_KEY=CANARY_KEY)
+    to_fake = [] if "--base-url" in args else ["--base-url", fake_api.v5_base_url]  # a request would reach the fake
+    result = run_cli(*args, *to_fake, env=env)
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = stderr_lines(result)
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert option in lines[0].lower()
+    assert result.stdout == ""
+    assert fake_api.requests == []
+    assert not (local_dir / "prefect-server.json").exists()  # no Prefect server started
+    assert not (local_dir / "postgres").exists()  # no PostgreSQL started
+    assert CANARY_KEY not in result.stdout + result.stderr
+
+
+def test_a_missing_api_key_is_found_before_the_database_and_any_request(stack, fake_api):
+    # A block name that does not exist: had the database been looked at first, that would be the error.
+    result = run_cli("--api", "v5", "--base-url", fake_api.v5_base_url, "--db-block", "no-such-block",
+                     env=stack.env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = stderr_lines(result)
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "RESTCOUNTRIES_API_KEY" in lines[0] and "no-such-block" not in lines[0]
+    assert fake_api.requests == []
+
+
+def test_a_mistyped_block_lists_the_blocks_that_exist_and_creates_none(stack, fake_api):
+    assert stack.first.returncode == 0, stack.first.stderr
+    api_url = ui_url(stack.first.stdout) + "/api"
+    before = block_names(api_url)
+    assert "countries-db" in before  # the first run saved the default block for the embedded PostgreSQL
+
+    result = run_cli("--api", "v3.1", "--base-url", fake_api.v31_base_url, "--db-block", "countries-dbb",
+                     env=stack.env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = stderr_lines(result)
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "'countries-dbb'" in lines[0]
+    listed = lines[0].split("'countries-dbb'", 1)[1]
+    assert all(name in listed for name in before)
+    assert block_names(api_url) == before  # nothing saved on the server
+    assert fake_api.requests == []  # and nothing fetched
+
+
+# --- the local stack -------------------------------------------------------------------------
+
+
+def test_the_first_local_run_starts_both_servers_and_loads_the_table(stack):
+    result = stack.first
+    assert result.returncode == 0, result.stderr
+    assert "starting a local Prefect server" in result.stdout
+    assert result.stdout.strip().splitlines()[-1].startswith("loaded 20 rows (16 countries, ")
+    assert "into public.northern_europe_countries" in last_line(result.stdout)
+    assert "Faroese króna" in result.stdout  # the table is printed before the summary
+    assert table_rows(psql_url(result.stdout), "northern_europe_countries") == EXPECTED_NORTHERN_EUROPE
+
+    # The Prefect server: on 127.0.0.1 only, with the UI, serving this PREFECT_HOME.
+    ui = ui_url(result.stdout)
+    port = int(ui.rsplit(":", 1)[1])
+    assert ui.startswith("http://127.0.0.1:") and stack.state()["port"] == port
+    listening = [c for c in psutil.net_connections(kind="inet")
+                 if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
+    assert listening and all(c.laddr.ip == "127.0.0.1" for c in listening)
+    page = httpx.get(ui, timeout=30)
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    served = httpx.get(f"{ui}/api/admin/settings", timeout=30).json()
+    assert Path(served["home"]) == Path(stack.env["PREFECT_HOME"])
+
+
+def test_a_warm_run_reuses_the_local_servers(stack, fake_api):
+    assert stack.first.returncode == 0, stack.first.stderr
+    state = stack.state()
+    pg_pid = (stack.local_dir / "postgres" / "postmaster.pid").read_text().split()[0]
+
+    again = run_cli("--api", "v3.1", "--base-url", fake_api.v31_base_url, "--cache-minutes", "0", env=stack.env)
+    assert again.returncode == 0, again.stderr
+    assert "starting" not in again.stdout
+    assert ui_url(again.stdout) == ui_url(stack.first.stdout)
+    assert psql_url(again.stdout) == psql_url(stack.first.stdout)
+    assert stack.state() == state
+    assert (stack.local_dir / "postgres" / "postmaster.pid").read_text().split()[0] == pg_pid
+    assert last_line(again.stdout).startswith("unchanged: 20 rows")
+    assert fake_api.count("/v3.1/subregion/*") == 1
+
+
+def test_without_table_the_table_is_named_after_the_regions(stack, fake_api):
+    assert stack.first.returncode == 0, stack.first.stderr
+    result = run_cli("--regions", "Europe", "Asia", "--api", "v3.1", "--base-url", fake_api.v31_base_url,
+                     "--cache-minutes", "0", env=stack.env)
+    assert result.returncode == 0, result.stderr
+    assert "into public.europe_asia_countries" in last_line(result.stdout)
+    url = psql_url(result.stdout)
+    names = {row[0] for row in table_rows(url, "europe_asia_countries")}
+    assert names == {c["name"]["official"] for c in COUNTRIES if c.get("region") in ("Europe", "Asia")}
+    assert table_rows(url, "northern_europe_countries") == EXPECTED_NORTHERN_EUROPE  # untouched
+
+
+# --- other Prefect servers ------------------------------------------------------------------
+
+
+def test_prefect_api_url_wins_over_the_local_server(prefect_server, db_block, fake_api, tmp_path):
+    name, database_url = db_block
+    local_dir = tmp_path / "local"
+    env = clean_env(PREFECT_API_URL=prefect_server.api_url, COUNTRIES_LOCAL_DIR=local_dir,
+                    COUNTRIES_LOCAL_PREFECT_SERVER="1", RESTCOUNTRIES_BASE_URL=fake_api.v5_base_url,
+                    RESTCOUNTRIES_API_KEY=fake_api.api_key)
+    result = run_cli("--db-block", name, "--cache-minutes", "0", env=env)
+    assert result.returncode == 0, result.stderr
+    assert not (local_dir / "prefect-server.json").exists()
+    assert ui_url(result.stdout) == prefect_server.api_url.removesuffix("/api")
+    assert "embedded PostgreSQL" not in result.stdout  # a named, existing block: nothing started
+    assert table_rows(database_url, "northern_europe_countries") == EXPECTED_NORTHERN_EUROPE
+    assert fake_api.count("/countries/v5/subregion/*") == 1
+    assert fake_api.api_key not in result.stdout + result.stderr
+
+
+def test_with_prefects_temporary_server_the_error_is_still_the_last_line(tmp_path):
+    """Local server turned off, no PREFECT_API_URL: Prefect's temporary server, stopped before the last line."""
+    with FakeRestCountries(legacy_v31=True) as legacy:
+        env = clean_env(PREFECT_HOME=tmp_path / "prefect-home", COUNTRIES_LOCAL_DIR=tmp_path / "local",
+                        COUNTRIES_LOCAL_PREFECT_SERVER="0", PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120")
+        result = run_cli("--api", "v3.1", "--base-url", legacy.v31_base_url,
+                         "--local-db-dir", str(tmp_path / "pg"), env=env)
+    try:
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "Stopping temporary server" in result.stderr  # Prefect's own last words came first
+        last = last_line(result.stderr)
+        assert last.startswith("error: ") and "--api v5" in last
+        assert result.stderr.count(last) == 1
+        assert not (tmp_path / "local" / "prefect-server.json").exists()
+    finally:
+        subprocess.run([sys.executable, "-m", "flows.local", "stop", "--data-dir", str(tmp_path / "pg")],
+                       env=env, cwd=REPO_ROOT, timeout=120, capture_output=True)
+
+
+# --- help ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [(sys.executable, str(SCRIPT)), (str(CONSOLE_SCRIPT),)],
+                         ids=["python flows/countries.py", "countries"])
+def test_help_documents_every_option_with_its_range_and_default(command):
+    result = run_cli("--help", env=clean_env(), command=command, timeout=120)
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())  # argparse wraps lines
+    for option in OPTIONS:
+        assert option in text
+    assert "--regions REGION [REGION ...]" in text  # several values after one flag
+    assert "{v5,v3.1}" in text
+    assert "range 0 to 1; default: 0.5" in text  # --min-row-fraction
+    assert "at least 0; default: 4" in text  # --cache-minutes
+    assert "default: countries-db" in text
+    assert 'default: "Northern Europe"' in text
+    assert "Exit status" in text
