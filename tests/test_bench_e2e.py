@@ -1,18 +1,14 @@
 """The end-to-end benchmark's smoke mode: one real run of `python flows/countries.py` and one of the floor.
 
 Runs against the session's Prefect server (the ``prefect_server`` fixture sets
-PREFECT_API_URL, which the benchmark's smoke mode uses), so it costs seconds,
-not the ephemeral server's start-up. The benchmark itself asserts that the
-loaded table is exactly the expected 20 rows.
+PREFECT_API_URL, which the smoke mode uses), so it costs seconds, not a server's
+start-up. The benchmark itself asserts that the loaded table is exactly the
+expected 20 rows.
 """
 
 from __future__ import annotations
 
 from tests.benchmarks import bench_e2e
-
-
-def test_floor_mirrors_the_flows_tasks():
-    assert bench_e2e.count_tasks() == bench_e2e.FLOOR_SOURCE.count("@task\n")
 
 
 def test_bench_e2e_smoke(prefect_server):
@@ -24,5 +20,4 @@ def test_bench_e2e_smoke(prefect_server):
     ]
     assert all(f.ours > 0 for f in figures)
     assert all(f.baseline and f.baseline > 0 for f in figures[:2])
-    steps = figures[2].note
-    assert all(step in steps for step in bench_e2e.STEPS)
+    assert figures[0].target == f"ours/baseline <= {bench_e2e.SERVER_RATIO_TARGET}"
