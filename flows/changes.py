@@ -23,9 +23,11 @@ currencies). The report then holds:
   and the first of them by key.
 
 Lists hold at most ``spec.limit`` entries (keys in code-point order); the
-counts are exact. :func:`compare` is one SQL statement: two aggregations by
-key and a full join, so it costs about two sorts of the rows (milliseconds for
-250 rows, about a second for a million). The renderings of
+counts are exact. :func:`compare` is one SQL statement: a join of the two
+sides' rows on key and set values finds the keys touched, and only those are
+aggregated and compared. It costs about a millisecond for 250 rows; for a
+million, about 1.5 s when 1% of the rows changed and a few seconds when all
+did (2 busy cores). The renderings of
 :class:`ChangeSummary`: :meth:`~ChangeSummary.phrase` for the command line's
 summary line (``+1 country, 3 populations changed``), :meth:`~ChangeSummary.log_lines`,
 and :meth:`~ChangeSummary.table_rows` / :meth:`~ChangeSummary.markdown` for a
@@ -102,7 +104,10 @@ class ChangeSpec:
 
 
 def _number(value: Any) -> str:
-    return "none" if value is None else f"{value:,}"
+    """``5,500,000``; ``none`` for NULL; as PostgreSQL wrote it otherwise (``NaN``, ``Infinity``)."""
+    if value is None:
+        return "none"
+    return f"{value:,}" if isinstance(value, int | float) else str(value)
 
 
 @dataclass(frozen=True)
@@ -115,7 +120,7 @@ class MeasureChange:
 
     def __str__(self) -> str:
         text = f"{self.key} {_number(self.before)} -> {_number(self.after)}"
-        if self.before is not None and self.after is not None:
+        if isinstance(self.before, int | float) and isinstance(self.after, int | float):
             text += f" ({self.after - self.before:+,})"
         return text
 

@@ -293,15 +293,16 @@ def _escaped(values: np.ndarray, name: str) -> list[str]:
         texts[k] = ""
     try:
         joined = "\x00".join(texts)
-    except TypeError:
-        joined = "\x00".join(t if isinstance(t, str) else str(t) for t in texts)
+    except TypeError:  # other objects than str: their text
+        texts = [t if isinstance(t, str) else str(t) for t in texts]
+        joined = "\x00".join(texts)
     if joined.count("\x00") != len(texts) - 1:
         raise LoadError(
             f'column "{name}" contains a NUL character (\\x00), which PostgreSQL text cannot store; '
             "the previous table is unchanged"
         )
-    joined = joined.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
-    fields = joined.split("\x00")
+    escaped = joined.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    fields = texts if escaped is joined else escaped.split("\x00")  # replace() returns its input when nothing matched
     for k in nulls:
         fields[k] = _NULL
     return fields

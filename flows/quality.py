@@ -181,8 +181,7 @@ def check_row_drop(
     valid = isinstance(min_fraction, int | float) and not isinstance(min_fraction, bool)
     if not valid or math.isnan(min_fraction) or not 0.0 <= min_fraction <= 1.0:
         raise ConfigurationError(
-            f"{setting('min_row_fraction')} must be between 0 and 1 (a fraction like 0.5 for 50%), "
-            f"got {min_fraction!r}"
+            f"{setting('min_row_fraction')} must be between 0 and 1 (a fraction like 0.5 for 50%), got {min_fraction!r}"
         )
     if force or not previous_rows:
         return

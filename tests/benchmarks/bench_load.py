@@ -1,22 +1,21 @@
-"""Benchmark: replace-load the countries table (1M rows) into a private embedded PostgreSQL.
+"""Benchmark: load the countries table with each strategy of ``flows.load``, against raw COPY.
 
-Three ways to get the same rows into a table, each timed end to end from the
-caller's point of view:
+At 250 rows (a real run) and 1,000,000 rows, each timed end to end from the caller's
+point of view, as rows per second:
 
-- ours: ``flows.load.replace_table`` replacing a table that holds different
-  data of the same size: serialise + content hash + advisory lock + row count
-  + staging table + COPY + privileges + comment + swap + commit.
-- raw COPY (the physical limit): ``CREATE TABLE`` + psycopg2 ``copy_expert``
-  of a buffer serialised *before* the clock starts + ``COMMIT``, into a fresh
-  table in one transaction. No hashing, no swap, no serialisation cost.
-- ``DataFrame.to_sql(if_exists="replace", index=False)`` with a SQLAlchemy
-  engine and the default ``method`` (SQLAlchemy 2's batched executemany),
-  what users usually pick.
+- raw COPY (the physical limit): ``CREATE TABLE`` + psycopg2 ``copy_expert`` of a buffer
+  serialised *before* the clock starts + ``COMMIT``, into a fresh table;
+- ``replace_table(strategy="rows")``: replacing a table that holds different data of the
+  same size (serialise + hash + advisory lock + count + COPY into a temporary table +
+  DELETE + INSERT ... SELECT + state + commit);
+- ``replace_table(strategy="swap")``: the same, COPY into a new table + DROP + RENAME;
+- ``strategy="rows"`` with the countries ``ChangeSpec``, 1% of the rows changed;
+- ``strategy="rows"`` reloading unchanged data (hash only; the table is not touched).
 
-Each method runs after a ``CHECKPOINT`` with autovacuum off (a private server:
-no background work lands in one method's timing). Ours and raw COPY: best of
-``repeats``; to_sql: best of fewer runs, as it is slow. Smoke mode uses a few
-hundred rows with awkward values and asserts the three tables are identical.
+A private embedded PostgreSQL with autovacuum off; before each timed run a ``VACUUM``
+(what autovacuum would do between two daily loads: the rows strategy leaves the old rows
+dead) and a ``CHECKPOINT``, both untimed. Best of ``repeats``. Smoke mode (250 and 2,000
+rows, one run each) asserts every table holds exactly the frame's rows.
 
 Run ``python -m tests.benchmarks.bench_load`` for the real figures.
 """
@@ -24,6 +23,7 @@ Run ``python -m tests.benchmarks.bench_load`` for the real figures.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
 import os
@@ -32,6 +32,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -40,25 +41,25 @@ import pandas as pd
 import psycopg2
 import sqlalchemy as sa
 
+from flows.changes import ChangeSpec, Measure, SetColumn
 from flows.load import content_hash, replace_table
 from tests.benchmarks._report import Figure, format_table, write_json
 
 logger = logging.getLogger(__name__)
 
-COLUMNS = ("nation_official_name", "currency_name", "population")
-AWKWARD = [
-    "",
-    "tab\there",
-    "new\nline",
-    "cr\rhere",
-    "back\\slash",
-    "\\N",
-    'quo"te',
-    "it's",
-    "Åland",
-    "Føroyar",
-    "🇫🇴",
-]
+RAW = "raw COPY of a pre-serialised buffer"
+SPEC = ChangeSpec(
+    key="nation_official_name",
+    noun="country",
+    plural="countries",
+    measures=(Measure("population", "population", "populations"),),
+    sets=(SetColumn("currency_name", "currencies"),),
+)
+TARGETS = {  # share of raw COPY's throughput, at 1M rows
+    "rows": 0.25,  # COPY into a temporary table, then DELETE and INSERT all rows: about 3 writes of each row
+    "swap": 0.6,  # one COPY, like raw COPY, plus the hash, the lock, the count and the swap
+}
+AWKWARD = ["", "tab\there", "new\nline", "cr\rhere", "back\\slash", "\\N", 'quo"te', "it's", "Åland", "🇫🇴"]
 
 
 def countries_frame(n: int, seed: int, awkward: bool = False) -> pd.DataFrame:
@@ -77,6 +78,13 @@ def countries_frame(n: int, seed: int, awkward: bool = False) -> pd.DataFrame:
             "population": rng.integers(0, 1_500_000_000, n).astype("int64"),
         }
     )
+
+
+def one_percent_changed(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with every 100th population changed."""
+    changed = df.copy()
+    changed.loc[::100, "population"] += 1
+    return changed
 
 
 def _escape(value: object) -> str:
@@ -113,142 +121,135 @@ def private_postgres() -> Iterator[tuple[sa.Engine, str]]:
             server.cleanup()
 
 
-def _checkpoint(engine: sa.Engine) -> None:
+def _admin(engine: sa.Engine, *statements: str) -> None:
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.exec_driver_sql("CHECKPOINT")
+        for statement in statements:
+            conn.exec_driver_sql(statement)
 
 
-def _timed(
-    engine: sa.Engine, action: Callable[[], object], setup: Callable[[], object] | None = None
-) -> float:
-    if setup is not None:
+def _best(engine: sa.Engine, runs: int, action: Callable[[int], object], setup: Callable[[], object]) -> list[float]:
+    """The wall times of ``runs`` calls of ``action(i)``, each after ``setup()`` and a CHECKPOINT (untimed)."""
+    times = []
+    for i in range(runs):
         setup()
-    _checkpoint(engine)
-    started = time.perf_counter()
-    action()
-    return time.perf_counter() - started
+        _admin(engine, "CHECKPOINT")
+        started = time.perf_counter()
+        action(i)
+        times.append(time.perf_counter() - started)
+    return times
 
 
 def _raw_copy(socket_dir: str, table: str, buffer: bytes) -> None:
     conn = psycopg2.connect(host=socket_dir, dbname="postgres", user="postgres")
     try:
         with conn.cursor() as cur:
-            cur.execute(
-                f"CREATE TABLE {table} (nation_official_name text, currency_name text, population bigint)"
-            )
+            cur.execute(f"CREATE TABLE {table} (nation_official_name text, currency_name text, population bigint)")
             cur.copy_expert(f"COPY {table} FROM STDIN", io.BytesIO(buffer), size=1 << 20)
         conn.commit()
     finally:
         conn.close()
 
 
-def _drop(engine: sa.Engine, table: str) -> None:
-    with engine.begin() as conn:
-        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
-
-
-def _contents(engine: sa.Engine, table: str) -> list[tuple]:
+def _contents(engine: sa.Engine, table: str) -> Counter:
     with engine.connect() as conn:
-        rows = conn.exec_driver_sql(f"SELECT * FROM {table} ORDER BY nation_official_name").all()
-    return [tuple(r) for r in rows]
+        return Counter(tuple(r) for r in conn.exec_driver_sql(f"SELECT * FROM {table}").all())
 
 
-def _expected(df: pd.DataFrame) -> list[tuple]:
-    rows = df.astype(object).where(df.notna(), None).itertuples(index=False)
-    return sorted((tuple(r) for r in rows), key=lambda r: r[0])
+def _expected(df: pd.DataFrame) -> Counter:
+    return Counter(tuple(r) for r in df.astype(object).where(df.notna(), None).itertuples(index=False))
+
+
+def _measure(engine: sa.Engine, socket_dir: str, rows: int, smoke: bool) -> dict[str, list[float]]:
+    """Seconds per run of each way to load ``rows`` rows."""
+    runs = 1 if smoke else (15 if rows < 10_000 else 5)
+    frames = [countries_frame(rows, seed=1, awkward=smoke), countries_frame(rows, seed=2, awkward=smoke)]
+    buffers = [reference_copy_buffer(f) for f in frames]
+    times = {}
+    times["raw"] = _best(
+        engine,
+        runs,
+        lambda i: _raw_copy(socket_dir, "countries_raw", buffers[i % 2]),
+        setup=lambda: _admin(engine, "DROP TABLE IF EXISTS countries_raw"),
+    )
+    for strategy in ("rows", "swap"):
+        table = f"countries_{strategy}"
+        replace_table(engine, frames[1], table, strategy=strategy)  # every timed run replaces different data
+        times[strategy] = _best(
+            engine,
+            runs,
+            lambda i, s=strategy, t=table: replace_table(engine, frames[i % 2], t, strategy=s),
+            setup=lambda t=table: _admin(engine, f"VACUUM {t}"),
+        )
+    changed = [frames[0], one_percent_changed(frames[0])]
+    replace_table(engine, changed[1], "countries_report")
+    times["report"] = _best(
+        engine,
+        runs,
+        lambda i: replace_table(engine, changed[i % 2], "countries_report", changes=SPEC),
+        setup=lambda: _admin(engine, "VACUUM countries_report"),
+    )
+    last = changed[(runs - 1) % 2]
+    times["unchanged"] = _best(
+        engine, 1, lambda i: replace_table(engine, last, "countries_report", changes=SPEC), setup=lambda: None
+    )
+    if smoke:
+        expected = _expected(frames[(runs - 1) % 2])
+        for table in ("countries_raw", "countries_rows", "countries_swap"):
+            assert _contents(engine, table) == expected, f"{table} differs from the frame"
+        assert _contents(engine, "countries_report") == _expected(last), "countries_report differs from the frame"
+        _admin(engine, *(f"DROP TABLE {t}" for t in ("countries_raw", "countries_rows", "countries_swap")))
+        _admin(engine, "DROP TABLE countries_report")
+    return times
 
 
 def run(smoke: bool = False) -> list[Figure]:
-    """Measure and return the figures; in smoke mode, tiny sizes and a content check (AssertionError)."""
-    rows = 300 if smoke else 1_000_000
-    repeats = 1 if smoke else 7
-    to_sql_repeats = 1 if smoke else 2
-    frames = [countries_frame(rows, seed=1, awkward=smoke), countries_frame(rows, seed=2, awkward=smoke)]
-    buffers = [reference_copy_buffer(f) for f in frames]
+    """Measure and return the figures; in smoke mode, small sizes and a content check (AssertionError)."""
+    sizes = (250, 2_000) if smoke else (250, 1_000_000)
     cpu_started = time.thread_time()
-    content_hash(frames[0])  # the serialiser alone, single-threaded: its CPU cost
+    content_hash(countries_frame(sizes[-1], seed=1))  # the serialiser alone: its CPU cost
     serialise_cpu = time.thread_time() - cpu_started
-
+    figures = []
     with private_postgres() as (engine, socket_dir):
-        # ours: every timed call really replaces a table holding the other frame
-        replace_table(engine, frames[1], "countries_ours")
-        ours = []
-        for i in range(repeats):
-            frame = frames[i % 2]
-            ours.append(_timed(engine, lambda f=frame: replace_table(engine, f, "countries_ours")))
-        unchanged = _timed(engine, lambda: replace_table(engine, frames[(repeats - 1) % 2], "countries_ours"))
-
-        raw = []
-        for i in range(repeats):
-            raw.append(
-                _timed(
-                    engine,
-                    lambda b=buffers[i % 2]: _raw_copy(socket_dir, "countries_raw", b),
-                    setup=lambda: _drop(engine, "countries_raw"),
+        for rows in sizes:
+            times = _measure(engine, socket_dir, rows, smoke)
+            raw = rows / min(times["raw"])
+            for name, label in (
+                ("rows", 'replace_table(strategy="rows")'),
+                ("swap", 'replace_table(strategy="swap")'),
+                ("report", 'strategy="rows" + change summary, 1% of rows changed'),
+            ):
+                best = min(times[name])
+                target = TARGETS.get(name) if rows >= 1_000_000 else None
+                figures.append(
+                    Figure(
+                        benchmark=f"load {rows:,} countries rows: {label}",
+                        metric="rows/s",
+                        baseline_name=RAW,
+                        baseline=raw,
+                        ours=rows / best,
+                        target="" if target is None else f"ours/baseline >= {target} (throughput: higher is better)",
+                        met=None if smoke or target is None else rows / best >= target * raw,
+                        note=f"best {best:.4f}s of {len(times[name])} (median {statistics.median(times[name]):.4f}s); "
+                        f"raw COPY best {min(times['raw']):.4f}s" + ("; smoke sizes: timings meaningless" * smoke),
+                    )
+                )
+            figures.append(
+                Figure(
+                    benchmark=f"re-load unchanged {rows:,} rows (COPY to a temporary table + hash; table untouched)",
+                    metric="seconds",
+                    baseline_name="",
+                    baseline=None,
+                    ours=times["unchanged"][0],
+                    target="",
+                    met=None,
+                    note="one run",
                 )
             )
-
-        to_sql = []
-        frames[1].to_sql("countries_tosql", engine, if_exists="replace", index=False)
-        for i in range(to_sql_repeats):
-            frame = frames[i % 2]
-            to_sql.append(
-                _timed(
-                    engine,
-                    lambda f=frame: f.to_sql("countries_tosql", engine, if_exists="replace", index=False),
-                )
-            )
-
-        if smoke:
-            expected = _expected(frames[(repeats - 1) % 2])
-            assert _contents(engine, "countries_ours") == expected, "ours differs from the frame"
-            assert _contents(engine, "countries_raw") == expected, "raw COPY differs from ours"
-            assert _contents(engine, "countries_tosql") == expected, "to_sql differs from ours"
-
-    best_ours, best_raw, best_to_sql = min(ours), min(raw), min(to_sql)
-    load = os.getloadavg()[0]
-    note = (
-        f"rows={rows:,} cols=3; best of {repeats} (ours median {statistics.median(ours):.3f}s, "
-        f"raw median {statistics.median(raw):.3f}s); CHECKPOINT before each run, autovacuum off; "
-        f"serialising+hashing costs ours {serialise_cpu:.3f} CPU-s, overlapped with the server's COPY "
-        f"(needs a 2nd free core); {os.cpu_count()} CPUs, load average {load:.1f} at the end"
+    context = (
+        f"; serialising+hashing {sizes[-1]:,} rows: {serialise_cpu:.3f} CPU-s; VACUUM + CHECKPOINT before each run;"
+        f" {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
     )
-    smoke_note = "; smoke sizes: timings meaningless" if smoke else ""
-    label = f"replace-load {rows:,} countries rows"
-    figures = [
-        Figure(
-            benchmark=label,
-            metric="seconds",
-            baseline_name="raw COPY of a pre-serialised buffer",
-            baseline=best_raw,
-            ours=best_ours,
-            target="ours/baseline <= 1.3",
-            met=None if smoke else best_ours <= 1.3 * best_raw,
-            note=note + smoke_note,
-        ),
-        Figure(
-            benchmark=label,
-            metric="seconds",
-            baseline_name="DataFrame.to_sql(if_exists='replace')",
-            baseline=best_to_sql,
-            ours=best_ours,
-            target="ours/baseline <= 0.2",
-            met=None if smoke else best_ours <= 0.2 * best_to_sql,
-            note=f"rows={rows:,}; to_sql best of {to_sql_repeats}, default method, SQLAlchemy engine"
-            + smoke_note,
-        ),
-        Figure(
-            benchmark=f"re-load unchanged {rows:,} rows (hash only, nothing written)",
-            metric="seconds",
-            baseline_name="",
-            baseline=None,
-            ours=unchanged,
-            target="",
-            met=None,
-            note="one run" + smoke_note,
-        ),
-    ]
-    return figures
+    return [dataclasses.replace(f, note=f.note + context) for f in figures]
 
 
 def main() -> None:
