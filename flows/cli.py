@@ -159,9 +159,8 @@ def check_types(flow: Any, given: Mapping[str, Any]) -> None:
 # --- the Prefect API ------------------------------------------------------------------------
 
 
-def connect_prefect() -> tuple[str | None, bool]:
-    """Point this process at a Prefect API; returns the line that says where the UI is (if any) and whether
-    the API is the user's own (``PREFECT_API_URL``).
+def connect_prefect() -> str | None:
+    """Point this process at a Prefect API; returns the line that says where its UI is, if it has one.
 
     ``PREFECT_API_URL`` (environment or Prefect profile) wins; otherwise the
     local Prefect server is started or reused, unless turned off with
@@ -175,29 +174,16 @@ def connect_prefect() -> tuple[str | None, bool]:
 
     settings = get_current_settings()
     if settings.api.url:
-        return (f"Prefect UI: {settings.ui_url}" if settings.ui_url else None), True
+        return f"Prefect UI: {settings.ui_url}" if settings.ui_url else None
     if not local.prefect_server_enabled():
-        return None, False
-    if local.prefect_server_status() is None:
+        return None
+    server = local.prefect_server_status()
+    if server is None:
         print(f"starting a local Prefect server for {settings.home} (once; later runs reuse it) ...", flush=True)
-    server, _ = local.ensure_prefect_server()
+        server, _ = local.ensure_prefect_server()
     os.environ["PREFECT_API_URL"] = server.api_url
     refresh_global_settings_context()  # the setting is read from the environment, also by Prefect's threads
-    return f"Prefect UI: {server.ui_url} (local Prefect server; `python -m flows.local stop` stops it)", False
-
-
-async def check_prefect_api() -> None:
-    """Raise ``ConfigurationError`` when the Prefect API the user configured (``PREFECT_API_URL``) does not answer."""
-    from prefect.client.orchestration import get_client
-
-    from flows.errors import ConfigurationError
-
-    async with get_client() as client:
-        if (problem := await client.api_healthcheck()) is not None:
-            raise ConfigurationError(
-                f"the Prefect API at {client.api_url} does not answer ({problem}): start that server, or unset "
-                "PREFECT_API_URL to use the local Prefect server"
-            )
+    return f"Prefect UI: {server.ui_url} (local Prefect server; `python -m flows.local stop` stops it)"
 
 
 # --- the database -----------------------------------------------------------------------------
@@ -288,16 +274,25 @@ async def check_api_key(api: str) -> None:
 
 async def _run(given: dict[str, Any], params: dict[str, Any], data_dir: Path | None) -> Any:
     """Steps 2 to 5 of the module docstring; returns the run's summary."""
-    from flows.countries import run_flow
+    import httpx
 
-    ui, users_api = connect_prefect()
-    if users_api:
-        await check_prefect_api()
-    if ui:
-        print(ui, flush=True)
-    await check_api_key(params["api"])
-    if note := await prepare_database(params["db_block"], data_dir):
-        print(note, flush=True)
+    from flows.countries import run_flow
+    from flows.errors import ConfigurationError
+
+    ui = connect_prefect()
+    try:
+        await check_api_key(params["api"])
+        note = await prepare_database(params["db_block"], data_dir)
+    except httpx.TransportError as exc:  # the first requests to the Prefect API
+        from prefect.settings import get_current_settings
+
+        raise ConfigurationError(
+            f"the Prefect API at {get_current_settings().api.url} does not answer ({exc or type(exc).__name__}): "
+            "start that server, or unset PREFECT_API_URL to use the local Prefect server"
+        ) from None
+    for line in (ui, note):
+        if line:
+            print(line, flush=True)
     return await run_flow(**given)
 
 

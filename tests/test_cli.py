@@ -30,7 +30,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import REPO_ROOT, table_rows
+from tests.conftest import REPO_ROOT, free_port, table_rows
 from tests.countries_data import COUNTRIES
 from tests.expected import EXPECTED_NORTHERN_EUROPE
 from tests.fake_api import FakeRestCountries
@@ -255,6 +255,17 @@ def test_prefect_api_url_wins_over_the_local_server(prefect_server, db_block, fa
     assert table_rows(database_url, "northern_europe_countries") == EXPECTED_NORTHERN_EUROPE
     assert fake_api.count("/countries/v5/subregion/*") == 1
     assert fake_api.api_key not in result.stdout + result.stderr
+
+
+def test_a_prefect_api_url_that_does_not_answer_is_one_error_line(fake_api, tmp_path):
+    closed = f"http://127.0.0.1:{free_port()}/api"
+    env = clean_env(PREFECT_API_URL=closed, COUNTRIES_LOCAL_DIR=tmp_path / "local", COUNTRIES_LOCAL_PREFECT_SERVER="1")
+    result = run_cli("--api", "v3.1", "--base-url", fake_api.v31_base_url, env=env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = stderr_lines(result)
+    assert len(lines) == 1 and lines[0].startswith("error: ") and closed in lines[0], result.stderr
+    assert fake_api.requests == []
+    assert not (tmp_path / "local").exists()  # neither local server started
 
 
 def test_with_prefects_temporary_server_the_error_is_still_the_last_line(tmp_path):
