@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-PROG = "countries"
 
 
 class UsageError(Exception):
@@ -86,14 +85,17 @@ def _schema_type(spec: Mapping[str, Any]) -> str | None:
 _CONVERTERS = {"number": float, "integer": int, "string": str}
 
 
-def build_parser(flow: Any = None, prog: str = PROG) -> argparse.ArgumentParser:
+def build_parser(flow: Any = None, prog: str | None = None) -> argparse.ArgumentParser:
     """The command line of ``flow`` (default: ``countries_flow``), one option per parameter, plus ``--local-db-dir``.
 
     Options are named after the parameters (``min_row_fraction`` ->
     ``--min-row-fraction``); help, choices, defaults and ranges come from the
     flow's parameter schema. An option that is not given is not passed, so the
-    flow's own default applies.
+    flow's own default applies. ``prog`` defaults to the program's name
+    (``countries`` or ``countries.py``).
     """
+    from flows import local
+
     if flow is None:
         from flows.countries import countries_flow as flow
     summary = (flow.description or "").partition("\n")[0]
@@ -133,7 +135,7 @@ def build_parser(flow: Any = None, prog: str = PROG) -> argparse.ArgumentParser:
     parser.add_argument(
         "--local-db-dir", type=Path, default=None, metavar="DIR",
         help="data directory of the embedded PostgreSQL that serves the default database block when that "
-        "block does not exist (default: .local/postgres in the project)",
+        f"block does not exist (default: {local.default_data_dir()})",
     )
     return parser
 
@@ -152,7 +154,7 @@ def check_types(flow: Any, given: Mapping[str, Any]) -> None:
             TypeAdapter(hints[name]).validate_python(value)
         except ValidationError as exc:
             message = exc.errors()[0]["msg"]
-            shown = " ".join(map(str, value)) if isinstance(value, list) else value
+            shown = _shown_default(value)
             raise UsageError(f"{_flag(name)} {shown}: {message[:1].lower()}{message[1:]}") from None
 
 
@@ -321,7 +323,16 @@ def _quiet_prefect_on_the_console() -> None:
         logging.getLogger(worker.__name__).setLevel(logging.ERROR)
 
 
-def _finish_prefect_output() -> None:
+def _uses_temporary_server() -> bool:
+    """Whether this run is on Prefect's default path: a temporary server (no PREFECT_API_URL, no local server)."""
+    from prefect.settings import get_current_settings
+
+    from flows import local
+
+    return not get_current_settings().api.url and not local.prefect_server_enabled()
+
+
+def _finish_prefect_output(temporary_server: bool) -> None:
     """Let Prefect finish what it prints before the last line: send queued logs and events, stop a temporary server.
 
     Without this, Prefect's exit handlers could print after the summary
@@ -332,10 +343,10 @@ def _finish_prefect_output() -> None:
 
     APILogWorker.drain_all(timeout=10)
     EventsWorker.drain_all(timeout=10)
-    if "prefect.server.api.server" in sys.modules:  # Prefect started its temporary server for this run
+    if temporary_server:
         from prefect.server.api.server import SubprocessASGIServer
 
-        SubprocessASGIServer().stop()
+        SubprocessASGIServer().stop()  # the one Prefect's client started; nothing when none was
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -356,13 +367,14 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(exc.for_audience("cli"), EXIT_USAGE)
 
     _quiet_prefect_on_the_console()
+    temporary_server = _uses_temporary_server()
     failure: CountriesError | None = None
     try:
         summary = asyncio.run(_run(given, params, data_dir))
     except CountriesError as exc:
         failure = exc
     finally:
-        _finish_prefect_output()
+        _finish_prefect_output(temporary_server)
     if failure is not None:
         return _fail(failure.for_audience("cli"), EXIT_FAILED)
     if summary.frame is not None:
