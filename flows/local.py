@@ -50,7 +50,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from flows.errors import ConfigurationError
+from flows.errors import ConfigurationError, setting
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 LOCAL_DIR_ENV = "COUNTRIES_LOCAL_DIR"
@@ -133,17 +133,11 @@ def ensure_database(data_dir: Path | None = None) -> LocalDatabase:
     except (OSError, subprocess.SubprocessError, RuntimeError) as exc:
         raise ConfigurationError(
             f"could not start the embedded PostgreSQL in {data_dir} ({exc}): see {data_dir / 'log'}, "
-            f"or pass {_setting('db_block')} with an existing database block"
+            f"or pass {setting('db_block')} with an existing database block"
         ) from None
     db = LocalDatabase(data_dir=data_dir, socket_dir=str(server.get_postmaster_info().socket_dir))
     _create_database(db)
     return db
-
-
-def _setting(name: str) -> str:
-    from flows.errors import setting
-
-    return setting(name)
 
 
 def _create_database(db: LocalDatabase) -> None:
