@@ -1,6 +1,9 @@
-"""Create or update the Prefect blocks and limits the countries pipeline needs.
+"""Set up the Prefect server for the countries pipeline: blocks, rate limit, operations automations.
 
-Idempotent: run it as often as you like; it overwrites the blocks it manages.
+Idempotent: run it as often as you like; it overwrites the blocks it manages and
+changes only the automations that differ. Run it after ``prefect deploy`` (the
+stale-table alerts are made per deployment it finds), and again whenever you add
+a deployment or change a schedule.
 
 - ``countries-db`` (``--db-block``): a prefect-sqlalchemy ``SqlAlchemyConnector``
   for the target PostgreSQL, from a SQLAlchemy URL (``--db-url``) or from
@@ -10,15 +13,21 @@ Idempotent: run it as often as you like; it overwrites the blocks it manages.
   the environment variable named by ``--api-key-env`` (default
   ``RESTCOUNTRIES_API_KEY``) is set.
 - ``restcountries-api``: the global rate limit every API request takes a slot of.
+- ``countries-settings``: the operator settings (``--base-url``, ``--notify-block``,
+  ``--stale-after-intervals``, ``--crash-after``, ``--rerun-window``); an option
+  left out keeps its saved value, an empty value (``--base-url ''``) clears it.
+- the operations automations (``flows/operations.py``): crashed-run detection,
+  crashed-run rerun and, with a notification block, stale-table alerts.
 
 It talks to the Prefect server in ``PREFECT_API_URL`` (or the local ephemeral
 one) and never prints or logs a secret: passwords are stored as secret fields
 and shown as ``***``.
 
-Usage::
+Usage (from the repository root, with the project installed: ``pip install -e .``)::
 
     python blocks/create_blocks.py --db-url 'postgresql+psycopg2://etl@db.internal:5432/analytics'
     COUNTRIES_DB_PASSWORD=... python blocks/create_blocks.py --host db.internal --user etl --database analytics
+    python blocks/create_blocks.py --notify-block ops-webhook --stale-after-intervals 2
 """
 
 from __future__ import annotations
@@ -27,71 +36,13 @@ import argparse
 import asyncio
 import os
 import sys
-from pathlib import Path
+from datetime import timedelta
 
-if str(Path(__file__).resolve().parents[1]) not in sys.path:  # run as a script from a clone
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from prefect.blocks.system import Secret
-from prefect_sqlalchemy import ConnectionComponents, SqlAlchemyConnector, SyncDriver
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
-
-from flows import budget
-from flows.errors import ConfigurationError, CountriesError
-
-DEFAULT_DB_BLOCK = "countries-db"
-API_KEY_BLOCK = "restcountries-api-key"
+from flows import budget, operations, settings
+from flows.errors import ConfigurationError, CountriesError, setting
 
 
-def connection_from_url(url: str, password: str | None = None) -> ConnectionComponents:
-    """Split a SQLAlchemy URL into connection components, the password kept as a secret.
-
-    ``password`` (e.g. from an environment variable) overrides one in the URL.
-    Only PostgreSQL with a synchronous driver is accepted; raises
-    ``ConfigurationError`` otherwise or when the URL cannot be parsed.
-    """
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        raise ConfigurationError(
-            "--db-url is not a SQLAlchemy URL: expected postgresql+psycopg2://USER@HOST:PORT/DATABASE"
-        ) from None
-    if parsed.get_backend_name() != "postgresql":
-        raise ConfigurationError(
-            f"--db-url must point at PostgreSQL (got {parsed.get_backend_name()!r}): "
-            "expected postgresql+psycopg2://USER@HOST:PORT/DATABASE"
-        )
-    driver = SyncDriver.POSTGRESQL_PSYCOPG2
-    if parsed.drivername not in ("postgresql", driver.value):
-        raise ConfigurationError(
-            f"--db-url uses the driver {parsed.drivername!r}; use postgresql+psycopg2:// "
-            "(the load bulk-copies through psycopg2)"
-        )
-    return ConnectionComponents(
-        driver=driver,
-        username=parsed.username,
-        password=password if password is not None else parsed.password,
-        host=parsed.host,
-        port=parsed.port,
-        database=parsed.database,
-        query={k: v for k, v in parsed.query.items() if isinstance(v, str)} or None,
-    )
-
-
-async def save_db_block(name: str, connection: ConnectionComponents) -> SqlAlchemyConnector:
-    """Create or overwrite the ``SqlAlchemyConnector`` block ``name``."""
-    block = SqlAlchemyConnector(connection_info=connection)
-    await block.asave(name, overwrite=True)
-    return block
-
-
-async def save_api_key_block(api_key: str) -> None:
-    """Create or overwrite the ``restcountries-api-key`` Secret block."""
-    await Secret(value=api_key).asave(API_KEY_BLOCK, overwrite=True)
-
-
-def describe(connection: ConnectionComponents) -> str:
+def describe(connection) -> str:
     """Where a connection points, without its password."""
     return connection.create_url().render_as_string(hide_password=True)
 
@@ -100,12 +51,15 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python blocks/create_blocks.py",
         description=(
-            "Create or update the Prefect blocks of the countries pipeline: the database "
-            "connector, the API key secret, and the API rate limit. Safe to re-run."
+            "Set up the Prefect server for the countries pipeline: the database connector, the API key "
+            "secret, the API rate limit, the operator settings and the operations automations (crashed "
+            "runs marked and rerun; stale-table alerts). Safe to re-run; run it after `prefect deploy`."
         ),
     )
     db = p.add_argument_group("database block")
-    db.add_argument("--db-block", default=DEFAULT_DB_BLOCK, help="name of the block (default: %(default)s)")
+    db.add_argument(
+        "--db-block", default=settings.DEFAULT_DB_BLOCK, help="name of the block (default: %(default)s)"
+    )
     db.add_argument(
         "--db-url",
         help="SQLAlchemy URL, e.g. postgresql+psycopg2://etl@db.internal:5432/analytics "
@@ -120,12 +74,18 @@ def _parser() -> argparse.ArgumentParser:
         default="COUNTRIES_DB_PASSWORD",
         help="environment variable holding the database password (default: %(default)s)",
     )
-    api = p.add_argument_group("API key and rate limit")
+    api = p.add_argument_group("API key, base URL and rate limit")
     api.add_argument(
         "--api-key-env",
-        default="RESTCOUNTRIES_API_KEY",
+        default=settings.API_KEY_ENV,
         help="environment variable holding the REST Countries API key; when set, the "
-        f"'{API_KEY_BLOCK}' Secret block is saved (default: %(default)s)",
+        f"'{settings.API_KEY_BLOCK}' Secret block is saved (default: %(default)s)",
+    )
+    api.add_argument(
+        "--base-url",
+        metavar="URL",
+        help="API base URL that runs use when their base_url is empty and that is trusted with the key "
+        "(a self-hosted server or a proxy); saved in the settings block, '' clears it",
     )
     api.add_argument(
         "--rate-burst",
@@ -139,19 +99,57 @@ def _parser() -> argparse.ArgumentParser:
         default=budget.DEFAULT_PER_SECOND,
         help="sustained API requests per second across all runs (default: %(default)s)",
     )
+    ops = p.add_argument_group(
+        "operations (saved in the settings block: an option left out keeps its saved value)"
+    )
+    ops.add_argument(
+        "--notify-block",
+        metavar="NAME",
+        help="notification block (NAME or TYPE-SLUG/NAME: Slack, webhook, e-mail...) told when a deployment's "
+        "table goes stale; '' turns the alerts off (default: off)",
+    )
+    ops.add_argument(
+        "--stale-after-intervals",
+        type=float,
+        metavar="N",
+        help="a table is stale after N schedule intervals without a completed run, N > 1 "
+        f"(default: {operations.DEFAULT_STALE_AFTER_INTERVALS:g})",
+    )
+    ops.add_argument(
+        "--crash-after",
+        type=float,
+        metavar="SECONDS",
+        help="mark a deployment run Crashed after this long without a heartbeat, at least 60 "
+        f"(default: {operations.DEFAULT_CRASH_AFTER.total_seconds():g}: 3 heartbeats of 30 s)",
+    )
+    ops.add_argument(
+        "--rerun-window",
+        type=float,
+        metavar="MINUTES",
+        help="rerun a crashed deployment run at once, at most once per deployment in this many minutes "
+        f"(default: {operations.DEFAULT_RERUN_WINDOW.total_seconds() / 60:g})",
+    )
     return p
 
 
-def _connection_from_args(args: argparse.Namespace) -> ConnectionComponents | None:
+def _connection_from_args(args: argparse.Namespace):
+    from prefect_sqlalchemy import ConnectionComponents, SyncDriver
+
     password = os.environ.get(args.password_env) or None
     if args.db_url:
         if args.host or args.user or args.database:
-            raise ConfigurationError("give either --db-url or --host/--user/--database, not both")
-        return connection_from_url(args.db_url, password)
+            raise ConfigurationError(
+                f"give either {setting('db_url')} or {setting('host')}/{setting('user')}/{setting('database')}, "
+                "not both"
+            )
+        return settings.connection_from_url(args.db_url, password)
     if args.host or args.user or args.database:
-        missing = [f"--{n}" for n in ("host", "user", "database") if not getattr(args, n)]
+        missing = [setting(n) for n in ("host", "user", "database") if not getattr(args, n)]
         if missing:
-            raise ConfigurationError(f"missing {', '.join(missing)}: give all of --host, --user and --database")
+            raise ConfigurationError(
+                f"missing {', '.join(missing)}: give all of {setting('host')}, {setting('user')} and "
+                f"{setting('database')}"
+            )
         return ConnectionComponents(
             driver=SyncDriver.POSTGRESQL_PSYCOPG2,
             username=args.user,
@@ -163,33 +161,68 @@ def _connection_from_args(args: argparse.Namespace) -> ConnectionComponents | No
     return None
 
 
+def _or_default(value: float | None, default: float) -> float:
+    return default if value is None else value
+
+
 async def _run(args: argparse.Namespace) -> list[str]:
     done: list[str] = []
     connection = _connection_from_args(args)
     if connection is not None:
-        await save_db_block(args.db_block, connection)
+        await settings.save_db_block(args.db_block, connection)
         done.append(f"saved block '{args.db_block}' -> {describe(connection)}")
     api_key = os.environ.get(args.api_key_env)
     if api_key:
-        await save_api_key_block(api_key)
-        done.append(f"saved block '{API_KEY_BLOCK}' from ${args.api_key_env}")
-    changed = await budget.ensure_rate_limit(
-        burst=args.rate_burst, per_second=args.rate_per_second, update=True
-    )
+        await settings.save_api_key_block(api_key)
+        done.append(f"saved block '{settings.API_KEY_BLOCK}' from ${args.api_key_env}")
+    changed = await budget.ensure_rate_limit(burst=args.rate_burst, per_second=args.rate_per_second, update=True)
     done.append(
         f"rate limit '{budget.RATE_LIMIT_NAME}': burst {args.rate_burst}, {args.rate_per_second:g}/s"
         + ("" if changed else " (unchanged)")
     )
+
+    changes = {
+        "base_url": args.base_url,
+        "notify_block": args.notify_block,
+        "stale_after_intervals": args.stale_after_intervals,
+        "crash_after_seconds": args.crash_after,
+        "rerun_window_minutes": args.rerun_window,
+    }
+    saved = await settings.load_settings()
+    wanted = saved.model_copy(
+        update={k: (None if v == "" else v) for k, v in changes.items() if v is not None}
+    )
+    options = operations.Options(
+        crash_after=timedelta(
+            seconds=_or_default(wanted.crash_after_seconds, operations.DEFAULT_CRASH_AFTER.total_seconds())
+        ),
+        rerun_window=timedelta(
+            minutes=_or_default(wanted.rerun_window_minutes, operations.DEFAULT_RERUN_WINDOW.total_seconds() / 60)
+        ),
+        notify_block=wanted.notify_block,
+        stale_after_intervals=_or_default(wanted.stale_after_intervals, operations.DEFAULT_STALE_AFTER_INTERVALS),
+    )
+    operations.check_options(options)  # before anything is saved
+    if options.notify_block:
+        await operations.check_notification_block(options.notify_block)
+    if any(v is not None for v in changes.values()):
+        saved = await settings.save_settings(**changes)
+        done.append(f"saved block '{settings.SETTINGS_BLOCK}' (operator settings)")
+    if saved.base_url:
+        done.append(f"API base URL trusted with the key and used by default: {saved.base_url}")
+
+    done += await operations.ensure_operations(options)
     return done
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the setup; 0 on success, 2 with one ``error:`` line on stderr when an option or the server is wrong."""
     args = _parser().parse_args(argv)
     try:
         for line in asyncio.run(_run(args)):
             print(line)
     except CountriesError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {exc.for_audience('cli')}", file=sys.stderr)
         return 2
     return 0
 

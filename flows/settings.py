@@ -1,0 +1,213 @@
+"""What the flow and the setup command share: block names, the database block, the API key, operator settings.
+
+Everything here talks to the Prefect server of ``PREFECT_API_URL`` (or Prefect's
+temporary local one) and never logs or prints a secret.
+
+Blocks the pipeline uses (all created by ``python blocks/create_blocks.py``):
+
+- ``countries-db`` (:data:`DEFAULT_DB_BLOCK`): the ``SqlAlchemyConnector`` of the
+  target PostgreSQL.
+- ``restcountries-api-key`` (:data:`API_KEY_BLOCK`): a ``Secret`` with the REST
+  Countries API key.
+- ``countries-settings`` (:data:`SETTINGS_BLOCK`): a :class:`CountriesSettings`
+  block with the operator's settings: the API base URL trusted with the key,
+  and how operations alerts behave. Editable in the UI (Blocks).
+
+Environment variables win over blocks: ``RESTCOUNTRIES_API_KEY`` over the Secret,
+``RESTCOUNTRIES_BASE_URL`` over the saved base URL.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prefect.blocks.core import Block
+from pydantic import Field
+
+from flows.errors import ConfigurationError, setting
+
+DEFAULT_DB_BLOCK = "countries-db"
+API_KEY_BLOCK = "restcountries-api-key"
+SETTINGS_BLOCK = "countries-settings"
+
+API_KEY_ENV = "RESTCOUNTRIES_API_KEY"
+BASE_URL_ENV = "RESTCOUNTRIES_BASE_URL"
+
+
+class CountriesSettings(Block):
+    """Operator settings of the countries pipeline, saved by ``python blocks/create_blocks.py``.
+
+    Every field is optional; an empty field means the built-in default.
+    """
+
+    _block_type_name = "Countries Pipeline Settings"
+    _block_type_slug = "countries-pipeline-settings"
+    _description = (
+        "Operator settings of the countries pipeline: the REST Countries base URL trusted with the "
+        "API key, and the operations alerts (set with python blocks/create_blocks.py)."
+    )
+
+    base_url: str | None = Field(
+        default=None,
+        description=(
+            "REST Countries base URL runs use when their base_url parameter is empty, and that is "
+            "trusted with the API key (e.g. a self-hosted server or a proxy)."
+        ),
+    )
+    notify_block: str | None = Field(
+        default=None,
+        description="Notification block (NAME or TYPE-SLUG/NAME) that receives stale-table alerts.",
+    )
+    stale_after_intervals: float | None = Field(
+        default=None,
+        description="A table is stale after this many schedule intervals without a completed run (default 2).",
+    )
+    crash_after_seconds: float | None = Field(
+        default=None,
+        description="A deployment run is marked Crashed after this long without a heartbeat (default 90).",
+    )
+    rerun_window_minutes: float | None = Field(
+        default=None,
+        description="A crashed deployment run is rerun at once, at most once per deployment in this window "
+        "(default 60).",
+    )
+
+
+# --- the database block ------------------------------------------------------------
+
+
+def connection_from_url(url: str, password: str | None = None):
+    """Split a SQLAlchemy URL into prefect-sqlalchemy ``ConnectionComponents``, the password kept as a secret.
+
+    ``password`` (e.g. from an environment variable) overrides one in the URL.
+    Only PostgreSQL with the psycopg2 driver is accepted; raises
+    ``ConfigurationError`` otherwise or when the URL cannot be parsed. The
+    message never contains the password.
+    """
+    from prefect_sqlalchemy import ConnectionComponents, SyncDriver
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    option = setting("db_url")
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigurationError(
+            f"{option} is not a SQLAlchemy URL: expected postgresql+psycopg2://USER@HOST:PORT/DATABASE"
+        ) from None
+    if parsed.get_backend_name() != "postgresql":
+        raise ConfigurationError(
+            f"{option} must point at PostgreSQL (got {parsed.get_backend_name()!r}): "
+            "expected postgresql+psycopg2://USER@HOST:PORT/DATABASE"
+        )
+    driver = SyncDriver.POSTGRESQL_PSYCOPG2
+    if parsed.drivername not in ("postgresql", driver.value):
+        raise ConfigurationError(
+            f"{option} uses the driver {parsed.drivername!r}; use postgresql+psycopg2:// "
+            "(the load bulk-copies through psycopg2)"
+        )
+    return ConnectionComponents(
+        driver=driver,
+        username=parsed.username,
+        password=password if password is not None else parsed.password,
+        host=parsed.host,
+        port=parsed.port,
+        database=parsed.database,
+        query={k: v for k, v in parsed.query.items() if isinstance(v, str)} or None,
+    )
+
+
+async def save_db_block(name: str, connection):
+    """Create or overwrite the ``SqlAlchemyConnector`` block ``name`` for ``connection``; returns the block."""
+    from prefect_sqlalchemy import SqlAlchemyConnector
+
+    block = SqlAlchemyConnector(connection_info=connection)
+    await block.asave(name, overwrite=True)
+    return block
+
+
+# --- the API key ---------------------------------------------------------------------
+
+
+async def save_api_key_block(api_key: str) -> None:
+    """Create or overwrite the ``restcountries-api-key`` Secret block."""
+    from prefect.blocks.system import Secret
+
+    await Secret(value=api_key).asave(API_KEY_BLOCK, overwrite=True)
+
+
+async def load_api_key() -> str | None:
+    """The REST Countries API key: ``$RESTCOUNTRIES_API_KEY`` first, then the ``restcountries-api-key`` block.
+
+    Returns None when neither is set. Never logs the key.
+    """
+    if key := os.environ.get(API_KEY_ENV, "").strip():
+        return key
+    from prefect.blocks.system import Secret
+
+    try:
+        secret = await Secret.aload(API_KEY_BLOCK)
+    except ValueError:  # Prefect's "Unable to find block document named ..."
+        return None
+    return str(secret.get()) or None
+
+
+# --- operator settings -------------------------------------------------------------
+
+
+async def load_settings() -> CountriesSettings:
+    """The saved operator settings, or empty ones (every field None) when none were saved."""
+    try:
+        return await CountriesSettings.aload(SETTINGS_BLOCK)
+    except ValueError:  # not saved yet
+        return CountriesSettings()
+
+
+async def save_settings(**changes: object) -> CountriesSettings:
+    """Merge ``changes`` into the saved operator settings and save them; returns the result.
+
+    A change to ``None`` keeps the saved value (so a re-run without an option
+    changes nothing); an empty string clears it.
+    """
+    current = await load_settings()
+    values = current.model_dump(include=set(CountriesSettings.model_fields))
+    for name, value in changes.items():
+        if name not in CountriesSettings.model_fields:
+            raise TypeError(f"unknown setting {name!r}")
+        if value is not None:
+            values[name] = None if value == "" else value
+    updated = CountriesSettings(**values)
+    await updated.asave(SETTINGS_BLOCK, overwrite=True)
+    return updated
+
+
+def _clean(url: str | None) -> str | None:
+    url = (url or "").strip().rstrip("/")
+    return url or None
+
+
+async def trusted_base_urls() -> list[str]:
+    """The API base URLs the operator trusts with the key, without duplicates.
+
+    ``$RESTCOUNTRIES_BASE_URL`` (of the worker, or of the shell for local runs)
+    and the base URL saved by ``python blocks/create_blocks.py --base-url URL``.
+    A run's own ``base_url`` parameter is not trusted by being set: anyone who
+    can start a custom run can edit it.
+    """
+    urls = [_clean(os.environ.get(BASE_URL_ENV)), _clean((await load_settings()).base_url)]
+    return list(dict.fromkeys(u for u in urls if u))
+
+
+async def resolve_base_url(base_url: str | None, public_url: str) -> str:
+    """The base URL a run uses: the first that is set of
+
+    ``base_url`` (the run's parameter), ``$RESTCOUNTRIES_BASE_URL``, the base URL
+    saved with ``python blocks/create_blocks.py --base-url URL``, and
+    ``public_url`` (the API dialect's public URL).
+    """
+    return (
+        _clean(base_url)
+        or _clean(os.environ.get(BASE_URL_ENV))
+        or _clean((await load_settings()).base_url)
+        or public_url
+    )
