@@ -108,12 +108,32 @@ def test_schedules(config):
             assert isinstance(s["active"], bool), "state `active` explicitly: a deploy resets it to this"
 
 
-def test_quota_arithmetic_of_the_deployments():
-    deployments = by_name(load(PREFECT_YAML))
-    assert requests_per_run(deployments["northern-europe"]) == 1
-    assert requests_per_run(deployments["all-regions"]) == 6
-    # The 5-minute refresh alone would be 8928 requests in a 31-day month.
-    assert requests_per_run(deployments["northern-europe"]) * runs_per_month(300) == 8928
+def test_a_manual_run_during_a_refresh_is_cancelled_says_the_description(config, docker_config):
+    """Issue 11 §7: the deployment page says what CANCEL_NEW means for a user who clicks Run."""
+    for cfg in (config, docker_config):
+        for d in cfg["deployments"]:
+            text = " ".join(d["description"].split())
+            assert "One run at a time: a run started while another is in progress" in text, d["name"]
+            assert "(a manual Run during a refresh) is cancelled at once (CANCEL_NEW)" in text, d["name"]
+
+
+@pytest.mark.parametrize("path", [PREFECT_YAML, DOCKER_YAML], ids=lambda p: p.name)
+def test_deployment_runs_send_a_heartbeat_every_30_seconds(path):
+    """Issue 10: runs send heartbeats so that a dead run is marked Crashed within 90 s (3 missed heartbeats).
+
+    `prefect deploy` reads job variables only under a deployment's `work_pool:`.
+    """
+    for d in load(path)["deployments"]:
+        env = d["work_pool"].get("job_variables", {}).get("env", {})
+        assert env.get("PREFECT_FLOWS_HEARTBEAT_FREQUENCY") == "30", d["name"]
+        assert "job_variables" not in d, f"{d['name']}: job_variables outside work_pool are ignored by deploy"
+
+
+def test_the_quota_arithmetic_lives_in_the_docs_not_in_prefect_yaml():
+    """One place for the arithmetic (issue 12 §7): prefect.yaml keeps a pointer, not a copy."""
+    text = PREFECT_YAML.read_text(encoding="utf-8")
+    assert "docs/operations.md" in text
+    assert "8928" not in text and "x   62" not in text
 
 
 @pytest.mark.parametrize("path", [PREFECT_YAML, DOCKER_YAML], ids=lambda p: p.name)
@@ -153,7 +173,9 @@ def test_docker_variant_is_the_same_deployments(config, docker_config):
         for key in same:
             assert docker[name].get(key) == process[name].get(key), (name, key)
         assert docker[name]["work_pool"]["name"] == "countries-docker-pool"
-        assert docker[name]["work_pool"]["job_variables"]["image"] == "{{ build-image.image }}"
+        docker_variables = docker[name]["work_pool"]["job_variables"]
+        assert docker_variables["image"] == "{{ build-image.image }}"
+        assert docker_variables["env"] == process[name]["work_pool"]["job_variables"]["env"], name
 
 
 def test_docker_variant_builds_the_dockerfile_and_runs_in_its_workdir(docker_config):
