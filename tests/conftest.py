@@ -4,8 +4,9 @@
   per session in a temporary directory and deleted afterwards.
 - ``database_url``: a fresh, empty database on that server for one test.
 - ``prefect_server``: a real ``prefect server start`` on a free 127.0.0.1 port
-  (SQLite, telemetry off), started once per session on first use; the test
-  process and every subprocess it starts talk to it.
+  (SQLite, telemetry off, leases on disk), started once per session on first
+  use; the test process and every subprocess it starts talk to it.
+  :class:`PrefectServer` also starts servers of a test's own (and restarts them).
 
 Prefect is isolated from the developer's own setup: a temporary PREFECT_HOME,
 no PREFECT_API_URL inherited, analytics off. This runs before any test module
@@ -126,7 +127,7 @@ def db_block(prefect_server, database_url) -> tuple[str, str]:
     """(block name, SQLAlchemy URL): a fresh database behind a stored SqlAlchemyConnector block."""
     from prefect_sqlalchemy import SqlAlchemyConnector
 
-    from blocks.create_blocks import connection_from_url
+    from flows.settings import connection_from_url
 
     name = f"test-db-{uuid.uuid4().hex[:10]}"
     SqlAlchemyConnector(connection_info=connection_from_url(database_url)).save(name)
@@ -136,10 +137,65 @@ def db_block(prefect_server, database_url) -> tuple[str, str]:
 # --- Prefect ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+# Lease storage that survives a server restart (the default keeps leases in memory: a restart
+# forgets them while their concurrency slots stay counted). Server operators set the same.
+LEASE_STORAGE = "prefect.server.concurrency.lease_storage.filesystem"
+
+
 class PrefectServer:
-    api_url: str
-    home: Path
+    """A real ``prefect server start`` on 127.0.0.1 (SQLite in ``home``), which can be stopped and started again.
+
+    ``api_url`` and ``home`` stay the same across restarts (same port, same database,
+    same lease files), as for an operator restarting the server.
+    """
+
+    def __init__(self, home: Path, log: Path, extra_env: dict[str, str] | None = None, port: int | None = None):
+        self.home = home
+        self.log = log
+        self.port = port or free_port()
+        self.api_url = f"http://127.0.0.1:{self.port}/api"
+        self.env = {
+            **os.environ,
+            "PREFECT_HOME": str(home),
+            "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": LEASE_STORAGE,
+            **(extra_env or {}),
+        }
+        self.env.pop("PREFECT_API_URL", None)
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 120) -> None:
+        """Start the server and wait until ``/health`` answers; its output is appended to ``log``."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=self.home.parent,
+                start_new_session=True,
+            )
+        try:
+            _wait_until_healthy(self.proc, self.api_url, self.log, timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self, timeout: float = 20) -> None:
+        """Stop the server as an operator would (SIGTERM), killing it if it does not exit in ``timeout`` s."""
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def restart(self, timeout: float = 120) -> None:
+        self.stop()
+        self.start(timeout)
 
 
 def _wait_until_healthy(proc: subprocess.Popen, api_url: str, log: Path, timeout: float) -> None:
@@ -160,29 +216,18 @@ def _wait_until_healthy(proc: subprocess.Popen, api_url: str, log: Path, timeout
 
 @pytest.fixture(scope="session")
 def prefect_server() -> Iterator[PrefectServer]:
-    """A real Prefect server for the session; also sets PREFECT_API_URL for this process."""
+    """A real Prefect server for the session; also sets PREFECT_API_URL for this process.
+
+    Leases of deployment concurrency slots are kept on disk (``LEASE_STORAGE``).
+    """
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    port = free_port()
-    api_url = f"http://127.0.0.1:{port}/api"
-    home = Path(os.environ["PREFECT_HOME"])
-    home.mkdir(parents=True, exist_ok=True)
-    log = _SESSION_TMP / "prefect-server.log"
-    env = dict(os.environ, PREFECT_HOME=str(home))
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=_SESSION_TMP,
-            start_new_session=True,
-        )
+    server = PrefectServer(Path(os.environ["PREFECT_HOME"]), _SESSION_TMP / "prefect-server.log")
+    server.start()
     try:
-        _wait_until_healthy(proc, api_url, log, timeout=120)
-        os.environ["PREFECT_API_URL"] = api_url
-        with temporary_settings({PREFECT_API_URL: api_url}):
-            yield PrefectServer(api_url=api_url, home=home)
+        os.environ["PREFECT_API_URL"] = server.api_url
+        with temporary_settings({PREFECT_API_URL: server.api_url}):
+            yield server
     finally:
         try:
             from prefect.logging.handlers import APILogWorker
@@ -190,12 +235,7 @@ def prefect_server() -> Iterator[PrefectServer]:
             APILogWorker.drain_all(timeout=10)  # send queued run logs while the server is still up
         finally:
             os.environ.pop("PREFECT_API_URL", None)
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            server.stop()
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -2,22 +2,24 @@
 
 Everything is real: the session's `prefect server start` (fixture `prefect_server`),
 `prefect work-pool create`, `prefect --no-prompt deploy --all` run in the
-repository root, `python blocks/create_blocks.py`, `prefect worker start`, the
-flow run subprocesses the worker starts, the fake REST Countries HTTP server
-(both dialects: v5 with the key from the Secret block, v3.1) and the embedded
-PostgreSQL.
+repository root, then `python blocks/create_blocks.py` (the documented order),
+`prefect worker start`, the flow run subprocesses the worker starts, the fake
+REST Countries HTTP server (both dialects: v5 with the key from the Secret
+block, v3.1) and the embedded PostgreSQL.
 
 Determinism: nothing may run against the real API. Right after the deploy both
 deployments are paused (which also deletes any run the scheduler made), and the
 worker only polls a work queue of its own, where only this test's runs go.
 Nothing is left behind on the shared session server: the deployments, the work
-queue, the pool (when this module created it), the database and API key blocks
-are deleted afterwards, and every process started here is stopped, also on failure.
+queue, the pool (when this module created it), the database, API key and
+settings blocks and the operations automations are deleted afterwards, and
+every process started here is stopped, also on failure.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
 import subprocess
@@ -59,6 +61,8 @@ FLOW_NAME = "countries"
 POOL = "countries-pool"
 DB_BLOCK = "countries-db"
 API_KEY_BLOCK = "restcountries-api-key"
+SETTINGS_BLOCK = "countries-settings"
+AUTOMATION_TAG = "countries-pipeline"
 ARTIFACT_KEY = "countries-load-report"
 FLOW_PARAMETERS = {
     "regions",
@@ -262,24 +266,37 @@ def fake_api() -> Iterator[FakeRestCountries]:
 
 
 @pytest.fixture
-def blocks(env, database_url, fake_api) -> Iterator[str]:
-    """The real setup script: `countries-db` for a fresh database, the API key as a Secret block.
+def blocks(env, deployed, database_url, fake_api) -> Iterator[str]:
+    """The real setup script, after the deploy: `countries-db` for a fresh database, the API key as a
+    Secret block, the operations automations.
 
     The key reaches the flow runs only through the Secret block (the worker's
-    environment has no RESTCOUNTRIES_API_KEY). Both blocks are deleted afterwards.
+    environment has no RESTCOUNTRIES_API_KEY). Everything it made is deleted afterwards.
     Yields the database URL.
     """
-    run_cli(
+    # The repository root is importable once the project is installed (`pip install -e .`); say so here too.
+    pythonpath = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    setup = run_cli(
         [sys.executable, "blocks/create_blocks.py", "--db-url", database_url],
-        dict(env, RESTCOUNTRIES_API_KEY=fake_api.api_key),
+        dict(env, RESTCOUNTRIES_API_KEY=fake_api.api_key, PYTHONPATH=pythonpath),
     )
+    # Run after the deploy, the setup also made the operations automations.
+    assert "automation 'countries: mark silent runs Crashed': created" in setup.stdout
     try:
         yield database_url
     finally:
         with sync_client() as client:
-            for name, block_type in ((DB_BLOCK, "sqlalchemy-connector"), (API_KEY_BLOCK, "secret")):
+            blocks = (
+                (DB_BLOCK, "sqlalchemy-connector"),
+                (API_KEY_BLOCK, "secret"),
+                (SETTINGS_BLOCK, "countries-pipeline-settings"),
+            )
+            for name, block_type in blocks:
                 with contextlib.suppress(ObjectNotFound):
                     client.delete_block_document(client.read_block_document_by_name(name, block_type).id)
+            for automation in client.read_automations():
+                if AUTOMATION_TAG in automation.tags:
+                    client.delete_automation(automation.id)
 
 
 # --- tests ------------------------------------------------------------------------
@@ -296,6 +313,9 @@ def test_the_server_has_the_deployments_prefect_yaml_describes(deployed):
         assert d.parameters == spec["parameters"]
         assert d.tags == spec["tags"]
         assert d.description == spec["description"]
+        # Runs send a heartbeat every 30 s: the job variables reached the server (issue 10).
+        assert d.job_variables == spec["work_pool"]["job_variables"]
+        assert d.job_variables["env"]["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] == "30"
 
         assert len(d.schedules) == len(spec["schedules"]) == 1
         (server_schedule,), (yaml_schedule,) = d.schedules, spec["schedules"]
@@ -362,7 +382,7 @@ def test_the_server_turns_the_schedules_into_runs(deployed, prefect_server):
                 # (same times) between the deploy and the pause.
                 assert len(starts) >= 3
                 assert all(s.minute == 0 and s.second == 0 and s.hour in (0, 12) for s in starts), starts
-                assert {(b - a).total_seconds() for a, b in zip(starts, starts[1:], strict=False)} == {43200}
+                assert {(b - a).total_seconds() for a, b in itertools.pairwise(starts)} == {43200}
     finally:
         with sync_client() as client:
             for run in made:
