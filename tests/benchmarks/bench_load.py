@@ -55,9 +55,9 @@ SPEC = ChangeSpec(
     measures=(Measure("population", "population", "populations"),),
     sets=(SetColumn("currency_name", "currencies"),),
 )
-TARGETS = {  # share of raw COPY's throughput, at 1M rows
-    "rows": 0.25,  # COPY into a temporary table, then DELETE and INSERT all rows: about 3 writes of each row
-    "swap": 0.4,  # raw COPY's work plus serialising and hashing (as much CPU again, one thread), count, swap
+TARGETS = {  # share of raw COPY's throughput at 1M rows: bounds from the design, with room for a busy machine
+    "rows": 0.2,  # writes each row 3 times (COPY to a temporary table, DELETE, INSERT) and serialises it
+    "swap": 0.33,  # raw COPY's work plus serialising and hashing (as much CPU again, in the same thread)
 }
 AWKWARD = ["", "tab\there", "new\nline", "cr\rhere", "back\\slash", "\\N", 'quo"te', "it's", "Åland", "🇫🇴"]
 
