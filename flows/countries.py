@@ -2,18 +2,25 @@
 
 The story of one run of ``countries_flow``:
 
-1. Resolve the source: API dialect (hosted v5 or a self-hosted v3.1 server),
-   base URL, and API key (env ``RESTCOUNTRIES_API_KEY`` or the
-   ``restcountries-api-key`` Secret block).
-2. Fetch every requested region concurrently, one task per region, sharing one
-   HTTP client; each task is retried on transient failures only and cached for
-   a few minutes so a retried run does not spend quota again.
-3. Unnest the JSON records into the countries frame: one row per country and
-   currency, columns ``nation_official_name``, ``currency_name``, ``population``.
-4. Check the frame against the quality gate.
-5. Replace the table atomically through the ``SqlAlchemyConnector`` block
-   (skipped when the content has not changed).
-6. Publish a report artifact for the Prefect UI.
+1. Check the parameters, without any network: regions, table (derived from the
+   regions when empty), API version, base URL, ranges.
+2. Resolve the source (API version, base URL, API key: the key is sent only to
+   origins the operator trusts) and the target (the database behind the
+   ``SqlAlchemyConnector`` block must answer before any API quota is spent).
+3. Fetch every region concurrently, one task each. Transient failures are
+   retried; fetches are cached for ``cache_minutes``, keyed on a fingerprint of
+   the key, never the key.
+4. Check every record against the table's data contract (``flows.schema``) and
+   unnest them: one row per country and currency.
+5. Run the quality gate.
+6. Replace the table's rows in one transaction (readers are never blocked, what
+   users attach to the table is kept), unless the content is unchanged, and
+   report what changed.
+7. Publish the table's report artifact and log the summary line.
+
+An expected failure (any ``CountriesError``) ends the run Failed with one short
+message, cause first, and a short failure report; the table is untouched.
+Anything else keeps its traceback.
 
 Run it locally with ``python flows/countries.py --help``; deploy it with
 ``prefect deploy`` (see ``prefect.yaml``).
@@ -21,46 +28,40 @@ Run it locally with ``python flows/countries.py --help``; deploy it with
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if str(Path(__file__).resolve().parents[1]) not in sys.path:  # `python flows/countries.py`, prefect deploy
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import argparse
 import asyncio
-import atexit
 import hashlib
 import math
-import os
 import re
 import time
 import unicodedata
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import timedelta
-from typing import Annotated, Any, Literal
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit
 
-import httpx
-import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import acreate_markdown_artifact
-from prefect.cache_policies import INPUTS, TASK_SOURCE
+from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
+from prefect.runtime import flow_run, task_run
+from prefect.states import Failed
 from pydantic import Field
 
 from flows import api as restcountries
-from flows import budget, load, local_db, quality
+from flows import budget, load, report, schema, settings
 from flows.errors import ConfigurationError, CountriesError, InvalidTableNameError, TransientApiError, setting
-from flows.settings import API_KEY_BLOCK, DEFAULT_DB_BLOCK
-from flows.unnest import unnest
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import sqlalchemy as sa
 
 DEFAULT_REGIONS = ["Northern Europe"]
-DEFAULT_TABLE = "northern_europe_countries"
-REPORT_ARTIFACT_KEY = "countries-load-report"
+TASK_RETRY_DELAY_SECONDS = 30
+FETCH_RETRIES = 1
+"""Delayed task retries of a region fetch after a transient failure (the client retries each request first)."""
 
 
-# --- 0. the parameters -------------------------------------------------------------
+# --- 1. the parameters ---------------------------------------------------------------
 
 
 def default_table(regions: Sequence[str]) -> str:
@@ -124,6 +125,7 @@ def check_parameters(
     force: bool,
     min_row_fraction: float,
     cache_minutes: float,
+    strategy: str = "rows",
 ) -> dict[str, Any]:
     """Check the flow's parameters without touching the network; return them normalised.
 
@@ -143,15 +145,22 @@ def check_parameters(
     restcountries.get_dialect(api)
     if not isinstance(db_block, str) or not db_block.strip():
         raise ConfigurationError(f"{setting('db_block')} is empty: name a SqlAlchemyConnector block, e.g. countries-db")
-    if isinstance(min_row_fraction, bool) or not (isinstance(min_row_fraction, int | float) and 0 <= min_row_fraction <= 1):
+    if isinstance(min_row_fraction, bool) or not (
+        isinstance(min_row_fraction, int | float) and 0 <= min_row_fraction <= 1
+    ):
         raise ConfigurationError(
             f"{setting('min_row_fraction')} must be between 0 and 1 (a fraction of the current table's rows), "
             f"got {min_row_fraction!r}"
         )
-    if isinstance(cache_minutes, bool) or not (isinstance(cache_minutes, int | float) and 0 <= cache_minutes < math.inf):
+    if isinstance(cache_minutes, bool) or not (
+        isinstance(cache_minutes, int | float) and 0 <= cache_minutes < math.inf
+    ):
         raise ConfigurationError(
-            f"{setting('cache_minutes')} must be 0 (always fetch) or a positive number of minutes, got {cache_minutes!r}"
+            f"{setting('cache_minutes')} must be 0 (always fetch) or a positive number of minutes, "
+            f"got {cache_minutes!r}"
         )
+    if strategy not in load.STRATEGIES:
+        raise ConfigurationError(f"{setting('strategy')} must be one of {', '.join(load.STRATEGIES)}, got {strategy!r}")
     return {
         "regions": names,
         "table": table_name,
@@ -161,273 +170,416 @@ def check_parameters(
         "force": bool(force),
         "min_row_fraction": float(min_row_fraction),
         "cache_minutes": float(cache_minutes),
+        "strategy": strategy,
     }
 
 
+def run_name() -> str:
+    """The flow run's name: ``<table> ← <regions>``, e.g. ``northern_europe_countries ← Northern Europe``."""
+    params = flow_run.parameters
+    regions = params.get("regions") or DEFAULT_REGIONS
+    regions = [regions] if isinstance(regions, str) else list(regions)
+    table = (params.get("table") or "").strip() or default_table(regions)
+    return f"{table} ← {', '.join(map(str, regions))}"
 
-# --- 1. the source -----------------------------------------------------------------
+
+# --- 2. the source and the target ---------------------------------------------------------
 
 
-async def resolve_api_key(dialect: restcountries.Dialect) -> str | None:
-    """The API key: env ``RESTCOUNTRIES_API_KEY`` first, then the ``restcountries-api-key`` block.
+@dataclass(frozen=True)
+class Source:
+    """Where and how a run fetches: what determines the answer, so the fetch cache is keyed on it.
 
-    Returns None when the dialect needs no key or none is configured (the
-    client then fails with a clear message before sending a request).
+    ``key_fingerprint`` is a hash of the API key (never the key): a run with
+    another key does not reuse this key's cached answers.
     """
-    if not dialect.requires_key:
-        return None
-    if key := os.environ.get("RESTCOUNTRIES_API_KEY"):
-        return key
-    from prefect.blocks.system import Secret
+
+    api: str
+    base_url: str
+    paths: tuple[str, ...]
+    key_fingerprint: str | None
+
+
+@dataclass
+class Target:
+    """The table to replace: an engine on the block's database and the schema-qualified table name."""
+
+    engine: sa.Engine
+    table: load.TableName
+    database: str
+
+
+async def db_block_names() -> list[str]:
+    """The names of the ``SqlAlchemyConnector`` blocks on the Prefect server, sorted."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    async with get_client() as client:
+        try:
+            documents = await client.read_block_documents_by_type("sqlalchemy-connector", include_secrets=False)
+        except ObjectNotFound:  # the block type was never registered: there are none
+            return []
+    return sorted(d.name for d in documents if d.name and not d.is_anonymous)
+
+
+async def db_block_engine(name: str) -> sa.Engine:
+    """A SQLAlchemy engine from the ``SqlAlchemyConnector`` block ``name``'s connection settings.
+
+    Raises ``ConfigurationError`` naming the blocks that exist when ``name`` does not.
+    """
+    import sqlalchemy as sa
+    from prefect_sqlalchemy import ConnectionComponents, SqlAlchemyConnector
 
     try:
-        secret = await Secret.aload(API_KEY_BLOCK)
+        connector = await SqlAlchemyConnector.aload(name)
     except ValueError:  # Prefect's "Unable to find block document named ..."
-        return None
-    return str(secret.get())
+        names = await db_block_names()
+        listing = f"the SqlAlchemyConnector blocks are: {', '.join(names)}" if names else "there are none"
+        raise ConfigurationError(
+            f"no database block named '{name}' on the Prefect server ({listing}): check {setting('db_block')}, "
+            f"or create it with `python blocks/create_blocks.py --db-block {name} "
+            "--db-url postgresql+psycopg2://USER@HOST:PORT/DATABASE`"
+        ) from None
+    info = connector.connection_info
+    url = info.create_url() if isinstance(info, ConnectionComponents) else sa.make_url(str(info))
+    return sa.create_engine(url, connect_args=connector.connect_args or {})
 
 
-# --- 2. fetch ----------------------------------------------------------------------
+async def open_target(db_block: str, table: str) -> Target:
+    """An engine on the database behind the ``SqlAlchemyConnector`` block ``db_block``, and ``table`` in it.
+
+    The database must answer: the table's schema is resolved now, before any
+    API quota is spent. The engine is built from the block's connection
+    settings (without the block's own INFO log lines); the caller disposes it.
+    Raises ``ConfigurationError`` when the block does not exist (naming those
+    that do), ``DatabaseUnreachableError`` or ``LoadError`` from the database.
+    """
+    engine = await db_block_engine(db_block)
+    try:
+        resolved = await asyncio.to_thread(load.resolve_table, engine, table)
+    except BaseException:
+        engine.dispose()
+        raise
+    database = unquote(engine.url.render_as_string(hide_password=True))  # the password shows as ***
+    return Target(engine=engine, table=resolved, database=database)
 
 
-TASK_RETRY_DELAY_SECONDS = 30
+# --- 3. fetch --------------------------------------------------------------------------
 
 
-def retry_if_transient(task, task_run, state) -> bool:
-    """Retry a fetch task only after a transient failure (429, 5xx, timeout, dropped connection),
-    and not when the server asked to wait longer than the task's retry delay (``Retry-After``)."""
+def retry_transient_once(task, task_run, state) -> bool:
+    """Retry a fetch after a transient failure (429, 5xx, timeout, dropped connection), at most
+    FETCH_RETRIES times, and not when the server asked to wait longer than the retry delay."""
     exc = state.data
-    if not isinstance(exc, TransientApiError):
+    if not isinstance(exc, TransientApiError) or task_run.run_count > FETCH_RETRIES:
         return False
     return exc.retry_after is None or exc.retry_after <= TASK_RETRY_DELAY_SECONDS
 
 
+def never_retry(task, task_run, state) -> bool:
+    """The retry condition of the steps that are not worth retrying (see ``quiet_failure``)."""
+    return False
+
+
+# Prefect logs a task's failure with a traceback once its retries are exhausted, but only
+# the final "Finished in state Failed(...)" line when its retry condition declines. Every
+# task therefore keeps one retry more than it takes and lets the condition decide, so an
+# expected failure is logged once, without a traceback; the flow re-raises unexpected ones.
+quiet_failure = {"retries": 1, "retry_condition_fn": never_retry}
+
+
 @task(
     task_run_name="fetch {region}",
-    # The client already retries each page (backoff, Retry-After); this one delayed
-    # task retry covers an outage longer than the client's budget.
-    retries=1,
+    retries=FETCH_RETRIES + 1,  # see quiet_failure: the condition stops at FETCH_RETRIES
     retry_delay_seconds=TASK_RETRY_DELAY_SECONDS,
     retry_jitter_factor=0.5,
-    retry_condition_fn=retry_if_transient,
-    # Key on what determines the answer; the client and the counters are not inputs.
-    cache_policy=(INPUTS + TASK_SOURCE) - "client" - "stats",
+    retry_condition_fn=retry_transient_once,
+    # Keyed on what determines the answer: the source (with the key's fingerprint) and the region.
+    cache_policy=(INPUTS + TASK_SOURCE) - "client" - "run_budget",
     cache_expiration=timedelta(minutes=4),
 )
 async def fetch_region(
-    client: httpx.AsyncClient,
-    region: str,
-    dialect: str,
-    base_url: str | None,
-    stats: restcountries.RequestStats,
-) -> list[dict[str, Any]]:
+    client: restcountries.ApiClient, region: str, source: Source, run_budget: budget.RunBudget
+) -> report.RegionFetch:
     """Every country of one region or subregion, with only the fields the table needs."""
-    logger = get_run_logger()
-    api_dialect = restcountries.get_dialect(dialect)
+    stats = restcountries.RequestStats()
     records = await restcountries.fetch_region(
         client,
         region,
-        dialect=api_dialect,
-        base_url=base_url,
+        dialect=restcountries.get_dialect(source.api),
+        base_url=source.base_url,
+        paths=source.paths,
         stats=stats,
-        # Only the hosted, metered API spends the shared request budget; a self-hosted server has no quota.
-        before_request=budget.take_request_slot if api_dialect.requires_key else None,
+        before_request=run_budget.before_request,
     )
-    logger.info("fetched %d countries for %s", len(records), region)
-    return records
+    get_run_logger().info("fetched %d countries of %s (%s)", len(records), region, _requests(stats.requests))
+    return report.RegionFetch(
+        region=region,
+        records=records,
+        fetched_at=datetime.now(UTC),
+        requests=stats.requests,
+        retries=stats.retries,
+    )
 
 
-# --- 3. unnest ---------------------------------------------------------------------
+def _requests(count: int) -> str:
+    return f"{count} request" if count == 1 else f"{count} requests"
 
 
-@task
-def to_countries_frame(records: list[dict[str, Any]], dialect: str) -> pd.DataFrame:
-    """One row per country and currency, sorted by name then currency (a country with no currency keeps a row)."""
-    frame = unnest(records, columns=restcountries.get_dialect(dialect).record_paths)
-    frame = frame.reindex(columns=list(quality.COLUMNS))
-    frame["population"] = pd.to_numeric(frame["population"], errors="coerce").astype("Int64")
-    frame = frame.sort_values(list(quality.COLUMNS[:2]), na_position="first", kind="stable", ignore_index=True)
+class RegionsFailedError(CountriesError):
+    """One or more region fetches failed; the message lists every failure, cause first."""
+
+
+async def fetch_all(
+    regions: list[str], source: Source, api_key: str | None, trusted: list[str], cache_minutes: float
+) -> list[report.RegionFetch]:
+    """Fetch every region concurrently over one client; every fetch runs to its end.
+
+    Returns the fetches in region order. Raises, before any request, what
+    ``flows.api.check_source`` raises (no key, key withheld from that origin);
+    then ``RegionsFailedError`` listing every region that failed (siblings are
+    not cancelled, so none shows as Crashed); an unexpected error as it is.
+    """
+    fetch = fetch_region.with_options(
+        cache_expiration=timedelta(minutes=cache_minutes), refresh_cache=cache_minutes == 0
+    )
+    dialect = restcountries.get_dialect(source.api)
+    async with restcountries.make_client(api_key=api_key, trusted_base_urls=trusted) as client:
+        restcountries.check_source(client, dialect=dialect, base_url=source.base_url)
+        run_budget = await budget.start_run(len(regions), metered=dialect.requires_key)
+        states = await asyncio.gather(
+            *(fetch(client, region, source, run_budget, return_state=True) for region in regions)
+        )
+    fetches: list[report.RegionFetch] = []
+    failures: list[BaseException] = []
+    for state in states:
+        if state.is_completed():
+            fetches.append(await state.aresult())
+        else:
+            failures.append(await state.aresult(raise_on_failure=False))
+    unexpected = [f for f in failures if not isinstance(f, CountriesError)]
+    if unexpected:
+        raise unexpected[0]
+    if len(failures) == 1:
+        raise failures[0]
+    if failures:
+        raise RegionsFailedError(
+            f"{len(failures)} of {len(regions)} regions failed: " + "; ".join(str(f) for f in failures)
+        )
+    return fetches
+
+
+# --- 4. and 5. transform and check ------------------------------------------------------
+
+
+def _unnest_run_name() -> str:
+    return f"unnest {len(task_run.parameters.get('records') or ())} records"
+
+
+@task(task_run_name=_unnest_run_name, cache_policy=NO_CACHE, **quiet_failure)
+def unnest_countries(records: list[dict[str, Any]], api_name: str) -> pd.DataFrame:
+    """The records as the countries frame: checked against the data contract, one row per country
+    and currency, sorted by name then currency (a country with no currency keeps one row)."""
+    from flows.unnest import unnest
+
+    schema.check_records(records, api_name)
+    frame = schema.to_frame_dtypes(unnest(records, columns=schema.unnest_columns(api_name)))
+    frame = frame.sort_values(list(schema.SORT_BY), na_position="first", kind="stable", ignore_index=True)
     get_run_logger().info("unnested %d records into %d rows", len(records), len(frame))
     return frame
 
 
-# --- 4 and 5. quality gate and load -------------------------------------------------
+@task(task_run_name="quality gate", cache_policy=NO_CACHE, **quiet_failure)
+def quality_gate(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame, with every column in its table dtype, once it has passed the quality gate."""
+    from flows import quality
 
-
-@task
-def check_quality(frame: pd.DataFrame) -> pd.DataFrame:
-    """The frame, with ``population`` as int64, once it has passed the quality gate."""
     quality.validate_countries(frame)
-    return frame.astype({"population": "int64"})
+    get_run_logger().info("quality gate passed: %d rows", len(frame))
+    return frame.astype({c.name: c.dtype for c in schema.COLUMNS if c.dtype == "int64"})
 
 
-@task
-async def replace_table(
-    frame: pd.DataFrame, table: str, db_block: str, force: bool, min_row_fraction: float
-) -> tuple[load.LoadResult, str]:
-    """Replace ``table`` with ``frame`` through the SqlAlchemyConnector block; returns the result and where."""
-    from prefect_sqlalchemy import SqlAlchemyConnector
+# --- 6. load ------------------------------------------------------------------------------
 
-    try:
-        connector = await SqlAlchemyConnector.aload(db_block)
-    except ValueError:
-        raise ConfigurationError(
-            f"database block '{db_block}' not found on the Prefect server: create it with "
-            "`python blocks/create_blocks.py --db-url postgresql+psycopg2://USER@HOST:PORT/DB`"
-        ) from None
-    with connector:
-        engine = connector.get_engine()
-        where = unquote(engine.url.render_as_string(hide_password=True))  # password shown as ***
-        result = await asyncio.to_thread(
-            load.replace_table, engine, frame, table, force=force, min_row_fraction=min_row_fraction
-        )
+
+@task(task_run_name="load {target.table}", cache_policy=NO_CACHE, **quiet_failure)
+def load_table(
+    frame: pd.DataFrame, target: Target, force: bool, min_row_fraction: float, strategy: str
+) -> load.LoadResult:
+    """Replace the target table's rows with the frame (nothing written when unchanged), with what changed."""
+    result = load.replace_table(
+        target.engine,
+        frame,
+        target.table,
+        column_types=schema.SQL_TYPES,
+        force=force,
+        min_row_fraction=min_row_fraction,
+        changes=schema.CHANGES,
+        strategy=strategy,
+    )
     logger = get_run_logger()
     if result.changed:
-        was = "a new table" if result.previous_rows is None else f"was {result.previous_rows} rows"
-        logger.info("replaced %s with %d rows (%s)", result.table, result.rows, was)
+        logger.info("loaded %s: %d rows written (%s)", result.table, result.rows_written, result.changes.phrase())
+        for line in result.changes.log_lines():
+            logger.info(line)
     else:
-        logger.info("%s unchanged: %d rows already up to date", result.table, result.rows)
-    return result, where
+        logger.info("%s unchanged: %d rows already up to date, nothing written", result.table, result.rows)
+    return result
 
 
-# --- 6. report ---------------------------------------------------------------------
+# --- the flow ------------------------------------------------------------------------------
 
 
-@dataclass
-class RunSummary:
-    """What a run did; returned by the flow and published as its artifact."""
-
-    table: str
-    database: str
-    rows: int
-    countries: int
-    currencies: int
-    regions: list[str]
-    requests: int
-    retries: int
-    changed: bool
-    step_seconds: dict[str, float] = field(default_factory=dict)
-    frame: pd.DataFrame | None = field(default=None, repr=False)
-
-    def one_line(self) -> str:
-        what = f"{self.rows} rows ({self.countries} countries, {self.currencies} currencies)"
-        where = f"{self.table} at {self.database}"
-        done = f"loaded {what} into {where}" if self.changed else f"unchanged: {what} already in {where}"
-        return f"{done}; API requests: {self.requests}"
-
-    def markdown(self) -> str:
-        rows = [
-            ("table", f"`{self.table}`"),
-            ("database", f"`{self.database}`"),
-            ("table changed", "yes" if self.changed else "no (same content, not rewritten)"),
-            ("rows loaded", self.rows),
-            ("countries", self.countries),
-            ("currencies", self.currencies),
-            ("regions fetched", ", ".join(self.regions)),
-            ("API requests", f"{self.requests} ({self.retries} retries)"),
-        ]
-        rows += [(f"{step} (s)", f"{seconds:.3f}") for step, seconds in self.step_seconds.items()]
-        lines = ["# Countries load", "", "| | |", "|---|---|"]
-        lines += [f"| {k} | {v} |" for k, v in rows]
-        return "\n".join(lines) + "\n"
-
-
-# --- the flow ----------------------------------------------------------------------
-
-
-@flow(name="countries", log_prints=False)
+@flow(name="countries", flow_run_name=run_name, log_prints=False)
 async def countries_flow(
     regions: list[str] = DEFAULT_REGIONS,
     table: str = "",
-    db_block: str = DEFAULT_DB_BLOCK,
+    db_block: str = settings.DEFAULT_DB_BLOCK,
     api: Literal["v5", "v3.1"] = "v5",
     base_url: str = "",
     force: bool = False,
     min_row_fraction: Annotated[float, Field(ge=0, le=1)] = 0.5,
     cache_minutes: Annotated[float, Field(ge=0)] = 4.0,
-) -> RunSummary:
+    strategy: Literal["rows", "swap"] = "rows",
+) -> report.RunSummary:
     """Refresh a PostgreSQL table of countries (name, currency, population) from REST Countries.
 
     Args:
-        regions: Regions or subregions to load, e.g. "Northern Europe", "Africa"; "all" = every region.
-        table: Target table, optionally schema-qualified (analytics.countries); replaced on every run.
-            Empty = named after the regions: northern_europe_countries, all_countries, europe_asia_countries.
-        db_block: Name of the SqlAlchemyConnector block for the target database.
-        api: API dialect: hosted v5 (needs an API key) or a self-hosted v3.1 server.
-        base_url: API base URL; empty = $RESTCOUNTRIES_BASE_URL or the dialect's public URL.
-        force: Load even if the row count falls below min_row_fraction of the current table's.
-        min_row_fraction: Refuse a load smaller than this fraction of the current table (0 to 1).
-        cache_minutes: Reuse a region's fetch for this long; keep it below the schedule interval; 0 = always fetch.
+        regions: Regions or subregions to load: Africa, Americas, Antarctic, Asia, Europe, Oceania, "all"
+            (every region), or a subregion such as "Northern Europe", "Western Africa", "South America".
+        table: Target table, optionally schema-qualified (analytics.countries); its rows are replaced on every
+            run. Empty = named after the regions: northern_europe_countries, all_countries, europe_asia_countries.
+        db_block: Name of the SqlAlchemyConnector block for the target PostgreSQL database.
+        api: API version: v5, the hosted API (needs an API key), or v3.1, a self-hosted server.
+        base_url: API base URL. Empty = $RESTCOUNTRIES_BASE_URL on the worker, the base URL saved by
+            blocks/create_blocks.py, or the public API. The API key is sent only to trusted origins.
+        force: Load even if the new data has fewer rows than min_row_fraction of the current table.
+        min_row_fraction: Refuse a load smaller than this fraction of the current table's rows, from 0 to 1
+            (0.5 = refuse to lose more than half; 0 = never refuse).
+        cache_minutes: Reuse a region's fetch for this many minutes, 0 or more (0 = always fetch); keep it
+            below the schedule's interval.
+        strategy: How the table is replaced: rows (its rows in one transaction; keeps views, indexes, grants and
+            comments, never blocks readers) or swap (a new table swapped in: for very large tables; drops indexes,
+            refuses while views depend on the table).
 
     Returns:
-        What the run did (rows, countries, requests, whether the table changed, the frame).
+        What the run did (rows, changes, regions and requests, the frame).
 
     Raises:
-        CountriesError: one secret-free line saying what failed and what to do; the table is unchanged.
+        CountriesError: only when called directly; the run ends Failed with one secret-free line, cause first,
+            and the table unchanged.
     """
     logger = get_run_logger()
-    steps: dict[str, float] = {}
+    started_at = datetime.now(UTC)
     started = time.perf_counter()
-
-    # 0. The parameters.
-    p = check_parameters(
-        regions=regions, table=table, db_block=db_block, api=api, base_url=base_url, force=force,
-        min_row_fraction=min_row_fraction, cache_minutes=cache_minutes,
-    )
-    table = p["table"]
-
-    # 1. The source.
-    dialect = restcountries.get_dialect(api)
-    region_names = p["regions"]
-    base_url = p["base_url"] or os.environ.get("RESTCOUNTRIES_BASE_URL") or None
-    api_key = await resolve_api_key(dialect)
-    if dialect.requires_key:
-        await budget.ensure_rate_limit()
-
-    # 2. Fetch all regions concurrently over one client.
-    stats = restcountries.RequestStats()
-    fetch = fetch_region.with_options(
-        cache_expiration=timedelta(minutes=cache_minutes), refresh_cache=cache_minutes == 0
-    )
-    async with restcountries.make_client(api_key=api_key) as client:
-        per_region = await asyncio.gather(
-            *(fetch(client, region, dialect.name, base_url, stats) for region in region_names)
+    steps: dict[str, float] = {}
+    given_table = (table or "").strip() or default_table(regions if isinstance(regions, list) else [regions])
+    target: Target | None = None
+    try:
+        # 1. The parameters.
+        p = check_parameters(
+            regions=regions,
+            table=table,
+            db_block=db_block,
+            api=api,
+            base_url=base_url,
+            force=force,
+            min_row_fraction=min_row_fraction,
+            cache_minutes=cache_minutes,
+            strategy=strategy,
         )
-    records = restcountries.dedupe_records((r for batch in per_region for r in batch), dialect)
-    steps["fetch"] = time.perf_counter() - started
+        given_table = p["table"]
 
-    # 3 and 4. Transform and check.
-    mark = time.perf_counter()
-    frame = check_quality(to_countries_frame(records, dialect.name))
-    steps["unnest + quality gate"] = time.perf_counter() - mark
+        # 2. The source and the target.
+        dialect = restcountries.get_dialect(p["api"])
+        api_key = await settings.load_api_key() if dialect.requires_key else None
+        source = Source(
+            api=dialect.name,
+            base_url=await settings.resolve_base_url(p["base_url"], dialect.default_base_url),
+            paths=schema.source_paths(dialect.name),
+            key_fingerprint=restcountries.fingerprint(api_key) if api_key else None,
+        )
+        trusted = await settings.trusted_base_urls()
+        target = await open_target(p["db_block"], p["table"])
 
-    # 5. Load.
-    mark = time.perf_counter()
-    result, where = await replace_table(frame, table, db_block, force, min_row_fraction)
-    steps["load"] = time.perf_counter() - mark
+        # 3. Fetch.
+        mark = time.perf_counter()
+        fetches = await fetch_all(p["regions"], source, api_key, trusted, p["cache_minutes"])
+        for fetched in fetches:
+            if fetched.from_cache(started_at):
+                logger.info(
+                    "%s: %d countries from the cache (fetched %s)",
+                    fetched.region,
+                    len(fetched.records),
+                    fetched.fetched_at.strftime("%Y-%m-%d %H:%M:%S UTC"),
+                )
+        records = _each_country_once(fetches, dialect.name)
+        steps["fetch"] = time.perf_counter() - mark
 
-    # 6. Report.
-    summary = RunSummary(
+        # 4. and 5. Transform and check.
+        mark = time.perf_counter()
+        frame = quality_gate(unnest_countries(records, dialect.name))
+        steps["unnest + quality gate"] = time.perf_counter() - mark
+
+        # 6. Load.
+        mark = time.perf_counter()
+        result = load_table(frame, target, p["force"], p["min_row_fraction"], p["strategy"])
+        steps["load"] = time.perf_counter() - mark
+    except CountriesError as exc:
+        seconds = time.perf_counter() - started
+        await acreate_markdown_artifact(
+            key=report.artifact_key(given_table),
+            markdown=report.failure_markdown(given_table, str(exc), seconds),
+            description=f"failed: {exc}",
+        )
+        return Failed(message=str(exc), data=exc)
+    finally:
+        if target is not None:
+            target.engine.dispose()
+
+    # 7. Report.
+    summary = report.RunSummary(
         table=result.table,
-        database=where,
+        database=target.database,
         rows=result.rows,
-        countries=int(frame["nation_official_name"].nunique()),
-        currencies=int(frame["currency_name"].nunique()),
-        regions=region_names,
-        requests=stats.requests,
-        retries=stats.retries,
+        rows_written=result.rows_written,
+        previous_rows=result.previous_rows,
         changed=result.changed,
+        countries=int(frame[schema.KEY.name].nunique()),
+        currencies=int(frame["currency_name"].nunique()),
+        fetches=fetches,
+        started=started_at,
+        seconds=time.perf_counter() - started,
+        changes=result.changes,
         step_seconds=steps,
         frame=frame,
     )
     await acreate_markdown_artifact(
-        key=REPORT_ARTIFACT_KEY, markdown=summary.markdown(), description=summary.one_line()
+        key=report.artifact_key(given_table), markdown=summary.markdown(), description=summary.one_line()
     )
     logger.info(summary.one_line())
     return summary
 
 
-async def run_flow(**params: Any) -> RunSummary:
+def _each_country_once(fetches: list[report.RegionFetch], api_name: str) -> list[dict[str, Any]]:
+    """The records of every fetch, each country once (the first record of a name; regions may overlap)."""
+    path = schema.KEY.source(api_name).split(".")
+    seen: set[Any] = set()
+    out: list[dict[str, Any]] = []
+    for fetched in fetches:
+        for record in fetched.records:
+            name: Any = record
+            for part in path:
+                name = name.get(part) if isinstance(name, dict) else None
+            if isinstance(name, str):
+                if name in seen:
+                    continue
+                seen.add(name)
+            out.append(record)
+    return out
+
+
+async def run_flow(**params: Any) -> report.RunSummary:
     """Run the flow once in this process; return its summary or raise the ``CountriesError`` it failed with.
 
     For callers such as the command line, which print ``exc.for_audience("cli")``.
@@ -442,123 +594,7 @@ async def run_flow(**params: Any) -> RunSummary:
     raise CountriesError(state.message or f"the run ended {state.name}")
 
 
-# --- command line ------------------------------------------------------------------
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python flows/countries.py",
-        description=(
-            "Run the countries flow once: fetch countries from REST Countries, load them into a "
-            "PostgreSQL table through a SqlAlchemyConnector block, print the table and a summary. "
-            "When the database block does not exist, an embedded PostgreSQL is started under .local/ "
-            "and the block is created for it."
-        ),
-    )
-    p.add_argument(
-        "--regions", nargs="+", default=DEFAULT_REGIONS, metavar="NAME",
-        help='regions or subregions, e.g. "Northern Europe" Africa; "all" = every region (default: "Northern Europe")',
-    )
-    p.add_argument(
-        "--table", default="", help="target table, optionally schema.table (default: named after the regions)"
-    )
-    p.add_argument("--db-block", default=DEFAULT_DB_BLOCK, help="SqlAlchemyConnector block name (default: %(default)s)")
-    p.add_argument(
-        "--api", choices=["v5", "v3.1"], default="v5",
-        help="API dialect: hosted v5 (needs RESTCOUNTRIES_API_KEY or the restcountries-api-key block) "
-        "or a self-hosted v3.1 server (default: %(default)s)",
-    )
-    p.add_argument(
-        "--base-url", default="",
-        help="API base URL, e.g. http://127.0.0.1:8080 for a v3.1 server (default: $RESTCOUNTRIES_BASE_URL, "
-        "else the dialect's public URL)",
-    )
-    p.add_argument("--force", action="store_true", help="load even if the row count falls by more than the gate allows")
-    p.add_argument(
-        "--min-row-fraction", type=float, default=0.5,
-        help="refuse a load smaller than this fraction of the current table (default: %(default)s)",
-    )
-    p.add_argument(
-        "--cache-minutes", type=float, default=4.0,
-        help="reuse a region's fetch for this many minutes; 0 = always fetch (default: %(default)s)",
-    )
-    p.add_argument(
-        "--local-db-dir", type=Path, default=None, metavar="DIR",
-        help="data directory of the embedded PostgreSQL started when the database block does not exist "
-        "(default: .local/postgres in the repository)",
-    )
-    return p
-
-
-async def _prepare_database(db_block: str, data_dir: Path | None) -> str | None:
-    """Make sure ``db_block`` can be used; start the embedded server when the block is missing.
-
-    Returns a note to print (the psql connection string) when the embedded
-    server is in use, else None.
-    """
-    from prefect_sqlalchemy import SqlAlchemyConnector
-
-    from flows.settings import connection_from_url, save_db_block
-
-    data_dir = data_dir or local_db.DEFAULT_DATA_DIR
-    try:
-        block = await SqlAlchemyConnector.aload(db_block)
-    except ValueError:
-        block = None
-    if block is not None:
-        info = block.connection_info
-        socket_dir = (getattr(info, "query", None) or {}).get("host")
-        if not local_db.owns_socket(socket_dir, data_dir):
-            return None  # a real database: nothing to start
-        running = local_db.status(data_dir)
-        if running is not None and running.socket_dir == socket_dir:
-            return _local_note(running)  # warm run: up where the block points; nothing to start or save
-    db = local_db.ensure_running(data_dir)
-    await save_db_block(db_block, connection_from_url(db.sqlalchemy_url))
-    return _local_note(db)
-
-
-def _local_note(db: local_db.LocalDatabase) -> str:
-    return f'embedded PostgreSQL (data in {db.data_dir}); inspect it with: psql "{db.psql_url}"'
-
-
-async def _main_async(args: argparse.Namespace) -> RunSummary:
-    note = await _prepare_database(args.db_block, args.local_db_dir)
-    if note:
-        print(note, flush=True)
-    return await countries_flow(
-        regions=args.regions,
-        table=args.table,
-        db_block=args.db_block,
-        api=args.api,
-        base_url=args.base_url,
-        force=args.force,
-        min_row_fraction=args.min_row_fraction,
-        cache_minutes=args.cache_minutes,
-    )
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the flow once from the command line; 0 on success, 1 on failure (error on the last line).
-
-    The summary (or the error) is printed at interpreter exit, after Prefect has
-    stopped its temporary server and flushed its own log lines, so it really is
-    the last line a user sees.
-    """
-    args = _parser().parse_args(argv)
-    final: list[tuple[str, object]] = []
-    # atexit runs handlers last-registered-first: registered before Prefect's, this one runs after them.
-    atexit.register(lambda: [print(text, file=stream, flush=True) for text, stream in final])
-    try:
-        summary = asyncio.run(_main_async(args))
-    except CountriesError as exc:
-        final.append((f"error: {exc}", sys.stderr))
-        return 1
-    with pd.option_context("display.max_rows", 500, "display.width", 200):
-        print(summary.frame.to_string(), flush=True)
-    final.append((summary.one_line(), sys.stdout))
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from flows.cli import main
+
+    raise SystemExit(main())

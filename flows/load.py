@@ -73,7 +73,16 @@ from flows.quality import check_row_drop
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["STATE_TABLE", "LoadResult", "Strategy", "TableName", "content_hash", "parse_table_name", "replace_table"]
+__all__ = [
+    "STATE_TABLE",
+    "LoadResult",
+    "Strategy",
+    "TableName",
+    "content_hash",
+    "parse_table_name",
+    "replace_table",
+    "resolve_table",
+]
 
 Strategy = Literal["rows", "swap"]
 STRATEGIES: tuple[str, ...] = ("rows", "swap")
@@ -739,6 +748,24 @@ def _resolve_schema(cur: psycopg2.extensions.cursor, table: TableName) -> TableN
             f"(CREATE SCHEMA {_quote_ident(table.schema)}) or load into another schema; nothing was written"
         )
     return table
+
+
+def resolve_table(engine: sa.Engine, table: str | TableName) -> TableName:
+    """``table`` schema-qualified as a load would place it, checked against the database.
+
+    Connects once (so an unreachable database is found before anything else
+    is spent): ``DatabaseUnreachableError``; a schema that does not exist, or a
+    ``search_path`` naming none: ``LoadError``. Nothing is written.
+    """
+    target = table if isinstance(table, TableName) else parse_table_name(table)
+    conn = _connect(engine)
+    try:
+        with conn.connection.dbapi_connection.cursor() as cur:
+            return _resolve_schema(cur, target)
+    except (sa_exc.DBAPIError, psycopg2.Error) as exc:
+        raise LoadError(f"checking {target} failed: {_scrub(_pg_message(exc), engine.url)}") from exc
+    finally:
+        conn.close()
 
 
 # --- the public entry point -----------------------------------------------------------

@@ -12,7 +12,7 @@ from :data:`COLUMNS`:
 - the frame's dtypes and the load's SQL types (:func:`to_frame_dtypes`,
   :data:`SQL_TYPES`);
 - the quality gate's rules (``flows.quality``) and what the change report
-  compares (``KEY`` names a country).
+  compares (:data:`CHANGES`).
 
 Adding a column is one entry here (plus its tests).
 """
@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from flows.changes import ChangeSpec, Measure, SetColumn
 from flows.errors import InvalidRecordError
 
 BIGINT_MAX = 2**63 - 1
@@ -134,9 +135,7 @@ def currency_shape(value: Any) -> str | None:
     return None
 
 
-CURRENCY_SHAPES = (
-    "a list of objects with a name, an object keyed by currency code, empty, or null"
-)
+CURRENCY_SHAPES = "a list of objects with a name, an object keyed by currency code, empty, or null"
 
 
 # --- the table -------------------------------------------------------------------------------
@@ -293,3 +292,13 @@ def to_frame_dtypes(frame: Any) -> Any:
             if str(series.dtype) != "int64":
                 frame[col.name] = series.map(col.convert, na_action="ignore").astype("Int64")
     return frame
+
+
+CHANGES = ChangeSpec(
+    key=KEY.name,
+    noun="country",
+    plural="countries",
+    measures=(Measure("population", "population", "populations"),),
+    sets=(SetColumn("currency_name", "currencies"),),
+)
+"""What the change report compares: countries by name, their population, their set of currencies."""

@@ -337,8 +337,10 @@ def to_v5(record: dict[str, Any], *, currencies: Literal["list", "object"] = "li
     if currencies not in ("list", "object"):
         raise ValueError(f"currencies must be 'list' or 'object', not {currencies!r}")
     cur = record.get("currencies", {})
-    if currencies == "list":
-        cur_out: Any = [{"code": code, "name": c.get("name"), "symbol": c.get("symbol")} for code, c in cur.items()]
+    if not isinstance(cur, dict):  # a malformed value (tests of the data contract) passes through as it is
+        cur_out: Any = copy.deepcopy(cur)
+    elif currencies == "list":
+        cur_out = [{"code": code, "name": c.get("name"), "symbol": c.get("symbol")} for code, c in cur.items()]
     else:
         cur_out = {code: {"name": c.get("name"), "symbol": c.get("symbol")} for code, c in cur.items()}
     name = record["name"]

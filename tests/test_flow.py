@@ -2,31 +2,49 @@
 
 A real Prefect server (session fixture), the fake REST Countries server on
 127.0.0.1 speaking v5 and v3.1, and a fresh database on the embedded
-PostgreSQL reached through a stored SqlAlchemyConnector block.
+PostgreSQL reached through a stored SqlAlchemyConnector block. What the
+Prefect UI shows of a run (state message, logs, names, artifacts, parameter
+form) is read back through the Prefect client.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import uuid
+from typing import Any
 
-import pandas as pd
 import pytest
 import sqlalchemy as sa
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterKey,
+    FlowRunFilter,
+    FlowRunFilterId,
+    LogFilter,
+    LogFilterFlowRunId,
+)
+from prefect.logging.handlers import APILogWorker
 
-from flows.countries import REPORT_ARTIFACT_KEY, countries_flow
+from flows import report
+from flows.countries import countries_flow, run_flow
 from flows.errors import (
     AuthenticationError,
     BadResponseError,
     ConfigurationError,
+    CountriesError,
+    DemoKeyError,
     DeprecatedApiError,
+    InvalidRecordError,
     InvalidTableNameError,
     UnknownRegionError,
 )
 from tests.conftest import table_rows as read_table
+from tests.countries_data import COUNTRIES
 from tests.expected import EXPECTED_NORTHERN_EUROPE, NORTHERN_EUROPE_COUNTRIES
-from tests.fake_api import FakeRestCountries, Fault
+from tests.fake_api import FakeRestCountries, Fault, legacy_hosted
 
 TABLE = "northern_europe_countries"
 
@@ -40,6 +58,14 @@ def fake_api():
 @pytest.fixture
 def db(db_block):
     return db_block
+
+
+@pytest.fixture
+def v5(fake_api, monkeypatch):
+    """The fake's v5 API, its key in the environment and its base URL trusted (as an operator would set)."""
+    monkeypatch.setenv("RESTCOUNTRIES_API_KEY", fake_api.api_key)
+    monkeypatch.setenv("RESTCOUNTRIES_BASE_URL", fake_api.v5_base_url)
+    return fake_api
 
 
 def table_rows(url: str, table: str = TABLE) -> list[tuple]:
@@ -64,8 +90,55 @@ def column_types(url: str, table: str = TABLE) -> list[tuple[str, str]]:
         engine.dispose()
 
 
-def run(**params):
-    return asyncio.run(countries_flow(**params))
+def run(**params) -> report.RunSummary:
+    return asyncio.run(run_flow(**params))
+
+
+def run_state(**params):
+    """Run the flow; return its final state (as the UI sees it) once its logs have reached the server."""
+    state = asyncio.run(countries_flow(**params, return_state=True))
+    APILogWorker.drain_all(timeout=10)
+    return state
+
+
+def flow_run_of(state) -> Any:
+    with get_client(sync_client=True) as client:
+        (flow_run,) = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+        )
+        return flow_run
+
+
+def logs_of(flow_run_id) -> list[str]:
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+    return [log.message for log in sorted(logs, key=lambda log: log.timestamp)]
+
+
+def task_runs_of(flow_run_id) -> list[Any]:
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        return client.read_task_runs(
+            task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[flow_run_id]))
+        )
+
+
+def artifacts(key: str) -> list[Any]:
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+    return sorted(found, key=lambda a: a.created)
+
+
+def with_country(name: str, **changes: Any) -> list[dict]:
+    """The fixture countries with the v3.1 record of ``name`` changed."""
+    countries = copy.deepcopy(COUNTRIES)
+    (record,) = [c for c in countries if c["name"]["common"] == name]
+    record.update(changes)
+    return countries
+
+
+# --- what a run loads --------------------------------------------------------------------
 
 
 def test_v31_loads_the_exact_northern_europe_table(fake_api, db):
@@ -78,29 +151,28 @@ def test_v31_loads_the_exact_northern_europe_table(fake_api, db):
         ("currency_name", "text"),
         ("population", "bigint"),
     ]
-    frame = summary.frame
-    assert list(frame.columns) == ["nation_official_name", "currency_name", "population"]
-    assert [tuple(r) for r in frame.itertuples(index=False)] == EXPECTED_NORTHERN_EUROPE  # sorted by the flow
-    assert isinstance(frame.index, pd.RangeIndex)
-    assert str(frame["population"].dtype) == "int64"
-    assert (summary.rows, summary.countries, summary.changed) == (20, NORTHERN_EUROPE_COUNTRIES, True)
-    # one subregion request, asking only for the fields the table needs
-    assert fake_api.count("/v3.1/subregion/*") == 1 == summary.requests
-    assert fake_api.requests[0].param("fields") == "name,currencies,population"
+    assert (summary.rows, summary.rows_written, summary.countries) == (20, 20, NORTHERN_EUROPE_COUNTRIES)
+    assert summary.table == f"public.{TABLE}"  # named after the regions when no table is given
+    (request,) = fake_api.requests
+    assert request.path == "/v3.1/subregion/Northern Europe"  # as the fake decoded it
+    # only the fields the table needs, plus region and subregion to check every record belongs
+    assert set(request.query["fields"][0].split(",")) == {"name", "currencies", "population", "region", "subregion"}
 
 
-def test_v5_with_key_from_the_secret_block_pages_and_loads_the_same_table(fake_api, db):
+def test_v5_with_key_from_the_secret_block_pages_and_loads_the_same_table(v5, db, monkeypatch):
     from prefect.blocks.system import Secret
 
     block, url = db
-    Secret(value=fake_api.api_key).save("restcountries-api-key", overwrite=True)
-    summary = run(db_block=block, api="v5", base_url=fake_api.v5_base_url)
+    monkeypatch.delenv("RESTCOUNTRIES_API_KEY")
+    Secret(value=v5.api_key).save("restcountries-api-key", overwrite=True)
+    try:
+        summary = run(db_block=block)  # api v5 by default; base URL from RESTCOUNTRIES_BASE_URL
+    finally:
+        Secret(value="not-the-key").save("restcountries-api-key", overwrite=True)
 
     assert table_rows(url) == EXPECTED_NORTHERN_EUROPE
-    pages = fake_api.count("/countries/v5/subregion/*")
-    assert pages == 4 == summary.requests  # 16 countries, 5 a page
-    assert all(r.param("limit") == "100" for r in fake_api.requests)
-    assert all(r.authorized for r in fake_api.requests)
+    assert summary.requests == 4 == v5.count()  # 16 countries in pages of 5
+    assert all(r.authorized for r in v5.requests)
 
 
 def test_v5_code_keyed_currencies_give_the_same_table(db, monkeypatch):
@@ -112,92 +184,297 @@ def test_v5_code_keyed_currencies_give_the_same_table(db, monkeypatch):
     assert table_rows(url) == EXPECTED_NORTHERN_EUROPE
 
 
-def test_overlapping_regions_are_fetched_concurrently_and_not_duplicated(fake_api, db):
+def test_the_default_table_follows_the_regions(fake_api, db):
     block, url = db
+    summary = run(db_block=block, api="v3.1", base_url=fake_api.v31_base_url, regions=["all"])
+    assert summary.table == "public.all_countries"
+    assert len(table_rows(url, "all_countries")) == summary.rows > 20
+    with pytest.raises(sa.exc.ProgrammingError):  # the Northern Europe table was not touched
+        table_rows(url, TABLE)
+
+
+def test_overlapping_regions_are_fetched_concurrently_and_each_country_loaded_once(fake_api, db):
+    block, url = db
+    fake_api.latency = 0.5
     summary = run(
-        db_block=block, api="v3.1", base_url=fake_api.v31_base_url,
-        regions=["Europe", "Northern Europe", "Antarctic"], table="europe",
+        db_block=block, api="v3.1", base_url=fake_api.v31_base_url, regions=["Europe", "Northern Europe"], table=TABLE
     )
-    rows = table_rows(url, "europe")
-    names = [r[0] for r in rows]
-    assert len(rows) == len(set((r[0], r[1]) for r in rows))  # no duplicate (country, currency)
-    assert set(n for n, *_ in EXPECTED_NORTHERN_EUROPE) <= set(names)
-    assert ("Antarctica", None) in [(r[0], r[1]) for r in rows]  # no currency keeps one row, null currency
-    assert fake_api.count("/v3.1/region/*") == 2 and fake_api.count("/v3.1/subregion/*") == 1
-    assert summary.regions == ["Europe", "Northern Europe", "Antarctic"]
+    assert fake_api.max_overlap() == 2
+    names = [row[0] for row in table_rows(url)]
+    assert summary.countries == len(set(names)) == len([c for c in COUNTRIES if c["region"] == "Europe"])
 
 
-def test_second_run_is_served_from_cache_and_leaves_the_table_unchanged(fake_api, db):
+# --- the cache ------------------------------------------------------------------------------
+
+
+def test_a_second_run_is_served_from_the_cache_and_says_so(fake_api, db):
     block, url = db
     first = run(db_block=block, api="v3.1", base_url=fake_api.v31_base_url)
     second = run(db_block=block, api="v3.1", base_url=fake_api.v31_base_url)
-    assert first.changed and not second.changed
-    assert second.requests == 0 and fake_api.count() == 1  # the cached fetch spent no request
-    third = run(db_block=block, api="v3.1", base_url=fake_api.v31_base_url, cache_minutes=0)
-    assert third.requests == 1 and fake_api.count() == 2
+
+    assert fake_api.count() == 1
+    assert (second.rows, second.rows_written, second.changed) == (20, 0, False)
+    assert second.requests == 0
+    assert [f.region for f in second.cached] == ["Northern Europe"]
+    assert second.fetches[0].fetched_at == first.fetches[0].fetched_at
+    assert "Northern Europe from the cache (fetched " in second.one_line()
     assert table_rows(url) == EXPECTED_NORTHERN_EUROPE
 
 
-def test_run_publishes_the_report_artifact(fake_api, db):
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+def test_the_cache_is_keyed_on_the_key_so_a_wrong_key_fails(v5, db, monkeypatch):
+    block, url = db
+    run(db_block=block)
+    monkeypatch.setenv("RESTCOUNTRIES_API_KEY", "wrong-key")
+    with pytest.raises(AuthenticationError):
+        run(db_block=block)  # within cache_minutes of the good run, but another key
+    assert v5.count() == 4 + 1
+    assert table_rows(url) == EXPECTED_NORTHERN_EUROPE
 
+
+# --- what changed -------------------------------------------------------------------------------
+
+
+def test_each_run_reports_what_changed_in_the_log_the_artifact_and_the_summary_line(db):
+    block, url = db
+    with FakeRestCountries() as before:
+        run(db_block=block, api="v3.1", base_url=before.v31_base_url, cache_minutes=0)
+    changed = with_country("Iceland", population=400_000, currencies={"EUR": {"name": "Euro", "symbol": "€"}})
+    gone = [c for c in changed if c["name"]["common"] != "Åland Islands"]
+    with FakeRestCountries(gone) as after:
+        state = run_state(db_block=block, api="v3.1", base_url=after.v31_base_url, cache_minutes=0)
+    summary = asyncio.run(state.aresult())
+
+    line = summary.one_line()
+    assert line.startswith("loaded 19 rows (-1 country, 1 population changed, currencies changed for 1 country)")
+    logs = "\n".join(logs_of(state.state_details.flow_run_id))
+    assert "Åland Islands" in logs and "Iceland 366,425 -> 400,000" in logs
+    latest = artifacts(report.artifact_key(TABLE))[-1]
+    for fact in ("Åland Islands", "Iceland", "Icelandic króna", "Euro", "rows in the table | 19 (before: 20 rows)"):
+        assert fact in latest.data
+    assert len(table_rows(url)) == 19
+
+
+# --- the report artifact ---------------------------------------------------------------------------
+
+
+def test_the_report_is_one_artifact_history_per_table(fake_api, db):
     block, _ = db
     run(db_block=block, api="v3.1", base_url=fake_api.v31_base_url)
-    with get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[REPORT_ARTIFACT_KEY])),
-        )
-    latest = max(artifacts, key=lambda a: a.created)
-    for fact in ("rows loaded | 20", "countries | 16", "Northern Europe", "API requests | 1", "table changed | yes"):
-        assert fact in latest.data
+    run(db_block=block, api="v3.1", base_url=fake_api.v31_base_url, regions=["Oceania"])
+    run(db_block=block, api="v3.1", base_url=fake_api.v31_base_url)  # from the cache: nothing written
+
+    ne, oceania = artifacts("countries-northern-europe-countries"), artifacts("countries-oceania-countries")
+    assert len(ne) >= 2 and len(oceania) >= 1
+    first, latest = ne[-2].data, ne[-1].data
+    assert "| rows in the table | 20" in first and "| rows written | 20 |" in first
+    assert "| rows written | 0 (same content, not rewritten) |" in latest
+    assert "from the cache (fetched " in latest and "| duration |" in latest
+    assert "| what | value |" in latest  # a real header row, not an empty bar
+    assert "Oceania" in oceania[-1].data and "Northern Europe" not in oceania[-1].data
+
+
+def test_a_failed_run_publishes_a_short_report_and_leaves_the_table(fake_api, db):
+    block, url = db
+    run(db_block=block, api="v3.1", base_url=fake_api.v31_base_url)
+    with pytest.raises(UnknownRegionError):
+        run(db_block=block, api="v3.1", base_url=fake_api.v31_base_url, regions=["Narnia"], table=TABLE)
+    latest = artifacts(report.artifact_key(TABLE))[-1]
+    assert "failed" in latest.data and "the table was not changed" in latest.data and "Narnia" in latest.data
+    assert table_rows(url) == EXPECTED_NORTHERN_EUROPE
+
+
+# --- what the UI shows of a failure -------------------------------------------------------------
+
+
+def test_a_failed_run_states_its_cause_first_once_and_without_a_traceback(fake_api, db):
+    block, _ = db
+    state = run_state(db_block=block, api="v3.1", base_url=fake_api.v31_base_url, regions=["Narnia"])
+
+    assert state.is_failed()
+    assert state.message.startswith("unknown region 'Narnia'")
+    assert "(GET …/v3.1/subregion/Narnia)" in state.message and "127.0.0.1" not in state.message
+    assert "base_url" in state.message and "--base-url" not in state.message  # the UI's name for it
+    logs = logs_of(state.state_details.flow_run_id)
+    assert not [line for line in logs if "Traceback" in line or "Encountered exception" in line]
+    # the flow's own line: the cause once, first; the failed task's line says the same from its side
+    flow_lines = [
+        line
+        for line in logs
+        if line.startswith(("Finished in state Failed('unknown region", 'Finished in state Failed("unknown region'))
+    ]
+    assert len(flow_lines) == 1
+    assert len([line for line in logs if "Narnia" in line and "Beginning" not in line]) == 2  # task + flow
+
+
+def test_every_bad_region_is_named_and_no_sibling_shows_as_crashed(fake_api, db):
+    block, _ = db
+    state = run_state(
+        db_block=block,
+        api="v3.1",
+        base_url=fake_api.v31_base_url,
+        regions=["Northern Europe", "Narnia", "Atlantis"],
+        cache_minutes=0,
+    )
+    assert state.is_failed()
+    assert state.message.startswith("2 of 3 regions failed: unknown region 'Narnia'")
+    assert "unknown region 'Atlantis'" in state.message
+    tasks = {t.name: t.state.type.value for t in task_runs_of(state.state_details.flow_run_id)}
+    assert tasks["fetch Northern Europe"] == "COMPLETED"
+    assert tasks["fetch Narnia"] == tasks["fetch Atlantis"] == "FAILED"
+    assert "CRASHED" not in tasks.values()
+
+
+# --- names -----------------------------------------------------------------------------------------
+
+
+def test_runs_and_tasks_are_named_after_what_they_do(fake_api, db):
+    block, _ = db
+    state = run_state(db_block=block, api="v3.1", base_url=fake_api.v31_base_url)
+    assert flow_run_of(state).name == "northern_europe_countries ← Northern Europe"
+    names = {t.name for t in task_runs_of(state.state_details.flow_run_id)}
+    assert names == {"fetch Northern Europe", "unnest 16 records", "quality gate", f"load public.{TABLE}"}
+    logs = logs_of(state.state_details.flow_run_id)
+    assert "quality gate passed: 20 rows" in logs
+    assert not [line for line in logs if "engine" in line.lower()]  # the connector's own INFO lines are quiet
+
+
+# --- bad input: one clear line, the table untouched ---------------------------------------------
 
 
 @pytest.mark.parametrize(
-    ("arrange", "params", "error", "message"),
+    ("fake_options", "params", "error", "message"),
     [
-        (lambda f: None, {"regions": ["Narnia"]}, UnknownRegionError, "Narnia"),
-        (lambda f: None, {"api": "v5", "key": "wrong-key"}, AuthenticationError, "RESTCOUNTRIES_API_KEY"),
-        (lambda f: setattr(f, "legacy_v31", True), {}, DeprecatedApiError, "deprecated"),
-        (lambda f: f.inject("*", Fault.bad_body("html")), {}, BadResponseError, "HTML"),
-        (lambda f: f.inject("*", Fault.bad_body("truncated")), {}, BadResponseError, "JSON"),
-        (lambda f: None, {"table": "x; drop table y"}, InvalidTableNameError, "x; drop table y"),
-        (lambda f: None, {"db_block": "no-such-block"}, ConfigurationError, "create_blocks.py"),
+        ({}, {"regions": ["Narnia"]}, UnknownRegionError, "unknown region 'Narnia'"),
+        ({}, {"api": "v5", "key": "wrong-key"}, AuthenticationError, "RESTCOUNTRIES_API_KEY"),
+        ({"demo_key": "demo-key-of-the-fake"}, {"api": "v5", "key": "demo-key-of-the-fake"}, DemoKeyError, "demo key"),
+        ({"legacy_v31": True}, {}, DeprecatedApiError, "deprecated"),
+        ({}, {"fault": Fault.bad_body("html")}, BadResponseError, "HTML"),
+        ({}, {"fault": Fault.bad_body("truncated")}, BadResponseError, "JSON"),
+        ({}, {"fault": Fault.foreign("Americas")}, BadResponseError, "Northern Europe"),
+        ({}, {"table": "x; drop table y"}, InvalidTableNameError, "x; drop table y"),
+        ({}, {"db_block": "no-such-block"}, ConfigurationError, "create_blocks.py"),
     ],
-    ids=["unknown-region", "401", "legacy-deprecation", "html-body", "truncated-json", "bad-table", "no-block"],
+    ids=[
+        "unknown-region",
+        "401",
+        "demo-answer",
+        "legacy-deprecation",
+        "html",
+        "truncated",
+        "foreign",
+        "bad-table",
+        "no-block",
+    ],
 )
-def test_bad_input_fails_clearly_and_leaves_the_table_untouched(
-    fake_api, db, monkeypatch, arrange, params, error, message
-):
+def test_bad_input_fails_clearly_and_leaves_the_table_untouched(db, monkeypatch, fake_options, params, error, message):
     block, url = db
-    run(db_block=block, api="v3.1", base_url=fake_api.v31_base_url)
+    with FakeRestCountries() as good:
+        run(db_block=block, api="v3.1", base_url=good.v31_base_url, table=TABLE)
     before = table_rows(url)
     assert len(before) == 20
 
     params = dict(params)
-    if params.get("api") == "v5":
-        monkeypatch.setenv("RESTCOUNTRIES_API_KEY", params.pop("key"))
-        params["base_url"] = fake_api.v5_base_url
-    else:
-        params.setdefault("api", "v3.1")
-        params["base_url"] = fake_api.v31_base_url
-    params.setdefault("db_block", block)
-    params.setdefault("cache_minutes", 0)
-    arrange(fake_api)
-
-    with pytest.raises(error) as caught:
-        run(**params)
+    with FakeRestCountries(**fake_options) as fake:
+        if params.get("api") == "v5":
+            monkeypatch.setenv("RESTCOUNTRIES_API_KEY", params.pop("key"))
+            monkeypatch.setenv("RESTCOUNTRIES_BASE_URL", fake.v5_base_url)
+        else:
+            params.setdefault("api", "v3.1")
+            params["base_url"] = fake.v31_base_url
+        if fault := params.pop("fault", None):
+            fake.inject("*", fault)
+        params.setdefault("db_block", block)
+        params.setdefault("table", TABLE)
+        params.setdefault("cache_minutes", 0)
+        with pytest.raises(error) as caught:
+            run(**params)
     text = str(caught.value)
     assert message in text and "\n" not in text
     assert table_rows(url) == before
 
 
+def test_the_hosted_legacy_api_redirect_ends_in_the_deprecation_error(db):
+    block, url = db
+    with legacy_hosted() as (api, files):
+        with pytest.raises(DeprecatedApiError) as caught:
+            run(db_block=block, api="v3.1", base_url=api.url, table=TABLE)
+    text = str(caught.value)
+    assert "deprecated" in text and "v5" in text and "\n" not in text
+    assert files.count() == 1  # the static file was read, to quote the API's own message
+
+
+@pytest.mark.parametrize(
+    ("population", "shown"),
+    [(30654.7, "30654.7"), (2**64 + 5, str(2**64 + 5)), (1e300, "1e+300"), (float("inf"), "Infinity"), (True, "true")],
+    ids=["fraction", "beyond-bigint", "1e300", "infinity", "boolean"],
+)
+def test_a_population_that_is_not_a_whole_bigint_is_one_error_naming_the_country(db, population, shown):
+    block, url = db
+    with FakeRestCountries() as good:
+        run(db_block=block, api="v3.1", base_url=good.v31_base_url, table=TABLE)
+    with FakeRestCountries(with_country("Iceland", population=population)) as fake:
+        with pytest.raises(InvalidRecordError) as caught:
+            run(db_block=block, api="v3.1", base_url=fake.v31_base_url, table=TABLE, cache_minutes=0)
+    text = str(caught.value)
+    assert text.startswith(f'population of "Iceland" is {shown}') and "\n" not in text
+    assert table_rows(url) == EXPECTED_NORTHERN_EUROPE
+
+
+@pytest.mark.parametrize("population", [366425.0, "366425"], ids=["whole-float", "whole-string"])
+def test_a_population_that_is_exactly_a_whole_number_is_loaded(db, population):
+    block, url = db
+    with FakeRestCountries(with_country("Iceland", population=population)) as fake:
+        run(db_block=block, api="v3.1", base_url=fake.v31_base_url, table=TABLE)
+    assert table_rows(url) == EXPECTED_NORTHERN_EUROPE
+
+
+@pytest.mark.parametrize(
+    "currencies",
+    ["ISK", 352, ["ISK", "EUR"], {"ISK": {"name": {"en": "Icelandic króna"}}}],
+    ids=["string", "number", "list-of-strings", "deeper-nesting"],
+)
+def test_a_currency_value_of_another_shape_is_one_error_naming_the_country(db, currencies):
+    block, url = db
+    with FakeRestCountries() as good:
+        run(db_block=block, api="v3.1", base_url=good.v31_base_url, table=TABLE)
+    with FakeRestCountries(with_country("Iceland", currencies=currencies)) as fake:
+        with pytest.raises(InvalidRecordError) as caught:
+            run(db_block=block, api="v3.1", base_url=fake.v31_base_url, table=TABLE, cache_minutes=0)
+    text = str(caught.value)
+    assert text.startswith('currencies of "Iceland" is ') and "\n" not in text
+    assert "a list of objects with a name, an object keyed by currency code, empty, or null" in text
+    assert table_rows(url) == EXPECTED_NORTHERN_EUROPE
+
+
+@pytest.mark.parametrize("currencies", [{}, [], None], ids=["empty-object", "empty-list", "null"])
+def test_a_country_without_currencies_keeps_one_row(db, currencies):
+    block, url = db
+    with FakeRestCountries(with_country("Iceland", currencies=currencies)) as fake:
+        run(db_block=block, api="v3.1", base_url=fake.v31_base_url, table=TABLE)
+    assert ("Iceland", None, 366425) in table_rows(url)
+
+
+# --- the parameter form ------------------------------------------------------------------------------
+
+
+def test_the_parameter_form_has_a_plain_base_url_and_ranges_in_the_descriptions():
+    schema = countries_flow.parameters.model_dump()["properties"]
+    assert schema["base_url"]["type"] == "string" and schema["base_url"]["default"] == ""
+    assert "anyOf" not in schema["base_url"]
+    assert "from 0 to 1" in schema["min_row_fraction"]["description"]
+    assert "0 or more" in schema["cache_minutes"]["description"]
+    for region in ("Africa", "Americas", "Antarctic", "Asia", "Europe", "Oceania", "Northern Europe"):
+        assert region in schema["regions"]["description"]
+
+
+# --- secrets ---------------------------------------------------------------------------------------
+
+
 def test_api_key_and_db_password_never_reach_logs_artifacts_or_errors(prefect_server, pg, caplog, monkeypatch):
     """Canary secrets: a key the API rejects and a DB password; scan everything captured."""
-    from prefect.client.orchestration import get_client
     from prefect_sqlalchemy import SqlAlchemyConnector
 
-    from blocks.create_blocks import connection_from_url
+    from flows.settings import connection_from_url
 
     canary_key = "canary-key-" + uuid.uuid4().hex
     canary_password = "canary-pw-" + uuid.uuid4().hex
@@ -206,23 +483,32 @@ def test_api_key_and_db_password_never_reach_logs_artifacts_or_errors(prefect_se
     SqlAlchemyConnector(connection_info=connection_from_url(pg.url(), password=canary_password)).save(block)
 
     caplog.set_level(logging.DEBUG)
+    errors: list[CountriesError] = []
     with FakeRestCountries(api_key=canary_key) as good_api:
         monkeypatch.setenv("RESTCOUNTRIES_API_KEY", canary_key)
-        summary = run(db_block=block, api="v5", base_url=good_api.v5_base_url, table="canary_countries")
+        monkeypatch.setenv("RESTCOUNTRIES_BASE_URL", good_api.v5_base_url)
+        summary = run(db_block=block, table="canary_countries")
         monkeypatch.setenv("RESTCOUNTRIES_API_KEY", canary_key + "-wrong")
         with pytest.raises(AuthenticationError) as caught:
-            run(db_block=block, api="v5", base_url=good_api.v5_base_url, cache_minutes=0, table="canary_countries")
-    errors = [caught.value]
+            run(db_block=block, cache_minutes=0, table="canary_countries")
+        errors.append(caught.value)
+        with FakeRestCountries(api_key=canary_key) as other_origin:  # not trusted: the key must not go there
+            monkeypatch.setenv("RESTCOUNTRIES_API_KEY", canary_key)
+            with pytest.raises(ConfigurationError) as withheld:
+                run(db_block=block, base_url=other_origin.v5_base_url.replace("127.0.0.1", "localhost"))
+            errors.append(withheld.value)
+            assert other_origin.count() == 0
+    APILogWorker.drain_all(timeout=10)
 
     assert summary.rows == 20
     with get_client(sync_client=True) as client:
         logs = client.read_logs()
-        artifacts = client.read_artifacts()
+        all_artifacts = client.read_artifacts()
     captured = "\n".join(
         [caplog.text, repr(summary), summary.one_line(), summary.markdown()]
         + [log.message for log in logs]
-        + [str(a.data) + str(a.description) for a in artifacts]
-        + [str(e) + repr(e) for e in errors]
+        + [str(a.data) + str(a.description) for a in all_artifacts]
+        + [str(e) + repr(e) + e.for_audience("cli") for e in errors]
     )
     assert summary.database.endswith(f"?host={pg.socket_dir}")
     assert canary_key not in captured
