@@ -87,6 +87,11 @@ class RunSummary:
         return sum(f.requests for f in self.fetches if not f.from_cache(self.started))
 
     @property
+    def retries(self) -> int:
+        """Of :attr:`requests`, those that were retries."""
+        return sum(f.retries for f in self.fetches if not f.from_cache(self.started))
+
+    @property
     def cached(self) -> list[RegionFetch]:
         """The regions served from the fetch cache."""
         return [f for f in self.fetches if f.from_cache(self.started)]
@@ -120,7 +125,7 @@ class RunSummary:
             ("countries", self.countries),
             ("currencies", self.currencies),
             ("changes", self._changes_text()),
-            ("API requests", self.requests),
+            ("API requests", f"{self.requests} ({_plural(self.retries, 'retry', 'retries')})"),
             ("duration", f"{self.seconds:.2f} s"),
         ]
         lines = ["# Countries load", "", "| what | value |", "|---|---|"]

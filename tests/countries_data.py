@@ -392,7 +392,7 @@ def synthetic_countries(n: int, seed: int = 0) -> list[dict[str, Any]]:
     """
     if n < 0:
         raise ValueError("n must be >= 0")
-    rng = random.Random(seed)
+    rng = random.Random(seed)  # noqa: S311 - reproducible test data, not cryptography
     out: list[dict[str, Any]] = []
     for i in range(n):
         region = REGION_NAMES[i % len(REGION_NAMES)]

@@ -394,7 +394,7 @@ def test_bad_input_fails_clearly_and_leaves_the_table_untouched(db, monkeypatch,
 
 
 def test_the_hosted_legacy_api_redirect_ends_in_the_deprecation_error(db):
-    block, url = db
+    block, _ = db
     with legacy_hosted() as (api, files):
         with pytest.raises(DeprecatedApiError) as caught:
             run(db_block=block, api="v3.1", base_url=api.url, table=TABLE)

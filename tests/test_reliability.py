@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import threading
+import time
 import uuid
 
 import pytest
@@ -22,6 +23,7 @@ from flows.errors import (
     DatabaseUnreachableError,
     QualityGateError,
     QuotaExceededError,
+    ResponseTooLargeError,
     TransientApiError,
 )
 from tests.conftest import free_port
@@ -96,10 +98,40 @@ def test_a_long_retry_after_fails_at_once_without_retries_and_keeps_the_table(fa
     assert table_rows(url) == EXPECTED_NORTHERN_EUROPE
 
 
+def test_a_trickling_api_ends_the_run_at_the_deadline_and_keeps_the_table(
+    fake_api, db, no_task_retry_delay, monkeypatch
+):
+    block, url = db
+    run(fake_api, block)
+    monkeypatch.setenv("RESTCOUNTRIES_DEADLINE_SECONDS", "1")
+    fake_api.inject("*", Fault.trickle(0.5), times=20)  # a 2.5 kB body at 2 bytes a second
+    started = time.monotonic()
+    with pytest.raises(TransientApiError) as caught:
+        run(fake_api, block)
+    elapsed = time.monotonic() - started
+    assert "deadline" in one_line(caught.value)
+    # every attempt, of the client and of the task's retry, was cut at the 1 s deadline
+    assert elapsed < 30 and fake_api.count() >= 3
+    assert table_rows(url) == EXPECTED_NORTHERN_EUROPE
+
+
+def test_an_oversize_answer_is_refused_while_streaming_and_keeps_the_table(fake_api, db, monkeypatch):
+    block, url = db
+    run(fake_api, block)
+    monkeypatch.setenv("RESTCOUNTRIES_MAX_RESPONSE_MB", "1")
+    fake_api.inject("*", Fault.oversize(50_000_000, declare_length=False))
+    with pytest.raises(ResponseTooLargeError) as caught:
+        run(fake_api, block)
+    assert "MB" in one_line(caught.value)
+    assert fake_api.count() == 2  # the good run, then one refused answer: not retried
+    assert table_rows(url) == EXPECTED_NORTHERN_EUROPE
+
+
 def test_quota_exceeded_is_not_retried_and_keeps_the_table(db, monkeypatch):
     block, url = db
     with FakeRestCountries(quota=2) as fake:  # 2 requests allowed, then 403
         monkeypatch.setenv("RESTCOUNTRIES_API_KEY", fake.api_key)
+        monkeypatch.setenv("RESTCOUNTRIES_BASE_URL", fake.v5_base_url)
         run(fake, block, api="v5", base_url=fake.v5_base_url, regions=["Northern Europe", "Europe"], table=TABLE)
         before = table_rows(url)
         with pytest.raises(QuotaExceededError) as caught:
@@ -136,7 +168,7 @@ def test_a_negative_population_fails_the_quality_gate_and_keeps_the_table(fake_a
 def test_an_unreachable_database_names_host_and_port_but_not_the_password(fake_api, prefect_server):
     from prefect_sqlalchemy import SqlAlchemyConnector
 
-    from blocks.create_blocks import connection_from_url
+    from flows.settings import connection_from_url
 
     port = free_port()
     password = "canary-unreachable-" + uuid.uuid4().hex
@@ -196,3 +228,35 @@ def test_readers_never_see_an_error_or_a_partial_table_while_the_flow_replaces_i
     assert errors == []
     assert "other" not in seen
     assert {"a", "b"} <= set(seen)
+
+
+def test_a_long_reader_neither_blocks_the_load_nor_is_blocked_and_views_and_indexes_survive(fake_api, db):
+    """A report holds a transaction open on the table while the flow replaces its rows."""
+    block, url = db
+    run(fake_api, block)
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f'CREATE VIEW big_countries AS SELECT * FROM "{TABLE}" WHERE population > 5000000'))
+            conn.execute(sa.text(f'CREATE INDEX by_currency ON "{TABLE}" (currency_name)'))
+            conn.execute(sa.text(f"COMMENT ON TABLE \"{TABLE}\" IS 'owned by the analytics team'"))
+        bigger = copy.deepcopy(COUNTRIES)
+        for c in bigger:
+            c["population"] += 1
+        with engine.connect() as long_reader, FakeRestCountries(countries=bigger) as b:
+            long_reader.execute(sa.text("BEGIN ISOLATION LEVEL REPEATABLE READ"))
+            before = long_reader.execute(sa.text(f'SELECT sum(population) FROM "{TABLE}"')).scalar_one()
+            summary = run(b, block)  # must not wait for the open transaction
+            with engine.connect() as reader:  # a new reader with a short statement timeout is not queued
+                reader.execute(sa.text("SET statement_timeout = '5s'"))
+                after = reader.execute(sa.text(f'SELECT sum(population) FROM "{TABLE}"')).scalar_one()
+            still = long_reader.execute(sa.text(f'SELECT sum(population) FROM "{TABLE}"')).scalar_one()
+            long_reader.execute(sa.text("COMMIT"))
+        assert summary.changed and after == before + 20 and still == before
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM big_countries")).scalar_one() > 0
+            assert conn.execute(sa.text("SELECT to_regclass('by_currency') IS NOT NULL")).scalar_one()
+            comment = conn.execute(sa.text(f"SELECT obj_description('\"{TABLE}\"'::regclass)")).scalar_one()
+            assert comment == "owned by the analytics team"
+    finally:
+        engine.dispose()
