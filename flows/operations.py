@@ -306,11 +306,15 @@ def _comparable(automation: AutomationCore) -> dict[str, Any]:
 async def apply_automation(client: PrefectClient, wanted: AutomationCore) -> str:
     """Create the automation named like ``wanted``, or update it to ``wanted``; ``created``/``updated``/``unchanged``.
 
-    Extra automations of the same name (e.g. from two setups run at once) are deleted.
+    Extra automations of the same name are deleted: two setups run at once, or a create request that the
+    client sent again after a slow answer (a busy server), would otherwise make an automation act twice.
     """
     existing = await client.read_automations_by_name(wanted.name)
     if not existing:
         await client.create_automation(wanted)
+        _, *extra = await client.read_automations_by_name(wanted.name)
+        for duplicate in extra:
+            await client.delete_automation(duplicate.id)
         return "created"
     keep, *extra = existing
     for duplicate in extra:
