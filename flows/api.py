@@ -52,22 +52,16 @@ from flows._http import (
     HOSTED_ORIGIN,
     KEY_ADVICE,
     MAX_RESPONSE_ENV,
-    Answer,
     ApiClient,
-    Hook,
-    Request,
-    RequestStats,
-    RetryPolicy,
-    api_message,
-    decode,
     demo_key_message,
     fingerprint,
     make_client,
     origin,
-    raise_for_status,
-    read_redirect_message,
     withheld_reason,
 )
+from flows._request import Answer, Request, decode, read_redirect_message
+from flows._retry import Hook, RequestStats, RetryPolicy
+from flows._statuses import api_message, raise_for_status
 from flows.errors import (
     BadResponseError,
     ConfigurationError,

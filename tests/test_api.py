@@ -25,7 +25,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from flows import budget
-from flows._http import dns_failure
+from flows._request import dns_failure
 from flows.api import (
     DEADLINE_ENV,
     DIALECTS,
