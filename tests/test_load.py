@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import flows.load as load
+import flows._copy_text as copy_text
 from flows.changes import ChangeSpec, Measure, MeasureChange, SetChange, SetColumn
 from flows.errors import (
     ConfigurationError,
@@ -679,7 +679,7 @@ def test_text_with_nul_character_is_refused_and_old_table_kept(engine):
 
 
 def test_bad_text_met_in_a_later_chunk_fails_the_copy_and_keeps_the_old_table(engine, monkeypatch):
-    monkeypatch.setattr(load, "_COPY_CHUNK_ROWS", 3)  # the bad row is in the 10th chunk COPY asks for
+    monkeypatch.setattr(copy_text, "_COPY_CHUNK_ROWS", 3)  # the bad row is in the 10th chunk COPY asks for
     old = countries(30, seed=1)
     replace_table(engine, old, "countries")
     before = relation_state(engine)
@@ -715,7 +715,7 @@ def test_non_string_objects_in_a_text_column_load_as_their_text(engine):
 
 
 def test_awkward_values_spread_over_many_chunks_round_trip(engine, monkeypatch):
-    monkeypatch.setattr(load, "_COPY_CHUNK_ROWS", 3)  # some chunks clean, some needing escapes
+    monkeypatch.setattr(copy_text, "_COPY_CHUNK_ROWS", 3)  # some chunks clean, some needing escapes
     values = [f"plain {i}" for i in range(40)]
     for k, awkward in enumerate(AWKWARD):
         values[k * 2] = awkward
@@ -724,7 +724,7 @@ def test_awkward_values_spread_over_many_chunks_round_trip(engine, monkeypatch):
     result = replace_table(engine, df, "chunks")
 
     assert read_table(engine, "chunks") == [(v, n) for n, v in enumerate(values)]
-    monkeypatch.setattr(load, "_COPY_CHUNK_ROWS", 4096)
+    monkeypatch.setattr(copy_text, "_COPY_CHUNK_ROWS", 4096)
     assert result.content_hash == content_hash(df)  # the same digest, however it is chunked
 
 

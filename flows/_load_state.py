@@ -1,0 +1,94 @@
+"""The load-state table: what the loader last wrote into each table of a schema (private; see ``flows.load``).
+
+``countries_pipeline_state`` (:data:`STATE_TABLE`), created in the target
+table's schema on first use, holds per table its oid, content hash, row
+count, strategy and load time. A stored hash describes the table only while
+the table still has that oid and row count; to force a rewrite, delete the
+table's row there.
+
+Earlier releases kept the hash in the table's comment
+(``countries-pipeline content-sha256=<hash> rows=<n>``): :meth:`LoadState.stored_hash`
+still reads it once, and the loader removes that comment on its next write
+(:func:`is_legacy_comment`); any other comment is the user's.
+"""
+
+from __future__ import annotations
+
+import re
+
+import psycopg2
+
+from flows._locks import advisory_lock
+from flows._postgres import quote_ident
+
+__all__ = ["STATE_TABLE", "LoadState", "is_legacy_comment"]
+
+STATE_TABLE = "countries_pipeline_state"
+"""The load-state table, created in the target table's schema."""
+
+_LEGACY_COMMENT = re.compile(
+    r"countries-pipeline content-sha256=(?P<hash>[0-9a-f]{64}) rows=(?P<rows>\d+)"
+    r"(?: head-sha256=[0-9a-f]{64} head-rows=\d+)?"
+)
+
+
+def is_legacy_comment(comment: str | None) -> bool:
+    """Whether ``comment`` is the load state an earlier release kept in the table's comment."""
+    return _LEGACY_COMMENT.fullmatch(comment or "") is not None
+
+
+class LoadState:
+    """The load-state table of ``schema``, read and written through ``cur`` in the loader's transaction."""
+
+    def __init__(self, cur: psycopg2.extensions.cursor, schema: str) -> None:
+        self.cur = cur
+        self.schema = schema
+        self.sql = f"{quote_ident(schema)}.{quote_ident(STATE_TABLE)}"
+
+    def ensure(self) -> None:
+        """Create the load-state table unless it exists (serialised between loaders).
+
+        Existence is read from ``pg_class`` with the statement's snapshot: ``to_regclass`` may
+        answer from a cache that has not seen another loader's commit yet.
+        """
+        cur = self.cur
+        exists = "SELECT 1 FROM pg_class WHERE relnamespace = to_regnamespace(%s) AND relname = %s"
+        cur.execute(exists, (self.schema, STATE_TABLE))
+        if cur.fetchone() is None:
+            advisory_lock(cur, f"{self.schema}.{STATE_TABLE}")
+            cur.execute(exists, (self.schema, STATE_TABLE))
+            if cur.fetchone() is None:
+                cur.execute(
+                    f"CREATE TABLE {self.sql} (table_name text PRIMARY KEY, table_oid oid NOT NULL, content_sha256"
+                    " text NOT NULL, row_count bigint NOT NULL, strategy text NOT NULL, loaded_at timestamptz NOT NULL)"
+                )
+                cur.execute(
+                    f"COMMENT ON TABLE {self.sql} IS 'countries pipeline: what it last loaded into each table of"
+                    " this schema; delete a table''s row to make its next load rewrite it'"
+                )
+
+    def stored_hash(self, table: str, oid: int, rows: int, comment: str | None) -> str | None:
+        """The hash stored for ``table`` (name in the schema) if it still describes it, else None.
+
+        It does while the table has ``oid`` and ``rows``; without a stored row, a legacy
+        ``comment`` of the same row count is read instead.
+        """
+        self.cur.execute(
+            f"SELECT content_sha256 FROM {self.sql} WHERE table_name = %s AND table_oid = %s AND row_count = %s",
+            (table, oid, rows),
+        )
+        stored = self.cur.fetchone()
+        legacy = _LEGACY_COMMENT.fullmatch(comment or "")
+        if stored is None and legacy is not None and int(legacy["rows"]) == rows:
+            stored = (legacy["hash"],)
+        return None if stored is None else stored[0]
+
+    def save(self, table: str, table_sql: str, digest: str, rows: int, strategy: str) -> None:
+        """Record that ``table`` (name in the schema; ``table_sql`` quoted) now holds ``rows`` with ``digest``."""
+        self.cur.execute(
+            f"INSERT INTO {self.sql} VALUES (%s, to_regclass(%s), %s, %s, %s, now())"
+            " ON CONFLICT (table_name) DO UPDATE SET table_oid = excluded.table_oid,"
+            " content_sha256 = excluded.content_sha256, row_count = excluded.row_count,"
+            " strategy = excluded.strategy, loaded_at = excluded.loaded_at",
+            (table, table_sql, digest, rows, strategy),
+        )

@@ -1,0 +1,140 @@
+"""The locks a load takes, and how long it may wait for them (private; see ``flows.load``).
+
+- :func:`advisory_lock`: a transaction-level advisory lock on a name, so that
+  loaders of one table run one after the other. It is on no table, so waiting
+  for it blocks no reader; the loader waits for it without limit.
+- :class:`LockWaits`: every wait for a lock a user's session holds (the
+  swap's ``ACCESS EXCLUSIVE`` lock, a ``DELETE`` behind a user's row lock, a
+  ``count(*)`` behind an ``ALTER TABLE``) is cut after ``lock_timeout`` and
+  tried ``1 + lock_retries`` times in a savepoint, so no reader queues behind
+  the load longer than that at a time; then ``TableBusyError`` names the
+  sessions that block it (pid, user, application, state, transaction age,
+  query) and how to end them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from collections.abc import Callable
+from typing import Literal, TypeVar
+
+import psycopg2
+import psycopg2.errors
+import sqlalchemy as sa
+
+from flows._postgres import scrub
+from flows.errors import TableBusyError
+
+__all__ = ["LockWaits", "Need", "advisory_lock"]
+
+Need = Literal["read", "write", "swap"]
+"""What a step does to the table, which decides whose table locks can make it wait."""
+
+_MODES = "AccessShare RowShare RowExclusive ShareUpdateExclusive Share ShareRowExclusive Exclusive AccessExclusive"
+_MODES_WEAKEST_FIRST = tuple(f"{m}Lock" for m in _MODES.split())
+_BLOCKERS = {  # the table locks of sessions that can make a step wait
+    "read": _MODES_WEAKEST_FIRST[-1:],
+    "write": _MODES_WEAKEST_FIRST[1:],  # DELETE, INSERT, COMMENT: conflicting table locks, writers' row locks
+    "swap": _MODES_WEAKEST_FIRST,
+}
+_RETRY_PAUSE = 0.2  # seconds between tries: readers queued behind the load go first
+_T = TypeVar("_T")
+
+
+def _lock_key(name: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"countries-pipeline:{name}".encode()).digest()[:8], "big", signed=True)
+
+
+def advisory_lock(cur: psycopg2.extensions.cursor, name: str) -> None:
+    """Take the transaction-level advisory lock of ``name`` (held until commit or rollback).
+
+    Waits for another transaction holding it, as long as ``lock_timeout`` allows.
+    """
+    cur.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key(name),))
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, seconds = divmod(int(seconds), 60)
+    return f"{minutes} min {seconds} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
+
+
+def _describe_session(pid, user, application, state, open_seconds, query) -> str:
+    parts = [f'user "{user}"', *([f'application "{application}"'] if application else []), state or "state unknown"]
+    if open_seconds is not None:
+        parts.append(f"transaction open {_duration(open_seconds)}")
+    if query:
+        text = " ".join(query.split())
+        parts.append(f'query "{text if len(text) <= 60 else text[:57] + "..."}"')
+    return f"pid {pid} ({', '.join(parts)})"
+
+
+@dataclasses.dataclass(frozen=True)
+class LockWaits:
+    """Waits for locks on ``table`` inside the loader's transaction on ``cur``.
+
+    ``timeout``: seconds one wait may take (``lock_timeout``); ``retries``: tries
+    after the first; ``url``: the database's, to keep its password out of messages.
+    """
+
+    cur: psycopg2.extensions.cursor
+    table: str
+    url: sa.engine.URL
+    timeout: float
+    retries: int
+
+    def lift_limit(self) -> None:
+        """From here on, lock waits are not cut (``lock_timeout = 0``): for waits that block no reader."""
+        self.cur.execute("SET LOCAL lock_timeout = 0")
+
+    def apply_limit(self) -> None:
+        """From here on, every lock wait of the transaction is cut after ``timeout`` (``LockNotAvailable``)."""
+        self.cur.execute(f"SET LOCAL lock_timeout = '{max(1, round(self.timeout * 1000))}ms'")
+
+    def bounded(self, oid: int, need: Need, action: Callable[[], _T]) -> _T:
+        """``action()`` in a savepoint, each try waiting at most ``timeout`` for a lock.
+
+        Tried ``1 + retries`` times, then ``TableBusyError`` naming the sessions whose
+        locks on the table ``oid`` can block ``need``.
+        """
+        for attempt in range(self.retries + 1):
+            self.cur.execute("SAVEPOINT countries_pipeline_lock")
+            try:
+                result = action()
+            except psycopg2.errors.LockNotAvailable:
+                self.cur.execute("ROLLBACK TO SAVEPOINT countries_pipeline_lock")
+                if attempt == self.retries:
+                    raise TableBusyError(self._busy(oid, need)) from None
+                time.sleep(_RETRY_PAUSE)
+                continue
+            self.cur.execute("RELEASE SAVEPOINT countries_pipeline_lock")
+            return result
+        raise AssertionError("unreachable")
+
+    def _busy(self, oid: int, need: Need) -> str:
+        self.cur.execute(
+            "SELECT pid, usename, application_name, state, extract(epoch FROM clock_timestamp() - xact_start)::float8,"
+            " query FROM pg_stat_activity WHERE pid IN (SELECT pid FROM pg_locks WHERE locktype = 'relation'"
+            " AND relation = %s AND pid <> pg_backend_pid() AND mode = ANY(%s)"
+            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))"
+            " ORDER BY xact_start NULLS LAST, pid",
+            (oid, list(_BLOCKERS[need])),
+        )
+        sessions = [_describe_session(*row) for row in self.cur.fetchall()]
+        if sessions:
+            more = f"; and {len(sessions) - 3} more" if len(sessions) > 3 else ""
+            pids = ", ".join(s.split(" ", 2)[1] for s in sessions[:3])
+            blocked = (
+                f"blocked by {'; '.join(sessions[:3])}{more}; end that transaction "
+                f"(or SELECT pg_terminate_backend(pid) for pid {pids}) and re-run"
+            )
+        else:
+            blocked = "the blocking session has ended since; re-run"
+        return scrub(
+            f"table {self.table} is busy: {self.retries + 1} tries to lock it, each waiting up to "
+            f"{self.timeout:g}s, failed; {blocked}; the previous table is unchanged",
+            self.url,
+        )
