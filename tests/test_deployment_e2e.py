@@ -63,7 +63,11 @@ DB_BLOCK = "countries-db"
 API_KEY_BLOCK = "restcountries-api-key"
 SETTINGS_BLOCK = "countries-settings"
 AUTOMATION_TAG = "countries-pipeline"
-ARTIFACT_KEY = "countries-load-report"
+# One report artifact per table (issue 11 §4): "countries-" + the table's name in lowercase and dashes.
+ARTIFACT_KEYS = {
+    "northern_europe_countries": "countries-northern-europe-countries",
+    "all_countries": "countries-all-countries",
+}
 FLOW_PARAMETERS = {
     "regions",
     "table",
@@ -73,6 +77,7 @@ FLOW_PARAMETERS = {
     "force",
     "min_row_fraction",
     "cache_minutes",
+    "strategy",
 }
 RUN_TIMEOUT = 150  # seconds for the worker to pick up and finish the runs
 
@@ -268,7 +273,7 @@ def fake_api() -> Iterator[FakeRestCountries]:
 @pytest.fixture
 def blocks(env, deployed, database_url, fake_api) -> Iterator[str]:
     """The real setup script, after the deploy: `countries-db` for a fresh database, the API key as a
-    Secret block, the operations automations.
+    Secret block, the fake API's base URL trusted with it, the operations automations.
 
     The key reaches the flow runs only through the Secret block (the worker's
     environment has no RESTCOUNTRIES_API_KEY). Everything it made is deleted afterwards.
@@ -276,8 +281,9 @@ def blocks(env, deployed, database_url, fake_api) -> Iterator[str]:
     """
     # The repository root is importable once the project is installed (`pip install -e .`); say so here too.
     pythonpath = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    # The fake API's origin is trusted with the key the documented way (issue 8 §3).
     setup = run_cli(
-        [sys.executable, "blocks/create_blocks.py", "--db-url", database_url],
+        [sys.executable, "blocks/create_blocks.py", "--db-url", database_url, "--base-url", fake_api.v5_base_url],
         dict(env, RESTCOUNTRIES_API_KEY=fake_api.api_key, PYTHONPATH=pythonpath),
     )
     # Run after the deploy, the setup also made the operations automations.
@@ -464,13 +470,14 @@ def test_a_worker_runs_the_deployments_into_postgres_one_run_at_a_time(
 
     with sync_client() as client:
         for flow_run in (run, runs[everything]):
+            key = ARTIFACT_KEYS[flow_run.parameters.get("table") or ""]
             artifacts = client.read_artifacts(
                 artifact_filter=ArtifactFilter(
-                    key=ArtifactFilterKey(any_=[ARTIFACT_KEY]),
+                    key=ArtifactFilterKey(any_=[key]),
                     flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id]),
                 )
             )
-            assert artifacts, f"no artifact {ARTIFACT_KEY!r} for flow run {flow_run.id}"
+            assert artifacts, f"no artifact {key!r} for flow run {flow_run.id}"
 
         # The worker ran this test's runs and nothing else of these deployments.
         ran = client.read_flow_runs(
