@@ -588,49 +588,55 @@ def clone(origin: Path, checkout: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def scenarios(prefect_server, pg, tmp_path_factory) -> Iterator[dict[str, Future]]:
-    """Set up both servers as an operator would, then start every scenario at once (one thread each)."""
+    """Set up both servers as an operator would, then start every scenario (one thread each) as soon as its
+    server is ready. The restart scenario's server is set up in the background meanwhile."""
     tmp = tmp_path_factory.mktemp("ops")
     restart_server = PrefectServer(tmp / "restart-home", tmp / "restart-server.log")
-    stacks: list[Stack] = []
-    fakes: list[FakeRestCountries] = []
     with contextlib.ExitStack() as cleanup:
         receiver = cleanup.enter_context(WebhookReceiver())
+        pool = cleanup.enter_context(ThreadPoolExecutor(max_workers=8))
+        futures: dict[str, Future] = {}
+        stacks: list[Stack] = []
 
-        def fake() -> FakeRestCountries:
-            api = cleanup.enter_context(FakeRestCountries())
-            fakes.append(api)
-            return api
+        @cleanup.callback
+        def _teardown() -> None:
+            for stack in stacks:
+                with contextlib.suppress(Exception):
+                    teardown_stack(stack, pg)
+            restart_server.stop()
 
-        # the session server: kill -9, graceful stop, rollout, freshness
-        restart_server.start()
-        cleanup.callback(restart_server.stop)
-        main = prepare_stack(prefect_server, pg, tmp, db_block=f"ops-db-{uuid.uuid4().hex[:6]}")
-        stacks.append(main)
-        cleanup.callback(teardown_stack, main, pg)
-        other = prepare_stack(restart_server, pg, tmp, db_block="countries-db")
-        stacks.append(other)
-        cleanup.callback(teardown_stack, other, pg)
-
-        def scenario(name: str, stack: Stack, cwd: Path = REPO_ROOT) -> Scenario:
-            return Scenario(name=f"ops-{name}", stack=stack, fake=fake(), table=f"ops_{name}_countries",
-                            queue=f"ops-{name}", log=tmp / f"worker-{name}.log", cwd=cwd)
+        def scenario(name: str, stack: Stack, cwd: Path) -> Scenario:
+            return Scenario(name=f"ops-{name}", stack=stack, fake=cleanup.enter_context(FakeRestCountries()),
+                            table=f"ops_{name}_countries", queue=f"ops-{name}", log=tmp / f"worker-{name}.log",
+                            cwd=cwd)
 
         # The code under test, frozen for the module (other work may edit the tree meanwhile): one checkout
         # for the crash scenarios, one for the rollout (which pulls a new version into it).
         origin = make_origin(tmp)
         checkout, rollout_checkout = clone(origin, tmp / "checkout"), clone(origin, tmp / "rollout-checkout")
-        kill9, sigterm = scenario("kill9", main, checkout), scenario("sigterm", main, checkout)
-        oom = scenario("oom", main, checkout)
-        rollout, stale = scenario("rollout", main, rollout_checkout), scenario("stale", main, checkout)
-        restart = scenario("restart", other, checkout)
 
-        # 1. prefect deploy, from the checkout the workers run
+        # The restart scenario's own server: start, prefect deploy, then the documented setup.
+        def set_up_restart_server() -> tuple[Scenario, str]:
+            restart_server.start()
+            other = prepare_stack(restart_server, pg, tmp, db_block="countries-db")
+            stacks.append(other)
+            restart = scenario("restart", other, checkout)
+            deploy(other, [restart.spec()], checkout, tmp / "ops-restart.yaml")
+            return restart, setup_script(other)
+
+        other_ready = pool.submit(set_up_restart_server)
+
+        # The session server: prefect deploy, then the documented setup (blocks, and the automations with
+        # their defaults, the stale-table alert to the webhook receiver).
+        main = prepare_stack(prefect_server, pg, tmp, db_block=f"ops-db-{uuid.uuid4().hex[:6]}")
+        stacks.append(main)
+        kill9, oom, sigterm = (scenario(n, main, checkout) for n in ("kill9", "oom", "sigterm"))
+        rollout, stale = scenario("rollout", main, rollout_checkout), scenario("stale", main, checkout)
+        rollout_deployed = pool.submit(deploy, main, [rollout.spec()], rollout_checkout, tmp / "ops-rollout.yaml")
         deploy(main, [kill9.spec(), sigterm.spec(), oom.spec()], checkout, tmp / "ops-main.yaml")
         add_stale_deployment(main, stale)
-        deploy(main, [rollout.spec()], rollout_checkout, tmp / "ops-rollout.yaml")
-        deploy(other, [restart.spec()], checkout, tmp / "ops-restart.yaml")
+        rollout_deployed.result()
 
-        # 2. the documented setup, after the deploy: blocks, and the automations with their defaults
         from prefect.blocks.notifications import CustomWebhookNotificationBlock
 
         notify = f"ops-webhook-{uuid.uuid4().hex[:6]}"
@@ -639,24 +645,28 @@ def scenarios(prefect_server, pg, tmp_path_factory) -> Iterator[dict[str, Future
         ).save(notify)
         cleanup.callback(_delete_block, notify, "custom-webhook")
         main_setup = setup_script(main, "--notify-block", notify, "--stale-after-intervals", "2")
-        other_setup = setup_script(other)
 
-        pool = cleanup.enter_context(ThreadPoolExecutor(max_workers=6))
-        futures = {
-            "kill9": pool.submit(scenario_kill9, kill9),
-            "oom": pool.submit(scenario_oom, oom),
-            "sigterm": pool.submit(scenario_sigterm, sigterm),
-            "restart": pool.submit(scenario_restart, restart),
-            "rollout": pool.submit(scenario_rollout, rollout, origin),
-            "stale": pool.submit(scenario_freshness, stale, receiver),
-        }
-        futures["setup"] = Future()
-        futures["setup"].set_result({"main": main_setup, "other": other_setup, "main_stack": main,
-                                     "scenarios": {s.name: s for s in (kill9, oom, sigterm, rollout, stale, restart)}})
+        futures["kill9"] = pool.submit(scenario_kill9, kill9)
+        futures["oom"] = pool.submit(scenario_oom, oom)
+        futures["sigterm"] = pool.submit(scenario_sigterm, sigterm)
+        futures["rollout"] = pool.submit(scenario_rollout, rollout, origin)
+        futures["stale"] = pool.submit(scenario_freshness, stale, receiver)
+        futures["restart"] = pool.submit(lambda: scenario_restart(other_ready.result()[0]))
+
+        def setup_outcome() -> dict[str, Any]:
+            restart, other_setup = other_ready.result()
+            return {"main": main_setup, "other": other_setup, "main_stack": main,
+                    "scenarios": {s.name: s for s in (kill9, oom, sigterm, rollout, stale, restart)}}
+
+        futures["setup"] = pool.submit(setup_outcome)
+
+        @cleanup.callback
+        def _wait_for_the_scenarios() -> None:  # every scenario ends (and stops its workers) before the teardown
+            for f in futures.values():
+                with contextlib.suppress(BaseException):
+                    f.result(timeout=SCENARIO_TIMEOUT + 60)
+
         yield futures
-        for f in futures.values():  # let every scenario end (and stop its workers) before tearing down
-            with contextlib.suppress(BaseException):
-                f.result(timeout=SCENARIO_TIMEOUT + 60)
 
 
 def add_stale_deployment(stack: Stack, sc: Scenario) -> None:
