@@ -12,25 +12,24 @@ Contract of :class:`ColumnSet`:
   list of its Python values, with one exception: ints with nulls become float64 only if
   every int survives as a float, otherwise the column stays object (exact ints).
 
-How: each column is one buffer of the rows so far plus room (rows beyond the ones written:
-null). What ``infer_dtype`` said of each write's values is kept, so the final conversion
-needs no second look at the values.
+How: each column is one buffer of the rows so far plus room. What ``infer_dtype`` said of
+each write's values is kept, so the final dtype needs no second look at the values. A
+column is in one of these modes:
 
-Strings: pandas' public ``str`` array constructor checks every value; a check of every
-string of a finished column, long after the walk read it, misses the CPU cache on each one
-(it would cost about a third of a full unnest). So while a column holds only strings and
-nulls, its buffer is a ``str`` array (``StringArray``, nulls NaN), and each batch's rows are
-checked by the constructor right after they are gathered, while their objects are in the
-cache, then copied into the buffer (copying a ``str`` array into another is not checked
-again). The final Series is a slice of the buffer: no pass over the values at the end. Its
-nulls are one private NaN object (``_GAP``), told apart from NaN found in the data by
-identity: if another kind of value arrives later, the column becomes an object array again
-and only those nulls become None.
+- *typed*: exact Python ints, floats or bools only, no null and no gap so far: an int64,
+  float64 or bool buffer, each batch converted while its values are in the CPU cache;
+- *strings*: strings and nulls only so far: an object buffer whose nulls are one private NaN
+  object (``_GAP``, told apart from NaN found in the data by identity). At the end pandas'
+  public ``str`` constructor makes the column (one pass, which also turns each null into
+  NaN); everything in it is a string or a null, as every write's ``infer_dtype`` said;
+- *objects*: anything else: an object buffer of the values themselves (None for no value).
+
+A typed or strings column that gets another kind of value (or a null or gap, for typed)
+becomes an objects column, without loss: the typed values become the same Python values
+again, and only the ``_GAP`` nulls become None.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -44,23 +43,22 @@ MAX_EXACT = 2**53
 
 _STR = pd.Series(["a"]).dtype  # the dtype pandas infers for strings
 _GAP = float("nan")  # the null of string columns being built (told apart from data by identity)
-_ONE_GAP = pd.arrays.StringArray(np.array([_GAP], dtype=object), dtype=_STR)
+_TYPED = {"integer": (int, np.int64), "floating": (float, np.float64), "boolean": (bool, np.bool_)}
+_STRINGS, _OBJECTS = "strings", "objects"
 
 
 class Column:
     """One output column: its values so far and what is known of them."""
 
-    __slots__ = ("buf", "gaps", "kinds", "name", "nulls", "strings")
+    __slots__ = ("buf", "gaps", "kinds", "mode", "name", "nulls")
 
     def __init__(self, name: str):
         self.name = name
-        # Allocated at the first value: a StringArray while ``strings``, else an object array.
-        self.buf: Any = None
+        self.buf: np.ndarray | None = None  # allocated at the first value
+        self.mode: str | None = None  # _STRINGS, _OBJECTS, or the kind of a typed buffer
         self.kinds: set[str] = set()  # what infer_dtype (skipna) said of each write's values
         self.gaps = False  # some row has no value (a null) besides explicit nulls
         self.nulls = False  # some value is a null (None or NaN)
-        # Only strings and nulls so far: every null is kept as _GAP, as pandas' str arrays want.
-        self.strings: bool | None = None
 
 
 class ColumnSet:
@@ -98,8 +96,8 @@ class ColumnSet:
         self.capacity = max(need, guess)
         for col in self.columns:
             if col.buf is not None:
-                grown = _buffer(col.strings, self.capacity)
-                grown[: self.rows] = col.buf[: self.rows]  # a str array into one: not checked again
+                grown = np.empty(self.capacity, dtype=col.buf.dtype)
+                grown[: self.rows] = col.buf[: self.rows]
                 col.buf = grown
 
     def write(
@@ -130,18 +128,17 @@ class ColumnSet:
             col.nulls = True
             inferred = inferred[1:]
         col.kinds.add(inferred)
-        stringy = inferred == "string" or inferred == "empty"
-        if col.strings is None:
-            col.strings = stringy
-        elif col.strings and not stringy:
+        whole = where is None and complete  # every row of the batch gets one of these values
+        if col.mode is None:
+            col.mode = self._first_mode(col, array, inferred, nulls, whole, start)
+        elif col.mode == _STRINGS and inferred != "string" and inferred != "empty":
             _unstring(col, start)
-        fill = _GAP if col.strings else None
-        if col.buf is None:
-            col.buf = _buffer(col.strings, self.capacity)
-            col.gaps = start > 0
+        if col.mode not in (_STRINGS, _OBJECTS) and self._typed_write(col, array, inferred, nulls, whole, inst, rows):
+            return
+        fill = _GAP if col.mode == _STRINGS else None
         if fill is not None and nulls:
             array[[v is None for v in array]] = fill  # the walk built values: ours to change
-        if not (where is None and complete):
+        if not whole:
             col.gaps = True
             dense = np.full(n + 1, fill, dtype=object)  # the extra last slot: no value
             if where is None:
@@ -149,20 +146,62 @@ class ColumnSet:
             else:
                 dense[where] = array
             array = dense[:-1] if inst is None else dense
-        if col.strings:
-            block = array if inst is None else array.take(inst, mode="wrap")  # -1: the null slot
-            # Checked here, while the values are in the cache; copied in without a second check.
-            col.buf[start : start + rows] = pd.arrays.StringArray(block, dtype=_STR)
-        elif inst is None:
-            col.buf[start : start + rows] = array
+        target = col.buf[start : start + rows]
+        if inst is None:
+            target[:] = array
         else:
-            array.take(inst, out=col.buf[start : start + rows], mode="wrap")
+            array.take(inst, out=target, mode="wrap")  # -1: the null slot
+
+    def _first_mode(self, col: Column, array: np.ndarray, inferred: str, nulls: bool, whole: bool, start: int) -> str:
+        """The mode of a column at its first value, with its buffer (null in earlier rows)."""
+        typed = _TYPED.get(inferred)
+        if typed is not None and start == 0 and whole and not nulls and set(map(type, array)) == {typed[0]}:
+            col.buf = np.empty(self.capacity, dtype=typed[1])
+            return inferred
+        col.buf = np.empty(self.capacity, dtype=object)
+        col.gaps = start > 0
+        if inferred == "string" or inferred == "empty":
+            col.buf[:start] = _GAP
+            return _STRINGS
+        return _OBJECTS
+
+    def _typed_write(
+        self,
+        col: Column,
+        array: np.ndarray,
+        inferred: str,
+        nulls: bool,
+        whole: bool,
+        inst: np.ndarray | None,
+        rows: int,
+    ) -> bool:
+        """Write into a typed buffer if the values fit it; else make the column objects, False."""
+        kind, dtype = _TYPED[col.mode]
+        if inferred == col.mode and whole and not nulls and set(map(type, array)) == {kind}:
+            try:
+                converted = array.astype(dtype)
+            except (TypeError, ValueError, OverflowError):
+                pass  # an int beyond int64: objects from here on
+            else:
+                target = col.buf[self.rows : self.rows + rows]
+                if inst is None:
+                    target[:] = converted
+                else:
+                    converted.take(inst, out=target)  # complete: no -1 in inst
+                return True
+        _objectify(col, self.rows)
+        return False
 
     def end_batch(self, rows: int, written: set[int]) -> None:
         """The batch's ``rows`` rows are done; columns (by id) not in ``written`` are null there."""
+        start = self.rows
         for col in self.columns:
             if col.buf is not None and id(col) not in written:
-                col.gaps = True  # its buffer holds nulls there already
+                col.gaps = True
+                if col.mode == _STRINGS:
+                    col.buf[start : start + rows] = _GAP
+                elif col.mode != _OBJECTS:
+                    _objectify(col, start)  # its new buffer holds None in the batch's rows
         self.rows += rows
 
     def series(self, col: Column) -> pd.Series:
@@ -170,32 +209,32 @@ class ColumnSet:
         rows = self.rows
         if col.buf is None:
             return pd.Series(np.empty(rows, dtype=object), copy=False)
-        if col.strings and "string" not in col.kinds:
+        if col.mode == _STRINGS and "string" not in col.kinds:
             _unstring(col, rows)  # nothing but nulls: pandas makes that object, with None
         buf, col.buf = col.buf, None
         values = buf[:rows]  # a view
         if len(buf) > rows * 1.25 + 16:
             values = values.copy()  # do not keep much unused room alive
         del buf
-        if col.strings:
+        if col.mode == _STRINGS:
+            return pd.Series(pd.array(values, dtype=_STR, copy=False), copy=False)
+        if col.mode != _OBJECTS:
             return pd.Series(values, copy=False)
         return _convert(values, col.kinds - {"empty"}, col.gaps or col.nulls)
 
 
-def _buffer(strings: bool | None, size: int) -> Any:
-    """``size`` nulls: a StringArray of ``_GAP`` for a string column, else an object array of None."""
-    if strings:
-        return _ONE_GAP.repeat(size)  # a str array made from a str array: not checked again
-    return np.empty(size, dtype=object)
+def _objectify(col: Column, rows: int) -> None:
+    """A typed column becomes objects: its first ``rows`` values as the same Python values."""
+    buf = np.empty(len(col.buf), dtype=object)
+    buf[:rows] = col.buf[:rows]  # int64, float64, bool -> int, float, bool
+    col.buf, col.mode = buf, _OBJECTS
 
 
 def _unstring(col: Column, rows: int) -> None:
-    """A string column gets another kind: an object buffer, its nulls in the first ``rows`` None."""
-    buf = np.empty(len(col.buf), dtype=object)
-    done = buf[:rows]
-    done[:] = np.asarray(col.buf[:rows], dtype=object)  # the same objects: NaN from data stays
+    """A strings column becomes objects: its ``_GAP`` nulls in the first ``rows`` become None."""
+    done = col.buf[:rows]
     done[np.fromiter((v is _GAP for v in done), dtype=bool, count=rows)] = None
-    col.buf, col.strings = buf, False
+    col.mode = _OBJECTS
 
 
 def _convert(values: np.ndarray, kinds: set[str], gaps: bool) -> pd.Series:
