@@ -26,26 +26,32 @@ Figures (``run()``):
 
 ``run(smoke=True)`` uses a few hundred records in this process and asserts that ours and
 json_normalize agree (see :func:`_check_agreement`).
+
+``python -m tests.benchmarks.bench_unnest [--smoke] [--repeat N]`` prints the figures as a
+table; with ``--repeat N`` the whole measurement runs N times and each figure is the median
+of the N runs (ours and the baseline each), for a machine shared with other work.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import random
+import statistics
 import string
 import subprocess
 import sys
 import time
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from flows.unnest import unnest
-from tests.benchmarks._report import Figure
+from tests.benchmarks._report import Figure, format_table
 
 REPO = Path(__file__).resolve().parents[2]
 MiB = 2**20
@@ -81,8 +87,7 @@ def _record(i: int, rnd: random.Random, languages: list[str], currencies: list) 
             "common": common,
             "official": f"Republic of {common}",
             "nativeName": {
-                lang: {"official": f"{common} ({lang}, official)", "common": f"{common} ({lang})"}
-                for lang in langs
+                lang: {"official": f"{common} ({lang}, official)", "common": f"{common} ({lang})"} for lang in langs
             },
         },
         "tld": [f".c{i % 997}"] if rnd.random() < 0.97 else [f".c{i % 997}", f".x{i % 89}"],
@@ -178,9 +183,7 @@ def _child(task: str, n: int, diverse: bool, repeats: int) -> dict[str, Any]:
         "rows": len(frame),
         "columns": frame.shape[1],
         "frame_bytes": int(frame.memory_usage(deep=True).sum()) if stream else None,
-        "list_columns": sum(
-            1 for name in frame.columns if frame[name].map(lambda v: isinstance(v, list)).any()
-        ),
+        "list_columns": sum(1 for name in frame.columns if frame[name].map(lambda v: isinstance(v, list)).any()),
         "peak_growth": growth,
         "memory_how": how,
     }
@@ -201,9 +204,7 @@ def _measure(task: str, n: int, *, diverse: bool = True, repeats: int = 3) -> di
         f"print(json.dumps(_child({task!r}, {n}, {diverse!r}, {repeats})))"
     )
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=False
-    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"benchmark subprocess {task} failed:\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -218,8 +219,8 @@ def _without_lists(value: Any) -> Any:
     return value
 
 
-def _check_agreement(records: list[dict[str, Any]]) -> None:
-    """AssertionError unless unnest and json_normalize agree where they overlap.
+def _check_agreement(records: list[dict[str, Any]], unnest: Callable[..., pd.DataFrame] = unnest) -> None:
+    """AssertionError unless ``unnest`` and json_normalize agree where they overlap.
 
     1. Records without lists, maps off: the same frame (columns in any order).
     2. The list ``tld`` kept as well: json_normalize exploded with ``DataFrame.explode``.
@@ -356,3 +357,35 @@ def run(smoke: bool = False) -> list[Figure]:
         )
     )
     return figures
+
+
+def _median_figures(runs: list[list[Figure]]) -> list[Figure]:
+    """Each figure as the median of its values over ``runs`` (the same figures, in the same order)."""
+    out = []
+    for same in zip(*runs, strict=True):
+        first = same[0]
+        ours = statistics.median(f.ours for f in same)
+        baseline = None if first.baseline is None else statistics.median(f.baseline for f in same)
+        ratio = None if not baseline else ours / baseline
+        met = None
+        if first.met is not None and ratio is not None:
+            met = ratio <= float(first.target.rsplit("<=", 1)[1])
+        note = f"median of {len(same)} runs ({', '.join(f'{f.ours:.3g}' for f in same)}); {first.note}"
+        out.append(Figure(first.benchmark, first.metric, first.baseline_name, baseline, ours, first.target, met, note))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the figures; exit status 1 if a figure misses its target."""
+    parser = argparse.ArgumentParser(prog="python -m tests.benchmarks.bench_unnest", description=__doc__.split("\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="a few hundred records, in this process")
+    parser.add_argument("--repeat", type=int, default=1, metavar="N", help="run N times and report medians")
+    args = parser.parse_args(argv)
+    runs = [run(smoke=args.smoke) for _ in range(max(1, args.repeat))]
+    figures = runs[0] if len(runs) == 1 else _median_figures(runs)
+    print(format_table(figures))
+    return 1 if any(f.met is False for f in figures) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
