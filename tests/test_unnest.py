@@ -12,6 +12,7 @@ import math
 import time
 import tracemalloc
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -778,3 +779,84 @@ def test_dict_subclasses_are_read_without_running_their_missing_hook():
     frame = unnest([*records, {"d": odd}], batch_size=2)
     assert dict(odd) == {"a": 5, "z": 6}  # untouched: no "b" added by a lookup
     assert rows(frame) == [(1, 2, None), (3, 4, None), (5, None, 6)]
+
+
+# --- one column's kind changing from batch to batch -------------------------------------------
+
+MISSING = object()  # the record has no such key
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [1, 2, 3],
+        [1, 2, 3, "x"],
+        [1, 2, 3, MISSING],
+        [MISSING, 1, 2],
+        [1, None, 2],
+        [1, 2, 3.5],
+        [1.5, 2.5, 3],
+        [1.5, MISSING, 2.5],
+        [1.5, float("nan"), 2.5],
+        [1, 2, 2**70],
+        [1, 2**53 + 1, MISSING],
+        [2**60, MISSING],
+        [1, 2, True],
+        [True, True, False],
+        [True, False, None],
+        [True, False, MISSING],
+        [True, "x"],
+        [1.5, "x", None],
+        ["x", 1.5],
+    ],
+)
+@pytest.mark.parametrize("batch_size", [1, 2, 1000])
+def test_a_column_whose_values_change_kind_between_batches_is_what_pandas_infers(values, batch_size):
+    records = [{"id": i} if v is MISSING else {"id": i, "a": v} for i, v in enumerate(values)]
+    frame = unnest(records, batch_size=batch_size)
+    expected = _expected_series([None if v is MISSING else v for v in values])
+    pd.testing.assert_series_equal(frame["a"], expected, check_names=False)
+    if expected.dtype == object:  # the values themselves: an int stays an int, a bool a bool
+        assert [type(v) for v in frame["a"]] == [type(v) for v in expected]
+
+
+# --- no global state ------------------------------------------------------------------------------
+
+
+def test_the_garbage_collector_is_left_as_it_is_during_the_call():
+    """Prefect runs tasks in threads: a library must not flip process-wide switches."""
+    before = (gc.isenabled(), gc.get_threshold(), gc.get_freeze_count())
+    seen = []
+
+    def records():
+        for i in range(5_000):
+            if i % 1_000 == 0:  # read by unnest batch by batch: this runs inside the call
+                seen.append((gc.isenabled(), gc.get_threshold(), gc.get_freeze_count()))
+            yield {"i": i, "tags": ["a", "b"][: i % 3], "d": {"x": i, "s": str(i)}, "m": {f"k{i % 7}": i}}
+
+    frame = unnest(records())
+    assert len(frame) > 5_000
+    assert set(seen) == {before}
+    assert (gc.isenabled(), gc.get_threshold(), gc.get_freeze_count()) == before
+
+
+def test_calls_in_several_threads_at_once_give_what_they_give_alone():
+    def records(seed: int) -> list[dict]:
+        return [
+            {
+                "id": i,
+                "name": {"official": f"n{seed}-{i}", "common": None if i % 5 == 0 else f"c{i}"},
+                "tld": [f".{seed}{j}" for j in range(i % 3)],
+                "currencies": {f"C{(i + j) % 9}": {"name": f"cur{j}", "rate": j * 0.5} for j in range(i % 3)},
+                "population": i * seed if i % 11 else None,
+            }
+            for i in range(3_000)
+        ]
+
+    inputs = [records(seed) for seed in range(1, 5)]
+    alone = [unnest(r) for r in inputs] + [unnest(r, FLOW_COLUMNS) for r in inputs]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        together = list(pool.map(unnest, inputs * 2, [None] * len(inputs) + [FLOW_COLUMNS] * len(inputs)))
+    assert len(together) == len(alone)
+    for got, want in zip(together, alone, strict=True):
+        pd.testing.assert_frame_equal(got, want)
