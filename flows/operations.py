@@ -304,7 +304,8 @@ def _comparable(automation: AutomationCore) -> dict[str, Any]:
 
 
 async def apply_automation(client: PrefectClient, wanted: AutomationCore) -> str:
-    """Create the automation named like ``wanted``, or update it to ``wanted``; ``created``/``updated``/``unchanged``.
+    """Create the automation named like ``wanted``, or update it to ``wanted``; ``created``/``updated``/``unchanged``
+    (followed by ``; removed N duplicates`` when there were some).
 
     Extra automations of the same name are deleted: two setups run at once, or a create request that the
     client sent again after a slow answer (a busy server), would otherwise make an automation act twice.
@@ -319,10 +320,11 @@ async def apply_automation(client: PrefectClient, wanted: AutomationCore) -> str
     keep, *extra = existing
     for duplicate in extra:
         await client.delete_automation(duplicate.id)
-    if _comparable(keep) == _comparable(wanted) and not extra:
-        return "unchanged"
+    removed = f"; removed {len(extra)} duplicate{'s' if len(extra) > 1 else ''}" if extra else ""
+    if _comparable(keep) == _comparable(wanted):
+        return "unchanged" + removed
     await client.update_automation(keep.id, wanted)
-    return "updated"
+    return "updated" + removed
 
 
 @dataclass(frozen=True)
