@@ -80,10 +80,14 @@ def test_base_image_is_the_official_prefect_image_of_the_pinned_version(dockerfi
     assert froms[0] == f"prefecthq/prefect:{pinned_version('prefect')}-python3.11"
 
 
-def test_pip_installs_exactly_requirements_txt_without_a_cache(dockerfile):
+def test_pip_installs_exactly_requirements_txt_then_the_package_without_a_cache(dockerfile):
     runs = [args for keyword, args in dockerfile if keyword == "RUN"]
     pip_runs = [r for r in runs if re.search(r"\bpip\b", r)]
-    assert pip_runs == ["pip install --no-cache-dir -r requirements.txt"], pip_runs
+    # the pinned requirements, then the package itself without resolving anything more
+    assert pip_runs == [
+        "pip install --no-cache-dir -r requirements.txt",
+        "pip install --no-cache-dir --no-deps -e .",
+    ], pip_runs
     for keyword, args in dockerfile:
         if keyword == "RUN":
             assert not re.search(r"\b(uv|poetry|conda|apt-get)\b", args), f"installs more than requirements: {args}"
@@ -110,7 +114,7 @@ def test_copies_the_code_the_deployments_need(dockerfile):
         if keyword in {"COPY", "ADD"}:
             parts = [p for p in shlex.split(args) if not p.startswith("--")]
             copied.update(p.rstrip("/") for p in parts[:-1])
-    assert {"flows", "blocks", "requirements.txt", "prefect.yaml"} <= copied, copied
+    assert {"flows", "blocks", "requirements.txt", "pyproject.toml", "prefect.yaml"} <= copied, copied
     assert not copied & {".", "./", "*"}, "copy what is needed, not the whole build context"
 
 
@@ -154,8 +158,8 @@ def test_dockerignore_keeps_the_build_context_to_what_the_image_copies():
         for line in DOCKERIGNORE.read_text(encoding="utf-8").splitlines()
         if line.strip() and not line.strip().startswith("#")
     ]
-    needed = ["requirements.txt", "prefect.yaml", "prefect.docker.yaml", "Dockerfile"]
-    needed += [str(p.relative_to(REPO_ROOT)) for d in ("flows", "blocks") for p in (REPO_ROOT / d).glob("*.py")]
+    needed = ["requirements.txt", "pyproject.toml", "prefect.yaml", "prefect.docker.yaml", "Dockerfile"]
+    needed += [str(p.relative_to(REPO_ROOT)) for d in ("flows", "blocks") for p in (REPO_ROOT / d).rglob("*.py")]
     # Docker always sends the Dockerfile and .dockerignore themselves, even when ignored.
     for path in needed:
         if path != "Dockerfile":
