@@ -298,9 +298,8 @@ async def find_notification_block(client: PrefectClient, ref: str) -> BlockDocum
 
 
 def _comparable(automation: AutomationCore) -> dict[str, Any]:
-    return AutomationCore.model_validate(automation.model_dump(mode="json")).model_dump(
-        mode="json", exclude={"owner_resource"}
-    )
+    """The automation's definition as plain Python values (sets stay sets: their order means nothing)."""
+    return AutomationCore.model_validate(automation.model_dump(mode="json")).model_dump(exclude={"owner_resource"})
 
 
 async def apply_automation(client: PrefectClient, wanted: AutomationCore) -> str:
