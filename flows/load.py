@@ -2,9 +2,10 @@
 
 Public API: ``parse_table_name`` -> ``TableName``, ``resolve_table``, ``content_hash``,
 ``replace_table`` -> ``LoadResult``, ``STRATEGIES``, ``STATE_TABLE``. This module tells the story
-of one load; its parts are private modules: the COPY serialisation and content hash
-(``flows._copy_text``), the locks and bounded lock waits (``flows._locks``), the load-state
-table (``flows._load_state``) and connecting, quoting and messages (``flows._postgres``).
+of one load; its parts are the light ``flows.tables`` (table names and schemas, without pandas:
+the names above are re-exported from there) and private modules: the COPY serialisation and
+content hash (``flows._copy_text``), the locks and bounded lock waits (``flows._locks``), the
+load-state table (``flows._load_state``) and connecting, quoting and messages (``flows._postgres``).
 One load is one transaction on a SQLAlchemy engine's connection (psycopg2 driver):
 
 1. ``pg_advisory_xact_lock`` on the table's name: loaders of one table run one after the
@@ -23,7 +24,8 @@ One load is one transaction on a SQLAlchemy engine's connection (psycopg2 driver
    ``ACCESS EXCLUSIVE``, ``DROP`` it, ``RENAME`` the staging one (written FREEZE: older
    snapshots see all of it); grants and comment are carried over, indexes, constraints,
    triggers and owner are not; a view on the table makes it fail.
-6. Record the load state; commit. Any failure rolls back: the table is as it was.
+6. Record the load state (with the caller's source digest, also when only that changed);
+   commit. Any failure rolls back: the table is as it was.
 
 Waits for locks users hold (the swap's lock, the DELETE behind a user's row lock, the count
 behind an ``ALTER TABLE``) run in a savepoint with ``lock_timeout`` and are tried
@@ -32,7 +34,8 @@ then ``TableBusyError`` names the blocking sessions (pid, user, application, sta
 transaction age, query). See ``flows._locks``.
 
 Load state: ``countries_pipeline_state``, a table in the target's schema, holds per table
-its oid, content hash, row count, strategy and load time; trusted only while the table has
+its oid, content hash, row count, strategy, load time and source digest (what the rows were
+made from, see ``flows.tables.already_loaded``); trusted only while the table has
 that oid and row count (to force a rewrite, delete the table's row there). The hash that
 earlier releases kept in the table's comment is read once and that comment removed; any
 other comment is the user's (``flows._load_state``). ``content_hash``: SHA-256 of a JSON header
@@ -48,11 +51,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import re
 import secrets
 import time
 from collections.abc import Mapping
-from typing import Literal
 
 import pandas as pd
 import psycopg2
@@ -62,18 +63,13 @@ from sqlalchemy import exc as sa_exc
 
 from flows import changes as change_report
 from flows._copy_text import CopyPlan, CopyStream, content_digest, plan_copy
-from flows._load_state import STATE_TABLE, LoadState, is_legacy_comment
+from flows._load_state import STATE_TABLE, LoadState, Stored, is_legacy_comment
 from flows._locks import LockWaits, advisory_lock
-from flows._postgres import MAX_IDENTIFIER_BYTES, connect, pg_message, quote_ident, scrub
+from flows._postgres import connect, pg_message, quote_ident, scrub
 from flows.changes import ChangeSpec, ChangeSummary
-from flows.errors import (
-    ConfigurationError,
-    CountriesError,
-    InvalidTableNameError,
-    LoadError,
-    setting,
-)
+from flows.errors import ConfigurationError, CountriesError, LoadError, setting
 from flows.quality import check_row_drop
+from flows.tables import STRATEGIES, Strategy, TableName, parse_table_name, resolve_schema, resolve_table
 
 logger = logging.getLogger(__name__)
 
@@ -88,64 +84,6 @@ __all__ = [
     "replace_table",
     "resolve_table",
 ]
-
-Strategy = Literal["rows", "swap"]
-STRATEGIES: tuple[str, ...] = ("rows", "swap")
-
-# --- table names -------------------------------------------------------------------
-
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
-_NAME_HELP = "use letters, digits and underscores, optionally schema-qualified like analytics.countries"
-
-
-@dataclasses.dataclass(frozen=True)
-class TableName:
-    """A validated, lower-case table name; ``schema`` is ``None`` for "the first schema on search_path"."""
-
-    schema: str | None
-    name: str
-
-    @property
-    def sql(self) -> str:
-        """The quoted name for SQL, e.g. ``"public"."countries"``."""
-        if self.schema is None:
-            return quote_ident(self.name)
-        return f"{quote_ident(self.schema)}.{quote_ident(self.name)}"
-
-    def __str__(self) -> str:
-        return self.name if self.schema is None else f"{self.schema}.{self.name}"
-
-
-def parse_table_name(name: str) -> TableName:
-    """Parse ``"countries"`` or ``"analytics.countries"`` into a ``TableName``.
-
-    Each part must match ``[A-Za-z_][A-Za-z0-9_$]*`` and be at most 63 bytes.
-    Upper case is folded to lower case, as PostgreSQL does for unquoted names:
-    ``Analytics.Countries`` is the table a ``psql`` user reaches by typing that.
-    Raises ``InvalidTableNameError`` (one line: what was wrong, what is allowed)
-    for anything else; the database is not touched.
-    """
-    if not isinstance(name, str):
-        raise InvalidTableNameError(f"invalid table name {name!r}: expected a string; {_NAME_HELP}")
-    shown = json.dumps(name, ensure_ascii=False)
-    parts = name.split(".")
-    if len(parts) > 2:
-        raise InvalidTableNameError(
-            f"invalid table name {shown}: at most one dot (schema.table) is allowed; {_NAME_HELP}"
-        )
-    for part in parts:
-        if not _IDENTIFIER.fullmatch(part):
-            quoted = json.dumps(part, ensure_ascii=False)
-            what = "an empty part" if part == "" else f"{quoted} is not a plain identifier"
-            raise InvalidTableNameError(f"invalid table name {shown}: {what}; {_NAME_HELP}")
-        if len(part) > MAX_IDENTIFIER_BYTES:
-            raise InvalidTableNameError(
-                f"invalid table name {shown}: a part is {len(part)} characters long, "
-                f"PostgreSQL allows at most {MAX_IDENTIFIER_BYTES}; {_NAME_HELP}"
-            )
-    parts = [p.lower() for p in parts]
-    return TableName(None, parts[0]) if len(parts) == 1 else TableName(parts[0], parts[1])
-
 
 # --- results -----------------------------------------------------------------------
 
@@ -200,7 +138,7 @@ class _Target:
     oid: int | None = None
     rows: int | None = None
     comment: str | None = None
-    stored_hash: str | None = None  # from the load state (or a legacy comment) if it still describes the table
+    stored: Stored | None = None  # from the load state (or a legacy comment) if it still describes the table
 
     @property
     def legacy_comment(self) -> bool:
@@ -221,6 +159,7 @@ class _Load:
     strategy: str
     lock_timeout: float
     lock_retries: int
+    source_digest: str | None
 
     @property
     def state(self) -> LoadState:
@@ -245,12 +184,14 @@ class _Load:
         swap = TableName(table.schema, f"{table.name[:40]}__swap_{secrets.token_hex(4)}")
         staging = swap.sql if self.strategy == "swap" else 'pg_temp."countries_pipeline_new"'
         digest = self._stage(staging)
-        if digest == target.stored_hash:
+        if target.stored is not None and digest == target.stored.content_hash:
             if self.strategy == "swap":
                 cur.execute(f"DROP TABLE {staging}")
             if target.legacy_comment:  # ours, from an earlier release: the state table takes over
                 self.waits.bounded(target.oid, "write", lambda: cur.execute(f"COMMENT ON TABLE {table.sql} IS NULL"))
                 self._save_state(digest)
+            elif self.source_digest is not None and self.source_digest != target.stored.source_digest:
+                self._save_state(digest)  # the same rows from another source digest: a next run may skip
             summary = None if self.changes is None else ChangeSummary.identical(self.changes)
             return self._result(target, False, summary, digest)
 
@@ -263,7 +204,7 @@ class _Load:
         return self._result(target, True, summary, digest)
 
     def _save_state(self, digest: str) -> None:
-        self.state.save(self.table.name, self.table.sql, digest, self.plan.rows, self.strategy)
+        self.state.save(self.table.name, self.table.sql, digest, self.plan.rows, self.strategy, self.source_digest)
 
     def _result(self, target: _Target, changed: bool, summary: ChangeSummary | None, digest: str) -> LoadResult:
         written = self.plan.rows if changed else 0
@@ -293,7 +234,7 @@ class _Load:
             return cur.fetchone()[0]
 
         rows = self.waits.bounded(oid, "read", count)
-        return _Target(oid, rows, comment, self.state.stored_hash(table.name, oid, rows, comment))
+        return _Target(oid, rows, comment, self.state.stored(table.name, oid, rows, comment))
 
     def _check_table_columns(self, oid: int) -> None:
         """Strategy "rows" keeps the table: it must have every column of the data."""
@@ -386,41 +327,6 @@ class _Load:
         self.waits.bounded(target.oid, "swap", swap)
 
 
-def _resolve_schema(cur: psycopg2.extensions.cursor, table: TableName) -> TableName:
-    """``table`` with its schema made explicit (the first existing schema of ``search_path`` if none)."""
-    if table.schema is None:
-        cur.execute("SELECT current_schema()")
-        schema = cur.fetchone()[0]
-        if schema is None:
-            raise LoadError(f"cannot place table {table}: search_path names no existing schema; use schema.table")
-        return TableName(schema, table.name)
-    cur.execute("SELECT to_regnamespace(%s)", (quote_ident(table.schema),))
-    if cur.fetchone()[0] is None:
-        raise LoadError(
-            f'schema "{table.schema}" does not exist: create it first '
-            f"(CREATE SCHEMA {quote_ident(table.schema)}) or load into another schema; nothing was written"
-        )
-    return table
-
-
-def resolve_table(engine: sa.Engine, table: str | TableName) -> TableName:
-    """``table`` schema-qualified as a load would place it, checked against the database.
-
-    Connects once (so an unreachable database is found before anything else
-    is spent): ``DatabaseUnreachableError``; a schema that does not exist, or a
-    ``search_path`` naming none: ``LoadError``. Nothing is written.
-    """
-    target = table if isinstance(table, TableName) else parse_table_name(table)
-    conn = connect(engine)
-    try:
-        with conn.connection.dbapi_connection.cursor() as cur:
-            return _resolve_schema(cur, target)
-    except (sa_exc.DBAPIError, psycopg2.Error) as exc:
-        raise LoadError(f"checking {target} failed: {scrub(pg_message(exc), engine.url)}") from exc
-    finally:
-        conn.close()
-
-
 # --- the public entry point -----------------------------------------------------------
 
 
@@ -451,6 +357,7 @@ def replace_table(
     strategy: Strategy = "rows",
     lock_timeout: float = 1.0,
     lock_retries: int = 3,
+    source_digest: str | None = None,
 ) -> LoadResult:
     """Replace the rows of ``table`` with those of ``df`` in one transaction, unless the content is unchanged.
 
@@ -463,7 +370,10 @@ def replace_table(
     ``check_row_drop``. ``changes``: what the change summary compares (its columns must be
     in ``df``). ``strategy``: ``"rows"`` (keeps the table and all attached to it; never
     blocks readers) or ``"swap"`` (a new table). ``lock_timeout`` (seconds) and
-    ``lock_retries`` bound each wait for a lock a user's session holds.
+    ``lock_retries`` bound each wait for a lock a user's session holds. ``source_digest``: the
+    digest of the source data ``df`` was made from (``flows.tables.source_digest``), saved
+    in the load state with the content hash (also when the content was unchanged), so that
+    ``flows.tables.already_loaded`` can tell a later run with the same source it need not load.
 
     Returns a ``LoadResult`` (``changed=False``, ``rows_written == 0``: the stored hash
     matched and the table was not touched). Raises ``InvalidTableNameError`` /
@@ -481,8 +391,8 @@ def replace_table(
         with conn.begin():
             try:
                 with raw.cursor() as cur:
-                    target = _resolve_schema(cur, target)
-                    options = (force, min_row_fraction, changes, strategy, lock_timeout, lock_retries)
+                    target = resolve_schema(cur, target)
+                    options = (force, min_row_fraction, changes, strategy, lock_timeout, lock_retries, source_digest)
                     result = _Load(cur, engine.url, target, plan, *options).run()
             except psycopg2.Error as exc:
                 if raw.closed:  # the server went away: let SQLAlchemy discard the connection

@@ -11,6 +11,7 @@ let something happen.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import logging
 import tempfile
@@ -40,6 +41,7 @@ from flows.errors import (
     TableBusyError,
 )
 from flows.load import STATE_TABLE, LoadResult, TableName, content_hash, parse_table_name, replace_table
+from flows.tables import already_loaded, source_digest
 from tests.conftest import free_port
 
 CANARY = "CANARY-pw-7f3a9Zq"
@@ -887,6 +889,150 @@ def test_loaders_of_different_tables_create_the_state_table_once(engine):
 
     assert errors == [] and len(results) == 4
     assert relnames(engine) == [STATE_TABLE, "t0", "t1", "t2", "t3"]
+
+
+# --- the source digest: a later run with the same source may skip the load ------------------
+
+SOURCE_A, SOURCE_B = "a" * 64, "b" * 64
+COLUMNS = ("nation_official_name", "currency_name", "population")
+PUBLIC_COUNTRIES = TableName("public", "countries")
+
+
+def stored_source(engine: sa.Engine, table: str = "countries") -> str | None:
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.text(f"SELECT source_sha256 FROM {STATE_TABLE} WHERE table_name = :t"), {"t": table}
+        ).scalar_one()
+
+
+def test_the_source_digest_is_saved_with_each_load_and_when_only_it_changes(engine):
+    df = countries(10)
+    replace_table(engine, df, "countries", source_digest=SOURCE_A)
+    assert stored_source(engine) == SOURCE_A
+    assert already_loaded(engine, PUBLIC_COUNTRIES, SOURCE_A, COLUMNS) == 10
+    before = relation_state(engine)
+
+    # the same rows made from another source (another release, records in another order): not rewritten,
+    # but the state now names that source
+    again = replace_table(engine, df.copy(), "countries", source_digest=SOURCE_B)
+    assert (again.changed, again.rows_written) == (False, 0)
+    assert relation_state(engine) == before
+    assert stored_source(engine) == SOURCE_B
+    assert already_loaded(engine, PUBLIC_COUNTRIES, SOURCE_A, COLUMNS) is None
+    assert already_loaded(engine, PUBLIC_COUNTRIES, SOURCE_B, COLUMNS) == 10
+
+    # a load that does not say where its rows came from: no source stands for the table any more
+    assert replace_table(engine, countries(10, seed=3), "countries").changed is True
+    assert stored_source(engine) is None
+    assert already_loaded(engine, PUBLIC_COUNTRIES, SOURCE_B, COLUMNS) is None
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_a_source_stands_only_while_the_state_describes_the_table(engine, strategy):
+    replace_table(engine, countries(10), "countries", strategy=strategy, source_digest=SOURCE_A)
+    assert already_loaded(engine, PUBLIC_COUNTRIES, SOURCE_A, COLUMNS) == 10
+    assert already_loaded(engine, PUBLIC_COUNTRIES, SOURCE_B, COLUMNS) is None
+    assert already_loaded(engine, PUBLIC_COUNTRIES, None, COLUMNS) is None
+    assert already_loaded(engine, TableName("public", "other"), SOURCE_A, COLUMNS) is None
+    assert already_loaded(engine, PUBLIC_COUNTRIES, SOURCE_A, (*COLUMNS, "capital")) is None  # a new column
+
+    with engine.begin() as conn:  # a hand edit that changes the row count
+        conn.exec_driver_sql("DELETE FROM countries WHERE ctid = (SELECT min(ctid) FROM countries)")
+    assert already_loaded(engine, PUBLIC_COUNTRIES, SOURCE_A, COLUMNS) is None
+
+
+def test_a_source_does_not_stand_for_a_table_replaced_or_altered_by_hand(engine):
+    replace_table(engine, countries(10), "countries", source_digest=SOURCE_A)
+    with engine.begin() as conn:  # same rows, another table
+        conn.exec_driver_sql("CREATE TABLE copy AS SELECT * FROM countries")
+        conn.exec_driver_sql("DROP TABLE countries")
+        conn.exec_driver_sql("ALTER TABLE copy RENAME TO countries")
+    assert already_loaded(engine, PUBLIC_COUNTRIES, SOURCE_A, COLUMNS) is None
+
+    replace_table(engine, countries(10), "countries", source_digest=SOURCE_A)
+    assert already_loaded(engine, PUBLIC_COUNTRIES, SOURCE_A, COLUMNS) == 10
+    with engine.begin() as conn:  # a column of the data dropped: a load would refuse, so it must be tried
+        conn.exec_driver_sql("ALTER TABLE countries DROP COLUMN currency_name")
+    assert already_loaded(engine, PUBLIC_COUNTRIES, SOURCE_A, COLUMNS) is None
+
+
+def test_a_source_check_behind_a_users_lock_gives_up_within_its_bound(engine, pg, database_url):
+    replace_table(engine, countries(10), "countries", source_digest=SOURCE_A)
+    with contextlib.closing(dbapi_connect(pg, database_url, "migration")) as holder:
+        holder.autocommit = False
+        with holder.cursor() as cur:
+            cur.execute("LOCK TABLE countries IN ACCESS EXCLUSIVE MODE")
+        started = time.monotonic()
+        assert already_loaded(engine, PUBLIC_COUNTRIES, SOURCE_A, COLUMNS, lock_timeout=0.2) is None
+        assert time.monotonic() - started < 5
+        holder.rollback()
+    assert already_loaded(engine, PUBLIC_COUNTRIES, SOURCE_A, COLUMNS) == 10
+
+
+def test_a_state_table_from_before_source_digests_gets_the_column_on_the_next_load(engine):
+    df = countries(12)
+    replace_table(engine, df, "countries")
+    with engine.begin() as conn:  # the state table as the previous release created and filled it
+        conn.exec_driver_sql(f"DROP TABLE {STATE_TABLE}")
+        conn.exec_driver_sql(
+            f"CREATE TABLE {STATE_TABLE} (table_name text PRIMARY KEY, table_oid oid NOT NULL, content_sha256"
+            " text NOT NULL, row_count bigint NOT NULL, strategy text NOT NULL, loaded_at timestamptz NOT NULL)"
+        )
+        conn.exec_driver_sql(
+            f"INSERT INTO {STATE_TABLE} VALUES ('countries', 'countries'::regclass, %s, 12, 'rows', now())",
+            (content_hash(df),),
+        )
+    rows_before = relation_state(engine)[4]
+    assert already_loaded(engine, PUBLIC_COUNTRIES, SOURCE_A, COLUMNS) is None  # no column: no source stands
+
+    result = replace_table(engine, df, "countries", source_digest=SOURCE_A)
+
+    assert (result.changed, result.rows_written) == (False, 0)  # the old state was still read
+    assert relation_state(engine)[4] == rows_before
+    assert ("source_sha256", "text") in column_types(engine, STATE_TABLE)
+    assert stored_state(engine) == (content_hash(df), 12, "rows")
+    assert stored_source(engine) == SOURCE_A
+    assert already_loaded(engine, PUBLIC_COUNTRIES, SOURCE_A, COLUMNS) == 12
+    replace_table(engine, countries(12, seed=5), "other", source_digest=SOURCE_B)  # the column is added once
+    assert stored_source(engine, "other") == SOURCE_B
+
+
+RECORDS = [
+    {"name": {"official": "Republic of Iceland"}, "population": 366425, "currencies": {"ISK": {"name": "króna"}}},
+    {"name": {"official": "Kingdom of Norway"}, "population": 5379475, "currencies": {"NOK": {"name": "krone"}}},
+]
+DIGEST_COLUMNS = [("nation_official_name", "name.official", "text"), ("population", "population", "bigint")]
+
+
+def test_the_source_digest_covers_records_columns_and_dialect_not_key_order():
+    digest = source_digest(RECORDS, dialect="v3.1", columns=DIGEST_COLUMNS)
+    assert len(digest) == 64 and digest == source_digest(copy.deepcopy(RECORDS), dialect="v3.1", columns=DIGEST_COLUMNS)
+    reordered_keys = [dict(reversed(list(r.items()))) for r in RECORDS]
+    assert source_digest(reordered_keys, dialect="v3.1", columns=DIGEST_COLUMNS) == digest
+
+    changed = copy.deepcopy(RECORDS)
+    changed[0]["population"] = 366426
+    other_type = [DIGEST_COLUMNS[0], ("population", "population", "numeric")]
+    other_path = [("nation_official_name", "name.common", "text"), DIGEST_COLUMNS[1]]
+    others = {
+        source_digest(changed, dialect="v3.1", columns=DIGEST_COLUMNS),
+        source_digest(RECORDS[::-1], dialect="v3.1", columns=DIGEST_COLUMNS),
+        source_digest(RECORDS[:1], dialect="v3.1", columns=DIGEST_COLUMNS),
+        source_digest(RECORDS, dialect="v5", columns=DIGEST_COLUMNS),
+        source_digest(RECORDS, dialect="v3.1", columns=other_type),
+        source_digest(RECORDS, dialect="v3.1", columns=other_path),
+        source_digest(RECORDS, dialect="v3.1", columns=DIGEST_COLUMNS[:1]),
+    }
+    assert len(others) == 7 and digest not in others
+    # JSON tells 1 from 1.0 and true from 1: never the same digest for records that could load differently
+    as_float = [dict(RECORDS[0], population=366425.0)]
+    as_int = [dict(RECORDS[0], population=366425)]
+    assert source_digest(as_float, dialect="v3.1", columns=[]) != source_digest(as_int, dialect="v3.1", columns=[])
+
+
+def test_records_that_are_not_json_data_have_no_source_digest():
+    assert source_digest([{"population": object()}], dialect="v3.1", columns=DIGEST_COLUMNS) is None
+    assert source_digest([{1: "a", "b": 2}], dialect="v3.1", columns=DIGEST_COLUMNS) is None
 
 
 # --- zero downtime ---------------------------------------------------------------------
