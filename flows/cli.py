@@ -191,30 +191,19 @@ def connect_prefect() -> str | None:
 # --- the database -----------------------------------------------------------------------------
 
 
-BLOCK_TYPE = "sqlalchemy-connector"
-
-
 async def _block_socket(client: Any, name: str) -> tuple[bool, str | None]:
     """(whether the SqlAlchemyConnector block ``name`` exists, the unix-socket directory it points at)."""
     from prefect.exceptions import ObjectNotFound
 
+    from flows.settings import DB_BLOCK_TYPE
+
     try:
-        document = await client.read_block_document_by_name(name, block_type_slug=BLOCK_TYPE, include_secrets=False)
+        document = await client.read_block_document_by_name(name, block_type_slug=DB_BLOCK_TYPE, include_secrets=False)
     except ObjectNotFound:
         return False, None
     info = document.data.get("connection_info")
     query = info.get("query") if isinstance(info, dict) else None
     return True, (query or {}).get("host")
-
-
-async def _block_names(client: Any) -> list[str]:
-    from prefect.exceptions import ObjectNotFound
-
-    try:
-        documents = await client.read_block_documents_by_type(BLOCK_TYPE, include_secrets=False)
-    except ObjectNotFound:  # the block type was never registered: no such blocks
-        return []
-    return sorted(d.name for d in documents if d.name and not d.is_anonymous)
 
 
 async def prepare_database(db_block: str, data_dir: Path | None) -> str | None:
@@ -231,21 +220,14 @@ async def prepare_database(db_block: str, data_dir: Path | None) -> str | None:
     from prefect.client.orchestration import get_client
 
     from flows import local
-    from flows.errors import ConfigurationError, setting
-    from flows.settings import DEFAULT_DB_BLOCK, connection_from_url, save_db_block
+    from flows.settings import DEFAULT_DB_BLOCK, connection_from_url, no_db_block_error, save_db_block
 
     async with get_client() as client:
         exists, socket_dir = await _block_socket(client, db_block)
         if db_block != DEFAULT_DB_BLOCK:
             if exists:
                 return None
-            names = await _block_names(client)
-            listing = f"the SqlAlchemyConnector blocks are: {', '.join(names)}" if names else "there are none"
-            raise ConfigurationError(
-                f"no database block named '{db_block}' on the Prefect server ({listing}): check "
-                f"{setting('db_block')}, or create it with `python blocks/create_blocks.py --db-block {db_block} "
-                "--db-url postgresql+psycopg2://USER@HOST:PORT/DATABASE`"
-            )
+            raise await no_db_block_error(db_block, client)
     if exists and not local.owns_socket(socket_dir, data_dir):
         return None  # the default block points at a real database
     db = local.database_status(data_dir)

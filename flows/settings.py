@@ -20,13 +20,21 @@ Environment variables win over blocks: ``RESTCOUNTRIES_API_KEY`` over the Secret
 from __future__ import annotations
 
 import os
+from enum import Enum
+from typing import TYPE_CHECKING, Any
 
 from prefect.blocks.core import Block
 from pydantic import Field
 
 from flows.errors import ConfigurationError, setting
 
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+    from prefect.client.orchestration import PrefectClient
+
 DEFAULT_DB_BLOCK = "countries-db"
+DB_BLOCK_TYPE = "sqlalchemy-connector"
+"""The block type slug of prefect-sqlalchemy's ``SqlAlchemyConnector``."""
 API_KEY_BLOCK = "restcountries-api-key"
 SETTINGS_BLOCK = "countries-settings"
 
@@ -124,6 +132,102 @@ async def save_db_block(name: str, connection):
     block = SqlAlchemyConnector(connection_info=connection)
     await block.asave(name, overwrite=True)
     return block
+
+
+async def db_block_names(client: PrefectClient | None = None) -> list[str]:
+    """The names of the ``SqlAlchemyConnector`` blocks on the Prefect server, sorted (through ``client`` if given)."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    if client is None:
+        async with get_client() as own:
+            return await db_block_names(own)
+    try:
+        documents = await client.read_block_documents_by_type(DB_BLOCK_TYPE, include_secrets=False)
+    except ObjectNotFound:  # the block type was never registered: there are none
+        return []
+    return sorted(d.name for d in documents if d.name and not d.is_anonymous)
+
+
+async def no_db_block_error(name: str, client: PrefectClient | None = None) -> ConfigurationError:
+    """The error for a database block ``name`` that does not exist: it lists the blocks that do."""
+    names = await db_block_names(client)
+    listing = f"the SqlAlchemyConnector blocks are: {', '.join(names)}" if names else "there are none"
+    return ConfigurationError(
+        f"no database block named '{name}' on the Prefect server ({listing}): check {setting('db_block')}, "
+        f"or create it with `python blocks/create_blocks.py --db-block {name} "
+        "--db-url postgresql+psycopg2://USER@HOST:PORT/DATABASE`"
+    )
+
+
+def _secret(value: Any) -> Any:
+    getter = getattr(value, "get_secret_value", None)  # a SecretStr, should the client hand one back
+    return getter() if callable(getter) else value
+
+
+def connection_url(connection_info: Any) -> sa.engine.URL:
+    """The SQLAlchemy URL of a ``SqlAlchemyConnector``'s ``connection_info`` as its block document stores it.
+
+    A string is a URL; a mapping holds ``ConnectionComponents`` (driver, username,
+    password, host, port, database, query), made into the URL exactly as
+    prefect-sqlalchemy's ``ConnectionComponents.create_url`` does: an empty
+    password counts as none, and unset components are left out. Raises
+    ``ConfigurationError`` for anything else (never quoting the password).
+    """
+    import sqlalchemy as sa
+    from sqlalchemy.exc import ArgumentError
+
+    problem = "must be a SQLAlchemy URL or connection components with a driver"
+    if isinstance(connection_info, str):
+        try:
+            return sa.make_url(connection_info)
+        except ArgumentError:
+            problem = "is not a SQLAlchemy URL"
+    elif isinstance(connection_info, dict) and connection_info.get("driver"):
+        driver = connection_info["driver"]
+        port = connection_info.get("port")
+        try:
+            params = {
+                "drivername": driver.value if isinstance(driver, Enum) else str(driver),
+                "username": connection_info.get("username"),
+                "password": _secret(connection_info.get("password")) or None,
+                "database": connection_info.get("database"),
+                "host": connection_info.get("host"),
+                "port": None if port is None else int(port),
+                "query": connection_info.get("query"),
+            }
+            return sa.engine.URL.create(**{k: v for k, v in params.items() if v is not None})
+        except (TypeError, ValueError):
+            problem = "has a component of the wrong type (port must be a number, query text values)"
+    raise ConfigurationError(
+        f"the database block's connection_info {problem}: save the block again with "
+        "`python blocks/create_blocks.py --db-url postgresql+psycopg2://USER@HOST:PORT/DATABASE`"
+    )
+
+
+async def db_block_engine(name: str) -> sa.Engine:
+    """A SQLAlchemy engine from the ``SqlAlchemyConnector`` block ``name``'s connection settings.
+
+    The block document is read through the Prefect client (its secrets
+    included), without importing prefect-sqlalchemy; the engine gets the URL
+    of :func:`connection_url` and the block's ``connect_args``, as the
+    connector's own engine would. Raises ``ConfigurationError`` naming the
+    blocks that exist when ``name`` does not.
+    """
+    import sqlalchemy as sa
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    async with get_client() as client:
+        try:
+            document = await client.read_block_document_by_name(
+                name, block_type_slug=DB_BLOCK_TYPE, include_secrets=True
+            )
+        except ObjectNotFound:
+            raise await no_db_block_error(name, client) from None
+    data = document.data
+    url = connection_url(data.get("connection_info"))
+    return sa.create_engine(url, connect_args=data.get("connect_args") or {})
 
 
 # --- the API key ---------------------------------------------------------------------
