@@ -18,6 +18,12 @@ The story of one run of ``countries_flow``:
    report what changed.
 7. Publish the table's report artifact and log the summary line.
 
+Steps 4 to 6 are skipped when the table's last load was made from the very
+same source (``flows.tables.source_digest``: the records, the table's columns
+and the code that turns one into the other) and still stands
+(``flows.tables.already_loaded``): they would write nothing. Such a run
+reports the table unchanged, and imports neither pandas nor the loader.
+
 An expected failure (any ``CountriesError``) ends the run Failed with one short
 message, cause first, and a short failure report; the table is untouched.
 Anything else keeps its traceback.
@@ -34,7 +40,7 @@ import math
 import re
 import time
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -48,12 +54,15 @@ from prefect.states import Failed
 from pydantic import Field
 
 from flows import api as restcountries
-from flows import budget, load, report, schema, settings
+from flows import budget, report, schema, settings, tables
+from flows.changes import ChangeSummary
 from flows.errors import ConfigurationError, CountriesError, InvalidTableNameError, TransientApiError, setting
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # pandas and the loader are imported by the tasks that need them, only when they run
     import pandas as pd
     import sqlalchemy as sa
+
+    from flows import load
 
 DEFAULT_REGIONS = ["Northern Europe"]
 TASK_RETRY_DELAY_SECONDS = 30
@@ -139,7 +148,7 @@ def check_parameters(
     names = restcountries.expand_regions(regions)
     table_name = (table or "").strip() or default_table([r.strip() for r in regions])
     try:
-        load.parse_table_name(table_name)
+        tables.parse_table_name(table_name)
     except InvalidTableNameError as exc:
         raise InvalidTableNameError(f"{setting('table')}: {exc}") from None
     restcountries.get_dialect(api)
@@ -159,8 +168,10 @@ def check_parameters(
             f"{setting('cache_minutes')} must be 0 (always fetch) or a positive number of minutes, "
             f"got {cache_minutes!r}"
         )
-    if strategy not in load.STRATEGIES:
-        raise ConfigurationError(f"{setting('strategy')} must be one of {', '.join(load.STRATEGIES)}, got {strategy!r}")
+    if strategy not in tables.STRATEGIES:
+        raise ConfigurationError(
+            f"{setting('strategy')} must be one of {', '.join(tables.STRATEGIES)}, got {strategy!r}"
+        )
     return {
         "regions": names,
         "table": table_name,
@@ -205,44 +216,8 @@ class Target:
     """The table to replace: an engine on the block's database and the schema-qualified table name."""
 
     engine: sa.Engine
-    table: load.TableName
+    table: tables.TableName
     database: str
-
-
-async def db_block_names() -> list[str]:
-    """The names of the ``SqlAlchemyConnector`` blocks on the Prefect server, sorted."""
-    from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
-
-    async with get_client() as client:
-        try:
-            documents = await client.read_block_documents_by_type("sqlalchemy-connector", include_secrets=False)
-        except ObjectNotFound:  # the block type was never registered: there are none
-            return []
-    return sorted(d.name for d in documents if d.name and not d.is_anonymous)
-
-
-async def db_block_engine(name: str) -> sa.Engine:
-    """A SQLAlchemy engine from the ``SqlAlchemyConnector`` block ``name``'s connection settings.
-
-    Raises ``ConfigurationError`` naming the blocks that exist when ``name`` does not.
-    """
-    import sqlalchemy as sa
-    from prefect_sqlalchemy import ConnectionComponents, SqlAlchemyConnector
-
-    try:
-        connector = await SqlAlchemyConnector.aload(name)
-    except ValueError:  # Prefect's "Unable to find block document named ..."
-        names = await db_block_names()
-        listing = f"the SqlAlchemyConnector blocks are: {', '.join(names)}" if names else "there are none"
-        raise ConfigurationError(
-            f"no database block named '{name}' on the Prefect server ({listing}): check {setting('db_block')}, "
-            f"or create it with `python blocks/create_blocks.py --db-block {name} "
-            "--db-url postgresql+psycopg2://USER@HOST:PORT/DATABASE`"
-        ) from None
-    info = connector.connection_info
-    url = info.create_url() if isinstance(info, ConnectionComponents) else sa.make_url(str(info))
-    return sa.create_engine(url, connect_args=connector.connect_args or {})
 
 
 async def open_target(db_block: str, table: str) -> Target:
@@ -254,9 +229,9 @@ async def open_target(db_block: str, table: str) -> Target:
     Raises ``ConfigurationError`` when the block does not exist (naming those
     that do), ``DatabaseUnreachableError`` or ``LoadError`` from the database.
     """
-    engine = await db_block_engine(db_block)
+    engine = await settings.db_block_engine(db_block)
     try:
-        resolved = await asyncio.to_thread(load.resolve_table, engine, table)
+        resolved = await asyncio.to_thread(tables.resolve_table, engine, table)
     except BaseException:
         engine.dispose()
         raise
@@ -404,9 +379,13 @@ def quality_gate(frame: pd.DataFrame) -> pd.DataFrame:
 
 @task(task_run_name="load {target.table}", cache_policy=NO_CACHE, **quiet_failure)
 def load_table(
-    frame: pd.DataFrame, target: Target, force: bool, min_row_fraction: float, strategy: str
+    frame: pd.DataFrame, target: Target, force: bool, min_row_fraction: float, strategy: str, source: str | None
 ) -> load.LoadResult:
-    """Replace the target table's rows with the frame (nothing written when unchanged), with what changed."""
+    """Replace the target table's rows with the frame (nothing written when unchanged), with what changed.
+
+    ``source`` (the digest of the records the frame was made from) is saved with the load state."""
+    from flows import load
+
     result = load.replace_table(
         target.engine,
         frame,
@@ -416,6 +395,7 @@ def load_table(
         min_row_fraction=min_row_fraction,
         changes=schema.CHANGES,
         strategy=strategy,
+        source_digest=source,
     )
     logger = get_run_logger()
     if result.changed:
@@ -516,15 +496,46 @@ async def countries_flow(
         records = _each_country_once(fetches, dialect.name)
         steps["fetch"] = time.perf_counter() - mark
 
-        # 4. and 5. Transform and check.
+        # Already loaded from this very source: steps 4 to 6 would write nothing.
         mark = time.perf_counter()
-        frame = quality_gate(unnest_countries(records, dialect.name))
-        steps["unnest + quality gate"] = time.perf_counter() - mark
+        source = tables.source_digest(
+            records,
+            dialect=dialect.name,
+            columns=[(c.name, c.source(dialect.name), c.sql_type) for c in schema.COLUMNS],
+        )
+        unchanged_rows = await asyncio.to_thread(
+            tables.already_loaded, target.engine, target.table, source, schema.COLUMN_NAMES
+        )
+        steps["unchanged check"] = time.perf_counter() - mark
+        frame: pd.DataFrame | None = None
+        if unchanged_rows is not None:
+            logger.info(
+                "%s unchanged: %d rows already loaded from the same source data, nothing written "
+                "(unnest, quality gate and load skipped)",
+                target.table,
+                unchanged_rows,
+            )
+            outcome = _Outcome(
+                table=str(target.table),
+                rows=unchanged_rows,
+                rows_written=0,
+                previous_rows=unchanged_rows,
+                changed=False,
+                changes=ChangeSummary.identical(schema.CHANGES),
+            )
+        else:
+            # 4. and 5. Transform and check.
+            mark = time.perf_counter()
+            frame = quality_gate(unnest_countries(records, dialect.name))
+            steps["unnest + quality gate"] = time.perf_counter() - mark
 
-        # 6. Load.
-        mark = time.perf_counter()
-        result = load_table(frame, target, p["force"], p["min_row_fraction"], p["strategy"])
-        steps["load"] = time.perf_counter() - mark
+            # 6. Load.
+            mark = time.perf_counter()
+            result = load_table(frame, target, p["force"], p["min_row_fraction"], p["strategy"], source)
+            steps["load"] = time.perf_counter() - mark
+            outcome = _Outcome(
+                result.table, result.rows, result.rows_written, result.previous_rows, result.changed, result.changes
+            )
     except CountriesError as exc:
         seconds = time.perf_counter() - started
         await acreate_markdown_artifact(
@@ -538,19 +549,26 @@ async def countries_flow(
             target.engine.dispose()
 
     # 7. Report.
+    currency = schema.column("currency_name")
+    if frame is not None:
+        countries = int(frame[schema.KEY.name].nunique())
+        currencies = int(frame[currency.name].nunique())
+    else:  # the same counts, from the records (they passed the checks when this source was loaded)
+        countries = _distinct(records, schema.KEY.source(dialect.name))
+        currencies = _distinct(records, currency.source(dialect.name))
     summary = report.RunSummary(
-        table=result.table,
+        table=outcome.table,
         database=target.database,
-        rows=result.rows,
-        rows_written=result.rows_written,
-        previous_rows=result.previous_rows,
-        changed=result.changed,
-        countries=int(frame[schema.KEY.name].nunique()),
-        currencies=int(frame["currency_name"].nunique()),
+        rows=outcome.rows,
+        rows_written=outcome.rows_written,
+        previous_rows=outcome.previous_rows,
+        changed=outcome.changed,
+        countries=countries,
+        currencies=currencies,
         fetches=fetches,
         started=started_at,
         seconds=time.perf_counter() - started,
-        changes=result.changes,
+        changes=outcome.changes,
         step_seconds=steps,
         frame=frame,
     )
@@ -559,6 +577,35 @@ async def countries_flow(
     )
     logger.info(summary.one_line())
     return summary
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """What step 6 did to the table (or would have done: nothing, when it was skipped)."""
+
+    table: str
+    rows: int
+    rows_written: int
+    previous_rows: int | None
+    changed: bool
+    changes: ChangeSummary | None
+
+
+def _distinct(records: list[dict[str, Any]], path: str) -> int:
+    """How many distinct non-null values the unnest ``path`` (``*`` for each list item or object value) reaches."""
+
+    def values(value: Any, parts: list[str]) -> Iterator[Any]:
+        if not parts:
+            yield value
+        elif parts[0] == "*":
+            items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+            for item in items:
+                yield from values(item, parts[1:])
+        elif isinstance(value, dict) and parts[0] in value:
+            yield from values(value[parts[0]], parts[1:])
+
+    parts = path.split(".")
+    return len({v for record in records for v in values(record, parts) if v is not None})
 
 
 def _each_country_once(fetches: list[report.RegionFetch], api_name: str) -> list[dict[str, Any]]:

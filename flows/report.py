@@ -15,9 +15,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd  # only a type here: importing this module does not import pandas
 
 
 class ChangeSummary(Protocol):
@@ -64,7 +65,11 @@ def _plural(count: int, noun: str, plural: str | None = None) -> str:
 
 @dataclass
 class RunSummary:
-    """What a completed run did; the flow returns it and publishes it as the table's artifact."""
+    """What a completed run did; the flow returns it and publishes it as the table's artifact.
+
+    ``frame`` is the table's new content; None when the run found the table
+    already loaded from the same source data and skipped the transform and load.
+    """
 
     table: str
     database: str

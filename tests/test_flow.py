@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import logging
+import subprocess
+import sys
+import time
 import uuid
 from typing import Any
 
@@ -229,6 +233,195 @@ def test_the_cache_is_keyed_on_the_key_so_a_wrong_key_fails(v5, db, monkeypatch)
         run(db_block=block)  # within cache_minutes of the good run, but another key
     assert v5.count() == 4 + 1
     assert table_rows(url) == EXPECTED_NORTHERN_EUROPE
+
+
+# --- unchanged source data: no transform, no load --------------------------------------------------
+
+TRANSFORM_AND_LOAD = {"unnest 16 records", "quality gate", f"load public.{TABLE}"}
+
+
+def task_names(state, timeout: float = 30.0) -> set[str]:
+    """The names of the tasks the flow run ran, read back from the server.
+
+    Every task run logs its final state, and ``run_state`` has sent the logs; the
+    task runs themselves are recorded by the server from events, a moment later:
+    this polls (with a deadline) until every task run that logged is recorded.
+    """
+    flow_run_id = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+    logged = {log.task_run_id for log in logs if log.task_run_id is not None}
+    deadline = time.monotonic() + timeout
+    while True:
+        recorded = {t.id: t.name for t in task_runs_of(flow_run_id)}
+        if logged <= recorded.keys():
+            return set(recorded.values())
+        assert time.monotonic() < deadline, f"task runs {logged - recorded.keys()} not recorded after {timeout}s"
+        time.sleep(0.05)
+
+
+def row_versions(url: str, table: str = TABLE) -> tuple:
+    """The table's oid and its rows' versions (xmin): both stay the same unless the table is rewritten."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            oid = conn.execute(sa.text("SELECT to_regclass(:t)::oid"), {"t": table}).scalar_one()
+            xmins = conn.exec_driver_sql(f'SELECT array_agg(xmin::text ORDER BY ctid) FROM "{table}"').scalar_one()
+    finally:
+        engine.dispose()
+    return oid, tuple(xmins)
+
+
+def test_a_second_run_with_unchanged_data_writes_nothing_and_runs_no_transform_or_load(fake_api, db):
+    block, url = db
+    first_state = run_state(db_block=block, api="v3.1", base_url=fake_api.v31_base_url)
+    first = asyncio.run(first_state.aresult())
+    assert task_names(first_state) == {"fetch Northern Europe"} | TRANSFORM_AND_LOAD
+    before = row_versions(url)
+
+    state = run_state(db_block=block, api="v3.1", base_url=fake_api.v31_base_url)  # the same command again
+    summary = asyncio.run(state.aresult())
+
+    assert state.is_completed()
+    assert task_names(state) == {"fetch Northern Europe"}  # served from the fetch cache; nothing else ran
+    assert (summary.rows, summary.rows_written, summary.previous_rows, summary.changed) == (20, 0, 20, False)
+    assert summary.changes.phrase() == "no changes"
+    assert (summary.countries, summary.currencies) == (first.countries, first.currencies)
+    assert summary.one_line().startswith(f"unchanged: 20 rows already in public.{TABLE} at ")
+    assert ", nothing written; " in summary.one_line()
+    logs = logs_of(state.state_details.flow_run_id)
+    assert summary.one_line() in logs
+    assert any(line.startswith(f"public.{TABLE} unchanged: 20 rows") for line in logs)
+    latest = artifacts(report.artifact_key(TABLE))[-1]
+    assert "| rows written | 0 (same content, not rewritten) |" in latest.data
+    assert f"| countries | {first.countries} |" in latest.data and f"| currencies | {first.currencies} |" in latest.data
+    assert row_versions(url) == before  # not one row rewritten
+    assert table_rows(url) == EXPECTED_NORTHERN_EUROPE
+
+
+def test_after_an_unchanged_run_a_change_in_the_data_is_loaded(db):
+    block, url = db
+    with FakeRestCountries() as api:
+        run(db_block=block, api="v3.1", base_url=api.v31_base_url, cache_minutes=0)
+        run(db_block=block, api="v3.1", base_url=api.v31_base_url, cache_minutes=0)
+    with FakeRestCountries(with_country("Iceland", population=400_000)) as changed:
+        state = run_state(db_block=block, api="v3.1", base_url=changed.v31_base_url, cache_minutes=0)
+    summary = asyncio.run(state.aresult())
+
+    assert TRANSFORM_AND_LOAD <= task_names(state)
+    assert (summary.changed, summary.rows_written) == (True, 20)
+    assert summary.one_line().startswith("loaded 20 rows (1 population changed)")
+    assert ("Iceland", "Icelandic króna", 400_000) in table_rows(url)
+
+
+def test_a_hand_edit_that_changes_the_row_count_is_loaded_again(fake_api, db):
+    block, url = db
+    run(db_block=block, api="v3.1", base_url=fake_api.v31_base_url)
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"DELETE FROM {TABLE} WHERE nation_official_name = 'Iceland'")
+    finally:
+        engine.dispose()
+
+    state = run_state(db_block=block, api="v3.1", base_url=fake_api.v31_base_url)  # same data, from the cache
+    summary = asyncio.run(state.aresult())
+
+    assert TRANSFORM_AND_LOAD <= task_names(state)
+    assert (summary.changed, summary.rows_written, summary.previous_rows) == (True, 20, 19)
+    assert table_rows(url) == EXPECTED_NORTHERN_EUROPE
+
+
+def test_a_new_column_type_in_the_table_schema_is_loaded(fake_api, db, monkeypatch):
+    from flows import schema
+
+    block, url = db
+    run(db_block=block, api="v3.1", base_url=fake_api.v31_base_url)
+    # the next release declares population numeric: its first run must load, not skip
+    columns = tuple(dataclasses.replace(c, sql_type="numeric") if c.name == "population" else c for c in schema.COLUMNS)
+    monkeypatch.setattr(schema, "COLUMNS", columns)
+    monkeypatch.setattr(schema, "SQL_TYPES", {c.name: c.sql_type for c in columns})
+
+    state = run_state(db_block=block, api="v3.1", base_url=fake_api.v31_base_url)
+    assert TRANSFORM_AND_LOAD <= task_names(state)
+    assert asyncio.run(state.aresult()).changed is True  # the content's SQL types changed, so its hash did
+
+    again = run_state(db_block=block, api="v3.1", base_url=fake_api.v31_base_url)
+    assert task_names(again) == {"fetch Northern Europe"}
+    assert table_rows(url) == EXPECTED_NORTHERN_EUROPE
+
+
+def test_a_state_table_from_before_source_digests_is_upgraded_by_the_next_run(fake_api, db):
+    block, url = db
+    run(db_block=block, api="v3.1", base_url=fake_api.v31_base_url)
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:  # the state table as the previous release left it
+            conn.exec_driver_sql(
+                "CREATE TABLE old_state AS SELECT table_name, table_oid, content_sha256, row_count, strategy,"
+                " loaded_at FROM countries_pipeline_state"
+            )
+            conn.exec_driver_sql("DROP TABLE countries_pipeline_state")
+            conn.exec_driver_sql("ALTER TABLE old_state RENAME TO countries_pipeline_state")
+            conn.exec_driver_sql("ALTER TABLE countries_pipeline_state ADD PRIMARY KEY (table_name)")
+    finally:
+        engine.dispose()
+    before = row_versions(url)
+
+    upgrade = run_state(db_block=block, api="v3.1", base_url=fake_api.v31_base_url)
+    assert TRANSFORM_AND_LOAD <= task_names(upgrade)  # no source digest stored yet: the loader decides
+    assert asyncio.run(upgrade.aresult()).rows_written == 0  # and finds the rows unchanged
+    again = run_state(db_block=block, api="v3.1", base_url=fake_api.v31_base_url)
+    assert task_names(again) == {"fetch Northern Europe"}
+    assert row_versions(url) == before
+
+
+def test_importing_the_flow_imports_neither_pandas_nor_the_loader():
+    code = (
+        "import sys, flows.countries; "
+        "print(sorted(m for m in ('pandas', 'numpy', 'flows.load', 'flows.unnest', 'flows.quality', "
+        "'prefect_sqlalchemy') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_the_database_block_is_read_as_prefect_sqlalchemy_reads_it(prefect_server, pg):
+    """The flow reads the block document itself (no prefect_sqlalchemy import): same URL, same connect_args."""
+    from prefect_sqlalchemy import ConnectionComponents, SqlAlchemyConnector
+
+    from flows.settings import connection_from_url, db_block_engine
+
+    suffix = uuid.uuid4().hex[:8]
+    needs_quoting = "p@ss w/rd:%"  # as a password
+    components = connection_from_url(pg.url(), password=needs_quoting)
+    blocks = {
+        f"flow-test-components-{suffix}": SqlAlchemyConnector(
+            connection_info=components, connect_args={"application_name": "countries-block-test"}
+        ),
+        f"flow-test-url-{suffix}": SqlAlchemyConnector(connection_info=pg.url()),
+        f"flow-test-remote-{suffix}": SqlAlchemyConnector(
+            connection_info=ConnectionComponents(
+                driver="postgresql+psycopg2", username="u", password="", host="db.example", port=6543, database="d"
+            )
+        ),
+    }
+    for name, block in blocks.items():
+        block.save(name)
+
+    for name in blocks:
+        info = SqlAlchemyConnector.load(name).connection_info
+        expected = info.create_url() if isinstance(info, ConnectionComponents) else sa.make_url(info)
+        engine = asyncio.run(db_block_engine(name))
+        try:
+            assert engine.url.render_as_string(hide_password=False) == expected.render_as_string(hide_password=False)
+            if "remote" not in name:
+                with engine.connect() as conn:
+                    application = conn.exec_driver_sql("SELECT current_setting('application_name')").scalar_one()
+                assert (application == "countries-block-test") == ("components" in name)
+        finally:
+            engine.dispose()
 
 
 # --- what changed -------------------------------------------------------------------------------
