@@ -20,6 +20,7 @@ import hashlib
 import ipaddress
 import math
 import os
+import ssl
 from collections.abc import Generator, Iterable
 
 import httpx
@@ -180,6 +181,35 @@ def _env_number(name: str, default: float) -> float:
     return value
 
 
+class _Transport(httpx.AsyncBaseTransport):
+    """The client's connections: one pool for plain http, one for https, the latter made on first use.
+
+    https gets httpx's default transport (certificate and host name verified
+    against certifi's bundle, or ``$SSL_CERT_FILE``/``$SSL_CERT_DIR``). Loading
+    that bundle takes tens of milliseconds, which a run against an http://
+    server need not spend, so it is made on the first https request. The plain
+    pool's TLS context trusts no certificate at all: http:// never uses it, and
+    anything that did would fail verification.
+    """
+
+    def __init__(self, limits: httpx.Limits) -> None:
+        self.limits = limits
+        self.plain = httpx.AsyncHTTPTransport(limits=limits, verify=ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
+        self.tls: httpx.AsyncHTTPTransport | None = None
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.scheme != "https":
+            return await self.plain.handle_async_request(request)
+        if self.tls is None:
+            self.tls = httpx.AsyncHTTPTransport(limits=self.limits)  # verify=True
+        return await self.tls.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.plain.aclose()
+        if self.tls is not None:
+            await self.tls.aclose()
+
+
 class ApiClient:
     """An HTTP client for the REST Countries API; use ``async with`` (see :func:`make_client`).
 
@@ -232,7 +262,8 @@ def make_client(
     sent as ``Authorization: Bearer`` only to ``https://api.restcountries.com``
     and to the origins of ``trusted_base_urls`` (the base URLs the operator
     configured), and over plain http only to loopback (127.0.0.0/8, ::1,
-    localhost). Redirects are not followed.
+    localhost). Redirects are not followed. https certificates are verified
+    (httpx's defaults); the CA bundle is loaded on the first https request.
 
     ``deadline``: seconds one request attempt may take in total (connect,
     headers, whole body); default ``$RESTCOUNTRIES_DEADLINE_SECONDS`` or 60.
@@ -264,11 +295,13 @@ def make_client(
         if key == DEMO_KEY:
             raise DemoKeyError(demo_key_message("the API key is the public demo key rc_live_demo, which"))
         key_auth = KeyAuth(key, origins)
+    limits = httpx.Limits(max_connections=20, max_keepalive_connections=10, keepalive_expiry=30.0)
     http = httpx.AsyncClient(
         headers={"Accept": "application/json", "User-Agent": USER_AGENT},
         auth=key_auth,
         timeout=httpx.Timeout(deadline, connect=min(deadline, 10.0)),
-        limits=httpx.Limits(max_connections=20, max_keepalive_connections=10, keepalive_expiry=30.0),
+        limits=limits,  # for the proxies of $HTTP(S)_PROXY, which httpx mounts itself
+        transport=_Transport(limits),
         follow_redirects=False,
     )
     return ApiClient(http, key_auth=key_auth, deadline=float(deadline), max_bytes=max_bytes)
