@@ -209,8 +209,9 @@ def already_loaded(
         return None
     state = f"{quote_ident(table.schema)}.{quote_ident(STATE_TABLE)}"
     conn = connect(engine)
+    raw = conn.connection.dbapi_connection
     try:
-        with conn.begin(), conn.connection.dbapi_connection.cursor() as cur:
+        with conn.begin(), raw.cursor() as cur:
             cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             cur.execute("SELECT set_config('lock_timeout', %s, true)", (f"{max(1, round(lock_timeout * 1000))}ms",))
             cur.execute("SELECT to_regclass(%s)", (state,))
@@ -237,7 +238,9 @@ def already_loaded(
                 return None
             cur.execute(f"SELECT count(*) FROM {table.sql}")
             return rows if cur.fetchone()[0] == rows else None
-    except (sa_exc.DBAPIError, psycopg2.Error):  # a lock wait timed out, a statement failed: load instead
+    except (sa_exc.DBAPIError, psycopg2.Error) as exc:  # a lock wait timed out, a statement failed: load instead
+        if raw.closed:  # the server went away: let SQLAlchemy discard the connection (the load will say so)
+            conn.invalidate(exc)
         return None
     finally:
         conn.close()

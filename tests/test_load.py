@@ -969,6 +969,17 @@ def test_a_source_check_behind_a_users_lock_gives_up_within_its_bound(engine, pg
     assert already_loaded(engine, PUBLIC_COUNTRIES, SOURCE_A, COLUMNS) == 10
 
 
+def test_a_connection_lost_during_the_source_check_means_load_and_is_not_reused(engine, pg, database_url):
+    replace_table(engine, countries(10), "countries", source_digest=SOURCE_A)
+    with engine.connect() as conn:  # the pooled connection the check will get
+        pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+    with contextlib.closing(dbapi_connect(pg, database_url, "admin")) as admin, admin.cursor() as cur:
+        cur.execute("SELECT pg_terminate_backend(%s, 10000)", (pid,))  # returns once that session has ended
+
+    assert already_loaded(engine, PUBLIC_COUNTRIES, SOURCE_A, COLUMNS) is None
+    assert already_loaded(engine, PUBLIC_COUNTRIES, SOURCE_A, COLUMNS) == 10  # a fresh connection
+
+
 def test_a_state_table_from_before_source_digests_gets_the_column_on_the_next_load(engine):
     df = countries(12)
     replace_table(engine, df, "countries")
