@@ -153,6 +153,7 @@ def unnest(
     walker = Walker(tree)
     for batch in _batches(records, batch_size):
         _add_batch(walker, out, batch, max_rows)
+        del batch  # gone before the next batch is read: one batch of input held, not two
 
     index = pd.RangeIndex(out.rows)
     if selected is None:
@@ -229,7 +230,12 @@ def _split(path: Any, sep: str, what: str) -> tuple[str, ...]:
 
 
 def _batches(records: Iterable[Any], size: int) -> Iterable[list[dict]]:
-    """The records in lists of up to ``size``, each record checked to be a dict."""
+    """The records in lists of up to ``size``, each record checked to be a dict.
+
+    A batch is let go before the next is read, so that while a generator makes the next
+    records (allocating many containers, which sets the garbage collector off) the previous
+    batch is no longer there for the collector to scan.
+    """
     if isinstance(records, Mapping | str | bytes):
         raise UnnestError(
             f"records must be an iterable of dicts, got a single {type(records).__name__}; wrap one record in a list"
@@ -251,3 +257,4 @@ def _batches(records: Iterable[Any], size: int) -> Iterable[list[dict]]:
                     batch[i] = dict(record)
         done += len(batch)
         yield batch
+        del batch  # not held while the next batch is read
