@@ -316,7 +316,7 @@ def test_after_an_unchanged_run_a_change_in_the_data_is_loaded(db):
 
 def test_a_hand_edit_that_changes_the_row_count_is_loaded_again(fake_api, db):
     block, url = db
-    run(db_block=block, api="v3.1", base_url=fake_api.v31_base_url)
+    run(db_block=block, api="v3.1", base_url=fake_api.v31_base_url, cache_minutes=0)
     engine = sa.create_engine(url)
     try:
         with engine.begin() as conn:
@@ -324,7 +324,7 @@ def test_a_hand_edit_that_changes_the_row_count_is_loaded_again(fake_api, db):
     finally:
         engine.dispose()
 
-    state = run_state(db_block=block, api="v3.1", base_url=fake_api.v31_base_url)  # same data, from the cache
+    state = run_state(db_block=block, api="v3.1", base_url=fake_api.v31_base_url, cache_minutes=0)  # same data
     summary = asyncio.run(state.aresult())
 
     assert TRANSFORM_AND_LOAD <= task_names(state)
@@ -336,24 +336,24 @@ def test_a_new_column_type_in_the_table_schema_is_loaded(fake_api, db, monkeypat
     from flows import schema
 
     block, url = db
-    run(db_block=block, api="v3.1", base_url=fake_api.v31_base_url)
+    run(db_block=block, api="v3.1", base_url=fake_api.v31_base_url, cache_minutes=0)
     # the next release declares population numeric: its first run must load, not skip
     columns = tuple(dataclasses.replace(c, sql_type="numeric") if c.name == "population" else c for c in schema.COLUMNS)
     monkeypatch.setattr(schema, "COLUMNS", columns)
     monkeypatch.setattr(schema, "SQL_TYPES", {c.name: c.sql_type for c in columns})
 
-    state = run_state(db_block=block, api="v3.1", base_url=fake_api.v31_base_url)
+    state = run_state(db_block=block, api="v3.1", base_url=fake_api.v31_base_url, cache_minutes=0)
     assert TRANSFORM_AND_LOAD <= task_names(state)
     assert asyncio.run(state.aresult()).changed is True  # the content's SQL types changed, so its hash did
 
-    again = run_state(db_block=block, api="v3.1", base_url=fake_api.v31_base_url)
+    again = run_state(db_block=block, api="v3.1", base_url=fake_api.v31_base_url, cache_minutes=0)
     assert task_names(again) == {"fetch Northern Europe"}
     assert table_rows(url) == EXPECTED_NORTHERN_EUROPE
 
 
 def test_a_state_table_from_before_source_digests_is_upgraded_by_the_next_run(fake_api, db):
     block, url = db
-    run(db_block=block, api="v3.1", base_url=fake_api.v31_base_url)
+    run(db_block=block, api="v3.1", base_url=fake_api.v31_base_url, cache_minutes=0)
     engine = sa.create_engine(url)
     try:
         with engine.begin() as conn:  # the state table as the previous release left it
@@ -368,10 +368,10 @@ def test_a_state_table_from_before_source_digests_is_upgraded_by_the_next_run(fa
         engine.dispose()
     before = row_versions(url)
 
-    upgrade = run_state(db_block=block, api="v3.1", base_url=fake_api.v31_base_url)
+    upgrade = run_state(db_block=block, api="v3.1", base_url=fake_api.v31_base_url, cache_minutes=0)
     assert TRANSFORM_AND_LOAD <= task_names(upgrade)  # no source digest stored yet: the loader decides
     assert asyncio.run(upgrade.aresult()).rows_written == 0  # and finds the rows unchanged
-    again = run_state(db_block=block, api="v3.1", base_url=fake_api.v31_base_url)
+    again = run_state(db_block=block, api="v3.1", base_url=fake_api.v31_base_url, cache_minutes=0)
     assert task_names(again) == {"fetch Northern Europe"}
     assert row_versions(url) == before
 
