@@ -95,12 +95,13 @@ def column_types(url: str, table: str = TABLE) -> list[tuple[str, str]]:
 
 
 def run(**params) -> report.RunSummary:
-    return asyncio.run(run_flow(**params))
+    """Run the flow; no fetch cache unless the test asks for one (fake servers may reuse a port)."""
+    return asyncio.run(run_flow(**{"cache_minutes": 0, **params}))
 
 
 def run_state(**params):
     """Run the flow; return its final state (as the UI sees it) once its logs have reached the server."""
-    state = asyncio.run(countries_flow(**params, return_state=True))
+    state = asyncio.run(countries_flow(**{"cache_minutes": 0, **params}, return_state=True))
     APILogWorker.drain_all(timeout=10)
     return state
 
@@ -213,8 +214,8 @@ def test_overlapping_regions_are_fetched_concurrently_and_each_country_loaded_on
 
 def test_a_second_run_is_served_from_the_cache_and_says_so(fake_api, db):
     block, url = db
-    first = run(db_block=block, api="v3.1", base_url=fake_api.v31_base_url)
-    second = run(db_block=block, api="v3.1", base_url=fake_api.v31_base_url)
+    first = run(db_block=block, api="v3.1", base_url=fake_api.v31_base_url, cache_minutes=4)
+    second = run(db_block=block, api="v3.1", base_url=fake_api.v31_base_url, cache_minutes=4)
 
     assert fake_api.count() == 1
     assert (second.rows, second.rows_written, second.changed) == (20, 0, False)
@@ -227,10 +228,10 @@ def test_a_second_run_is_served_from_the_cache_and_says_so(fake_api, db):
 
 def test_the_cache_is_keyed_on_the_key_so_a_wrong_key_fails(v5, db, monkeypatch):
     block, url = db
-    run(db_block=block)
+    run(db_block=block, cache_minutes=4)
     monkeypatch.setenv("RESTCOUNTRIES_API_KEY", "wrong-key")
     with pytest.raises(AuthenticationError):
-        run(db_block=block)  # within cache_minutes of the good run, but another key
+        run(db_block=block, cache_minutes=4)  # within cache_minutes of the good run, but another key
     assert v5.count() == 4 + 1
     assert table_rows(url) == EXPECTED_NORTHERN_EUROPE
 
@@ -274,12 +275,12 @@ def row_versions(url: str, table: str = TABLE) -> tuple:
 
 def test_a_second_run_with_unchanged_data_writes_nothing_and_runs_no_transform_or_load(fake_api, db):
     block, url = db
-    first_state = run_state(db_block=block, api="v3.1", base_url=fake_api.v31_base_url)
+    first_state = run_state(db_block=block, api="v3.1", base_url=fake_api.v31_base_url, cache_minutes=4)
     first = asyncio.run(first_state.aresult())
     assert task_names(first_state) == {"fetch Northern Europe"} | TRANSFORM_AND_LOAD
     before = row_versions(url)
 
-    state = run_state(db_block=block, api="v3.1", base_url=fake_api.v31_base_url)  # the same command again
+    state = run_state(db_block=block, api="v3.1", base_url=fake_api.v31_base_url, cache_minutes=4)  # again
     summary = asyncio.run(state.aresult())
 
     assert state.is_completed()
@@ -452,9 +453,9 @@ def test_each_run_reports_what_changed_in_the_log_the_artifact_and_the_summary_l
 
 def test_the_report_is_one_artifact_history_per_table(fake_api, db):
     block, _ = db
-    run(db_block=block, api="v3.1", base_url=fake_api.v31_base_url)
+    run(db_block=block, api="v3.1", base_url=fake_api.v31_base_url, cache_minutes=4)
     run(db_block=block, api="v3.1", base_url=fake_api.v31_base_url, regions=["Oceania"])
-    run(db_block=block, api="v3.1", base_url=fake_api.v31_base_url)  # from the cache: nothing written
+    run(db_block=block, api="v3.1", base_url=fake_api.v31_base_url, cache_minutes=4)  # cached: nothing written
 
     ne, oceania = artifacts("countries-northern-europe-countries"), artifacts("countries-oceania-countries")
     assert len(ne) >= 2 and len(oceania) >= 1
