@@ -27,7 +27,6 @@ Transient failures are retried per request (:class:`RetryPolicy`).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Sequence
 from typing import Any, NoReturn
@@ -88,7 +87,6 @@ __all__ = [
     "RequestStats",
     "RetryPolicy",
     "check_source",
-    "dedupe_records",
     "expand_regions",
     "fetch_region",
     "fingerprint",
@@ -379,31 +377,4 @@ async def fetch_region(
     if not out:
         _unknown_region(req, name, "no countries", answer.status)
     logger.info("Fetched %d countries of %s from the %s API", len(out), name, dialect.name)
-    return out
-
-
-def _key(value: Any) -> Any:
-    try:
-        hash(value)
-    except TypeError:
-        return json.dumps(value, sort_keys=True, default=str)
-    return value
-
-
-def dedupe_records(records: Iterable[dict], dialect: Dialect) -> list[dict]:
-    """``records`` with each country once: the first record per ``dialect.key_path`` value, order kept.
-
-    Records without a value at the key path cannot be identified and are all kept.
-    """
-    seen: set[Any] = set()
-    out: list[dict] = []
-    for record in records:
-        value = get_path(record, dialect.key_path)
-        if value is MISSING or value is None:
-            out.append(record)
-            continue
-        key = _key(value)
-        if key not in seen:
-            seen.add(key)
-            out.append(record)
     return out

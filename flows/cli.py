@@ -333,8 +333,9 @@ def _finish_prefect_output(temporary_server: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the countries flow once from the command line; returns the exit status (0, 1 or 2)."""
-    from flows.countries import check_parameters, countries_flow
+    from flows.countries import countries_flow
     from flows.errors import ConfigurationError, CountriesError
+    from flows.parameters import check_parameters
 
     args = vars(build_parser(countries_flow).parse_args(argv))
     data_dir = args.pop("local_db_dir")

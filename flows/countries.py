@@ -35,16 +35,13 @@ Run it locally with ``python flows/countries.py --help``; deploy it with
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import math
-import re
 import time
-import unicodedata
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, Literal
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import acreate_markdown_artifact
@@ -56,7 +53,8 @@ from pydantic import Field
 from flows import api as restcountries
 from flows import budget, report, schema, settings, tables
 from flows.changes import ChangeSummary
-from flows.errors import ConfigurationError, CountriesError, InvalidTableNameError, TransientApiError, setting
+from flows.errors import CountriesError, TransientApiError
+from flows.parameters import DEFAULT_REGIONS, check_parameters, default_table
 
 if TYPE_CHECKING:  # pandas and the loader are imported by the tasks that need them, only when they run
     import pandas as pd
@@ -64,125 +62,12 @@ if TYPE_CHECKING:  # pandas and the loader are imported by the tasks that need t
 
     from flows import load
 
-DEFAULT_REGIONS = ["Northern Europe"]
 TASK_RETRY_DELAY_SECONDS = 30
 FETCH_RETRIES = 1
 """Delayed task retries of a region fetch after a transient failure (the client retries each request first)."""
 
 
-# --- 1. the parameters ---------------------------------------------------------------
-
-
-def default_table(regions: Sequence[str]) -> str:
-    """The table a run loads when none is named: the regions' names, then ``_countries``.
-
-    ``["Northern Europe"]`` -> ``northern_europe_countries``; ``["all"]`` ->
-    ``all_countries``; ``["Europe", "Asia"]`` -> ``europe_asia_countries``.
-    Names are folded to lower-case ASCII letters, digits and underscores; a name
-    longer than PostgreSQL's 63 bytes is shortened and keeps a hash of the whole.
-    """
-    parts = []
-    for region in regions:
-        ascii_name = unicodedata.normalize("NFKD", str(region)).encode("ascii", "ignore").decode()
-        part = re.sub(r"[^a-z0-9]+", "_", ascii_name.casefold()).strip("_")
-        if part and part not in parts:
-            parts.append(part)
-    name = "_".join(parts or ["regions"]) + "_countries"
-    if name[0].isdigit():
-        name = "r_" + name
-    if len(name) > 63:
-        digest = hashlib.sha256("|".join(map(str, regions)).encode()).hexdigest()[:8]
-        name = f"{name[:44].rstrip('_')}_{digest}_countries"
-    return name
-
-
-def _check_base_url(base_url: str) -> str:
-    url = base_url.strip()
-    if not url:
-        return ""
-    parts = urlsplit(url)
-    problem = None
-    if parts.scheme not in ("http", "https"):
-        problem = "must start with http:// or https://"
-    elif not parts.hostname:
-        problem = "names no host"
-    elif parts.username or parts.password:
-        problem = "must not contain credentials (the API key is a Secret block or RESTCOUNTRIES_API_KEY)"
-    elif parts.query or parts.fragment:
-        problem = "must not have a query or fragment"
-    else:
-        try:
-            parts.port  # noqa: B018 - raises ValueError for a bad port
-        except ValueError:
-            problem = "has an invalid port"
-    if problem:
-        shown = "" if parts.username or parts.password else f" {url!r}"  # never echo credentials
-        raise ConfigurationError(
-            f"{setting('base_url')}{shown} {problem}: give the API's address, e.g. "
-            "https://api.restcountries.com/countries/v5 or http://127.0.0.1:8080 for a self-hosted v3.1 server"
-        )
-    return url.rstrip("/")
-
-
-def check_parameters(
-    *,
-    regions: Sequence[str],
-    table: str,
-    db_block: str,
-    api: str,
-    base_url: str,
-    force: bool,
-    min_row_fraction: float,
-    cache_minutes: float,
-    strategy: str = "rows",
-) -> dict[str, Any]:
-    """Check the flow's parameters without touching the network; return them normalised.
-
-    Returns the same keys with: ``regions`` as the distinct names to fetch
-    (``"all"`` expanded, regions in their canonical case), ``table`` derived from
-    the regions when empty (see :func:`default_table`), ``base_url`` stripped
-    (empty stays empty: the configured default applies later). Raises
-    ``ConfigurationError`` (``InvalidTableNameError`` for a table name) with one
-    line naming the parameter, what was wrong and what to do.
-    """
-    names = restcountries.expand_regions(regions)
-    table_name = (table or "").strip() or default_table([r.strip() for r in regions])
-    try:
-        tables.parse_table_name(table_name)
-    except InvalidTableNameError as exc:
-        raise InvalidTableNameError(f"{setting('table')}: {exc}") from None
-    restcountries.get_dialect(api)
-    if not isinstance(db_block, str) or not db_block.strip():
-        raise ConfigurationError(f"{setting('db_block')} is empty: name a SqlAlchemyConnector block, e.g. countries-db")
-    if isinstance(min_row_fraction, bool) or not (
-        isinstance(min_row_fraction, int | float) and 0 <= min_row_fraction <= 1
-    ):
-        raise ConfigurationError(
-            f"{setting('min_row_fraction')} must be between 0 and 1 (a fraction of the current table's rows), "
-            f"got {min_row_fraction!r}"
-        )
-    if isinstance(cache_minutes, bool) or not (
-        isinstance(cache_minutes, int | float) and 0 <= cache_minutes < math.inf
-    ):
-        raise ConfigurationError(
-            f"{setting('cache_minutes')} must be 0 (always fetch) or a positive number of minutes, "
-            f"got {cache_minutes!r}"
-        )
-    if strategy not in tables.STRATEGIES:
-        raise ConfigurationError(
-            f"{setting('strategy')} must be one of {', '.join(tables.STRATEGIES)}, got {strategy!r}"
-        )
-    return {
-        "regions": names,
-        "table": table_name,
-        "db_block": db_block.strip(),
-        "api": api.strip(),
-        "base_url": _check_base_url(base_url or ""),
-        "force": bool(force),
-        "min_row_fraction": float(min_row_fraction),
-        "cache_minutes": float(cache_minutes),
-        "strategy": strategy,
-    }
+# --- 1. the parameters (flows.parameters) ------------------------------------------------
 
 
 def run_name() -> str:
@@ -319,6 +204,7 @@ async def fetch_all(
         cache_expiration=timedelta(minutes=cache_minutes), refresh_cache=cache_minutes == 0
     )
     dialect = restcountries.get_dialect(source.api)
+    began = datetime.now(UTC)
     async with restcountries.make_client(api_key=api_key, trusted_base_urls=trusted) as client:
         restcountries.check_source(client, dialect=dialect, base_url=source.base_url)
         run_budget = await budget.start_run(len(regions), metered=dialect.requires_key)
@@ -329,7 +215,12 @@ async def fetch_all(
     failures: list[BaseException] = []
     for state in states:
         if state.is_completed():
-            fetches.append(await state.aresult())
+            fetched: report.RegionFetch = await state.aresult()
+            fetches.append(fetched)
+            if fetched.from_cache(began):
+                when = fetched.fetched_at.strftime("%Y-%m-%d %H:%M:%S UTC")
+                get_run_logger().info("%s: %d countries from the cache (fetched %s)", fetched.region,
+                                      len(fetched.records), when)  # fmt: skip
         else:
             failures.append(await state.aresult(raise_on_failure=False))
     unexpected = [f for f in failures if not isinstance(f, CountriesError)]
@@ -449,9 +340,7 @@ async def countries_flow(
         CountriesError: only when called directly; the run ends Failed with one secret-free line, cause first,
             and the table unchanged.
     """
-    logger = get_run_logger()
-    started_at = datetime.now(UTC)
-    started = time.perf_counter()
+    started_at, started = datetime.now(UTC), time.perf_counter()
     steps: dict[str, float] = {}
     given_table = (table or "").strip() or default_table(regions if isinstance(regions, list) else [regions])
     target: Target | None = None
@@ -479,63 +368,16 @@ async def countries_flow(
             paths=schema.source_paths(dialect.name),
             key_fingerprint=restcountries.fingerprint(api_key) if api_key else None,
         )
-        trusted = await settings.trusted_base_urls()
         target = await open_target(p["db_block"], p["table"])
 
         # 3. Fetch.
-        mark = time.perf_counter()
-        fetches = await fetch_all(p["regions"], source, api_key, trusted, p["cache_minutes"])
-        for fetched in fetches:
-            if fetched.from_cache(started_at):
-                logger.info(
-                    "%s: %d countries from the cache (fetched %s)",
-                    fetched.region,
-                    len(fetched.records),
-                    fetched.fetched_at.strftime("%Y-%m-%d %H:%M:%S UTC"),
-                )
-        records = _each_country_once(fetches, dialect.name)
-        steps["fetch"] = time.perf_counter() - mark
+        with _timed(steps, "fetch"):
+            trusted = await settings.trusted_base_urls()
+            fetches = await fetch_all(p["regions"], source, api_key, trusted, p["cache_minutes"])
+            records = schema.each_country_once((r for f in fetches for r in f.records), dialect.name)
 
-        # Already loaded from this very source: steps 4 to 6 would write nothing.
-        mark = time.perf_counter()
-        source = tables.source_digest(
-            records,
-            dialect=dialect.name,
-            columns=[(c.name, c.source(dialect.name), c.sql_type) for c in schema.COLUMNS],
-        )
-        unchanged_rows = await asyncio.to_thread(
-            tables.already_loaded, target.engine, target.table, source, schema.COLUMN_NAMES
-        )
-        steps["unchanged check"] = time.perf_counter() - mark
-        frame: pd.DataFrame | None = None
-        if unchanged_rows is not None:
-            logger.info(
-                "%s unchanged: %d rows already loaded from the same source data, nothing written "
-                "(unnest, quality gate and load skipped)",
-                target.table,
-                unchanged_rows,
-            )
-            outcome = _Outcome(
-                table=str(target.table),
-                rows=unchanged_rows,
-                rows_written=0,
-                previous_rows=unchanged_rows,
-                changed=False,
-                changes=ChangeSummary.identical(schema.CHANGES),
-            )
-        else:
-            # 4. and 5. Transform and check.
-            mark = time.perf_counter()
-            frame = quality_gate(unnest_countries(records, dialect.name))
-            steps["unnest + quality gate"] = time.perf_counter() - mark
-
-            # 6. Load.
-            mark = time.perf_counter()
-            result = load_table(frame, target, p["force"], p["min_row_fraction"], p["strategy"], source)
-            steps["load"] = time.perf_counter() - mark
-            outcome = _Outcome(
-                result.table, result.rows, result.rows_written, result.previous_rows, result.changed, result.changes
-            )
+        # 4. to 6. Check, unnest, quality gate and load, unless the table was loaded from this very source.
+        outcome, frame = await transform_and_load(records, dialect.name, target, p, steps)
     except CountriesError as exc:
         seconds = time.perf_counter() - started
         await acreate_markdown_artifact(
@@ -549,13 +391,6 @@ async def countries_flow(
             target.engine.dispose()
 
     # 7. Report.
-    currency = schema.column("currency_name")
-    if frame is not None:
-        countries = int(frame[schema.KEY.name].nunique())
-        currencies = int(frame[currency.name].nunique())
-    else:  # the same counts, from the records (they passed the checks when this source was loaded)
-        countries = _distinct(records, schema.KEY.source(dialect.name))
-        currencies = _distinct(records, currency.source(dialect.name))
     summary = report.RunSummary(
         table=outcome.table,
         database=target.database,
@@ -563,8 +398,8 @@ async def countries_flow(
         rows_written=outcome.rows_written,
         previous_rows=outcome.previous_rows,
         changed=outcome.changed,
-        countries=countries,
-        currencies=currencies,
+        countries=schema.count_distinct(records, schema.KEY, dialect.name),
+        currencies=schema.count_distinct(records, schema.column("currency_name"), dialect.name),
         fetches=fetches,
         started=started_at,
         seconds=time.perf_counter() - started,
@@ -575,13 +410,13 @@ async def countries_flow(
     await acreate_markdown_artifact(
         key=report.artifact_key(given_table), markdown=summary.markdown(), description=summary.one_line()
     )
-    logger.info(summary.one_line())
+    get_run_logger().info(summary.one_line())
     return summary
 
 
 @dataclass(frozen=True)
-class _Outcome:
-    """What step 6 did to the table (or would have done: nothing, when it was skipped)."""
+class Outcome:
+    """What steps 4 to 6 did to the table (nothing, when they were skipped)."""
 
     table: str
     rows: int
@@ -591,39 +426,48 @@ class _Outcome:
     changes: ChangeSummary | None
 
 
-def _distinct(records: list[dict[str, Any]], path: str) -> int:
-    """How many distinct non-null values the unnest ``path`` (``*`` for each list item or object value) reaches."""
+async def transform_and_load(
+    records: list[dict[str, Any]], api_name: str, target: Target, p: dict[str, Any], steps: dict[str, float]
+) -> tuple[Outcome, pd.DataFrame | None]:
+    """Steps 4 to 6, or nothing when the table's last load was made from the very same source.
 
-    def values(value: Any, parts: list[str]) -> Iterator[Any]:
-        if not parts:
-            yield value
-        elif parts[0] == "*":
-            items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
-            for item in items:
-                yield from values(item, parts[1:])
-        elif isinstance(value, dict) and parts[0] in value:
-            yield from values(value[parts[0]], parts[1:])
+    The source digest (``flows.tables.source_digest``) covers the records, the
+    table's columns and the code that turns one into the other; the load saves
+    it. When it matches and the table still stands as loaded, the run writes
+    nothing, so it skips the tasks (and never imports pandas). Returns the
+    outcome and the frame (``None`` when skipped). Raises what the steps raise.
+    """
+    with _timed(steps, "unchanged check"):
+        digest = tables.source_digest(
+            records, dialect=api_name, columns=[(c.name, c.source(api_name), c.sql_type) for c in schema.COLUMNS]
+        )
+        rows = await asyncio.to_thread(tables.already_loaded, target.engine, target.table, digest, schema.COLUMN_NAMES)
+    if rows is not None:
+        get_run_logger().info(
+            "%s unchanged: %d rows already loaded from the same source data, nothing written "
+            "(unnest, quality gate and load skipped)",
+            target.table,
+            rows,
+        )
+        return Outcome(str(target.table), rows, 0, rows, False, ChangeSummary.identical(schema.CHANGES)), None
+    with _timed(steps, "unnest + quality gate"):
+        frame = quality_gate(unnest_countries(records, api_name))
+    with _timed(steps, "load"):
+        result = load_table(frame, target, p["force"], p["min_row_fraction"], p["strategy"], digest)
+    outcome = Outcome(
+        result.table, result.rows, result.rows_written, result.previous_rows, result.changed, result.changes
+    )
+    return outcome, frame
 
-    parts = path.split(".")
-    return len({v for record in records for v in values(record, parts) if v is not None})
 
-
-def _each_country_once(fetches: list[report.RegionFetch], api_name: str) -> list[dict[str, Any]]:
-    """The records of every fetch, each country once (the first record of a name; regions may overlap)."""
-    path = schema.KEY.source(api_name).split(".")
-    seen: set[Any] = set()
-    out: list[dict[str, Any]] = []
-    for fetched in fetches:
-        for record in fetched.records:
-            name: Any = record
-            for part in path:
-                name = name.get(part) if isinstance(name, dict) else None
-            if isinstance(name, str):
-                if name in seen:
-                    continue
-                seen.add(name)
-            out.append(record)
-    return out
+@contextmanager
+def _timed(steps: dict[str, float], name: str) -> Iterator[None]:
+    """Record the wall time of the block as ``steps[name]`` (seconds), for the report."""
+    mark = time.perf_counter()
+    try:
+        yield
+    finally:
+        steps[name] = time.perf_counter() - mark
 
 
 async def run_flow(**params: Any) -> report.RunSummary:

@@ -249,6 +249,42 @@ def _country(record: Any, dialect: str) -> str:
     return f'"{name}"' if isinstance(name, str) and name.strip() else "a country without a name"
 
 
+def each_country_once(records: Iterable[Mapping[str, Any]], dialect: str) -> list[Mapping[str, Any]]:
+    """``records`` with each country once: the first record of each :data:`KEY` value, order kept.
+
+    Regions may overlap (``Europe`` and ``Northern Europe``); a record without a
+    name cannot be matched and is kept (the record checks then refuse it).
+    """
+    path = KEY.source(dialect)
+    seen: set[str] = set()
+    out: list[Mapping[str, Any]] = []
+    for record in records:
+        name = _get(record, path)
+        if isinstance(name, str):
+            if name in seen:
+                continue
+            seen.add(name)
+        out.append(record)
+    return out
+
+
+def count_distinct(records: Iterable[Mapping[str, Any]], column: Column, dialect: str) -> int:
+    """How many distinct non-null values ``column`` takes over ``records`` (without building the frame)."""
+
+    def values(value: Any, parts: list[str]) -> Iterable[Any]:
+        if not parts:
+            yield value
+        elif parts[0] == "*":
+            items = value.values() if isinstance(value, Mapping) else value if isinstance(value, list) else ()
+            for item in items:
+                yield from values(item, parts[1:])
+        elif isinstance(value, Mapping) and parts[0] in value:
+            yield from values(value[parts[0]], parts[1:])
+
+    parts = column.source(dialect).split(".")
+    return len({v for record in records for v in values(record, parts) if v is not None})
+
+
 def check_records(records: Iterable[Mapping[str, Any]], dialect: str) -> int:
     """Check every record against the columns' rules; return how many records were checked.
 

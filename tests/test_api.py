@@ -24,7 +24,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flows import budget
+from flows import budget, schema
 from flows._request import dns_failure
 from flows.api import (
     DEADLINE_ENV,
@@ -35,7 +35,6 @@ from flows.api import (
     ApiClient,
     RequestStats,
     RetryPolicy,
-    dedupe_records,
     expand_regions,
     fetch_region,
     fingerprint,
@@ -119,7 +118,7 @@ async def fetch_all(client: ApiClient, names: Sequence[str], **kwargs: Any) -> l
     """The flow's shape: every region at once over one client, then each country once."""
     regions = expand_regions(names)
     batches = await asyncio.gather(*(fetch_region(client, n, **kwargs) for n in regions))
-    return dedupe_records((r for b in batches for r in b), kwargs["dialect"])
+    return schema.each_country_once((r for b in batches for r in b), kwargs["dialect"].name)
 
 
 async def _fetch(
@@ -198,11 +197,6 @@ def test_expand_regions_properties(names):
     assert len({n.casefold() for n in out}) == len(out)
     assert expand_regions(out) == out
     assert {n.strip().casefold() for n in names if n.strip().casefold() != "all"} <= {o.casefold() for o in out}
-
-
-def test_dedupe_records_keeps_first_in_order():
-    recs = [{"names": {"official": "A"}, "n": 1}, {"names": {"official": "B"}}, {"names": {"official": "A"}, "n": 2}]
-    assert dedupe_records(recs, V5) == recs[:2]
 
 
 def test_dialects_are_hashable_and_picklable():

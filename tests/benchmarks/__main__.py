@@ -74,7 +74,7 @@ def _memory_bytes() -> int | None:
 
 def _git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,  # noqa: S607 - git from PATH, informational only
                              cwd=Path(__file__).resolve().parents[2])
     except (OSError, subprocess.SubprocessError):
         return None

@@ -46,7 +46,7 @@ from pathlib import Path
 
 import httpx
 
-from flows import budget
+from flows import budget, schema
 from tests.benchmarks._report import Figure, format_table
 from tests.countries_data import synthetic_countries
 from tests.fake_api import FakeRestCountries
@@ -173,7 +173,7 @@ def _shape_flow():
             hook = (await budget.start_run(len(names))).before_request
         async with api.make_client(api_key=key, trusted_base_urls=[base_url]) as client:
             batches = await asyncio.gather(*(fetch(client, n, base_url, hook) for n in names))
-        return len(api.dedupe_records((r for b in batches for r in b), api.get_dialect("v5")))
+        return len(schema.each_country_once((r for b in batches for r in b), "v5"))
 
     return shape
 
