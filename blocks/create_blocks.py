@@ -57,9 +57,7 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     db = p.add_argument_group("database block")
-    db.add_argument(
-        "--db-block", default=settings.DEFAULT_DB_BLOCK, help="name of the block (default: %(default)s)"
-    )
+    db.add_argument("--db-block", default=settings.DEFAULT_DB_BLOCK, help="name of the block (default: %(default)s)")
     db.add_argument(
         "--db-url",
         help="SQLAlchemy URL, e.g. postgresql+psycopg2://etl@db.internal:5432/analytics "
@@ -99,9 +97,7 @@ def _parser() -> argparse.ArgumentParser:
         default=budget.DEFAULT_PER_SECOND,
         help="sustained API requests per second across all runs (default: %(default)s)",
     )
-    ops = p.add_argument_group(
-        "operations (saved in the settings block: an option left out keeps its saved value)"
-    )
+    ops = p.add_argument_group("operations (saved in the settings block: an option left out keeps its saved value)")
     ops.add_argument(
         "--notify-block",
         metavar="NAME",
@@ -189,9 +185,7 @@ async def _run(args: argparse.Namespace) -> list[str]:
         "rerun_window_minutes": args.rerun_window,
     }
     saved = await settings.load_settings()
-    wanted = saved.model_copy(
-        update={k: (None if v == "" else v) for k, v in changes.items() if v is not None}
-    )
+    wanted = saved.model_copy(update={k: (None if v == "" else v) for k, v in changes.items() if v is not None})
     options = operations.Options(
         crash_after=timedelta(
             seconds=_or_default(wanted.crash_after_seconds, operations.DEFAULT_CRASH_AFTER.total_seconds())

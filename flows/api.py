@@ -173,8 +173,7 @@ def _shown(path: str, query: dict[str, str], offset: int) -> str:
 def _unknown_region(req: Request, name: str, why: str, status: int | None) -> NoReturn:
     req.fail(
         UnknownRegionError,
-        f"unknown region {name!r}: the API knows no region or subregion of that name ({why}); "
-        f"{_UNKNOWN_REGION_ADVICE}",
+        f"unknown region {name!r}: the API knows no region or subregion of that name ({why}); {_UNKNOWN_REGION_ADVICE}",
         status=status,
     )
 
@@ -186,11 +185,11 @@ def _on_404(req: Request, name: str, fields: Sequence[str], dialect: Dialect):
         if "propert" in text or "field" in text:
             req.fail(
                 PermanentApiError,
-                f"the API does not know a requested field (HTTP 404 \"{req.quote(message)}\"; asked for "
+                f'the API does not know a requested field (HTTP 404 "{req.quote(message)}"; asked for '
                 f"{','.join(fields)}): the {dialect.name} schema may have changed, check {setting('api')}",
                 status=404,
             )
-        _unknown_region(req, name, "HTTP 404" + (f" \"{req.quote(message)}\"" if message else ""), 404)
+        _unknown_region(req, name, "HTTP 404" + (f' "{req.quote(message)}"' if message else ""), 404)
 
     return handle
 
@@ -199,7 +198,7 @@ async def _legacy_redirect(req: Request, dialect: Dialect, answer: Answer) -> No
     """A 3xx to a legacy (v3.1) path: the hosted v3.1 API is deprecated. Quote its notice if readable."""
     message = await read_redirect_message(req, answer)
     location = req.quote(answer.headers.get("Location", "")) or "no Location"
-    said = f" and says \"{message}\"" if message else ""
+    said = f' and says "{message}"' if message else ""
     req.fail(
         DeprecatedApiError,
         f"the {dialect.name} API is deprecated: the server redirects the call (HTTP {answer.status} to "
@@ -209,9 +208,7 @@ async def _legacy_redirect(req: Request, dialect: Dialect, answer: Answer) -> No
 
 
 def _kind(value: Any) -> str:
-    return {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}.get(
-        type(value), "number"
-    )
+    return {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}.get(type(value), "number")
 
 
 def _records_and_meta(req: Request, dialect: Dialect, body: Any) -> tuple[list[Any], dict[str, Any] | None]:
@@ -248,8 +245,14 @@ def _name_of(req: Request, dialect: Dialect, record: Any, index: int) -> str:
 
 
 def _check_records(
-    req: Request, dialect: Dialect, records: list[Any], first_index: int, *, required: Sequence[str],
-    asked: str, is_region: bool,
+    req: Request,
+    dialect: Dialect,
+    records: list[Any],
+    first_index: int,
+    *,
+    required: Sequence[str],
+    asked: str,
+    is_region: bool,
 ) -> None:
     """Every record an object with the ``required`` paths, and of region (or subregion) ``asked``."""
     region_field, subregion_field = dialect.region_fields
@@ -257,18 +260,25 @@ def _check_records(
     foreign: list[str] = []
     for i, record in enumerate(records, start=first_index):
         if not isinstance(record, dict):
-            req.fail(BadResponseError, f"the API sent a {_kind(record)} as country #{i}, not an object: the "
-                     f"API's schema changed or {setting('api')} does not match the server")
+            req.fail(
+                BadResponseError,
+                f"the API sent a {_kind(record)} as country #{i}, not an object: the "
+                f"API's schema changed or {setting('api')} does not match the server",
+            )
         missing = [p for p in required if get_path(record, p) is MISSING]
         if missing:
-            req.fail(BadResponseError, f"country {_name_of(req, dialect, record, i)} lacks the requested "
-                     f"field(s) {', '.join(missing)}: the API's schema changed or {setting('api')} does not "
-                     "match the server")
+            req.fail(
+                BadResponseError,
+                f"country {_name_of(req, dialect, record, i)} lacks the requested "
+                f"field(s) {', '.join(missing)}: the API's schema changed or {setting('api')} does not "
+                "match the server",
+            )
         value = record.get(where_field)
         if not isinstance(value, str) or value.casefold() != asked.casefold():
-            places = " / ".join(
-                req.quote(str(record.get(f))) for f in (region_field, subregion_field) if record.get(f)
-            ) or "no region"
+            places = (
+                " / ".join(req.quote(str(record.get(f))) for f in (region_field, subregion_field) if record.get(f))
+                or "no region"
+            )
             foreign.append(f"{_name_of(req, dialect, record, i)} ({places})")
     if foreign:
         more = f" and {len(foreign) - _MAX_NAMED} more" if len(foreign) > _MAX_NAMED else ""
@@ -341,8 +351,15 @@ async def fetch_region(
             assert dialect.offset_param is not None and dialect.limit_param is not None
             params[dialect.limit_param] = dialect.page_size
             params[dialect.offset_param] = offset
-        req = Request(client, url, params, shown=_shown(path, query, offset), retry=retry, stats=stats,
-                      before_request=before_request)
+        req = Request(
+            client,
+            url,
+            params,
+            shown=_shown(path, query, offset),
+            retry=retry,
+            stats=stats,
+            before_request=before_request,
+        )
         answer = await req.send()
         if 300 <= answer.status < 400 and dialect.legacy_prefix and path.startswith(dialect.legacy_prefix):
             await _legacy_redirect(req, dialect, answer)
@@ -350,14 +367,17 @@ async def fetch_region(
         body = decode(req, answer)
         if dialect.demo_flag_at and get_path(body, dialect.demo_flag_at) is not MISSING:
             notice = get_path(body, dialect.demo_flag_at)
-            said = f" (\"{req.quote(str(notice))}\")" if isinstance(notice, str) and notice.strip() else ""
-            req.fail(DemoKeyError, demo_key_message(f"the API answered with its demo sample{said}: the demo key"),
-                     status=answer.status)
+            said = f' ("{req.quote(str(notice))}")' if isinstance(notice, str) and notice.strip() else ""
+            req.fail(
+                DemoKeyError,
+                demo_key_message(f"the API answered with its demo sample{said}: the demo key"),
+                status=answer.status,
+            )
         if isinstance(body, dict) and (body.get("errors") or body.get("success") is False):
             message = api_message(body) or "no message"
             req.fail(
                 DeprecatedApiError,
-                f"the API answered HTTP {answer.status} with an error instead of data: \"{req.quote(message)}\"; "
+                f'the API answered HTTP {answer.status} with an error instead of data: "{req.quote(message)}"; '
                 f"{dialect.errors_body_advice}",
                 status=answer.status,
             )
@@ -368,12 +388,15 @@ async def fetch_region(
         if meta is None or not meta[dialect.more_key]:
             break
         if not records:
-            req.fail(BadResponseError, "the API sent an empty page that says more follow: its pagination is "
-                     "broken, try again later")
+            req.fail(
+                BadResponseError,
+                "the API sent an empty page that says more follow: its pagination is broken, try again later",
+            )
         offset += len(records)
     else:
-        req.fail(BadResponseError, f"the API still said more pages follow after {_MAX_PAGES} pages: its "
-                 "pagination is broken")
+        req.fail(
+            BadResponseError, f"the API still said more pages follow after {_MAX_PAGES} pages: its pagination is broken"
+        )
     if not out:
         _unknown_region(req, name, "no countries", answer.status)
     logger.info("Fetched %d countries of %s from the %s API", len(out), name, dialect.name)

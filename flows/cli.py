@@ -133,7 +133,10 @@ def build_parser(flow: Any = None, prog: str | None = None) -> argparse.Argument
                 kwargs.update(choices=spec["enum"], metavar=None)
         parser.add_argument(_flag(name), **kwargs)
     parser.add_argument(
-        "--local-db-dir", type=Path, default=None, metavar="DIR",
+        "--local-db-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
         help="data directory of the embedded PostgreSQL that serves the default database block when that "
         f"block does not exist (default: {local.default_data_dir()})",
     )

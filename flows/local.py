@@ -431,7 +431,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("command", choices=["status", "url", "psql", "stop"])
     parser.add_argument(
-        "--data-dir", type=Path, default=None, metavar="DIR",
+        "--data-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
         help=f"the embedded PostgreSQL's data directory (default: {default_data_dir()})",
     )
     args = parser.parse_args(argv)
@@ -447,14 +450,22 @@ def main(argv: list[str] | None = None) -> int:
     db = database_status(data_dir)
     if args.command == "status":
         server = prefect_server_status()
-        print(f"Prefect server: running, UI at {server.ui_url} (PREFECT_API_URL={server.api_url})"
-              if server else "Prefect server: not running")
-        print(f'PostgreSQL: running, data in {db.data_dir}; psql "{db.psql_url}"'
-              if db else f"PostgreSQL: not running (data directory {data_dir})")
+        print(
+            f"Prefect server: running, UI at {server.ui_url} (PREFECT_API_URL={server.api_url})"
+            if server
+            else "Prefect server: not running"
+        )
+        print(
+            f'PostgreSQL: running, data in {db.data_dir}; psql "{db.psql_url}"'
+            if db
+            else f"PostgreSQL: not running (data directory {data_dir})"
+        )
         return 0 if server or db else 1
     if db is None:
-        print(f"error: the embedded PostgreSQL in {data_dir} is not running; `python flows/countries.py` "
-              "starts it", file=sys.stderr)
+        print(
+            f"error: the embedded PostgreSQL in {data_dir} is not running; `python flows/countries.py` starts it",
+            file=sys.stderr,
+        )
         return 1
     if args.command == "url":
         print(db.psql_url)

@@ -175,8 +175,10 @@ def freshness(
     """The stale-table alert of one deployment: no Completed run for ``stale_after_intervals`` intervals."""
     window = interval * stale_after_intervals
     table = (deployment.parameters or {}).get("table")
-    what = f"table {table} (deployment {FLOW_NAME}/{deployment.name})" if table else (
-        f"deployment {FLOW_NAME}/{deployment.name}"
+    what = (
+        f"table {table} (deployment {FLOW_NAME}/{deployment.name})"
+        if table
+        else (f"deployment {FLOW_NAME}/{deployment.name}")
     )
     body = (
         f"{what.capitalize()} has had no completed run for {describe_duration(window)} "
@@ -404,9 +406,7 @@ async def ensure_operations(options: Options) -> list[str]:
                 continue
             wanted[freshness_name(d)] = freshness(d, interval, options.stale_after_intervals, notify)
         if notify is None:
-            lines.append(
-                "stale-table alerts: off (name a notification block with --notify-block NAME to get them)"
-            )
+            lines.append("stale-table alerts: off (name a notification block with --notify-block NAME to get them)")
         for name, automation in wanted.items():
             outcome = await apply_automation(client, automation)
             window = automation.trigger.within

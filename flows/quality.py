@@ -142,9 +142,7 @@ def validate_countries(df: pd.DataFrame) -> None:
             label = df.index[failing.argmax()]
             rows = "1 row has" if count == 1 else f"{count} rows have"
             example = row_rule.example(df, label)
-            raise QualityGateError(
-                f"quality gate: {rows} {row_rule.problem} (e.g. {example}); {_NOT_CHANGED}"
-            )
+            raise QualityGateError(f"quality gate: {rows} {row_rule.problem} (e.g. {example}); {_NOT_CHANGED}")
     logger.debug("quality gate passed: %d rows", len(df))
 
 

@@ -533,17 +533,17 @@ class FakeRestCountries:
     def _respond(self, path: str, query: dict[str, list[str]], authorization: str | None) -> tuple[int, Any]:
         """The normal (fault-free) answer to a GET: (status, JSON body)."""
         if path == V5_PREFIX or path.startswith(V5_PREFIX + "/"):
-            return self._v5(path[len(V5_PREFIX):], query, authorization)
+            return self._v5(path[len(V5_PREFIX) :], query, authorization)
         if path.startswith("/v3.1/") or path == "/v3.1":
-            return self._v31(path[len("/v3.1"):], query)
+            return self._v31(path[len("/v3.1") :], query)
         return 404, {"status": 404, "message": "Not Found"}
 
     def _v5(self, sub: str, query: dict[str, list[str]], authorization: str | None) -> tuple[int, Any]:
         if authorization is None or not authorization.startswith("Bearer "):
             return 401, _errors_body("Missing API key: send 'Authorization: Bearer <key>'.")
-        if self.demo_key is not None and authorization[len("Bearer "):] == self.demo_key:
+        if self.demo_key is not None and authorization[len("Bearer ") :] == self.demo_key:
             return 200, self._demo_answer()
-        if authorization[len("Bearer "):] != self.api_key:
+        if authorization[len("Bearer ") :] != self.api_key:
             return 401, _errors_body("Invalid API key.")
         with self._lock:
             self._v5_authenticated += 1
@@ -576,7 +576,7 @@ class FakeRestCountries:
             if region is not None:
                 records = [r for r in records if r["region"].lower() == region.lower()]
         elif sub.startswith("/subregion/"):
-            name = sub[len("/subregion/"):]
+            name = sub[len("/subregion/") :]
             if region is not None:
                 return 400, _errors_body("'region' cannot be combined with /subregion.")
             records = [r for r in records if (r.get("subregion") or "").lower() == name.lower()]
@@ -630,10 +630,10 @@ class FakeRestCountries:
                 return 400, {"status": 400, "message": "'fields' query not specified"}
             records = self._countries
         elif sub.startswith("/region/"):
-            name = sub[len("/region/"):].lower()
+            name = sub[len("/region/") :].lower()
             records = [r for r in self._countries if r["region"].lower() == name]
         elif sub.startswith("/subregion/"):
-            name = sub[len("/subregion/"):].lower()
+            name = sub[len("/subregion/") :].lower()
             records = [r for r in self._countries if (r.get("subregion") or "").lower() == name]
         else:
             return 404, {"status": 404, "message": "Not Found"}
@@ -722,7 +722,11 @@ class _Handler(BaseHTTPRequestHandler):
             fake._leave(record, status)
 
     def _serve(
-        self, fake: FakeRestCountries, path: str, query: dict[str, list[str]], authorization: str | None,
+        self,
+        fake: FakeRestCountries,
+        path: str,
+        query: dict[str, list[str]],
+        authorization: str | None,
         fault: Fault | None,
     ) -> int | None:
         """Answer one API GET (with ``fault`` applied); the status sent, or None if none was."""
@@ -849,9 +853,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _send_json(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
         self._send_bytes(status, json.dumps(body, ensure_ascii=False).encode(), "application/json", headers)
 
-    def _send_bytes(
-        self, status: int, raw: bytes, content_type: str, headers: dict[str, str] | None = None
-    ) -> None:
+    def _send_bytes(self, status: int, raw: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
         try:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
@@ -876,8 +878,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-limit", type=int, default=100, help="most v5 records per page")
     parser.add_argument("--v5-currencies", choices=("list", "object"), default="list")
     parser.add_argument("--legacy-v31", action="store_true", help="answer v3.1 with the deprecation body")
-    parser.add_argument("--legacy-redirect", metavar="URL", default=None,
-                        help="answer every v3.1 path with 301 to URL (the hosted API today)")
+    parser.add_argument(
+        "--legacy-redirect",
+        metavar="URL",
+        default=None,
+        help="answer every v3.1 path with 301 to URL (the hosted API today)",
+    )
     parser.add_argument("--synthetic", type=int, default=None, metavar="N", help="serve N synthetic countries")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -921,9 +927,10 @@ def legacy_hosted(**options: Any) -> Iterator[tuple[FakeRestCountries, FakeRestC
     :data:`LEGACY_BODY` at :data:`LEGACY_FILE_PATH`; ``api`` answers every v3.1
     path with ``301`` to it. ``options`` go to ``api``.
     """
-    with FakeRestCountries(files={LEGACY_FILE_PATH: LEGACY_BODY}) as files, FakeRestCountries(
-        legacy_redirect=files.url + LEGACY_FILE_PATH, **options
-    ) as api:
+    with (
+        FakeRestCountries(files={LEGACY_FILE_PATH: LEGACY_BODY}) as files,
+        FakeRestCountries(legacy_redirect=files.url + LEGACY_FILE_PATH, **options) as api,
+    ):
         yield api, files
 
 

@@ -107,8 +107,14 @@ def other() -> Iterator[FakeRestCountries]:
         yield f
 
 
-def client_for(f: FakeRestCountries | None, *, key: str | None = CANARY, trust: Sequence[str] | None = None,
-               deadline: float = 5.0, max_bytes: int = 5_000_000) -> ApiClient:
+def client_for(
+    f: FakeRestCountries | None,
+    *,
+    key: str | None = CANARY,
+    trust: Sequence[str] | None = None,
+    deadline: float = 5.0,
+    max_bytes: int = 5_000_000,
+) -> ApiClient:
     """A client that trusts ``f``'s origin (or exactly ``trust``)."""
     trusted = trust if trust is not None else ([f.url] if f is not None else [])
     return make_client(api_key=key, trusted_base_urls=trusted, deadline=deadline, max_bytes=max_bytes)
@@ -183,7 +189,13 @@ def test_dialects_turn_source_paths_into_request_fields_and_add_region_fields():
 
 def test_expand_regions():
     assert expand_regions([" Northern Europe ", "europe", "ALL", "Europe"]) == [
-        "Northern Europe", "Europe", "Africa", "Americas", "Antarctic", "Asia", "Oceania",
+        "Northern Europe",
+        "Europe",
+        "Africa",
+        "Americas",
+        "Antarctic",
+        "Asia",
+        "Oceania",
     ]
     assert expand_regions(["all"]) == list(REGIONS)
     for bad in ([], [" "], ["Europe", ""]):
@@ -314,8 +326,9 @@ def test_404_unknown_property_is_not_an_unknown_region(fake):
     assert fake.count() == 1
 
 
-@pytest.mark.parametrize(("dialect", "shown"), [(V5, "…/subregion/Narnia"), (V31, "…/v3.1/subregion/Narnia")],
-                         ids=["v5", "v3.1"])
+@pytest.mark.parametrize(
+    ("dialect", "shown"), [(V5, "…/subregion/Narnia"), (V31, "…/v3.1/subregion/Narnia")], ids=["v5", "v3.1"]
+)
 def test_unknown_region_puts_the_cause_first_and_the_request_last(fake, dialect, shown):
     err = _fail(fake, "Narnia", dialect=dialect)
     assert isinstance(err, UnknownRegionError)
@@ -383,8 +396,9 @@ def test_legacy_redirect_to_an_unreadable_place_is_still_the_deprecation_error()
     assert "deprecated" in str(err) and "api=v5" in str(err) and DEPRECATION_MESSAGE not in str(err)
 
 
-@pytest.mark.parametrize("fault", [Fault.hang(), Fault.oversize(50_000_000, declare_length=False)],
-                         ids=["hang", "oversize"])
+@pytest.mark.parametrize(
+    "fault", [Fault.hang(), Fault.oversize(50_000_000, declare_length=False)], ids=["hang", "oversize"]
+)
 def test_the_redirect_target_is_read_bounded_in_time_and_size(fault):
     with legacy_hosted() as (api, files):
         files.inject(LEGACY_FILE_PATH, fault)
@@ -471,8 +485,10 @@ def test_no_request_of_the_client_carries_the_key_to_an_untrusted_origin(fake, o
 
 
 def test_the_key_never_goes_over_plain_http_except_to_loopback():
-    client = make_client(api_key=CANARY, trusted_base_urls=["http://countries.example.org/countries/v5",
-                                                            "http://localhost:8080", "http://[::1]:8080"])
+    client = make_client(
+        api_key=CANARY,
+        trusted_base_urls=["http://countries.example.org/countries/v5", "http://localhost:8080", "http://[::1]:8080"],
+    )
     try:
         assert client.sends_key_to(HOSTED_ORIGIN + "/countries/v5")
         assert client.sends_key_to("https://API.restcountries.com:443/countries/v5/subregion/Asia")
@@ -481,8 +497,15 @@ def test_the_key_never_goes_over_plain_http_except_to_loopback():
         assert not client.sends_key_to("http://countries.example.org/countries/v5")
         assert client.sends_key_to("http://localhost:8080/x") and client.sends_key_to("http://[::1]:8080/x")
         with pytest.raises(KeyWithheldError, match="never sent over plain http"):
-            run(fetch_region(client, "Europe", dialect=V5, base_url="http://countries.example.org/countries/v5",
-                             paths=PATHS["v5"]))
+            run(
+                fetch_region(
+                    client,
+                    "Europe",
+                    dialect=V5,
+                    base_url="http://countries.example.org/countries/v5",
+                    paths=PATHS["v5"],
+                )
+            )
     finally:
         run(client.aclose())
 
@@ -642,14 +665,18 @@ def test_a_cancelled_fetch_ends_cleanly_and_the_client_stays_usable(fake):
             sent.set()
 
         async with client_for(fake) as client:
-            task = asyncio.ensure_future(fetch_region(client, "Europe", dialect=V5, base_url=fake.v5_base_url,
-                                                      paths=PATHS["v5"], before_request=mark))
+            task = asyncio.ensure_future(
+                fetch_region(
+                    client, "Europe", dialect=V5, base_url=fake.v5_base_url, paths=PATHS["v5"], before_request=mark
+                )
+            )
             await sent.wait()
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-            return await fetch_region(client, "Northern Europe", dialect=V5, base_url=fake.v5_base_url,
-                                      paths=PATHS["v5"])
+            return await fetch_region(
+                client, "Northern Europe", dialect=V5, base_url=fake.v5_base_url, paths=PATHS["v5"]
+            )
 
     assert len(run(go())) == 16
 
@@ -662,8 +689,15 @@ def test_an_unknown_host_says_it_cannot_be_resolved_and_is_not_retried():
 
     async def go() -> None:
         async with make_client() as client:
-            await fetch_region(client, "Europe", dialect=V31, base_url=f"http://{NO_HOST}", paths=PATHS["v3.1"],
-                               retry=FAST, stats=stats)
+            await fetch_region(
+                client,
+                "Europe",
+                dialect=V31,
+                base_url=f"http://{NO_HOST}",
+                paths=PATHS["v3.1"],
+                retry=FAST,
+                stats=stats,
+            )
 
     with pytest.raises(HostNotFoundError) as info:
         run(go())
@@ -675,6 +709,7 @@ def test_an_unknown_host_says_it_cannot_be_resolved_and_is_not_retried():
 
 def test_dns_failures_are_told_apart():
     """EAI_NONAME ("Name or service not known") is final; "Temporary failure in name resolution" is not."""
+
     def chained(gai: socket.gaierror) -> Exception:
         try:
             try:
@@ -685,9 +720,13 @@ def test_dns_failures_are_told_apart():
             return outer
 
     assert dns_failure(chained(socket.gaierror(socket.EAI_NONAME, "Name or service not known"))) == (
-        True, "Name or service not known")
+        True,
+        "Name or service not known",
+    )
     assert dns_failure(chained(socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution"))) == (
-        False, "Temporary failure in name resolution")
+        False,
+        "Temporary failure in name resolution",
+    )
     assert dns_failure(httpx.ConnectError("[Errno 111] Connection refused")) is None
 
 
@@ -696,8 +735,14 @@ def test_connection_refused_is_transient():
 
     async def go() -> None:
         async with make_client(deadline=1) as client:
-            await fetch_region(client, "Europe", dialect=V31, base_url=f"http://127.0.0.1:{port}",
-                               paths=PATHS["v3.1"], retry=dataclasses.replace(FAST, max_attempts=2))
+            await fetch_region(
+                client,
+                "Europe",
+                dialect=V31,
+                base_url=f"http://127.0.0.1:{port}",
+                paths=PATHS["v3.1"],
+                retry=dataclasses.replace(FAST, max_attempts=2),
+            )
 
     with pytest.raises(TransientApiError, match=r"could not be reached \(connection failed.*2 tries") as info:
         run(go())
@@ -771,8 +816,16 @@ def test_short_key_masks_only_quoted_api_text():
         (Fault.missing_field("population"), V5, "lacks the requested field(s) population"),
         (Fault.missing_field("name"), V31, "lacks the requested field(s) name.official"),
     ],
-    ids=["html-v5", "html-v31", "trunc-v5", "trunc-v31", "nonlist-v31", "envelope-v5", "missing-v5",
-         "missing-name-v31"],
+    ids=[
+        "html-v5",
+        "html-v31",
+        "trunc-v5",
+        "trunc-v31",
+        "nonlist-v31",
+        "envelope-v5",
+        "missing-v5",
+        "missing-name-v31",
+    ],
 )
 def test_bad_bodies_are_bad_response_errors(fake, fault, dialect, needle):
     fake.inject("*", fault)

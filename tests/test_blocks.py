@@ -91,8 +91,14 @@ def test_password_and_api_key_are_stored_but_never_printed(prefect_server, datab
 
     url = sa.make_url(database_url)
     result = run_script(
-        "--db-block", "blocks-test-secret-db",
-        "--host", url.query["host"], "--user", "postgres", "--database", url.database,
+        "--db-block",
+        "blocks-test-secret-db",
+        "--host",
+        url.query["host"],
+        "--user",
+        "postgres",
+        "--database",
+        url.database,
         env={"COUNTRIES_DB_PASSWORD": CANARY_PASSWORD, "RESTCOUNTRIES_API_KEY": CANARY_KEY},
     )
     output = ok(result) + result.stderr
@@ -323,6 +329,5 @@ def test_warns_when_a_deployment_sends_heartbeats_too_rarely(prefect_server):
         with get_client(sync_client=True) as client:
             client.delete_deployment(deployment_id)
     assert (
-        f"warning: runs of countries/{name} send a heartbeat every 180 s, too rarely for the 90 s crash timeout"
-        in out
+        f"warning: runs of countries/{name} send a heartbeat every 180 s, too rarely for the 90 s crash timeout" in out
     )

@@ -37,12 +37,27 @@ from tests.fake_api import FakeRestCountries
 
 SCRIPT = REPO_ROOT / "flows" / "countries.py"
 CONSOLE_SCRIPT = Path(sys.executable).parent / "countries"
-OPTIONS = ("--regions", "--table", "--db-block", "--api", "--base-url", "--force",
-           "--min-row-fraction", "--cache-minutes", "--local-db-dir")
+OPTIONS = (
+    "--regions",
+    "--table",
+    "--db-block",
+    "--api",
+    "--base-url",
+    "--force",
+    "--min-row-fraction",
+    "--cache-minutes",
+    "--local-db-dir",
+)
 CANARY_KEY = "canary-cli-key-5d1f"
 # Variables that would point a run at another Prefect server, API or key than the test chose.
-_OUTSIDE = {"PREFECT_API_URL", "PREFECT_API_KEY", "RESTCOUNTRIES_API_KEY", "RESTCOUNTRIES_BASE_URL",
-            "COUNTRIES_LOCAL_DIR", "COUNTRIES_LOCAL_PREFECT_SERVER"}
+_OUTSIDE = {
+    "PREFECT_API_URL",
+    "PREFECT_API_KEY",
+    "RESTCOUNTRIES_API_KEY",
+    "RESTCOUNTRIES_BASE_URL",
+    "COUNTRIES_LOCAL_DIR",
+    "COUNTRIES_LOCAL_PREFECT_SERVER",
+}
 
 
 def clean_env(**extra: str | Path) -> dict[str, str]:
@@ -51,10 +66,10 @@ def clean_env(**extra: str | Path) -> dict[str, str]:
     return env
 
 
-def run_cli(*args: str, env: dict[str, str], command: tuple[str, ...] = (sys.executable, str(SCRIPT)),
-            timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([*command, *args], capture_output=True, text=True, env=env, cwd=REPO_ROOT,
-                          timeout=timeout)
+def run_cli(
+    *args: str, env: dict[str, str], command: tuple[str, ...] = (sys.executable, str(SCRIPT)), timeout: float = 300
+) -> subprocess.CompletedProcess:
+    return subprocess.run([*command, *args], capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=timeout)
 
 
 def stderr_lines(result: subprocess.CompletedProcess) -> list[str]:
@@ -75,8 +90,11 @@ def ui_url(stdout: str) -> str:
 
 def block_names(api_url: str) -> list[str]:
     """The SqlAlchemyConnector blocks on a Prefect server, read through its REST API."""
-    response = httpx.get(f"{api_url}/block_types/slug/sqlalchemy-connector/block_documents",
-                         params={"include_secrets": "false"}, timeout=30)
+    response = httpx.get(
+        f"{api_url}/block_types/slug/sqlalchemy-connector/block_documents",
+        params={"include_secrets": "false"},
+        timeout=30,
+    )
     if response.status_code == 404:  # the block type was never registered
         return []
     response.raise_for_status()
@@ -114,14 +132,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory, fake: FakeRestCountries) -> 
     Both are stopped afterwards with ``python -m flows.local stop``.
     """
     root = tmp_path_factory.mktemp("stack")
-    env = clean_env(PREFECT_HOME=root / "prefect-home", COUNTRIES_LOCAL_DIR=root / "local",
-                    COUNTRIES_LOCAL_PREFECT_SERVER="1")
+    env = clean_env(
+        PREFECT_HOME=root / "prefect-home", COUNTRIES_LOCAL_DIR=root / "local", COUNTRIES_LOCAL_PREFECT_SERVER="1"
+    )
     try:
         first = run_cli("--api", "v3.1", "--base-url", fake.v31_base_url, "--cache-minutes", "0", env=env)
         yield Stack(env=env, local_dir=root / "local", first=first)
     finally:
-        subprocess.run([sys.executable, "-m", "flows.local", "stop"], env=env, cwd=REPO_ROOT, timeout=120,
-                       capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "flows.local", "stop"], env=env, cwd=REPO_ROOT, timeout=120, capture_output=True
+        )
 
 
 # --- fail fast: one line, nothing started, nothing sent --------------------------------------
@@ -141,8 +161,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory, fake: FakeRestCountries) -> 
 )
 def test_a_mistake_is_one_error_line_before_any_server_or_request(fake_api, tmp_path, args, option):
     local_dir = tmp_path / "local"
-    env = clean_env(PREFECT_HOME=tmp_path / "prefect-home", COUNTRIES_LOCAL_DIR=local_dir,
-                    COUNTRIES_LOCAL_PREFECT_SERVER="1", RESTCOUNTRIES_API_KEY=CANARY_KEY)
+    env = clean_env(
+        PREFECT_HOME=tmp_path / "prefect-home",
+        COUNTRIES_LOCAL_DIR=local_dir,
+        COUNTRIES_LOCAL_PREFECT_SERVER="1",
+        RESTCOUNTRIES_API_KEY=CANARY_KEY,
+    )
     to_fake = [] if "--base-url" in args else ["--base-url", fake_api.v5_base_url]  # a request would reach the fake
     result = run_cli(*args, *to_fake, env=env)
     assert result.returncode == 2, result.stdout + result.stderr
@@ -158,8 +182,7 @@ def test_a_mistake_is_one_error_line_before_any_server_or_request(fake_api, tmp_
 
 def test_a_missing_api_key_is_found_before_the_database_and_any_request(stack, fake_api):
     # A block name that does not exist: had the database been looked at first, that would be the error.
-    result = run_cli("--api", "v5", "--base-url", fake_api.v5_base_url, "--db-block", "no-such-block",
-                     env=stack.env)
+    result = run_cli("--api", "v5", "--base-url", fake_api.v5_base_url, "--db-block", "no-such-block", env=stack.env)
     assert result.returncode == 1, result.stdout + result.stderr
     lines = stderr_lines(result)
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
@@ -173,8 +196,7 @@ def test_a_mistyped_block_lists_the_blocks_that_exist_and_creates_none(stack, fa
     before = block_names(api_url)
     assert "countries-db" in before  # the first run saved the default block for the embedded PostgreSQL
 
-    result = run_cli("--api", "v3.1", "--base-url", fake_api.v31_base_url, "--db-block", "countries-dbb",
-                     env=stack.env)
+    result = run_cli("--api", "v3.1", "--base-url", fake_api.v31_base_url, "--db-block", "countries-dbb", env=stack.env)
     assert result.returncode == 1, result.stdout + result.stderr
     lines = stderr_lines(result)
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
@@ -201,8 +223,9 @@ def test_the_first_local_run_starts_both_servers_and_loads_the_table(stack):
     ui = ui_url(result.stdout)
     port = int(ui.rsplit(":", 1)[1])
     assert ui.startswith("http://127.0.0.1:") and stack.state()["port"] == port
-    listening = [c for c in psutil.net_connections(kind="inet")
-                 if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
+    listening = [
+        c for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+    ]
     assert listening and all(c.laddr.ip == "127.0.0.1" for c in listening)
     page = httpx.get(ui, timeout=30)
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
@@ -228,8 +251,18 @@ def test_a_warm_run_reuses_the_local_servers(stack, fake_api):
 
 def test_without_table_the_table_is_named_after_the_regions(stack, fake_api):
     assert stack.first.returncode == 0, stack.first.stderr
-    result = run_cli("--regions", "Europe", "Asia", "--api", "v3.1", "--base-url", fake_api.v31_base_url,
-                     "--cache-minutes", "0", env=stack.env)
+    result = run_cli(
+        "--regions",
+        "Europe",
+        "Asia",
+        "--api",
+        "v3.1",
+        "--base-url",
+        fake_api.v31_base_url,
+        "--cache-minutes",
+        "0",
+        env=stack.env,
+    )
     assert result.returncode == 0, result.stderr
     assert "into public.europe_asia_countries" in last_line(result.stdout)
     url = psql_url(result.stdout)
@@ -244,9 +277,13 @@ def test_without_table_the_table_is_named_after_the_regions(stack, fake_api):
 def test_prefect_api_url_wins_over_the_local_server(prefect_server, db_block, fake_api, tmp_path):
     name, database_url = db_block
     local_dir = tmp_path / "local"
-    env = clean_env(PREFECT_API_URL=prefect_server.api_url, COUNTRIES_LOCAL_DIR=local_dir,
-                    COUNTRIES_LOCAL_PREFECT_SERVER="1", RESTCOUNTRIES_BASE_URL=fake_api.v5_base_url,
-                    RESTCOUNTRIES_API_KEY=fake_api.api_key)
+    env = clean_env(
+        PREFECT_API_URL=prefect_server.api_url,
+        COUNTRIES_LOCAL_DIR=local_dir,
+        COUNTRIES_LOCAL_PREFECT_SERVER="1",
+        RESTCOUNTRIES_BASE_URL=fake_api.v5_base_url,
+        RESTCOUNTRIES_API_KEY=fake_api.api_key,
+    )
     result = run_cli("--db-block", name, "--cache-minutes", "0", env=env)
     assert result.returncode == 0, result.stderr
     assert not (local_dir / "prefect-server.json").exists()
@@ -271,10 +308,15 @@ def test_a_prefect_api_url_that_does_not_answer_is_one_error_line(fake_api, tmp_
 def test_with_prefects_temporary_server_the_error_is_still_the_last_line(tmp_path):
     """Local server turned off, no PREFECT_API_URL: Prefect's temporary server, stopped before the last line."""
     with FakeRestCountries(legacy_v31=True) as legacy:
-        env = clean_env(PREFECT_HOME=tmp_path / "prefect-home", COUNTRIES_LOCAL_DIR=tmp_path / "local",
-                        COUNTRIES_LOCAL_PREFECT_SERVER="0", PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120")
-        result = run_cli("--api", "v3.1", "--base-url", legacy.v31_base_url,
-                         "--local-db-dir", str(tmp_path / "pg"), env=env)
+        env = clean_env(
+            PREFECT_HOME=tmp_path / "prefect-home",
+            COUNTRIES_LOCAL_DIR=tmp_path / "local",
+            COUNTRIES_LOCAL_PREFECT_SERVER="0",
+            PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
+        )
+        result = run_cli(
+            "--api", "v3.1", "--base-url", legacy.v31_base_url, "--local-db-dir", str(tmp_path / "pg"), env=env
+        )
     try:
         assert result.returncode == 1, result.stdout + result.stderr
         assert "Stopping temporary server" in result.stderr  # Prefect's own last words came first
@@ -283,15 +325,21 @@ def test_with_prefects_temporary_server_the_error_is_still_the_last_line(tmp_pat
         assert result.stderr.count(last) == 1
         assert not (tmp_path / "local" / "prefect-server.json").exists()
     finally:
-        subprocess.run([sys.executable, "-m", "flows.local", "stop", "--data-dir", str(tmp_path / "pg")],
-                       env=env, cwd=REPO_ROOT, timeout=120, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "flows.local", "stop", "--data-dir", str(tmp_path / "pg")],
+            env=env,
+            cwd=REPO_ROOT,
+            timeout=120,
+            capture_output=True,
+        )
 
 
 # --- help ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", [(sys.executable, str(SCRIPT)), (str(CONSOLE_SCRIPT),)],
-                         ids=["python flows/countries.py", "countries"])
+@pytest.mark.parametrize(
+    "command", [(sys.executable, str(SCRIPT)), (str(CONSOLE_SCRIPT),)], ids=["python flows/countries.py", "countries"]
+)
 def test_help_documents_every_option_with_its_range_and_default(command):
     result = run_cli("--help", env=clean_env(), command=command, timeout=120)
     assert result.returncode == 0, result.stderr

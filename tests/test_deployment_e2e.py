@@ -100,9 +100,7 @@ def prefect_env(api_url: str, home: Path) -> dict[str, str]:
 
 def run_cli(args: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """Run a command in the repository root; fail the test with its output when it fails."""
-    result = subprocess.run(
-        args, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False
-    )
+    result = subprocess.run(args, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False)
     assert result.returncode == 0, (
         f"{' '.join(args)} exited {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
     )
@@ -157,8 +155,19 @@ def running_worker(env: dict[str, str], queue: str, log: Path) -> Iterator[subpr
     """`prefect worker start` on the pool, polling only `queue` every 2 s, in the repository root."""
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL, "--work-queue", queue,
-             "--name", f"e2e-{queue}"],
+            [
+                sys.executable,
+                "-m",
+                "prefect",
+                "worker",
+                "start",
+                "--pool",
+                POOL,
+                "--work-queue",
+                queue,
+                "--name",
+                f"e2e-{queue}",
+            ],
             cwd=REPO_ROOT,
             env=dict(env, PREFECT_WORKER_QUERY_SECONDS="2"),
             stdout=out,
@@ -337,9 +346,7 @@ def test_the_server_has_the_deployments_prefect_yaml_describes(deployed):
         assert d.concurrency_options.collision_strategy.value == limit["collision_strategy"]
 
         # No pull section: deploy recorded the repository root, where the worker finds the code.
-        assert d.pull_steps == [
-            {"prefect.deployments.steps.set_working_directory": {"directory": str(REPO_ROOT)}}
-        ]
+        assert d.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(REPO_ROOT)}}]
 
     assert deployed["northern-europe"].schedules[0].schedule.interval == timedelta(seconds=300)
 
@@ -400,9 +407,7 @@ def read_table(url: str, table: str) -> tuple[list[tuple[Any, ...]], str]:
     engine = sa.create_engine(url)
     try:
         with engine.connect() as conn:
-            rows = conn.execute(
-                sa.text(f"SELECT nation_official_name, currency_name, population FROM {table}")
-            ).all()
+            rows = conn.execute(sa.text(f"SELECT nation_official_name, currency_name, population FROM {table}")).all()
             population_type = conn.execute(
                 sa.text(
                     "SELECT data_type FROM information_schema.columns "
@@ -423,6 +428,7 @@ def test_a_worker_runs_the_deployments_into_postgres_one_run_at_a_time(
     Beside them one run of all-regions in the deployment's own dialect, v5, with the
     key from the Secret block: 6 requests, every fixture country loaded.
     """
+
     def start(deployment: str, **parameters: Any) -> uuid.UUID:
         return run_deployment(
             f"{FLOW_NAME}/{deployment}",

@@ -164,8 +164,14 @@ def test_dockerignore_keeps_the_build_context_to_what_the_image_copies():
     for path in needed:
         if path != "Dockerfile":
             assert not ignored(path, patterns), f".dockerignore leaves out {path}"
-    for path in [".git/config", ".venv/bin/python", ".local/pgdata/PG_VERSION", "tests/conftest.py",
-                 "flows/__pycache__/api.cpython-311.pyc", ".env"]:
+    for path in [
+        ".git/config",
+        ".venv/bin/python",
+        ".local/pgdata/PG_VERSION",
+        "tests/conftest.py",
+        "flows/__pycache__/api.cpython-311.pyc",
+        ".env",
+    ]:
         assert ignored(path, patterns), f".dockerignore lets {path} into the build context"
 
 

@@ -57,8 +57,15 @@ def stack_env(prefect_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 
 def manage(*args: str, env: dict[str, str], stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flows.local", *args], capture_output=True, text=True, env=env,
-                          cwd=REPO_ROOT, timeout=120, input=stdin)
+    return subprocess.run(
+        [sys.executable, "-m", "flows.local", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO_ROOT,
+        timeout=120,
+        input=stdin,
+    )
 
 
 def is_running(pid: int) -> bool:
@@ -122,8 +129,9 @@ def test_the_prefect_server_listens_on_localhost_only_and_serves_this_prefect_ho
     import httpx
 
     server, _ = local.ensure_prefect_server()
-    listening = [c for c in psutil.net_connections(kind="inet")
-                 if c.status == psutil.CONN_LISTEN and c.laddr.port == server.port]
+    listening = [
+        c for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN and c.laddr.port == server.port
+    ]
     assert listening and all(c.laddr.ip == "127.0.0.1" for c in listening)
     settings = httpx.get(f"{server.api_url}/admin/settings", timeout=30).json()
     assert Path(settings["home"]) == Path(stack_env["PREFECT_HOME"])

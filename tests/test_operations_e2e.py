@@ -107,8 +107,19 @@ def start_worker(env: dict[str, str], queue: str, log: Path, cwd: Path = REPO_RO
     """`prefect worker start` on the pool, polling only ``queue`` every 2 s; output appended to ``log``."""
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL, "--work-queue", queue,
-             "--name", f"ops-{queue}-{uuid.uuid4().hex[:4]}"],
+            [
+                sys.executable,
+                "-m",
+                "prefect",
+                "worker",
+                "start",
+                "--pool",
+                POOL,
+                "--work-queue",
+                queue,
+                "--name",
+                f"ops-{queue}-{uuid.uuid4().hex[:4]}",
+            ],
             cwd=cwd,
             env=dict(env, PREFECT_WORKER_QUERY_SECONDS="2"),
             stdout=out,
@@ -177,9 +188,10 @@ def read_table(url: str, table: str) -> list[tuple[Any, ...]]:
     engine = sa.create_engine(url)
     try:
         with engine.connect() as conn:
-            return [tuple(r) for r in conn.execute(
-                sa.text(f'SELECT nation_official_name, currency_name, population FROM "{table}"')
-            )]
+            return [
+                tuple(r)
+                for r in conn.execute(sa.text(f'SELECT nation_official_name, currency_name, population FROM "{table}"'))
+            ]
     except sa.exc.ProgrammingError:
         return []
     finally:
@@ -233,8 +245,17 @@ def deployment_spec(name: str, queue: str, parameters: dict[str, Any], schedules
 
 def deploy(stack: Stack, specs: list[dict], cwd: Path, file: Path) -> None:
     """``prefect deploy --all`` of ``specs`` from ``cwd`` (the checkout the worker runs), as an operator would."""
-    file.write_text(yaml.safe_dump({"name": "countries-ops-test", "prefect-version": "3.8.8",
-                                    "build": None, "push": None, "deployments": specs}))
+    file.write_text(
+        yaml.safe_dump(
+            {
+                "name": "countries-ops-test",
+                "prefect-version": "3.8.8",
+                "build": None,
+                "push": None,
+                "deployments": specs,
+            }
+        )
+    )
     prefect_cli("--no-prompt", "deploy", "--all", "--prefect-file", str(file), env=stack.env, cwd=cwd)
     with stack.client() as client:
         for spec in specs:
@@ -288,8 +309,15 @@ def prepare_stack(server: PrefectServer, pg, logs: Path, db_block: str) -> Stack
 def setup_script(stack: Stack, *args: str) -> str:
     """The documented setup, run after the deploy: blocks and the operations automations."""
     return run_cli(
-        [sys.executable, "blocks/create_blocks.py", "--db-block", stack.db_block, "--db-url", stack.database_url,
-         *args],
+        [
+            sys.executable,
+            "blocks/create_blocks.py",
+            "--db-block",
+            stack.db_block,
+            "--db-url",
+            stack.database_url,
+            *args,
+        ],
         setup_env(stack.env),
     )
 
@@ -302,8 +330,10 @@ def teardown_stack(stack: Stack, pg) -> None:
         for automation in client.read_automations():
             if AUTOMATION_TAG in automation.tags:
                 client.delete_automation(automation.id)
-        for name, slug in ((stack.db_block, "sqlalchemy-connector"), ("countries-settings",
-                                                                       "countries-pipeline-settings")):
+        for name, slug in (
+            (stack.db_block, "sqlalchemy-connector"),
+            ("countries-settings", "countries-pipeline-settings"),
+        ):
             with contextlib.suppress(ObjectNotFound):
                 client.delete_block_document(client.read_block_document_by_name(name, slug).id)
         if stack.created_pool:
@@ -421,12 +451,16 @@ def crash_and_recover(sc: Scenario, crash: Callable[[subprocess.Popen[bytes], uu
             done = [r for r in runs if r.state_type == StateType.COMPLETED]
             return done[0] if done else None
 
-        rerun = wait_for(f"{sc.name}: a new run loads the table", rerun_loaded, crashed_at + LOADED_WITHIN + 30,
-                         sc.details)
+        rerun = wait_for(
+            f"{sc.name}: a new run loads the table", rerun_loaded, crashed_at + LOADED_WITHIN + 30, sc.details
+        )
         loaded_after = time.monotonic() - crashed_at
-        dead_run = wait_for(f"{sc.name}: the dead run leaves RUNNING",
-                            lambda: (r := sc.state(dead)).state_type != StateType.RUNNING and r,
-                            deadline, sc.details)
+        dead_run = wait_for(
+            f"{sc.name}: the dead run leaves RUNNING",
+            lambda: (r := sc.state(dead)).state_type != StateType.RUNNING and r,
+            deadline,
+            sc.details,
+        )
         with sc.stack.client() as client:
             others = [r for r in deployment_runs(client, sc.deployment_id) if r.id not in (dead, rerun.id)]
         return {
@@ -520,17 +554,26 @@ def scenario_rollout(sc: Scenario, origin: Path) -> dict[str, Any]:
         deploy(sc.stack, [sc.spec()], sc.cwd, sc.cwd.parent / "ops-rollout.yaml")
         after_deploy = sc.state(first)
         manual = sc.start_run()  # a manual run while the first is still in flight
-        manual_run = wait_for(f"{sc.name}: manual run during the rollout final",
-                              lambda: (r := sc.state(manual)).state and r.state.is_final() and r,
-                              deadline, sc.details)
-        first_run = wait_for(f"{sc.name}: the in-flight run final",
-                             lambda: (r := sc.state(first)).state and r.state.is_final() and r,
-                             deadline, sc.details)
+        manual_run = wait_for(
+            f"{sc.name}: manual run during the rollout final",
+            lambda: (r := sc.state(manual)).state and r.state.is_final() and r,
+            deadline,
+            sc.details,
+        )
+        first_run = wait_for(
+            f"{sc.name}: the in-flight run final",
+            lambda: (r := sc.state(first)).state and r.state.is_final() and r,
+            deadline,
+            sc.details,
+        )
         rows_after_first = read_table(sc.stack.database_url, sc.table)
         second = sc.start_run()
-        second_run = wait_for(f"{sc.name}: the next run final",
-                              lambda: (r := sc.state(second)).state and r.state.is_final() and r,
-                              deadline, sc.details)
+        second_run = wait_for(
+            f"{sc.name}: the next run final",
+            lambda: (r := sc.state(second)).state and r.state.is_final() and r,
+            deadline,
+            sc.details,
+        )
         return {
             "first_after_deploy": after_deploy,
             "manual": manual_run,
@@ -558,8 +601,13 @@ def scenario_freshness(sc: Scenario, receiver: WebhookReceiver) -> dict[str, Any
 
 
 def git(*args: str, cwd: Path) -> None:
-    env = dict(os.environ, GIT_AUTHOR_NAME="ops test", GIT_AUTHOR_EMAIL="ops@test.invalid",
-               GIT_COMMITTER_NAME="ops test", GIT_COMMITTER_EMAIL="ops@test.invalid")
+    env = dict(
+        os.environ,
+        GIT_AUTHOR_NAME="ops test",
+        GIT_AUTHOR_EMAIL="ops@test.invalid",
+        GIT_COMMITTER_NAME="ops test",
+        GIT_COMMITTER_EMAIL="ops@test.invalid",
+    )
     executable = shutil.which("git")
     assert executable, "the rollout scenario needs git"
     subprocess.run([executable, *args], cwd=cwd, env=env, check=True, capture_output=True, timeout=60)
@@ -606,9 +654,15 @@ def scenarios(prefect_server, pg, tmp_path_factory) -> Iterator[dict[str, Future
             restart_server.stop()
 
         def scenario(name: str, stack: Stack, cwd: Path) -> Scenario:
-            return Scenario(name=f"ops-{name}", stack=stack, fake=cleanup.enter_context(FakeRestCountries()),
-                            table=f"ops_{name}_countries", queue=f"ops-{name}", log=tmp / f"worker-{name}.log",
-                            cwd=cwd)
+            return Scenario(
+                name=f"ops-{name}",
+                stack=stack,
+                fake=cleanup.enter_context(FakeRestCountries()),
+                table=f"ops_{name}_countries",
+                queue=f"ops-{name}",
+                log=tmp / f"worker-{name}.log",
+                cwd=cwd,
+            )
 
         # The code under test, frozen for the module (other work may edit the tree meanwhile): one checkout
         # for the crash scenarios, one for the rollout (which pulls a new version into it).
@@ -655,8 +709,12 @@ def scenarios(prefect_server, pg, tmp_path_factory) -> Iterator[dict[str, Future
 
         def setup_outcome() -> dict[str, Any]:
             restart, other_setup = other_ready.result()
-            return {"main": main_setup, "other": other_setup, "main_stack": main,
-                    "scenarios": {s.name: s for s in (kill9, oom, sigterm, rollout, stale, restart)}}
+            return {
+                "main": main_setup,
+                "other": other_setup,
+                "main_stack": main,
+                "scenarios": {s.name: s for s in (kill9, oom, sigterm, rollout, stale, restart)},
+            }
 
         futures["setup"] = pool.submit(setup_outcome)
 
@@ -753,8 +811,9 @@ def test_a_killed_flow_run_process_is_reported_crashed_by_its_worker_and_rerun(s
 def test_graceful_worker_stop_mid_run_is_crashed_and_rerun(scenarios):
     result = outcome(scenarios, "sigterm")
     facts = outcome(scenarios, "setup")["scenarios"]["ops-sigterm"].facts
-    print(f"graceful stop: worker exit code {facts['worker_exit']}, flow run process survived: "
-          f"{facts['runner_survived']}")
+    print(
+        f"graceful stop: worker exit code {facts['worker_exit']}, flow run process survived: {facts['runner_survived']}"
+    )
     assert_recovered(result)
 
 

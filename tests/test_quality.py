@@ -14,9 +14,7 @@ from flows.quality import RowRule, check_row_drop, validate_countries
 def good() -> pd.DataFrame:
     return pd.DataFrame(
         {
-            "nation_official_name": pd.array(
-                ["Republic of Finland", "Åland Islands", "Narnia"], dtype="str"
-            ),
+            "nation_official_name": pd.array(["Republic of Finland", "Åland Islands", "Narnia"], dtype="str"),
             "currency_name": pd.array(["Euro", None, "Lion"], dtype="str"),
             "population": np.array([5_500_000, 30_000, 0], dtype="int64"),
         }
@@ -27,9 +25,7 @@ def good() -> pd.DataFrame:
     "frame",
     [
         pytest.param(good(), id="str dtype"),
-        pytest.param(
-            good().astype({"nation_official_name": object, "currency_name": object}), id="object dtype"
-        ),
+        pytest.param(good().astype({"nation_official_name": object, "currency_name": object}), id="object dtype"),
         pytest.param(good().astype({"population": "Int64"}), id="nullable Int64"),
         pytest.param(good().astype({"population": "int32"}), id="int32"),
     ],
@@ -83,14 +79,12 @@ def _with(**changes) -> pd.DataFrame:
         ),
         pytest.param(
             _with(currency_name=pd.array(["Euro", 5, None], dtype=object)),
-            'quality gate: column "currency_name" has dtype object, expected text (str); '
-            "the table was not changed",
+            'quality gate: column "currency_name" has dtype object, expected text (str); the table was not changed',
             id="currency mixed objects",
         ),
         pytest.param(
             _with(population=[1.0, 2.5, np.nan]),
-            'quality gate: column "population" has dtype float64, expected an integer dtype; '
-            "the table was not changed",
+            'quality gate: column "population" has dtype float64, expected an integer dtype; the table was not changed',
             id="population float",
         ),
         pytest.param(

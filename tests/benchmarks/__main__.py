@@ -40,11 +40,20 @@ def _parser() -> argparse.ArgumentParser:
         "its target (met == False); 2 when a benchmark module could not be imported or raised. "
         "--no-fail always exits 0. Progress lines go to stderr; the table alone goes to stdout.",
     )
-    p.add_argument("--only", nargs="+", choices=list(MODULES), metavar="NAME",
-                   help="run only these benchmarks (" + ", ".join(MODULES) + ")")
+    p.add_argument(
+        "--only",
+        nargs="+",
+        choices=list(MODULES),
+        metavar="NAME",
+        help="run only these benchmarks (" + ", ".join(MODULES) + ")",
+    )
     p.add_argument("--smoke", action="store_true", help="tiny sizes: a quick check that every benchmark works")
-    p.add_argument("--json", type=Path, metavar="PATH",
-                   help="also write the figures and a description of the machine as JSON to PATH")
+    p.add_argument(
+        "--json",
+        type=Path,
+        metavar="PATH",
+        help="also write the figures and a description of the machine as JSON to PATH",
+    )
     p.add_argument("--no-fail", action="store_true", help="exit 0 even when a target is missed or a module fails")
     return p
 
@@ -74,8 +83,13 @@ def _memory_bytes() -> int | None:
 
 def _git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,  # noqa: S607 - git from PATH, informational only
-                             cwd=Path(__file__).resolve().parents[2])
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],  # noqa: S607 - git from PATH, informational only
+            capture_output=True,
+            text=True,
+            timeout=10,
+            cwd=Path(__file__).resolve().parents[2],
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
@@ -124,8 +138,12 @@ def run_all(names: list[str], smoke: bool) -> tuple[list[Figure], list[str]]:
             continue
         figures += got
         missed = sum(f.met is False for f in got)
-        print(f"{name} done in {time.perf_counter() - start:.1f} s: {len(got)} figures"
-              + (f", {missed} missed their target" if missed else ""), file=sys.stderr, flush=True)
+        print(
+            f"{name} done in {time.perf_counter() - start:.1f} s: {len(got)} figures"
+            + (f", {missed} missed their target" if missed else ""),
+            file=sys.stderr,
+            flush=True,
+        )
     return figures, failed
 
 

@@ -199,12 +199,24 @@ def measure(cmd: list[str], env: dict[str, str], cwd: Path, timeout: float = RUN
         cpu = (after.ru_utime - usage.ru_utime) + (after.ru_stime - usage.ru_stime)
         out.seek(0)
         err.seek(0)
-        return Run(seconds, peak / 2**20, returncode, out.read().decode(errors="replace"),
-                   err.read().decode(errors="replace"), cpu)
+        return Run(
+            seconds,
+            peak / 2**20,
+            returncode,
+            out.read().decode(errors="replace"),
+            err.read().decode(errors="replace"),
+            cpu,
+        )
 
 
-_OUTSIDE = {"PREFECT_API_URL", "PREFECT_API_KEY", "RESTCOUNTRIES_API_KEY", "RESTCOUNTRIES_BASE_URL",
-            "COUNTRIES_LOCAL_DIR", "COUNTRIES_LOCAL_PREFECT_SERVER"}
+_OUTSIDE = {
+    "PREFECT_API_URL",
+    "PREFECT_API_KEY",
+    "RESTCOUNTRIES_API_KEY",
+    "RESTCOUNTRIES_BASE_URL",
+    "COUNTRIES_LOCAL_DIR",
+    "COUNTRIES_LOCAL_PREFECT_SERVER",
+}
 
 
 def _env(home: Path, local_dir: Path, api_url: str | None = None) -> dict[str, str]:
@@ -249,7 +261,11 @@ def prefect_server(home: Path, timeout: float = 120.0) -> Iterator[str]:
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            stdout=out, stderr=subprocess.STDOUT, env=env, cwd=home, start_new_session=True,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=home,
+            start_new_session=True,
         )
     try:
         deadline = time.monotonic() + timeout
@@ -315,8 +331,9 @@ def flow_body_seconds(api_url: str, run: Run) -> dict[str, float]:
     match = re.search(r"Beginning flow run '([^']+)' for flow 'countries'", run.stdout + run.stderr)
     if not match:
         raise RuntimeError(f"no flow run name in the output:\n{run.stderr[-2000:]}")
-    response = httpx.post(f"{api_url}/artifacts/filter",
-                          json={"flow_runs": {"name": {"any_": [match.group(1)]}}, "limit": 50}, timeout=30)
+    response = httpx.post(
+        f"{api_url}/artifacts/filter", json={"flow_runs": {"name": {"any_": [match.group(1)]}}, "limit": 50}, timeout=30
+    )
     response.raise_for_status()
     for artifact in response.json():
         data = artifact.get("data") or ""
@@ -328,8 +345,14 @@ def flow_body_seconds(api_url: str, run: Run) -> dict[str, float]:
 
 
 def _stop_local(env: dict[str, str]) -> None:
-    result = subprocess.run([sys.executable, "-m", "flows.local", "stop"], env=env, cwd=REPO_ROOT,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "flows.local", "stop"],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     if result.returncode != 0:
         print(f"bench_e2e: could not stop the local stack: {result.stderr}", file=sys.stderr)
 
@@ -341,8 +364,15 @@ _METRICS = (("seconds", "seconds"), ("peak MiB", "peak_mib"))
 _METRICS_WITH_CPU = (("seconds", "seconds"), ("CPU seconds", "cpu_seconds"), ("peak MiB", "peak_mib"))
 
 
-def _pair(name: str, floor: list[Run], ours: list[Run], note: str, target: float | None,
-          baseline_name: str = FLOOR, metrics: tuple[tuple[str, str], ...] = _METRICS) -> list[Figure]:
+def _pair(
+    name: str,
+    floor: list[Run],
+    ours: list[Run],
+    note: str,
+    target: float | None,
+    baseline_name: str = FLOOR,
+    metrics: tuple[tuple[str, str], ...] = _METRICS,
+) -> list[Figure]:
     """Seconds (with the ratio target, if any) and the other ``metrics`` (informational), medians, ours against a
     baseline."""
     out = []
@@ -350,11 +380,18 @@ def _pair(name: str, floor: list[Run], ours: list[Run], note: str, target: float
         base = statistics.median(getattr(r, attr) for r in floor)
         mine = statistics.median(getattr(r, attr) for r in ours)
         has_target = target is not None and metric == "seconds"
-        out.append(Figure(
-            benchmark=name, metric=metric, baseline_name=baseline_name, baseline=base, ours=mine,
-            target=f"ours/baseline <= {target}" if has_target else "",
-            met=mine <= target * base if has_target else None, note=note,
-        ))
+        out.append(
+            Figure(
+                benchmark=name,
+                metric=metric,
+                baseline_name=baseline_name,
+                baseline=base,
+                ours=mine,
+                target=f"ours/baseline <= {target}" if has_target else "",
+                met=mine <= target * base if has_target else None,
+                note=note,
+            )
+        )
     return out
 
 
@@ -365,8 +402,13 @@ def _flow_body_figure(bodies: list[dict[str, float]], note: str) -> Figure:
     steps = list(dict.fromkeys(step for b in bodies for step in b))
     parts = " ".join(f"{s}={statistics.median(b.get(s, 0.0) for b in bodies):.3f}" for s in steps)
     return Figure(
-        benchmark="e2e flow body, Northern Europe", metric="seconds", baseline_name="", baseline=None, ours=med,
-        target=f"ours <= {FLOW_BODY_TARGET_SECONDS} s", met=med <= FLOW_BODY_TARGET_SECONDS,
+        benchmark="e2e flow body, Northern Europe",
+        metric="seconds",
+        baseline_name="",
+        baseline=None,
+        ours=med,
+        target=f"ours <= {FLOW_BODY_TARGET_SECONDS} s",
+        met=med <= FLOW_BODY_TARGET_SECONDS,
         note=f"{note}; median of {len(totals)}: {parts}",
     )
 
@@ -432,13 +474,25 @@ def _full(fake: FakeRestCountries, tmp: Path, envs: list[dict[str, str]], repeat
     rows = _table_rows(tmp / "local" / "postgres")
     floor_cold = measure(floor_cmd, floor_env, tmp).check("floor, cold")
     ok = "" if rows == EXPECTED_NORTHERN_EUROPE else "; TABLE DIFFERS FROM EXPECTED"
-    figures += _pair("e2e cold: local stack vs Prefect's default path", [floor_cold], [ours_cold],
-                     f"1 run each, fresh homes; ours starts the local Prefect server and the embedded PG{ok}", None)
-    ours_warm, floor_warm = _interleaved(repeats, (ours_cmd, ours_env, REPO_ROOT, "ours, warm local"),
-                                         (floor_cmd, floor_env, tmp, "floor, default path"))
-    figures += _pair("e2e warm: local stack vs Prefect's default path", floor_warm, ours_warm,
-                     f"median of {repeats}; ours reuses the local servers (not counted), the floor starts "
-                     "a temporary server (counted)", LOCAL_RATIO_TARGET, metrics=_METRICS_WITH_CPU)
+    figures += _pair(
+        "e2e cold: local stack vs Prefect's default path",
+        [floor_cold],
+        [ours_cold],
+        f"1 run each, fresh homes; ours starts the local Prefect server and the embedded PG{ok}",
+        None,
+    )
+    ours_warm, floor_warm = _interleaved(
+        repeats, (ours_cmd, ours_env, REPO_ROOT, "ours, warm local"), (floor_cmd, floor_env, tmp, "floor, default path")
+    )
+    figures += _pair(
+        "e2e warm: local stack vs Prefect's default path",
+        floor_warm,
+        ours_warm,
+        f"median of {repeats}; ours reuses the local servers (not counted), the floor starts "
+        "a temporary server (counted)",
+        LOCAL_RATIO_TARGET,
+        metrics=_METRICS_WITH_CPU,
+    )
 
     # 2. A running server for both (PREFECT_API_URL).
     with prefect_server(tmp / "server-home") as api_url:
@@ -447,16 +501,30 @@ def _full(fake: FakeRestCountries, tmp: Path, envs: list[dict[str, str]], repeat
         ours_cmd = _ours_cmd(fake.v31_base_url, "--db-block", block)
         imports_cmd = [sys.executable, str(tmp / "floor_imports.py")]
         ours_runs, floor_runs, imports_runs = _interleaved(
-            repeats, (ours_cmd, env, REPO_ROOT, "ours, running server"), (floor_cmd, env, tmp, "floor, running server"),
+            repeats,
+            (ours_cmd, env, REPO_ROOT, "ours, running server"),
+            (floor_cmd, env, tmp, "floor, running server"),
             (imports_cmd, env, tmp, "floor + imports, running server"),
         )
         bodies = [flow_body_seconds(api_url, r) for r in ours_runs]
     note = f"median of {repeats}; first run of each discarded; embedded PG not counted"
-    figures += _pair("e2e warm, running server (PREFECT_API_URL)", floor_runs, ours_runs, note, SERVER_RATIO_TARGET,
-                     metrics=_METRICS_WITH_CPU)
-    figures += _pair("e2e warm, running server (PREFECT_API_URL)", imports_runs, ours_runs,
-                     note + "; baseline = what importing the product's libraries alone costs", None,
-                     baseline_name=f"floor + import {PRODUCT_IMPORTS}", metrics=_METRICS_WITH_CPU)
+    figures += _pair(
+        "e2e warm, running server (PREFECT_API_URL)",
+        floor_runs,
+        ours_runs,
+        note,
+        SERVER_RATIO_TARGET,
+        metrics=_METRICS_WITH_CPU,
+    )
+    figures += _pair(
+        "e2e warm, running server (PREFECT_API_URL)",
+        imports_runs,
+        ours_runs,
+        note + "; baseline = what importing the product's libraries alone costs",
+        None,
+        baseline_name=f"floor + import {PRODUCT_IMPORTS}",
+        metrics=_METRICS_WITH_CPU,
+    )
     figures.append(_flow_body_figure(bodies, "warm, running server, data unchanged: transform and load skipped"))
     return figures
 

@@ -74,13 +74,18 @@ def running_prefect_server(home: Path, timeout: float = 120.0) -> Iterator[str]:
     api_url = f"http://127.0.0.1:{port}/api"
     home.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k not in {"PREFECT_API_URL", "PREFECT_API_KEY"}}
-    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1",
-               PREFECT_UI_ENABLED="false")
+    env.update(
+        PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1", PREFECT_UI_ENABLED="false"
+    )
     log = home / "server.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            stdout=out, stderr=subprocess.STDOUT, env=env, cwd=home, start_new_session=True,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=home,
+            start_new_session=True,
         )
     try:
         deadline = time.monotonic() + timeout
@@ -121,10 +126,14 @@ def database_block(data_dir: Path) -> Iterator[str]:
     try:
         socket_dir = str(server.get_postmaster_info().socket_dir)
         name = f"bench-fetch-{uuid.uuid4().hex[:8]}"
-        SqlAlchemyConnector(connection_info=ConnectionComponents(
-            driver=SyncDriver.POSTGRESQL_PSYCOPG2, username="postgres", database="postgres",
-            query={"host": socket_dir},
-        )).save(name)
+        SqlAlchemyConnector(
+            connection_info=ConnectionComponents(
+                driver=SyncDriver.POSTGRESQL_PSYCOPG2,
+                username="postgres",
+                database="postgres",
+                query={"host": socket_dir},
+            )
+        ).save(name)
         yield name
     finally:
         server.cleanup()
@@ -157,8 +166,9 @@ def _shape_flow():
 
     @task(task_run_name="fetch {region}", cache_policy=NO_CACHE)
     async def fetch(client: api.ApiClient, region: str, base_url: str, hook: Callable[[], Awaitable[None]]):
-        return await api.fetch_region(client, region, dialect=api.get_dialect("v5"), base_url=base_url,
-                                      paths=PATHS_V5, before_request=hook)
+        return await api.fetch_region(
+            client, region, dialect=api.get_dialect("v5"), base_url=base_url, paths=PATHS_V5, before_request=hook
+        )
 
     async def slot_per_request() -> None:  # the budget before issue 8
         await rate_limit(budget.RATE_LIMIT_NAME, occupy=1, strict=True)
@@ -208,8 +218,16 @@ def _flow_call(fake: FakeRestCountries, db_block: str) -> Callable[[], object]:
 
     def call() -> object:
         with _environment(RESTCOUNTRIES_API_KEY=fake.api_key, RESTCOUNTRIES_BASE_URL=fake.v5_base_url):
-            return asyncio.run(countries_flow(regions=REGIONS, table=TABLE, db_block=db_block, api="v5",
-                                              base_url=fake.v5_base_url, cache_minutes=0))
+            return asyncio.run(
+                countries_flow(
+                    regions=REGIONS,
+                    table=TABLE,
+                    db_block=db_block,
+                    api="v5",
+                    base_url=fake.v5_base_url,
+                    cache_minutes=0,
+                )
+            )
 
     return call
 
@@ -235,33 +253,54 @@ def _figures(smoke: bool, fake: FakeRestCountries, db_block: str, latency: float
     fetch_steps = [s.get("fetch") for s in [getattr(summary, "step_seconds", {}) or {}] if s.get("fetch")]
     figures = [
         Figure(
-            benchmark="fetch all regions, countries_flow, running server", metric="arrival spread s",
-            baseline_name="target", baseline=SPREAD_TARGET, ours=flow_spread, target="ours/baseline <= 1",
+            benchmark="fetch all regions, countries_flow, running server",
+            metric="arrival spread s",
+            baseline_name="target",
+            baseline=SPREAD_TARGET,
+            ours=flow_spread,
+            target="ours/baseline <= 1",
             met=flow_spread <= SPREAD_TARGET,
             note=note + f"; spreads {', '.join(f'{s:.3f}' for s in flow_spreads[keep])}",
         ),
         Figure(
-            benchmark="fetch all regions, countries_flow, running server", metric="seconds",
-            baseline_name="API latency", baseline=latency, ours=statistics.median(flow_seconds[keep]),
-            target="", met=None,
+            benchmark="fetch all regions, countries_flow, running server",
+            metric="seconds",
+            baseline_name="API latency",
+            baseline=latency,
+            ours=statistics.median(flow_seconds[keep]),
+            target="",
+            met=None,
             note=note + "; whole flow incl. load" + (f"; fetch step {fetch_steps[0]:.3f} s" if fetch_steps else ""),
         ),
     ]
     if smoke:
-        figures.append(Figure(
-            benchmark="fetch all regions, same-shape flow, running server", metric="arrival spread s",
-            baseline_name="target", baseline=SPREAD_TARGET, ours=shape_spread, target="ours/baseline <= 1",
-            met=shape_spread <= SPREAD_TARGET, note=note,
-        ))
+        figures.append(
+            Figure(
+                benchmark="fetch all regions, same-shape flow, running server",
+                metric="arrival spread s",
+                baseline_name="target",
+                baseline=SPREAD_TARGET,
+                ours=shape_spread,
+                target="ours/baseline <= 1",
+                met=shape_spread <= SPREAD_TARGET,
+                note=note,
+            )
+        )
         return figures
     old_spreads, _, _ = _measure(fake, shape_call(per_request=True), runs + 1)
     old_spread = statistics.median(old_spreads[1:])
-    figures.append(Figure(
-        benchmark="fetch all regions, same-shape flow, running server", metric="arrival spread s",
-        baseline_name="one limit slot per request (before)", baseline=old_spread, ours=shape_spread,
-        target=f"ours <= {SPREAD_TARGET} s", met=shape_spread <= SPREAD_TARGET,
-        note=note + f"; ours {', '.join(f'{s:.3f}' for s in shape_spreads[1:])}",
-    ))
+    figures.append(
+        Figure(
+            benchmark="fetch all regions, same-shape flow, running server",
+            metric="arrival spread s",
+            baseline_name="one limit slot per request (before)",
+            baseline=old_spread,
+            ours=shape_spread,
+            target=f"ours <= {SPREAD_TARGET} s",
+            met=shape_spread <= SPREAD_TARGET,
+            note=note + f"; ours {', '.join(f'{s:.3f}' for s in shape_spreads[1:])}",
+        )
+    )
     return figures
 
 
@@ -283,9 +322,12 @@ def run(smoke: bool = False, db_block: str | None = None) -> list[Figure]:
                 return _figures(smoke, fake, db_block, latency)
             with database_block(tmp / "pg") as block:
                 return _figures(smoke, fake, block, latency)
-        with running_prefect_server(tmp / "server-home") as api_url, temporary_settings(
-            {PREFECT_API_URL: api_url}
-        ), _environment(PREFECT_API_URL=api_url), database_block(tmp / "pg") as block:
+        with (
+            running_prefect_server(tmp / "server-home") as api_url,
+            temporary_settings({PREFECT_API_URL: api_url}),
+            _environment(PREFECT_API_URL=api_url),
+            database_block(tmp / "pg") as block,
+        ):
             # Our own server: a generous limit, so back-to-back runs measure fetching, not queueing for slots.
             asyncio.run(budget.ensure_rate_limit(burst=60, per_second=30, update=True))
             return _figures(smoke, fake, block, latency)
