@@ -101,7 +101,10 @@ def build_parser(flow: Any = None, prog: str | None = None) -> argparse.Argument
     summary = (flow.description or "").partition("\n")[0]
     parser = _Parser(
         prog=prog,
-        description=f"{summary.strip()} Runs the flow '{flow.name}' once and prints the table and a summary.",
+        description=(
+            f"{summary.strip()} Runs the flow '{flow.name}' once; prints the table when it changed, "
+            "then a one-line summary."
+        ),
         epilog=(
             "Prefect: PREFECT_API_URL when set; otherwise a local Prefect server on 127.0.0.1, started on the "
             "first run and reused (COUNTRIES_LOCAL_PREFECT_SERVER=0: Prefect's temporary server instead). "
