@@ -92,6 +92,7 @@ __all__ = [
     "fingerprint",
     "get_dialect",
     "make_client",
+    "unknown_regions",
 ]
 
 logger = logging.getLogger(__name__)
@@ -175,6 +176,24 @@ def _unknown_region(req: Request, name: str, why: str, status: int | None) -> No
         UnknownRegionError,
         f"unknown region {name!r}: the API knows no region or subregion of that name ({why}); {_UNKNOWN_REGION_ADVICE}",
         status=status,
+        region=name,
+        request=f"GET {req.shown}",
+    )
+
+
+def unknown_regions(errors: Sequence[UnknownRegionError]) -> UnknownRegionError:
+    """One error for several unknown regions of one run, naming each once, the advice once.
+
+    One error is returned as it is.
+    """
+    if len(errors) == 1:
+        return errors[0]
+    names = ", ".join(repr(e.region) for e in errors)
+    requests = ", ".join(e.request or "?" for e in errors)
+    return UnknownRegionError(
+        f"unknown regions {names}: the API knows no region or subregion of these names; "
+        f"{_UNKNOWN_REGION_ADVICE} ({requests})",
+        status=errors[0].status,
     )
 
 

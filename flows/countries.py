@@ -53,7 +53,7 @@ from pydantic import Field
 from flows import api as restcountries
 from flows import budget, report, schema, settings, tables
 from flows.changes import ChangeSummary
-from flows.errors import CountriesError, TransientApiError
+from flows.errors import CountriesError, TransientApiError, UnknownRegionError
 from flows.parameters import DEFAULT_REGIONS, check_parameters, default_table
 
 if TYPE_CHECKING:  # pandas and the loader are imported by the tasks that need them, only when they run
@@ -226,11 +226,13 @@ async def fetch_all(
     unexpected = [f for f in failures if not isinstance(f, CountriesError)]
     if unexpected:
         raise unexpected[0]
-    if len(failures) == 1:
-        raise failures[0]
-    if failures:
+    unknown = [f for f in failures if isinstance(f, UnknownRegionError)]
+    errors = ([restcountries.unknown_regions(unknown)] if unknown else []) + [f for f in failures if f not in unknown]
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
         raise RegionsFailedError(
-            f"{len(failures)} of {len(regions)} regions failed: " + "; ".join(str(f) for f in failures)
+            f"{len(failures)} of {len(regions)} regions failed: " + "; ".join(e.template for e in errors)
         )
     return fetches
 

@@ -55,6 +55,11 @@ class CountriesError(Exception):
         """The message with its setting references written for ``audience`` (see :func:`setting`)."""
         return render(super().__str__(), audience)
 
+    @property
+    def template(self) -> str:
+        """The message with its :func:`setting` references unrendered, to build a larger message from it."""
+        return super().__str__()
+
 
 class ConfigurationError(CountriesError):
     """An option, parameter, block or environment variable is missing or invalid."""
@@ -112,7 +117,24 @@ class QuotaExceededError(PermanentApiError):
 
 
 class UnknownRegionError(PermanentApiError):
-    """The API knows no region or subregion of that name (404 or no countries)."""
+    """The API knows no region or subregion of that name (404 or no countries).
+
+    ``region`` is the name asked for; ``request`` the short form of the request
+    (``GET …/subregion/Narnia``), so several can be reported as one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: str | None = None,
+        status: int | None = None,
+        region: str | None = None,
+        request: str | None = None,
+    ):
+        super().__init__(message, url=url, status=status)
+        self.region = region
+        self.request = request
 
 
 class DeprecatedApiError(PermanentApiError):

@@ -510,8 +510,9 @@ def test_every_bad_region_is_named_and_no_sibling_shows_as_crashed(fake_api, db)
         cache_minutes=0,
     )
     assert state.is_failed()
-    assert state.message.startswith("2 of 3 regions failed: unknown region 'Narnia'")
-    assert "unknown region 'Atlantis'" in state.message
+    assert state.message.startswith("unknown regions 'Narnia', 'Atlantis': ")
+    assert state.message.endswith("(GET …/v3.1/subregion/Narnia, GET …/v3.1/subregion/Atlantis)")
+    assert state.message.count("regions are Africa") == 1  # the advice once
     tasks = {t.name: t.state.type.value for t in task_runs_of(state.state_details.flow_run_id)}
     assert tasks["fetch Northern Europe"] == "COMPLETED"
     assert tasks["fetch Narnia"] == tasks["fetch Atlantis"] == "FAILED"
