@@ -1,12 +1,11 @@
-"""The countries pipeline: REST Countries -> flat DataFrame -> Postgres table.
+"""The countries pipeline: REST Countries -> flat DataFrame -> PostgreSQL table, with Prefect.
 
-Modules, one job each:
-
-- ``errors``: the exception hierarchy; every deliberate failure is a ``CountriesError``.
-- ``api``: the async REST Countries client (dialects v5 and v3.1 described as data).
-- ``unnest``: a generic JSON-records -> flat DataFrame function (no Prefect inside).
-- ``load``: validated, atomic, zero-downtime replace of a Postgres table via COPY.
-- ``quality``: the quality gate run before a replace.
-- ``local_db``: the embedded PostgreSQL used by local runs when no block exists.
-- ``countries``: the Prefect flow and its command line.
+``countries`` is the flow (read it first); ``docs/how-it-works.md`` lists every
+module and its one job. The public pieces beside the flow: ``api`` (the async
+REST Countries client), ``unnest`` (JSON records of any nesting -> one
+DataFrame), ``load`` (replace a table's rows without blocking readers),
+``schema`` (the table, defined once), ``cli`` and ``local`` (the command line
+and its local stack), ``settings`` and ``operations`` (what a deployment needs
+on the Prefect server), ``errors`` (every deliberate failure is a
+``CountriesError``).
 """
