@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import math
 
-import pytest
-
-from flows.unnest import unnest
 from tests.benchmarks import bench_unnest
 from tests.benchmarks._report import Figure, format_table
 
@@ -23,23 +20,3 @@ def test_bench_unnest_smoke():
     assert "agreement checked" in figures[0].note
     assert "rows=" in figures[1].note
     assert len(format_table(figures).splitlines()) == 4
-
-
-def test_generator_is_seeded_and_streams():
-    first = list(bench_unnest.country_records(5, seed=3))
-    assert first == list(bench_unnest.country_records(5, seed=3))
-    assert first != list(bench_unnest.country_records(5, seed=4))
-    stream = bench_unnest.country_records(3_000)
-    assert next(stream)["name"]["common"] == "Country 0"
-
-
-def test_agreement_check_fails_when_the_outputs_differ():
-    records = list(bench_unnest.country_records(20))
-
-    def wrong(*args, **kwargs):
-        frame = unnest(*args, **kwargs)
-        return frame.iloc[::-1].reset_index(drop=True)
-
-    bench_unnest._check_agreement(records, unnest)  # the real one agrees
-    with pytest.raises(AssertionError):
-        bench_unnest._check_agreement(records, wrong)
