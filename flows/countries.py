@@ -60,7 +60,6 @@ if TYPE_CHECKING:  # pandas and the loader are imported by the tasks that need t
     import pandas as pd
     import sqlalchemy as sa
 
-    from flows import load
 
 TASK_RETRY_DELAY_SECONDS = 30
 FETCH_RETRIES = 1
@@ -273,7 +272,7 @@ def quality_gate(frame: pd.DataFrame) -> pd.DataFrame:
 @task(task_run_name="load {target.table}", cache_policy=NO_CACHE, **quiet_failure)
 def load_table(
     frame: pd.DataFrame, target: Target, force: bool, min_row_fraction: float, strategy: str, source: str | None
-) -> load.LoadResult:
+) -> tables.LoadResult:
     """Replace the target table's rows with the frame (nothing written when unchanged), with what changed.
 
     ``source`` (the digest of the records the frame was made from) is saved with the load state."""
@@ -379,7 +378,7 @@ async def countries_flow(
             records = schema.each_country_once((r for f in fetches for r in f.records), dialect.name)
 
         # 4. to 6. Check, unnest, quality gate and load, unless the table was loaded from this very source.
-        outcome, frame = await transform_and_load(records, dialect.name, target, p, steps)
+        result, frame = await transform_and_load(records, dialect.name, target, p, steps)
     except CountriesError as exc:
         seconds = time.perf_counter() - started
         await acreate_markdown_artifact(
@@ -394,18 +393,18 @@ async def countries_flow(
 
     # 7. Report.
     summary = report.RunSummary(
-        table=outcome.table,
+        table=result.table,
         database=target.database,
-        rows=outcome.rows,
-        rows_written=outcome.rows_written,
-        previous_rows=outcome.previous_rows,
-        changed=outcome.changed,
+        rows=result.rows,
+        rows_written=result.rows_written,
+        previous_rows=result.previous_rows,
+        changed=result.changed,
         countries=schema.count_distinct(records, schema.KEY, dialect.name),
         currencies=schema.count_distinct(records, schema.column("currency_name"), dialect.name),
         fetches=fetches,
         started=started_at,
         seconds=time.perf_counter() - started,
-        changes=outcome.changes,
+        changes=result.changes,
         step_seconds=steps,
         frame=frame,
     )
@@ -416,28 +415,17 @@ async def countries_flow(
     return summary
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """What steps 4 to 6 did to the table (nothing, when they were skipped)."""
-
-    table: str
-    rows: int
-    rows_written: int
-    previous_rows: int | None
-    changed: bool
-    changes: ChangeSummary | None
-
-
 async def transform_and_load(
     records: list[dict[str, Any]], api_name: str, target: Target, p: dict[str, Any], steps: dict[str, float]
-) -> tuple[Outcome, pd.DataFrame | None]:
+) -> tuple[tables.LoadResult, pd.DataFrame | None]:
     """Steps 4 to 6, or nothing when the table's last load was made from the very same source.
 
     The source digest (``flows.tables.source_digest``) covers the records, the
     table's columns and the code that turns one into the other; the load saves
     it. When it matches and the table still stands as loaded, the run writes
-    nothing, so it skips the tasks (and never imports pandas). Returns the
-    outcome and the frame (``None`` when skipped). Raises what the steps raise.
+    nothing, so it skips the tasks (and never imports pandas). Returns what the
+    load did (or that it had nothing to do) and the frame (``None`` when skipped).
+    Raises what the steps raise.
     """
     with _timed(steps, "unchanged check"):
         digest = tables.source_digest(
@@ -451,15 +439,22 @@ async def transform_and_load(
             target.table,
             rows,
         )
-        return Outcome(str(target.table), rows, 0, rows, False, ChangeSummary.identical(schema.CHANGES)), None
+        skipped = tables.LoadResult(
+            table=str(target.table),
+            rows=rows,
+            rows_written=0,
+            previous_rows=rows,
+            changed=False,
+            changes=ChangeSummary.identical(schema.CHANGES),
+            strategy=p["strategy"],
+            content_hash=None,
+        )
+        return skipped, None
     with _timed(steps, "unnest + quality gate"):
         frame = quality_gate(unnest_countries(records, api_name))
     with _timed(steps, "load"):
         result = load_table(frame, target, p["force"], p["min_row_fraction"], p["strategy"], digest)
-    outcome = Outcome(
-        result.table, result.rows, result.rows_written, result.previous_rows, result.changed, result.changes
-    )
-    return outcome, frame
+    return result, frame
 
 
 @contextmanager

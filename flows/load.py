@@ -69,7 +69,15 @@ from flows._postgres import connect, pg_message, quote_ident, scrub
 from flows.changes import ChangeSpec, ChangeSummary
 from flows.errors import ConfigurationError, CountriesError, LoadError, setting
 from flows.quality import check_row_drop
-from flows.tables import STRATEGIES, Strategy, TableName, parse_table_name, resolve_schema, resolve_table
+from flows.tables import (
+    STRATEGIES,
+    LoadResult,
+    Strategy,
+    TableName,
+    parse_table_name,
+    resolve_schema,
+    resolve_table,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -84,31 +92,6 @@ __all__ = [
     "replace_table",
     "resolve_table",
 ]
-
-# --- results -----------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class LoadResult:
-    """What ``replace_table`` did.
-
-    ``table``: schema-qualified name; ``rows``: rows now in it; ``rows_written``: rows this
-    load wrote (0 when unchanged); ``previous_rows``: rows before (``None``: no table);
-    ``changed``: ``False`` when the content was identical and the table not touched;
-    ``changes``: the change summary (``None`` without a ``ChangeSpec``); ``strategy``: the
-    one used; ``content_hash``: SHA-256 hex of the content; ``seconds``: wall time.
-    """
-
-    table: str
-    rows: int
-    rows_written: int
-    previous_rows: int | None
-    changed: bool
-    changes: ChangeSummary | None
-    strategy: str
-    content_hash: str
-    seconds: float = 0.0
-
 
 # --- content hash ------------------------------------------------------------------
 

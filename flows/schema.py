@@ -25,14 +25,12 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from flows._dialects import MISSING, get_path
 from flows.changes import ChangeSpec, Measure, SetColumn
 from flows.errors import InvalidRecordError
 
 BIGINT_MAX = 2**63 - 1
 BIGINT_MIN = -(2**63)
-
-_MISSING: Any = object()
-
 
 # --- value rules: the raw JSON value at a column's container -> a problem, or None ------------
 
@@ -117,7 +115,7 @@ def non_empty_text(value: Any) -> str | None:
 
 def currency_shape(value: Any) -> str | None:
     """A list of objects with a text ``name``, an object keyed by code of such objects, empty, or null."""
-    if value is None or value is _MISSING:
+    if value is None or value is MISSING:
         return None
     if isinstance(value, list):
         entries: Iterable[Any] = value
@@ -128,9 +126,9 @@ def currency_shape(value: Any) -> str | None:
     for entry in entries:
         if not isinstance(entry, Mapping):
             return f"{_kind(value)} holding {_kind(entry)} {_show(entry)}"
-        name = entry.get("name", _MISSING)
+        name = entry.get("name", MISSING)
         if not isinstance(name, str):
-            got = "no name" if name is _MISSING else f"name {_show(name)}"
+            got = "no name" if name is MISSING else f"name {_show(name)}"
             return f"{_kind(value)} holding an object with {got}"
     return None
 
@@ -235,17 +233,8 @@ def unnest_columns(dialect: str) -> dict[str, str]:
     return {c.name: c.source(dialect) for c in COLUMNS}
 
 
-def _get(record: Any, path: str) -> Any:
-    cur = record
-    for part in path.split("."):
-        if not isinstance(cur, Mapping) or part not in cur:
-            return _MISSING
-        cur = cur[part]
-    return cur
-
-
 def _country(record: Any, dialect: str) -> str:
-    name = _get(record, KEY.source(dialect))
+    name = get_path(record, KEY.source(dialect))
     return f'"{name}"' if isinstance(name, str) and name.strip() else "a country without a name"
 
 
@@ -259,7 +248,7 @@ def each_country_once(records: Iterable[Mapping[str, Any]], dialect: str) -> lis
     seen: set[str] = set()
     out: list[Mapping[str, Any]] = []
     for record in records:
-        name = _get(record, path)
+        name = get_path(record, path)
         if isinstance(name, str):
             if name in seen:
                 continue
@@ -300,10 +289,10 @@ def check_records(records: Iterable[Mapping[str, Any]], dialect: str) -> int:
     checks = [(c, c.container(dialect)) for c in COLUMNS]
     for count, record in enumerate(records, start=1):  # noqa: B007 - count is the result
         for col, path in checks:
-            value = _get(record, path)
-            if value is _MISSING or value is None:
+            value = get_path(record, path)
+            if value is MISSING or value is None:
                 if col.required:
-                    what = "missing" if value is _MISSING else "null"
+                    what = "missing" if value is MISSING else "null"
                     problems.append(f"{path} of {_country(record, dialect)} is {what}: expected {col.expected}")
                 continue
             problem = col.rule(value)

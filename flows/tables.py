@@ -34,6 +34,7 @@ from sqlalchemy import exc as sa_exc
 
 from flows._load_state import STATE_TABLE, is_legacy_comment
 from flows._postgres import MAX_IDENTIFIER_BYTES, connect, pg_message, quote_ident, scrub
+from flows.changes import ChangeSummary
 from flows.errors import InvalidTableNameError, LoadError
 
 __all__ = [
@@ -72,6 +73,30 @@ class TableName:
 
     def __str__(self) -> str:
         return self.name if self.schema is None else f"{self.schema}.{self.name}"
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadResult:
+    """What a load did to a table (``flows.load.replace_table``), or that it had nothing to do.
+
+    ``table``: schema-qualified name; ``rows``: rows now in it; ``rows_written``: rows this
+    load wrote (0 when unchanged); ``previous_rows``: rows before (``None``: no table);
+    ``changed``: ``False`` when the content was identical and the table not touched;
+    ``changes``: the change summary (``None`` without a ``ChangeSpec``); ``strategy``: the
+    one used; ``content_hash``: SHA-256 hex of the content (``None`` when the load was
+    skipped because the source was already loaded, see :func:`already_loaded`);
+    ``seconds``: wall time.
+    """
+
+    table: str
+    rows: int
+    rows_written: int
+    previous_rows: int | None
+    changed: bool
+    changes: ChangeSummary | None
+    strategy: str
+    content_hash: str | None
+    seconds: float = 0.0
 
 
 def parse_table_name(name: str) -> TableName:
