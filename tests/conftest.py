@@ -6,7 +6,7 @@
 - ``prefect_server``: a real ``prefect server start`` on a free 127.0.0.1 port
   (SQLite, telemetry off, leases on disk), started once per session on first
   use; the test process and every subprocess it starts talk to it.
-  :class:`PrefectServer` also starts servers of a test's own (and restarts them).
+  :class:`tests.prefect_servers.PrefectServer` also starts servers of a test's own (and restarts them).
 
 Prefect is isolated from the developer's own setup: a temporary PREFECT_HOME,
 no PREFECT_API_URL inherited, analytics off. This runs before any test module
@@ -17,17 +17,18 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.prefect_servers import LEASES_ON_DISK, PrefectServer
+from tests.prefect_servers import free_port as free_port  # the test modules import it from here
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,13 +42,6 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["DO_NOT_TRACK"] = "1"
 os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "120"
 os.environ["PREFECT_UI_ENABLED"] = "false"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_script(script: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -137,105 +131,27 @@ def db_block(prefect_server, database_url) -> tuple[str, str]:
 # --- Prefect ----------------------------------------------------------------------
 
 
-# Lease storage that survives a server restart (the default keeps leases in memory: a restart
-# forgets them while their concurrency slots stay counted). Server operators set the same.
-LEASE_STORAGE = "prefect.server.concurrency.lease_storage.filesystem"
-
-
-class PrefectServer:
-    """A real ``prefect server start`` on 127.0.0.1 (SQLite in ``home``), which can be stopped and started again.
-
-    ``api_url`` and ``home`` stay the same across restarts (same port, same database,
-    same lease files), as for an operator restarting the server.
-    """
-
-    def __init__(self, home: Path, log: Path, extra_env: dict[str, str] | None = None, port: int | None = None):
-        self.home = home
-        self.log = log
-        self.port = port or free_port()
-        self.api_url = f"http://127.0.0.1:{self.port}/api"
-        self.env = {
-            **os.environ,
-            "PREFECT_HOME": str(home),
-            "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": LEASE_STORAGE,
-            **(extra_env or {}),
-        }
-        self.env.pop("PREFECT_API_URL", None)
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 120) -> None:
-        """Start the server and wait until ``/health`` answers; its output is appended to ``log``."""
-        self.home.mkdir(parents=True, exist_ok=True)
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=self.env,
-                cwd=self.home.parent,
-                start_new_session=True,
-            )
-        try:
-            _wait_until_healthy(self.proc, self.api_url, self.log, timeout)
-        except BaseException:
-            self.stop()
-            raise
-
-    def stop(self, timeout: float = 20) -> None:
-        """Stop the server as an operator would (SIGTERM), killing it if it does not exit in ``timeout`` s."""
-        if self.proc is None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc = None
-
-    def restart(self, timeout: float = 120) -> None:
-        self.stop()
-        self.start(timeout)
-
-
-def _wait_until_healthy(proc: subprocess.Popen, api_url: str, log: Path, timeout: float) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"prefect server exited with {proc.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.25)  # polling a readiness probe, not synchronising on time
-    raise RuntimeError(f"prefect server not healthy after {timeout}s:\n{log.read_text()}")
-
-
 @pytest.fixture(scope="session")
 def prefect_server() -> Iterator[PrefectServer]:
     """A real Prefect server for the session; also sets PREFECT_API_URL for this process.
 
-    Leases of deployment concurrency slots are kept on disk (``LEASE_STORAGE``).
+    Leases of deployment concurrency slots are kept on disk (``LEASES_ON_DISK``).
     """
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    server = PrefectServer(Path(os.environ["PREFECT_HOME"]), _SESSION_TMP / "prefect-server.log")
-    server.start()
-    try:
-        os.environ["PREFECT_API_URL"] = server.api_url
-        with temporary_settings({PREFECT_API_URL: server.api_url}):
-            yield server
-    finally:
+    home = Path(os.environ["PREFECT_HOME"])
+    with PrefectServer(home, _SESSION_TMP / "prefect-server.log", {**os.environ, **LEASES_ON_DISK}) as server:
         try:
-            from prefect.logging.handlers import APILogWorker
-
-            APILogWorker.drain_all(timeout=10)  # send queued run logs while the server is still up
+            os.environ["PREFECT_API_URL"] = server.api_url
+            with temporary_settings({PREFECT_API_URL: server.api_url}):
+                yield server
         finally:
-            os.environ.pop("PREFECT_API_URL", None)
-            server.stop()
+            try:
+                from prefect.logging.handlers import APILogWorker
+
+                APILogWorker.drain_all(timeout=10)  # send queued run logs while the server is still up
+            finally:
+                os.environ.pop("PREFECT_API_URL", None)
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -18,7 +18,6 @@ later runs reuse both; the summary is the last line.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from tests.conftest import REPO_ROOT, free_port, table_rows
 from tests.countries_data import COUNTRIES
 from tests.expected import EXPECTED_NORTHERN_EUROPE
 from tests.fake_api import FakeRestCountries
+from tests.prefect_servers import clean_env
 
 SCRIPT = REPO_ROOT / "flows" / "countries.py"
 CONSOLE_SCRIPT = Path(sys.executable).parent / "countries"
@@ -49,21 +49,6 @@ OPTIONS = (
     "--local-db-dir",
 )
 CANARY_KEY = "canary-cli-key-5d1f"
-# Variables that would point a run at another Prefect server, API or key than the test chose.
-_OUTSIDE = {
-    "PREFECT_API_URL",
-    "PREFECT_API_KEY",
-    "RESTCOUNTRIES_API_KEY",
-    "RESTCOUNTRIES_BASE_URL",
-    "COUNTRIES_LOCAL_DIR",
-    "COUNTRIES_LOCAL_PREFECT_SERVER",
-}
-
-
-def clean_env(**extra: str | Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _OUTSIDE}
-    env.update({k: str(v) for k, v in extra.items()})
-    return env
 
 
 def run_cli(

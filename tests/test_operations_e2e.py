@@ -47,9 +47,9 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymen
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.exceptions import ObjectNotFound
 
-from tests.conftest import PrefectServer
 from tests.expected import EXPECTED_NORTHERN_EUROPE
 from tests.fake_api import FakeRestCountries, Fault
+from tests.prefect_servers import LEASES_ON_DISK, PrefectServer
 
 pytestmark = pytest.mark.e2e
 
@@ -639,7 +639,7 @@ def scenarios(prefect_server, pg, tmp_path_factory) -> Iterator[dict[str, Future
     """Set up both servers as an operator would, then start every scenario (one thread each) as soon as its
     server is ready. The restart scenario's server is set up in the background meanwhile."""
     tmp = tmp_path_factory.mktemp("ops")
-    restart_server = PrefectServer(tmp / "restart-home", tmp / "restart-server.log")
+    restart_server = PrefectServer(tmp / "restart-home", tmp / "restart-server.log", {**os.environ, **LEASES_ON_DISK})
     with contextlib.ExitStack() as cleanup:
         receiver = cleanup.enter_context(WebhookReceiver())
         pool = cleanup.enter_context(ThreadPoolExecutor(max_workers=8))

@@ -53,8 +53,6 @@ import os
 import re
 import resource
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -73,6 +71,7 @@ import psutil
 from tests.benchmarks._report import Figure, format_table
 from tests.expected import EXPECTED_NORTHERN_EUROPE
 from tests.fake_api import FakeRestCountries
+from tests.prefect_servers import PrefectServer, clean_env
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = REPO_ROOT / "flows" / "countries.py"
@@ -209,22 +208,11 @@ def measure(cmd: list[str], env: dict[str, str], cwd: Path, timeout: float = RUN
         )
 
 
-_OUTSIDE = {
-    "PREFECT_API_URL",
-    "PREFECT_API_KEY",
-    "RESTCOUNTRIES_API_KEY",
-    "RESTCOUNTRIES_BASE_URL",
-    "COUNTRIES_LOCAL_DIR",
-    "COUNTRIES_LOCAL_PREFECT_SERVER",
-}
-
-
 def _env(home: Path, local_dir: Path, api_url: str | None = None) -> dict[str, str]:
     """A measured run's environment: ours, minus anything pointing Prefect, the API or the local stack elsewhere."""
-    env = {k: v for k, v in os.environ.items() if k not in _OUTSIDE}
-    env.update(
-        PREFECT_HOME=str(home),
-        COUNTRIES_LOCAL_DIR=str(local_dir),
+    env = clean_env(
+        PREFECT_HOME=home,
+        COUNTRIES_LOCAL_DIR=local_dir,
         COUNTRIES_LOCAL_PREFECT_SERVER="1",
         PREFECT_SERVER_ANALYTICS_ENABLED="false",  # offline: no telemetry attempts
         DO_NOT_TRACK="1",
@@ -243,54 +231,12 @@ def _ours_cmd(base_url: str, *extra: str) -> list[str]:
 # --- a running Prefect server and the database ---------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
-def prefect_server(home: Path, timeout: float = 120.0) -> Iterator[str]:
+def prefect_server(home: Path) -> Iterator[str]:
     """``prefect server start`` on a free port with a fresh ``home``; yields its API URL once healthy."""
-    port = _free_port()
-    api_url = f"http://127.0.0.1:{port}/api"
-    home.mkdir(parents=True, exist_ok=True)
-    env = _env(home, home / "unused-local")
-    env["PREFECT_UI_ENABLED"] = "false"
-    log = home / "server.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=home,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"prefect server not healthy after {timeout:.0f}s:\n{log.read_text()[-3000:]}")
-            try:  # the poll interval doubles as the check that it has not died
-                proc.wait(timeout=0.25)
-                raise RuntimeError(f"prefect server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            except subprocess.TimeoutExpired:
-                pass
-        yield api_url
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+    env = dict(_env(home, home / "unused-local"), PREFECT_UI_ENABLED="false")
+    with PrefectServer(home, home / "server.log", env) as server:
+        yield server.api_url
 
 
 def _db_block_on(api_url: str, pg_dir: Path) -> str:

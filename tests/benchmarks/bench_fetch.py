@@ -32,11 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -44,12 +40,11 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
-
 from flows import budget, schema
 from tests.benchmarks._report import Figure, format_table
 from tests.countries_data import synthetic_countries
 from tests.fake_api import FakeRestCountries
+from tests.prefect_servers import PrefectServer
 
 SPREAD_TARGET = 0.25
 COUNTRIES = 250
@@ -61,59 +56,18 @@ TABLE = "bench_fetch_countries"
 # --- where the flows run ---------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
-def running_prefect_server(home: Path, timeout: float = 120.0) -> Iterator[str]:
+def running_prefect_server(home: Path) -> Iterator[str]:
     """``prefect server start`` on a free port with a fresh ``home``; yields its API URL once healthy."""
-    port = _free_port()
-    api_url = f"http://127.0.0.1:{port}/api"
-    home.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if k not in {"PREFECT_API_URL", "PREFECT_API_KEY"}}
-    env.update(
-        PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1", PREFECT_UI_ENABLED="false"
-    )
-    log = home / "server.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=home,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"prefect server not healthy after {timeout:.0f}s:\n{log.read_text()[-3000:]}")
-            try:  # the poll interval doubles as the check that it has not died
-                proc.wait(timeout=0.25)
-                raise RuntimeError(f"prefect server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            except subprocess.TimeoutExpired:
-                pass
-        yield api_url
-    finally:
-        from prefect.logging.handlers import APILogWorker
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_KEY"}
+    env.update(PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1", PREFECT_UI_ENABLED="false")
+    with PrefectServer(home, home / "server.log", env) as server:
+        try:
+            yield server.api_url
+        finally:
+            from prefect.logging.handlers import APILogWorker
 
-        APILogWorker.drain_all(timeout=10)  # send queued run logs while the server is still up
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            APILogWorker.drain_all(timeout=10)  # send queued run logs while the server is still up
 
 
 @contextmanager
