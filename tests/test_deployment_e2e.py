@@ -50,19 +50,29 @@ from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 
 from tests.countries_data import COUNTRIES
+from tests.e2e_support import (
+    FLOW_NAME,
+    POOL,
+    PREFECT_YAML,
+    REPO_ROOT,
+    create_pool_if_missing,
+    kill_hard,
+    prefect_cli,
+    prefect_env,
+    remove_setup,
+    run_cli,
+    setup_env,
+    start_worker,
+    stop_worker,
+)
 from tests.expected import EXPECTED_NORTHERN_EUROPE, NORTHERN_EUROPE_COUNTRIES
 from tests.fake_api import FakeRestCountries
 
 pytestmark = pytest.mark.e2e
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-PREFECT_YAML = REPO_ROOT / "prefect.yaml"
-FLOW_NAME = "countries"
-POOL = "countries-pool"
 DB_BLOCK = "countries-db"
 API_KEY_BLOCK = "restcountries-api-key"
 SETTINGS_BLOCK = "countries-settings"
-AUTOMATION_TAG = "countries-pipeline"
 # One report artifact per table (issue 11 §4): "countries-" + the table's name in lowercase and dashes.
 ARTIFACT_KEYS = {
     "northern_europe_countries": "countries-northern-europe-countries",
@@ -85,32 +95,6 @@ RUN_TIMEOUT = 150  # seconds for the worker to pick up and finish the runs
 # --- helpers ----------------------------------------------------------------------
 
 
-def prefect_env(api_url: str, home: Path) -> dict[str, str]:
-    """The environment of every process started here: this server, this home, offline."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RESTCOUNTRIES_")}
-    env.update(
-        PREFECT_API_URL=api_url,
-        PREFECT_HOME=str(home),
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        DO_NOT_TRACK="1",
-        PYTHONUNBUFFERED="1",
-    )
-    return env
-
-
-def run_cli(args: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run a command in the repository root; fail the test with its output when it fails."""
-    result = subprocess.run(args, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False)
-    assert result.returncode == 0, (
-        f"{' '.join(args)} exited {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
-    )
-    return result
-
-
-def prefect_cli(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return run_cli([sys.executable, "-m", "prefect", *args], env, timeout)
-
-
 def descendants(pid: int) -> list[int]:
     """Every process below `pid` (Linux /proc), children first found first."""
     children: dict[int, list[int]] = {}
@@ -129,51 +113,22 @@ def descendants(pid: int) -> list[int]:
 
 
 def stop_process_tree(proc: subprocess.Popen[bytes]) -> None:
-    """SIGINT the process group (a worker stops promptly on it), then kill whatever is left.
+    """Stop a worker (:func:`stop_worker`), then kill whatever it started that is left.
 
     Flow run subprocesses run in sessions of their own, so they are found via /proc first.
     """
     below = descendants(proc.pid)
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    stop_worker(proc)
     for pid in below:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
+    kill_hard(below)
 
 
 @contextlib.contextmanager
 def running_worker(env: dict[str, str], queue: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
     """`prefect worker start` on the pool, polling only `queue` every 2 s, in the repository root."""
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "prefect",
-                "worker",
-                "start",
-                "--pool",
-                POOL,
-                "--work-queue",
-                queue,
-                "--name",
-                f"e2e-{queue}",
-            ],
-            cwd=REPO_ROOT,
-            env=dict(env, PREFECT_WORKER_QUERY_SECONDS="2"),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc = start_worker(env, queue, log)
     try:
         yield proc
     finally:
@@ -233,14 +188,7 @@ def deployed(env) -> Iterator[dict[str, Any]]:
     Yields the deployments as the server returned them right after the deploy
     (before the pause), by name.
     """
-    with sync_client() as client:
-        try:
-            client.read_work_pool(POOL)
-            created_pool = False
-        except ObjectNotFound:
-            created_pool = True
-    if created_pool:
-        prefect_cli("work-pool", "create", POOL, "--type", "process", env=env)
+    created_pool = create_pool_if_missing(env)
     names = list(yaml_deployments())
     try:
         prefect_cli("--no-prompt", "deploy", "--all", env=env)
@@ -288,12 +236,10 @@ def blocks(env, deployed, database_url, fake_api) -> Iterator[str]:
     environment has no RESTCOUNTRIES_API_KEY). Everything it made is deleted afterwards.
     Yields the database URL.
     """
-    # The repository root is importable once the project is installed (`pip install -e .`); say so here too.
-    pythonpath = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     # The fake API's origin is trusted with the key the documented way (issue 8 §3).
     setup = run_cli(
         [sys.executable, "blocks/create_blocks.py", "--db-url", database_url, "--base-url", fake_api.v5_base_url],
-        dict(env, RESTCOUNTRIES_API_KEY=fake_api.api_key, PYTHONPATH=pythonpath),
+        dict(setup_env(env), RESTCOUNTRIES_API_KEY=fake_api.api_key),
     )
     # Run after the deploy, the setup also made the operations automations.
     assert "automation 'countries: mark silent runs Crashed': created" in setup.stdout
@@ -301,17 +247,14 @@ def blocks(env, deployed, database_url, fake_api) -> Iterator[str]:
         yield database_url
     finally:
         with sync_client() as client:
-            blocks = (
-                (DB_BLOCK, "sqlalchemy-connector"),
-                (API_KEY_BLOCK, "secret"),
-                (SETTINGS_BLOCK, "countries-pipeline-settings"),
+            remove_setup(
+                client,
+                [
+                    (DB_BLOCK, "sqlalchemy-connector"),
+                    (API_KEY_BLOCK, "secret"),
+                    (SETTINGS_BLOCK, "countries-pipeline-settings"),
+                ],
             )
-            for name, block_type in blocks:
-                with contextlib.suppress(ObjectNotFound):
-                    client.delete_block_document(client.read_block_document_by_name(name, block_type).id)
-            for automation in client.read_automations():
-                if AUTOMATION_TAG in automation.tags:
-                    client.delete_automation(automation.id)
 
 
 # --- tests ------------------------------------------------------------------------

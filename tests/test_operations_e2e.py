@@ -47,85 +47,35 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymen
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.exceptions import ObjectNotFound
 
+from tests.e2e_support import (
+    FLOW_NAME,
+    POOL,
+    PREFECT_YAML,
+    REPO_ROOT,
+    create_pool_if_missing,
+    kill_hard,
+    prefect_cli,
+    prefect_env,
+    remove_setup,
+    run_cli,
+    setup_env,
+    start_worker,
+    stop_worker,
+)
 from tests.expected import EXPECTED_NORTHERN_EUROPE
 from tests.fake_api import FakeRestCountries, Fault
 from tests.prefect_servers import LEASES_ON_DISK, PrefectServer
 
 pytestmark = pytest.mark.e2e
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-PREFECT_YAML = REPO_ROOT / "prefect.yaml"
-FLOW_NAME = "countries"
-POOL = "countries-pool"
 LOADED_WITHIN = 200  # seconds from the crash to a new run's load (issue 10)
 SCENARIO_TIMEOUT = 280  # seconds a scenario may take in all, setup excluded
-AUTOMATION_TAG = "countries-pipeline"
 ROLLOUT_MARKER = "countries rollout marker v2 in flow run"
 
 T = TypeVar("T")
 
 
 # --- processes and polling ------------------------------------------------------------
-
-
-def prefect_env(api_url: str, home: Path) -> dict[str, str]:
-    """The environment of every process started here: this server, this home, offline, no API key."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RESTCOUNTRIES_")}
-    env.update(
-        PREFECT_API_URL=api_url,
-        PREFECT_HOME=str(home),
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        DO_NOT_TRACK="1",
-        PYTHONUNBUFFERED="1",
-    )
-    return env
-
-
-def setup_env(env: dict[str, str]) -> dict[str, str]:
-    """``env`` for ``python blocks/create_blocks.py``, with the repository root importable.
-
-    (``pip install -e .`` does the same for an operator.)
-    """
-    path = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
-    return dict(env, PYTHONPATH=path)
-
-
-def run_cli(args: list[str], env: dict[str, str], cwd: Path = REPO_ROOT, timeout: float = 180) -> str:
-    """Run a command; fail with its output unless it exits 0; return its stdout."""
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
-    assert result.returncode == 0, (
-        f"{' '.join(args)} exited {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
-    )
-    return result.stdout
-
-
-def prefect_cli(*args: str, env: dict[str, str], cwd: Path = REPO_ROOT) -> str:
-    return run_cli([sys.executable, "-m", "prefect", *args], env, cwd)
-
-
-def start_worker(env: dict[str, str], queue: str, log: Path, cwd: Path = REPO_ROOT) -> subprocess.Popen[bytes]:
-    """`prefect worker start` on the pool, polling only ``queue`` every 2 s; output appended to ``log``."""
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "prefect",
-                "worker",
-                "start",
-                "--pool",
-                POOL,
-                "--work-queue",
-                queue,
-                "--name",
-                f"ops-{queue}-{uuid.uuid4().hex[:4]}",
-            ],
-            cwd=cwd,
-            env=dict(env, PREFECT_WORKER_QUERY_SECONDS="2"),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
 
 
 def flow_run_pids(flow_run_id: uuid.UUID) -> list[int]:
@@ -145,25 +95,6 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def kill_hard(pids: list[int]) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def stop_worker(proc: subprocess.Popen[bytes]) -> None:
-    """Stop a worker and whatever it started (SIGINT to its group, then SIGKILL)."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def wait_for(what: str, check: Callable[[], T | None], deadline: float, details: Callable[[], str] = str) -> T:
@@ -296,13 +227,7 @@ def drop_database(pg, url: str) -> None:
 def prepare_stack(server: PrefectServer, pg, logs: Path, db_block: str) -> Stack:
     env = prefect_env(server.api_url, server.home)
     stack = Stack(server=server, env=env, database_url=new_database(pg), db_block=db_block, logs=logs)
-    with stack.client() as client:
-        try:
-            client.read_work_pool(POOL)
-        except ObjectNotFound:
-            stack.created_pool = True
-    if stack.created_pool:
-        prefect_cli("work-pool", "create", POOL, "--type", "process", env=env)
+    stack.created_pool = create_pool_if_missing(env)
     return stack
 
 
@@ -319,7 +244,7 @@ def setup_script(stack: Stack, *args: str) -> str:
             *args,
         ],
         setup_env(stack.env),
-    )
+    ).stdout
 
 
 def teardown_stack(stack: Stack, pg) -> None:
@@ -327,15 +252,9 @@ def teardown_stack(stack: Stack, pg) -> None:
         for deployment_id in stack.deployments.values():
             with contextlib.suppress(ObjectNotFound):
                 client.delete_deployment(deployment_id)
-        for automation in client.read_automations():
-            if AUTOMATION_TAG in automation.tags:
-                client.delete_automation(automation.id)
-        for name, slug in (
-            (stack.db_block, "sqlalchemy-connector"),
-            ("countries-settings", "countries-pipeline-settings"),
-        ):
-            with contextlib.suppress(ObjectNotFound):
-                client.delete_block_document(client.read_block_document_by_name(name, slug).id)
+        remove_setup(
+            client, [(stack.db_block, "sqlalchemy-connector"), ("countries-settings", "countries-pipeline-settings")]
+        )
         if stack.created_pool:
             with contextlib.suppress(ObjectNotFound):
                 client.delete_work_pool(POOL)
