@@ -9,7 +9,7 @@ point of view, as rows per second:
   same size (serialise + hash + advisory lock + count + COPY into a temporary table +
   DELETE + INSERT ... SELECT + state + commit);
 - ``replace_table(strategy="swap")``: the same, COPY into a new table + DROP + RENAME;
-- ``strategy="rows"`` with the countries ``ChangeSpec``, 1% of the rows changed;
+- ``strategy="rows"`` with the flow's ``ChangeSpec`` (``flows.schema.CHANGES``), 1% of the rows changed;
 - ``strategy="rows"`` reloading unchanged data (hash only; the table is not touched).
 
 A private embedded PostgreSQL with autovacuum off; before each timed run a ``VACUUM``
@@ -41,20 +41,13 @@ import pandas as pd
 import psycopg2
 import sqlalchemy as sa
 
-from flows.changes import ChangeSpec, Measure, SetColumn
 from flows.load import content_hash, replace_table
+from flows.schema import CHANGES
 from tests.benchmarks._report import Figure, format_table, write_json
 
 logger = logging.getLogger(__name__)
 
 RAW = "raw COPY of a pre-serialised buffer"
-SPEC = ChangeSpec(
-    key="nation_official_name",
-    noun="country",
-    plural="countries",
-    measures=(Measure("population", "population", "populations"),),
-    sets=(SetColumn("currency_name", "currencies"),),
-)
 TARGETS = {  # share of raw COPY's throughput at 1M rows: bounds from the design, with room for a busy machine
     "rows": 0.2,  # writes each row 3 times (COPY to a temporary table, DELETE, INSERT) and serialises it
     "swap": 0.33,  # raw COPY's work plus serialising and hashing (as much CPU again, in the same thread)
@@ -185,12 +178,12 @@ def _measure(engine: sa.Engine, socket_dir: str, rows: int, smoke: bool) -> dict
     times["report"] = _best(
         engine,
         runs,
-        lambda i: replace_table(engine, changed[i % 2], "countries_report", changes=SPEC),
+        lambda i: replace_table(engine, changed[i % 2], "countries_report", changes=CHANGES),
         setup=lambda: _admin(engine, "VACUUM countries_report"),
     )
     last = changed[(runs - 1) % 2]
     times["unchanged"] = _best(
-        engine, 1, lambda i: replace_table(engine, last, "countries_report", changes=SPEC), setup=lambda: None
+        engine, 1, lambda i: replace_table(engine, last, "countries_report", changes=CHANGES), setup=lambda: None
     )
     if smoke:
         expected = _expected(frames[(runs - 1) % 2])
