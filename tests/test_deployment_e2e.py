@@ -435,3 +435,52 @@ def test_a_worker_runs_the_deployments_into_postgres_one_run_at_a_time(
             )
         )
         assert {r.id for r in ran if r.state_type.value != "SCHEDULED"} == {*northern, everything}
+
+
+def test_a_failed_deployment_run_shows_its_cause_first_in_the_ui(deployed, env, work_queue, blocks, fake_api, tmp_path):
+    """What the Prefect UI shows of a deployment run that fails for a reason the pipeline expects (issue 11)."""
+    run_id = run_deployment(
+        f"{FLOW_NAME}/northern-europe",
+        parameters={
+            "api": "v3.1",
+            "base_url": fake_api.v31_base_url,
+            "regions": ["Northern Europe", "Narnia", "Atlantis"],
+            "table": "northern_europe_countries",
+        },
+        work_queue_name=work_queue,
+        timeout=0,
+        as_subflow=False,
+    ).id
+    log = tmp_path / "worker.log"
+    with running_worker(env, work_queue, log) as worker:
+        (run,) = wait_until_final([run_id], worker, log).values()
+    logs = run_logs(run_id)
+
+    # The state message: the cause first, every bad region named once, the setting as the UI calls it.
+    assert run.state.is_failed(), logs
+    message = run.state.message
+    assert message.startswith("unknown regions 'Narnia', 'Atlantis': "), message
+    assert "base_url" in message and "--base-url" not in message and "127.0.0.1" not in message
+    # Logged without a traceback; the flow's own line (level 40, ERROR) once.
+    assert "Traceback" not in logs and "Encountered exception" not in logs, logs
+    flow_lines = [line for line in logs.splitlines() if line.startswith('40 Finished in state Failed("unknown regions')]
+    assert len(flow_lines) == 1, logs
+
+    # Names that say what the run and its tasks do; the good sibling finished, none shows as Crashed.
+    assert run.name == "northern_europe_countries ← Northern Europe, Narnia, Atlantis"
+    with sync_client() as client:
+        from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterFlowRunId
+
+        tasks = client.read_task_runs(task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[run_id])))
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[ARTIFACT_KEYS["northern_europe_countries"]]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]),
+            )
+        )
+    states = {t.name: t.state_type.value for t in tasks}
+    assert states == {"fetch Northern Europe": "COMPLETED", "fetch Narnia": "FAILED", "fetch Atlantis": "FAILED"}
+
+    # A failed run publishes a short report under the table's key: what failed, and the table untouched.
+    (report,) = artifacts
+    assert "failed" in report.data and "the table was not changed" in report.data and "Narnia" in report.data
