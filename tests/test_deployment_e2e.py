@@ -66,7 +66,7 @@ from tests.e2e_support import (
     stop_worker,
 )
 from tests.expected import EXPECTED_NORTHERN_EUROPE, NORTHERN_EUROPE_COUNTRIES
-from tests.fake_api import FakeRestCountries
+from tests.fake_api import FakeRestCountries, Fault
 
 pytestmark = pytest.mark.e2e
 
@@ -381,7 +381,10 @@ def test_a_worker_runs_the_deployments_into_postgres_one_run_at_a_time(
             as_subflow=False,
         ).id
 
-    # Every run exists before the worker starts, so its first poll submits them all at once.
+    # Every run exists before the worker starts, so its first poll submits them all at once. The
+    # Northern Europe answer is slow, so the run that gets the slot still holds it when the other
+    # one starts, however far apart the worker's two processes start.
+    fake_api.inject("/v3.1/subregion/*", Fault.latency(5), times=2)
     northern = [start("northern-europe", api="v3.1", base_url=fake_api.v31_base_url) for _ in range(2)]
     everything = start("all-regions", base_url=fake_api.v5_base_url)
     log = tmp_path / "worker.log"
