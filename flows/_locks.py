@@ -18,14 +18,16 @@ import dataclasses
 import hashlib
 import time
 from collections.abc import Callable
-from typing import Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import psycopg2
 import psycopg2.errors
-import sqlalchemy as sa
 
 from flows._postgres import scrub
 from flows.errors import TableBusyError
+
+if TYPE_CHECKING:  # flows.tables imports this module (through flows._load_state) and must not import SQLAlchemy
+    import sqlalchemy as sa
 
 __all__ = ["LockWaits", "Need", "advisory_lock"]
 

@@ -41,7 +41,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, Literal
-from urllib.parse import unquote
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import acreate_markdown_artifact
@@ -56,9 +55,10 @@ from flows.changes import ChangeSummary
 from flows.errors import CountriesError, TransientApiError, UnknownRegionError
 from flows.parameters import DEFAULT_REGIONS, check_parameters, default_table
 
-if TYPE_CHECKING:  # pandas and the loader are imported by the tasks that need them, only when they run
+if TYPE_CHECKING:  # pandas, SQLAlchemy and the loader are imported by the tasks that need them, only when they run
     import pandas as pd
-    import sqlalchemy as sa
+
+    from flows._postgres import Database
 
 
 TASK_RETRY_DELAY_SECONDS = 30
@@ -95,32 +95,32 @@ class Source:
     key_fingerprint: str | None
 
 
-@dataclass
+@dataclass(frozen=True)
 class Target:
-    """The table to replace: an engine on the block's database and the schema-qualified table name."""
+    """The table to replace: the block's database and the schema-qualified table name.
 
-    engine: sa.Engine
+    ``db.connect()`` is a psycopg2 connection (the checks before a load need no
+    more); ``db.engine()`` the SQLAlchemy engine of the load; ``db.description``
+    where it is, without the password.
+    """
+
+    db: Database
     table: tables.TableName
-    database: str
 
 
 async def open_target(db_block: str, table: str) -> Target:
-    """An engine on the database behind the ``SqlAlchemyConnector`` block ``db_block``, and ``table`` in it.
+    """The database behind the ``SqlAlchemyConnector`` block ``db_block``, and ``table`` in it.
 
-    The database must answer: the table's schema is resolved now, before any
-    API quota is spent. The engine is built from the block's connection
-    settings (without the block's own INFO log lines); the caller disposes it.
-    Raises ``ConfigurationError`` when the block does not exist (naming those
-    that do), ``DatabaseUnreachableError`` or ``LoadError`` from the database.
+    The database must answer: the table's schema is resolved now, over a
+    psycopg2 connection (no SQLAlchemy), before any API quota is spent. The
+    block's connection settings are read without prefect-sqlalchemy (and
+    without its INFO log lines). Raises ``ConfigurationError`` when the block
+    does not exist (naming those that do), ``DatabaseUnreachableError`` or
+    ``LoadError`` from the database.
     """
-    engine = await settings.db_block_engine(db_block)
-    try:
-        resolved = await asyncio.to_thread(tables.resolve_table, engine, table)
-    except BaseException:
-        engine.dispose()
-        raise
-    database = unquote(engine.url.render_as_string(hide_password=True))  # the password shows as ***
-    return Target(engine=engine, table=resolved, database=database)
+    db = await settings.db_block_database(db_block)
+    resolved = await asyncio.to_thread(tables.resolve_table, db, table)
+    return Target(db=db, table=resolved)
 
 
 # --- 3. fetch --------------------------------------------------------------------------
@@ -275,20 +275,25 @@ def load_table(
 ) -> tables.LoadResult:
     """Replace the target table's rows with the frame (nothing written when unchanged), with what changed.
 
-    ``source`` (the digest of the records the frame was made from) is saved with the load state."""
+    ``source`` (the digest of the records the frame was made from) is saved with the load state. The load's
+    SQLAlchemy engine is made here and disposed of when it is done."""
     from flows import load
 
-    result = load.replace_table(
-        target.engine,
-        frame,
-        target.table,
-        column_types=schema.SQL_TYPES,
-        force=force,
-        min_row_fraction=min_row_fraction,
-        changes=schema.CHANGES,
-        strategy=strategy,
-        source_digest=source,
-    )
+    engine = target.db.engine()
+    try:
+        result = load.replace_table(
+            engine,
+            frame,
+            target.table,
+            column_types=schema.SQL_TYPES,
+            force=force,
+            min_row_fraction=min_row_fraction,
+            changes=schema.CHANGES,
+            strategy=strategy,
+            source_digest=source,
+        )
+    finally:
+        engine.dispose()
     logger = get_run_logger()
     if result.changed:
         logger.info("loaded %s: %d rows written (%s)", result.table, result.rows_written, result.changes.phrase())
@@ -344,7 +349,6 @@ async def countries_flow(
     started_at, started = datetime.now(UTC), time.perf_counter()
     steps: dict[str, float] = {}
     given_table = (table or "").strip() or default_table(regions if isinstance(regions, list) else [regions])
-    target: Target | None = None
     try:
         # 1. The parameters.
         p = check_parameters(
@@ -387,14 +391,11 @@ async def countries_flow(
             description=f"failed: {exc}",
         )
         return Failed(message=str(exc), data=exc)
-    finally:
-        if target is not None:
-            target.engine.dispose()
 
     # 7. Report.
     summary = report.RunSummary(
         table=result.table,
-        database=target.database,
+        database=target.db.description,
         rows=result.rows,
         rows_written=result.rows_written,
         previous_rows=result.previous_rows,
@@ -431,7 +432,7 @@ async def transform_and_load(
         digest = tables.source_digest(
             records, dialect=api_name, columns=[(c.name, c.source(api_name), c.sql_type) for c in schema.COLUMNS]
         )
-        rows = await asyncio.to_thread(tables.already_loaded, target.engine, target.table, digest, schema.COLUMN_NAMES)
+        rows = await asyncio.to_thread(tables.already_loaded, target.db, target.table, digest, schema.COLUMN_NAMES)
     if rows is not None:
         get_run_logger().info(
             "%s unchanged: %d rows already loaded from the same source data, nothing written "

@@ -20,16 +20,17 @@ Environment variables win over blocks: ``RESTCOUNTRIES_API_KEY`` over the Secret
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from prefect.blocks.core import Block
 from pydantic import Field
 
+from flows._postgres import Database
 from flows.errors import ConfigurationError, setting
 
 if TYPE_CHECKING:
-    import sqlalchemy as sa
     from prefect.client.orchestration import PrefectClient
 
 DEFAULT_DB_BLOCK = "countries-db"
@@ -165,56 +166,57 @@ def _secret(value: Any) -> Any:
     return getter() if callable(getter) else value
 
 
-def connection_url(connection_info: Any) -> sa.engine.URL:
-    """The SQLAlchemy URL of a ``SqlAlchemyConnector``'s ``connection_info`` as its block document stores it.
+def block_database(connection_info: Any, connect_args: Mapping[str, Any] | None = None) -> Database:
+    """The database of a ``SqlAlchemyConnector``'s ``connection_info`` and ``connect_args`` as its document stores them.
 
-    A string is a URL; a mapping holds ``ConnectionComponents`` (driver, username,
-    password, host, port, database, query), made into the URL exactly as
-    prefect-sqlalchemy's ``ConnectionComponents.create_url`` does: an empty
-    password counts as none, and unset components are left out. Raises
-    ``ConfigurationError`` for anything else (never quoting the password).
+    A string is a SQLAlchemy URL (parsed as ``sqlalchemy.make_url`` parses it); a
+    mapping holds ``ConnectionComponents`` (driver, username, password, host,
+    port, database, query), taken exactly as prefect-sqlalchemy's
+    ``ConnectionComponents.create_url`` takes them: an empty password counts as
+    none, and unset components are left out. The driver must be psycopg2's.
+    Raises ``ConfigurationError`` for anything else (never quoting the password).
     """
-    import sqlalchemy as sa
-    from sqlalchemy.exc import ArgumentError
-
     problem = "must be a SQLAlchemy URL or connection components with a driver"
-    if isinstance(connection_info, str):
-        try:
-            return sa.make_url(connection_info)
-        except ArgumentError:
-            problem = "is not a SQLAlchemy URL"
-    elif isinstance(connection_info, dict) and connection_info.get("driver"):
-        driver = connection_info["driver"]
-        port = connection_info.get("port")
-        try:
-            params = {
-                "drivername": driver.value if isinstance(driver, Enum) else str(driver),
-                "username": connection_info.get("username"),
-                "password": _secret(connection_info.get("password")) or None,
-                "database": connection_info.get("database"),
-                "host": connection_info.get("host"),
-                "port": None if port is None else int(port),
-                "query": connection_info.get("query"),
-            }
-            return sa.engine.URL.create(**{k: v for k, v in params.items() if v is not None})
-        except (TypeError, ValueError):
-            problem = "has a component of the wrong type (port must be a number, query text values)"
+    wrong_type = "has a component of the wrong type (port must be a number, query text values)"
+    try:
+        if isinstance(connection_info, str):
+            return Database.from_url(connection_info, connect_args)
+        if isinstance(connection_info, dict) and connection_info.get("driver"):
+            driver = connection_info["driver"]
+            port = connection_info.get("port")
+            try:
+                port = None if port is None else int(port)
+            except (TypeError, ValueError):
+                raise TypeError("port") from None
+            return Database(
+                drivername=driver.value if isinstance(driver, Enum) else str(driver),
+                username=connection_info.get("username"),
+                password=_secret(connection_info.get("password")) or None,
+                host=connection_info.get("host"),
+                port=port,
+                database=connection_info.get("database"),
+                query=connection_info.get("query") or {},
+                connect_args=connect_args or {},
+            )
+    except TypeError:
+        problem = wrong_type
+    except ValueError as exc:  # its messages never hold the password
+        problem = str(exc)
     raise ConfigurationError(
         f"the database block's connection_info {problem}: save the block again with "
         "`python blocks/create_blocks.py --db-url postgresql+psycopg2://USER@HOST:PORT/DATABASE`"
     )
 
 
-async def db_block_engine(name: str) -> sa.Engine:
-    """A SQLAlchemy engine from the ``SqlAlchemyConnector`` block ``name``'s connection settings.
+async def db_block_database(name: str) -> Database:
+    """The database of the ``SqlAlchemyConnector`` block ``name``: its connection settings and ``connect_args``.
 
     The block document is read through the Prefect client (its secrets
-    included), without importing prefect-sqlalchemy; the engine gets the URL
-    of :func:`connection_url` and the block's ``connect_args``, as the
-    connector's own engine would. Raises ``ConfigurationError`` naming the
-    blocks that exist when ``name`` does not.
+    included), without importing prefect-sqlalchemy or SQLAlchemy; see
+    :func:`block_database`. ``Database.connect()`` gives a psycopg2 connection,
+    ``Database.engine()`` the engine the connector itself would build. Raises
+    ``ConfigurationError`` naming the blocks that exist when ``name`` does not.
     """
-    import sqlalchemy as sa
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
@@ -226,8 +228,7 @@ async def db_block_engine(name: str) -> sa.Engine:
         except ObjectNotFound:
             raise await no_db_block_error(name, client) from None
     data = document.data
-    url = connection_url(data.get("connection_info"))
-    return sa.create_engine(url, connect_args=data.get("connect_args") or {})
+    return block_database(data.get("connection_info"), data.get("connect_args"))
 
 
 # --- the API key ---------------------------------------------------------------------

@@ -11,8 +11,9 @@
   writes in its transaction. When it was, loading it again would write
   nothing, so a run may skip the transform and the load.
 
-Importing this module imports SQLAlchemy core and psycopg2, never pandas or numpy.
-``flows.load`` re-exports the names.
+Importing this module imports psycopg2, never SQLAlchemy, pandas or numpy: the
+database is a ``flows._postgres.Database`` and these checks run on a psycopg2
+connection of their own. ``flows.load`` re-exports the names.
 """
 
 from __future__ import annotations
@@ -29,11 +30,9 @@ from typing import Any, Literal
 
 import psycopg2
 import psycopg2.errors
-import sqlalchemy as sa
-from sqlalchemy import exc as sa_exc
 
 from flows._load_state import STATE_TABLE, is_legacy_comment
-from flows._postgres import MAX_IDENTIFIER_BYTES, connect, pg_message, quote_ident, scrub
+from flows._postgres import MAX_IDENTIFIER_BYTES, Database, pg_message, quote_ident, scrub
 from flows.changes import ChangeSummary
 from flows.errors import InvalidTableNameError, LoadError
 
@@ -150,20 +149,20 @@ def resolve_schema(cur: psycopg2.extensions.cursor, table: TableName) -> TableNa
     return table
 
 
-def resolve_table(engine: sa.Engine, table: str | TableName) -> TableName:
-    """``table`` schema-qualified as a load would place it, checked against the database.
+def resolve_table(db: Database, table: str | TableName) -> TableName:
+    """``table`` schema-qualified as a load would place it, checked against the database ``db``.
 
     Connects once (so an unreachable database is found before anything else
     is spent): ``DatabaseUnreachableError``; a schema that does not exist, or a
     ``search_path`` naming none: ``LoadError``. Nothing is written.
     """
     target = table if isinstance(table, TableName) else parse_table_name(table)
-    conn = connect(engine)
+    conn = db.connect()
     try:
-        with conn.connection.dbapi_connection.cursor() as cur:
+        with conn.cursor() as cur:
             return resolve_schema(cur, target)
-    except (sa_exc.DBAPIError, psycopg2.Error) as exc:
-        raise LoadError(f"checking {target} failed: {scrub(pg_message(exc), engine.url)}") from exc
+    except psycopg2.Error as exc:
+        raise LoadError(f"checking {target} failed: {scrub(pg_message(exc), db)}") from exc
     finally:
         conn.close()
 
@@ -214,7 +213,7 @@ def source_digest(records: Sequence[Any], *, dialect: str, columns: Iterable[tup
 
 
 def already_loaded(
-    engine: sa.Engine, table: TableName, source: str | None, columns: Sequence[str], *, lock_timeout: float = 1.0
+    db: Database, table: TableName, source: str | None, columns: Sequence[str], *, lock_timeout: float = 1.0
 ) -> int | None:
     """The rows in ``table`` if its last load was of ``source`` (a :func:`source_digest`) and still stands; else None.
 
@@ -228,16 +227,17 @@ def already_loaded(
     ``lock_timeout`` seconds for a lock a user holds on the table. Any doubt is
     None, so that the caller loads and the loader decides: no state, a state
     table from before source digests, a lock wait that timed out, a failed
-    statement. Raises only ``DatabaseUnreachableError`` (no connection).
+    statement, a connection lost on the way. Raises only
+    ``DatabaseUnreachableError`` (no connection). The connection is its own,
+    closed at the end.
     """
     if source is None or table.schema is None:
         return None
     state = f"{quote_ident(table.schema)}.{quote_ident(STATE_TABLE)}"
-    conn = connect(engine)
-    raw = conn.connection.dbapi_connection
+    conn = db.connect()
     try:
-        with conn.begin(), raw.cursor() as cur:
-            cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        conn.set_session(isolation_level="REPEATABLE READ", readonly=True)  # sent with the BEGIN
+        with conn.cursor() as cur:
             cur.execute("SELECT set_config('lock_timeout', %s, true)", (f"{max(1, round(lock_timeout * 1000))}ms",))
             cur.execute("SELECT to_regclass(%s)", (state,))
             if cur.fetchone()[0] is None:
@@ -263,9 +263,7 @@ def already_loaded(
                 return None
             cur.execute(f"SELECT count(*) FROM {table.sql}")
             return rows if cur.fetchone()[0] == rows else None
-    except (sa_exc.DBAPIError, psycopg2.Error) as exc:  # a lock wait timed out, a statement failed: load instead
-        if raw.closed:  # the server went away: let SQLAlchemy discard the connection (the load will say so)
-            conn.invalidate(exc)
+    except psycopg2.Error:  # a lock wait timed out, a statement failed, the server went away: load instead
         return None
     finally:
-        conn.close()
+        conn.close()  # ends the read-only transaction

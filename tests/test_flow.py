@@ -10,6 +10,7 @@ form) is read back through the Prefect client.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import dataclasses
 import logging
@@ -17,7 +18,9 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 import sqlalchemy as sa
@@ -51,6 +54,7 @@ from tests.expected import EXPECTED_NORTHERN_EUROPE, NORTHERN_EUROPE_COUNTRIES
 from tests.fake_api import FakeRestCountries, Fault, legacy_hosted
 
 TABLE = "northern_europe_countries"
+SCRIPT = Path(__file__).resolve().parents[1] / "flows" / "countries.py"
 
 
 @pytest.fixture
@@ -377,52 +381,115 @@ def test_a_state_table_from_before_source_digests_is_upgraded_by_the_next_run(fa
     assert row_versions(url) == before
 
 
-def test_importing_the_flow_imports_neither_pandas_nor_the_loader():
-    code = (
-        "import sys, flows.countries; "
-        "print(sorted(m for m in ('pandas', 'numpy', 'flows.load', 'flows.unnest', 'flows.quality', "
-        "'prefect_sqlalchemy') if m in sys.modules))"
-    )
+LIGHT_PATH_NEVER_IMPORTS = (
+    "pandas",
+    "numpy",
+    "sqlalchemy",
+    "prefect_sqlalchemy",
+    "flows.load",
+    "flows.unnest",
+    "flows.quality",
+)
+
+
+def test_importing_the_flow_imports_neither_pandas_nor_sqlalchemy_nor_the_loader():
+    code = f"import sys, flows.countries; print(sorted(m for m in {LIGHT_PATH_NEVER_IMPORTS!r} if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
 
 
-def test_the_database_block_is_read_as_prefect_sqlalchemy_reads_it(prefect_server, pg):
-    """The flow reads the block document itself (no prefect_sqlalchemy import): same URL, same connect_args."""
-    from prefect_sqlalchemy import ConnectionComponents, SqlAlchemyConnector
+def test_a_warm_run_of_the_command_imports_neither_pandas_nor_sqlalchemy(fake_api, db):
+    """The command line with the table already loaded from the same data: checks over psycopg2 alone, no load."""
+    block, url = db
+    run(db_block=block, api="v3.1", base_url=fake_api.v31_base_url)  # the first run loads
+    argv = [str(SCRIPT), "--api", "v3.1", "--base-url", fake_api.v31_base_url, "--db-block", block]
+    argv += ["--cache-minutes", "0"]
+    code = (
+        "import atexit, runpy, sys\n"
+        f"atexit.register(lambda: print('imported:', sorted(m for m in {LIGHT_PATH_NEVER_IMPORTS!r} "
+        "if m in sys.modules)))\n"
+        f"sys.argv = {argv!r}\n"
+        f"runpy.run_path({str(SCRIPT)!r}, run_name='__main__')\n"
+    )
+    command = [sys.executable, "-c", code]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=180, cwd=SCRIPT.parents[1])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"unchanged: 20 rows already in public.{TABLE}" in result.stdout
+    assert result.stdout.splitlines()[-1] == "imported: []"
+    assert table_rows(url) == EXPECTED_NORTHERN_EUROPE
 
-    from flows.settings import connection_from_url, db_block_engine
+
+def test_the_database_block_is_read_as_prefect_sqlalchemy_reads_it(prefect_server, pg):
+    """The flow reads the block document itself (no prefect_sqlalchemy, no SQLAlchemy): same URL, same
+    connect_args, for its psycopg2 connections and for the load's engine."""
+    from prefect_sqlalchemy import ConnectionComponents, SqlAlchemyConnector
+    from sqlalchemy.dialects.postgresql.psycopg2 import PGDialect_psycopg2
+
+    from flows.settings import connection_from_url, db_block_database
 
     suffix = uuid.uuid4().hex[:8]
     needs_quoting = "p@ss w/rd:%"  # as a password
     components = connection_from_url(pg.url(), password=needs_quoting)
+    connect_args = {"application_name": "countries-block-test"}
     blocks = {
-        f"flow-test-components-{suffix}": SqlAlchemyConnector(
-            connection_info=components, connect_args={"application_name": "countries-block-test"}
-        ),
+        f"flow-test-components-{suffix}": SqlAlchemyConnector(connection_info=components, connect_args=connect_args),
         f"flow-test-url-{suffix}": SqlAlchemyConnector(connection_info=pg.url()),
         f"flow-test-remote-{suffix}": SqlAlchemyConnector(
             connection_info=ConnectionComponents(
                 driver="postgresql+psycopg2", username="u", password="", host="db.example", port=6543, database="d"
             )
         ),
+        f"flow-test-url-remote-{suffix}": SqlAlchemyConnector(
+            connection_info=f"postgresql://u:{needs_quoting.replace('%', '%25').replace('@', '%40')}@db.example/d"
+            "?sslmode=require&host=db2.example&port=7",
+            connect_args={"connect_timeout": 3},
+        ),
     }
     for name, block in blocks.items():
         block.save(name)
 
     for name in blocks:
-        info = SqlAlchemyConnector.load(name).connection_info
+        connector = SqlAlchemyConnector.load(name)
+        info = connector.connection_info
         expected = info.create_url() if isinstance(info, ConnectionComponents) else sa.make_url(info)
-        engine = asyncio.run(db_block_engine(name))
+        db = asyncio.run(db_block_database(name))
+        # the psycopg2 connection gets what SQLAlchemy's psycopg2 dialect would pass, with the block's connect_args
+        cargs, cparams = PGDialect_psycopg2().create_connect_args(expected)
+        assert db.psycopg2_arguments() == (list(cargs), {**cparams, **(connector.connect_args or {})})
+        assert db.description == unquote(expected.render_as_string(hide_password=True))
+        assert needs_quoting not in db.description and needs_quoting not in repr(db)
+        engine = db.engine()
         try:
             assert engine.url.render_as_string(hide_password=False) == expected.render_as_string(hide_password=False)
             if "remote" not in name:
                 with engine.connect() as conn:
                     application = conn.exec_driver_sql("SELECT current_setting('application_name')").scalar_one()
                 assert (application == "countries-block-test") == ("components" in name)
+                with contextlib.closing(db.connect()) as raw, raw.cursor() as cur:
+                    cur.execute("SELECT current_setting('application_name')")
+                    assert (cur.fetchone()[0] == "countries-block-test") == ("components" in name)
         finally:
             engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("connection_info", "problem"),
+    [
+        ("mysql://u@h/d", "uses the driver 'mysql', not postgresql+psycopg2"),
+        ({"driver": "postgresql+asyncpg", "host": "h"}, "uses the driver 'postgresql+asyncpg'"),
+        ("not a url", "is not a SQLAlchemy URL"),
+        ({"driver": "postgresql+psycopg2", "port": "many"}, "has a component of the wrong type"),
+        ({"host": "h"}, "must be a SQLAlchemy URL or connection components with a driver"),
+    ],
+)
+def test_a_database_block_the_flow_cannot_use_is_one_clear_error(connection_info, problem):
+    from flows.settings import block_database
+
+    with pytest.raises(ConfigurationError) as caught:
+        block_database(connection_info)
+    assert str(caught.value).startswith(f"the database block's connection_info {problem}")
+    assert "python blocks/create_blocks.py --db-url" in str(caught.value)
 
 
 # --- what changed -------------------------------------------------------------------------------

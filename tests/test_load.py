@@ -31,6 +31,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import flows._copy_text as copy_text
+from flows._postgres import Database
 from flows.changes import ChangeSpec, Measure, MeasureChange, SetChange, SetColumn
 from flows.errors import (
     ConfigurationError,
@@ -41,7 +42,7 @@ from flows.errors import (
     TableBusyError,
 )
 from flows.load import STATE_TABLE, LoadResult, TableName, content_hash, parse_table_name, replace_table
-from flows.tables import already_loaded, source_digest
+from flows.tables import already_loaded, resolve_table, source_digest
 from tests.conftest import free_port
 
 CANARY = "CANARY-pw-7f3a9Zq"
@@ -233,6 +234,12 @@ def engine(database_url: str) -> Iterator[sa.Engine]:
         yield eng
     finally:
         eng.dispose()
+
+
+@pytest.fixture
+def db(database_url: str) -> Database:
+    """The test's database for the light checks (``resolve_table``, ``already_loaded``): psycopg2, no engine."""
+    return Database.from_url(database_url)
 
 
 # --- first load, replace, unchanged ------------------------------------------------
@@ -905,11 +912,11 @@ def stored_source(engine: sa.Engine, table: str = "countries") -> str | None:
         ).scalar_one()
 
 
-def test_the_source_digest_is_saved_with_each_load_and_when_only_it_changes(engine):
+def test_the_source_digest_is_saved_with_each_load_and_when_only_it_changes(engine, db):
     df = countries(10)
     replace_table(engine, df, "countries", source_digest=SOURCE_A)
     assert stored_source(engine) == SOURCE_A
-    assert already_loaded(engine, PUBLIC_COUNTRIES, SOURCE_A, COLUMNS) == 10
+    assert already_loaded(db, PUBLIC_COUNTRIES, SOURCE_A, COLUMNS) == 10
     before = relation_state(engine)
 
     # the same rows made from another source (another release, records in another order): not rewritten,
@@ -918,69 +925,87 @@ def test_the_source_digest_is_saved_with_each_load_and_when_only_it_changes(engi
     assert (again.changed, again.rows_written) == (False, 0)
     assert relation_state(engine) == before
     assert stored_source(engine) == SOURCE_B
-    assert already_loaded(engine, PUBLIC_COUNTRIES, SOURCE_A, COLUMNS) is None
-    assert already_loaded(engine, PUBLIC_COUNTRIES, SOURCE_B, COLUMNS) == 10
+    assert already_loaded(db, PUBLIC_COUNTRIES, SOURCE_A, COLUMNS) is None
+    assert already_loaded(db, PUBLIC_COUNTRIES, SOURCE_B, COLUMNS) == 10
 
     # a load that does not say where its rows came from: no source stands for the table any more
     assert replace_table(engine, countries(10, seed=3), "countries").changed is True
     assert stored_source(engine) is None
-    assert already_loaded(engine, PUBLIC_COUNTRIES, SOURCE_B, COLUMNS) is None
+    assert already_loaded(db, PUBLIC_COUNTRIES, SOURCE_B, COLUMNS) is None
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
-def test_a_source_stands_only_while_the_state_describes_the_table(engine, strategy):
+def test_a_source_stands_only_while_the_state_describes_the_table(engine, db, strategy):
     replace_table(engine, countries(10), "countries", strategy=strategy, source_digest=SOURCE_A)
-    assert already_loaded(engine, PUBLIC_COUNTRIES, SOURCE_A, COLUMNS) == 10
-    assert already_loaded(engine, PUBLIC_COUNTRIES, SOURCE_B, COLUMNS) is None
-    assert already_loaded(engine, PUBLIC_COUNTRIES, None, COLUMNS) is None
-    assert already_loaded(engine, TableName("public", "other"), SOURCE_A, COLUMNS) is None
-    assert already_loaded(engine, PUBLIC_COUNTRIES, SOURCE_A, (*COLUMNS, "capital")) is None  # a new column
+    assert already_loaded(db, PUBLIC_COUNTRIES, SOURCE_A, COLUMNS) == 10
+    assert already_loaded(db, PUBLIC_COUNTRIES, SOURCE_B, COLUMNS) is None
+    assert already_loaded(db, PUBLIC_COUNTRIES, None, COLUMNS) is None
+    assert already_loaded(db, TableName("public", "other"), SOURCE_A, COLUMNS) is None
+    assert already_loaded(db, PUBLIC_COUNTRIES, SOURCE_A, (*COLUMNS, "capital")) is None  # a new column
 
     with engine.begin() as conn:  # a hand edit that changes the row count
         conn.exec_driver_sql("DELETE FROM countries WHERE ctid = (SELECT min(ctid) FROM countries)")
-    assert already_loaded(engine, PUBLIC_COUNTRIES, SOURCE_A, COLUMNS) is None
+    assert already_loaded(db, PUBLIC_COUNTRIES, SOURCE_A, COLUMNS) is None
 
 
-def test_a_source_does_not_stand_for_a_table_replaced_or_altered_by_hand(engine):
+def test_a_source_does_not_stand_for_a_table_replaced_or_altered_by_hand(engine, db):
     replace_table(engine, countries(10), "countries", source_digest=SOURCE_A)
     with engine.begin() as conn:  # same rows, another table
         conn.exec_driver_sql("CREATE TABLE copy AS SELECT * FROM countries")
         conn.exec_driver_sql("DROP TABLE countries")
         conn.exec_driver_sql("ALTER TABLE copy RENAME TO countries")
-    assert already_loaded(engine, PUBLIC_COUNTRIES, SOURCE_A, COLUMNS) is None
+    assert already_loaded(db, PUBLIC_COUNTRIES, SOURCE_A, COLUMNS) is None
 
     replace_table(engine, countries(10), "countries", source_digest=SOURCE_A)
-    assert already_loaded(engine, PUBLIC_COUNTRIES, SOURCE_A, COLUMNS) == 10
+    assert already_loaded(db, PUBLIC_COUNTRIES, SOURCE_A, COLUMNS) == 10
     with engine.begin() as conn:  # a column of the data dropped: a load would refuse, so it must be tried
         conn.exec_driver_sql("ALTER TABLE countries DROP COLUMN currency_name")
-    assert already_loaded(engine, PUBLIC_COUNTRIES, SOURCE_A, COLUMNS) is None
+    assert already_loaded(db, PUBLIC_COUNTRIES, SOURCE_A, COLUMNS) is None
 
 
-def test_a_source_check_behind_a_users_lock_gives_up_within_its_bound(engine, pg, database_url):
+def test_a_source_check_behind_a_users_lock_gives_up_within_its_bound(engine, db, pg, database_url):
     replace_table(engine, countries(10), "countries", source_digest=SOURCE_A)
     with contextlib.closing(dbapi_connect(pg, database_url, "migration")) as holder:
         holder.autocommit = False
         with holder.cursor() as cur:
             cur.execute("LOCK TABLE countries IN ACCESS EXCLUSIVE MODE")
         started = time.monotonic()
-        assert already_loaded(engine, PUBLIC_COUNTRIES, SOURCE_A, COLUMNS, lock_timeout=0.2) is None
+        assert already_loaded(db, PUBLIC_COUNTRIES, SOURCE_A, COLUMNS, lock_timeout=0.2) is None
         assert time.monotonic() - started < 5
         holder.rollback()
-    assert already_loaded(engine, PUBLIC_COUNTRIES, SOURCE_A, COLUMNS) == 10
+    assert already_loaded(db, PUBLIC_COUNTRIES, SOURCE_A, COLUMNS) == 10
 
 
-def test_a_connection_lost_during_the_source_check_means_load_and_is_not_reused(engine, pg, database_url):
+def test_a_connection_lost_during_the_source_check_means_load(engine, pg, database_url):
     replace_table(engine, countries(10), "countries", source_digest=SOURCE_A)
-    with engine.connect() as conn:  # the pooled connection the check will get
-        pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
-    with contextlib.closing(dbapi_connect(pg, database_url, "admin")) as admin, admin.cursor() as cur:
-        cur.execute("SELECT pg_terminate_backend(%s, 10000)", (pid,))  # returns once that session has ended
+    checker = Database.from_url(database_url, {"application_name": "source-check"})  # connect_args reach psycopg2
+    results: list[int | None] = []
+    with contextlib.closing(dbapi_connect(pg, database_url, "migration")) as holder:
+        holder.autocommit = False
+        with holder.cursor() as cur:
+            cur.execute("LOCK TABLE countries IN ACCESS EXCLUSIVE MODE")
+        check = threading.Thread(
+            target=lambda: results.append(already_loaded(checker, PUBLIC_COUNTRIES, SOURCE_A, COLUMNS, lock_timeout=60))
+        )
+        check.start()
+        with contextlib.closing(dbapi_connect(pg, database_url, "admin")) as admin, admin.cursor() as cur:
 
-    assert already_loaded(engine, PUBLIC_COUNTRIES, SOURCE_A, COLUMNS) is None
-    assert already_loaded(engine, PUBLIC_COUNTRIES, SOURCE_A, COLUMNS) == 10  # a fresh connection
+            def waiting_check() -> int | None:
+                cur.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE application_name = 'source-check'"
+                    " AND wait_event_type = 'Lock'"
+                )
+                return (cur.fetchone() or [None])[0]
+
+            wait_until(lambda: waiting_check() is not None, "the source check to wait for the lock")
+            cur.execute("SELECT pg_terminate_backend(%s, 10000)", (waiting_check(),))
+        check.join(timeout=30)
+        holder.rollback()
+    assert results == [None]  # no answer means "load", not an error
+    assert already_loaded(checker, PUBLIC_COUNTRIES, SOURCE_A, COLUMNS) == 10  # the next check connects afresh
 
 
-def test_a_state_table_from_before_source_digests_gets_the_column_on_the_next_load(engine):
+def test_a_state_table_from_before_source_digests_gets_the_column_on_the_next_load(engine, db):
     df = countries(12)
     replace_table(engine, df, "countries")
     with engine.begin() as conn:  # the state table as the previous release created and filled it
@@ -994,7 +1019,7 @@ def test_a_state_table_from_before_source_digests_gets_the_column_on_the_next_lo
             (content_hash(df),),
         )
     rows_before = relation_state(engine)[4]
-    assert already_loaded(engine, PUBLIC_COUNTRIES, SOURCE_A, COLUMNS) is None  # no column: no source stands
+    assert already_loaded(db, PUBLIC_COUNTRIES, SOURCE_A, COLUMNS) is None  # no column: no source stands
 
     result = replace_table(engine, df, "countries", source_digest=SOURCE_A)
 
@@ -1003,7 +1028,7 @@ def test_a_state_table_from_before_source_digests_gets_the_column_on_the_next_lo
     assert ("source_sha256", "text") in column_types(engine, STATE_TABLE)
     assert stored_state(engine) == (content_hash(df), 12, "rows")
     assert stored_source(engine) == SOURCE_A
-    assert already_loaded(engine, PUBLIC_COUNTRIES, SOURCE_A, COLUMNS) == 12
+    assert already_loaded(db, PUBLIC_COUNTRIES, SOURCE_A, COLUMNS) == 12
     replace_table(engine, countries(12, seed=5), "other", source_digest=SOURCE_B)  # the column is added once
     assert stored_source(engine, "other") == SOURCE_B
 
@@ -1510,6 +1535,43 @@ def test_role_that_may_not_log_in_is_unreachable(pg, engine, database_url, caplo
     finally:
         with engine.begin() as conn:
             conn.exec_driver_sql(f'DROP ROLE "{role}"')
+
+
+@pytest.mark.parametrize("where", ["socket", "tcp", "no database"])
+def test_the_checks_before_a_load_fail_as_the_load_does_when_the_database_is_unreachable(pg, where, caplog):
+    """resolve_table and already_loaded connect with psycopg2 alone, and say what the load (SQLAlchemy) says."""
+    caplog.set_level(logging.DEBUG)
+    url = {
+        "socket": f"postgresql+psycopg2://loader:{CANARY}@/countries_db?host={tempfile.mkdtemp(prefix='no-postgres-')}",
+        "tcp": f"postgresql+psycopg2://loader:{CANARY}@127.0.0.1:{free_port()}/countries_db",
+        "no database": f"postgresql+psycopg2://{pg.user}:{CANARY}@/no_such_db?host={pg.socket_dir}",
+    }[where]
+    engine = sa.create_engine(url)
+    with pytest.raises(DatabaseUnreachableError) as by_load:
+        replace_table(engine, countries(3), "countries")
+    engine.dispose()
+    db = Database.from_url(url)
+    with pytest.raises(DatabaseUnreachableError) as by_resolve:
+        resolve_table(db, "countries")
+    with pytest.raises(DatabaseUnreachableError) as by_check:
+        already_loaded(db, PUBLIC_COUNTRIES, SOURCE_A, COLUMNS)
+
+    assert str(by_resolve.value) == str(by_check.value) == str(by_load.value)
+    _assert_secret_free(by_resolve.value, caplog)
+    assert CANARY not in repr(db) and CANARY not in db.description
+
+
+def test_resolve_table_makes_the_schema_explicit_over_psycopg2(engine, db):
+    assert resolve_table(db, "countries") == PUBLIC_COUNTRIES
+    assert resolve_table(db, "Public.Countries") == PUBLIC_COUNTRIES
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE SCHEMA analytics")
+        conn.exec_driver_sql(f'ALTER DATABASE "{db.database}" SET search_path = analytics')
+    assert resolve_table(db, "countries") == TableName("analytics", "countries")  # a new session's search_path
+    with pytest.raises(LoadError, match='schema "nowhere" does not exist'):
+        resolve_table(db, "nowhere.countries")
+    with pytest.raises(InvalidTableNameError):
+        resolve_table(db, "no-such name")
 
 
 # --- what changed ---------------------------------------------------------------------------
