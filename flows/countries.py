@@ -367,9 +367,10 @@ async def countries_flow(
         # 2. The source and the target.
         dialect = restcountries.get_dialect(p["api"])
         api_key = await settings.load_api_key() if dialect.requires_key else None
+        operator = await settings.load_settings()  # once per run
         source = Source(
             api=dialect.name,
-            base_url=await settings.resolve_base_url(p["base_url"], dialect.default_base_url),
+            base_url=settings.resolve_base_url(p["base_url"], dialect.default_base_url, operator),
             paths=schema.source_paths(dialect.name),
             key_fingerprint=restcountries.fingerprint(api_key) if api_key else None,
         )
@@ -377,7 +378,7 @@ async def countries_flow(
 
         # 3. Fetch.
         with _timed(steps, "fetch"):
-            trusted = await settings.trusted_base_urls()
+            trusted = settings.trusted_base_urls(operator)
             fetches = await fetch_all(p["regions"], source, api_key, trusted, p["cache_minutes"])
             records = schema.each_country_once((r for f in fetches for r in f.records), dialect.name)
 

@@ -291,28 +291,25 @@ def _clean(url: str | None) -> str | None:
     return url or None
 
 
-async def trusted_base_urls() -> list[str]:
+def trusted_base_urls(saved: CountriesSettings) -> list[str]:
     """The API base URLs the operator trusts with the key, without duplicates.
 
     ``$RESTCOUNTRIES_BASE_URL`` (of the worker, or of the shell for local runs)
-    and the base URL saved by ``python blocks/create_blocks.py --base-url URL``.
-    A run's own ``base_url`` parameter is not trusted by being set: anyone who
-    can start a custom run can edit it.
+    and the base URL of the ``saved`` settings (:func:`load_settings`: saved by
+    ``python blocks/create_blocks.py --base-url URL``). A run's own ``base_url``
+    parameter is not trusted by being set: anyone who can start a custom run
+    can edit it.
     """
-    urls = [_clean(os.environ.get(BASE_URL_ENV)), _clean((await load_settings()).base_url)]
+    urls = [_clean(os.environ.get(BASE_URL_ENV)), _clean(saved.base_url)]
     return list(dict.fromkeys(u for u in urls if u))
 
 
-async def resolve_base_url(base_url: str | None, public_url: str) -> str:
+def resolve_base_url(base_url: str | None, public_url: str, saved: CountriesSettings) -> str:
     """The base URL a run uses: the first that is set of
 
     ``base_url`` (the run's parameter), ``$RESTCOUNTRIES_BASE_URL``, the base URL
-    saved with ``python blocks/create_blocks.py --base-url URL``, and
-    ``public_url`` (the API dialect's public URL).
+    of the ``saved`` settings (:func:`load_settings`: saved with ``python
+    blocks/create_blocks.py --base-url URL``), and ``public_url`` (the API
+    dialect's public URL).
     """
-    return (
-        _clean(base_url)
-        or _clean(os.environ.get(BASE_URL_ENV))
-        or _clean((await load_settings()).base_url)
-        or public_url
-    )
+    return _clean(base_url) or _clean(os.environ.get(BASE_URL_ENV)) or _clean(saved.base_url) or public_url

@@ -162,28 +162,31 @@ def test_a_bad_option_saves_nothing(prefect_server):
 def test_base_url_is_saved_trusted_and_the_default(prefect_server, monkeypatch):
     from flows import settings
 
+    def saved() -> settings.CountriesSettings:
+        return asyncio.run(settings.load_settings())
+
     public = "https://api.restcountries.com/countries/v5"
     out = ok(run_script("--base-url", "https://countries.internal:8443/v5/"))
     assert "API base URL trusted with the key and used by default: https://countries.internal:8443/v5/" in out
 
     monkeypatch.delenv("RESTCOUNTRIES_BASE_URL", raising=False)
-    assert asyncio.run(settings.trusted_base_urls()) == ["https://countries.internal:8443/v5"]
-    assert asyncio.run(settings.resolve_base_url(None, public)) == "https://countries.internal:8443/v5"
-    assert asyncio.run(settings.resolve_base_url("", public)) == "https://countries.internal:8443/v5"
-    assert asyncio.run(settings.resolve_base_url("http://127.0.0.1:9/", public)) == "http://127.0.0.1:9"
+    assert settings.trusted_base_urls(saved()) == ["https://countries.internal:8443/v5"]
+    assert settings.resolve_base_url(None, public, saved()) == "https://countries.internal:8443/v5"
+    assert settings.resolve_base_url("", public, saved()) == "https://countries.internal:8443/v5"
+    assert settings.resolve_base_url("http://127.0.0.1:9/", public, saved()) == "http://127.0.0.1:9"
 
     # The environment (the worker's, or the shell's for local runs) comes first and is trusted too.
     monkeypatch.setenv("RESTCOUNTRIES_BASE_URL", "http://127.0.0.1:8080")
-    assert asyncio.run(settings.resolve_base_url(None, public)) == "http://127.0.0.1:8080"
-    assert asyncio.run(settings.trusted_base_urls()) == ["http://127.0.0.1:8080", "https://countries.internal:8443/v5"]
+    assert settings.resolve_base_url(None, public, saved()) == "http://127.0.0.1:8080"
+    assert settings.trusted_base_urls(saved()) == ["http://127.0.0.1:8080", "https://countries.internal:8443/v5"]
 
     # A re-run without the option keeps it; an empty value clears it.
     monkeypatch.delenv("RESTCOUNTRIES_BASE_URL")
     ok(run_script())
-    assert asyncio.run(settings.trusted_base_urls()) == ["https://countries.internal:8443/v5"]
+    assert settings.trusted_base_urls(saved()) == ["https://countries.internal:8443/v5"]
     ok(run_script("--base-url", ""))
-    assert asyncio.run(settings.trusted_base_urls()) == []
-    assert asyncio.run(settings.resolve_base_url(None, public)) == public
+    assert settings.trusted_base_urls(saved()) == []
+    assert settings.resolve_base_url(None, public, saved()) == public
 
 
 def test_api_key_comes_from_the_environment_first_then_the_secret_block(prefect_server, monkeypatch):

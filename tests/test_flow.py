@@ -420,6 +420,23 @@ def test_a_warm_run_of_the_command_imports_neither_pandas_nor_sqlalchemy(fake_ap
     assert table_rows(url) == EXPECTED_NORTHERN_EUROPE
 
 
+def test_a_run_reads_the_operator_settings_once(fake_api, db, monkeypatch):
+    """The base URL and the URLs trusted with the key come from one read of the settings block."""
+    from flows import settings
+
+    reads: list[settings.CountriesSettings] = []
+    load_settings = settings.load_settings
+
+    async def counted() -> settings.CountriesSettings:
+        reads.append(await load_settings())
+        return reads[-1]
+
+    monkeypatch.setattr(settings, "load_settings", counted)
+    block, _ = db
+    run(db_block=block, api="v3.1", base_url=fake_api.v31_base_url)
+    assert len(reads) == 1
+
+
 def test_the_database_block_is_read_as_prefect_sqlalchemy_reads_it(prefect_server, pg):
     """The flow reads the block document itself (no prefect_sqlalchemy, no SQLAlchemy): same URL, same
     connect_args, for its psycopg2 connections and for the load's engine."""
