@@ -21,10 +21,9 @@ Importing this module imports psycopg2, never SQLAlchemy.
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import parse_qsl, quote, quote_plus, unquote
+from urllib.parse import quote, quote_plus, unquote
 
 import psycopg2
 
@@ -57,27 +56,6 @@ class _Located(Protocol):
 
 
 # --- a database, as a SQLAlchemy URL means it ---------------------------------------------------
-
-# SQLAlchemy 2.0's URL grammar (sqlalchemy.engine.url._parse_url), so that a URL means the same here.
-_URL = re.compile(
-    r"""
-        (?P<name>[\w\+]+)://
-        (?:
-            (?P<username>[^:/]*)
-            (?::(?P<password>[^@]*))?
-        @)?
-        (?:
-            (?:
-                \[(?P<ipv6host>[^/\?]+)\] |
-                (?P<ipv4host>[^/:\?]+)
-            )?
-            (?::(?P<port>[^/\?]*))?
-        )?
-        (?:/(?P<database>[^\?]*))?
-        (?:\?(?P<query>.*))?
-    """,
-    re.X,
-)
 
 
 def _optional_str(value: Any, name: str) -> str | None:
@@ -113,10 +91,12 @@ class Database:
     The parts mean what they mean to SQLAlchemy's ``URL.create`` and its psycopg2
     dialect (a ``query`` such as ``{"host": "/socket/dir"}`` is passed to libpq);
     ``connect_args`` are extra psycopg2 keyword arguments, as ``create_engine``
-    takes them. Raises ``TypeError`` for a part of the wrong type, ``ValueError``
-    for a driver other than psycopg2 or a query whose hosts and ports do not
-    match (its message reads after "the database's URL"). The password (and
-    ``connect_args``) never appear in its ``repr`` or messages.
+    takes them. Parts alone are read without SQLAlchemy; a URL string
+    (:meth:`from_url`) and a query naming several hosts or a port are read by
+    SQLAlchemy itself, imported then. Raises ``TypeError`` for a part of
+    the wrong type, ``ValueError`` for a driver other than psycopg2 or a query
+    SQLAlchemy refuses (its message reads after "the database's URL"). The
+    password (and ``connect_args``) never appear in its ``repr`` or messages.
     """
 
     drivername: str = "postgresql+psycopg2"
@@ -144,40 +124,29 @@ class Database:
                 raise TypeError("port must be an integer") from None
         object.__setattr__(self, "query", _query(self.query))
         object.__setattr__(self, "connect_args", dict(self.connect_args or {}))
-        self._hosts_and_ports()  # a query SQLAlchemy would refuse is refused now
+        self.psycopg2_arguments()  # a query SQLAlchemy would refuse is refused now
 
     @classmethod
     def from_url(cls, url: str, connect_args: Mapping[str, Any] | None = None) -> Database:
-        """The database of a SQLAlchemy URL string, parsed as ``sqlalchemy.make_url`` parses it.
+        """The database of a SQLAlchemy URL string, parsed by ``sqlalchemy.make_url`` (imported now).
 
         Raises ``ValueError`` when it is not such a URL (or its port is not a
         number), or for what the constructor refuses.
         """
-        match = _URL.match(url) if isinstance(url, str) else None
-        if match is None:
-            raise ValueError("is not a SQLAlchemy URL")
-        parts = match.groupdict()
-        query: dict[str, str | list[str]] | None = None
-        if parts["query"] is not None:
-            query = {}
-            for key, value in parse_qsl(parts["query"]):
-                if key in query:
-                    previous = query[key]
-                    query[key] = [*previous, value] if isinstance(previous, list) else [previous, value]
-                else:
-                    query[key] = value
+        import sqlalchemy as sa
+
         try:
-            port = int(parts["port"]) if parts["port"] else None
-        except ValueError:
+            parsed = sa.make_url(url)
+        except (sa.exc.ArgumentError, ValueError, TypeError):
             raise ValueError("is not a SQLAlchemy URL") from None
         return cls(
-            drivername=parts["name"],
-            username=None if parts["username"] is None else unquote(parts["username"]),
-            password=None if parts["password"] is None else unquote(parts["password"]),
-            host=parts["ipv4host"] or parts["ipv6host"],
-            port=port,
-            database=parts["database"],
-            query=query or {},
+            drivername=parsed.drivername,
+            username=parsed.username,
+            password=parsed.password,
+            host=parsed.host,
+            port=parsed.port,
+            database=parsed.database,
+            query=parsed.query,
             connect_args=connect_args or {},
         )
 
@@ -186,70 +155,29 @@ class Database:
     def psycopg2_arguments(self) -> tuple[list[str], dict[str, Any]]:
         """The positional and keyword arguments of ``psycopg2.connect`` for this database.
 
-        Exactly those SQLAlchemy's psycopg2 dialect passes (``create_connect_args``,
-        then ``connect_args`` on top): host, dbname, user, password and port when
-        set, the query's parameters, several hosts joined with commas.
+        Exactly those SQLAlchemy's psycopg2 dialect passes (``create_connect_args``),
+        then ``connect_args`` on top: host, dbname, user, password and port when
+        set, and the query's parameters (one ``host``, such as a socket
+        directory, included). A query that names several hosts or a port is
+        handed to that dialect, as SQLAlchemy writes multi-host URLs in several
+        ways; raises ``ValueError`` when it refuses the query.
         """
-        opts: dict[str, Any] = {}
-        for attr, key in (("host", "host"), ("database", "dbname"), ("username", "user"), ("password", "password"),
-                          ("port", "port")):  # fmt: skip
-            value = getattr(self, attr)
-            if value:
-                opts[key] = value
-        hosts, ports = self._hosts_and_ports()
-        args: list[str] = []
-        if opts or self.query:
-            opts.update(self.query)
-            if hosts:
-                opts["host"] = ",".join(hosts)
-                comma_ports = ",".join(str(p) if p else "" for p in ports)
-                if comma_ports:
-                    opts["port"] = comma_ports
-        else:
-            args = [""]  # psycopg2 wants a dsn when given nothing else
-        opts.update(self.connect_args)
-        return args, opts
-
-    def _hosts_and_ports(self) -> tuple[tuple[str, ...] | None, tuple[int | None, ...] | None]:
-        """The hosts and ports the query names, as SQLAlchemy's PostgreSQL dialect reads them (multihost URLs)."""
-        hosts: tuple[str, ...] | None = None
-        ports_text: tuple[str | None, ...] | None = None
-        integrated = False
         host = self.query.get("host")
-        if isinstance(host, tuple):
-            integrated = True
+        if "port" in self.query or not (host is None or (isinstance(host, str) and not set(host) & {",", ":"})):
+            import sqlalchemy as sa
+            from sqlalchemy.dialects.postgresql.psycopg2 import PGDialect_psycopg2
+
             try:
-                hosts, ports_text = zip(*[t.split(":") if ":" in t else (t, None) for t in host], strict=False)
-            except ValueError:  # "h:p:q" tokens, or no host at all
-                raise ValueError("has query hosts that are not HOST or HOST:PORT") from None
-        elif isinstance(host, str):
-            hosts = tuple(host.split(","))
-            if "port" not in self.query and len(hosts) == 1 and ":" in hosts[0]:
-                match = re.match(r"^([a-zA-Z0-9\-\.]*)(?:\:(\d*))?$", hosts[0])
-                if match:
-                    integrated = True
-                    hosts, ports_text = (match.group(1),), (match.group(2) or None,)
-        port = self.query.get("port")
-        if port is not None:
-            if integrated:
-                raise ValueError(
-                    "mixes two ways of naming several hosts in its query: use host=h1,h2&port=p1,p2 "
-                    "or host=h1:p1&host=h2:p2"
-                )
-            ports_text = port if isinstance(port, tuple) else tuple(port.split(","))
-        ports: tuple[int | None, ...] | None = None
-        if ports_text:
-            try:
-                ports = tuple(int(p) if p else None for p in ports_text)
-            except ValueError:
-                shown = ",".join(p or "" for p in ports_text)
-                raise ValueError(f"has a query port that is not a number: {shown}") from None
-        mismatch = hosts and len(hosts) != len(ports or ()) and (len(hosts) > 1 or len(ports or ()) > 1)
-        if ports and ((not hosts and len(ports) > 1) or mismatch):
-            raise ValueError("names a different number of hosts and ports in its query")
-        if hosts is not None and ports is None:
-            ports = tuple(None for _ in hosts)
-        return hosts, ports
+                args, opts = PGDialect_psycopg2().create_connect_args(self.sqlalchemy_url())
+            except (sa.exc.ArgumentError, ValueError) as exc:
+                raise ValueError(f"has a query SQLAlchemy cannot read: {scrub(str(exc), self)}") from None
+            return list(args), {**opts, **self.connect_args}
+        parts = (("host", "host"), ("database", "dbname"), ("username", "user"), ("password", "password"),
+                 ("port", "port"))  # fmt: skip
+        opts = {key: getattr(self, attr) for attr, key in parts if getattr(self, attr)}
+        if not opts and not self.query:
+            return [""], dict(self.connect_args)  # psycopg2 wants a dsn when given nothing else
+        return [], {**opts, **self.query, **self.connect_args}
 
     def connect(self) -> psycopg2.extensions.connection:
         """A new psycopg2 connection (the caller closes it), or ``DatabaseUnreachableError`` saying where and what

@@ -491,6 +491,37 @@ def test_the_database_block_is_read_as_prefect_sqlalchemy_reads_it(prefect_serve
 
 
 @pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg2://",
+        "postgresql+psycopg2://u:p%40ss@h:5433/d?sslmode=require&application_name=a",
+        "postgresql+psycopg2://u@/d?host=/tmp/sockets",
+        "postgresql://u@/d?host=db1.example:6543",
+        "postgresql://u@/d?host=db1.example,db2.example&port=6543,6544",
+        "postgresql://u@/d?host=db1.example:6543&host=db2.example:6544",
+        "postgresql://u@db.example/d?port=7",
+    ],
+)
+def test_a_database_connects_with_the_arguments_sqlalchemy_would_pass(url):
+    """One host, several hosts in any of SQLAlchemy's ways, or none: psycopg2 gets what SQLAlchemy's dialect gives,
+    and the block's connect_args on top."""
+    from sqlalchemy.dialects.postgresql.psycopg2 import PGDialect_psycopg2
+
+    from flows._postgres import Database
+
+    parsed = sa.make_url(url)
+    cargs, cparams = PGDialect_psycopg2().create_connect_args(parsed)
+    connect_args = {"connect_timeout": 3}
+    by_url = Database.from_url(url, connect_args)
+    by_parts = Database(
+        parsed.drivername, parsed.username, parsed.password, parsed.host, parsed.port, parsed.database,
+        parsed.query, connect_args,
+    )  # fmt: skip
+    for db in (by_url, by_parts):
+        assert db.psycopg2_arguments() == (list(cargs), {**cparams, **connect_args})
+
+
+@pytest.mark.parametrize(
     ("connection_info", "problem"),
     [
         ("mysql://u@h/d", "uses the driver 'mysql', not postgresql+psycopg2"),
@@ -498,6 +529,11 @@ def test_the_database_block_is_read_as_prefect_sqlalchemy_reads_it(prefect_serve
         ("not a url", "is not a SQLAlchemy URL"),
         ({"driver": "postgresql+psycopg2", "port": "many"}, "has a component of the wrong type"),
         ({"host": "h"}, "must be a SQLAlchemy URL or connection components with a driver"),
+        (
+            "postgresql://u@/d?host=h1:1&host=h2:2&port=3",
+            "has a query SQLAlchemy cannot read: Can't mix 'multihost' formats",
+        ),
+        ("postgresql://u@/d?host=h1,h2&port=1,2,3", "has a query SQLAlchemy cannot read: number of hosts and ports"),
     ],
 )
 def test_a_database_block_the_flow_cannot_use_is_one_clear_error(connection_info, problem):
