@@ -9,10 +9,13 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TypeVar
 
+import pytest
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.exceptions import ObjectNotFound
 
@@ -22,6 +25,19 @@ PREFECT_YAML = REPO_ROOT / "prefect.yaml"
 FLOW_NAME = "countries"
 POOL = "countries-pool"
 AUTOMATION_TAG = "countries-pipeline"
+
+T = TypeVar("T")
+
+
+def wait_for(what: str, check: Callable[[], T | None], deadline: float, details: Callable[[], str] = str) -> T:
+    """Poll ``check`` until it returns something truthy; fail with ``what`` and ``details()`` at ``deadline``."""
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}\n{details()}")
+        time.sleep(0.5)  # polling the API or a process, not waiting for an event by time
 
 
 def prefect_env(api_url: str, home: Path) -> dict[str, str]:

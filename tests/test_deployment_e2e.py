@@ -64,6 +64,7 @@ from tests.e2e_support import (
     setup_env,
     start_worker,
     stop_worker,
+    wait_for,
 )
 from tests.expected import EXPECTED_NORTHERN_EUROPE, NORTHERN_EUROPE_COUNTRIES
 from tests.fake_api import FakeRestCountries, Fault
@@ -159,6 +160,14 @@ def run_logs(flow_run_id: uuid.UUID) -> str:
     with sync_client() as client:
         logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
     return "\n".join(f"{log.level} {log.message}" for log in logs)
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a process that has not exited (an exited one not yet reaped is a zombie, "Z")."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def server_log_tail(server, lines: int = 40) -> str:
@@ -457,6 +466,12 @@ def test_a_failed_deployment_run_shows_its_cause_first_in_the_ui(deployed, env, 
     log = tmp_path / "worker.log"
     with running_worker(env, work_queue, log) as worker:
         (run,) = wait_until_final([run_id], worker, log).values()
+        # The flow's process sends its last log lines as it exits, after its final state: stop the
+        # worker (and whatever it started) only once that process is gone.
+        wait_for(
+            "the flow run's process to exit", lambda: not any(alive(p) for p in descendants(worker.pid)),
+            time.monotonic() + 60, lambda: run_logs(run_id),
+        )  # fmt: skip
     logs = run_logs(run_id)
 
     # The state message: the cause first, every bad region named once, the setting as the UI calls it.
@@ -474,7 +489,19 @@ def test_a_failed_deployment_run_shows_its_cause_first_in_the_ui(deployed, env, 
     with sync_client() as client:
         from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterFlowRunId
 
-        tasks = client.read_task_runs(task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[run_id])))
+        this_run = TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[run_id]))
+
+        def settled_tasks() -> list | None:
+            """The run's task runs once each has a final state (the server records task states from events)."""
+            found = client.read_task_runs(task_run_filter=this_run)
+            return found if len(found) == 3 and all(t.state and t.state.is_final() for t in found) else None
+
+        tasks = wait_for(
+            "the three fetch task runs to have final states",
+            settled_tasks,
+            time.monotonic() + 60,
+            lambda: str({t.name: t.state_type for t in client.read_task_runs(task_run_filter=this_run)}),
+        )
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(
                 key=ArtifactFilterKey(any_=[ARTIFACT_KEYS["northern_europe_countries"]]),

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -61,6 +61,7 @@ from tests.e2e_support import (
     setup_env,
     start_worker,
     stop_worker,
+    wait_for,
 )
 from tests.expected import EXPECTED_NORTHERN_EUROPE
 from tests.fake_api import FakeRestCountries, Fault
@@ -71,8 +72,6 @@ pytestmark = pytest.mark.e2e
 LOADED_WITHIN = 200  # seconds from the crash to a new run's load (issue 10)
 SCENARIO_TIMEOUT = 280  # seconds a scenario may take in all, setup excluded
 ROLLOUT_MARKER = "countries rollout marker v2 in flow run"
-
-T = TypeVar("T")
 
 
 # --- processes and polling ------------------------------------------------------------
@@ -95,17 +94,6 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def wait_for(what: str, check: Callable[[], T | None], deadline: float, details: Callable[[], str] = str) -> T:
-    """Poll ``check`` until it returns something truthy; fail with ``what`` and ``details()`` at ``deadline``."""
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}\n{details()}")
-        time.sleep(0.5)  # polling the API or a process, not waiting for an event by time
 
 
 def deployment_runs(client: SyncPrefectClient, deployment_id: uuid.UUID) -> list[FlowRun]:
