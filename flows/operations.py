@@ -60,6 +60,7 @@ from prefect.client.schemas.responses import DeploymentResponse
 from prefect.events.filters import AutomationFilter, AutomationFilterTags
 
 from flows.errors import ConfigurationError, setting
+from flows.parameters import DEFAULT_REGIONS, default_table
 
 FLOW_NAME = "countries"
 AUTOMATION_TAG = "countries-pipeline"
@@ -166,6 +167,16 @@ def freshness_name(deployment: DeploymentResponse) -> str:
     return f"{FRESHNESS_PREFIX}{FLOW_NAME}/{deployment.name}"
 
 
+def deployment_table(deployment: DeploymentResponse) -> str:
+    """The table a deployment's runs load: its ``table`` parameter, or the one its regions name by default."""
+    parameters = deployment.parameters or {}
+    table = str(parameters.get("table") or "").strip()
+    if table:
+        return table
+    regions = parameters.get("regions") or DEFAULT_REGIONS
+    return default_table([regions] if isinstance(regions, str) else regions)
+
+
 def freshness(
     deployment: DeploymentResponse,
     interval: timedelta,
@@ -174,12 +185,8 @@ def freshness(
 ) -> AutomationCore:
     """The stale-table alert of one deployment: no Completed run for ``stale_after_intervals`` intervals."""
     window = interval * stale_after_intervals
-    table = (deployment.parameters or {}).get("table")
-    what = (
-        f"table {table} (deployment {FLOW_NAME}/{deployment.name})"
-        if table
-        else (f"deployment {FLOW_NAME}/{deployment.name}")
-    )
+    table = deployment_table(deployment)
+    what = f"table {table} (deployment {FLOW_NAME}/{deployment.name})"
     body = (
         f"{what.capitalize()} has had no completed run for {describe_duration(window)} "
         f"({stale_after_intervals:g} x its {describe_duration(interval)} schedule interval): its data is stale. "
@@ -209,7 +216,7 @@ def freshness(
         actions=[
             SendNotification(
                 block_document_id=notify.id,
-                subject=f"{FLOW_NAME}: {table or deployment.name} is stale",
+                subject=f"{FLOW_NAME}: {table} is stale",
                 body=_jinja_literal(body),
             )
         ],

@@ -28,10 +28,13 @@ def default_table(regions: Sequence[str]) -> str:
     """The table a run loads when none is named: the regions' names, then ``_countries``.
 
     ``["Northern Europe"]`` -> ``northern_europe_countries``; ``["all"]`` ->
-    ``all_countries``; ``["Europe", "Asia"]`` -> ``europe_asia_countries``.
+    ``all_countries`` (also when other regions are named with ``"all"``: it
+    takes them all); ``["Europe", "Asia"]`` -> ``europe_asia_countries``.
     Names are folded to lower-case ASCII letters, digits and underscores; a name
     longer than PostgreSQL's 63 bytes is shortened and keeps a hash of the whole.
     """
+    if any(str(region).strip().casefold() == "all" for region in regions):
+        regions = ["all"]
     parts = []
     for region in regions:
         ascii_name = unicodedata.normalize("NFKD", str(region)).encode("ascii", "ignore").decode()

@@ -417,21 +417,21 @@ def test_a_worker_runs_the_deployments_into_postgres_one_run_at_a_time(
     assert paths == {"/v3.1/subregion/Northern Europe": 1, "/countries/v5": 6}, paths
     assert all(r.authorization for r in requests if r.path.startswith("/countries/v5"))
 
-    rows, population_type = read_table(blocks, deployed["northern-europe"].parameters["table"])
+    rows, population_type = read_table(blocks, "northern_europe_countries")  # as its description says
     assert len(rows) == len(EXPECTED_NORTHERN_EUROPE) == 20
     assert len({name for name, _, _ in rows}) == NORTHERN_EUROPE_COUNTRIES == 16
     assert Counter(rows) == Counter(EXPECTED_NORTHERN_EUROPE)
     assert population_type == "bigint"
 
-    all_rows, _ = read_table(blocks, deployed["all-regions"].parameters["table"])
+    all_rows, _ = read_table(blocks, "all_countries")
     assert {name for name, _, _ in all_rows} == {c["name"]["official"] for c in COUNTRIES}
     assert Counter(r for r in all_rows if r[0] in {n for n, _, _ in EXPECTED_NORTHERN_EUROPE}) == Counter(
         EXPECTED_NORTHERN_EUROPE
     )
 
     with sync_client() as client:
-        for flow_run in (run, runs[everything]):
-            key = ARTIFACT_KEYS[flow_run.parameters.get("table") or ""]
+        for flow_run, table in ((run, "northern_europe_countries"), (runs[everything], "all_countries")):
+            key = ARTIFACT_KEYS[table]
             artifacts = client.read_artifacts(
                 artifact_filter=ArtifactFilter(
                     key=ArtifactFilterKey(any_=[key]),

@@ -202,6 +202,21 @@ def test_the_default_table_follows_the_regions(fake_api, db):
         table_rows(url, TABLE)
 
 
+@pytest.mark.parametrize(
+    ("regions", "table"),
+    [
+        (["Northern Europe"], "northern_europe_countries"),
+        (["all"], "all_countries"),
+        (["all", "Africa"], "all_countries"),  # 'all' takes every region: the table is the same
+        (["Europe", "Asia"], "europe_asia_countries"),
+    ],
+)
+def test_the_default_table_is_named_after_the_regions(regions, table):
+    from flows.parameters import default_table
+
+    assert default_table(regions) == table
+
+
 def test_overlapping_regions_are_fetched_concurrently_and_each_country_loaded_once(fake_api, db):
     block, url = db
     fake_api.latency = 0.5

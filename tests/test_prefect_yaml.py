@@ -78,10 +78,20 @@ def test_two_deployments_of_the_countries_flow_on_the_process_pool(config):
     for d in deployments.values():
         assert d["entrypoint"] == ENTRYPOINT
         assert d["work_pool"]["name"] == "countries-pool"
-        assert d["parameters"]["table"], d["name"]
+        # The table follows the regions, in a custom run too: a run of this deployment with other
+        # regions must not replace the rows of the table its description names.
+        assert "table" not in d["parameters"], d["name"]
     assert deployments["northern-europe"]["parameters"]["regions"] == ["Northern Europe"]
     assert deployments["all-regions"]["parameters"]["regions"] == ["all"]
-    assert len({d["parameters"]["table"] for d in deployments.values()}) == 2, "each deployment has its table"
+
+
+@pytest.mark.parametrize("config_name", ["config", "docker_config"])
+def test_each_deployment_loads_the_table_its_description_names(config_name, request):
+    from flows.parameters import default_table
+
+    for d in request.getfixturevalue(config_name)["deployments"]:
+        table = default_table(d["parameters"]["regions"])
+        assert re.search(rf"into table {table}\b", d["description"]), (d["name"], table)
 
 
 def test_parameters_are_parameters_of_the_flow(config, docker_config):
