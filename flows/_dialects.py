@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from flows._http import KEY_ADVICE
 from flows.errors import ConfigurationError, setting
 
 REGIONS: tuple[str, ...] = ("Africa", "Americas", "Antarctic", "Asia", "Europe", "Oceania")
@@ -117,8 +118,6 @@ def required_paths(paths: Iterable[str]) -> tuple[str, ...]:
     return tuple(p for p in check_paths(paths) if WILDCARD not in p.split("."))
 
 
-_KEY_ADVICE = "set RESTCOUNTRIES_API_KEY or the `restcountries-api-key` Secret block"
-
 V5 = Dialect(
     name="v5",
     default_base_url="https://api.restcountries.com/countries/v5",
@@ -151,7 +150,7 @@ V31 = Dialect(
     records_at=None,
     legacy_prefix="/v3.1/",
     errors_body_advice=(
-        f"use {setting('api', 'v5')} with an API key ({_KEY_ADVICE}), "
+        f"use {setting('api', 'v5')} with an API key ({KEY_ADVICE}), "
         f"or point {setting('base_url')} at a self-hosted v3.1 server"
     ),
 )

@@ -5,9 +5,13 @@
   from the arguments or the environment.
 - :class:`KeyAuth`: adds the API key to a request only when the request goes
   to a trusted origin (the hosted API's, or a base URL the operator
-  configured: :func:`trusted_origins`) over https, or plain http to this
-  machine (:func:`withheld_reason`). httpx calls it for every request, so no
-  code path can send the key anywhere else; redirects are never followed.
+  configured: :func:`trusted_origins`) over https, or plain http straight to
+  this machine, through no proxy (:func:`withheld_reason`). httpx calls it for
+  every request, so no code path can send the key anywhere else; redirects are
+  never followed.
+- :func:`parse_base_url` / :func:`shown_url`: a base URL checked with
+  ``httpx.URL``, and a URL as messages may show it (no userinfo, query or
+  fragment).
 - :func:`fingerprint`: a hash of the key for cache keys, never the key.
 
 Sending requests is :mod:`flows._request`'s job; turning a status into an
@@ -20,7 +24,7 @@ import hashlib
 import ipaddress
 import math
 import os
-import ssl
+import urllib.request
 from collections.abc import Generator, Iterable
 
 import httpx
@@ -43,6 +47,8 @@ __all__ = [
     "is_loopback",
     "make_client",
     "origin",
+    "parse_base_url",
+    "shown_url",
     "trusted_origins",
     "withheld_reason",
 ]
@@ -75,9 +81,12 @@ def origin(url: str | httpx.URL) -> str:
 
 
 def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and addresses in 127.0.0.0/8 or ``::1``."""
+    """True for exactly ``localhost`` and literal addresses in 127.0.0.0/8 or ``::1``.
+
+    Other names, ``*.localhost`` included, are not: some resolvers send them to DNS.
+    """
     host = host.strip("[]").lower()
-    if host == "localhost" or host.endswith(".localhost"):
+    if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -85,43 +94,118 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+DIRECT_LOOPBACK = ("localhost", "127.0.0.1", "::1")
+"""Loopback hosts the client always reaches directly: an ``$HTTP_PROXY`` never sees plain http to them."""
+
+
+def env_proxies_plain_http() -> bool:
+    """Whether the environment names a proxy for plain http (``$HTTP_PROXY`` or ``$ALL_PROXY``, any case).
+
+    httpx reads the same variables (through ``urllib.request.getproxies``).
+    """
+    found = urllib.request.getproxies()
+    return bool(found.get("http") or found.get("all"))
+
+
+def shown_url(url: str | httpx.URL) -> str:
+    """``url`` as a message may show it: without userinfo, query and fragment, which may hold secrets."""
+    text = str(url).strip()
+    try:
+        u = httpx.URL(text)
+    except (httpx.InvalidURL, ValueError, TypeError):
+        u = None
+    if u is not None and u.scheme and u.host:
+        host = u.host if ":" not in u.host else f"[{u.host}]"
+        port = "" if u.port is None else f":{u.port}"
+        return f"{u.scheme}://{host}{port}{u.path}"
+    text = text.split("#", 1)[0].split("?", 1)[0]
+    scheme, sep, rest = text.rpartition("://")
+    if sep:
+        authority, slash, path = rest.partition("/")
+        text = f"{scheme}://{authority.rpartition('@')[2]}{slash}{path}"
+    return text
+
+
+def parse_base_url(text: str) -> tuple[httpx.URL | None, str | None]:
+    """``(url, None)`` for a usable http(s) base URL, else ``(None, problem)``; parsed by ``httpx.URL``.
+
+    ``problem`` completes "the base URL ... " and never quotes the URL.
+    """
+    try:
+        u = httpx.URL(text)
+    except (httpx.InvalidURL, ValueError, TypeError):
+        return None, "is not a valid URL"
+    if u.scheme not in ("http", "https"):
+        return None, "must start with http:// or https://"
+    if not u.host:
+        return None, "names no host"
+    if "%" in u.host or any(c.isspace() for c in u.host):
+        return None, "names an invalid host"
+    if u.userinfo:
+        return None, "must not contain credentials (the API key is a Secret block or RESTCOUNTRIES_API_KEY)"
+    if u.query or u.fragment or "?" in text or "#" in text:
+        return None, "must not have a query or fragment"
+    if u.port is not None and not 0 < u.port < 65536:
+        return None, "has an invalid port"
+    return u, None
+
+
 class KeyAuth(httpx.Auth):
-    """Adds ``Authorization: Bearer <key>`` to a request only when :meth:`sends_to` its URL.
+    """Adds ``Authorization: Bearer <key>`` to a request only when :meth:`withheld_reason` is None.
 
     The key goes to ``trusted_origins`` only (the hosted API's origin and the
     origins of the base URLs the operator configured), and over plain http only
-    to this machine. Anything else gets the request without the key. httpx calls
-    this for every request the client sends, so it holds for every code path.
+    straight to this machine (no proxy in between: ``plain_http_proxy`` says
+    whether the client sends plain http through one). Anything else gets the
+    request without the key. httpx calls this for every request the client
+    sends, so it holds for every code path.
     """
 
-    def __init__(self, key: str, trusted_origins: Iterable[str]):
+    def __init__(self, key: str, trusted_origins: Iterable[str], *, plain_http_proxy: bool = False):
         self._key = key
         self.trusted_origins = frozenset(trusted_origins)
+        self.plain_http_proxy = plain_http_proxy
 
     def __repr__(self) -> str:
-        return f"KeyAuth(key=***, trusted_origins={sorted(self.trusted_origins)})"
+        return (
+            f"KeyAuth(key=***, trusted_origins={sorted(self.trusted_origins)}, "
+            f"plain_http_proxy={self.plain_http_proxy})"
+        )
 
-    def sends_to(self, url: str | httpx.URL) -> bool:
-        """Whether the key is sent with a request to ``url``."""
-        return withheld_reason(url, self.trusted_origins) is None
+    def withheld_reason(self, url: str | httpx.URL) -> str | None:
+        """Why the key is not sent with a request to ``url`` (see :func:`withheld_reason`), or None if it is."""
+        return withheld_reason(url, self.trusted_origins, plain_http_proxy=self.plain_http_proxy)
 
     def redact(self, text: str) -> str:
         """``text`` with the key masked as ``***`` (for quoting what a server said)."""
         return text.replace(self._key, "***")
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        if self.sends_to(request.url):
+        if self.withheld_reason(request.url) is None:
             request.headers["Authorization"] = f"Bearer {self._key}"
         yield request
 
 
-def withheld_reason(url: str | httpx.URL, trusted_origins: Iterable[str]) -> str | None:
-    """Why the key is not sent to ``url`` (``"untrusted"`` or ``"plain-http"``), or None if it is."""
+def withheld_reason(
+    url: str | httpx.URL, trusted_origins: Iterable[str], *, plain_http_proxy: bool = False
+) -> str | None:
+    """Why the key is not sent to ``url``, or None if it is.
+
+    ``"plain-http"``: http to another machine; ``"proxied"``: http to a
+    loopback address that the client sends through the proxy of the
+    environment (``plain_http_proxy``; only :data:`DIRECT_LOOPBACK` hosts are
+    always reached directly); ``"untrusted"``: an origin not in
+    ``trusted_origins``. Plain http is checked first: trusting such an origin
+    would not help.
+    """
     u = httpx.URL(url) if isinstance(url, str) else url
+    if u.scheme != "https":
+        if not is_loopback(u.host):
+            return "plain-http"
+        if plain_http_proxy and u.host.lower() not in DIRECT_LOOPBACK:
+            return "proxied"
     if origin(u) not in set(trusted_origins):
         return "untrusted"
-    if u.scheme != "https" and not is_loopback(u.host):
-        return "plain-http"
     return None
 
 
@@ -135,13 +219,10 @@ def trusted_origins(base_urls: Iterable[str | None]) -> frozenset[str]:
         if raw is None or not str(raw).strip():
             continue
         text = str(raw).strip()
-        try:
-            u = httpx.URL(text)
-        except httpx.InvalidURL:
-            u = None
-        if u is None or u.scheme not in ("http", "https") or not u.host:
+        u, problem = parse_base_url(text)
+        if u is None:
             raise ConfigurationError(
-                f"The trusted API base URL {text!r} is not an http(s) URL: fix RESTCOUNTRIES_BASE_URL or "
+                f"The trusted API base URL {shown_url(text)!r} {problem}: fix RESTCOUNTRIES_BASE_URL or "
                 "save it again with `python blocks/create_blocks.py --base-url URL`."
             )
         out.add(origin(u))
@@ -181,35 +262,6 @@ def _env_number(name: str, default: float) -> float:
     return value
 
 
-class _Transport(httpx.AsyncBaseTransport):
-    """The client's connections: one pool for plain http, one for https, the latter made on first use.
-
-    https gets httpx's default transport (certificate and host name verified
-    against certifi's bundle, or ``$SSL_CERT_FILE``/``$SSL_CERT_DIR``). Loading
-    that bundle takes tens of milliseconds, which a run against an http://
-    server need not spend, so it is made on the first https request. The plain
-    pool's TLS context trusts no certificate at all: http:// never uses it, and
-    anything that did would fail verification.
-    """
-
-    def __init__(self, limits: httpx.Limits) -> None:
-        self.limits = limits
-        self.plain = httpx.AsyncHTTPTransport(limits=limits, verify=ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
-        self.tls: httpx.AsyncHTTPTransport | None = None
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if request.url.scheme != "https":
-            return await self.plain.handle_async_request(request)
-        if self.tls is None:
-            self.tls = httpx.AsyncHTTPTransport(limits=self.limits)  # verify=True
-        return await self.tls.handle_async_request(request)
-
-    async def aclose(self) -> None:
-        await self.plain.aclose()
-        if self.tls is not None:
-            await self.tls.aclose()
-
-
 class ApiClient:
     """An HTTP client for the REST Countries API; use ``async with`` (see :func:`make_client`).
 
@@ -230,10 +282,6 @@ class ApiClient:
     @property
     def has_key(self) -> bool:
         return self.key_auth is not None
-
-    def sends_key_to(self, url: str) -> bool:
-        """Whether a request to ``url`` carries the API key."""
-        return self.key_auth is not None and self.key_auth.sends_to(url)
 
     def redact(self, text: str) -> str:
         """``text`` with the API key masked as ``***``."""
@@ -262,8 +310,12 @@ def make_client(
     sent as ``Authorization: Bearer`` only to ``https://api.restcountries.com``
     and to the origins of ``trusted_base_urls`` (the base URLs the operator
     configured), and over plain http only to loopback (127.0.0.0/8, ::1,
-    localhost). Redirects are not followed. https certificates are verified
-    (httpx's defaults); the CA bundle is loaded on the first https request.
+    localhost) with no proxy in between. Redirects are not followed. https
+    certificates are verified (httpx's defaults). The proxies of the
+    environment (``$HTTPS_PROXY``, ``$HTTP_PROXY``, ``$ALL_PROXY``,
+    ``$NO_PROXY``) are used as httpx uses them, except that plain http to
+    ``localhost``, ``127.0.0.1`` and ``[::1]`` always goes direct; the key never
+    goes over plain http to a proxy.
 
     ``deadline``: seconds one request attempt may take in total (connect,
     headers, whole body); default ``$RESTCOUNTRIES_DEADLINE_SECONDS`` or 60.
@@ -284,6 +336,7 @@ def make_client(
     if not isinstance(max_bytes, int) or max_bytes <= 0:
         raise ConfigurationError(f"The API response size bound must be a positive number of bytes, got {max_bytes!r}.")
     origins = trusted_origins(trusted_base_urls)
+    plain_http_proxy = env_proxies_plain_http()
     key = _secret_value(api_key)
     key_auth = None
     if key is not None:
@@ -294,14 +347,15 @@ def make_client(
             )
         if key == DEMO_KEY:
             raise DemoKeyError(demo_key_message("the API key is the public demo key rc_live_demo, which"))
-        key_auth = KeyAuth(key, origins)
+        key_auth = KeyAuth(key, origins, plain_http_proxy=plain_http_proxy)
     limits = httpx.Limits(max_connections=20, max_keepalive_connections=10, keepalive_expiry=30.0)
     http = httpx.AsyncClient(
         headers={"Accept": "application/json", "User-Agent": USER_AGENT},
         auth=key_auth,
         timeout=httpx.Timeout(deadline, connect=min(deadline, 10.0)),
-        limits=limits,  # for the proxies of $HTTP(S)_PROXY, which httpx mounts itself
-        transport=_Transport(limits),
+        limits=limits,
+        # No `transport=`: httpx then mounts the proxies of the environment itself. Loopback stays direct.
+        mounts={f"all://{h if ':' not in h else f'[{h}]'}": None for h in DIRECT_LOOPBACK},
         follow_redirects=False,
     )
     return ApiClient(http, key_auth=key_auth, deadline=float(deadline), max_bytes=max_bytes)

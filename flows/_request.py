@@ -330,6 +330,9 @@ def decode(req: Request, answer: Answer) -> Any:
 async def read_redirect_message(req: Request, answer: Answer) -> str | None:
     """The ``errors[].message`` of the page a 3xx ``answer`` points to, read safely; None if unreadable.
 
+    None too when that page is not the API's ``errors`` body (a JSON object
+    with an ``errors`` list), e.g. the countries a server that moved answers with.
+
     One GET of the ``Location`` (resolved against the request URL), by a fresh
     client with no credentials, no cookies and no further redirects, within
     10 s (or the request deadline if shorter) and 64 kB. Any failure gives None.
@@ -364,7 +367,10 @@ async def read_redirect_message(req: Request, answer: Answer) -> str | None:
     except (httpx.HTTPError, TimeoutError, OSError):
         return None
     try:
-        message = api_message(json.loads(body))
+        decoded = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         return None
+    if not (isinstance(decoded, dict) and isinstance(decoded.get("errors"), list)):
+        return None  # not the API's errors body (e.g. the data a moved server answers with)
+    message = api_message(decoded)
     return req.quote(message) if message else None

@@ -32,6 +32,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any, NoReturn
 from urllib.parse import quote, unquote
 
+import httpx
+
 from flows._dialects import (
     DIALECTS,
     MISSING,
@@ -56,7 +58,8 @@ from flows._http import (
     fingerprint,
     make_client,
     origin,
-    withheld_reason,
+    parse_base_url,
+    shown_url,
 )
 from flows._request import Answer, Request, decode, read_redirect_message
 from flows._retry import Hook, RequestStats, RetryPolicy
@@ -101,17 +104,22 @@ _UNKNOWN_REGION_ADVICE = (
     f"regions are {', '.join(REGIONS)} (or 'all'), anything else is looked up as a subregion, "
     f"named like 'Northern Europe'; if every name fails, check {setting('base_url')}"
 )
+_LEGACY_HOST = "restcountries.com"  # the hosted v3.1 API, deprecated: it redirects every call
 _MAX_PAGES = 1000  # guards against a server whose `more` never turns false
 _MAX_NAMED = 5  # foreign records named in a message
 
 
 def resolve_base_url(dialect: Dialect, base_url: str | None) -> str:
-    """``base_url`` (or the dialect's default) without a trailing slash; ConfigurationError unless http(s)."""
+    """``base_url`` (or the dialect's default) without a trailing slash.
+
+    ``ConfigurationError`` (one line, never quoting a query, fragment or
+    credentials) unless ``httpx.URL`` reads it as an http(s) URL with a host and
+    no query, fragment or credentials.
+    """
     base = (base_url or dialect.default_base_url).strip().rstrip("/")
-    if not base.startswith(("http://", "https://")):
-        raise ConfigurationError(
-            f"The API base URL {base!r} must start with http:// or https://: fix {setting('base_url')}."
-        )
+    _, problem = parse_base_url(base)
+    if problem is not None:
+        raise ConfigurationError(f"The API base URL {shown_url(base)!r} {problem}: fix {setting('base_url')}.")
     return base
 
 
@@ -133,18 +141,24 @@ def check_source(client: ApiClient, *, dialect: Dialect, base_url: str | None) -
             f"(or use {setting('api', 'v3.1')} with {setting('base_url')} pointing at a self-hosted v3.1 server)."
         )
     assert client.key_auth is not None
-    reason = withheld_reason(base, client.key_auth.trusted_origins)
+    reason = client.key_auth.withheld_reason(base)
     where = origin(base)
     if reason == "plain-http":
         raise KeyWithheldError(
             f"the API key was withheld from {where}: it is never sent over plain http except to this machine "
             f"(loopback); use https for {setting('base_url')}"
         )
+    if reason == "proxied":
+        raise KeyWithheldError(
+            f"the API key was withheld from {where}: plain http goes through the proxy of $HTTP_PROXY or "
+            f"$ALL_PROXY, and the key never goes over plain http to a proxy; use https, or "
+            f"http://127.0.0.1 or http://localhost (always direct) for {setting('base_url')}"
+        )
     if reason == "untrusted":
         raise KeyWithheldError(
             f"the API key was withheld from {where}, an origin the operator has not trusted (the key goes only "
             f"to {HOSTED_ORIGIN} and configured base URLs): to trust it, set RESTCOUNTRIES_BASE_URL={base} on "
-            f"the worker (or in the shell for a local run), or save it with "
+            f"the worker (not in a run's job variables; or in the shell for a local run), or save it with "
             f"`python blocks/create_blocks.py --base-url {base}`"
         )
     return base
@@ -213,9 +227,17 @@ def _on_404(req: Request, name: str, fields: Sequence[str], dialect: Dialect):
     return handle
 
 
-async def _legacy_redirect(req: Request, dialect: Dialect, answer: Answer) -> NoReturn:
-    """A 3xx to a legacy (v3.1) path: the hosted v3.1 API is deprecated. Quote its notice if readable."""
+async def _legacy_redirect(req: Request, dialect: Dialect, base: str, answer: Answer) -> None:
+    """A 3xx of a legacy (v3.1) path: ``DeprecatedApiError`` if it is the deprecated hosted API; else return.
+
+    It is when the redirect's target answers with the API's ``errors`` body
+    (quoted), or when ``base`` is the hosted legacy API's host (restcountries.com)
+    even if the target cannot be read. Any other redirect (a self-hosted server
+    that moved) is left to the generic redirect message.
+    """
     message = await read_redirect_message(req, answer)
+    if message is None and httpx.URL(base).host != _LEGACY_HOST:
+        return
     location = req.quote(answer.headers.get("Location", "")) or "no Location"
     said = f' and says "{message}"' if message else ""
     req.fail(
@@ -341,7 +363,7 @@ async def fetch_region(
     to). After: ``UnknownRegionError`` (404 or no countries),
     ``AuthenticationError`` (401), ``DemoKeyError`` (a demo-key answer),
     ``QuotaExceededError`` (403), ``DeprecatedApiError`` (an ``errors`` body, or
-    a redirect of a v3.1 path), ``ForeignRecordsError`` (countries of another
+    a redirect of a v3.1 path to one, or any at restcountries.com), ``ForeignRecordsError`` (countries of another
     region), ``ResponseTooLargeError`` (body past the client's bound),
     ``BadResponseError`` (not JSON, wrong shape, missing fields),
     ``HostNotFoundError`` (the host name does not exist),
@@ -381,7 +403,7 @@ async def fetch_region(
         )
         answer = await req.send()
         if 300 <= answer.status < 400 and dialect.legacy_prefix and path.startswith(dialect.legacy_prefix):
-            await _legacy_redirect(req, dialect, answer)
+            await _legacy_redirect(req, dialect, base, answer)
         raise_for_status(req, answer, on_404=_on_404(req, name, fields, dialect))
         body = decode(req, answer)
         if dialect.demo_flag_at and get_path(body, dialect.demo_flag_at) is not MISSING:

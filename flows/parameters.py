@@ -15,10 +15,10 @@ import re
 import unicodedata
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 from flows import api as restcountries
 from flows import tables
+from flows._http import parse_base_url, shown_url
 from flows.errors import ConfigurationError, InvalidTableNameError, setting
 
 DEFAULT_REGIONS = ["Northern Europe"]
@@ -53,31 +53,17 @@ def default_table(regions: Sequence[str]) -> str:
 def check_base_url(base_url: str) -> str:
     """``base_url`` stripped, without a trailing slash; ``ConfigurationError`` unless it is an http(s) address.
 
-    Empty stays empty (the configured default applies). The message never
-    repeats a URL that holds credentials.
+    Parsed by ``httpx.URL``, as the client will send it. Empty stays empty (the
+    configured default applies). The message shows the URL without its
+    credentials, query and fragment, which may hold secrets.
     """
     url = base_url.strip()
     if not url:
         return ""
-    parts = urlsplit(url)
-    problem = None
-    if parts.scheme not in ("http", "https"):
-        problem = "must start with http:// or https://"
-    elif not parts.hostname:
-        problem = "names no host"
-    elif parts.username or parts.password:
-        problem = "must not contain credentials (the API key is a Secret block or RESTCOUNTRIES_API_KEY)"
-    elif parts.query or parts.fragment:
-        problem = "must not have a query or fragment"
-    else:
-        try:
-            parts.port  # noqa: B018 - raises ValueError for a bad port
-        except ValueError:
-            problem = "has an invalid port"
+    _, problem = parse_base_url(url)
     if problem:
-        shown = "" if parts.username or parts.password else f" {url!r}"  # never echo credentials
         raise ConfigurationError(
-            f"{setting('base_url')}{shown} {problem}: give the API's address, e.g. "
+            f"{setting('base_url')} {shown_url(url)!r} {problem}: give the API's address, e.g. "
             "https://api.restcountries.com/countries/v5 or http://127.0.0.1:8080 for a self-hosted v3.1 server"
         )
     return url.rstrip("/")

@@ -33,6 +33,10 @@ path glob; each matching request consumes one. See :class:`Fault` for the kinds,
 among them a body trickled a byte at a time, an oversize body generated lazily
 (with or without ``Content-Length``), and records of another region mixed in.
 
+:class:`ForwardProxy` is a tiny plain-http forward proxy (``$HTTP_PROXY``) that
+sends each request on to the fake server mapped to its host name, and logs
+whether an Authorization header passed through it.
+
 Control over HTTP (for other processes using the standalone server):
 ``GET /_fake/requests``, ``POST /_fake/faults`` (JSON ``{"pattern": ..., "faults":
 [{"kind": ..., ...}], "times": 1}``), ``POST /_fake/reset``, ``POST /_fake/latency``
@@ -52,6 +56,7 @@ import contextlib
 import copy
 import email.utils
 import fnmatch
+import http.client
 import json
 import logging
 import select
@@ -868,6 +873,100 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
 
+class ForwardProxy:
+    """A tiny plain-http forward proxy on 127.0.0.1 (what ``$HTTP_PROXY`` names), for tests.
+
+    It takes absolute-form requests (``GET http://countries.example.org/v3.1/...``)
+    and forwards each to the ``upstreams`` address of the request's host, as a
+    corporate proxy would after resolving the name: ``{"countries.example.org":
+    "127.0.0.1:54321"}``. A host it has no upstream for gets 502. It answers
+    ``CONNECT`` with 405 (no https tunnels). :attr:`seen` logs ``(method,
+    target, whether an Authorization header came)`` for every request, never a
+    header's value. Use as a context manager; :attr:`url` is its address.
+    """
+
+    def __init__(self, upstreams: dict[str, str]):
+        self.upstreams = {host.lower(): address for host, address in upstreams.items()}
+        self._lock = threading.Lock()
+        self._seen: list[tuple[str, str, bool]] = []
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def seen(self) -> list[tuple[str, str, bool]]:
+        with self._lock:
+            return list(self._seen)
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None, "not started"
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self) -> ForwardProxy:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                logger.debug("forward proxy: " + format, *args)
+
+            def _note(self) -> None:
+                with proxy._lock:
+                    proxy._seen.append((self.command, self.path, self.headers.get("Authorization") is not None))
+
+            def _answer(self, status: int, raw: bytes, headers: Iterable[tuple[str, str]] = ()) -> None:
+                self.send_response(status)
+                skip = {"content-length", "connection", "transfer-encoding", "keep-alive"}
+                for k, v in headers:
+                    if k.lower() not in skip:
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def do_CONNECT(self) -> None:
+                self._note()
+                self._answer(405, b"no tunnels here")
+
+            def do_GET(self) -> None:
+                self._note()
+                target = urlsplit(self.path)
+                upstream = proxy.upstreams.get((target.hostname or "").lower())
+                if not target.scheme or upstream is None:
+                    self._answer(502, b"unknown upstream")
+                    return
+                host, _, port = upstream.rpartition(":")
+                path = target.path + (f"?{target.query}" if target.query else "")
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("proxy-connection", "connection")}
+                conn = http.client.HTTPConnection(host, int(port), timeout=30)
+                try:
+                    conn.request("GET", path or "/", headers=headers)
+                    response = conn.getresponse()
+                    self._answer(response.status, response.read(), response.getheaders())
+                except OSError:
+                    self._answer(502, b"upstream failed")
+                finally:
+                    conn.close()
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="forward-proxy", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._server = None
+        self._thread = None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m tests.fake_api``: serve until SIGINT/SIGTERM."""
     parser = argparse.ArgumentParser(prog="python -m tests.fake_api", description=__doc__.splitlines()[0])
@@ -943,6 +1042,7 @@ __all__ = [
     "LEGACY_FILE_PATH",
     "FakeRestCountries",
     "Fault",
+    "ForwardProxy",
     "RequestRecord",
     "legacy_hosted",
     "running",

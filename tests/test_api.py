@@ -25,6 +25,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from flows import budget, schema
+from flows._http import is_loopback, withheld_reason
 from flows._request import dns_failure
 from flows.api import (
     DEADLINE_ENV,
@@ -65,6 +66,7 @@ from tests.fake_api import (
     LEGACY_FILE_PATH,
     FakeRestCountries,
     Fault,
+    ForwardProxy,
     legacy_hosted,
 )
 
@@ -81,6 +83,7 @@ FAST = RetryPolicy(max_attempts=4, base_delay=0.01, max_delay=0.05, max_total_se
 NE_NAMES = [c["name"]["official"] for c in NORTHERN_EUROPE]
 EUROPE = [c for c in COUNTRIES if c["region"] == "Europe"]
 NO_HOST = "nonexistent-host.invalid"  # .invalid never resolves (RFC 2606)
+PROXY_VARS = [f"{n}_{s}" for n in ("http", "https", "all", "no") for s in ("proxy", "PROXY")]
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
@@ -91,6 +94,14 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 def fake() -> Iterator[FakeRestCountries]:
     with FakeRestCountries(api_key=CANARY) as f:
         yield f
+
+
+@pytest.fixture
+def proxy_env(monkeypatch) -> Iterator[pytest.MonkeyPatch]:
+    """No proxy variable from the machine running the tests: each test sets the ones it means."""
+    for name in PROXY_VARS:
+        monkeypatch.delenv(name, raising=False)
+    yield monkeypatch
 
 
 @pytest.fixture
@@ -389,24 +400,37 @@ def test_legacy_redirect_ends_in_the_deprecation_error_quoting_the_api_without_s
         assert [(r.path, r.authorization) for r in files.requests] == [(LEGACY_FILE_PATH, False)]
 
 
-def test_legacy_redirect_to_an_unreadable_place_is_still_the_deprecation_error():
-    with FakeRestCountries(legacy_redirect=f"http://127.0.0.1:{free_port()}/countries.00/legacy.json") as api:
-        err = _fail(api, dialect=V31, key=None)
-    assert isinstance(err, DeprecatedApiError)
+def test_a_redirect_of_a_self_hosted_server_to_its_new_address_is_not_called_deprecated(fake, other):
+    """Only the API's errors body (or restcountries.com itself) means deprecated; a move is a plain redirect."""
+    moved = other.v31_base_url + "/v3.1/subregion/Northern%20Europe"
+    fake.inject("/v3.1/*", Fault.status(308, message=moved))
+    err = _fail(fake, dialect=V31, key=None)
+    assert isinstance(err, PermanentApiError) and not isinstance(err, DeprecatedApiError) and err.status == 308
+    text = str(err)
+    assert "deprecated" not in text
+    assert f"redirected the request (HTTP 308 to {moved})" in text and "point base_url at the final API" in text
+    assert other.count() == 1 and not other.requests[0].authorization  # read once, without credentials
+
+
+def test_a_legacy_redirect_from_restcountries_com_is_deprecated_even_when_its_target_cannot_be_read(proxy_env):
+    """The hosted legacy host (reached here through a proxy that maps it to the fake) redirecting anywhere."""
+    with FakeRestCountries(legacy_redirect="http://files.invalid/countries.00/legacy.json") as api:
+        with ForwardProxy({"restcountries.com": f"127.0.0.1:{api.port}"}) as proxy:
+            proxy_env.setenv("HTTP_PROXY", proxy.url)
+            err = _fail(api, dialect=V31, key=None, base_url="http://restcountries.com")
+        assert [p[1] for p in proxy.seen] == [
+            "http://restcountries.com/v3.1/subregion/Northern%20Europe?fields=name,currencies,population,region,subregion",
+            "http://files.invalid/countries.00/legacy.json",
+        ]
+    assert isinstance(err, DeprecatedApiError) and err.status == 301
     assert "deprecated" in str(err) and "api=v5" in str(err) and DEPRECATION_MESSAGE not in str(err)
 
 
-@pytest.mark.parametrize(
-    "fault", [Fault.hang(), Fault.oversize(50_000_000, declare_length=False)], ids=["hang", "oversize"]
-)
-def test_the_redirect_target_is_read_bounded_in_time_and_size(fault):
-    with legacy_hosted() as (api, files):
-        files.inject(LEGACY_FILE_PATH, fault)
-        started = time.monotonic()
-        err = _fail(api, dialect=V31, key=None, deadline=0.5)
-        assert time.monotonic() - started < 5
-    assert isinstance(err, DeprecatedApiError) and "deprecated" in str(err)
-    assert DEPRECATION_MESSAGE not in str(err)
+def test_a_redirect_to_an_unreadable_place_off_restcountries_com_is_a_plain_redirect():
+    with FakeRestCountries(legacy_redirect=f"http://127.0.0.1:{free_port()}/countries.00/legacy.json") as api:
+        err = _fail(api, dialect=V31, key=None)
+    assert isinstance(err, PermanentApiError) and not isinstance(err, DeprecatedApiError)
+    assert "deprecated" not in str(err) and "redirected the request (HTTP 301" in str(err)
 
 
 def test_legacy_errors_body_is_the_deprecation_error():
@@ -484,30 +508,90 @@ def test_no_request_of_the_client_carries_the_key_to_an_untrusted_origin(fake, o
     assert [r.authorization for r in fake.requests] == [True]
 
 
-def test_the_key_never_goes_over_plain_http_except_to_loopback():
-    client = make_client(
-        api_key=CANARY,
-        trusted_base_urls=["http://countries.example.org/countries/v5", "http://localhost:8080", "http://[::1]:8080"],
-    )
-    try:
-        assert client.sends_key_to(HOSTED_ORIGIN + "/countries/v5")
-        assert client.sends_key_to("https://API.restcountries.com:443/countries/v5/subregion/Asia")
-        assert not client.sends_key_to("http://api.restcountries.com/countries/v5")
-        assert not client.sends_key_to("https://api.restcountries.com.example.org/countries/v5")
-        assert not client.sends_key_to("http://countries.example.org/countries/v5")
-        assert client.sends_key_to("http://localhost:8080/x") and client.sends_key_to("http://[::1]:8080/x")
+def test_the_key_never_goes_over_plain_http_except_to_loopback(proxy_env, fake):
+    """What the servers received: the key over plain http to loopback, not to a trusted host elsewhere."""
+    plain = "http://countries.example.org"
+    with ForwardProxy({"countries.example.org": f"127.0.0.1:{fake.port}"}) as proxy:
+        proxy_env.setenv("HTTP_PROXY", proxy.url)
+
+        async def go() -> None:
+            async with client_for(None, trust=[plain, fake.url, f"http://localhost:{fake.port}"]) as client:
+                await client.http.get(plain + "/countries/v5", params={"region": "Europe"})
+                await client.http.get(fake.v5_base_url, params={"region": "Europe"})
+                await client.http.get(f"http://localhost:{fake.port}/countries/v5", params={"region": "Europe"})
+
+        run(go())
+        assert proxy.seen == [("GET", plain + "/countries/v5?region=Europe", False)]  # loopback went direct
+        assert [r.authorization for r in fake.requests] == [False, True, True]
         with pytest.raises(KeyWithheldError, match="never sent over plain http"):
-            run(
-                fetch_region(
-                    client,
-                    "Europe",
-                    dialect=V5,
-                    base_url="http://countries.example.org/countries/v5",
-                    paths=PATHS["v5"],
-                )
-            )
-    finally:
-        run(client.aclose())
+            run(_fetch(fake, "Europe", trust=[plain], base_url=plain + "/countries/v5"))
+        assert len(proxy.seen) == 1 and fake.count() == 3
+
+
+def test_where_the_key_goes_over_https():
+    trusted = [HOSTED_ORIGIN, "https://countries.internal:8443"]
+    assert withheld_reason(HOSTED_ORIGIN + "/countries/v5", trusted) is None
+    assert withheld_reason("https://API.restcountries.com:443/countries/v5/subregion/Asia", trusted) is None
+    assert withheld_reason("https://countries.internal:8443/v5", trusted) is None
+    assert withheld_reason("https://api.restcountries.com.example.org/countries/v5", trusted) == "untrusted"
+    assert withheld_reason("https://countries.internal/v5", trusted) == "untrusted"  # another port
+    assert withheld_reason("http://api.restcountries.com/countries/v5", trusted) == "plain-http"
+
+
+def test_an_untrusted_plain_http_base_url_is_told_about_plain_http_not_how_to_trust_it(fake):
+    with pytest.raises(KeyWithheldError) as info:
+        run(_fetch(fake, "Europe", base_url="http://countries.example.org/v5"))
+    text = str(info.value)
+    assert "never sent over plain http" in text and "use https" in text
+    assert "RESTCOUNTRIES_BASE_URL" not in text and "create_blocks" not in text
+    assert fake.count() == 0
+
+
+def test_only_literal_loopback_addresses_and_localhost_are_loopback():
+    for host in ("localhost", "LOCALHOST", "127.0.0.1", "127.1.2.3", "::1", "[::1]"):
+        assert is_loopback(host), host
+    for host in ("api.localhost", "localhost.example.org", "x.localhost", "10.0.0.1", "::2", "example.org"):
+        assert not is_loopback(host), host
+
+
+def test_a_dot_localhost_name_gets_no_key_over_plain_http(fake):
+    base = f"http://countries.localhost:{fake.port}/countries/v5"
+    with pytest.raises(KeyWithheldError, match="never sent over plain http"):
+        run(_fetch(fake, "Europe", trust=[base], base_url=base))
+    assert fake.count() == 0
+
+
+# --- proxies of the environment -------------------------------------------------------------
+
+
+def test_requests_go_through_the_http_proxy_of_the_environment(proxy_env, fake):
+    """A worker behind a proxy: an http base URL that is not loopback is fetched through $HTTP_PROXY."""
+    with ForwardProxy({"countries.example.org": f"127.0.0.1:{fake.port}"}) as proxy:
+        proxy_env.setenv("HTTP_PROXY", proxy.url)
+        records = run(_fetch(fake, "Northern Europe", dialect=V31, key=None, base_url="http://countries.example.org"))
+    assert sorted(c["name"]["official"] for c in records) == sorted(NE_NAMES)
+    assert [(m, t.split("?")[0], a) for m, t, a in proxy.seen] == [
+        ("GET", "http://countries.example.org/v3.1/subregion/Northern%20Europe", False)
+    ]
+    assert [r.path for r in fake.requests] == ["/v3.1/subregion/Northern Europe"]
+
+
+def test_the_key_never_goes_over_plain_http_through_a_proxy(proxy_env):
+    """Plain http to a loopback address the proxy would carry: the key is withheld, for v5 before any request."""
+    with (
+        FakeRestCountries(api_key=CANARY, host="127.0.0.2") as far,
+        ForwardProxy({"127.0.0.2": f"127.0.0.2:{far.port}"}) as proxy,
+    ):
+        proxy_env.setenv("ALL_PROXY", proxy.url)
+        with pytest.raises(KeyWithheldError) as info:
+            run(_fetch(far, "Europe"))
+        assert "proxy" in str(info.value) and CANARY not in str(info.value)
+        records = run(_fetch(far, "Northern Europe", dialect=V31))  # keyless v3.1 still works, through the proxy
+        assert len(records) == 16
+        assert [(t.split("?")[0], a) for _, t, a in proxy.seen] == [
+            (f"{far.url}/v3.1/subregion/Northern%20Europe", False)
+        ]
+        assert [r.authorization for r in far.requests] == [False]
 
 
 def test_a_trusted_base_url_must_be_http_or_https():
@@ -789,6 +873,54 @@ def test_bad_base_url_and_all_in_fetch_region():
         run(go("ftp://example.invalid"))
     with pytest.raises(ConfigurationError, match="expand_regions"):
         run(go("http://127.0.0.1:1", "all"))
+
+
+BAD_BASE_URLS = [
+    ("https://a\nb/x", "is not a valid URL", "'https://a\\nb/x'"),
+    ("https://[::1/x", "is not a valid URL", "'https://[::1/x'"),
+    ("https://countries.example.org/v5?apikey=SECRET-1", "must not have a query", "'https://countries.example.org/v5'"),
+    (
+        "https://countries.example.org/v5#SECRET-1",
+        "must not have a query or fragment",
+        "'https://countries.example.org/v5'",
+    ),
+    (
+        "https://me:SECRET-1@countries.example.org/v5",
+        "must not contain credentials",
+        "'https://countries.example.org/v5'",
+    ),
+    ("https://SECRET-1@countries.example.org/v5", "must not contain credentials", "'https://countries.example.org/v5'"),
+    ("https://[::1/x?apikey=SECRET-1", "is not a valid URL", "'https://[::1/x'"),
+    ("ftp://countries.example.org/x?apikey=SECRET-1", "http:// or https://", "'ftp://countries.example.org/x'"),
+    ("https://countries.example.org:99999/v5", "invalid port", None),
+    ("https:///v5", "names no host", None),
+]
+
+
+@pytest.mark.parametrize(("url", "problem", "shown"), BAD_BASE_URLS)
+def test_a_bad_base_url_is_one_configuration_error_without_its_secret_parts(url, problem, shown):
+    from flows.parameters import check_base_url
+
+    async def fetch() -> None:
+        async with make_client() as client:
+            await fetch_region(client, "Europe", dialect=V31, base_url=url, paths=PATHS["v3.1"])
+
+    errors = []
+    with pytest.raises(ConfigurationError) as info:
+        check_base_url(url)
+    errors.append(info.value)
+    with pytest.raises(ConfigurationError) as info:
+        run(fetch())
+    errors.append(info.value)
+    with pytest.raises(ConfigurationError) as info:
+        make_client(trusted_base_urls=[url])
+    errors.append(info.value)
+    for err in errors:
+        text = str(err)
+        assert problem in text and "\n" not in text and "SECRET" not in text, text
+        assert err.__cause__ is None and (err.__context__ is None or err.__suppress_context__), "no chained traceback"
+        if shown is not None:
+            assert shown in text, text
 
 
 def test_short_key_masks_only_quoted_api_text():
