@@ -19,8 +19,10 @@ Adding a column is one entry here (plus its tests).
 
 from __future__ import annotations
 
+import decimal
 import json
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,24 +70,33 @@ def _kind(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
+_DECIMAL_TEXT = re.compile(r"[ \t]*([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)[ \t]*", re.ASCII)
+"""A number written in ASCII decimal: sign, digits, fraction, exponent (no ``_``, no other scripts' digits)."""
+
+
+def _number(value: Any) -> int | float | decimal.Decimal | str:
+    """A JSON value as a number: a str is read exactly as ASCII decimal text (a ``Decimal``), or is returned as is."""
+    if not isinstance(value, str):
+        return value
+    match = _DECIMAL_TEXT.fullmatch(value)
+    if match is None:
+        return value
+    return decimal.Decimal(match[1])
+
+
 def whole_number(value: Any) -> str | None:
-    """A whole number within PostgreSQL's bigint: an int, or a float or string that is exactly one."""
+    """A whole number within PostgreSQL's bigint: an int, or a float or ASCII decimal text that is exactly one."""
     if isinstance(value, bool):
         return f"{_show(value)} (a boolean)"
-    number: Any = value
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            number = int(text, 10)
-        except ValueError:
-            try:
-                number = float(text)
-            except ValueError:
-                return f"{_show(value)} (text, not a number)"
-    if isinstance(number, float):
-        if not math.isfinite(number):
-            return f"{_show(value)} (not a finite number)"
-        if not number.is_integer():
+    number = _number(value)
+    if isinstance(number, str):
+        return f"{_show(value)} (text, not a number)"
+    if isinstance(number, float) and not math.isfinite(number):
+        return f"{_show(value)} (not a finite number)"
+    if isinstance(number, float | decimal.Decimal):
+        if not BIGINT_MIN <= number <= BIGINT_MAX:  # compared exactly, before any conversion
+            return f"{_show(value)} (outside bigint, at most {BIGINT_MAX})"
+        if number != int(number):
             return f"{_show(value)} (not a whole number)"
         number = int(number)
     if not isinstance(number, int):
@@ -96,14 +107,8 @@ def whole_number(value: Any) -> str | None:
 
 
 def as_whole_number(value: Any) -> int:
-    """The int a value that passed :func:`whole_number` stands for."""
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            return int(text, 10)
-        except ValueError:
-            return int(float(text))
-    return int(value)
+    """The int a value that passed :func:`whole_number` stands for (text read exactly, never through a float)."""
+    return int(_number(value))
 
 
 def non_empty_text(value: Any) -> str | None:

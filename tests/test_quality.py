@@ -209,3 +209,53 @@ def test_row_drop_fraction_must_be_a_fraction(fraction):
     with pytest.raises(ConfigurationError, match=r"^min_row_fraction must be between 0 and 1") as err:
         check_row_drop(1, 2, fraction, False)
     assert err.value.for_audience("cli").startswith("--min-row-fraction must be between 0 and 1")
+
+
+# --- a population given as text: exactly a whole number within bigint, in ASCII decimal ---------------
+
+
+def _iceland(population) -> dict:
+    return {"name": {"official": "Iceland"}, "currencies": {}, "population": population}
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        pytest.param("1_000", "text, not a number", id="underscore"),
+        pytest.param("١٢٣", "text, not a number", id="arabic-indic digits"),
+        pytest.param("\uff11\uff12\uff13", "text, not a number", id="fullwidth digits"),
+        pytest.param("inf", "text, not a number", id="infinity"),
+        pytest.param("0x10", "text, not a number", id="hexadecimal"),
+        pytest.param("9007199254740993.5", "not a whole number", id="fraction beyond float precision"),
+        pytest.param("9223372036854775808", "outside bigint, at most 9223372036854775807", id="bigint max + 1"),
+        pytest.param("1e400", "outside bigint, at most 9223372036854775807", id="huge exponent"),
+    ],
+)
+def test_a_text_population_that_is_not_exactly_an_ascii_whole_number_is_refused(text, why):
+    from flows.errors import InvalidRecordError
+    from flows.schema import check_records
+
+    with pytest.raises(InvalidRecordError) as err:
+        check_records([_iceland(text)], "v3.1")
+    assert str(err.value) == (
+        f'population of "Iceland" is "{text}" ({why}): expected a whole number within bigint; the table was not changed'
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "number"),
+    [
+        pytest.param("9007199254740993.0", 9007199254740993, id="2**53 + 1 with a zero fraction, not rounded"),
+        pytest.param("9223372036854775807", 2**63 - 1, id="bigint max"),
+        pytest.param("-9223372036854775808", -(2**63), id="bigint min"),
+        pytest.param("366425", 366425, id="plain"),
+        pytest.param("1e3", 1000, id="exponent"),
+    ],
+)
+def test_a_text_population_that_is_exactly_a_whole_number_becomes_that_number(text, number):
+    from flows.schema import check_records, to_frame_dtypes
+
+    assert check_records([_iceland(text)], "v3.1") == 1
+    frame = to_frame_dtypes(pd.DataFrame({"nation_official_name": ["Iceland"], "population": [text]}))
+    assert str(frame["population"].dtype) == "Int64"
+    assert int(frame["population"].iloc[0]) == number
