@@ -35,18 +35,20 @@ Run it locally with ``python flows/countries.py --help``; deploy it with
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, ParamSpec, TypeVar
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import acreate_markdown_artifact
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 from prefect.runtime import flow_run, task_run
-from prefect.states import Failed
+from prefect.states import Failed, State
 from pydantic import Field
 
 from flows import api as restcountries
@@ -146,6 +148,37 @@ def never_retry(task, task_run, state) -> bool:
 # expected failure is logged once, without a traceback; the flow re-raises unexpected ones.
 quiet_failure = {"retries": 1, "retry_condition_fn": never_retry}
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def failing_with_the_cause(fn: Callable[P, R]) -> Callable[P, R | State]:
+    """A task body whose expected failures (``CountriesError``) end it in a Failed state whose message is the
+    cause (``unknown region 'Narnia': …``), not Prefect's "Task run encountered an exception …"; the error is
+    the state's data, so retry conditions see it as if raised. Unexpected errors are raised.
+
+    Call such a task with ``return_state=True`` and read ``await state.aresult()``, which raises the error (a
+    plain call would return the Failed state itself)."""
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def run_async(*args: P.args, **kwargs: P.kwargs) -> R | State:
+            try:
+                return await fn(*args, **kwargs)
+            except CountriesError as exc:
+                return Failed(message=str(exc), data=exc)
+
+        return run_async
+
+    @functools.wraps(fn)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R | State:
+        try:
+            return fn(*args, **kwargs)
+        except CountriesError as exc:
+            return Failed(message=str(exc), data=exc)
+
+    return run
+
 
 @task(
     task_run_name="fetch {region}",
@@ -157,6 +190,7 @@ quiet_failure = {"retries": 1, "retry_condition_fn": never_retry}
     cache_policy=(INPUTS + TASK_SOURCE) - "client" - "run_budget",
     cache_expiration=timedelta(minutes=4),
 )
+@failing_with_the_cause
 async def fetch_region(
     client: restcountries.ApiClient, region: str, source: Source, run_budget: budget.RunBudget
 ) -> report.RegionFetch:
@@ -244,6 +278,7 @@ def _unnest_run_name() -> str:
 
 
 @task(task_run_name=_unnest_run_name, cache_policy=NO_CACHE, **quiet_failure)
+@failing_with_the_cause
 def unnest_countries(records: list[dict[str, Any]], api_name: str) -> pd.DataFrame:
     """The records as the countries frame: checked against the data contract, one row per country
     and currency, sorted by name then currency (a country with no currency keeps one row)."""
@@ -257,6 +292,7 @@ def unnest_countries(records: list[dict[str, Any]], api_name: str) -> pd.DataFra
 
 
 @task(task_run_name="quality gate", cache_policy=NO_CACHE, **quiet_failure)
+@failing_with_the_cause
 def quality_gate(frame: pd.DataFrame) -> pd.DataFrame:
     """The frame, with every column in its table dtype, once it has passed the quality gate."""
     from flows import quality
@@ -270,6 +306,7 @@ def quality_gate(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 @task(task_run_name="load {target.table}", cache_policy=NO_CACHE, **quiet_failure)
+@failing_with_the_cause
 def load_table(
     frame: pd.DataFrame, target: Target, force: bool, min_row_fraction: float, strategy: str, source: str | None
 ) -> tables.LoadResult:
@@ -452,10 +489,13 @@ async def transform_and_load(
             content_hash=None,
         )
         return skipped, None
+    # Each step's state is read for its result: a failed step raises its error here (see failing_with_the_cause).
     with _timed(steps, "unnest + quality gate"):
-        frame = quality_gate(unnest_countries(records, api_name))
+        unnested = await unnest_countries(records, api_name, return_state=True).aresult()
+        frame = await quality_gate(unnested, return_state=True).aresult()
     with _timed(steps, "load"):
-        result = load_table(frame, target, p["force"], p["min_row_fraction"], p["strategy"], digest)
+        state = load_table(frame, target, p["force"], p["min_row_fraction"], p["strategy"], digest, return_state=True)
+        result = await state.aresult()
     return result, frame
 
 

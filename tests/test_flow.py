@@ -118,10 +118,15 @@ def flow_run_of(state) -> Any:
         return flow_run
 
 
-def logs_of(flow_run_id) -> list[str]:
+def log_records_of(flow_run_id) -> list[Any]:
+    """The run's log records (the flow's and its tasks'), oldest first."""
     with get_client(sync_client=True) as client:
         logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
-    return [log.message for log in sorted(logs, key=lambda log: log.timestamp)]
+    return sorted(logs, key=lambda log: log.timestamp)
+
+
+def logs_of(flow_run_id) -> list[str]:
+    return [log.message for log in log_records_of(flow_run_id)]
 
 
 def task_runs_of(flow_run_id) -> list[Any]:
@@ -623,16 +628,18 @@ def test_a_failed_run_states_its_cause_first_once_and_without_a_traceback(fake_a
     assert state.message.startswith("unknown region 'Narnia'")
     assert "(GET …/v3.1/subregion/Narnia)" in state.message and "127.0.0.1" not in state.message
     assert "base_url" in state.message and "--base-url" not in state.message  # the UI's name for it
-    logs = logs_of(state.state_details.flow_run_id)
+    records = log_records_of(state.state_details.flow_run_id)
+    logs = [r.message for r in records]
     assert not [line for line in logs if "Traceback" in line or "Encountered exception" in line]
-    # the flow's own line: the cause once, first; the failed task's line says the same from its side
-    flow_lines = [
-        line
-        for line in logs
-        if line.startswith(("Finished in state Failed('unknown region", 'Finished in state Failed("unknown region'))
+    # The run's final line and the failed task's final line (its own Details tab): each once, cause first.
+    final = "Finished in state Failed("
+    final_lines = [
+        "task" if r.task_run_id else "flow"
+        for r in records
+        if r.message.startswith(final) and r.message[len(final) + 1 :].startswith("unknown region ")
     ]
-    assert len(flow_lines) == 1
-    assert len([line for line in logs if "Narnia" in line and "Beginning" not in line]) == 2  # task + flow
+    assert sorted(final_lines) == ["flow", "task"], logs
+    assert len([line for line in logs if "Narnia" in line and "Beginning" not in line]) == 2  # nothing else
 
 
 def test_every_bad_region_is_named_and_no_sibling_shows_as_crashed(fake_api, db):
