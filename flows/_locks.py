@@ -8,8 +8,9 @@
   ``count(*)`` behind an ``ALTER TABLE``) is cut after ``lock_timeout`` and
   tried ``1 + lock_retries`` times in a savepoint, so no reader queues behind
   the load longer than that at a time; then ``TableBusyError`` names the
-  sessions that block it (pid, user, application, state, transaction age,
-  query) and how to end them.
+  sessions that block it (pid, user, application, state, transaction age;
+  not their query text, which the message's readers may not be allowed to
+  see) and how to end them.
 """
 
 from __future__ import annotations
@@ -64,13 +65,11 @@ def _duration(seconds: float) -> str:
     return f"{minutes} min {seconds} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
 
 
-def _describe_session(pid, user, application, state, open_seconds, query) -> str:
+def _describe_session(pid, user, application, state, open_seconds) -> str:
+    """The session as a database user would find it in pg_stat_activity; never its query text (not the reader's)."""
     parts = [f'user "{user}"', *([f'application "{application}"'] if application else []), state or "state unknown"]
     if open_seconds is not None:
         parts.append(f"transaction open {_duration(open_seconds)}")
-    if query:
-        text = " ".join(query.split())
-        parts.append(f'query "{text if len(text) <= 60 else text[:57] + "..."}"')
     return f"pid {pid} ({', '.join(parts)})"
 
 
@@ -118,8 +117,8 @@ class LockWaits:
 
     def _busy(self, oid: int, need: Need) -> str:
         self.cur.execute(
-            "SELECT pid, usename, application_name, state, extract(epoch FROM clock_timestamp() - xact_start)::float8,"
-            " query FROM pg_stat_activity WHERE pid IN (SELECT pid FROM pg_locks WHERE locktype = 'relation'"
+            "SELECT pid, usename, application_name, state, extract(epoch FROM clock_timestamp() - xact_start)::float8"
+            " FROM pg_stat_activity WHERE pid IN (SELECT pid FROM pg_locks WHERE locktype = 'relation'"
             " AND relation = %s AND pid <> pg_backend_pid() AND mode = ANY(%s)"
             " AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))"
             " ORDER BY xact_start NULLS LAST, pid",
