@@ -64,10 +64,11 @@ class LoadState:
         """
         cur = self.cur
         exists = "SELECT 1 FROM pg_class WHERE relnamespace = to_regnamespace(%s) AND relname = %s"
-        cur.execute(exists, (self.schema, STATE_TABLE))
+        schema = quote_ident(self.schema)  # to_regnamespace reads a name as SQL does: unquoted, it is folded
+        cur.execute(exists, (schema, STATE_TABLE))
         if cur.fetchone() is None:
             advisory_lock(cur, f"{self.schema}.{STATE_TABLE}")
-            cur.execute(exists, (self.schema, STATE_TABLE))
+            cur.execute(exists, (schema, STATE_TABLE))
             if cur.fetchone() is None:
                 cur.execute(
                     f"CREATE TABLE {self.sql} (table_name text PRIMARY KEY, table_oid oid NOT NULL, content_sha256"
@@ -84,10 +85,10 @@ class LoadState:
             "SELECT 1 FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid WHERE c.relnamespace ="
             " to_regnamespace(%s) AND c.relname = %s AND a.attname = 'source_sha256' AND NOT a.attisdropped"
         )
-        cur.execute(has_source, (self.schema, STATE_TABLE))
+        cur.execute(has_source, (schema, STATE_TABLE))
         if cur.fetchone() is None:
             advisory_lock(cur, f"{self.schema}.{STATE_TABLE}")
-            cur.execute(has_source, (self.schema, STATE_TABLE))
+            cur.execute(has_source, (schema, STATE_TABLE))
             if cur.fetchone() is None:
                 cur.execute(f"ALTER TABLE {self.sql} ADD COLUMN IF NOT EXISTS source_sha256 text")
 

@@ -16,10 +16,13 @@ One load is one transaction on a SQLAlchemy engine's connection (psycopg2 driver
    way, into a staging table: temporary (strategy ``"rows"``) or next to the target
    (``"swap"``). If the hash is the stored one, stop: the table is not touched.
 4. With a ``ChangeSpec``, compare table and staged rows in the database (``flows.changes``).
-5. ``"rows"`` (default): ``DELETE`` the rows, ``INSERT ... SELECT`` the staged ones. The table
-   keeps all attached to it (views, indexes, constraints, triggers, grants, comment, owner;
-   extra columns get their defaults) and must have the data's columns (a first load creates
-   it). Its ROW EXCLUSIVE lock conflicts with no reader; under MVCC readers see the old rows
+5. ``"rows"`` (default): write only the difference, as multisets of rows: ``DELETE`` the rows
+   the new data lacks, ``INSERT ... SELECT`` the staged rows the table lacks; rows in both stay
+   untouched (same row version), so a user's foreign key to the table (even ``ON DELETE
+   CASCADE``) loses nothing to rows that come back. The table keeps all attached to it
+   (views, indexes, constraints, triggers, grants, comment, owner; extra columns keep their
+   values in kept rows and get their defaults in new ones) and must have the data's columns
+   (a first load creates it). Its ROW EXCLUSIVE lock conflicts with no reader; under MVCC readers see the old rows
    until the commit, then the new ones. ``"swap"`` (very large tables): ``LOCK`` the table
    ``ACCESS EXCLUSIVE``, ``DROP`` it, ``RENAME`` the staging one (written FREEZE: older
    snapshots see all of it); grants and comment are carried over, indexes, constraints,
@@ -31,7 +34,7 @@ Waits for locks users hold (the swap's lock, the DELETE behind a user's row lock
 behind an ``ALTER TABLE``) run in a savepoint with ``lock_timeout`` and are tried
 ``1 + lock_retries`` times, so no reader queues behind the load longer than that at a time;
 then ``TableBusyError`` names the blocking sessions (pid, user, application, state,
-transaction age, query). See ``flows._locks``.
+transaction age; not their query text). See ``flows._locks``.
 
 Load state: ``countries_pipeline_state``, a table in the target's schema, holds per table
 its oid, content hash, row count, strategy, load time and source digest (what the rows were
@@ -109,6 +112,9 @@ def content_hash(df: pd.DataFrame, column_types: Mapping[str, str] | None = None
 
 
 # --- one load, in one transaction ------------------------------------------------------
+
+_DIFF = 'pg_temp."countries_pipeline_diff"'
+"""Strategy "rows": how the table's rows differ from the staged ones (see ``_Load._diff``)."""
 
 _PRIVILEGES = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER", "MAINTAIN"})
 """Table privileges a swap carries over to the new table."""
@@ -201,7 +207,7 @@ class _Load:
         cur.execute(
             "SELECT oid, relkind, obj_description(oid, 'pg_class') FROM pg_class"
             " WHERE relnamespace = to_regnamespace(%s) AND relname = %s",
-            (table.schema, table.name),
+            (quote_ident(table.schema), table.name),
         )
         found = cur.fetchone()
         if found is None:
@@ -260,22 +266,76 @@ class _Load:
         return change_report.compare(self.cur, self.changes, self.table.sql, staging)
 
     def _write_rows(self, target: _Target, staging: str) -> None:
-        """Strategy "rows": DELETE the rows, INSERT the staged ones (creating the table on a first load)."""
+        """Strategy "rows": write only the difference (creating the table on a first load).
+
+        Rows of the table the new data lacks are deleted, staged rows the table lacks are
+        inserted; rows in both stay untouched (same row version), so rows that reference
+        them (a user's foreign key, even ``ON DELETE CASCADE``) are kept. See :meth:`_diff`.
+        """
         cur, table = self.cur, self.table
         columns = self.plan.names()
-        insert = f"INSERT INTO {table.sql} ({columns}) SELECT {columns} FROM {staging}"
+        insert_all = f"INSERT INTO {table.sql} ({columns}) SELECT {columns} FROM {staging}"
         if target.oid is None:
             cur.execute(f"CREATE TABLE {table.sql} ({self.plan.definitions()})")
-            cur.execute(insert)
+            cur.execute(insert_all)
             return
+        deletes, inserts, surplus_groups = self._diff(target, staging)  # reads only: no lock to wait for
+        staged = ", ".join(f"s.{quote_ident(c.name)}" for c in self.plan.columns)
+        insert_new = (
+            f"INSERT INTO {table.sql} ({columns}) SELECT {staged} FROM {_DIFF} d JOIN {staging} s ON s.ctid = d.new_id"
+            " CROSS JOIN LATERAL generate_series(1, d.nc - d.oc) WHERE d.nc > d.oc"
+        )
+        gone = f"SELECT old_id FROM {_DIFF} WHERE oc = 1 AND nc = 0"
+        if surplus_groups:  # a row the table holds several times, fewer times in the new data: number the copies
+            old = ", ".join(f"o.{quote_ident(c.name)}" for c in self.plan.columns)
+            gone += (
+                f" UNION ALL SELECT w.id FROM (SELECT o.ctid AS id, d.oc - d.nc AS surplus, row_number() OVER"
+                f' (PARTITION BY d.k) AS i FROM {table.sql} o JOIN {_DIFF} d ON d.k = ROW({old})::text COLLATE "C"'
+                " WHERE d.oc > 1 AND d.oc > d.nc) w WHERE w.i <= w.surplus"
+            )
 
         def write() -> None:
-            cur.execute(f"DELETE FROM {table.sql}")
-            cur.execute(insert)
+            if target.rows and deletes == target.rows:  # every row differs: no need to find them one by one
+                cur.execute(f"DELETE FROM {table.sql}")
+            else:
+                cur.execute(f"DELETE FROM {table.sql} t USING ({gone}) g(id) WHERE t.ctid = g.id")
+            cur.execute(insert_all if inserts == self.plan.rows else insert_new)
             if target.legacy_comment:
                 cur.execute(f"COMMENT ON TABLE {table.sql} IS NULL")
 
         self.waits.bounded(target.oid, "write", write)
+        logger.debug("%s: %d rows deleted, %d inserted, the others kept", table, deletes, inserts)
+
+    def _diff(self, target: _Target, staging: str) -> tuple[int, int, int]:
+        """Compare the table's rows with the staged ones, as multisets, into the temporary table ``_DIFF``.
+
+        A row's key is its text form over the data's columns (``ROW(...)::text``, compared
+        byte by byte): NULL differs from every string, duplicates count. One hash aggregate
+        over both sides gives, per key that differs, its count in the table (``oc``) and in
+        the new data (``nc``), and a row of each (``old_id``, ``new_id``: ctids). Returns
+        (rows to delete, rows to insert, keys held several times in the table and to delete).
+        """
+        cur, table = self.cur, self.table
+        key = f'ROW({self.plan.names()})::text COLLATE "C"'
+        if not target.rows:  # an empty table: every staged row is new
+            columns = "k text, oc bigint, nc bigint, old_id tid, new_id tid"
+            cur.execute(f"CREATE TEMPORARY TABLE {_DIFF} ({columns}) ON COMMIT DROP")
+            return 0, self.plan.rows, 0
+        cur.execute(
+            f"CREATE TEMPORARY TABLE {_DIFF} ON COMMIT DROP AS SELECT k, count(*) FILTER (WHERE side = 0) AS oc,"
+            " count(*) FILTER (WHERE side = 1) AS nc, min(id) FILTER (WHERE side = 0) AS old_id,"
+            " min(id) FILTER (WHERE side = 1) AS new_id FROM"
+            f" (SELECT 0 AS side, ctid AS id, {key} AS k FROM {table.sql}"
+            f" UNION ALL SELECT 1, ctid, {key} FROM {staging}) u GROUP BY k"
+            " HAVING count(*) FILTER (WHERE side = 0) <> count(*) FILTER (WHERE side = 1)"
+        )
+        cur.execute(f"ANALYZE {_DIFF}")  # the planner then knows how many rows change
+        cur.execute(
+            "SELECT coalesce(sum(oc - nc) FILTER (WHERE oc > nc), 0), coalesce(sum(nc - oc) FILTER (WHERE nc > oc), 0),"
+            f" count(*) FILTER (WHERE oc > 1 AND oc > nc) FROM {_DIFF}"
+        )
+        deletes, inserts, surplus_groups = cur.fetchone()
+        return int(deletes), int(inserts), int(surplus_groups)
 
     def _swap(self, target: _Target, staging: TableName) -> None:
         """Strategy "swap": carry grants and the comment over, DROP the table, RENAME the staging one."""

@@ -79,7 +79,9 @@ class LoadResult:
     """What a load did to a table (``flows.load.replace_table``), or that it had nothing to do.
 
     ``table``: schema-qualified name; ``rows``: rows now in it; ``rows_written``: rows this
-    load wrote (0 when unchanged); ``previous_rows``: rows before (``None``: no table);
+    load put in place, i.e. ``rows`` when the content changed (strategy ``"rows"`` writes only
+    the rows that differ; the others were already there) and 0 when unchanged;
+    ``previous_rows``: rows before (``None``: no table);
     ``changed``: ``False`` when the content was identical and the table not touched;
     ``changes``: the change summary (``None`` without a ``ChangeSpec``); ``strategy``: the
     one used; ``content_hash``: SHA-256 hex of the content (``None`` when the load was
