@@ -43,8 +43,8 @@ from flows.errors import ConfigurationError, CountriesError, setting
 
 
 def describe(connection) -> str:
-    """Where a connection points, without its password."""
-    return connection.create_url().render_as_string(hide_password=True)
+    """Where a connection points, without its password (or any secret its query holds)."""
+    return settings.block_database(connection.model_dump()).render(hide_password=True)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -32,9 +32,20 @@ from flows.errors import DatabaseUnreachableError
 if TYPE_CHECKING:
     import sqlalchemy as sa
 
-__all__ = ["MAX_IDENTIFIER_BYTES", "PSYCOPG2_DRIVERS", "Database", "connect", "pg_message", "quote_ident", "scrub"]
+__all__ = [
+    "MAX_IDENTIFIER_BYTES",
+    "PSYCOPG2_DRIVERS",
+    "SECRET_QUERY_KEYS",
+    "Database",
+    "connect",
+    "pg_message",
+    "quote_ident",
+    "scrub",
+]
 
 MAX_IDENTIFIER_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1; longer names would be truncated silently
+SECRET_QUERY_KEYS = frozenset({"password", "sslpassword"})
+"""libpq connection parameters that are secrets when a URL's query holds them."""
 PSYCOPG2_DRIVERS = ("postgresql+psycopg2", "postgresql")
 """The SQLAlchemy driver names that mean PostgreSQL through psycopg2 (the bare one is SQLAlchemy's default)."""
 
@@ -205,7 +216,8 @@ class Database:
     # --- for people ---------------------------------------------------------------------
 
     def render(self, hide_password: bool = True) -> str:
-        """The URL as SQLAlchemy's ``URL.render_as_string`` writes it (the password as ``***`` unless shown)."""
+        """The URL as SQLAlchemy's ``URL.render_as_string`` writes it; the password, and the libpq secrets a query
+        may hold (:data:`SECRET_QUERY_KEYS`), as ``***`` unless shown."""
         s = self.drivername + "://"
         if self.username is not None:
             s += quote(self.username, safe=" +")
@@ -220,7 +232,7 @@ class Database:
             s += "/" + self.database
         if self.query:
             s += "?" + "&".join(
-                f"{quote_plus(k)}={quote_plus(v)}"
+                f"{quote_plus(k)}={'***' if hide_password and k in SECRET_QUERY_KEYS else quote_plus(v)}"
                 for k in sorted(self.query)
                 for v in ((self.query[k],) if isinstance(self.query[k], str) else self.query[k])
             )
@@ -233,6 +245,9 @@ class Database:
 
     def __str__(self) -> str:
         return self.description
+
+    def __repr__(self) -> str:
+        return f"Database({self.description!r})"
 
 
 def _describe_target(url: _Located) -> str:
@@ -266,8 +281,15 @@ def pg_message(exc: BaseException) -> str:
 
 
 def scrub(text: str, url: _Located) -> str:
-    """``text`` with the password of ``url`` (a SQLAlchemy URL or a :class:`Database`) masked as ``***``."""
-    return text.replace(str(url.password), "***") if url.password else text
+    """``text`` with the password of ``url`` (a SQLAlchemy URL or a :class:`Database`), and any secret its query
+    holds, masked as ``***``."""
+    secrets = [str(url.password)] if url.password else []
+    for key in SECRET_QUERY_KEYS & set(url.query):
+        value = url.query[key]
+        secrets += [value] if isinstance(value, str) else list(value)
+    for secret in sorted(filter(None, secrets), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
 
 
 def _unreachable(url: _Located, exc: BaseException) -> DatabaseUnreachableError:

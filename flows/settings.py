@@ -88,8 +88,9 @@ class CountriesSettings(Block):
 def connection_from_url(url: str, password: str | None = None):
     """Split a SQLAlchemy URL into prefect-sqlalchemy ``ConnectionComponents``, the password kept as a secret.
 
-    ``password`` (e.g. from an environment variable) overrides one in the URL.
-    Only PostgreSQL with the psycopg2 driver is accepted; raises
+    ``password`` (e.g. from an environment variable) overrides one in the URL
+    (a ``password`` in the URL's query is taken as the password too, never kept
+    in the query in plain text). Only PostgreSQL with the psycopg2 driver is accepted; raises
     ``ConfigurationError`` otherwise or when the URL cannot be parsed. The
     message never contains the password.
     """
@@ -115,14 +116,24 @@ def connection_from_url(url: str, password: str | None = None):
             f"{option} uses the driver {parsed.drivername!r}; use postgresql+psycopg2:// "
             "(the load bulk-copies through psycopg2)"
         )
+    repeated = sorted(k for k, v in parsed.query.items() if not isinstance(v, str))
+    if repeated:
+        raise ConfigurationError(
+            f"{option} names {', '.join(map(repr, repeated))} more than once in its query, which the database "
+            "block cannot hold: write several hosts as ?host=h1,h2&port=p1,p2"
+        )
+    query = dict(parsed.query)
+    in_query = query.pop("password", None)  # libpq reads one there too: kept as the secret, not in plain text
+    if password is None:
+        password = parsed.password if parsed.password is not None else in_query
     return ConnectionComponents(
         driver=driver,
         username=parsed.username,
-        password=password if password is not None else parsed.password,
+        password=password,
         host=parsed.host,
         port=parsed.port,
         database=parsed.database,
-        query={k: v for k, v in parsed.query.items() if isinstance(v, str)} or None,
+        query=query or None,
     )
 
 

@@ -111,6 +111,35 @@ def test_password_and_api_key_are_stored_but_never_printed(prefect_server, datab
     assert Secret.load("restcountries-api-key").get() == CANARY_KEY
 
 
+def test_a_password_in_the_urls_query_is_kept_as_the_secret_and_never_shown(prefect_server, database_url):
+    """libpq also reads ``?password=`` from a URL: it becomes the block's secret password, not plain query text."""
+    from prefect_sqlalchemy import SqlAlchemyConnector
+
+    from flows._postgres import Database
+    from flows.settings import block_database
+
+    canary = "query-pass-8d1f"
+    result = run_script("--db-block", "blocks-test-query-pw", "--db-url", f"{database_url}&password={canary}")
+    output = ok(result) + result.stderr
+    assert canary not in output
+    block = SqlAlchemyConnector.load("blocks-test-query-pw")
+    assert block.connection_info.password.get_secret_value() == canary
+    assert "password" not in (block.connection_info.query or {})
+    # A block made elsewhere with secrets in its query: they never show where the run names its database.
+    made_elsewhere = Database.from_url(f"postgresql://u@h/d?password={canary}&sslpassword={canary}x&sslmode=require")
+    assert made_elsewhere.description == "postgresql://u@h/d?password=***&sslmode=require&sslpassword=***"
+    assert canary not in repr(made_elsewhere)
+    assert canary not in str(block_database(block.connection_info.model_dump()).description)
+
+
+def test_a_url_naming_a_query_key_twice_is_one_clear_error_and_saves_nothing(prefect_server):
+    result = run_script("--db-block", "blocks-test-twice", "--db-url", "postgresql://u@/d?host=h1:1&host=h2:2")
+    assert result.returncode == 2, result.stdout + result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: --db-url names 'host' more than once"), result.stderr
+    assert "host=h1,h2&port=p1,p2" in result.stderr
+
+
 def test_creates_the_api_rate_limit(prefect_server):
     from prefect.client.orchestration import get_client
 
