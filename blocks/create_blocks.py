@@ -132,6 +132,11 @@ def _connection_from_args(args: argparse.Namespace):
     from prefect_sqlalchemy import ConnectionComponents, SyncDriver
 
     password = os.environ.get(args.password_env) or None
+    if args.db_url is not None and not args.db_url.strip():
+        raise ConfigurationError(
+            f"{setting('db_url')} is empty: give the database's URL (`python -m flows.local url` prints nothing "
+            "while the local database is stopped)"
+        )
     if args.db_url:
         if args.host or args.user or args.database:
             raise ConfigurationError(
@@ -211,13 +216,20 @@ async def _run(args: argparse.Namespace) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the setup; 0 on success, 2 with one ``error:`` line on stderr when an option or the server is wrong."""
+    import httpx
+
     args = _parser().parse_args(argv)
     try:
-        for line in asyncio.run(_run(args)):
-            print(line)
+        try:
+            lines = asyncio.run(_run(args))
+        except httpx.TransportError as exc:
+            advice = "start it (`prefect server start`), or set PREFECT_API_URL to the server the worker uses"
+            raise settings.prefect_api_unreachable(exc, advice) from None
     except CountriesError as exc:
         print(f"error: {exc.for_audience('cli')}", file=sys.stderr)
         return 2
+    for line in lines:
+        print(line)
     return 0
 
 

@@ -267,19 +267,15 @@ async def _run(given: dict[str, Any], params: dict[str, Any], data_dir: Path | N
     import httpx
 
     from flows.countries import run_flow
-    from flows.errors import ConfigurationError
+    from flows.settings import prefect_api_unreachable
 
     ui = connect_prefect()
     try:
         await check_api_key(params["api"])
         note = await prepare_database(params["db_block"], data_dir)
     except httpx.TransportError as exc:  # the first requests to the Prefect API
-        from prefect.settings import get_current_settings
-
-        raise ConfigurationError(
-            f"the Prefect API at {get_current_settings().api.url} does not answer ({exc or type(exc).__name__}): "
-            "start that server, or unset PREFECT_API_URL to use the local Prefect server"
-        ) from None
+        advice = "start that server, or unset PREFECT_API_URL to use the local Prefect server"
+        raise prefect_api_unreachable(exc, advice) from None
     for line in (ui, note):
         if line:
             print(line, flush=True)

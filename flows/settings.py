@@ -82,6 +82,16 @@ class CountriesSettings(Block):
     )
 
 
+def prefect_api_unreachable(exc: BaseException, advice: str) -> ConfigurationError:
+    """The one-line error for a Prefect API that does not answer (``exc``, an httpx transport error), with
+    ``advice`` on what to do."""
+    from prefect.settings import get_current_settings
+
+    return ConfigurationError(
+        f"the Prefect API at {get_current_settings().api.url} does not answer ({exc or type(exc).__name__}): {advice}"
+    )
+
+
 # --- the database block ------------------------------------------------------------
 
 

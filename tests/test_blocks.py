@@ -158,6 +158,7 @@ def test_creates_the_api_rate_limit(prefect_server):
     [
         (["--db-url", "mysql://u@h/db"], "--db-url must point at PostgreSQL"),
         (["--db-url", "not a url"], "--db-url is not a SQLAlchemy URL"),
+        (["--db-url", ""], "--db-url is empty: give the database's URL"),
         (["--db-url", "postgresql+asyncpg://u@h/db"], "use postgresql+psycopg2://"),
         (["--host", "h"], "missing --user, --database"),
         (["--crash-after", "30"], "--crash-after must be at least 60 s"),
@@ -174,6 +175,17 @@ def test_bad_input_is_one_clear_line(prefect_server, args, message):
     assert result.returncode == 2, result.stdout + result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("error: ") and message in line
+
+
+def test_a_prefect_api_that_does_not_answer_is_one_clear_line():
+    from tests.prefect_servers import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/api"  # nothing listens there
+    result = run_script("--db-url", "postgresql+psycopg2://u@h/d", env={"PREFECT_API_URL": url})
+    assert result.returncode == 2, result.stdout + result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: the Prefect API at {url} does not answer"), line
+    assert "prefect server start" in line and "PREFECT_API_URL" in line
 
 
 def test_a_bad_option_saves_nothing(prefect_server):
