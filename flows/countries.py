@@ -386,6 +386,7 @@ async def countries_flow(
     started_at, started = datetime.now(UTC), time.perf_counter()
     steps: dict[str, float] = {}
     given_table = (table or "").strip() or default_table(regions if isinstance(regions, list) else [regions])
+    target: Target | None = None
     try:
         # 1. The parameters.
         p = check_parameters(
@@ -424,7 +425,7 @@ async def countries_flow(
     except CountriesError as exc:
         seconds = time.perf_counter() - started
         await acreate_markdown_artifact(
-            key=report.artifact_key(given_table),
+            key=report.artifact_key(str(target.table) if target else given_table),  # resolved once known
             markdown=report.failure_markdown(given_table, str(exc), seconds),
             description=f"failed: {exc}",
         )
@@ -448,7 +449,7 @@ async def countries_flow(
         frame=frame,
     )
     await acreate_markdown_artifact(
-        key=report.artifact_key(given_table), markdown=summary.markdown(), description=summary.one_line()
+        key=report.artifact_key(result.table), markdown=summary.markdown(), description=summary.one_line()
     )
     get_run_logger().info(summary.one_line())
     return summary

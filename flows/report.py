@@ -12,6 +12,7 @@ Pure: no Prefect calls, no I/O.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -50,9 +51,28 @@ class RegionFetch:
 
 
 def artifact_key(table: str) -> str:
-    """The report artifact's key for ``table``: ``countries-`` + the name in lowercase letters, digits, dashes."""
-    slug = re.sub(r"[^a-z0-9]+", "-", table.lower()).strip("-")
-    return f"countries-{slug or 'table'}"
+    """The report artifact's key for ``table``, one per table however its name is written.
+
+    ``countries-<table>`` for a table in ``public`` or unqualified, else
+    ``countries-<schema>--<table>``, underscores as dashes:
+    ``northern_europe_countries`` and ``public.northern_europe_countries`` ->
+    ``countries-northern-europe-countries``; ``analytics.countries`` ->
+    ``countries-analytics--countries``. A name the dashes could confuse (``$``,
+    ``__``, ``_`` at either end) also gets a hash of the exact name; text that
+    is no table name at all is only slugged.
+    """
+    from flows.errors import InvalidTableNameError
+    from flows.tables import parse_table_name
+
+    try:
+        name = parse_table_name(table)
+    except InvalidTableNameError:
+        return "countries-" + (re.sub(r"[^a-z0-9]+", "-", table.lower()).strip("-") or "table")
+    parts = [name.name] if name.schema in (None, "public") else [name.schema, name.name]
+    key = "countries-" + "--".join(part.replace("_", "-") for part in parts)
+    if any("$" in part or "__" in part or part.startswith("_") or part.endswith("_") for part in parts):
+        key += "-" + hashlib.sha256(".".join(parts).encode()).hexdigest()[:8]
+    return key
 
 
 def _when(moment: datetime) -> str:

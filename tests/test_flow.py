@@ -607,6 +607,19 @@ def test_the_report_is_one_artifact_history_per_table(fake_api, db):
     assert "Oceania" in oceania[-1].data and "Northern Europe" not in oceania[-1].data
 
 
+def test_one_table_has_one_report_history_however_its_name_is_written(fake_api, db):
+    block, _ = db
+    key = "countries-northern-europe-countries"
+    before = len(artifacts(key))
+    for spelling in (TABLE, f"public.{TABLE}", f"Public.{TABLE.title()}"):
+        run(db_block=block, api="v3.1", base_url=fake_api.v31_base_url, table=spelling)
+    with pytest.raises(UnknownRegionError):  # a failed run too, once the table is known
+        run(db_block=block, api="v3.1", base_url=fake_api.v31_base_url, regions=["Narnia"], table=f"public.{TABLE}")
+    assert len(artifacts(key)) == before + 4
+    # Another schema is another table: its own history, not confused with a like-named table in public.
+    assert report.artifact_key("analytics.countries") != report.artifact_key("analytics_countries")
+
+
 def test_a_failed_run_publishes_a_short_report_and_leaves_the_table(fake_api, db):
     block, url = db
     run(db_block=block, api="v3.1", base_url=fake_api.v31_base_url)
