@@ -244,19 +244,54 @@ async def prepare_database(db_block: str, data_dir: Path | None) -> str | None:
     return f'embedded PostgreSQL (data in {db.data_dir}); see the table with: psql "{db.psql_url}"'
 
 
-async def check_api_key(api: str) -> None:
-    """Raise ``ConfigurationError`` when ``api`` needs a key and neither the environment nor the Secret block has it."""
-    from flows.api import get_dialect
+def _no_api_key(api: str):
     from flows.errors import ConfigurationError, setting
-    from flows.settings import API_KEY_BLOCK, API_KEY_ENV, load_api_key
+    from flows.settings import API_KEY_BLOCK, API_KEY_ENV
 
-    if not get_dialect(api).requires_key or await load_api_key() is not None:
-        return
-    raise ConfigurationError(
+    return ConfigurationError(
         f"no REST Countries API key for {setting('api', api)}: set {API_KEY_ENV}, or save it in the "
         f"'{API_KEY_BLOCK}' Secret block with `{API_KEY_ENV}=... python blocks/create_blocks.py`; "
         f"a self-hosted server needs none: {setting('api', 'v3.1')} {setting('base_url')} http://HOST:PORT"
     )
+
+
+def check_api_key_before_starting(api: str) -> None:
+    """What can be said of the API key before any server starts, so that a first run fails at once.
+
+    Raises ``DemoKeyError`` for the public demo key in the environment; and the
+    missing-key ``ConfigurationError`` when ``api`` needs a key, the environment
+    has none, no Prefect API is configured and the local Prefect server's
+    database does not exist yet (so no Secret block can hold one).
+    """
+    from prefect.settings import get_current_settings
+
+    from flows.api import DEMO_KEY, get_dialect
+    from flows.errors import DemoKeyError
+    from flows.settings import API_KEY_ENV
+
+    if not get_dialect(api).requires_key:
+        return
+    key = os.environ.get(API_KEY_ENV, "").strip()
+    if key == DEMO_KEY:
+        from flows.api import demo_key_message
+
+        raise DemoKeyError(demo_key_message(f"{API_KEY_ENV} is the public demo key {DEMO_KEY}, which"))
+    current = get_current_settings()
+    url = current.server.database.connection_url
+    url = url.get_secret_value() if url is not None else ""
+    if key or current.api.url or not url.startswith("sqlite"):
+        return
+    if not Path(url.split(":///", 1)[-1]).exists():
+        raise _no_api_key(api)
+
+
+async def check_api_key(api: str) -> None:
+    """Raise ``ConfigurationError`` when ``api`` needs a key and neither the environment nor the Secret block has it."""
+    from flows.api import get_dialect
+    from flows.settings import load_api_key
+
+    if get_dialect(api).requires_key and await load_api_key() is None:
+        raise _no_api_key(api)
 
 
 # --- running ----------------------------------------------------------------------------------
@@ -269,6 +304,7 @@ async def _run(given: dict[str, Any], params: dict[str, Any], data_dir: Path | N
     from flows.countries import run_flow
     from flows.settings import prefect_api_unreachable
 
+    check_api_key_before_starting(params["api"])
     ui = connect_prefect()
     try:
         await check_api_key(params["api"])

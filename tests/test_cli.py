@@ -46,6 +46,7 @@ OPTIONS = (
     "--force",
     "--min-row-fraction",
     "--cache-minutes",
+    "--strategy",
     "--local-db-dir",
 )
 CANARY_KEY = "canary-cli-key-5d1f"
@@ -173,6 +174,26 @@ def test_a_missing_api_key_is_found_before_the_database_and_any_request(stack, f
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert "RESTCOUNTRIES_API_KEY" in lines[0] and "no-such-block" not in lines[0]
     assert fake_api.requests == []
+
+
+@pytest.mark.parametrize("key", [None, "rc_live_demo"], ids=["no-key", "demo-key"])
+def test_on_a_fresh_machine_a_key_problem_is_one_line_before_any_server_starts(fake_api, tmp_path, key):
+    """The newcomer's first run without a key (or with the docs' demo key): nothing to start, nothing to ask."""
+    local_dir, home = tmp_path / "local", tmp_path / "prefect-home"
+    env = clean_env(PREFECT_HOME=home, COUNTRIES_LOCAL_DIR=local_dir, COUNTRIES_LOCAL_PREFECT_SERVER="1")
+    if key:
+        env["RESTCOUNTRIES_API_KEY"] = key
+    result = run_cli("--base-url", fake_api.v5_base_url, env=env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = stderr_lines(result)
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert ("demo key" if key else "no REST Countries API key") in lines[0]
+    assert "RESTCOUNTRIES_API_KEY" in lines[0]
+    assert result.stdout == ""
+    assert fake_api.requests == []
+    assert not (local_dir / "prefect-server.json").exists()  # no Prefect server started
+    assert not (local_dir / "postgres").exists()  # no PostgreSQL started
+    assert not (home / "prefect.db").exists()  # nor Prefect's temporary server
 
 
 def test_a_mistyped_block_lists_the_blocks_that_exist_and_creates_none(stack, fake_api):
