@@ -22,15 +22,17 @@ One load is one transaction on a SQLAlchemy engine's connection (psycopg2 driver
    CASCADE``) loses nothing to rows that come back. The table keeps all attached to it
    (views, indexes, constraints, triggers, grants, comment, owner; extra columns keep their
    values in kept rows and get their defaults in new ones) and must have the data's columns
-   (a first load creates it). Its ROW EXCLUSIVE lock conflicts with no reader; under MVCC readers see the old rows
-   until the commit, then the new ones. ``"swap"`` (very large tables): ``LOCK`` the table
+   (a first load creates it). It locks the table ``SHARE ROW EXCLUSIVE`` before it compares,
+   so no other writer changes a row between the comparison and the write; that lock
+   conflicts with no reader, and under MVCC readers see the old rows until the commit, then
+   the new ones. ``"swap"`` (very large tables): ``LOCK`` the table
    ``ACCESS EXCLUSIVE``, ``DROP`` it, ``RENAME`` the staging one (written FREEZE: older
    snapshots see all of it); grants and comment are carried over, indexes, constraints,
    triggers and owner are not; a view on the table makes it fail.
 6. Record the load state (with the caller's source digest, also when only that changed);
    commit. Any failure rolls back: the table is as it was.
 
-Waits for locks users hold (the swap's lock, the DELETE behind a user's row lock, the count
+Waits for locks users hold (the swap's lock, the rows' lock behind a user's writes, the count
 behind an ``ALTER TABLE``) run in a savepoint with ``lock_timeout`` and are tried
 ``1 + lock_retries`` times, so no reader queues behind the load longer than that at a time;
 then ``TableBusyError`` names the blocking sessions (pid, user, application, state,
@@ -279,34 +281,40 @@ class _Load:
             cur.execute(f"CREATE TABLE {table.sql} ({self.plan.definitions()})")
             cur.execute(insert_all)
             return
-        deletes, inserts, surplus_groups = self._diff(target, staging)  # reads only: no lock to wait for
         staged = ", ".join(f"s.{quote_ident(c.name)}" for c in self.plan.columns)
         insert_new = (
             f"INSERT INTO {table.sql} ({columns}) SELECT {staged} FROM {_DIFF} d JOIN {staging} s ON s.ctid = d.new_id"
             " CROSS JOIN LATERAL generate_series(1, d.nc - d.oc) WHERE d.nc > d.oc"
         )
-        gone = f"SELECT old_id FROM {_DIFF} WHERE oc = 1 AND nc = 0"
-        if surplus_groups:  # a row the table holds several times, fewer times in the new data: number the copies
-            old = ", ".join(f"o.{quote_ident(c.name)}" for c in self.plan.columns)
-            gone += (
-                f" UNION ALL SELECT w.id FROM (SELECT o.ctid AS id, d.oc - d.nc AS surplus, row_number() OVER"
-                f' (PARTITION BY d.k) AS i FROM {table.sql} o JOIN {_DIFF} d ON d.k = ROW({old})::text COLLATE "C"'
-                " WHERE d.oc > 1 AND d.oc > d.nc) w WHERE w.i <= w.surplus"
-            )
 
-        def write() -> None:
-            if target.rows and deletes == target.rows:  # every row differs: no need to find them one by one
+        def write() -> tuple[int, int]:
+            # Other writers wait from here to the commit (readers do not), so the difference found
+            # below is the one written: a row updated meanwhile cannot escape the DELETE.
+            cur.execute(f"LOCK TABLE {table.sql} IN SHARE ROW EXCLUSIVE MODE")
+            cur.execute(f"SELECT count(*) FROM {table.sql}")
+            (rows,) = cur.fetchone()
+            deletes, inserts, surplus_groups = self._diff(rows, staging)
+            gone = f"SELECT old_id FROM {_DIFF} WHERE oc = 1 AND nc = 0"
+            if surplus_groups:  # a row the table holds several times, fewer times in the new data: number the copies
+                old = ", ".join(f"o.{quote_ident(c.name)}" for c in self.plan.columns)
+                gone += (
+                    f" UNION ALL SELECT w.id FROM (SELECT o.ctid AS id, d.oc - d.nc AS surplus, row_number() OVER"
+                    f' (PARTITION BY d.k) AS i FROM {table.sql} o JOIN {_DIFF} d ON d.k = ROW({old})::text COLLATE "C"'
+                    " WHERE d.oc > 1 AND d.oc > d.nc) w WHERE w.i <= w.surplus"
+                )
+            if rows and deletes == rows:  # every row differs: no need to find them one by one
                 cur.execute(f"DELETE FROM {table.sql}")
             else:
                 cur.execute(f"DELETE FROM {table.sql} t USING ({gone}) g(id) WHERE t.ctid = g.id")
             cur.execute(insert_all if inserts == self.plan.rows else insert_new)
             if target.legacy_comment:
                 cur.execute(f"COMMENT ON TABLE {table.sql} IS NULL")
+            return deletes, inserts
 
-        self.waits.bounded(target.oid, "write", write)
+        deletes, inserts = self.waits.bounded(target.oid, "write", write)
         logger.debug("%s: %d rows deleted, %d inserted, the others kept", table, deletes, inserts)
 
-    def _diff(self, target: _Target, staging: str) -> tuple[int, int, int]:
+    def _diff(self, rows: int, staging: str) -> tuple[int, int, int]:
         """Compare the table's rows with the staged ones, as multisets, into the temporary table ``_DIFF``.
 
         A row's key is its text form over the data's columns (``ROW(...)::text``, compared
@@ -314,10 +322,11 @@ class _Load:
         over both sides gives, per key that differs, its count in the table (``oc``) and in
         the new data (``nc``), and a row of each (``old_id``, ``new_id``: ctids). Returns
         (rows to delete, rows to insert, keys held several times in the table and to delete).
+        ``rows``: the table's row count.
         """
         cur, table = self.cur, self.table
         key = f'ROW({self.plan.names()})::text COLLATE "C"'
-        if not target.rows:  # an empty table: every staged row is new
+        if not rows:  # an empty table: every staged row is new
             columns = "k text, oc bigint, nc bigint, old_id tid, new_id tid"
             cur.execute(f"CREATE TEMPORARY TABLE {_DIFF} ({columns}) ON COMMIT DROP")
             return 0, self.plan.rows, 0
