@@ -261,13 +261,23 @@ async def fetch_all(
         raise unexpected[0]
     unknown = [f for f in failures if isinstance(f, UnknownRegionError)]
     errors = ([restcountries.unknown_regions(unknown)] if unknown else []) + [f for f in failures if f not in unknown]
-    if len(errors) == 1:
+    causes = _causes_once(errors)
+    if len(causes) == 1:  # one cause (a bad key fails every region alike): that error, said once
         raise errors[0]
     if errors:
-        raise RegionsFailedError(
-            f"{len(failures)} of {len(regions)} regions failed: " + "; ".join(e.template for e in errors)
-        )
+        raise RegionsFailedError(f"{len(failures)} of {len(regions)} regions failed: " + "; ".join(causes))
     return fetches
+
+
+def _causes_once(errors: list[CountriesError]) -> list[str]:
+    """The errors' messages (templates), each cause once, followed by the requests that met it."""
+    requests: dict[str, list[str]] = {}
+    for error in errors:
+        cause, _, request = error.template.partition(" (GET ")
+        requests.setdefault(cause, [])
+        if request:
+            requests[cause].append("GET " + request.removesuffix(")"))
+    return [f"{cause} ({', '.join(found)})" if found else cause for cause, found in requests.items()]
 
 
 # --- 4. and 5. transform and check ------------------------------------------------------

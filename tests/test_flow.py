@@ -260,6 +260,18 @@ def test_the_cache_is_keyed_on_the_key_so_a_wrong_key_fails(v5, db, monkeypatch)
     assert table_rows(url) == EXPECTED_NORTHERN_EUROPE
 
 
+def test_a_cause_every_region_meets_is_said_once(v5, db, monkeypatch):
+    """A wrong key fails every region alike: the run fails with that error, its cause said once."""
+    block, url = db
+    run(db_block=block)
+    monkeypatch.setenv("RESTCOUNTRIES_API_KEY", "wrong-key")
+    with pytest.raises(AuthenticationError) as caught:
+        run(db_block=block, regions=["Europe", "Asia", "Africa"], table=TABLE, cache_minutes=0)
+    assert str(caught.value).count(" (GET ") == 1, str(caught.value)
+    assert "RESTCOUNTRIES_API_KEY" in str(caught.value)
+    assert table_rows(url) == EXPECTED_NORTHERN_EUROPE
+
+
 # --- unchanged source data: no transform, no load --------------------------------------------------
 
 TRANSFORM_AND_LOAD = {"unnest 16 records", "quality gate", f"load public.{TABLE}"}
