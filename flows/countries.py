@@ -362,8 +362,8 @@ async def countries_flow(
     api: Literal["v5", "v3.1"] = "v5",
     base_url: str = "",
     force: bool = False,
-    min_row_fraction: Annotated[float, Field(ge=0, le=1)] = 0.5,
-    cache_minutes: Annotated[float, Field(ge=0)] = 4.0,
+    min_row_fraction: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = 0.5,
+    cache_minutes: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 4.0,
     strategy: Literal["rows", "swap"] = "rows",
 ) -> report.RunSummary:
     """Refresh a PostgreSQL table of countries (name, currency, population) from REST Countries.

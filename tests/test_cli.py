@@ -139,11 +139,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory, fake: FakeRestCountries) -> 
         (["--table", "my-table"], "--table"),
         (["--min-row-fraction", "5"], "--min-row-fraction"),
         (["--cache-minutes", "-1"], "--cache-minutes"),
+        (["--cache-minutes", "inf"], "--cache-minutes inf: input should be a finite number"),
         (["--base-url", "not a url"], "--base-url"),
         (["--regions", " "], "region"),
         (["--api", "v4"], "--api"),
     ],
-    ids=["table-name", "min-row-fraction", "cache-minutes", "base-url", "blank-region", "api"],
+    ids=["table-name", "min-row-fraction", "cache-minutes", "cache-minutes-inf", "base-url", "blank-region", "api"],
 )
 def test_a_mistake_is_one_error_line_before_any_server_or_request(fake_api, tmp_path, args, option):
     local_dir = tmp_path / "local"
