@@ -25,7 +25,9 @@ as you like; it only changes what differs):
    never rerun. Crash loops are bounded: at most one rerun per deployment per
    ``rerun_window`` (default 60 minutes); a crash inside the window waits for
    the next scheduled run. (Reruns by 1. need a worker that takes the rerun and
-   then dies with it, so they cannot loop on their own.)
+   then dies with it, so they cannot loop on their own; a supervisor that
+   restarts a worker the run keeps killing makes such a loop, see
+   docs/operations.md.)
 3. ``countries: stale <flow>/<deployment>`` (:func:`freshness_name`), one per
    deployment of the flow with an active interval schedule, when a notification
    block is named: it notifies that block when the deployment has had no
