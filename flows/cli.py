@@ -141,7 +141,8 @@ def build_parser(flow: Any = None, prog: str | None = None) -> argparse.Argument
         default=None,
         metavar="DIR",
         help="data directory of the embedded PostgreSQL that serves the default database block when that "
-        f"block does not exist (default: {local.default_data_dir()})",
+        f"block does not exist or already points there (default: {local.default_data_dir()}); an error when "
+        "the run uses another database",
     )
     return parser
 
@@ -226,14 +227,22 @@ async def prepare_database(db_block: str, data_dir: Path | None) -> str | None:
     from prefect.client.orchestration import get_client
 
     from flows import local
+    from flows.errors import ConfigurationError
     from flows.settings import DEFAULT_DB_BLOCK, connection_from_url, no_db_block_error, save_db_block
 
     async with get_client() as client:
         exists, socket_dir = await _block_socket(client, db_block)
-        if db_block != DEFAULT_DB_BLOCK:
-            if exists:
-                return None
+        if db_block != DEFAULT_DB_BLOCK and not exists:
             raise await no_db_block_error(db_block, client)
+    elsewhere = db_block != DEFAULT_DB_BLOCK or (exists and not local.owns_socket(socket_dir, data_dir))
+    if data_dir is not None and elsewhere:
+        raise ConfigurationError(
+            f"--local-db-dir {data_dir} is not used: the database block '{db_block}' points at another database; "
+            "run without --local-db-dir, or give the default block's embedded PostgreSQL that directory by "
+            f"removing the block (`prefect block delete sqlalchemy-connector/{DEFAULT_DB_BLOCK}`) first"
+        )
+    if db_block != DEFAULT_DB_BLOCK:
+        return None
     if exists and not local.owns_socket(socket_dir, data_dir):
         return None  # the default block points at a real database
     db = local.database_status(data_dir)

@@ -214,6 +214,18 @@ def test_a_mistyped_block_lists_the_blocks_that_exist_and_creates_none(stack, fa
     assert fake_api.requests == []  # and nothing fetched
 
 
+def test_a_local_db_dir_the_run_would_not_use_is_an_error_not_ignored(stack, fake_api, tmp_path):
+    """The default block already points at the first run's embedded PostgreSQL: another directory is refused."""
+    assert stack.first.returncode == 0, stack.first.stderr
+    other = tmp_path / "other-pg"
+    result = run_cli("--api", "v3.1", "--base-url", fake_api.v31_base_url, "--local-db-dir", str(other), env=stack.env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = stderr_lines(result)
+    assert len(lines) == 1 and lines[0].startswith(f"error: --local-db-dir {other} is not used"), result.stderr
+    assert not other.exists()  # no PostgreSQL started there
+    assert fake_api.requests == []
+
+
 # --- the local stack -------------------------------------------------------------------------
 
 
