@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -154,21 +153,12 @@ R = TypeVar("R")
 
 def failing_with_the_cause(fn: Callable[P, R]) -> Callable[P, R | State]:
     """A task body whose expected failures (``CountriesError``) end it in a Failed state whose message is the
-    cause (``unknown region 'Narnia': …``), not Prefect's "Task run encountered an exception …"; the error is
-    the state's data, so retry conditions see it as if raised. Unexpected errors are raised.
+    cause (``quality gate: …``), not Prefect's "Task run encountered an exception …"; the error is the state's
+    data, so retry conditions see it as if raised. Unexpected errors are raised. Only for tasks without a
+    cache policy: Prefect caches a returned state's data as the task's result.
 
     Call such a task with ``return_state=True`` and read ``await state.aresult()``, which raises the error (a
     plain call would return the Failed state itself)."""
-    if inspect.iscoroutinefunction(fn):
-
-        @functools.wraps(fn)
-        async def run_async(*args: P.args, **kwargs: P.kwargs) -> R | State:
-            try:
-                return await fn(*args, **kwargs)
-            except CountriesError as exc:
-                return Failed(message=str(exc), data=exc)
-
-        return run_async
 
     @functools.wraps(fn)
     def run(*args: P.args, **kwargs: P.kwargs) -> R | State:
@@ -190,7 +180,7 @@ def failing_with_the_cause(fn: Callable[P, R]) -> Callable[P, R | State]:
     cache_policy=(INPUTS + TASK_SOURCE) - "client" - "run_budget",
     cache_expiration=timedelta(minutes=4),
 )
-@failing_with_the_cause
+# Not failing_with_the_cause: Prefect would cache a returned Failed state as the task's result.
 async def fetch_region(
     client: restcountries.ApiClient, region: str, source: Source, run_budget: budget.RunBudget
 ) -> report.RegionFetch:

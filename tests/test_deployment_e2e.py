@@ -510,12 +510,6 @@ def test_a_failed_deployment_run_shows_its_cause_first_in_the_ui(deployed, env, 
         )
     states = {t.name: t.state_type.value for t in tasks}
     assert states == {"fetch Northern Europe": "COMPLETED", "fetch Narnia": "FAILED", "fetch Atlantis": "FAILED"}
-    # A failed task's own message (its Details tab, its last log line) also puts the cause first.
-    for t in tasks:
-        if t.name != "fetch Northern Europe":
-            region = t.name.removeprefix("fetch ")
-            assert t.state.message.startswith(f"unknown region '{region}': "), t.state.message
-    assert "Task run encountered an exception" not in logs, logs
 
     # A failed run publishes a short report under the table's key: what failed, and the table untouched.
     (report,) = artifacts

@@ -656,15 +656,32 @@ def test_a_failed_run_states_its_cause_first_once_and_without_a_traceback(fake_a
     records = log_records_of(state.state_details.flow_run_id)
     logs = [r.message for r in records]
     assert not [line for line in logs if "Traceback" in line or "Encountered exception" in line]
-    # The run's final line and the failed task's final line (its own Details tab): each once, cause first.
-    final = "Finished in state Failed("
-    final_lines = [
-        "task" if r.task_run_id else "flow"
+    # The run's final line: the cause once, first; the failed task's own final line says it from its side.
+    flow_lines = [
+        r.message
         for r in records
-        if r.message.startswith(final) and r.message[len(final) + 1 :].startswith("unknown region ")
+        if not r.task_run_id and r.message.startswith("Finished in state Failed(") and "Narnia" in r.message
     ]
-    assert sorted(final_lines) == ["flow", "task"], logs
-    assert len([line for line in logs if "Narnia" in line and "Beginning" not in line]) == 2  # nothing else
+    assert len(flow_lines) == 1 and flow_lines[0][len("Finished in state Failed(") + 1 :].startswith("unknown region")
+    assert len([line for line in logs if "Narnia" in line and "Beginning" not in line]) == 2  # task + flow
+
+
+def test_a_failed_step_states_its_cause_first_in_its_own_task(db):
+    """The failed task's Details tab: the cause, not "Task run encountered an exception …" (issue 11)."""
+    block, _ = db
+    with FakeRestCountries(with_country("Iceland", population=1.5)) as fake:
+        state = run_state(db_block=block, api="v3.1", base_url=fake.v31_base_url, table=TABLE, cache_minutes=0)
+    assert state.is_failed() and state.message.startswith('population of "Iceland" is')
+    (unnest,) = [t for t in task_runs_of(state.state_details.flow_run_id) if t.name.startswith("unnest ")]
+    assert unnest.state_type.value == "FAILED" and unnest.state.message == state.message
+
+
+def test_a_failed_fetch_is_not_served_from_the_cache_to_the_next_run(fake_api, db):
+    block, _ = db
+    for _ in range(2):  # within cache_minutes of each other
+        with pytest.raises(UnknownRegionError):
+            run(db_block=block, api="v3.1", base_url=fake_api.v31_base_url, regions=["Narnia"], cache_minutes=4)
+    assert fake_api.count("/v3.1/subregion/Narnia") == 2
 
 
 def test_every_bad_region_is_named_and_no_sibling_shows_as_crashed(fake_api, db):
