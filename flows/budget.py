@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 RATE_LIMIT_NAME = "restcountries-api"
 DEFAULT_BURST = 10
-DEFAULT_PER_SECOND = 2.0
+DEFAULT_PER_SECOND = 1.0  # with the burst of 10: at most 20 requests in any 10 s, what the API's edge allows
 LOCAL_BURST = 5
 LOCAL_PER_SECOND = 1.0
 

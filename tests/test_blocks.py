@@ -76,7 +76,7 @@ def test_saves_db_block_that_connects_and_is_idempotent(prefect_server, database
     assert "saved block 'blocks-test-db'" in first
 
     second = ok(run_script("--db-block", "blocks-test-db", "--db-url", database_url))
-    assert "rate limit 'restcountries-api': burst 10, 2/s (unchanged)" in second, second
+    assert "rate limit 'restcountries-api': burst 10, 1/s (unchanged)" in second, second
     assert f"automation '{DETECTOR}': unchanged" in second, f"{first}\n--- second run\n{second}"
     assert f"automation '{RERUN}': unchanged" in second, f"{first}\n--- second run\n{second}"
 
