@@ -40,6 +40,7 @@ from flows._dialects import (
     REGIONS,
     Dialect,
     canonical_region,
+    check_paths,
     expand_regions,
     get_dialect,
     get_path,
@@ -341,14 +342,16 @@ async def fetch_region(
     retry: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen, shared safely
     stats: RequestStats | None = None,
     before_request: Hook | None = None,
+    required: Iterable[str] | None = None,
 ) -> list[dict]:
     """Every country of one region (see :data:`REGIONS`) or subregion, with the fields of ``paths``.
 
     ``paths`` are the source paths the caller needs (``"names.official"``,
     ``"currencies.*.name"``, ``"population"``); the dialect requests the fields
     that carry them plus the record's region and subregion (same request, no
-    extra quota). A path without ``*`` is required in every record; one with
-    ``*`` may be absent (a country with no currency keeps its row).
+    extra quota). ``required`` are the paths every record must have (default:
+    every path without ``*``; one with ``*`` may be absent: a country with no
+    currency keeps its row).
 
     ``region`` matching a region name (any case) uses the region endpoint, any
     other name the subregion endpoint. All pages are fetched, each exactly once
@@ -376,8 +379,13 @@ async def fetch_region(
     name = region.strip()
     if name.casefold() == "all":
         raise ConfigurationError("'all' is not one region: expand it first with expand_regions().")
+    paths = tuple(paths)
     fields = dialect.request_fields(paths)
-    required = required_paths(paths)
+    if required is None:
+        required = required_paths(paths)
+    else:
+        required = tuple(required)
+        required = check_paths(required) if required else ()
     base = check_source(client, dialect=dialect, base_url=base_url)
     stats = stats if stats is not None else RequestStats()
     path, query, is_region = _route(dialect, name)

@@ -93,6 +93,7 @@ class Source:
     api: str
     base_url: str
     paths: tuple[str, ...]
+    required: tuple[str, ...]
     key_fingerprint: str | None
 
 
@@ -192,6 +193,7 @@ async def fetch_region(
         dialect=restcountries.get_dialect(source.api),
         base_url=source.base_url,
         paths=source.paths,
+        required=source.required,
         stats=stats,
         before_request=run_budget.before_request,
     )
@@ -410,6 +412,7 @@ async def countries_flow(
             api=dialect.name,
             base_url=settings.resolve_base_url(p["base_url"], dialect.default_base_url, operator),
             paths=schema.source_paths(dialect.name),
+            required=schema.required_source_paths(dialect.name),
             key_fingerprint=restcountries.fingerprint(api_key) if api_key else None,
         )
         target = await open_target(p["db_block"], p["table"])

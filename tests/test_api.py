@@ -303,6 +303,21 @@ def test_a_record_without_currencies_is_kept_but_one_without_population_is_refus
     assert isinstance(err, BadResponseError) and "lacks the requested field(s) population" in str(err)
 
 
+def test_only_the_paths_the_caller_requires_must_be_in_every_record(fake):
+    """An optional column's path (no `*`) may be absent when the caller says only the others are required."""
+    fake.inject("*", Fault.missing_field("population"))
+    records = run(_fetch(fake, "Northern Europe", required=["names.official"]))
+    assert len(records) == 16 and sum("population" not in r for r in records) == 1
+    fake.inject("*", Fault.missing_field("population"))
+    err = _fail(fake)  # by default every path without `*` is required
+    assert isinstance(err, BadResponseError) and "lacks the requested field(s) population" in str(err)
+
+
+def test_the_flow_requires_the_paths_of_the_required_columns():
+    assert schema.required_source_paths("v5") == ("names.official", "population")
+    assert schema.required_source_paths("v3.1") == ("name.official", "population")
+
+
 # --- status codes -------------------------------------------------------------------------------
 
 
