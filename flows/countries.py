@@ -197,7 +197,8 @@ async def fetch_region(
         stats=stats,
         before_request=run_budget.before_request,
     )
-    get_run_logger().info("fetched %d countries of %s (%s)", len(records), region, _requests(stats.requests))
+    requests = report.plural(stats.requests, "request")
+    get_run_logger().info("fetched %d countries of %s (%s)", len(records), region, requests)
     return report.RegionFetch(
         region=region,
         records=records,
@@ -205,10 +206,6 @@ async def fetch_region(
         requests=stats.requests,
         retries=stats.retries,
     )
-
-
-def _requests(count: int) -> str:
-    return f"{count} request" if count == 1 else f"{count} requests"
 
 
 class RegionsFailedError(CountriesError):

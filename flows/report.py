@@ -79,8 +79,9 @@ def _when(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _plural(count: int, noun: str, plural: str | None = None) -> str:
-    return f"{count} {noun if count == 1 else (plural or noun + 's')}"
+def plural(count: int, noun: str, many: str | None = None) -> str:
+    """``count`` and ``noun``, in the plural unless ``count`` is 1: ``plural(2, "request")`` -> ``2 requests``."""
+    return f"{count} {noun if count == 1 else (many or noun + 's')}"
 
 
 @dataclass
@@ -130,10 +131,10 @@ class RunSummary:
         """The summary line, e.g. ``loaded 20 rows (+1 country, 3 populations changed) into ...; 1 API request``."""
         where = f"{self.table} at {self.database}"
         if self.changed:
-            done = f"loaded {_plural(self.rows, 'row')} ({self._changes_text()}) into {where}"
+            done = f"loaded {plural(self.rows, 'row')} ({self._changes_text()}) into {where}"
         else:
-            done = f"unchanged: {_plural(self.rows, 'row')} already in {where}, nothing written"
-        api = _plural(self.requests, "API request")
+            done = f"unchanged: {plural(self.rows, 'row')} already in {where}, nothing written"
+        api = plural(self.requests, "API request")
         if self.cached:
             oldest = min(f.fetched_at for f in self.cached)
             api += f"; {', '.join(f.region for f in self.cached)} from the cache (fetched {_when(oldest)})"
@@ -141,7 +142,7 @@ class RunSummary:
 
     def markdown(self) -> str:
         """The report artifact: what was loaded, what changed, where the data came from, how long it took."""
-        before = "no table" if self.previous_rows is None else _plural(self.previous_rows, "row")
+        before = "no table" if self.previous_rows is None else plural(self.previous_rows, "row")
         rows = [
             ("table", f"`{self.table}`"),
             ("database", f"`{self.database}`"),
@@ -150,7 +151,7 @@ class RunSummary:
             ("countries", self.countries),
             ("currencies", self.currencies),
             ("changes", self._changes_text()),
-            ("API requests", f"{self.requests} ({_plural(self.retries, 'retry', 'retries')})"),
+            ("API requests", f"{self.requests} ({plural(self.retries, 'retry', 'retries')})"),
             ("duration", f"{self.seconds:.2f} s"),
         ]
         lines = ["# Countries load", "", "| what | value |", "|---|---|"]
