@@ -42,6 +42,7 @@ __all__ = [
     "USER_AGENT",
     "ApiClient",
     "KeyAuth",
+    "check_key",
     "demo_key_message",
     "fingerprint",
     "is_loopback",
@@ -340,13 +341,7 @@ def make_client(
     key = _secret_value(api_key)
     key_auth = None
     if key is not None:
-        if not key.isprintable() or not key.isascii() or any(c.isspace() for c in key):
-            raise ConfigurationError(
-                "The REST Countries API key contains spaces, control or non-ASCII characters; "
-                f"{KEY_ADVICE} to the key exactly as issued."
-            )
-        if key == DEMO_KEY:
-            raise DemoKeyError(demo_key_message("the API key is the public demo key rc_live_demo, which"))
+        check_key(key)
         key_auth = KeyAuth(key, origins, plain_http_proxy=plain_http_proxy)
     limits = httpx.Limits(max_connections=20, max_keepalive_connections=10, keepalive_expiry=30.0)
     http = httpx.AsyncClient(
@@ -359,6 +354,22 @@ def make_client(
         follow_redirects=False,
     )
     return ApiClient(http, key_auth=key_auth, deadline=float(deadline), max_bytes=max_bytes)
+
+
+def check_key(key: str, what: str = "the API key") -> None:
+    """Refuse a key no request can use, before any request; ``what`` names where it came from.
+
+    Raises ``ConfigurationError`` for one that cannot be sent in a header (spaces,
+    control or non-ASCII characters; never quoting it), ``DemoKeyError`` for the
+    public demo key ``rc_live_demo``.
+    """
+    if not key.isprintable() or not key.isascii() or any(c.isspace() for c in key):
+        raise ConfigurationError(
+            f"{what[0].upper()}{what[1:]} contains spaces, control or non-ASCII characters; "
+            f"{KEY_ADVICE} to the key exactly as issued."
+        )
+    if key == DEMO_KEY:
+        raise DemoKeyError(demo_key_message(f"{what} is the public demo key {DEMO_KEY}, which"))
 
 
 def demo_key_message(subject: str = "the demo key") -> str:

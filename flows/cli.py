@@ -267,24 +267,22 @@ def _no_api_key(api: str):
 def check_api_key_before_starting(api: str) -> None:
     """What can be said of the API key before any server starts, so that a first run fails at once.
 
-    Raises ``DemoKeyError`` for the public demo key in the environment; and the
+    Raises what ``flows.api.check_key`` raises for the key in the environment
+    (the public demo key, a key no header can carry); and the
     missing-key ``ConfigurationError`` when ``api`` needs a key, the environment
     has none, no Prefect API is configured and the local Prefect server's
     database does not exist yet (so no Secret block can hold one).
     """
     from prefect.settings import get_current_settings
 
-    from flows.api import DEMO_KEY, get_dialect
-    from flows.errors import DemoKeyError
+    from flows.api import check_key, get_dialect
     from flows.settings import API_KEY_ENV
 
     if not get_dialect(api).requires_key:
         return
     key = os.environ.get(API_KEY_ENV, "").strip()
-    if key == DEMO_KEY:
-        from flows.api import demo_key_message
-
-        raise DemoKeyError(demo_key_message(f"{API_KEY_ENV} is the public demo key {DEMO_KEY}, which"))
+    if key:
+        check_key(key, API_KEY_ENV)
     current = get_current_settings()
     url = current.server.database.connection_url
     url = url.get_secret_value() if url is not None else ""

@@ -468,6 +468,15 @@ def test_the_demo_key_is_refused_before_any_request():
     assert "only returns a fixed sample" in str(info.value) and "get a key at" in str(info.value)
 
 
+@pytest.mark.parametrize("key", ["two words", "ke\ny", "clé"], ids=["space", "newline", "non-ascii"])
+def test_a_key_no_header_can_carry_is_one_clear_error_that_never_quotes_it(key):
+    with pytest.raises(ConfigurationError) as info:
+        make_client(api_key=key)
+    message = str(info.value)
+    assert message.startswith("The API key contains spaces, control or non-ASCII characters")
+    assert key.strip() not in message
+
+
 def test_a_demo_answer_is_one_clear_error():
     """A key the API treats as its demo key gets Canada for Northern Europe, with `data._demo`."""
     with FakeRestCountries(demo_key=CANARY, api_key="another-key") as f:

@@ -177,7 +177,7 @@ def test_a_missing_api_key_is_found_before_the_database_and_any_request(stack, f
     assert fake_api.requests == []
 
 
-@pytest.mark.parametrize("key", [None, "rc_live_demo"], ids=["no-key", "demo-key"])
+@pytest.mark.parametrize("key", [None, "rc_live_demo", "two words"], ids=["no-key", "demo-key", "unsendable-key"])
 def test_on_a_fresh_machine_a_key_problem_is_one_line_before_any_server_starts(fake_api, tmp_path, key):
     """The newcomer's first run without a key (or with the docs' demo key): nothing to start, nothing to ask."""
     local_dir, home = tmp_path / "local", tmp_path / "prefect-home"
@@ -188,7 +188,8 @@ def test_on_a_fresh_machine_a_key_problem_is_one_line_before_any_server_starts(f
     assert result.returncode == 1, result.stdout + result.stderr
     lines = stderr_lines(result)
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert ("demo key" if key else "no REST Countries API key") in lines[0]
+    expected = {None: "no REST Countries API key", "rc_live_demo": "demo key", "two words": "contains spaces"}
+    assert expected[key] in lines[0]
     assert "RESTCOUNTRIES_API_KEY" in lines[0]
     assert result.stdout == ""
     assert fake_api.requests == []
