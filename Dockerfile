@@ -1,7 +1,7 @@
 # Image of the countries pipeline for a Prefect Docker work pool (prefect.docker.yaml).
 # Base: the official Prefect image of the version pinned in requirements.txt
 # (tests/test_dockerfile.py keeps the two in step).
-FROM prefecthq/prefect:3.8.8-python3.11
+FROM prefecthq/prefect:3.9.1-python3.11
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

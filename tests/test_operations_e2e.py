@@ -168,7 +168,7 @@ def deploy(stack: Stack, specs: list[dict], cwd: Path, file: Path) -> None:
         yaml.safe_dump(
             {
                 "name": "countries-ops-test",
-                "prefect-version": "3.8.8",
+                "prefect-version": "3.9.1",
                 "build": None,
                 "push": None,
                 "deployments": specs,
