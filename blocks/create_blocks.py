@@ -38,7 +38,8 @@ import os
 import sys
 from datetime import timedelta
 
-from flows import budget, operations, settings
+from flows import operations, settings
+from flows.source import budget
 from flows.errors import ConfigurationError, CountriesError, setting
 
 

@@ -275,7 +275,7 @@ def check_api_key_before_starting(api: str) -> None:
     """
     from prefect.settings import get_current_settings
 
-    from flows.api import check_key, get_dialect
+    from flows.source import check_key, get_dialect
     from flows.settings import API_KEY_ENV
 
     if not get_dialect(api).requires_key:
@@ -294,7 +294,7 @@ def check_api_key_before_starting(api: str) -> None:
 
 async def check_api_key(api: str) -> None:
     """Raise ``ConfigurationError`` when ``api`` needs a key and neither the environment nor the Secret block has it."""
-    from flows.api import get_dialect
+    from flows.source import get_dialect
     from flows.settings import load_api_key
 
     if get_dialect(api).requires_key and await load_api_key() is None:

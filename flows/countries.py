@@ -50,8 +50,9 @@ from prefect.runtime import flow_run, task_run
 from prefect.states import Failed, State
 from pydantic import Field
 
-from flows import api as restcountries
-from flows import budget, report, schema, settings, tables
+from flows import report, schema, settings, tables
+from flows import source as restcountries
+from flows.source import budget
 from flows.changes import ChangeSummary
 from flows.errors import CountriesError, TransientApiError, UnknownRegionError
 from flows.parameters import DEFAULT_REGIONS, check_parameters, default_table
@@ -193,7 +194,6 @@ async def fetch_region(
         dialect=restcountries.get_dialect(source.api),
         base_url=source.base_url,
         paths=source.paths,
-        required=source.required,
         stats=stats,
         before_request=run_budget.before_request,
     )
@@ -249,7 +249,7 @@ async def fetch_all(
     if unexpected:
         raise unexpected[0]
     unknown = [f for f in failures if isinstance(f, UnknownRegionError)]
-    errors = ([restcountries.unknown_regions(unknown)] if unknown else []) + [f for f in failures if f not in unknown]
+    errors = ([restcountries.unknown_regions(unknown, asked=len(regions), dialect=dialect)] if unknown else []) + [f for f in failures if f not in unknown]
     causes = _causes_once(errors)
     if len(causes) == 1:  # one cause (a bad key fails every region alike): that error, said once
         raise errors[0]

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from flows._dialects import MISSING, get_path
+from flows.source.dialects import MISSING, get_path
 from flows.changes import ChangeSpec, Measure, SetColumn
 from flows.errors import InvalidRecordError
 

@@ -143,7 +143,7 @@ def test_a_url_naming_a_query_key_twice_is_one_clear_error_and_saves_nothing(pre
 def test_creates_the_api_rate_limit(prefect_server):
     from prefect.client.orchestration import get_client
 
-    from flows import budget
+    from flows.source import budget
 
     ok(run_script("--rate-burst", "7", "--rate-per-second", "1.5"))
     with get_client(sync_client=True) as client:

@@ -12,8 +12,8 @@ per region, a fixed latency per response: 1 s for the real measurement):
   ``cache_minutes=0``; the key and the trusted base URL come from
   ``RESTCOUNTRIES_API_KEY`` / ``RESTCOUNTRIES_BASE_URL``, as on a worker.
 * **the fetch, same shape**: an async flow gathering six Prefect tasks, each
-  awaiting ``flows.api.fetch_region`` over one shared client, the run's
-  budget taken once with ``flows.budget.start_run`` (the flow's intended
+  awaiting ``flows.source.fetch_region`` over one shared client, the run's
+  budget taken once with ``flows.source.budget.start_run`` (the flow's intended
   shape, without unnest and load). Its baseline is the same flow taking one
   slot of the ``restcountries-api`` limit per request (the budget before
   issue 8), which serialises on the server.
@@ -40,7 +40,8 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from flows import budget, schema
+from flows import schema
+from flows.source import budget
 from tests.benchmarks._report import Figure, format_table
 from tests.countries_data import synthetic_countries
 from tests.fake_api import FakeRestCountries
@@ -116,7 +117,8 @@ def _shape_flow():
     from prefect.cache_policies import NO_CACHE
     from prefect.concurrency.asyncio import rate_limit
 
-    from flows import api, budget
+    from flows import source as api
+    from flows.source import budget
 
     @task(task_run_name="fetch {region}", cache_policy=NO_CACHE)
     async def fetch(client: api.ApiClient, region: str, base_url: str, hook: Callable[[], Awaitable[None]]):
