@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import pickle
+import re
 import socket
 import time
 import tracemalloc
@@ -36,12 +38,15 @@ from flows.source import (
     REGIONS,
     ApiClient,
     RequestStats,
+    SUBREGIONS,
     RetryPolicy,
+    canonical_region,
     expand_regions,
     fetch_region,
     fingerprint,
     get_dialect,
     make_client,
+    unknown_regions,
 )
 from flows.errors import (
     ApiError,
@@ -61,6 +66,7 @@ from flows.errors import (
     TransientApiError,
     UnknownRegionError,
     UnknownRegionNameError,
+    WrongBaseUrlError,
 )
 from tests.conftest import free_port
 from tests.countries_data import COUNTRIES, NORTHERN_EUROPE, synthetic_countries, to_v5
@@ -992,3 +998,176 @@ def test_retry_after_beyond_the_budget_gives_up_at_once(fake, form):
     assert err.retry_after is not None and 100 < err.retry_after <= 120
     assert str(err).startswith("the API asked to retry after") and "try again after" in str(err)
     assert fake.count() == 1
+
+
+# --- issue 16 §5: paging bounded by the data ---------------------------------------------------
+
+
+@pytest.mark.parametrize("paging", ["ignore_offset", "always_more"])
+def test_broken_paging_stops_within_a_few_pages_of_what_the_total_needs(paging):
+    """16 countries in pages of 5 need 4 pages; a server that always says more costs at most 2 pages more."""
+    with FakeRestCountries(api_key=CANARY, max_limit=5, paging=paging) as f:
+        err = _fail(f)
+        assert isinstance(err, BadResponseError) and "paging" in str(err)
+        _assert_good_message(err)
+        assert f.count() <= 4 + 2
+    if paging == "ignore_offset":
+        assert f.count() == 2  # the repeated page ends it at once
+
+
+def test_a_total_that_changes_while_paging_refetches_the_region_from_the_start_once(paged):
+    paged.inject("*", Fault.ok(), Fault.grow())  # a country joins Northern Europe before page 2 is served
+    stats = RequestStats()
+    records = run(_fetch(paged, "Northern Europe", stats=stats))
+    assert len({r["names"]["official"] for r in records}) == len(records) == 17
+    assert [r.param("offset") for r in paged.requests] == ["0", "5", "0", "5", "10", "15"]
+    assert stats.requests == 6
+
+
+def test_a_total_that_keeps_changing_fails_without_a_mixed_snapshot(paged):
+    paged.inject("*", Fault.ok(), Fault.grow(), Fault.ok(), Fault.grow())
+    err = _fail(paged)
+    assert isinstance(err, ApiError) and "changed while" in str(err) and "16, then 17, then 18" in str(err)
+    _assert_good_message(err)
+    assert paged.count() == 4
+
+
+# --- issue 16 §7: errors that name the real cause ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("dialect", "base", "path"),
+    [(V31, "{url}/v3.1", "/v3.1/v3.1/region/Africa?"), (V5, "{url}", "?region=Africa&")],
+    ids=["v3.1-doubled", "v5-without-countries-v5"],
+)
+def test_a_base_url_with_a_wrong_path_is_named_with_the_full_url(fake, dialect, base, path):
+    base = base.format(url=fake.url)
+
+    async def go() -> list[BaseException]:
+        async with client_for(fake) as client:
+            fetches = (
+                fetch_region(client, r, dialect=dialect, base_url=base, paths=PATHS[dialect.name], retry=FAST)
+                for r in REGIONS
+            )
+            return await asyncio.gather(*fetches, return_exceptions=True)
+
+    errors = run(go())
+    assert all(isinstance(e, UnknownRegionError) and e.status == 404 for e in errors), errors
+    err = unknown_regions(errors, asked=len(REGIONS), dialect=dialect)
+    text = str(err)
+    assert isinstance(err, WrongBaseUrlError) and text.startswith("the base URL looks wrong")
+    assert f"GET {fake.url}{path}" in text and "…" not in text, text
+    assert "\n" not in text and CANARY not in text
+    assert fake.count() == len(REGIONS)
+    partly = unknown_regions(errors[:2], asked=len(REGIONS), dialect=dialect)  # some regions had countries
+    assert isinstance(partly, UnknownRegionError) and not isinstance(partly, WrongBaseUrlError)
+
+
+def test_nothing_listening_fails_fast_saying_so_with_true_counts():
+    port = free_port()
+    stats = RequestStats()
+
+    async def go() -> None:
+        async with make_client() as client:
+            await fetch_region(
+                client, "Europe", dialect=V31, base_url=f"http://127.0.0.1:{port}", paths=PATHS["v3.1"], stats=stats
+            )
+
+    started = time.monotonic()
+    with pytest.raises(NothingListeningError) as info:
+        run(go())  # the default retry policy, as the flow uses it
+    elapsed = time.monotonic() - started
+    text = str(info.value)
+    assert text.startswith(f"nothing is listening at 127.0.0.1:{port} (connection refused")
+    said = re.search(r"(\d+) tries in ([\d.]+)s", text)
+    assert said is not None and int(said.group(1)) == stats.requests >= 2, text
+    assert abs(float(said.group(2)) - elapsed) < 0.3 and elapsed < 5
+    assert not isinstance(info.value, TransientApiError)  # final: a task retry would not multiply it
+    _assert_good_message(info.value, "…/v3.1/region/Europe")
+
+
+def test_a_body_cut_short_once_is_retried(fake):
+    fake.inject("*", Fault.bad_body("truncated"))
+    assert len(run(_fetch(fake, "Northern Europe"))) == 16 and fake.count() == 2
+
+
+@pytest.mark.parametrize("dialect", [V5, V31], ids=["v5", "v3.1"])
+def test_a_body_that_is_never_json_fails_with_true_counts_and_no_try_again(fake, dialect):
+    fake.inject("*", Fault.bad_body("truncated"), times=10)
+    err = _fail(fake, dialect=dialect, retry=dataclasses.replace(FAST, max_attempts=3))
+    assert isinstance(err, BadResponseError) and not isinstance(err, TransientApiError)
+    assert "not valid JSON" in str(err) and "3 tries" in str(err) and "try again" not in str(err)
+    _assert_good_message(err, "…/subregion/Northern Europe" if dialect is V5 else "…/v3.1/subregion/Northern Europe")
+    assert fake.count() == 3
+
+
+def test_an_html_page_is_final_and_does_not_say_try_again(fake):
+    fake.inject("*", Fault.bad_body("html"), times=5)
+    err = _fail(fake, dialect=V31)
+    assert isinstance(err, BadResponseError) and "try again" not in str(err) and fake.count() == 1
+
+
+# --- issue 17 §2: retries that tell the truth --------------------------------------------------
+
+
+def test_the_tries_and_seconds_a_message_gives_are_the_ones_spent(fake, caplog):
+    fake.inject("*", Fault.status(503), times=10)
+    caplog.set_level(logging.WARNING, logger="flows.source")
+    started = time.monotonic()
+    err = _fail(fake, retry=dataclasses.replace(FAST, max_attempts=3))
+    elapsed = time.monotonic() - started
+    said = re.search(r"(\d+) tries in ([\d.]+)s", str(err))
+    assert said is not None and int(said.group(1)) == fake.count() == 3
+    assert abs(float(said.group(2)) - elapsed) < 0.3
+    assert [r.getMessage().split("(try ")[1] for r in caplog.records if "retrying" in r.getMessage()] == [
+        "2 of at most 3)",
+        "3 of at most 3)",
+    ]
+
+
+# --- issue 16 §8: regions checked before any request ------------------------------------------
+
+
+def test_a_mistyped_region_is_refused_before_any_request_with_a_suggestion(fake):
+    with pytest.raises(UnknownRegionNameError) as info:
+        run(_fetch(fake, ["Europe", "Nothern Europe"]))
+    assert isinstance(info.value, ConfigurationError)  # the command line's exit 2
+    assert "'Nothern Europe' (did you mean 'Northern Europe'?)" in str(info.value)
+    assert "\n" not in str(info.value) and fake.count() == 0
+
+
+def test_region_names_match_in_any_case_under_the_apis_spelling():
+    from flows.parameters import check_parameters
+
+    assert canonical_region(" northern EUROPE ") == "Northern Europe" and canonical_region("asia") == "Asia"
+    assert expand_regions(["northern europe", "Northern Europe", "oceania"]) == ["Northern Europe", "Oceania"]
+    params = {"table": "", "db_block": "b", "api": "v5", "base_url": "", "force": False}
+    checked = check_parameters(regions=["northern europe"], min_row_fraction=0.5, cache_minutes=4, **params)
+    assert checked["regions"] == ["Northern Europe"]  # the fetch (and its cache key) sees one spelling
+    with pytest.raises(UnknownRegionNameError, match="did you mean 'Western Africa'"):
+        check_parameters(regions=["westren africa"], min_row_fraction=0.5, cache_minutes=4, **params)
+
+
+def test_every_region_and_subregion_of_the_test_data_is_documented():
+    from tests.countries_data import _SUBREGIONS
+
+    places = {(c["region"], c.get("subregion")) for c in COUNTRIES} | {
+        (r, s) for r, subs in _SUBREGIONS.items() for s in subs
+    }
+    for region, subregion in places:
+        assert canonical_region(region) == region and subregion in (None, *SUBREGIONS[region])
+
+
+def test_the_command_line_refuses_a_mistyped_region_with_exit_2_before_any_request(fake, tmp_path):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path), "RESTCOUNTRIES_API_KEY": ""}
+    done = subprocess.run(
+        [sys.executable, "flows/countries.py", "--regions", "Nothern Europe", "--api", "v3.1",
+         "--base-url", fake.v31_base_url],
+        capture_output=True, text=True, env=env, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "did you mean 'Northern Europe'?" in done.stderr + done.stdout
+    assert fake.count() == 0

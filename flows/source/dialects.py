@@ -195,7 +195,7 @@ def required_paths(paths: Iterable[str]) -> tuple[str, ...]:
 V5 = Dialect(
     name="v5",
     default_base_url="https://api.restcountries.com/countries/v5",
-    base_url_example="https://api.restcountries.com/countries/v5 (the path ends in /countries/v5)",
+    base_url_example="https://api.restcountries.com/countries/v5, ending in /countries/v5",
     requires_key=True,
     key_path="names.official",
     fields_param="response_fields",
@@ -214,7 +214,7 @@ V5 = Dialect(
 V31 = Dialect(
     name="v3.1",
     default_base_url="https://restcountries.com",
-    base_url_example="http://HOST:PORT (the server's root, without /v3.1)",
+    base_url_example="http://HOST:PORT, the server's root without /v3.1",
     requires_key=False,
     key_path="name.official",
     fields_param="fields",

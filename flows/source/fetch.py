@@ -93,10 +93,10 @@ def unknown_regions(
     returned as it is, several become one ``UnknownRegionError`` naming each.
     """
     if asked and len(errors) == asked and all(e.status == 404 for e in errors):
-        example = f" ({dialect.name}: {dialect.base_url_example})" if dialect else ""
+        example = f" (a {dialect.name} base URL looks like {dialect.base_url_example})" if dialect else ""
         return WrongBaseUrlError(
             f"the base URL looks wrong: every region asked for ({len(errors)}) answered HTTP 404, e.g. GET "
-            f"{errors[0].url}; check the path in {setting('base_url')}{example}",
+            f"{httpx.URL(errors[0].url or '')}; check the path in {setting('base_url')}{example}",
             url=errors[0].url,
             status=404,
         )

@@ -340,7 +340,8 @@ def raise_for_status(req: Request, answer: Answer, name: str, fields: Sequence[s
                  status=404)  # fmt: skip
     if status == 404:
         req.fail(UnknownRegionError, f"no countries of {name!r} at this API (HTTP 404{said}): the server may hold "
-                 f"none, or the path of {setting('base_url')} is wrong ({dialect.name}: {dialect.base_url_example})",
+                 f"none, or the path of {setting('base_url')} is wrong (a {dialect.name} base URL looks like "
+                 f"{dialect.base_url_example})",
                  status=404, region=name, request=f"GET {req.shown}")  # fmt: skip
     if status == 400:
         req.fail(PermanentApiError, f"the API rejected a request parameter (HTTP 400{said}): check the region "
