@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from itertools import repeat
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 from urllib.parse import quote, unquote, urlencode
@@ -284,16 +285,19 @@ def _records_and_meta(req: Request, dialect: Dialect, answer: Answer) -> tuple[l
 def _check_records(req: Request, dialect: Dialect, records: list[Any], first: int, *, asked: str) -> None:
     """Every record an object of region (or subregion) ``asked``; ``BadResponseError``/``ForeignRecordsError`` if not.
 
-    Comprehensions for the common case (measured at 200,000 records: 0.03 s, against 1.4 s
-    for the per-record ``get_path`` checks this replaced); the exact pass only runs to name what is wrong.
+    ``map`` over C functions for the common case (measured at 200,000 records: about
+    0.03 s against 0.6 s for the per-record ``get_path`` checks this replaced, and
+    5 s for ``json.loads``); the per-record pass only runs to name what is wrong.
     """
     where = dialect.region_fields[0 if is_region(asked) else 1]
-    if not all([type(r) is dict for r in records]):
+    if set(map(type, records)) - {dict}:
         i, record = next((i, r) for i, r in enumerate(records, start=first) if not isinstance(r, dict))
         req.fail(BadResponseError, f"the API sent a {_kind(record)} as country #{i}, not an object: the "
                  f"API's schema changed or {setting('api')} does not match the server")  # fmt: skip
-    odd = [r for r in records if r.get(where) != asked]
-    foreign = [r for r in odd if not (isinstance(r.get(where), str) and r[where].casefold() == asked.casefold())]
+    if not set(map(dict.get, records, repeat(where))) - {asked}:
+        return
+    folded = asked.casefold()
+    foreign = [r for r in records if not (isinstance(r.get(where), str) and r[where].casefold() == folded)]
     if foreign:
         named = [
             f"{_name(req, dialect, r, first)} ("

@@ -216,7 +216,7 @@ async def _try(req: Request, seconds: float, bound: str) -> Answer:
         req.fail(BadResponseError, f"the API answered with HTML, not JSON (content-type {headers.get('content-type')}): "
                                    f"is {setting('base_url')} pointing at the API?", status=status)  # fmt: skip
     try:
-        return Answer(status, headers, body, json.loads(body))
+        return Answer(status, headers, b"", json.loads(body))  # the bytes are not kept: 14 MB a region at scale
     except (ValueError, UnicodeDecodeError) as exc:  # cut short on the way, most likely: worth another try
         where = f"{exc.msg}: byte {exc.pos} of {len(body)}" if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
         raise _Retry(f"not valid JSON: {where}", "body", status=status) from None
