@@ -60,7 +60,7 @@ def canonical_region(name: str) -> str:
 def _unknown(names: list[str]) -> UnknownRegionNameError:
     shown = []
     for name in names:
-        close = difflib.get_close_matches(str(name).strip().casefold(), list(_CANONICAL), n=1, cutoff=0.6)
+        close = difflib.get_close_matches(str(name).strip().casefold(), list(_CANONICAL), n=1, cutoff=0.75)
         shown.append(f"{name!r}" + (f" (did you mean {_CANONICAL[close[0]]!r}?)" if close else ""))
     return UnknownRegionNameError(
         f"unknown region{'s' if len(names) > 1 else ''} {', '.join(shown)}: the API knows the regions "
