@@ -16,6 +16,7 @@ import difflib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import quote
 
 from flows.errors import ConfigurationError, UnknownRegionNameError, setting
 
@@ -162,8 +163,6 @@ class Dialect:
 
     def route(self, name: str) -> tuple[str, dict[str, str]]:
         """(path, query) of canonical region or subregion ``name``."""
-        from urllib.parse import quote
-
         route, query = (
             (self.region_route, self.region_query) if is_region(name) else (self.subregion_route, self.subregion_query)
         )
@@ -185,11 +184,6 @@ def check_paths(paths: Iterable[str]) -> tuple[str, ...]:
                 f"Invalid source path {path!r}: use dotted names such as 'names.official' or 'currencies.*.name'."
             )
     return out
-
-
-def required_paths(paths: Iterable[str]) -> tuple[str, ...]:
-    """The paths every record must have: those without a ``*`` (``currencies.*.name`` may be absent)."""
-    return tuple(p for p in check_paths(paths) if WILDCARD not in p.split("."))
 
 
 V5 = Dialect(
