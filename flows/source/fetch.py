@@ -9,8 +9,10 @@ refetches the region once, so a mixed snapshot is never returned.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import itertools
 import math
 from itertools import repeat
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -184,11 +186,12 @@ class _Walk:
 
     async def run(self) -> list[dict] | None:
         d, out, offset, bound, seen = self.dialect, [], 0, _FALLBACK_MAX_PAGES, set()
-        for page in range(1, _FALLBACK_MAX_PAGES + 1):
+        for page in itertools.count(1):
             self.req = req = self.request(offset)
             if page > bound:
-                req.fail(BadResponseError, f"the API still said more countries follow after {page - 1} pages, more "
-                         f"than its total of {self.totals[0]} needs: its paging is broken; nothing was loaded")  # fmt: skip
+                need = f", more than its total of {self.totals[0]} needs" if self.totals[0] is not None else ""
+                req.fail(BadResponseError, f"the API still said more countries follow after {page - 1} pages{need}: "
+                         "its paging is broken; nothing was loaded")  # fmt: skip
             answer = await send(req, retry=self.retry, stats=self.stats, before_request=self.before_request)
             if 300 <= answer.status < 400 and d.legacy_prefix and self.path.startswith(d.legacy_prefix):
                 await _legacy_redirect(req, d, self.base, answer)
@@ -202,7 +205,7 @@ class _Walk:
                     return None
                 if page == 1 and total is not None and records:
                     bound = math.ceil(total / len(records)) + _SPARE_PAGES
-                signature = tuple(json.dumps(get_path(r, d.key_path), default=str) for r in records)
+                signature = json.dumps(records, sort_keys=True, default=str)
                 if records and signature in seen:
                     req.fail(BadResponseError, f"the API sent the same page of countries again at offset {offset}: "
                              "its paging ignores the offset; nothing was loaded")  # fmt: skip
@@ -232,7 +235,7 @@ async def _legacy_redirect(req: Request, dialect: Dialect, base: str, answer: An
     try:
         target = httpx.URL(req.url).join(answer.headers.get("Location", ""))
         seconds = min(10.0, req.client.deadline)
-        async with httpx.AsyncClient(headers={"User-Agent": USER_AGENT}, timeout=seconds) as bare:
+        async with asyncio.timeout(seconds), httpx.AsyncClient(headers={"User-Agent": USER_AGENT}) as bare:
             body = b""
             async with bare.stream("GET", target) as response:
                 async for chunk in response.aiter_bytes():
@@ -242,7 +245,7 @@ async def _legacy_redirect(req: Request, dialect: Dialect, base: str, answer: An
             decoded = json.loads(body) if response.is_success else None
         if isinstance(decoded, dict) and isinstance(decoded.get("errors"), list):
             message = api_message(decoded)
-    except (httpx.HTTPError, httpx.InvalidURL, OSError, ValueError):
+    except (httpx.HTTPError, httpx.InvalidURL, OSError, ValueError):  # TimeoutError is an OSError
         pass
     if message is None and httpx.URL(base).host != "restcountries.com":
         return
