@@ -405,8 +405,8 @@ def main(argv: list[str] | None = None) -> int:
         _finish_prefect_output(temporary_server)
     if failure is not None:
         return _fail(failure.for_audience("cli"), EXIT_FAILED)
-    if summary.frame is not None:
-        print(summary.frame.to_string(), flush=True)
+    if summary.preview is not None:
+        print(summary.preview, flush=True)
     print(summary.one_line(), flush=True)
     return EXIT_OK
 

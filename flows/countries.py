@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -48,6 +49,7 @@ from prefect.artifacts import acreate_markdown_artifact
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 from prefect.runtime import flow_run, task_run
 from prefect.states import Failed, State
+from prefect.utilities.annotations import quote
 from pydantic import Field
 
 from flows import report, schema, settings, tables
@@ -129,25 +131,29 @@ async def open_target(db_block: str, table: str) -> Target:
 # --- 3. fetch --------------------------------------------------------------------------
 
 
-def retry_transient_once(task, task_run, state) -> bool:
-    """Retry a fetch after a transient failure (429, 5xx, timeout, dropped connection), at most
-    FETCH_RETRIES times, and not when the server asked to wait longer than the retry delay."""
+def retry_transient(task, task_run, state) -> bool:
+    """Retry a fetch after a transient failure (429, 5xx, timeout, dropped connection), unless the server
+    asked to wait longer than the retry delay. Prefect bounds the retries (``FETCH_RETRIES``)."""
     exc = state.data
-    if not isinstance(exc, TransientApiError) or task_run.run_count > FETCH_RETRIES:
+    if not isinstance(exc, TransientApiError):
         return False
     return exc.retry_after is None or exc.retry_after <= TASK_RETRY_DELAY_SECONDS
 
 
-def never_retry(task, task_run, state) -> bool:
-    """The retry condition of the steps that are not worth retrying (see ``quiet_failure``)."""
-    return False
+class ExpectedFailuresWithoutTraceback(logging.Filter):
+    """Drops the traceback from Prefect's "Task run failed … Retries are exhausted" record when the failure
+    is an expected one (a ``CountriesError``, whose one line says it all); unexpected errors keep theirs.
+
+    Prefect logs that record with ``exc_info`` and has no setting to leave it out; a filter on its task-run
+    logger is the public means (``logging``). Only records carrying a ``CountriesError`` are touched."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], CountriesError):
+            record.exc_info, record.exc_text = None, None
+        return True
 
 
-# Prefect logs a task's failure with a traceback once its retries are exhausted, but only
-# the final "Finished in state Failed(...)" line when its retry condition declines. Every
-# task therefore keeps one retry more than it takes and lets the condition decide, so an
-# expected failure is logged once, without a traceback; the flow re-raises unexpected ones.
-quiet_failure = {"retries": 1, "retry_condition_fn": never_retry}
+logging.getLogger("prefect.task_runs").addFilter(ExpectedFailuresWithoutTraceback())
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -174,10 +180,10 @@ def failing_with_the_cause(fn: Callable[P, R]) -> Callable[P, R | State]:
 
 @task(
     task_run_name="fetch {region}",
-    retries=FETCH_RETRIES + 1,  # see quiet_failure: the condition stops at FETCH_RETRIES
+    retries=FETCH_RETRIES,
     retry_delay_seconds=TASK_RETRY_DELAY_SECONDS,
     retry_jitter_factor=0.5,
-    retry_condition_fn=retry_transient_once,
+    retry_condition_fn=retry_transient,
     # Keyed on what determines the answer: the source (with the key's fingerprint) and the region.
     cache_policy=(INPUTS + TASK_SOURCE) - "client" - "run_budget",
     cache_expiration=timedelta(minutes=4),
@@ -273,10 +279,13 @@ def _causes_once(errors: list[CountriesError]) -> list[str]:
 
 
 def _unnest_run_name() -> str:
-    return f"unnest {len(task_run.parameters.get('records') or ())} records"
+    records = task_run.parameters.get("records")
+    if isinstance(records, quote):  # the flow passes the records quoted (see transform_and_load)
+        records = records.unquote()
+    return f"unnest {len(records or ())} records"
 
 
-@task(task_run_name=_unnest_run_name, cache_policy=NO_CACHE, **quiet_failure)
+@task(task_run_name=_unnest_run_name, cache_policy=NO_CACHE)
 @failing_with_the_cause
 def unnest_countries(records: list[dict[str, Any]], api_name: str) -> pd.DataFrame:
     """The records as the countries frame: checked against the data contract, one row per country
@@ -290,7 +299,7 @@ def unnest_countries(records: list[dict[str, Any]], api_name: str) -> pd.DataFra
     return frame
 
 
-@task(task_run_name="quality gate", cache_policy=NO_CACHE, **quiet_failure)
+@task(task_run_name="quality gate", cache_policy=NO_CACHE)
 @failing_with_the_cause
 def quality_gate(frame: pd.DataFrame) -> pd.DataFrame:
     """The frame, with every column in its table dtype, once it has passed the quality gate."""
@@ -304,7 +313,7 @@ def quality_gate(frame: pd.DataFrame) -> pd.DataFrame:
 # --- 6. load ------------------------------------------------------------------------------
 
 
-@task(task_run_name="load {target.table}", cache_policy=NO_CACHE, **quiet_failure)
+@task(task_run_name="load {target.table}", cache_policy=NO_CACHE)
 @failing_with_the_cause
 def load_table(
     frame: pd.DataFrame, target: Target, force: bool, min_row_fraction: float, strategy: str, source: str | None
@@ -424,14 +433,17 @@ async def countries_flow(
         result, frame = await transform_and_load(records, dialect.name, target, p, steps)
     except CountriesError as exc:
         seconds = time.perf_counter() - started
-        await acreate_markdown_artifact(
-            key=report.artifact_key(str(target.table) if target else given_table),  # resolved once known
-            markdown=report.failure_markdown(given_table, str(exc), seconds),
-            description=f"failed: {exc}",
-        )
+        try:
+            await acreate_markdown_artifact(
+                key=report.artifact_key(str(target.table) if target else given_table),  # resolved once known
+                markdown=report.failure_markdown(given_table, str(exc), seconds),
+                description=f"failed: {exc}",
+            )
+        except Exception as publish_error:  # noqa: BLE001 - the run fails with its own cause, not this one
+            get_run_logger().warning("the failure report artifact was not published: %s", publish_error)
         return Failed(message=str(exc), data=exc)
 
-    # 7. Report.
+    # 7. Report. The table is written: nothing from here on may fail the run.
     summary = report.RunSummary(
         table=result.table,
         database=target.db.description,
@@ -441,18 +453,30 @@ async def countries_flow(
         changed=result.changed,
         countries=schema.count_distinct(records, schema.KEY, dialect.name),
         currencies=schema.count_distinct(records, schema.column("currency_name"), dialect.name),
-        fetches=fetches,
+        fetches=[f.figures() for f in fetches],
         started=started_at,
         seconds=time.perf_counter() - started,
         changes=result.changes,
         step_seconds=steps,
-        frame=frame,
+        preview=None if frame is None else frame.to_string(max_rows=60, min_rows=10),
     )
-    await acreate_markdown_artifact(
-        key=report.artifact_key(result.table), markdown=summary.markdown(), description=summary.one_line()
-    )
-    get_run_logger().info(summary.one_line())
+    await publish_report(summary)
     return summary
+
+
+async def publish_report(summary: report.RunSummary) -> None:
+    """Log the summary line and publish the table's report artifact, after the table was written.
+
+    A failure here (the Prefect API gone, an artifact refused) is logged as a warning and never turns a
+    loaded table into a failed run: the table and the summary are already right."""
+    logger = get_run_logger()
+    logger.info(summary.one_line())
+    try:
+        await acreate_markdown_artifact(
+            key=report.artifact_key(summary.table), markdown=summary.markdown(), description=summary.one_line()
+        )
+    except Exception as exc:  # noqa: BLE001 - anything: the run's outcome is already decided (see docstring)
+        logger.warning("the table's report artifact was not published: %s", exc)
 
 
 async def transform_and_load(
@@ -492,10 +516,10 @@ async def transform_and_load(
         return skipped, None
     # Each step's state is read for its result: a failed step raises its error here (see failing_with_the_cause).
     with _timed(steps, "unnest + quality gate"):
-        unnested = await unnest_countries(records, api_name, return_state=True).aresult()
-        frame = await quality_gate(unnested, return_state=True).aresult()
+        unnested = await unnest_countries(quote(records), api_name, return_state=True).aresult()
+        frame = await quality_gate(quote(unnested), return_state=True).aresult()
     with _timed(steps, "load"):
-        state = load_table(frame, target, p["force"], p["min_row_fraction"], p["strategy"], digest, return_state=True)
+        state = load_table(quote(frame), target, p["force"], p["min_row_fraction"], p["strategy"], digest, return_state=True)
         result = await state.aresult()
     return result, frame
 
