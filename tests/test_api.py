@@ -180,8 +180,8 @@ def _assert_good_message(exc: BaseException, shown: str | None = None) -> None:
     assert "\n" not in text and CANARY not in text and CANARY not in repr(exc), text
     assert not text.startswith(("GET", "http")), text
     assert "response_fields" not in text and "fields=" not in text and "limit=" not in text, text
-    if shown is not None:
-        assert text.endswith(f"(GET {shown})"), text
+    if shown is not None:  # ``(GET …/x)``, or ``(GET …/x; 3 tries in 1.2s)`` after retries
+        assert re.search(rf"\(GET {re.escape(shown)}(; \d+ tr(y|ies) in [\d.]+s)?\)$", text), text
 
 
 def ne_names(records: list[dict]) -> list[str]:
@@ -927,7 +927,7 @@ def test_bad_bodies_are_bad_response_errors(fake, fault, dialect, needle):
     assert isinstance(err, BadResponseError), err
     assert needle in str(err)
     _assert_good_message(err)
-    assert str(err).endswith("subregion/Northern Europe)")
+    assert str(err).endswith("subregion/Northern Europe)")  # no retries: no count
     assert err.url is not None and err.url.startswith(fake.url)
     assert fake.count() == 1
 
@@ -1171,3 +1171,39 @@ def test_the_command_line_refuses_a_mistyped_region_with_exit_2_before_any_reque
     assert done.returncode == 2, done.stderr
     assert "did you mean 'Northern Europe'?" in done.stderr + done.stdout
     assert fake.count() == 0
+
+
+@pytest.mark.parametrize("regions", [["all"], ["Northern Europe"]], ids=["all", "one"])
+def test_a_run_against_a_doubled_v31_path_says_the_base_url_looks_wrong(fake, db_block, regions):
+    """The flow's own aggregation of region failures (issue 16 §7): one line, the full URL requested."""
+    from prefect.logging.handlers import APILogWorker
+
+    from flows.countries import countries_flow
+
+    base = fake.v31_base_url + "/v3.1"
+    state = asyncio.run(
+        countries_flow(regions=regions, db_block=db_block[0], api="v3.1", base_url=base, cache_minutes=0,
+                       return_state=True)
+    )  # fmt: skip
+    APILogWorker.drain_all(timeout=10)
+    assert state.is_failed()
+    message = state.message or ""
+    assert message.startswith("the base URL looks wrong: every region asked for"), message
+    assert f"GET {fake.url}/v3.1/v3.1/" in message and "…" not in message and "\n" not in message
+
+
+def test_a_run_with_nothing_listening_says_so_once_without_task_retries(db_block):
+    """Every region meets the same cause: one line naming host and port; the client's tries are all there are."""
+    from prefect.logging.handlers import APILogWorker
+
+    from flows.countries import countries_flow
+
+    port = free_port()
+    state = asyncio.run(
+        countries_flow(regions=["all"], db_block=db_block[0], api="v3.1", base_url=f"http://127.0.0.1:{port}",
+                       cache_minutes=0, return_state=True)
+    )  # fmt: skip
+    APILogWorker.drain_all(timeout=10)
+    message = state.message or ""
+    assert state.is_failed() and message.startswith(f"nothing is listening at 127.0.0.1:{port} (connection refused)")
+    assert re.search(r"\(GET …/v3\.1/region/\w+; 3 tries in [\d.]+s\)$", message), message

@@ -115,12 +115,14 @@ class Request:
     url: str
     shown: str
 
-    def error(self, cls: type[ApiError], message: str, **kwargs: Any) -> ApiError:
-        """``cls``: ``message`` (our words; outside text went through :meth:`quote`), then ``(GET <shown>)``."""
-        return cls(re.sub(r"\s+", " ", f"{message} (GET {self.shown})").strip(), url=self.url, **kwargs)
+    def error(self, cls: type[ApiError], message: str, spent: str = "", **kwargs: Any) -> ApiError:
+        """``cls``: ``message`` (our words; outside text went through :meth:`quote`), then ``(GET <shown>)``,
+        or ``(GET <shown>; <spent>)`` (``3 tries in 1.2s``): the same cause met by several requests reads alike."""
+        where = f"(GET {self.shown}{'; ' + spent if spent else ''})"
+        return cls(re.sub(r"\s+", " ", f"{message} {where}").strip(), url=self.url, **kwargs)
 
-    def fail(self, cls: type[ApiError], message: str, **kwargs: Any) -> NoReturn:
-        raise self.error(cls, message, **kwargs)
+    def fail(self, cls: type[ApiError], message: str, spent: str = "", **kwargs: Any) -> NoReturn:
+        raise self.error(cls, message, spent, **kwargs)
 
     def quote(self, text: str | None) -> str:
         """Outside text made safe to embed: one line, at most 300 characters, the API key masked."""
@@ -292,10 +294,10 @@ async def send(
         if exc.kind == "refused":
             u = httpx.URL(req.url)
             req.fail(NothingListeningError, f"nothing is listening at {u.host}:{u.port or {'https': 443}.get(u.scheme, 80)} "
-                     f"(connection refused; {tries}): start the API server there, or fix {setting('base_url')}")  # fmt: skip
+                     f"(connection refused): start the API server there, or fix {setting('base_url')}", tries)  # fmt: skip
         if exc.kind == "body":
-            req.fail(BadResponseError, f"the API's answer is {exc.failure} ({tries}, each cut short or malformed): "
-                     f"check {setting('base_url')} and any proxy between here and the API", status=exc.status)  # fmt: skip
+            req.fail(BadResponseError, f"the API's answer is {exc.failure}, on every try (cut short or malformed): "
+                     f"check {setting('base_url')} and any proxy between here and the API", tries, status=exc.status)  # fmt: skip
         cls = DeadlineExceededError if exc.kind == "timeout" else TransientApiError
         if exc.retry_after is not None and state.attempt_number < retry.max_attempts and exc.retry_after > total - seconds:
             at = (datetime.now(UTC) + timedelta(seconds=exc.retry_after)).strftime("%Y-%m-%d %H:%M:%S UTC")
@@ -305,8 +307,8 @@ async def send(
             what = {"timeout": "the API did not answer in time", "status": "the API is unavailable or overloaded"}
             advice = f"try again later, or raise ${DEADLINE_ENV} if the API is just slow" if exc.kind == "timeout" else (
                 f"try again in {exc.retry_after:.0f}s or later" if exc.retry_after else "try again later")  # fmt: skip
-            message = f"{what.get(exc.kind, 'the API could not be reached')} ({exc.failure}; {tries}): {advice}"
-        raise req.error(cls, message, status=exc.status, retry_after=exc.retry_after)
+            message = f"{what.get(exc.kind, 'the API could not be reached')} ({exc.failure}): {advice}"
+        raise req.error(cls, message, tries, status=exc.status, retry_after=exc.retry_after)
 
     retrying = tenacity.AsyncRetrying(
         stop=tenacity.stop_after_attempt(retry.max_attempts) | tenacity.stop_before_delay(total) | refused_enough,
