@@ -208,3 +208,10 @@ class TableBusyError(LoadError):
     The message names the blocking sessions (pid, user, application, state, how
     long their transaction has been open, their query shortened).
     """
+
+
+class LoadInterruptedError(LoadError):
+    """The load was interrupted (``flows.load.interrupt_loads``) before its commit and rolled back.
+
+    The message starts with "interrupted: the table was not changed".
+    """

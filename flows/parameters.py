@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from flows import api as restcountries
-from flows import tables
+from flows import load as tables
 from flows._http import parse_base_url, shown_url
 from flows.errors import ConfigurationError, InvalidTableNameError, setting
 

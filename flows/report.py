@@ -62,7 +62,7 @@ def artifact_key(table: str) -> str:
     is no table name at all is only slugged.
     """
     from flows.errors import InvalidTableNameError
-    from flows.tables import parse_table_name
+    from flows.load.database import parse_table_name
 
     try:
         name = parse_table_name(table)

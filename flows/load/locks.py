@@ -1,16 +1,19 @@
-"""The locks a load takes, and how long it may wait for them (private; see ``flows.load``).
+"""The locks a load takes, and how long it waits for them (private to ``flows.load``).
 
-- :func:`advisory_lock`: a transaction-level advisory lock on a name, so that
-  loaders of one table run one after the other. It is on no table, so waiting
-  for it blocks no reader; the loader waits for it without limit.
-- :class:`LockWaits`: every wait for a lock a user's session holds (the
-  swap's ``ACCESS EXCLUSIVE`` lock, a ``DELETE`` behind a user's row lock, a
-  ``count(*)`` behind an ``ALTER TABLE``) is cut after ``lock_timeout`` and
-  tried ``1 + lock_retries`` times in a savepoint, so no reader queues behind
-  the load longer than that at a time; then ``TableBusyError`` names the
-  sessions that block it (pid, user, application, state, transaction age;
-  not their query text, which the message's readers may not be allowed to
-  see) and how to end them.
+- :func:`advisory_lock`: a transaction-level advisory lock on the table's name,
+  so that loaders of one table run one after the other. It is on no table, so
+  waiting for it blocks no reader; the wait is bounded (``lock_timeout`` applies
+  to advisory locks too), then ``TableBusyError`` names the session holding it.
+- :class:`LockWaits`: every wait for a lock a user's session holds (the write
+  lock behind a user's writes, the swap's ``ACCESS EXCLUSIVE`` lock behind a
+  reader, a read behind an ``ALTER TABLE``) is cut after ``lock_timeout`` and
+  tried ``1 + lock_retries`` times in a savepoint, so no reader queues behind the
+  load longer than that at a time; then ``TableBusyError`` names the blocking
+  sessions.
+
+Sessions are named as a database user finds them in ``pg_stat_activity``: pid,
+user, application, state, transaction age; never their query text (which the
+message's readers may not be allowed to see).
 """
 
 from __future__ import annotations
@@ -19,16 +22,13 @@ import dataclasses
 import hashlib
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import psycopg2
 import psycopg2.errors
 
-from flows._postgres import scrub
+from flows.load.database import scrub
 from flows.errors import TableBusyError
-
-if TYPE_CHECKING:  # flows.tables imports this module (through flows._load_state) and must not import SQLAlchemy
-    import sqlalchemy as sa
 
 __all__ = ["LockWaits", "Need", "advisory_lock"]
 
@@ -50,12 +50,42 @@ def _lock_key(name: str) -> int:
     return int.from_bytes(hashlib.sha256(f"countries-pipeline:{name}".encode()).digest()[:8], "big", signed=True)
 
 
-def advisory_lock(cur: psycopg2.extensions.cursor, name: str) -> None:
+def advisory_lock(cur: psycopg2.extensions.cursor, name: str, timeout: float, url: Any) -> None:
     """Take the transaction-level advisory lock of ``name`` (held until commit or rollback).
 
-    Waits for another transaction holding it, as long as ``lock_timeout`` allows.
+    Waits at most ``timeout`` seconds for another loader holding it, then raises
+    ``TableBusyError`` naming that session (``url``: to keep its password out).
     """
-    cur.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key(name),))
+    key = _lock_key(name)
+    cur.execute("SAVEPOINT countries_pipeline_lock")
+    cur.execute(f"SET LOCAL lock_timeout = '{max(1, round(timeout * 1000))}ms'")
+    try:
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
+    except psycopg2.errors.LockNotAvailable:
+        cur.execute("ROLLBACK TO SAVEPOINT countries_pipeline_lock")
+        cur.execute(
+            f"{_SESSIONS} WHERE pid IN (SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            " AND classid = ((%s >> 32) & 4294967295)::oid AND objid = (%s & 4294967295)::oid AND objsubid = 1"
+            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
+            (key, key),
+        )
+        holders = [_describe_session(*row) for row in cur.fetchall()]
+        held = f"held by {holders[0]}" if holders else "held by a session that has ended since"
+        raise TableBusyError(
+            scrub(
+                f"table {name} is busy: another load of it has been running for more than {timeout:g}s, "
+                f"{held}; wait for it to end (or end it: SELECT pg_terminate_backend(pid)) and re-run; "
+                "the previous table is unchanged",
+                url,
+            )
+        ) from None
+    cur.execute("RELEASE SAVEPOINT countries_pipeline_lock")
+
+
+_SESSIONS = (
+    "SELECT pid, usename, application_name, state, extract(epoch FROM clock_timestamp() - xact_start)::float8"
+    " FROM pg_stat_activity"
+)
 
 
 def _duration(seconds: float) -> str:
@@ -83,13 +113,9 @@ class LockWaits:
 
     cur: psycopg2.extensions.cursor
     table: str
-    url: sa.engine.URL
+    url: Any
     timeout: float
     retries: int
-
-    def lift_limit(self) -> None:
-        """From here on, lock waits are not cut (``lock_timeout = 0``): for waits that block no reader."""
-        self.cur.execute("SET LOCAL lock_timeout = 0")
 
     def apply_limit(self) -> None:
         """From here on, every lock wait of the transaction is cut after ``timeout`` (``LockNotAvailable``)."""
@@ -117,8 +143,7 @@ class LockWaits:
 
     def _busy(self, oid: int, need: Need) -> str:
         self.cur.execute(
-            "SELECT pid, usename, application_name, state, extract(epoch FROM clock_timestamp() - xact_start)::float8"
-            " FROM pg_stat_activity WHERE pid IN (SELECT pid FROM pg_locks WHERE locktype = 'relation'"
+            f"{_SESSIONS} WHERE pid IN (SELECT pid FROM pg_locks WHERE locktype = 'relation'"
             " AND relation = %s AND pid <> pg_backend_pid() AND mode = ANY(%s)"
             " AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))"
             " ORDER BY xact_start NULLS LAST, pid",

@@ -39,6 +39,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from flows.load.database import quote_ident as _q
+
 __all__ = [
     "ChangeSpec",
     "ChangeSummary",
@@ -296,10 +298,6 @@ def _sorted(values: list[str]) -> tuple[str, ...]:
     return tuple(sorted(set(values)))
 
 
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def missing_columns(cursor: Any, spec: ChangeSpec, relation_oid: int) -> str:
     """Why the relation ``relation_oid`` cannot be compared under ``spec``, or ``""`` if it can.
 
@@ -328,27 +326,16 @@ def _top(source: str, where: str, value: str, order: str, limit: int) -> str:
     )
 
 
-def _statement(spec: ChangeSpec, old: str, new: str) -> str:
-    """One statement in two steps, so that its cost follows the number of changes.
+def _statement(spec: ChangeSpec, old: str, new: str, differing: str) -> str:
+    """One statement whose cost follows the number of changes.
 
-    1. ``t``: the keys touched (with repeats), from a full join of the rows on the key and the
-       set columns' values: a row on one side only, or a measure that differs.
-       Rows of unchanged keys meet their twins and drop out.
-    2. For the touched keys only: aggregate each side by key, join on the key
-       and keep the keys that differ. A set column is aggregated unordered and
-       compared as a set (``@>`` both ways); the listed sets are sorted in Python.
+    ``t``: the keys of the rows that differ (``differing``, the loader's comparison).
+    For those keys only: aggregate each side by key, join on the key and keep the
+    keys that differ. A set column is aggregated unordered and compared as a set
+    (``@>`` both ways); the listed sets are sorted in Python.
     """
     key, limit, by_key = _q(spec.key), int(spec.limit), 'k COLLATE "C"'
     measures, sets = range(len(spec.measures)), range(len(spec.sets))
-
-    row = [f"{key}::text AS k"]
-    row += [f"coalesce({_q(c.column)}::text || 'x', '') AS j{i}" for i, c in enumerate(spec.sets)]  # NULL -> ''
-    row += [f"{_q(m.column)}::numeric AS r{i}" for i, m in enumerate(spec.measures)]
-    same_row = ["n.k = o.k", *(f"n.j{i} = o.j{i}" for i in sets)]
-    touches = ["o.k IS NULL", "n.k IS NULL", *(f"o.r{i} IS DISTINCT FROM n.r{i}" for i in measures)]
-
-    def rows(relation: str) -> str:
-        return f"SELECT {', '.join(row)} FROM {relation} WHERE {key} IS NOT NULL"
 
     aggregates = [f"{key}::text AS k"]
     aggregates += [f"max({_q(m.column)})::numeric AS m{i}" for i, m in enumerate(spec.measures)]
@@ -370,8 +357,7 @@ def _statement(spec: ChangeSpec, old: str, new: str) -> str:
     differs += [f"o.m{i} IS DISTINCT FROM n.m{i}" for i in measures]
     differs += [f"NOT (o.s{i} @> n.s{i} AND n.s{i} @> o.s{i})" for i in sets]
     ctes = [
-        f"t AS MATERIALIZED (SELECT coalesce(o.k, n.k) AS k FROM ({rows(old)}) o"
-        f" FULL JOIN ({rows(new)}) n ON {' AND '.join(same_row)} WHERE {' OR '.join(touches)})",
+        f"t AS MATERIALIZED (SELECT DISTINCT {key}::text AS k FROM {differing} WHERE {key} IS NOT NULL)",
         f"o AS ({per_key(old)})",
         f"n AS ({per_key(new)})",
         f"d AS MATERIALIZED (SELECT {', '.join(kept)} FROM o FULL JOIN n ON n.k = o.k WHERE {' OR '.join(differs)})",
@@ -396,17 +382,18 @@ def _statement(spec: ChangeSpec, old: str, new: str) -> str:
     return f"WITH {', '.join(ctes)} SELECT {', '.join(results)}"
 
 
-def compare(cursor: Any, spec: ChangeSpec, old: str | None, new: str) -> ChangeSummary:
+def compare(cursor: Any, spec: ChangeSpec, old: str | None, new: str, differing: str) -> ChangeSummary:
     """Compare the rows of relation ``old`` (``None``: no previous table) with those of ``new``.
 
     ``cursor`` is a DBAPI (psycopg2) cursor inside the loader's transaction;
-    ``old`` and ``new`` are SQL relation names, already quoted (``"public"."countries"``).
-    Both must have the spec's columns (check ``old`` with :func:`missing_columns`).
+    ``old``, ``new`` and ``differing`` (the rows found on one side only, with
+    the key column) are SQL relation names, already quoted. ``old`` and ``new``
+    must have the spec's columns (check ``old`` with :func:`missing_columns`).
     Reads only; one statement.
     """
     if old is None:
         old = f"(SELECT * FROM {new} WHERE false) AS nothing"
-    cursor.execute(_statement(spec, old, new))
+    cursor.execute(_statement(spec, old, new, differing))
     values = list(cursor.fetchone())
     added_count, added, removed_count, removed = values[:4]
     measures, position = [], 4

@@ -1,0 +1,496 @@
+"""Replace the rows of a PostgreSQL table with a DataFrame's, in one transaction, never blocking readers.
+
+One load is one transaction on a psycopg2 connection of the caller's SQLAlchemy engine:
+
+1. ``pg_advisory_xact_lock`` on the table's name: loaders of one table run one after the
+   other. The wait blocks no reader and is bounded (``loader_wait``), then ``TableBusyError``
+   names the session holding it (``flows.load.locks``).
+2. Stage the rows: a staging table with the data's columns in the TARGET table's types
+   (``CREATE ... AS SELECT <columns> FROM <table> WITH NO DATA``; the data's types for a
+   first load): temporary for ``"rows"``, next to the table for ``"swap"``; ``COPY ... FROM
+   STDIN (FREEZE)`` into it, serialised by ``flows.load.copy``.
+3. ``LOCK TABLE ... IN SHARE ROW EXCLUSIVE MODE``: no other writer until the commit, no
+   reader blocked. Everything below reads one state of the table.
+4. The row-drop rule (``check_row_drop``; ``force`` bypasses it).
+5. Compare by value, in the table's types, as multisets: one hash aggregate over both
+   sides' rows grouped by the data's columns (NULLs group together, duplicates count)
+   keeps the rows whose counts differ, with a row id (ctid) of each side. The change
+   report (``flows.load.changes``) reads only those rows.
+6. ``"rows"`` (default): ``DELETE`` the table's surplus rows by ctid, ``INSERT ... SELECT``
+   the missing ones; rows in both stay untouched (same row version), so a user's foreign
+   key to the table (even ``ON DELETE CASCADE``) loses nothing, and the table keeps all
+   attached to it (views, indexes, constraints, triggers, grants, comment, owner; extra
+   columns keep their values). Equal: nothing is written.
+   ``"swap"``: when the content differs, ``ACCESS EXCLUSIVE`` lock, ``DROP`` and ``RENAME``
+   the staging table (grants and comment carried over; indexes, constraints, triggers
+   and owner are not; a view on the table makes it fail). Equal: the staging table is dropped.
+7. The table's fingerprint (``flows.load.state.fingerprint``) in the same transaction; commit.
+   Any failure rolls back: the table is as it was.
+
+Waits for locks users hold are bounded by ``lock_timeout`` and retried ``lock_retries``
+times (``flows.load.locks.LockWaits``). :func:`interrupt_loads` cancels loads in progress:
+they roll back and raise ``LoadInterruptedError``; a load never commits after it.
+
+PostgreSQL 14 or later: ``hash_record_extended`` (14), ``min(tid)`` (14), ``COPY ...
+FREEZE`` (9.3), ``CREATE TABLE AS ... WITH NO DATA`` (9.0). Tested on 18.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import secrets
+import threading
+import time
+from collections.abc import Mapping
+from fractions import Fraction
+from typing import TYPE_CHECKING, Literal
+
+import psycopg2
+import psycopg2.errors
+
+from flows.errors import (
+    ConfigurationError,
+    CountriesError,
+    LoadError,
+    LoadInterruptedError,
+    QualityGateError,
+    setting,
+)
+from flows.load import changes as change_report
+from flows.load.changes import ChangeSpec, ChangeSummary
+from flows.load.database import TableName, parse_table_name, pg_message, quote_ident, resolve_schema, scrub, unreachable
+from flows.load.locks import LockWaits, advisory_lock
+from flows.load.state import fingerprint
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import sqlalchemy as sa
+
+    from flows.load.copy import CopyPlan
+
+logger = logging.getLogger(__name__)
+
+Strategy = Literal["rows", "swap"]
+STRATEGIES: tuple[str, ...] = ("rows", "swap")
+_STAGE = 'pg_temp."countries_pipeline_new"'
+_DIFF = 'pg_temp."countries_pipeline_diff"'
+_PRIVILEGES = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER", "MAINTAIN"})
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadResult:
+    """What a load did to a table.
+
+    ``table``: schema-qualified name; ``rows``: rows in it now; ``previous_rows``: before
+    (``None``: no table); ``deleted`` / ``inserted``: rows this load deleted and inserted
+    (0 and 0: the content was equal and nothing was written; a swap counts every row);
+    ``changes``: the change report (``None`` without a ``ChangeSpec``); ``strategy``;
+    ``fingerprint`` and ``columns``: the table's content as committed
+    (``flows.load.state.fingerprint``); ``seconds``: wall time.
+    """
+
+    table: str
+    rows: int
+    previous_rows: int | None
+    deleted: int
+    inserted: int
+    changes: ChangeSummary | None
+    strategy: str
+    fingerprint: str
+    columns: tuple[str, ...] = ()
+    seconds: float = 0.0
+
+    @property
+    def changed(self) -> bool:
+        """Whether this load wrote anything."""
+        return self.deleted + self.inserted > 0
+
+
+# --- the row-drop rule ---------------------------------------------------------------------
+
+
+def _percent(kept: float, limit: float) -> str:
+    shown = f"{kept * 100:.0f}"
+    if float(shown) >= limit * 100:
+        shown = f"{math.floor(kept * 1000) / 10:.1f}"
+    return f"{shown}%"
+
+
+def check_min_row_fraction(min_fraction: float) -> None:
+    """``ConfigurationError`` unless ``min_fraction`` is a number in [0, 1]."""
+    valid = isinstance(min_fraction, int | float) and not isinstance(min_fraction, bool)
+    if not valid or math.isnan(min_fraction) or not 0.0 <= min_fraction <= 1.0:
+        raise ConfigurationError(
+            f"{setting('min_row_fraction')} must be between 0 and 1 (a fraction like 0.5 for 50%), got {min_fraction!r}"
+        )
+
+
+def check_row_drop(new_rows: int, previous_rows: int | None, min_fraction: float, table: str) -> None:
+    """Refuse (``QualityGateError``) a load of fewer than ``min_fraction`` of the table's ``previous_rows``.
+
+    Never refused: a first load (``None``), an empty table. Exactly ``min_fraction``
+    passes (computed on the decimal fraction: 0.1 of 10 rows is 1 row).
+    """
+    if not previous_rows:
+        return
+    needed = Fraction(repr(float(min_fraction))) * previous_rows
+    if new_rows < needed:
+        raise QualityGateError(
+            f"new data has {new_rows} rows, {_percent(new_rows / previous_rows, min_fraction)} of the "
+            f"{previous_rows} in {table}, below {setting('min_row_fraction', min_fraction)} "
+            f"(at least {math.ceil(needed)} rows); re-run with {setting('force', True)} if this is expected"
+        )
+
+
+# --- loads in progress, and interrupting them -------------------------------------------------
+
+
+@dataclasses.dataclass(eq=False)
+class _Running:
+    """A load in progress: its connection (to cancel), whether it was interrupted or is committing."""
+
+    connection: psycopg2.extensions.connection
+    interrupted: bool = False
+    committing: bool = False
+    result: LoadResult | None = None
+    done: threading.Event = dataclasses.field(default_factory=threading.Event)
+
+
+_running: set[_Running] = set()
+_guard = threading.Lock()
+
+
+def interrupt_loads(timeout: float = 10.0) -> list[LoadResult]:
+    """Stop every load in progress in this process; return those that had already committed.
+
+    A load that has not started its commit is interrupted: its running statement is
+    cancelled (``connection.cancel()``, thread-safe), it rolls back and raises
+    ``LoadInterruptedError``. A load already committing finishes. Waits at most
+    ``timeout`` seconds in all for them to end, then returns the results of those
+    that committed (the caller reports them). For a SIGINT/SIGTERM handler.
+    """
+    with _guard:
+        running = list(_running)
+        for load in running:
+            if not load.committing:
+                load.interrupted = True
+                load.connection.cancel()
+    deadline = time.monotonic() + timeout
+    for load in running:
+        load.done.wait(max(0.0, deadline - time.monotonic()))
+    return [load.result for load in running if load.result is not None]
+
+
+# --- one load, in one transaction ----------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Load:
+    """Steps 2-7 of the module docstring on ``cur``, inside the caller's transaction."""
+
+    cur: psycopg2.extensions.cursor
+    table: TableName  # schema-qualified
+    plan: CopyPlan
+    options: dict
+
+    def run(self, waits: LockWaits) -> LoadResult:
+        cur, table, swap = self.cur, self.table, self.options["strategy"] == "swap"
+        cur.execute(
+            "SELECT oid, relkind, obj_description(oid, 'pg_class') FROM pg_class"
+            " WHERE relnamespace = to_regnamespace(%s) AND relname = %s",
+            (quote_ident(table.schema), table.name),
+        )
+        found = cur.fetchone()
+        oid, relkind, comment = found or (None, None, None)
+        if relkind not in (None, "r"):
+            raise LoadError(f"{table} exists but is not a plain table (relkind {relkind!r}); refusing to replace it")
+        if oid is not None:
+            self._check_columns(oid, swap)
+        names = self.plan.names()
+        staging = TableName(table.schema, f"{table.name[:40]}__swap_{secrets.token_hex(4)}").sql if swap else _STAGE
+        temporary = "" if swap else "TEMPORARY "
+        on_commit = "" if swap else " ON COMMIT DROP"
+        if oid is None:
+            cur.execute(f"CREATE {temporary}TABLE {staging} ({self.plan.definitions()}){on_commit}")
+        else:  # in the table's own types: compared by value, as the table holds them
+            create = f"CREATE {temporary}TABLE {staging}{on_commit} AS SELECT {names} FROM {table.sql} WITH NO DATA"
+            waits.bounded(oid, "read", lambda: cur.execute(create))
+        from flows.load.copy import CopyStream
+
+        copy = f"COPY {staging} ({names}) FROM STDIN WITH (FORMAT text, FREEZE, ENCODING 'UTF8')"
+        cur.copy_expert(copy, CopyStream(self.plan), size=1 << 20)
+        if oid is None:
+            return self._first(staging, swap)
+
+        def lock_and_count() -> int:
+            cur.execute(f"LOCK TABLE {table.sql} IN SHARE ROW EXCLUSIVE MODE")
+            cur.execute(f"SELECT count(*) FROM {table.sql}")
+            return cur.fetchone()[0]
+
+        previous = waits.bounded(oid, "write", lock_and_count)
+        if not self.options["force"]:
+            check_row_drop(self.plan.rows, previous, self.options["min_row_fraction"], str(table))
+        cur.execute(f"ANALYZE {staging}")  # a few ms: the planner then knows how many rows there are
+        deleted, inserted = self._diff(staging)
+        summary = self._report(oid, staging, deleted + inserted)
+        if not deleted and not inserted:
+            if swap:
+                cur.execute(f"DROP TABLE {staging}")
+        elif swap:
+            self._swap(oid, comment, staging, waits)
+            deleted, inserted = previous, self.plan.rows
+        else:
+            self._write(staging, deleted, previous, inserted)
+        return self._result(previous, deleted, inserted, summary)
+
+    def _result(self, previous: int | None, deleted: int, inserted: int, summary: ChangeSummary | None) -> LoadResult:
+        columns = tuple(c.name for c in self.plan.columns)
+        content = fingerprint(self.cur, self.table, columns)
+        return LoadResult(
+            str(self.table), int(content.split(":")[0]), previous, deleted, inserted, summary,
+            self.options["strategy"], content, columns,
+        )  # fmt: skip
+
+    def _check_columns(self, oid: int, swap: bool) -> None:
+        """The table must have every column of the data (for a swap too: the staging table is made from them)."""
+        self.cur.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped", (oid,)
+        )
+        have = [r[0] for r in self.cur.fetchall()]
+        missing = [c.name for c in self.plan.columns if c.name not in have]
+        if missing:
+            names = ", ".join(json.dumps(m, ensure_ascii=False) for m in missing)
+            fix = "drop the table so that the next load creates it" if swap else (
+                f"drop the table so that the next load creates it, or load with {setting('strategy', 'swap')}"
+            )  # fmt: skip
+            raise LoadError(
+                f"{self.table} has no column {names} of the data (its columns: {', '.join(have)}): add it, "
+                f"or {fix}; the previous table is unchanged"
+            )
+
+    def _first(self, staging: str, swap: bool) -> LoadResult:
+        """A first load: the staging table becomes the table (swap), or the table is created from it."""
+        cur, table = self.cur, self.table
+        if swap:
+            cur.execute(f"ALTER TABLE {staging} RENAME TO {quote_ident(table.name)}")
+        else:
+            cur.execute(f"CREATE TABLE {table.sql} ({self.plan.definitions()})")
+            cur.execute(f"INSERT INTO {table.sql} ({self.plan.names()}) SELECT {self.plan.names()} FROM {staging}")
+        summary = None
+        if self.options["changes"] is not None:
+            summary = change_report.compare(cur, self.options["changes"], None, table.sql, table.sql)
+        return self._result(None, 0, self.plan.rows, summary)
+
+    def _diff(self, staging: str) -> tuple[int, int]:
+        """The rows on one side only, into ``_DIFF``: per group of equal rows (by value, in the table's types),
+        its count in the table (``oc``) and in the new data (``nc``), and a ctid of each side.
+
+        Returns (rows to delete, rows to insert).
+        """
+        cur, names = self.cur, self.plan.names()
+        cur.execute(
+            f"CREATE TEMPORARY TABLE {_DIFF} ON COMMIT DROP AS SELECT {names},"
+            " count(*) FILTER (WHERE side = 0) AS oc, count(*) FILTER (WHERE side = 1) AS nc,"
+            " min(id) FILTER (WHERE side = 0) AS old_id, min(id) FILTER (WHERE side = 1) AS new_id"
+            f" FROM (SELECT 0 AS side, ctid AS id, {names} FROM {self.table.sql}"
+            f" UNION ALL SELECT 1, ctid, {names} FROM {staging}) u GROUP BY {names}"
+            " HAVING count(*) FILTER (WHERE side = 0) <> count(*) FILTER (WHERE side = 1)"
+        )
+        cur.execute(
+            "SELECT coalesce(sum(oc - nc) FILTER (WHERE oc > nc), 0), coalesce(sum(nc - oc) FILTER (WHERE nc > oc), 0)"
+            f" FROM {_DIFF}"
+        )
+        deleted, inserted = cur.fetchone()
+        if deleted or inserted:
+            cur.execute(f"ANALYZE {_DIFF}")  # the planner then knows how many rows change
+        return int(deleted), int(inserted)
+
+    def _report(self, oid: int, staging: str, differing: int) -> ChangeSummary | None:
+        spec: ChangeSpec | None = self.options["changes"]
+        if spec is None:
+            return None
+        if not differing:
+            return ChangeSummary.identical(spec)
+        reason = change_report.missing_columns(self.cur, spec, oid)
+        if reason:
+            return ChangeSummary.skipped(spec, reason)
+        return change_report.compare(self.cur, spec, self.table.sql, staging, _DIFF)
+
+    def _write(self, staging: str, deleted: int, previous: int, inserted: int) -> None:
+        """Strategy "rows": delete the table's surplus rows, insert the missing ones; the others stay untouched."""
+        cur, table, names = self.cur, self.table, self.plan.names()
+        if deleted and deleted == previous:  # every row goes: no need to find them one by one
+            cur.execute(f"DELETE FROM {table.sql}")
+        elif deleted:
+            gone = f"SELECT old_id FROM {_DIFF} WHERE oc = 1 AND nc = 0"
+            cur.execute(f"SELECT count(*) FROM {_DIFF} WHERE oc > 1 AND oc > nc")
+            if cur.fetchone()[0]:  # a row the table holds several times, fewer times in the new data: number copies
+                same = " AND ".join(f"o.{quote_ident(c.name)} IS NOT DISTINCT FROM d.{quote_ident(c.name)}"
+                                    for c in self.plan.columns)  # fmt: skip
+                gone += (
+                    " UNION ALL SELECT w.id FROM (SELECT o.ctid AS id, d.oc - d.nc AS surplus, row_number() OVER"
+                    f" (PARTITION BY d.old_id) AS i FROM {table.sql} o JOIN {_DIFF} d ON {same}"
+                    " WHERE d.oc > 1 AND d.oc > d.nc) w WHERE w.i <= w.surplus"
+                )
+            cur.execute(f"DELETE FROM {table.sql} t USING ({gone}) g(id) WHERE t.ctid = g.id")
+        if inserted == self.plan.rows:
+            cur.execute(f"INSERT INTO {table.sql} ({names}) SELECT {names} FROM {staging}")
+        elif inserted:
+            staged = ", ".join(f"s.{quote_ident(c.name)}" for c in self.plan.columns)
+            cur.execute(
+                f"INSERT INTO {table.sql} ({names}) SELECT {staged} FROM {_DIFF} d JOIN {staging} s"
+                " ON s.ctid = d.new_id CROSS JOIN LATERAL generate_series(1, d.nc - d.oc) WHERE d.nc > d.oc"
+            )
+
+    def _swap(self, oid: int, comment: str | None, staging: str, waits: LockWaits) -> None:
+        """Strategy "swap": carry grants and the comment over, DROP the table, RENAME the staging one."""
+        cur, table = self.cur, self.table
+        cur.execute(
+            "SELECT a.privilege_type, a.is_grantable, r.rolname FROM pg_class c CROSS JOIN LATERAL"
+            " aclexplode(c.relacl) a LEFT JOIN pg_roles r ON r.oid = a.grantee WHERE c.oid = %s",
+            (oid,),
+        )
+        for privilege, grantable, role in cur.fetchall():
+            if privilege in _PRIVILEGES:
+                grantee = "PUBLIC" if role is None else quote_ident(role)
+                cur.execute(f"GRANT {privilege} ON {staging} TO {grantee}{' WITH GRANT OPTION' * grantable}")
+        if comment:
+            cur.execute(f"COMMENT ON TABLE {staging} IS %s", (comment,))
+
+        def swap() -> None:
+            cur.execute(f"LOCK TABLE {table.sql} IN ACCESS EXCLUSIVE MODE")
+            try:
+                cur.execute(f"DROP TABLE {table.sql}")
+            except psycopg2.errors.DependentObjectsStillExist as exc:
+                raise LoadError(
+                    f"cannot swap {table}: {pg_message(exc)}; load with {setting('strategy', 'rows')} "
+                    "(the default), which keeps them, or drop them; the previous table is unchanged"
+                ) from None
+            cur.execute(f"ALTER TABLE {staging} RENAME TO {quote_ident(table.name)}")
+
+        waits.bounded(oid, "swap", swap)
+
+
+# --- the public entry point -----------------------------------------------------------------
+
+
+def _check_options(plan: CopyPlan, options: dict) -> None:
+    if options["strategy"] not in STRATEGIES:
+        raise ConfigurationError(
+            f"{setting('strategy')} must be one of {', '.join(STRATEGIES)}, got {options['strategy']!r}"
+        )
+    check_min_row_fraction(options["min_row_fraction"])
+    for name in ("lock_timeout", "loader_wait"):
+        value = options[name]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 3600:
+            raise ConfigurationError(f"{name} must be a number of seconds in (0, 3600], got {value!r}")
+    retries = options["lock_retries"]
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ConfigurationError(f"lock_retries must be a whole number >= 0, got {retries!r}")
+    names = [c.name for c in plan.columns]
+    changes = options["changes"]
+    missing = [] if changes is None else [c for c in changes.columns if c not in names]
+    if missing:
+        raise ConfigurationError(f"the change spec names columns the data does not have: {missing} (columns: {names})")
+
+
+def replace_table(
+    engine: sa.Engine,
+    df: pd.DataFrame,
+    table: str | TableName,
+    *,
+    column_types: Mapping[str, str] | None = None,
+    force: bool = False,
+    min_row_fraction: float = 0.5,
+    changes: ChangeSpec | None = None,
+    strategy: Strategy = "rows",
+    lock_timeout: float = 1.0,
+    lock_retries: int = 3,
+    loader_wait: float = 60.0,
+) -> LoadResult:
+    """Make the rows of ``table`` equal to those of ``df`` in one transaction, writing only what differs.
+
+    ``df``'s columns become the table's data columns (the index is ignored). ``table``: a
+    ``TableName`` or a string for ``parse_table_name`` (no schema: the first of
+    ``search_path``; the schema must exist, the table need not). ``column_types``: SQL
+    types for a table the load creates (the others from the dtype: text / bigint / double
+    precision / boolean / timestamptz); an existing table keeps its own types, and rows are
+    compared in them. ``min_row_fraction``: refuse a load smaller than that fraction of the
+    table (``force`` bypasses it). ``changes``: what the change report compares.
+    ``strategy``: ``"rows"`` (keeps the table and all attached to it) or ``"swap"`` (a new
+    table, when the content differs). ``lock_timeout`` / ``lock_retries``: the bound of each
+    wait for a user's lock; ``loader_wait``: the bound of the wait for another load of the
+    table (seconds).
+
+    Returns a ``LoadResult`` (``deleted == inserted == 0``: equal content, nothing written).
+    Raises ``InvalidTableNameError`` / ``ConfigurationError`` (database not touched),
+    ``DatabaseUnreachableError``, ``QualityGateError``, ``TableBusyError``,
+    ``LoadInterruptedError`` (:func:`interrupt_loads`) or ``LoadError``; the table is then as it was.
+    """
+    from flows.load.copy import plan_copy
+
+    started = time.perf_counter()
+    target = table if isinstance(table, TableName) else parse_table_name(table)
+    plan = plan_copy(df, column_types)
+    options = dict(force=force, min_row_fraction=min_row_fraction, changes=changes, strategy=strategy,
+                   lock_timeout=lock_timeout, lock_retries=lock_retries, loader_wait=loader_wait)  # fmt: skip
+    _check_options(plan, options)
+    try:
+        proxy = engine.raw_connection()
+    except Exception as exc:  # SQLAlchemy wraps the driver's error; anything else is not a connection failure
+        if isinstance(getattr(exc, "orig", exc), psycopg2.Error):
+            raise unreachable(engine.url, exc) from None
+        raise
+    connection = proxy.dbapi_connection
+    running = _Running(connection)
+    with _guard:
+        _running.add(running)
+    try:
+        result = _run(connection, running, target, plan, options, engine.url)
+    finally:
+        with _guard:
+            _running.discard(running)
+        running.done.set()
+        if connection.closed:  # the server went away: SQLAlchemy's pool discards the connection
+            proxy.invalidate()
+        else:
+            proxy.close()
+    result = dataclasses.replace(result, seconds=time.perf_counter() - started)
+    if result.changed:
+        logger.info("wrote %s [%s]: %d rows deleted, %d inserted, now %d rows, in %.3fs", result.table, strategy,
+                    result.deleted, result.inserted, result.rows, result.seconds)  # fmt: skip
+    else:
+        logger.info("%s already equal to the data: %d rows, nothing written", result.table, result.rows)
+    return result
+
+
+def _run(connection, running: _Running, target: TableName, plan: CopyPlan, options: dict, url) -> LoadResult:
+    """The load's transaction: commit only if it was not interrupted; roll back on any failure."""
+    try:
+        with connection.cursor() as cur:
+            target = resolve_schema(cur, target)
+            advisory_lock(cur, str(target), options["loader_wait"], url)
+            waits = LockWaits(cur, str(target), url, options["lock_timeout"], options["lock_retries"])
+            waits.apply_limit()
+            result = _Load(cur, target, plan, options).run(waits)
+        with _guard:
+            if running.interrupted:
+                raise LoadInterruptedError(f"interrupted: the table was not changed ({target} was being loaded)")
+            running.committing = True
+        connection.commit()
+        running.result = result
+        return result
+    except BaseException as exc:
+        if not connection.closed:
+            try:
+                connection.rollback()
+            except psycopg2.Error:  # lost on the way: nothing was committed
+                pass
+        if running.interrupted and isinstance(exc, psycopg2.Error | LoadError):
+            raise LoadInterruptedError(f"interrupted: the table was not changed ({target} was being loaded)") from None
+        if isinstance(exc, CountriesError) or not isinstance(exc, psycopg2.Error):
+            raise
+        raise LoadError(f"loading {target} failed: {scrub(pg_message(exc), url)}; the previous table is unchanged") from None

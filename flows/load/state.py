@@ -1,0 +1,159 @@
+"""What the last load wrote, so that a run with the same source can skip the transform and the load.
+
+Nothing is kept in the user's database: the load state of a table is a Prefect
+Variable (``countries-load-<hash>``, named from a hash of the database, without
+its password, and the schema-qualified table), holding the digest of the
+source records, the table's content fingerprint after the load, its columns
+and its row count.
+
+- :func:`source_digest`: a digest of what a run is about to load, taken before any transform.
+- :func:`fingerprint`: the content of a table as the database sees it, computed in SQL:
+  ``count(*)`` and the sum of ``hash_record_extended(ROW(<columns>), 0)`` over its rows.
+  Order-independent, counts duplicates (a multiset), by value in the column's types
+  (hashes of equal values are equal). About 0.2-0.35 s for 1,000,000 rows here (parallel scan).
+- :func:`is_unchanged`: the table's rows when its stored source digest is the run's and the
+  live fingerprint equals the stored one (so a hand edit makes the next run load and
+  repair it); ``None`` otherwise.
+- :func:`save_state`: record a load's result.
+
+Importing this module imports psycopg2 and Prefect, never pandas or SQLAlchemy:
+the warm run stays light. Needs PostgreSQL 14 or later (``hash_record_extended``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import psycopg2
+
+from flows.load.database import SECRET_QUERY_KEYS, Database, TableName, quote_ident
+
+if TYPE_CHECKING:
+    from flows.load.replace import LoadResult
+
+VARIABLE_PREFIX = "countries-load-"
+
+
+# --- what a run is about to load -------------------------------------------------------------
+
+_ROW_MAKING_LIBRARIES = ("pandas", "numpy")
+"""Libraries whose version can change the rows made from the same records (dtypes, text of values)."""
+
+
+@functools.cache
+def _code_identity() -> str:
+    """SHA-256 hex of the ``flows`` package's source files and the versions of the row-making libraries."""
+    digest = hashlib.sha256()
+    package = Path(__file__).resolve().parents[1]
+    for path in sorted(package.rglob("*.py")):
+        digest.update(f"{path.relative_to(package).as_posix()}\0".encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    for name in _ROW_MAKING_LIBRARIES:
+        try:
+            version = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            version = "-"
+        digest.update(f"{name}=={version}\0".encode())
+    return digest.hexdigest()
+
+
+def source_digest(records: Sequence[Any], *, dialect: str, columns: Iterable[tuple[str, str, str]]) -> str | None:
+    """SHA-256 hex of what a run is about to load, before any transform; None if it cannot be taken.
+
+    Covers the records in order as JSON (one ``json.dumps`` of them all, keys in
+    the order the API sent them: the same records sent in another key order
+    only cost a load), ``columns`` (each ``(name, source path, SQL type)``), the
+    API ``dialect`` and the code that turns records into rows (the ``flows``
+    package's files, the versions of pandas and numpy). Equal digests mean equal
+    rows. None when a record holds something JSON cannot express exactly.
+    """
+    header = {"dialect": dialect, "columns": [list(c) for c in columns], "code": _code_identity()}
+    try:
+        text = json.dumps([header, records], ensure_ascii=False, separators=(",", ":"), allow_nan=True)
+    except (TypeError, ValueError):  # not JSON data: an object, a cycle
+        return None
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+# --- the table's content -----------------------------------------------------------------------
+
+
+def fingerprint(cur: psycopg2.extensions.cursor, table: TableName, columns: Sequence[str]) -> str:
+    """``"<rows>:<sum of row hashes>"`` of ``table``'s ``columns``, in the caller's snapshot (see the module doc)."""
+    row = ", ".join(quote_ident(c) for c in columns)
+    cur.execute(f"SELECT count(*), coalesce(sum(hash_record_extended(ROW({row}), 0)), 0) FROM {table.sql}")
+    rows, total = cur.fetchone()
+    return f"{rows}:{total}"
+
+
+def variable_name(db: Database, table: TableName) -> str:
+    """The Prefect Variable of ``table`` in ``db``: a hash of where the database is (no secret) and the table."""
+    query = {k: v for k, v in db.query.items() if k not in SECRET_QUERY_KEYS}
+    where = [db.username, db.host, db.port, db.database, sorted(query.items()), str(table)]
+    return VARIABLE_PREFIX + hashlib.sha256(json.dumps(where, default=str).encode()).hexdigest()[:32]
+
+
+def live_rows(db: Database, table: TableName, stored: dict[str, Any], *, lock_timeout: float = 1.0) -> int | None:
+    """The table's rows if its live fingerprint is ``stored["fingerprint"]``, else None (any doubt is None).
+
+    Read-only, on a connection of its own; waits at most ``lock_timeout`` seconds
+    for a lock a user holds. Raises only ``DatabaseUnreachableError``.
+    """
+    conn = db.connect()
+    try:
+        conn.set_session(readonly=True)
+        with conn.cursor() as cur:
+            cur.execute("SELECT set_config('lock_timeout', %s, true)", (f"{max(1, round(lock_timeout * 1000))}ms",))
+            live = fingerprint(cur, table, stored["columns"])
+        return int(stored["rows"]) if live == stored["fingerprint"] else None
+    except (psycopg2.Error, KeyError, TypeError, ValueError):  # no table, a column gone, a lock wait: load instead
+        return None
+    finally:
+        conn.close()
+
+
+async def stored_source(db: Database, table: TableName) -> str | None:
+    """The source digest the last load of ``table`` was made from (None: no state). Read it before
+    :func:`save_state`: a load from the same source that wrote rows repaired edits made outside the pipeline."""
+    from prefect.variables import Variable
+
+    stored = await Variable.aget(variable_name(db, table), default=None)
+    return stored.get("source") if isinstance(stored, dict) else None
+
+
+async def is_unchanged(db: Database, table: TableName, source_digest: str | None) -> int | None:
+    """The rows of ``table`` when its last load was made from ``source_digest`` and nobody changed it since.
+
+    That is: the stored state names that source digest, and the table's live
+    fingerprint equals the one the load committed. None otherwise, and when
+    there is no state, no digest or no Prefect Variable to read. Raises only
+    ``DatabaseUnreachableError``.
+    """
+    from prefect.variables import Variable
+
+    if source_digest is None:
+        return None
+    stored = await Variable.aget(variable_name(db, table), default=None)
+    if not isinstance(stored, dict) or stored.get("source") != source_digest:
+        return None
+    return await asyncio.to_thread(live_rows, db, table, stored)
+
+
+async def save_state(db: Database, table: TableName, source_digest: str | None, result: LoadResult) -> None:
+    """Record that ``table`` holds ``result`` (its fingerprint, columns and rows), made from ``source_digest``."""
+    from prefect.variables import Variable
+
+    value = {
+        "source": source_digest,
+        "fingerprint": result.fingerprint,
+        "columns": list(result.columns),
+        "rows": result.rows,
+    }
+    await Variable.aset(variable_name(db, table), value, overwrite=True)
