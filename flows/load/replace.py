@@ -207,13 +207,13 @@ class _Load:
         oid, relkind, comment = found or (None, None, None)
         if relkind not in (None, "r"):
             raise LoadError(f"{table} exists but is not a plain table (relkind {relkind!r}); refusing to replace it")
-        if oid is not None:
-            self._check_columns(oid, swap)
+        # A swap replaces a table that lacks some of the data's columns (and compares nothing).
+        complete = oid is not None and self._check_columns(oid, swap)
         names = self.plan.names()
         staging = TableName(table.schema, f"{table.name[:40]}__swap_{secrets.token_hex(4)}").sql if swap else _STAGE
         temporary = "" if swap else "TEMPORARY "
         on_commit = "" if swap else " ON COMMIT DROP"
-        if oid is None:
+        if not complete:
             cur.execute(f"CREATE {temporary}TABLE {staging} ({self.plan.definitions()}){on_commit}")
         else:  # in the table's own types: compared by value, as the table holds them
             create = f"CREATE {temporary}TABLE {staging}{on_commit} AS SELECT {names} FROM {table.sql} WITH NO DATA"
@@ -232,18 +232,24 @@ class _Load:
 
         previous = waits.bounded(oid, "write", lock_and_count)
         if not self.options["force"]:
-            check_row_drop(self.plan.rows, previous, self.options["min_row_fraction"], str(table))
+            check_row_drop(self.plan.rows, previous, self.options["min_row_fraction"], table.name)
         cur.execute(f"ANALYZE {staging}")  # a few ms: the planner then knows how many rows there are
-        deleted, inserted = self._diff(staging)
-        summary = self._report(oid, staging, deleted + inserted)
+        if complete:
+            deleted, inserted = self._diff(staging)
+            summary = self._report(oid, staging, deleted + inserted)
+        else:
+            deleted, inserted = previous, self.plan.rows
+            spec = self.options["changes"]
+            reason = None if spec is None else change_report.missing_columns(cur, spec, oid)
+            summary = None if spec is None else ChangeSummary.skipped(spec, reason or "the previous table had other columns")
         if not deleted and not inserted:
             if swap:
                 cur.execute(f"DROP TABLE {staging}")
         elif swap:
             self._swap(oid, comment, staging, waits)
             deleted, inserted = previous, self.plan.rows
-        else:
-            self._write(staging, deleted, previous, inserted)
+        else:  # behind a user's row lock (SELECT ... FOR UPDATE): bounded, retried
+            waits.bounded(oid, "write", lambda: self._write(staging, deleted, previous, inserted))
         return self._result(previous, deleted, inserted, summary)
 
     def _result(self, previous: int | None, deleted: int, inserted: int, summary: ChangeSummary | None) -> LoadResult:
@@ -254,22 +260,21 @@ class _Load:
             self.options["strategy"], content, columns,
         )  # fmt: skip
 
-    def _check_columns(self, oid: int, swap: bool) -> None:
-        """The table must have every column of the data (for a swap too: the staging table is made from them)."""
+    def _check_columns(self, oid: int, swap: bool) -> bool:
+        """Whether the table has every column of the data; strategy "rows" refuses a table without them."""
         self.cur.execute(
             "SELECT attname FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped", (oid,)
         )
         have = [r[0] for r in self.cur.fetchall()]
         missing = [c.name for c in self.plan.columns if c.name not in have]
-        if missing:
+        if missing and not swap:
             names = ", ".join(json.dumps(m, ensure_ascii=False) for m in missing)
-            fix = "drop the table so that the next load creates it" if swap else (
-                f"drop the table so that the next load creates it, or load with {setting('strategy', 'swap')}"
-            )  # fmt: skip
             raise LoadError(
-                f"{self.table} has no column {names} of the data (its columns: {', '.join(have)}): add it, "
-                f"or {fix}; the previous table is unchanged"
+                f"{self.table} has no column {names} of the data (its columns: {', '.join(have)}): add it, drop the "
+                f"table so that the next load creates it, or load with {setting('strategy', 'swap')} to replace "
+                "the table; the previous table is unchanged"
             )
+        return not missing
 
     def _first(self, staging: str, swap: bool) -> LoadResult:
         """A first load: the staging table becomes the table (swap), or the table is created from it."""
