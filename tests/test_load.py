@@ -1552,3 +1552,136 @@ def test_change_report_says_why_it_could_not_compare(engine):
         conn.exec_driver_sql("CREATE TABLE countries (nation_official_name text, currency_name text, population text)")
     result = replace_table(engine, frame(BEFORE), "countries", changes=SPEC)
     assert result.changes.phrase() == 'changes not compared: the previous table\'s "population" is not numeric'
+
+
+# --- issue 16: the table equals the source after every load, whatever was done by hand ----------
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize(
+    "edit",
+    [
+        "UPDATE countries SET population = 1 WHERE nation_official_name = 'Country 0-3'",
+        "DELETE FROM countries WHERE nation_official_name = 'Country 0-3';"
+        " INSERT INTO countries VALUES ('Atlantis', 'Euro', 5)",  # same row count
+    ],
+)
+def test_a_hand_edit_is_repaired_by_the_next_load_of_the_same_data(engine, strategy, edit):
+    df = countries(10)
+    replace_table(engine, df, "countries", strategy=strategy)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(edit)
+
+    result = replace_table(engine, df, "countries", strategy=strategy, changes=SPEC)
+
+    assert result.changed and same_rows(engine, df)
+    if strategy == "rows":
+        assert (result.deleted, result.inserted) == (1, 1)  # only the edited row
+    assert result.changes.any
+    assert replace_table(engine, df, "countries", strategy=strategy).changed is False
+
+
+def test_rows_are_compared_by_value_in_the_tables_own_types_and_a_users_cascade_keeps_its_rows(engine):
+    """Issue 16 §2: numeric(14,2), a unique key and ON DELETE CASCADE: one country changed, one rewritten."""
+    df = countries(20)
+    replace_table(engine, df, "countries")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE countries ALTER population TYPE numeric(14,2)")
+        conn.exec_driver_sql("ALTER TABLE countries ADD UNIQUE (nation_official_name)")
+        conn.exec_driver_sql(
+            "CREATE TABLE notes (country text REFERENCES countries (nation_official_name) ON DELETE CASCADE, n int)"
+        )
+        conn.exec_driver_sql("INSERT INTO notes SELECT nation_official_name, 1 FROM countries")
+    xmins = _xmins(engine)
+    changed = df.copy()
+    changed.loc[4, "population"] += 1
+
+    result = replace_table(engine, changed, "countries", changes=SPEC)
+
+    assert (result.deleted, result.inserted) == (1, 1)
+    assert result.changes.phrase() == "1 population changed"
+    assert len(set(_xmins(engine).items()) - set(xmins.items())) == 1  # the 19 other rows are untouched
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM notes").scalar_one() == 19  # only the changed one cascaded
+        assert conn.exec_driver_sql("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid ="
+                                    " 'countries'::regclass AND attname = 'population'").scalar_one() == "numeric(14,2)"
+    assert replace_table(engine, changed, "countries").changed is False  # 364260.00 equals 364260
+
+
+def test_a_load_waits_for_another_load_of_the_table_only_so_long_then_says_table_busy(engine, pg, database_url):
+    from flows.load.locks import _lock_key
+
+    replace_table(engine, countries(3), "countries")
+    with contextlib.closing(dbapi_connect(pg, database_url, "lost loader")) as other, other.cursor() as cur:
+        cur.execute("BEGIN")
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key("public.countries"),))
+        started = time.monotonic()
+        with pytest.raises(TableBusyError) as err:
+            replace_table(engine, countries(3, seed=2), "countries", loader_wait=0.5)
+        assert time.monotonic() - started < 10
+        cur.execute("SELECT pg_backend_pid()")
+        pid = cur.fetchone()[0]
+        cur.execute("ROLLBACK")
+    message = str(err.value)
+    assert message.startswith("table public.countries is busy")
+    assert f"pid {pid}" in message and 'application "lost loader"' in message
+    assert same_rows(engine, countries(3))
+
+
+def test_an_interrupt_while_a_load_waits_for_a_lock_rolls_it_back(engine, pg, database_url):
+    replace_table(engine, countries(5), "countries")
+    with contextlib.closing(dbapi_connect(pg, database_url, "user")) as user, user.cursor() as cur:
+        cur.execute("BEGIN")
+        cur.execute("LOCK TABLE countries IN EXCLUSIVE MODE")  # the load waits for its write lock
+        load = Background(engine, countries(5, seed=2), "countries", lock_timeout=30, lock_retries=0)
+
+        def waiting() -> bool:
+            cur.execute("SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'countries'::regclass")
+            return cur.fetchone()[0] > 0
+
+        wait_until(waiting, "the load to wait for its lock")
+        committed = interrupt_loads(timeout=10)
+        with pytest.raises(LoadInterruptedError, match="^interrupted: the table was not changed"):
+            load.result()
+        cur.execute("ROLLBACK")
+    assert committed == []
+    assert same_rows(engine, countries(5))
+    assert interrupt_loads(timeout=1) == []  # nothing left running
+
+
+# --- issue 16 §7: messages that name the real cause, and mask the password only as a credential ---
+
+
+def test_a_short_password_is_masked_as_a_credential_never_inside_words(pg):
+    db = Database.from_url(f"postgresql+psycopg2://{pg.user}:st@/no_such_db?host={pg.socket_dir}", block="warehouse")
+    with pytest.raises(DatabaseUnreachableError) as err:
+        db.connect()
+    message = str(err.value)
+    assert 'database "no_such_db" does not exist' in message
+    assert "check the warehouse block's connection settings" in message
+    text = "postgresql://u:st@h/d password=st statement timeout; does not exist"
+    assert scrub(text, db) == "postgresql://u:***@h/d password=*** statement timeout; does not exist"
+
+
+def test_a_run_may_skip_only_while_the_source_and_the_tables_content_are_what_the_last_load_left(
+    prefect_server, engine, db
+):
+    """Issue 16 §1: the skip checks the table's content (not its oid or row count); the state is a Prefect Variable."""
+    import asyncio
+
+    from flows.load import state
+
+    df = countries(8)
+    result = replace_table(engine, df, "countries")
+    assert asyncio.run(state.is_unchanged(db, PUBLIC_COUNTRIES, SOURCE_A)) is None  # no state yet
+    asyncio.run(state.save_state(db, PUBLIC_COUNTRIES, SOURCE_A, result))
+
+    assert asyncio.run(state.is_unchanged(db, PUBLIC_COUNTRIES, SOURCE_A)) == 8
+    assert asyncio.run(state.is_unchanged(db, PUBLIC_COUNTRIES, SOURCE_B)) is None  # another source
+    assert asyncio.run(state.stored_source(db, PUBLIC_COUNTRIES)) == SOURCE_A
+    with engine.begin() as conn:  # same oid, same row count, other content
+        conn.exec_driver_sql("UPDATE countries SET population = population + 1 WHERE ctid = (SELECT min(ctid) FROM"
+                             " countries)")  # fmt: skip
+    assert asyncio.run(state.is_unchanged(db, PUBLIC_COUNTRIES, SOURCE_A)) is None
+    with engine.connect() as conn:  # nothing of the pipeline's in the user's schema
+        assert conn.exec_driver_sql("SELECT count(*) FROM pg_class WHERE relname LIKE '%%pipeline%%'").scalar_one() == 0
