@@ -90,10 +90,11 @@ def source_digest(records: Sequence[Any], *, dialect: str, columns: Iterable[tup
 # --- the table's content -----------------------------------------------------------------------
 
 
-def fingerprint(cur: psycopg2.extensions.cursor, table: TableName, columns: Sequence[str]) -> str:
-    """``"<rows>:<sum of row hashes>"`` of ``table``'s ``columns``, in the caller's snapshot (see the module doc)."""
+def fingerprint(cur: psycopg2.extensions.cursor, table: TableName | str, columns: Sequence[str]) -> str:
+    """``"<rows>:<sum of row hashes>"`` of ``table``'s ``columns`` (a name or quoted SQL), in the caller's snapshot."""
     row = ", ".join(quote_ident(c) for c in columns)
-    cur.execute(f"SELECT count(*), coalesce(sum(hash_record_extended(ROW({row}), 0)), 0) FROM {table.sql}")
+    relation = table.sql if isinstance(table, TableName) else table
+    cur.execute(f"SELECT count(*), coalesce(sum(hash_record_extended(ROW({row}), 0)), 0) FROM {relation}")
     rows, total = cur.fetchone()
     return f"{rows}:{total}"
 
