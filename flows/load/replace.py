@@ -196,37 +196,28 @@ class _Load:
     plan: CopyPlan
     options: dict
 
+    @property
+    def columns(self) -> list[str]:
+        return [c.name for c in self.plan.columns]
+
     def run(self, waits: LockWaits) -> LoadResult:
-        cur, table, swap = self.cur, self.table, self.options["strategy"] == "swap"
+        cur, table, swap, spec = self.cur, self.table, self.options["strategy"] == "swap", self.options["changes"]
         cur.execute(
             "SELECT oid, relkind, obj_description(oid, 'pg_class') FROM pg_class"
             " WHERE relnamespace = to_regnamespace(%s) AND relname = %s",
             (quote_ident(table.schema), table.name),
         )
-        found = cur.fetchone()
-        oid, relkind, comment = found or (None, None, None)
+        oid, relkind, comment = cur.fetchone() or (None, None, None)
         if relkind not in (None, "r"):
             raise LoadError(f"{table} exists but is not a plain table (relkind {relkind!r}); refusing to replace it")
-        # A swap replaces a table that lacks some of the data's columns (and compares nothing).
-        complete = oid is not None and self._check_columns(oid, swap)
-        names = self.plan.names()
+        complete = oid is not None and self._has_columns(oid, swap)  # a swap may replace a table lacking some
         staging = TableName(table.schema, f"{table.name[:40]}__swap_{secrets.token_hex(4)}").sql if swap else _STAGE
-        temporary = "" if swap else "TEMPORARY "
-        on_commit = "" if swap else " ON COMMIT DROP"
-        if not complete:
-            cur.execute(f"CREATE {temporary}TABLE {staging} ({self.plan.definitions()}){on_commit}")
-        else:  # in the table's own types: compared by value, as the table holds them
-            create = f"CREATE {temporary}TABLE {staging}{on_commit} AS SELECT {names} FROM {table.sql} WITH NO DATA"
-            waits.bounded(oid, "read", lambda: cur.execute(create))
-        from flows.load.copy import CopyStream
-
-        copy = f"COPY {staging} ({names}) FROM STDIN WITH (FORMAT text, FREEZE, ENCODING 'UTF8')"
-        cur.copy_expert(copy, CopyStream(self.plan), size=1 << 20)
+        self._stage(staging, table.sql if complete else None, temporary=not swap, oid=oid, waits=waits)
         if oid is None:
             return self._first(staging, swap)
 
         def lock_and_count() -> int:
-            cur.execute(f"LOCK TABLE {table.sql} IN SHARE ROW EXCLUSIVE MODE")
+            cur.execute(f"LOCK TABLE {table.sql} IN SHARE ROW EXCLUSIVE MODE")  # no other writer; no reader blocked
             cur.execute(f"SELECT count(*) FROM {table.sql}")
             return cur.fetchone()[0]
 
@@ -234,44 +225,34 @@ class _Load:
         if not self.options["force"]:
             check_row_drop(self.plan.rows, previous, self.options["min_row_fraction"], table.name)
         cur.execute(f"ANALYZE {staging}")  # a few ms: the planner then knows how many rows there are
-        if complete and swap and self.options["changes"] is None:  # no report asked: two fingerprints suffice
-            columns = [c.name for c in self.plan.columns]
-            same = fingerprint(cur, staging, columns) == fingerprint(cur, table, columns)
-            deleted, inserted = (0, 0) if same else (previous, self.plan.rows)
-            summary = None
-        elif complete:
-            deleted, inserted = self._diff(staging)
-            summary = self._report(oid, staging, deleted + inserted)
-        else:
-            deleted, inserted = previous, self.plan.rows
-            spec = self.options["changes"]
-            reason = None if spec is None else change_report.missing_columns(cur, spec, oid)
-            summary = None if spec is None else ChangeSummary.skipped(spec, reason or "the previous table had other columns")
-        if not deleted and not inserted:
-            if swap:
-                cur.execute(f"DROP TABLE {staging}")
-        elif swap:
-            self._swap(oid, comment, staging, waits)
-            deleted, inserted = previous, self.plan.rows
-        else:  # behind a user's row lock (SELECT ... FOR UPDATE): bounded, retried
-            waits.bounded(oid, "write", lambda: self._write(staging, deleted, previous, inserted))
-        return self._result(previous, deleted, inserted, summary)
+        if swap:
+            return self._swap(oid, comment, staging, previous, complete, waits)
+        cur.execute("SAVEPOINT countries_pipeline_diff")
+        for exact in (False, True):
+            deleted, inserted, differing = self._diff(staging, previous, exact)
+            summary = None if spec is None else self._report(oid, staging, differing, deleted + inserted)
+            if deleted or inserted:  # behind a user's row lock (SELECT ... FOR UPDATE): bounded, retried
+                waits.bounded(oid, "write", lambda d=deleted, i=inserted: self._write(staging, d, previous, i))
+            content = fingerprint(cur, table, self.columns)
+            # No row of the table is in the data, or the contents are equal: the fast comparison was right.
+            if exact or deleted == previous or content == fingerprint(cur, staging, self.columns):
+                break
+            cur.execute("ROLLBACK TO SAVEPOINT countries_pipeline_diff")  # rows held several times: count them
+        return self._result(previous, deleted, inserted, summary, content)
 
-    def _result(self, previous: int | None, deleted: int, inserted: int, summary: ChangeSummary | None) -> LoadResult:
-        columns = tuple(c.name for c in self.plan.columns)
-        content = fingerprint(self.cur, self.table, columns)
+    def _result(self, previous, deleted: int, inserted: int, summary, content: str) -> LoadResult:
         return LoadResult(
             str(self.table), int(content.split(":")[0]), previous, deleted, inserted, summary,
-            self.options["strategy"], content, columns,
+            self.options["strategy"], content, tuple(self.columns),
         )  # fmt: skip
 
-    def _check_columns(self, oid: int, swap: bool) -> bool:
+    def _has_columns(self, oid: int, swap: bool) -> bool:
         """Whether the table has every column of the data; strategy "rows" refuses a table without them."""
         self.cur.execute(
             "SELECT attname FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped", (oid,)
         )
         have = [r[0] for r in self.cur.fetchall()]
-        missing = [c.name for c in self.plan.columns if c.name not in have]
+        missing = [c for c in self.columns if c not in have]
         if missing and not swap:
             names = ", ".join(json.dumps(m, ensure_ascii=False) for m in missing)
             raise LoadError(
@@ -281,53 +262,82 @@ class _Load:
             )
         return not missing
 
+    def _stage(self, staging: str, like: str | None, temporary: bool, oid: int | None, waits: LockWaits) -> None:
+        """Create ``staging`` in the types of ``like`` (the table) or of the data, and COPY the rows in."""
+        cur, names = self.cur, self.plan.names()
+        kind, on_commit = ("TEMPORARY ", " ON COMMIT DROP") if temporary else ("", "")
+        if like is None:
+            cur.execute(f"CREATE {kind}TABLE {staging} ({self.plan.definitions()}){on_commit}")
+        else:  # in the table's own types: compared by value, as the table holds them
+            create = f"CREATE {kind}TABLE {staging}{on_commit} AS SELECT {names} FROM {like} WITH NO DATA"
+            waits.bounded(oid, "read", lambda: cur.execute(create))
+        from flows.load.copy import CopyStream
+
+        # FREEZE (the table is new in this transaction): its rows need no hint bits on first read.
+        copy = f"COPY {staging} ({names}) FROM STDIN WITH (FORMAT text, FREEZE, ENCODING 'UTF8')"
+        cur.copy_expert(copy, CopyStream(self.plan), size=1 << 20)
+
     def _first(self, staging: str, swap: bool) -> LoadResult:
         """A first load: the staging table becomes the table (swap), or the table is created from it."""
-        cur, table = self.cur, self.table
+        cur, table, spec = self.cur, self.table, self.options["changes"]
         if swap:
             cur.execute(f"ALTER TABLE {staging} RENAME TO {quote_ident(table.name)}")
         else:
             cur.execute(f"CREATE TABLE {table.sql} ({self.plan.definitions()})")
             cur.execute(f"INSERT INTO {table.sql} ({self.plan.names()}) SELECT {self.plan.names()} FROM {staging}")
-        summary = None
-        if self.options["changes"] is not None:
-            summary = change_report.compare(cur, self.options["changes"], None, table.sql, table.sql)
-        return self._result(None, 0, self.plan.rows, summary)
+        summary = None if spec is None else change_report.compare(cur, spec, None, table.sql, table.sql)
+        return self._result(None, 0, self.plan.rows, summary, fingerprint(cur, table, self.columns))
 
-    def _diff(self, staging: str) -> tuple[int, int]:
-        """The rows on one side only, into ``_DIFF``: per group of equal rows (by value, in the table's types),
-        its count in the table (``oc``) and in the new data (``nc``), and a ctid of each side.
+    def _diff(self, staging: str, previous: int, exact: bool) -> tuple[int, int, str]:
+        """The rows on one side only, into ``_DIFF`` (data columns, ``oc``/``nc``: count in the table/the data,
+        ``old_id``/``new_id``: a ctid of each side); returns (rows to delete, rows to insert, the differing rows).
 
-        Returns (rows to delete, rows to insert).
+        Compared by value in the table's types, NULL equal to NULL. Fast (``exact`` false): two hash anti-joins on
+        ``hash_record_extended`` with the rows compared on a hash match; right unless a row is held several times
+        on one side and another number of times on the other, which the caller finds by the fingerprints and
+        then asks for ``exact``: one hash aggregate over both sides grouped by the columns, counting each side.
         """
-        cur, names = self.cur, self.plan.names()
+        cur, names, table = self.cur, self.plan.names(), self.table.sql
+        if exact:
+            cur.execute(
+                f"CREATE TEMPORARY TABLE {_DIFF} ON COMMIT DROP AS SELECT {names},"
+                " count(*) FILTER (WHERE side = 0) AS oc, count(*) FILTER (WHERE side = 1) AS nc,"
+                " min(id) FILTER (WHERE side = 0) AS old_id, min(id) FILTER (WHERE side = 1) AS new_id"
+                f" FROM (SELECT 0 AS side, ctid AS id, {names} FROM {table}"
+                f" UNION ALL SELECT 1, ctid, {names} FROM {staging}) u GROUP BY {names}"
+                " HAVING count(*) FILTER (WHERE side = 0) <> count(*) FILTER (WHERE side = 1)"
+            )
+        else:
+            o, n = (", ".join(f"{side}.{quote_ident(c)}" for c in self.columns) for side in "on")
+            cur.execute("SET LOCAL work_mem = '128MB'")  # the hash of a million rows in memory: 2x faster here
+            cur.execute(
+                f"CREATE TEMPORARY TABLE {_DIFF} ON COMMIT DROP AS SELECT"
+                f" {', '.join(f'coalesce(o.{quote_ident(c)}, n.{quote_ident(c)}) AS {quote_ident(c)}' for c in self.columns)},"
+                " (o.ctid IS NOT NULL)::int::bigint AS oc, (n.ctid IS NOT NULL)::int::bigint AS nc, o.ctid AS old_id,"
+                f" n.ctid AS new_id FROM {table} o FULL JOIN {staging} n"
+                f" ON hash_record_extended(ROW({o}), 0) = hash_record_extended(ROW({n}), 0)"
+                f" WHERE o.ctid IS NULL OR n.ctid IS NULL OR ROW({o}) IS DISTINCT FROM ROW({n})"
+            )
         cur.execute(
-            f"CREATE TEMPORARY TABLE {_DIFF} ON COMMIT DROP AS SELECT {names},"
-            " count(*) FILTER (WHERE side = 0) AS oc, count(*) FILTER (WHERE side = 1) AS nc,"
-            " min(id) FILTER (WHERE side = 0) AS old_id, min(id) FILTER (WHERE side = 1) AS new_id"
-            f" FROM (SELECT 0 AS side, ctid AS id, {names} FROM {self.table.sql}"
-            f" UNION ALL SELECT 1, ctid, {names} FROM {staging}) u GROUP BY {names}"
-            " HAVING count(*) FILTER (WHERE side = 0) <> count(*) FILTER (WHERE side = 1)"
+            "SELECT coalesce(sum(oc - nc) FILTER (WHERE oc > nc), 0), coalesce(sum(nc - oc) FILTER (WHERE nc > oc), 0),"
+            f" count(*) FILTER (WHERE oc = 1 AND nc = 1) FROM {_DIFF}"
         )
-        cur.execute(
-            "SELECT coalesce(sum(oc - nc) FILTER (WHERE oc > nc), 0), coalesce(sum(nc - oc) FILTER (WHERE nc > oc), 0)"
-            f" FROM {_DIFF}"
-        )
-        deleted, inserted = cur.fetchone()
-        if deleted or inserted:
-            cur.execute(f"ANALYZE {_DIFF}")  # the planner then knows how many rows change
-        return int(deleted), int(inserted)
+        deleted, inserted, collisions = (int(v) for v in cur.fetchone())
+        if collisions:  # two different rows of one hash: compare them by counting
+            cur.execute(f"DROP TABLE {_DIFF}")
+            return self._diff(staging, previous, exact=True)
+        if (deleted or inserted) and deleted < previous and inserted < self.plan.rows:
+            cur.execute(f"ANALYZE {_DIFF}")  # the planner then knows how many rows change (not needed: all change)
+        return deleted, inserted, _DIFF
 
-    def _report(self, oid: int, staging: str, differing: int) -> ChangeSummary | None:
-        spec: ChangeSpec | None = self.options["changes"]
-        if spec is None:
-            return None
-        if not differing:
+    def _report(self, oid: int, staging: str, differing: str, count: int) -> ChangeSummary:
+        spec = self.options["changes"]
+        if not count:
             return ChangeSummary.identical(spec)
         reason = change_report.missing_columns(self.cur, spec, oid)
         if reason:
             return ChangeSummary.skipped(spec, reason)
-        return change_report.compare(self.cur, spec, self.table.sql, staging, _DIFF)
+        return change_report.compare(self.cur, spec, self.table.sql, staging, differing)
 
     def _write(self, staging: str, deleted: int, previous: int, inserted: int) -> None:
         """Strategy "rows": delete the table's surplus rows, insert the missing ones; the others stay untouched."""
@@ -338,8 +348,7 @@ class _Load:
             gone = f"SELECT old_id FROM {_DIFF} WHERE oc = 1 AND nc = 0"
             cur.execute(f"SELECT count(*) FROM {_DIFF} WHERE oc > 1 AND oc > nc")
             if cur.fetchone()[0]:  # a row the table holds several times, fewer times in the new data: number copies
-                same = " AND ".join(f"o.{quote_ident(c.name)} IS NOT DISTINCT FROM d.{quote_ident(c.name)}"
-                                    for c in self.plan.columns)  # fmt: skip
+                same = " AND ".join(f"o.{quote_ident(c)} IS NOT DISTINCT FROM d.{quote_ident(c)}" for c in self.columns)
                 gone += (
                     " UNION ALL SELECT w.id FROM (SELECT o.ctid AS id, d.oc - d.nc AS surplus, row_number() OVER"
                     f" (PARTITION BY d.old_id) AS i FROM {table.sql} o JOIN {_DIFF} d ON {same}"
@@ -349,15 +358,24 @@ class _Load:
         if inserted == self.plan.rows:
             cur.execute(f"INSERT INTO {table.sql} ({names}) SELECT {names} FROM {staging}")
         elif inserted:
-            staged = ", ".join(f"s.{quote_ident(c.name)}" for c in self.plan.columns)
+            staged = ", ".join(f"s.{quote_ident(c)}" for c in self.columns)
             cur.execute(
                 f"INSERT INTO {table.sql} ({names}) SELECT {staged} FROM {_DIFF} d JOIN {staging} s"
                 " ON s.ctid = d.new_id CROSS JOIN LATERAL generate_series(1, d.nc - d.oc) WHERE d.nc > d.oc"
             )
 
-    def _swap(self, oid: int, comment: str | None, staging: str, waits: LockWaits) -> None:
-        """Strategy "swap": carry grants and the comment over, DROP the table, RENAME the staging one."""
-        cur, table = self.cur, self.table
+    def _swap(self, oid: int, comment, staging: str, previous: int, complete: bool, waits: LockWaits) -> LoadResult:
+        """Strategy "swap": unless the content is equal, carry grants and the comment over, DROP, RENAME."""
+        cur, table, spec = self.cur, self.table, self.options["changes"]
+        content = fingerprint(cur, staging, self.columns)
+        if complete and content == fingerprint(cur, table, self.columns):  # equal: nothing to swap
+            cur.execute(f"DROP TABLE {staging}")
+            return self._result(previous, 0, 0, None if spec is None else ChangeSummary.identical(spec), content)
+        summary = None
+        if spec is not None and complete:
+            summary = self._report(oid, staging, self._diff(staging, previous, exact=False)[2], 1)
+        elif spec is not None:
+            summary = ChangeSummary.skipped(spec, change_report.missing_columns(cur, spec, oid) or "other columns")
         cur.execute(
             "SELECT a.privilege_type, a.is_grantable, r.rolname FROM pg_class c CROSS JOIN LATERAL"
             " aclexplode(c.relacl) a LEFT JOIN pg_roles r ON r.oid = a.grantee WHERE c.oid = %s",
@@ -382,6 +400,7 @@ class _Load:
             cur.execute(f"ALTER TABLE {staging} RENAME TO {quote_ident(table.name)}")
 
         waits.bounded(oid, "swap", swap)
+        return self._result(previous, previous, self.plan.rows, summary, content)
 
 
 # --- the public entry point -----------------------------------------------------------------
