@@ -14,7 +14,9 @@ Importing this package imports psycopg2, never pandas or SQLAlchemy (a load impo
 
 from flows.load.changes import ChangeSpec, ChangeSummary, Measure, SetColumn
 from flows.load.database import Database, TableName, parse_table_name, resolve_table
-from flows.load.replace import STRATEGIES, LoadResult, Strategy, interrupt_loads, replace_table
+from flows.load.locks import interrupt_loads
+from flows.load.replace import STRATEGIES, Strategy, replace_table
+from flows.load.state import LoadResult
 
 __all__ = [
     "STRATEGIES",

@@ -18,10 +18,12 @@ message's readers may not be allowed to see).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Literal, TypeVar
 
 import psycopg2
@@ -30,7 +32,6 @@ import psycopg2.errors
 from flows.load.database import scrub
 from flows.errors import TableBusyError
 
-__all__ = ["LockWaits", "Need", "advisory_lock"]
 
 Need = Literal["read", "write", "swap"]
 """What a step does to the table, which decides whose table locks can make it wait."""
@@ -164,3 +165,66 @@ class LockWaits:
             f"{self.timeout:g}s, failed; {blocked}; the previous table is unchanged",
             self.url,
         )
+
+
+# --- loads in progress, and interrupting them ---------------------------------------------
+
+
+@dataclasses.dataclass(eq=False)
+class Running:
+    """A load in progress: its connection (to cancel), whether it was interrupted or is committing."""
+
+    connection: psycopg2.extensions.connection
+    interrupted: bool = False
+    committing: bool = False
+    result: Any = None
+    done: threading.Event = dataclasses.field(default_factory=threading.Event)
+
+
+_running: set[Running] = set()
+_guard = threading.Lock()
+
+
+def interrupt_loads(timeout: float = 10.0) -> list:
+    """Stop every load in progress in this process; return those that had already committed.
+
+    A load that has not started its commit is interrupted: its running statement is
+    cancelled (``connection.cancel()``, thread-safe), it rolls back and raises
+    ``LoadInterruptedError``. A load already committing finishes. Waits at most
+    ``timeout`` seconds in all for them to end, then returns the results of those
+    that committed (the caller reports them). For a SIGINT/SIGTERM handler.
+    """
+    with _guard:
+        running = list(_running)
+        for load in running:
+            if not load.committing:
+                load.interrupted = True
+                load.connection.cancel()
+    deadline = time.monotonic() + timeout
+    for load in running:
+        load.done.wait(max(0.0, deadline - time.monotonic()))
+    return [load.result for load in running if load.result is not None]
+
+
+@contextlib.contextmanager
+def running_loads(connection: psycopg2.extensions.connection) -> Iterator[Running]:
+    """Register a load on ``connection`` for :func:`interrupt_loads` while the block runs."""
+    load = Running(connection)
+    with _guard:
+        _running.add(load)
+    try:
+        yield load
+    finally:
+        with _guard:
+            _running.discard(load)
+        load.done.set()
+
+
+def commit(load: Running, result: Any, interrupted: Callable[[], Exception]) -> None:
+    """Commit ``load``'s transaction unless it was interrupted (then raise ``interrupted()``); keep ``result``."""
+    with _guard:
+        if load.interrupted:
+            raise interrupted()
+        load.committing = True
+    load.connection.commit()
+    load.result = result

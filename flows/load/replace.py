@@ -1,51 +1,42 @@
-"""Replace the rows of a PostgreSQL table with a DataFrame's, in one transaction, never blocking readers.
+"""Make a PostgreSQL table's rows equal to a DataFrame's, in one transaction, writing only what differs.
 
-One load is one transaction on a psycopg2 connection of the caller's SQLAlchemy engine:
+One load, one transaction on a psycopg2 connection of the caller's SQLAlchemy engine:
 
-1. ``pg_advisory_xact_lock`` on the table's name: loaders of one table run one after the
-   other. The wait blocks no reader and is bounded (``loader_wait``), then ``TableBusyError``
-   names the session holding it (``flows.load.locks``).
-2. Stage the rows: a staging table with the data's columns in the TARGET table's types
-   (``CREATE ... AS SELECT <columns> FROM <table> WITH NO DATA``; the data's types for a
-   first load): temporary for ``"rows"``, next to the table for ``"swap"``; ``COPY ... FROM
-   STDIN (FREEZE)`` into it, serialised by ``flows.load.copy``.
+1. ``pg_advisory_xact_lock`` on the table's name: loads of one table run one after the other;
+   the wait blocks no reader and is bounded (``loader_wait``), then "table busy".
+2. ``COPY ... FROM STDIN (FREEZE)`` the rows into a staging table made from the TABLE's
+   columns (``CREATE ... AS SELECT <columns> FROM <table> WITH NO DATA``), so they are
+   compared in its types: temporary for ``"rows"``, beside the table for ``"swap"``.
 3. ``LOCK TABLE ... IN SHARE ROW EXCLUSIVE MODE``: no other writer until the commit, no
-   reader blocked. Everything below reads one state of the table.
-4. The row-drop rule (``check_row_drop``; ``force`` bypasses it).
-5. Compare by value, in the table's types, as multisets: one hash aggregate over both
-   sides' rows grouped by the data's columns (NULLs group together, duplicates count)
-   keeps the rows whose counts differ, with a row id (ctid) of each side. The change
-   report (``flows.load.changes``) reads only those rows.
-6. ``"rows"`` (default): ``DELETE`` the table's surplus rows by ctid, ``INSERT ... SELECT``
-   the missing ones; rows in both stay untouched (same row version), so a user's foreign
-   key to the table (even ``ON DELETE CASCADE``) loses nothing, and the table keeps all
-   attached to it (views, indexes, constraints, triggers, grants, comment, owner; extra
-   columns keep their values). Equal: nothing is written.
-   ``"swap"``: when the content differs, ``ACCESS EXCLUSIVE`` lock, ``DROP`` and ``RENAME``
-   the staging table (grants and comment carried over; indexes, constraints, triggers
-   and owner are not; a view on the table makes it fail). Equal: the staging table is dropped.
-7. The table's fingerprint (``flows.load.state.fingerprint``) in the same transaction; commit.
-   Any failure rolls back: the table is as it was.
+   reader blocked; the comparison, the change report and the write see one state.
+4. The row-drop rule (``force`` bypasses it).
+5. ``"rows"``: one hash full join of the table and the staged rows on
+   ``hash_record_extended(ROW(...))``, rows compared by value on a match (NULL equals NULL),
+   keeps the rows of one side only; ``DELETE`` those of the table by ctid, ``INSERT`` the
+   staged ones. Rows in both are untouched (same row version): a user's foreign key (even
+   ``ON DELETE CASCADE``), views, indexes, triggers, grants, extra columns all stay. A row
+   held several times on a side is counted exactly: the fingerprints of table and staged
+   rows must then agree, else the transaction goes back to before step 5 and compares by
+   one hash aggregate counting each side. Equal content: nothing written.
+   ``"swap"``: unless both fingerprints are equal, carry grants and comment over, ``DROP`` the
+   table, ``RENAME`` the staging one (indexes, constraints, triggers, owner are not kept; a
+   view on the table makes it fail).
+6. The table's fingerprint (``flows.load.state.fingerprint``); commit. Any failure rolls back.
 
-Waits for locks users hold are bounded by ``lock_timeout`` and retried ``lock_retries``
-times (``flows.load.locks.LockWaits``). :func:`interrupt_loads` cancels loads in progress:
-they roll back and raise ``LoadInterruptedError``; a load never commits after it.
-
-PostgreSQL 14 or later: ``hash_record_extended`` (14), ``min(tid)`` (14), ``COPY ...
-FREEZE`` (9.3), ``CREATE TABLE AS ... WITH NO DATA`` (9.0). Tested on 18.
+Waits for users' locks: ``lock_timeout``, ``lock_retries`` (``flows.load.locks``). An
+interrupt (``flows.load.interrupt_loads``) cancels the statement and rolls back.
+PostgreSQL 14 or later (``hash_record_extended``, ``min(tid)``: 14); tested on 18.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
-import math
 import secrets
-import threading
 import time
 from collections.abc import Mapping
-from fractions import Fraction
 from typing import TYPE_CHECKING, Literal
 
 import psycopg2
@@ -56,14 +47,13 @@ from flows.errors import (
     CountriesError,
     LoadError,
     LoadInterruptedError,
-    QualityGateError,
     setting,
 )
 from flows.load import changes as change_report
-from flows.load.changes import ChangeSpec, ChangeSummary
+from flows.load.changes import ChangeSpec, ChangeSummary, check_min_row_fraction, check_row_drop
 from flows.load.database import TableName, parse_table_name, pg_message, quote_ident, resolve_schema, scrub, unreachable
-from flows.load.locks import LockWaits, advisory_lock
-from flows.load.state import fingerprint
+from flows.load.locks import LockWaits, Running, advisory_lock, commit, running_loads
+from flows.load.state import LoadResult, fingerprint
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -78,110 +68,6 @@ STRATEGIES: tuple[str, ...] = ("rows", "swap")
 _STAGE = 'pg_temp."countries_pipeline_new"'
 _DIFF = 'pg_temp."countries_pipeline_diff"'
 _PRIVILEGES = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER", "MAINTAIN"})
-
-
-@dataclasses.dataclass(frozen=True)
-class LoadResult:
-    """What a load did to a table.
-
-    ``table``: schema-qualified name; ``rows``: rows in it now; ``previous_rows``: before
-    (``None``: no table); ``deleted`` / ``inserted``: rows this load deleted and inserted
-    (0 and 0: the content was equal and nothing was written; a swap counts every row);
-    ``changes``: the change report (``None`` without a ``ChangeSpec``); ``strategy``;
-    ``fingerprint`` and ``columns``: the table's content as committed
-    (``flows.load.state.fingerprint``); ``seconds``: wall time.
-    """
-
-    table: str
-    rows: int
-    previous_rows: int | None
-    deleted: int
-    inserted: int
-    changes: ChangeSummary | None
-    strategy: str
-    fingerprint: str
-    columns: tuple[str, ...] = ()
-    seconds: float = 0.0
-
-    @property
-    def changed(self) -> bool:
-        """Whether this load wrote anything."""
-        return self.deleted + self.inserted > 0
-
-
-# --- the row-drop rule ---------------------------------------------------------------------
-
-
-def _percent(kept: float, limit: float) -> str:
-    shown = f"{kept * 100:.0f}"
-    if float(shown) >= limit * 100:
-        shown = f"{math.floor(kept * 1000) / 10:.1f}"
-    return f"{shown}%"
-
-
-def check_min_row_fraction(min_fraction: float) -> None:
-    """``ConfigurationError`` unless ``min_fraction`` is a number in [0, 1]."""
-    valid = isinstance(min_fraction, int | float) and not isinstance(min_fraction, bool)
-    if not valid or math.isnan(min_fraction) or not 0.0 <= min_fraction <= 1.0:
-        raise ConfigurationError(
-            f"{setting('min_row_fraction')} must be between 0 and 1 (a fraction like 0.5 for 50%), got {min_fraction!r}"
-        )
-
-
-def check_row_drop(new_rows: int, previous_rows: int | None, min_fraction: float, table: str) -> None:
-    """Refuse (``QualityGateError``) a load of fewer than ``min_fraction`` of the table's ``previous_rows``.
-
-    Never refused: a first load (``None``), an empty table. Exactly ``min_fraction``
-    passes (computed on the decimal fraction: 0.1 of 10 rows is 1 row).
-    """
-    if not previous_rows:
-        return
-    needed = Fraction(repr(float(min_fraction))) * previous_rows
-    if new_rows < needed:
-        raise QualityGateError(
-            f"new data has {new_rows} rows, {_percent(new_rows / previous_rows, min_fraction)} of the "
-            f"{previous_rows} in {table}, below {setting('min_row_fraction', min_fraction)} "
-            f"(at least {math.ceil(needed)} rows); re-run with {setting('force', True)} if this is expected"
-        )
-
-
-# --- loads in progress, and interrupting them -------------------------------------------------
-
-
-@dataclasses.dataclass(eq=False)
-class _Running:
-    """A load in progress: its connection (to cancel), whether it was interrupted or is committing."""
-
-    connection: psycopg2.extensions.connection
-    interrupted: bool = False
-    committing: bool = False
-    result: LoadResult | None = None
-    done: threading.Event = dataclasses.field(default_factory=threading.Event)
-
-
-_running: set[_Running] = set()
-_guard = threading.Lock()
-
-
-def interrupt_loads(timeout: float = 10.0) -> list[LoadResult]:
-    """Stop every load in progress in this process; return those that had already committed.
-
-    A load that has not started its commit is interrupted: its running statement is
-    cancelled (``connection.cancel()``, thread-safe), it rolls back and raises
-    ``LoadInterruptedError``. A load already committing finishes. Waits at most
-    ``timeout`` seconds in all for them to end, then returns the results of those
-    that committed (the caller reports them). For a SIGINT/SIGTERM handler.
-    """
-    with _guard:
-        running = list(_running)
-        for load in running:
-            if not load.committing:
-                load.interrupted = True
-                load.connection.cancel()
-    deadline = time.monotonic() + timeout
-    for load in running:
-        load.done.wait(max(0.0, deadline - time.monotonic()))
-    return [load.result for load in running if load.result is not None]
 
 
 # --- one load, in one transaction ----------------------------------------------------------
@@ -289,14 +175,8 @@ class _Load:
         return self._result(None, 0, self.plan.rows, summary, fingerprint(cur, table, self.columns))
 
     def _diff(self, staging: str, previous: int, exact: bool) -> tuple[int, int, str]:
-        """The rows on one side only, into ``_DIFF`` (data columns, ``oc``/``nc``: count in the table/the data,
-        ``old_id``/``new_id``: a ctid of each side); returns (rows to delete, rows to insert, the differing rows).
-
-        Compared by value in the table's types, NULL equal to NULL. Fast (``exact`` false): two hash anti-joins on
-        ``hash_record_extended`` with the rows compared on a hash match; right unless a row is held several times
-        on one side and another number of times on the other, which the caller finds by the fingerprints and
-        then asks for ``exact``: one hash aggregate over both sides grouped by the columns, counting each side.
-        """
+        """The rows on one side only (step 5), into ``_DIFF``: data columns, ``oc``/``nc`` (count in the table, in
+        the data), ``old_id``/``new_id`` (a ctid of each side). Returns (rows to delete, to insert, ``_DIFF``)."""
         cur, names, table = self.cur, self.plan.names(), self.table.sql
         if exact:
             cur.execute(
@@ -406,22 +286,17 @@ class _Load:
 # --- the public entry point -----------------------------------------------------------------
 
 
-def _check_options(plan: CopyPlan, options: dict) -> None:
-    if options["strategy"] not in STRATEGIES:
-        raise ConfigurationError(
-            f"{setting('strategy')} must be one of {', '.join(STRATEGIES)}, got {options['strategy']!r}"
-        )
-    check_min_row_fraction(options["min_row_fraction"])
+def _check_options(plan: CopyPlan, o: dict) -> None:
+    if o["strategy"] not in STRATEGIES:
+        raise ConfigurationError(f"{setting('strategy')} must be one of {', '.join(STRATEGIES)}, got {o['strategy']!r}")
+    check_min_row_fraction(o["min_row_fraction"])
     for name in ("lock_timeout", "loader_wait"):
-        value = options[name]
-        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 3600:
-            raise ConfigurationError(f"{name} must be a number of seconds in (0, 3600], got {value!r}")
-    retries = options["lock_retries"]
-    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-        raise ConfigurationError(f"lock_retries must be a whole number >= 0, got {retries!r}")
+        if isinstance(o[name], bool) or not isinstance(o[name], int | float) or not 0 < o[name] <= 3600:
+            raise ConfigurationError(f"{name} must be a number of seconds in (0, 3600], got {o[name]!r}")
+    if isinstance(o["lock_retries"], bool) or not isinstance(o["lock_retries"], int) or o["lock_retries"] < 0:
+        raise ConfigurationError(f"lock_retries must be a whole number >= 0, got {o['lock_retries']!r}")
     names = [c.name for c in plan.columns]
-    changes = options["changes"]
-    missing = [] if changes is None else [c for c in changes.columns if c not in names]
+    missing = [] if o["changes"] is None else [c for c in o["changes"].columns if c not in names]
     if missing:
         raise ConfigurationError(f"the change spec names columns the data does not have: {missing} (columns: {names})")
 
@@ -457,7 +332,7 @@ def replace_table(
     Returns a ``LoadResult`` (``deleted == inserted == 0``: equal content, nothing written).
     Raises ``InvalidTableNameError`` / ``ConfigurationError`` (database not touched),
     ``DatabaseUnreachableError``, ``QualityGateError``, ``TableBusyError``,
-    ``LoadInterruptedError`` (:func:`interrupt_loads`) or ``LoadError``; the table is then as it was.
+    ``LoadInterruptedError`` (``interrupt_loads``) or ``LoadError``; the table is then as it was.
     """
     from flows.load.copy import plan_copy
 
@@ -474,16 +349,11 @@ def replace_table(
             raise unreachable(engine.url, exc) from None
         raise
     connection = proxy.dbapi_connection
-    running = _Running(connection)
-    with _guard:
-        _running.add(running)
     try:
-        result = _run(connection, running, target, plan, options, engine.url)
+        with running_loads(connection) as load:
+            result = _run(load, target, plan, options, engine.url)
     finally:
-        with _guard:
-            _running.discard(running)
-        running.done.set()
-        if connection.closed:  # the server went away: SQLAlchemy's pool discards the connection
+        if connection.closed:  # lost: SQLAlchemy's pool drops it
             proxy.invalidate()
         else:
             proxy.close()
@@ -496,8 +366,13 @@ def replace_table(
     return result
 
 
-def _run(connection, running: _Running, target: TableName, plan: CopyPlan, options: dict, url) -> LoadResult:
+def _run(load: Running, target: TableName, plan: CopyPlan, options: dict, url) -> LoadResult:
     """The load's transaction: commit only if it was not interrupted; roll back on any failure."""
+    connection = load.connection
+
+    def interrupted() -> LoadInterruptedError:
+        return LoadInterruptedError(f"interrupted: the table was not changed ({target} was being loaded)")
+
     try:
         with connection.cursor() as cur:
             target = resolve_schema(cur, target)
@@ -505,21 +380,14 @@ def _run(connection, running: _Running, target: TableName, plan: CopyPlan, optio
             waits = LockWaits(cur, str(target), url, options["lock_timeout"], options["lock_retries"])
             waits.apply_limit()
             result = _Load(cur, target, plan, options).run(waits)
-        with _guard:
-            if running.interrupted:
-                raise LoadInterruptedError(f"interrupted: the table was not changed ({target} was being loaded)")
-            running.committing = True
-        connection.commit()
-        running.result = result
+        commit(load, result, interrupted)
         return result
     except BaseException as exc:
         if not connection.closed:
-            try:
+            with contextlib.suppress(psycopg2.Error):  # lost on the way: nothing was committed
                 connection.rollback()
-            except psycopg2.Error:  # lost on the way: nothing was committed
-                pass
-        if running.interrupted and isinstance(exc, psycopg2.Error | LoadError):
-            raise LoadInterruptedError(f"interrupted: the table was not changed ({target} was being loaded)") from None
+        if load.interrupted and isinstance(exc, psycopg2.Error | LoadError):
+            raise interrupted() from None
         if isinstance(exc, CountriesError) or not isinstance(exc, psycopg2.Error):
             raise
         raise LoadError(f"loading {target} failed: {scrub(pg_message(exc), url)}; the previous table is unchanged") from None

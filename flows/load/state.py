@@ -23,6 +23,7 @@ the warm run stays light. Needs PostgreSQL 14 or later (``hash_record_extended``
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import hashlib
 import json
@@ -36,9 +37,38 @@ import psycopg2
 from flows.load.database import SECRET_QUERY_KEYS, Database, TableName, quote_ident
 
 if TYPE_CHECKING:
-    from flows.load.replace import LoadResult
+    from flows.load.changes import ChangeSummary
 
 VARIABLE_PREFIX = "countries-load-"
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadResult:
+    """What a load did to a table.
+
+    ``table``: schema-qualified name; ``rows``: rows in it now; ``previous_rows``: before
+    (``None``: no table); ``deleted`` / ``inserted``: rows this load deleted and inserted
+    (0 and 0: the content was equal and nothing was written; a swap counts every row);
+    ``changes``: the change report (``None`` without a ``ChangeSpec``); ``strategy``;
+    ``fingerprint`` and ``columns``: the table's content as committed
+    (``flows.load.state.fingerprint``); ``seconds``: wall time.
+    """
+
+    table: str
+    rows: int
+    previous_rows: int | None
+    deleted: int
+    inserted: int
+    changes: ChangeSummary | None
+    strategy: str
+    fingerprint: str
+    columns: tuple[str, ...] = ()
+    seconds: float = 0.0
+
+    @property
+    def changed(self) -> bool:
+        """Whether this load wrote anything."""
+        return self.deleted + self.inserted > 0
 
 
 # --- what a run is about to load -------------------------------------------------------------
