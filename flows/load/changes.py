@@ -159,8 +159,8 @@ class ChangeSummary:
     @property
     def any(self) -> bool:
         """Whether anything the spec compares changed."""
-        counts = [self.added_count, self.removed_count, *(m.count for m in self.measures), *(s.count for s in self.sets)]
-        return any(counts)
+        return any([self.added_count, self.removed_count, *(m.count for m in self.measures),
+                    *(s.count for s in self.sets)])  # fmt: skip
 
     def _capped(self, items: tuple, count: int) -> str:
         text = ", ".join(str(i) for i in items)

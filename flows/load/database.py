@@ -80,10 +80,11 @@ class Database:
         query = {k: v if isinstance(v, str) else tuple(v) for k, v in dict(self.query or {}).items()}
         object.__setattr__(self, "query", query)
         object.__setattr__(self, "connect_args", dict(self.connect_args or {}))
+        self.psycopg2_arguments()  # a query SQLAlchemy would refuse is refused now
 
     @classmethod
     def from_url(cls, url: str, connect_args: Mapping[str, Any] | None = None, block: str | None = None) -> Database:
-        """The database of a SQLAlchemy URL string, parsed by ``sqlalchemy.make_url``; ``ValueError`` if it is not one."""
+        """The database of a SQLAlchemy URL string (``sqlalchemy.make_url``); ``ValueError`` if it is not one."""
         import sqlalchemy as sa
 
         try:
@@ -95,11 +96,12 @@ class Database:
 
     @property
     def url(self) -> sa.engine.URL:
-        """This database as a SQLAlchemy ``URL`` (imports SQLAlchemy)."""
+        """This database as a SQLAlchemy ``URL`` (imports SQLAlchemy), always with psycopg2's driver: SQLAlchemy 2.1
+        reads a bare ``postgresql://`` as psycopg 3, which is not installed."""
         import sqlalchemy as sa
 
         return sa.engine.URL.create(
-            self.drivername, self.username, self.password, self.host, self.port, self.database, self.query
+            "postgresql+psycopg2", self.username, self.password, self.host, self.port, self.database, self.query
         )
 
     def engine(self, **kwargs: Any) -> sa.Engine:
