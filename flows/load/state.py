@@ -8,9 +8,9 @@ and its row count.
 
 - :func:`source_digest`: a digest of what a run is about to load, taken before any transform.
 - :func:`fingerprint`: the content of a table as the database sees it, computed in SQL:
-  ``count(*)`` and the sum of ``hash_record_extended(ROW(<columns>), 0)`` over its rows.
-  Order-independent, counts duplicates (a multiset), by value in the column's types
-  (hashes of equal values are equal). About 0.2-0.35 s for 1,000,000 rows here (parallel scan).
+  ``count(*)`` and the sum of the rows' hashes (:func:`row_hash`: each column hashed by its
+  type's own hash function, so equal values hash equal). Order-independent, counts
+  duplicates (a multiset). About 0.2-0.3 s for 1,000,000 rows here (parallel scan).
 - :func:`is_unchanged`: the table's rows when its stored source digest is the run's and the
   live fingerprint equals the stored one (so a hand edit makes the next run load and
   repair it); ``None`` otherwise.
@@ -120,11 +120,36 @@ def source_digest(records: Sequence[Any], *, dialect: str, columns: Iterable[tup
 # --- the table's content -----------------------------------------------------------------------
 
 
+def row_hash(cur: psycopg2.extensions.cursor, relation: TableName | str, columns: Sequence[str], alias: str) -> str:
+    """An SQL expression of a row's 64-bit hash, by value: the XOR of each column's hash by its type's own
+    extended hash function (the one hash indexes use), for ``columns`` of ``relation`` as ``alias``.
+
+    Half the cost of ``hash_record_extended(ROW(...), 0)`` (which builds a row first; 3.0 s against 6.0 s for
+    the load's comparison at 1M rows here), which stands in when a column's type has no such function.
+    """
+    relation = relation.sql if isinstance(relation, TableName) else relation
+    cur.execute(
+        "SELECT (SELECT p.amproc::regproc::text FROM pg_opclass c JOIN pg_amproc p ON p.amprocfamily = c.opcfamily"
+        " AND p.amprocnum = 2 AND p.amproclefttype = c.opcintype AND p.amprocrighttype = c.opcintype"
+        " WHERE c.opcmethod = (SELECT oid FROM pg_am WHERE amname = 'hash') AND c.opcdefault AND (c.opcintype = t"
+        " OR EXISTS (SELECT FROM pg_cast WHERE castsource = t AND casttarget = c.opcintype AND castmethod = 'b'))"
+        " ORDER BY c.opcintype = t DESC LIMIT 1) FROM unnest(%s::text[]) WITH ORDINALITY AS w(name, i)"
+        " LEFT JOIN LATERAL (SELECT CASE WHEN y.typtype = 'd' THEN y.typbasetype ELSE y.oid END AS t FROM pg_attribute"
+        " a JOIN pg_type y ON y.oid = a.atttypid WHERE a.attrelid = %s::regclass AND a.attname = w.name) x ON true"
+        " ORDER BY i",
+        (list(columns), relation),
+    )
+    functions = [r[0] for r in cur.fetchall()]
+    cells = [f"{alias}.{quote_ident(c)}" if alias else quote_ident(c) for c in columns]
+    if not all(functions):
+        return f"hash_record_extended(ROW({', '.join(cells)}), 0)"
+    return "(" + " # ".join(f"coalesce({f}({c}, {i}), {i})" for i, (f, c) in enumerate(zip(functions, cells))) + ")"
+
+
 def fingerprint(cur: psycopg2.extensions.cursor, table: TableName | str, columns: Sequence[str]) -> str:
     """``"<rows>:<sum of row hashes>"`` of ``table``'s ``columns`` (a name or quoted SQL), in the caller's snapshot."""
-    row = ", ".join(quote_ident(c) for c in columns)
     relation = table.sql if isinstance(table, TableName) else table
-    cur.execute(f"SELECT count(*), coalesce(sum(hash_record_extended(ROW({row}), 0)), 0) FROM {relation}")
+    cur.execute(f"SELECT count(*), coalesce(sum({row_hash(cur, relation, columns, '')}), 0) FROM {relation}")
     rows, total = cur.fetchone()
     return f"{rows}:{total}"
 
