@@ -267,7 +267,7 @@ def _no_api_key(api: str):
 def check_api_key_before_starting(api: str) -> None:
     """What can be said of the API key before any server starts, so that a first run fails at once.
 
-    Raises what ``flows.api.check_key`` raises for the key in the environment
+    Raises what ``flows.source.check_key`` raises for the key in the environment
     (the public demo key, a key no header can carry); and the
     missing-key ``ConfigurationError`` when ``api`` needs a key, the environment
     has none, no Prefect API is configured and the local Prefect server's

@@ -115,7 +115,7 @@ def test_a_password_in_the_urls_query_is_kept_as_the_secret_and_never_shown(pref
     """libpq also reads ``?password=`` from a URL: it becomes the block's secret password, not plain query text."""
     from prefect_sqlalchemy import SqlAlchemyConnector
 
-    from flows._postgres import Database
+    from flows.load.database import Database
     from flows.settings import block_database
 
     canary = "query-pass-8d1f"

@@ -540,7 +540,7 @@ def test_a_database_connects_with_the_arguments_sqlalchemy_would_pass(url):
     and the block's connect_args on top."""
     from sqlalchemy.dialects.postgresql.psycopg2 import PGDialect_psycopg2
 
-    from flows._postgres import Database
+    from flows.load.database import Database
 
     parsed = sa.make_url(url)
     cargs, cparams = PGDialect_psycopg2().create_connect_args(parsed)
