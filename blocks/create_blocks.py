@@ -16,7 +16,7 @@ a deployment or change a schedule.
 - ``countries-settings``: the operator settings (``--base-url``, ``--notify-block``,
   ``--stale-after-intervals``, ``--crash-after``, ``--rerun-window``); an option
   left out keeps its saved value, an empty value (``--base-url ''``) clears it.
-- the operations automations (``flows/operations.py``): crashed-run detection,
+- the operations automations (``flows/ops/automations/``): crashed-run detection,
   crashed-run rerun and, with a notification block, stale-table alerts.
 
 It talks to the Prefect server in ``PREFECT_API_URL`` (or the local ephemeral
@@ -38,7 +38,9 @@ import os
 import sys
 from datetime import timedelta
 
-from flows import budget, operations, settings
+from flows import budget
+from flows.ops import automations as operations
+from flows.ops import settings
 from flows.errors import ConfigurationError, CountriesError, setting
 
 
@@ -134,7 +136,7 @@ def _connection_from_args(args: argparse.Namespace):
     password = os.environ.get(args.password_env) or None
     if args.db_url is not None and not args.db_url.strip():
         raise ConfigurationError(
-            f"{setting('db_url')} is empty: give the database's URL (`python -m flows.local url` prints nothing "
+            f"{setting('db_url')} is empty: give the database's URL (`python -m flows.ops.local url` prints nothing "
             "while the local database is stopped)"
         )
     if args.db_url:

@@ -51,7 +51,8 @@ from prefect.states import Failed, State
 from pydantic import Field
 
 from flows import api as restcountries
-from flows import budget, report, schema, settings, tables
+from flows import budget, report, schema, tables
+from flows.ops import settings
 from flows.changes import ChangeSummary
 from flows.errors import CountriesError, TransientApiError, UnknownRegionError
 from flows.parameters import DEFAULT_REGIONS, check_parameters, default_table

