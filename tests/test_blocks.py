@@ -164,6 +164,7 @@ def test_creates_the_api_rate_limit(prefect_server):
         (["--crash-after", "30"], "--crash-after must be at least 60 s"),
         (["--stale-after-intervals", "1"], "--stale-after-intervals must be more than 1"),
         (["--rerun-window", "0"], "--rerun-window must be a positive number of minutes"),
+        (["--base-url", "countries.internal/v5"], "--base-url 'countries.internal/v5' is not an http(s) URL"),
         (
             ["--notify-block", "no-such-block-x"],
             "no block named 'no-such-block-x' (--notify-block): the notification blocks are:",
@@ -188,12 +189,42 @@ def test_a_prefect_api_that_does_not_answer_is_one_clear_line():
     assert "prefect server start" in line and "PREFECT_API_URL" in line
 
 
-def test_a_bad_option_saves_nothing(prefect_server):
-    """The settings are checked before anything is saved: a typo does not break later re-runs."""
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--notify-block", "no-such-block-y"],
+        ["--base-url", "countries.internal/v5"],
+        ["--rate-per-second", "0"],
+        ["--crash-after", "10"],
+    ],
+    ids=["missing-notify-block", "base-url-without-scheme", "rate", "crash-after"],
+)
+def test_a_failing_setup_changes_nothing_on_the_server(prefect_server, database_url, bad):
+    """Issue 16 §8: every option, and every block named, is checked before anything is created or changed."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    from flows import budget
     from flows.ops import settings
 
-    assert run_script("--notify-block", "no-such-block-y").returncode == 2
+    def limit() -> tuple[int, float] | None:
+        with get_client(sync_client=True) as client:
+            try:
+                found = client.read_global_concurrency_limit_by_name(budget.RATE_LIMIT_NAME)
+            except ObjectNotFound:
+                return None
+        return found.limit, found.slot_decay_per_second
+
+    block = f"blocks-test-unsaved-{uuid.uuid4().hex[:6]}"
+    limit_before = limit()
+    args = ["--db-block", block, "--db-url", database_url, "--rate-burst", "9", *bad]
+    result = run_script(*args, env={"RESTCOUNTRIES_API_KEY": CANARY_KEY + "-unsaved"})
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert asyncio.run(settings.db_block_names()).count(block) == 0
+    assert asyncio.run(settings.load_api_key()) != CANARY_KEY + "-unsaved"
+    assert limit() == limit_before
     assert asyncio.run(settings.load_settings()).notify_block is None
+    assert automations_by_name() == {}
     assert "stale-table alerts: off" in ok(run_script())
 
 

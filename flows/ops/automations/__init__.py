@@ -1,42 +1,22 @@
-"""Unattended operation: Prefect automations that catch dead runs, rerun them, and report stale tables.
+"""Unattended operation: the Prefect automations that catch dead runs, rerun them, and report stale tables.
 
-``python blocks/create_blocks.py`` calls :func:`ensure_operations`, which creates
-or updates these automations on the Prefect server (idempotent: run it as often
-as you like; it only changes what differs):
+The automations are the YAML files beside this module, in the format of
+``prefect automation create --from-file`` (Prefect's ``AutomationCore``), with
+``${...}`` where the operator's settings go:
 
-1. ``countries: mark silent runs Crashed`` (:data:`CRASH_DETECTION`). A
-   deployment run of the ``countries`` flow that has sent nothing (no heartbeat,
-   no state change) for ``crash_after`` (default 90 s) since it went Pending or
-   Running or sent a heartbeat died with its worker (kill -9, a stopped worker,
-   a lost machine). The automation sets it to Crashed, which frees its
-   deployment concurrency slot at once, and starts a new run of the same
-   deployment (its own parameters). prefect.yaml makes deployment runs send a
-   heartbeat every 30 s (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``), so 90 s is
-   three missed heartbeats. This is Prefect's documented zombie-run recipe,
-   limited to this flow's deployment runs, with the rerun in the same
-   automation so that it also works right after a server restart (a restarted
-   server holds back, for 15 minutes, reactions to state changes that follow
-   ones it saw before the restart).
-2. ``countries: rerun crashed runs`` (:data:`CRASH_RERUN`). When the worker or
-   the run itself reports a deployment run of the flow Crashed (the flow run
-   process was killed while its worker lived, the infrastructure failed), a new
-   run of the same deployment starts at once. Runs marked Crashed by 1. are
-   left to 1. A run that *failed* (bad key, unknown region, quality gate) is
-   never rerun. Crash loops are bounded: at most one rerun per deployment per
-   ``rerun_window`` (default 60 minutes); a crash inside the window waits for
-   the next scheduled run. (Reruns by 1. need a worker that takes the rerun and
-   then dies with it, so they cannot loop on their own; a supervisor that
-   restarts a worker the run keeps killing makes such a loop, see
-   docs/operations.md.)
-3. ``countries: stale <flow>/<deployment>`` (:func:`freshness_name`), one per
-   deployment of the flow with an active interval schedule, when a notification
-   block is named: it notifies that block when the deployment has had no
-   Completed run for ``stale_after_intervals`` (default 2) schedule intervals,
-   and again after every further such window while it stays stale. Alerts of
-   deployments that are gone, paused or without an active schedule are removed.
+- ``crash-detection.yaml``: a deployment run of the flow silent for
+  ``crash_after`` (default 90 s: three missed heartbeats) is marked Crashed and
+  its deployment is run again.
+- ``rerun-crashed.yaml``: a deployment run reported Crashed is rerun at once, at
+  most once per deployment per ``rerun_window`` (default 60 minutes).
+- ``stale-table.yaml``: one per deployment with an active interval schedule,
+  when a notification block is named: it is told when the deployment has had
+  no Completed run for ``stale_after_intervals`` (default 2) intervals.
 
-Run the setup after ``prefect deploy`` (the stale-table alerts are per
-deployment, so a new deployment needs a new run of the setup).
+:func:`ensure_operations` (called by ``python blocks/create_blocks.py``) applies
+them idempotently: it creates what is missing, updates what differs and leaves
+the rest alone (``prefect automation create`` would add a second copy on every
+run), and removes the stale-table alerts of deployments that no longer qualify.
 """
 
 from __future__ import annotations
@@ -44,26 +24,22 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
+from string import Template
 from typing import Any
 
-from prefect.automations import (
-    Automation,
-    AutomationCore,
-    ChangeFlowRunState,
-    EventTrigger,
-    Posture,
-    RunDeployment,
-    SendNotification,
-)
+import yaml
+from prefect.automations import AutomationCore
 from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.filters import FlowFilter, FlowFilterName
-from prefect.client.schemas.objects import BlockDocument, StateType
+from prefect.client.schemas.objects import BlockDocument
 from prefect.client.schemas.responses import DeploymentResponse
 from prefect.events.filters import AutomationFilter, AutomationFilterTags
 
 from flows.errors import ConfigurationError, setting
 from flows.parameters import DEFAULT_REGIONS, default_table
 
+HERE = Path(__file__).parent
 FLOW_NAME = "countries"
 AUTOMATION_TAG = "countries-pipeline"
 CRASH_DETECTION = f"{FLOW_NAME}: mark silent runs Crashed"
@@ -71,22 +47,12 @@ CRASH_RERUN = f"{FLOW_NAME}: rerun crashed runs"
 FRESHNESS_PREFIX = f"{FLOW_NAME}: stale "
 
 HEARTBEAT_ENV = "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"
-PREFECT_DEFAULT_HEARTBEAT_SECONDS = 180  # Prefect 3.8's default when the variable is not set
+PREFECT_DEFAULT_HEARTBEAT_SECONDS = 180  # Prefect's default when the variable is not set
 MINIMUM_HEARTBEAT_SECONDS = 30  # Prefect refuses lower values
-
-# The state message the detector gives a silent run: the rerun automation leaves those to the detector.
-SILENT_RUN_MESSAGE = "no heartbeat for"
 
 DEFAULT_CRASH_AFTER = timedelta(seconds=90)
 DEFAULT_RERUN_WINDOW = timedelta(minutes=60)
 DEFAULT_STALE_AFTER_INTERVALS = 2.0
-
-# Matches the flow runs of this flow that belong to a deployment.
-_DEPLOYMENT_RUNS_OF_THE_FLOW = [
-    {"prefect.resource.role": "flow", "prefect.resource.name": FLOW_NAME},
-    {"prefect.resource.role": "deployment"},
-]
-_FLOW_RUNS = {"prefect.resource.id": "prefect.flow-run.*"}
 
 
 def describe_duration(delta: timedelta) -> str:
@@ -100,68 +66,30 @@ def describe_duration(delta: timedelta) -> str:
     return f"{seconds:.3g} s"
 
 
-# --- the automations ------------------------------------------------------------------
+def load(file: str, **values: Any) -> AutomationCore:
+    """The automation of the YAML ``file`` (in this package) with its ``${name}`` placeholders filled from
+    ``values``: a placeholder that is a whole value takes the value itself (a number stays a number), one
+    inside text its text. The server renders notification texts as Jinja: a filled-in text that Jinja would
+    read is kept literal. Raises ``KeyError`` for a placeholder without a value."""
 
+    def fill(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: fill(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [fill(v) for v in node]
+        if isinstance(node, str):
+            whole = node.strip()
+            if whole.startswith("${") and whole.endswith("}") and whole[2:-1] in values:
+                return values[whole[2:-1]]
+            return Template(node).substitute(values)
+        return node
 
-def crash_detection(crash_after: timedelta = DEFAULT_CRASH_AFTER) -> AutomationCore:
-    """The automation that marks a silent deployment run of the flow Crashed and reruns its deployment."""
-    return AutomationCore(
-        name=CRASH_DETECTION,
-        description=(
-            f"A deployment run of flow '{FLOW_NAME}' that sent no heartbeat and no state change for "
-            f"{describe_duration(crash_after)} since it went Pending or Running or sent a heartbeat died with its "
-            "worker: set it to Crashed (frees its deployment concurrency slot) and start a new run of its "
-            f"deployment. Deployment runs send a heartbeat every 30 s ({HEARTBEAT_ENV} in prefect.yaml). "
-            "Created by python blocks/create_blocks.py."
-        ),
-        tags=[AUTOMATION_TAG],
-        trigger=EventTrigger(
-            after={"prefect.flow-run.heartbeat", "prefect.flow-run.Pending", "prefect.flow-run.Running"},
-            expect={"prefect.flow-run.*"},
-            match=_FLOW_RUNS,
-            match_related=_DEPLOYMENT_RUNS_OF_THE_FLOW,
-            for_each={"prefect.resource.id"},
-            posture=Posture.Proactive,
-            threshold=1,
-            within=crash_after,
-        ),
-        actions=[
-            ChangeFlowRunState(
-                state=StateType.CRASHED,
-                message=(
-                    f"{SILENT_RUN_MESSAGE} {describe_duration(crash_after)}: the worker or the flow run process "
-                    f"died; a new run of the deployment was started (automation '{CRASH_DETECTION}')"
-                ),
-            ),
-            RunDeployment(source="inferred"),
-        ],
-    )
-
-
-def crash_rerun(rerun_window: timedelta = DEFAULT_RERUN_WINDOW) -> AutomationCore:
-    """The automation that reruns a deployment run reported Crashed, at most once per deployment per window."""
-    return AutomationCore(
-        name=CRASH_RERUN,
-        description=(
-            f"When a deployment run of flow '{FLOW_NAME}' is reported Crashed (its process was killed while the "
-            "worker lived, the infrastructure failed), start a new run of the same deployment (its own "
-            "parameters) at once. Failed runs are not rerun; silent runs are rerun by "
-            f"'{CRASH_DETECTION}'. At most one rerun per deployment every {describe_duration(rerun_window)}, so "
-            "a crash loop cannot spend the API quota; a later crash inside that window waits for the next "
-            "scheduled run. Created by python blocks/create_blocks.py."
-        ),
-        tags=[AUTOMATION_TAG],
-        trigger=EventTrigger(
-            expect={"prefect.flow-run.Crashed"},
-            match={**_FLOW_RUNS, "prefect.state-message": f"!{SILENT_RUN_MESSAGE}*"},
-            match_related=_DEPLOYMENT_RUNS_OF_THE_FLOW,
-            for_each={"related:deployment:prefect.resource.id"},
-            posture=Posture.Reactive,
-            threshold=1,
-            within=rerun_window,
-        ),
-        actions=[RunDeployment(source="inferred")],
-    )
+    data = fill(yaml.safe_load((HERE / file).read_text(encoding="utf-8")))
+    for action in data.get("actions", []):
+        for key in ("subject", "body"):
+            if isinstance(action.get(key), str) and ("{" in action[key] or "%" in action[key]):
+                action[key] = "{% raw %}" + action[key] + "{% endraw %}"
+    return AutomationCore.model_validate(data)
 
 
 def freshness_name(deployment: DeploymentResponse) -> str:
@@ -177,66 +105,6 @@ def deployment_table(deployment: DeploymentResponse) -> str:
         return table
     regions = parameters.get("regions") or DEFAULT_REGIONS
     return default_table([regions] if isinstance(regions, str) else regions)
-
-
-def freshness(
-    deployment: DeploymentResponse,
-    interval: timedelta,
-    stale_after_intervals: float,
-    notify: BlockDocument,
-) -> AutomationCore:
-    """The stale-table alert of one deployment: no Completed run for ``stale_after_intervals`` intervals."""
-    window = interval * stale_after_intervals
-    table = deployment_table(deployment)
-    what = f"table {table} (deployment {FLOW_NAME}/{deployment.name})"
-    body = (
-        f"{what.capitalize()} has had no completed run for {describe_duration(window)} "
-        f"({stale_after_intervals:g} x its {describe_duration(interval)} schedule interval): its data is stale. "
-        "Look at the deployment's latest runs in the Prefect UI (Failed: read the state message; Late or "
-        "Scheduled: no worker is polling its pool). This alert repeats every "
-        f"{describe_duration(window)} until a run completes."
-    )
-    return AutomationCore(
-        name=freshness_name(deployment),
-        description=(
-            f"Notify block '{notify.name}' when deployment {FLOW_NAME}/{deployment.name} has had no Completed "
-            f"run for {describe_duration(window)} ({stale_after_intervals:g} schedule intervals). "
-            "Created by python blocks/create_blocks.py."
-        ),
-        tags=[AUTOMATION_TAG],
-        trigger=EventTrigger(
-            expect={"prefect.flow-run.Completed"},
-            match=_FLOW_RUNS,
-            match_related={
-                "prefect.resource.role": "deployment",
-                "prefect.resource.id": f"prefect.deployment.{deployment.id}",
-            },
-            posture=Posture.Proactive,
-            threshold=1,
-            within=window,
-        ),
-        actions=[
-            SendNotification(
-                block_document_id=notify.id,
-                subject=f"{FLOW_NAME}: {table} is stale",
-                body=_jinja_literal(body),
-            )
-        ],
-    )
-
-
-def _jinja_literal(text: str) -> str:
-    """``text`` as a Jinja template that renders to itself (the server renders notification bodies)."""
-    return text if "{" not in text and "%" not in text else "{% raw %}" + text + "{% endraw %}"
-
-
-# --- reading the server ---------------------------------------------------------------
-
-
-async def flow_deployments(client: PrefectClient) -> list[DeploymentResponse]:
-    """Every deployment of the ``countries`` flow on the server, by name."""
-    deployments = await client.read_deployments(flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW_NAME])))
-    return sorted(deployments, key=lambda d: d.name)
 
 
 def active_interval(deployment: DeploymentResponse) -> timedelta | None:
@@ -256,9 +124,8 @@ def heartbeat_seconds(deployment: DeploymentResponse) -> float:
     job variables are read here.
     """
     env = (deployment.job_variables or {}).get("env") or {}
-    value = env.get(HEARTBEAT_ENV)
     try:
-        return max(float(value), MINIMUM_HEARTBEAT_SECONDS)
+        return max(float(env.get(HEARTBEAT_ENV)), MINIMUM_HEARTBEAT_SECONDS)
     except (TypeError, ValueError):
         return PREFECT_DEFAULT_HEARTBEAT_SECONDS
 
@@ -271,13 +138,11 @@ async def find_notification_block(client: PrefectClient, ref: str) -> BlockDocum
     """
     slug, _, name = ref.rpartition("/")
     documents: list[BlockDocument] = []
-    offset = 0
-    while True:
-        page = await client.read_block_documents(offset=offset, limit=200, include_secrets=False)
-        documents += [d for d in page if not d.is_anonymous]
+    while page := await client.read_block_documents(offset=len(documents), limit=200, include_secrets=False):
+        documents += page
         if len(page) < 200:
             break
-        offset += 200
+    documents = [d for d in documents if not d.is_anonymous]
 
     def can_notify(d: BlockDocument) -> bool:
         return d.block_schema is not None and "notify" in (d.block_schema.capabilities or [])
@@ -323,18 +188,16 @@ async def apply_automation(client: PrefectClient, wanted: AutomationCore) -> str
     existing = await client.read_automations_by_name(wanted.name)
     if not existing:
         await client.create_automation(wanted)
-        _, *extra = await client.read_automations_by_name(wanted.name)
-        for duplicate in extra:
-            await client.delete_automation(duplicate.id)
-        return "created"
-    keep, *extra = existing
-    for duplicate in extra:
+        existing, outcome = await client.read_automations_by_name(wanted.name), "created"
+    elif _comparable(existing[0]) == _comparable(wanted):
+        outcome = "unchanged"
+    else:
+        await client.update_automation(existing[0].id, wanted)
+        outcome = "updated"
+    for duplicate in existing[1:]:
         await client.delete_automation(duplicate.id)
-    removed = f"; removed {len(extra)} duplicate{'s' if len(extra) > 1 else ''}" if extra else ""
-    if _comparable(keep) == _comparable(wanted):
-        return "unchanged" + removed
-    await client.update_automation(keep.id, wanted)
-    return "updated" + removed
+    extra = len(existing) - 1 if outcome != "created" else 0
+    return outcome + (f"; removed {extra} duplicate{'s' if extra > 1 else ''}" if extra else "")
 
 
 @dataclass(frozen=True)
@@ -366,29 +229,40 @@ def check_options(options: Options) -> None:
         )
 
 
-async def ensure_operations(options: Options) -> list[str]:
+async def ensure_operations(options: Options, notify: BlockDocument | None = None) -> list[str]:
     """Create or update the operations automations on the server; one report line per thing done or noticed.
 
-    Lines starting with ``warning:`` need the operator's attention. Raises
-    ``ConfigurationError`` when an option cannot work or the notification block
-    cannot be used, before anything is changed.
+    ``notify`` is the notification block ``options.notify_block`` names (looked up when not given). Lines
+    starting with ``warning:`` need the operator's attention. Raises ``ConfigurationError`` when an option
+    cannot work or the notification block cannot be used, before anything is changed.
     """
     check_options(options)
     lines: list[str] = []
     async with get_client() as client:
-        notify = await find_notification_block(client, options.notify_block) if options.notify_block else None
-        outcome = await apply_automation(client, crash_detection(options.crash_after))
-        lines.append(
-            f"automation '{CRASH_DETECTION}': {outcome} (a deployment run silent for "
-            f"{describe_duration(options.crash_after)} is marked Crashed and rerun at once)"
+        if options.notify_block and notify is None:
+            notify = await find_notification_block(client, options.notify_block)
+        crash_after, rerun_window = options.crash_after, options.rerun_window
+        detection = load(
+            "crash-detection.yaml",
+            crash_after=describe_duration(crash_after),
+            crash_after_seconds=crash_after.total_seconds(),
         )
-        outcome = await apply_automation(client, crash_rerun(options.rerun_window))
         lines.append(
-            f"automation '{CRASH_RERUN}': {outcome} (a deployment run reported Crashed is rerun at once, at "
-            f"most once per deployment every {describe_duration(options.rerun_window)})"
+            f"automation '{CRASH_DETECTION}': {await apply_automation(client, detection)} (a deployment run silent "
+            f"for {describe_duration(crash_after)} is marked Crashed and rerun at once)"
+        )
+        rerun = load(
+            "rerun-crashed.yaml",
+            rerun_window=describe_duration(rerun_window),
+            rerun_window_seconds=rerun_window.total_seconds(),
+        )
+        lines.append(
+            f"automation '{CRASH_RERUN}': {await apply_automation(client, rerun)} (a deployment run reported "
+            f"Crashed is rerun at once, at most once per deployment every {describe_duration(rerun_window)})"
         )
 
-        deployments = await flow_deployments(client)
+        flow_filter = FlowFilter(name=FlowFilterName(any_=[FLOW_NAME]))
+        deployments = sorted(await client.read_deployments(flow_filter=flow_filter), key=lambda d: d.name)
         if not deployments:
             lines.append(
                 f"no deployment of flow '{FLOW_NAME}' on this server yet: run this again after "
@@ -396,33 +270,41 @@ async def ensure_operations(options: Options) -> list[str]:
             )
         for d in deployments:
             every = heartbeat_seconds(d)
-            if every * 2 > options.crash_after.total_seconds():
+            if every * 2 > crash_after.total_seconds():
                 lines.append(
                     f"warning: runs of {FLOW_NAME}/{d.name} send a heartbeat every {every:g} s, too rarely for "
-                    f"the {describe_duration(options.crash_after)} crash timeout: set {HEARTBEAT_ENV}: "
+                    f"the {describe_duration(crash_after)} crash timeout: set {HEARTBEAT_ENV}: "
                     f"{MINIMUM_HEARTBEAT_SECONDS} in its work_pool job_variables env (prefect.yaml) and deploy "
                     "again, or healthy long runs will be marked Crashed"
                 )
 
-        wanted: dict[str, AutomationCore] = {}
-        for d in deployments:
+        wanted: set[str] = set()
+        for d in deployments if notify is not None else []:
             interval = active_interval(d)
-            if notify is None:
-                continue
             if d.paused or interval is None:
                 why = "it is paused" if d.paused else "it has no active interval schedule"
                 lines.append(f"no stale-table alert for {FLOW_NAME}/{d.name}: {why}")
                 continue
-            wanted[freshness_name(d)] = freshness(d, interval, options.stale_after_intervals, notify)
+            window = interval * options.stale_after_intervals
+            alert = load(
+                "stale-table.yaml",
+                deployment=d.name,
+                deployment_id=str(d.id),
+                table=deployment_table(d),
+                notify_block=notify.name,
+                notify_block_id=str(notify.id),
+                window=describe_duration(window),
+                window_seconds=window.total_seconds(),
+                intervals=f"{options.stale_after_intervals:g}",
+                interval=describe_duration(interval),
+            )
+            wanted.add(alert.name)
+            lines.append(
+                f"automation '{alert.name}': {await apply_automation(client, alert)} (notifies "
+                f"'{options.notify_block}' after {describe_duration(window)} without a completed run)"
+            )
         if notify is None:
             lines.append("stale-table alerts: off (name a notification block with --notify-block NAME to get them)")
-        for name, automation in wanted.items():
-            outcome = await apply_automation(client, automation)
-            window = automation.trigger.within
-            lines.append(
-                f"automation '{name}': {outcome} (notifies '{options.notify_block}' after "
-                f"{describe_duration(window)} without a completed run)"
-            )
         ours = await client.read_automations(
             automations=AutomationFilter(tags=AutomationFilterTags(all_=[AUTOMATION_TAG]))
         )
@@ -431,17 +313,3 @@ async def ensure_operations(options: Options) -> list[str]:
                 await client.delete_automation(automation.id)
                 lines.append(f"automation '{automation.name}': removed (its deployment no longer qualifies)")
     return lines
-
-
-async def read_operations_automations() -> list[Automation]:
-    """The automations this module manages that exist on the server (by tag)."""
-    async with get_client() as client:
-        return await client.read_automations(
-            automations=AutomationFilter(tags=AutomationFilterTags(all_=[AUTOMATION_TAG]))
-        )
-
-
-async def check_notification_block(ref: str) -> None:
-    """Raise ``ConfigurationError`` unless ``ref`` names one notification block on the server."""
-    async with get_client() as client:
-        await find_notification_block(client, ref)
