@@ -27,25 +27,21 @@ from tests.conftest import REPO_ROOT
 
 
 @pytest.fixture(scope="module")
-def prefect_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A PREFECT_HOME of this module's tests (its database is created once, by the first server)."""
-    return tmp_path_factory.mktemp("prefect-home")
+def stack_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """This process and its subprocesses use the module's PREFECT_HOME and .local directory.
 
-
-@pytest.fixture
-def stack_env(prefect_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
-    """This process and its subprocesses use the module's PREFECT_HOME and a fresh .local directory.
-
-    Both servers are stopped afterwards.
+    One Prefect server serves the module's tests where they only need one (a test that starts its own
+    stops the one before); both servers are stopped at the end.
     """
     from prefect.settings import PREFECT_HOME, temporary_settings
 
-    home, local_dir = prefect_home, tmp_path / "local"
-    monkeypatch.setenv("PREFECT_HOME", str(home))
-    monkeypatch.setenv(local.LOCAL_DIR_ENV, str(local_dir))
-    monkeypatch.setenv(local.PREFECT_SERVER_ENV, "1")
-    monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    with temporary_settings(updates={PREFECT_HOME: str(home)}):
+    root = tmp_path_factory.mktemp("stack")
+    home, local_dir = root / "prefect-home", root / "local"
+    with pytest.MonkeyPatch.context() as patch, temporary_settings(updates={PREFECT_HOME: str(home)}):
+        patch.setenv("PREFECT_HOME", str(home))
+        patch.setenv(local.LOCAL_DIR_ENV, str(local_dir))
+        patch.setenv(local.PREFECT_SERVER_ENV, "1")
+        patch.delenv("PREFECT_API_URL", raising=False)
         try:
             yield dict(os.environ)
         finally:
@@ -78,13 +74,14 @@ def ensure_in_a_subprocess(env: dict[str, str]) -> subprocess.Popen:
 
 
 def test_one_background_server_per_prefect_home_reused_and_replaced_when_its_pid_is_stale(stack_env):
+    local.stop_prefect_server()
     # Two runs at once: one starts the server, the other waits for it; both get the same one.
     runs = [ensure_in_a_subprocess(stack_env) for _ in range(2)]
     outputs = [run.communicate(timeout=300)[0].split() for run in runs]
     assert all(run.returncode == 0 for run in runs), outputs
     assert outputs[0][:2] == outputs[1][:2] and sorted(o[2] for o in outputs) == ["False", "True"], outputs
     first = local.LocalPrefectServer(pid=int(outputs[0][0]), port=int(outputs[0][1]))
-    pid_file = Path(stack_env["PREFECT_HOME"]) / "server.pid"  # Prefect's own record of its background server
+    pid_file = Path(stack_env["PREFECT_HOME"]) / local.PID_FILE  # Prefect's own record of its background server
     assert int(pid_file.read_text()) == first.pid
 
     assert local.ensure_prefect_server() == (first, False)  # alive and answering: reused

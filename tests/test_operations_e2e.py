@@ -507,6 +507,26 @@ def scenario_freshness(sc: Scenario, receiver: WebhookReceiver) -> dict[str, Any
     return {"message": message, "after": time.monotonic() - started}
 
 
+def scenario_scheduled(sc: Scenario) -> dict[str, Any]:
+    """Prefect 3.9.1's scheduler service (issue 17 §1): a run it makes from the schedule is taken by a worker
+    and completes. Nobody starts a run by hand."""
+    deadline = time.monotonic() + SCENARIO_TIMEOUT
+    worker = start_worker(sc.stack.env, sc.queue, sc.log, sc.cwd)
+    try:
+
+        def completed() -> FlowRun | None:
+            with sc.stack.client() as client:
+                runs = deployment_runs(client, sc.deployment_id)
+            return next((r for r in runs if r.state_type == StateType.COMPLETED), None)
+
+        run = wait_for(f"{sc.name}: a scheduled run completes", completed, deadline, sc.details)
+        return {"run": run, "rows": read_table(sc.stack.database_url, sc.table), "details": sc.details()}
+    finally:
+        stop_worker(worker)
+        with sc.stack.client() as client:  # no more scheduled runs for the rest of the module
+            client.pause_deployment(sc.deployment_id)
+
+
 def git(*args: str, cwd: Path) -> None:
     env = dict(
         os.environ,
@@ -596,6 +616,8 @@ def scenarios(prefect_server, pg, tmp_path_factory) -> Iterator[dict[str, Future
         rollout_deployed = pool.submit(deploy, main, [rollout.spec()], rollout_checkout, tmp / "ops-rollout.yaml")
         deploy(main, [kill9.spec(), sigterm.spec(), oom.spec()], checkout, tmp / "ops-main.yaml")
         add_stale_deployment(main, stale)
+        scheduled = scenario("scheduled", main, checkout)
+        add_scheduled_deployment(main, scheduled)
         rollout_deployed.result()
 
         from prefect.blocks.notifications import CustomWebhookNotificationBlock
@@ -612,6 +634,7 @@ def scenarios(prefect_server, pg, tmp_path_factory) -> Iterator[dict[str, Future
         futures["sigterm"] = pool.submit(scenario_sigterm, sigterm)
         futures["rollout"] = pool.submit(scenario_rollout, rollout, origin)
         futures["stale"] = pool.submit(scenario_freshness, stale, receiver)
+        futures["scheduled"] = pool.submit(scenario_scheduled, scheduled)
         futures["restart"] = pool.submit(lambda: scenario_restart(other_ready.result()[0]))
 
         def setup_outcome() -> dict[str, Any]:
@@ -620,7 +643,7 @@ def scenarios(prefect_server, pg, tmp_path_factory) -> Iterator[dict[str, Future
                 "main": main_setup,
                 "other": other_setup,
                 "main_stack": main,
-                "scenarios": {s.name: s for s in (kill9, oom, sigterm, rollout, stale, restart)},
+                "scenarios": {s.name: s for s in (kill9, oom, sigterm, rollout, stale, restart, scheduled)},
             }
 
         futures["setup"] = pool.submit(setup_outcome)
@@ -637,6 +660,11 @@ def scenarios(prefect_server, pg, tmp_path_factory) -> Iterator[dict[str, Future
 def add_stale_deployment(stack: Stack, sc: Scenario) -> None:
     """A deployment of the flow scheduled every 10 s that no worker serves (made through the API, because
     prefect.yaml cannot cap a schedule's runs: one scheduled run at a time keeps the server's SQLite calm)."""
+    add_scheduled_deployment(stack, sc)
+
+
+def add_scheduled_deployment(stack: Stack, sc: Scenario) -> None:
+    """A deployment of the flow on its own queue, scheduled every 10 s, one scheduled run at a time."""
     from prefect.client.schemas.actions import DeploymentScheduleCreate
     from prefect.client.schemas.schedules import IntervalSchedule
 
@@ -740,6 +768,13 @@ def test_stale_table_alert_reaches_the_notification_block(scenarios):
     assert message["subject"] == "countries: ops_stale_countries is stale", message
     assert "deployment countries/ops-stale" in message["body"], message
     assert "no completed run for 20 s" in message["body"], message
+
+
+def test_the_scheduler_makes_runs_that_a_worker_completes(scenarios):
+    result = outcome(scenarios, "scheduled")
+    run = result["run"]
+    assert run.auto_scheduled, result["details"]  # made by the scheduler service, not by a person or an automation
+    assert Counter(result["rows"]) == Counter(EXPECTED_NORTHERN_EUROPE), result["details"]
 
 
 def test_rollout_during_a_run_loses_nothing_and_the_next_run_uses_the_new_code(scenarios):

@@ -33,6 +33,7 @@ Command line (one command for both servers)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import socket
 import subprocess
@@ -40,8 +41,14 @@ import sys
 import time
 import urllib.request
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 from flows.errors import ConfigurationError, setting
 
@@ -267,17 +274,28 @@ def ensure_prefect_server(timeout: float = PREFECT_SERVER_START_TIMEOUT) -> tupl
     """
     home = _prefect_home()
     started = False
-    for _attempt in range(3):  # another program may take the free port before the server binds it
-        if _background_server(home) is None:
-            (home / PID_FILE).unlink(missing_ok=True)  # stale: `prefect server start` would refuse to start
-            started = _start_prefect_server(home) or started
-        server = _wait_until_healthy(home, timeout)
-        if server is not None:
-            return server, started
+    with _lock():  # `prefect server start` writes its pid file after creating it empty: no second run in between
+        for _attempt in range(3):  # another program may take the free port before the server binds it
+            if _background_server(home) is None:
+                (home / PID_FILE).unlink(missing_ok=True)  # stale: `prefect server start` would refuse to start
+                started = _start_prefect_server(home) or started
+            server = _wait_until_healthy(home, timeout)
+            if server is not None:
+                return server, started
     raise ConfigurationError(
         "the local Prefect server did not start: run `prefect server start` to see why; or set PREFECT_API_URL "
         "to a running Prefect server"
     )
+
+
+@contextlib.contextmanager
+def _lock() -> Iterator[None]:
+    """One process of this project at a time checks and starts the local Prefect server (no lock on Windows)."""
+    local_dir().mkdir(parents=True, exist_ok=True)
+    with (local_dir() / "prefect-server.lock").open("w") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed
+        yield
 
 
 def _start_prefect_server(home: Path) -> bool:
