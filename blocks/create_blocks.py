@@ -209,7 +209,7 @@ async def _run(args: argparse.Namespace) -> list[str]:
         "rerun_window_minutes": args.rerun_window,
     }
     saved = await settings.load_settings()
-    wanted = saved.model_copy(update={k: (None if v == "" else v) for k, v in changes.items() if v is not None})
+    wanted = settings.merged(saved, **changes)
     options = automations.Options(
         crash_after=timedelta(
             seconds=_or_default(wanted.crash_after_seconds, automations.DEFAULT_CRASH_AFTER.total_seconds())
@@ -240,10 +240,10 @@ async def _run(args: argparse.Namespace) -> list[str]:
         + ("" if changed else " (unchanged)")
     )
     if any(v is not None for v in changes.values()):
-        saved = await settings.save_settings(**changes)
+        await wanted.asave(settings.SETTINGS_BLOCK, overwrite=True)
         done.append(f"saved block '{settings.SETTINGS_BLOCK}' (operator settings)")
-    if saved.base_url:
-        done.append(f"API base URL trusted with the key and used by default: {saved.base_url}")
+    if wanted.base_url:
+        done.append(f"API base URL trusted with the key and used by default: {wanted.base_url}")
 
     done += await automations.ensure_operations(options, notify)
     return done

@@ -34,7 +34,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -508,8 +508,8 @@ def scenario_freshness(sc: Scenario, receiver: WebhookReceiver) -> dict[str, Any
 
 
 def scenario_scheduled(sc: Scenario) -> dict[str, Any]:
-    """Prefect 3.9.1's scheduler service (issue 17 §1): a run it makes from the schedule is taken by a worker
-    and completes. Nobody starts a run by hand."""
+    """Prefect 3.9.1's scheduler (issue 17 §1): the run it makes from a deployed schedule is taken by a worker
+    when it is due and completes. Nobody starts a run by hand."""
     deadline = time.monotonic() + SCENARIO_TIMEOUT
     worker = start_worker(sc.stack.env, sc.queue, sc.log, sc.cwd)
     try:
@@ -614,10 +614,16 @@ def scenarios(prefect_server, pg, tmp_path_factory) -> Iterator[dict[str, Future
         kill9, oom, sigterm = (scenario(n, main, checkout) for n in ("kill9", "oom", "sigterm"))
         rollout, stale = scenario("rollout", main, rollout_checkout), scenario("stale", main, checkout)
         rollout_deployed = pool.submit(deploy, main, [rollout.spec()], rollout_checkout, tmp / "ops-rollout.yaml")
-        deploy(main, [kill9.spec(), sigterm.spec(), oom.spec()], checkout, tmp / "ops-main.yaml")
-        add_stale_deployment(main, stale)
+        # The scheduled scenario: prefect.yaml's kind of schedule, hourly, its first run due 90 s from now.
         scheduled = scenario("scheduled", main, checkout)
-        add_scheduled_deployment(main, scheduled)
+        first_due = datetime.now(timezone.utc) + timedelta(seconds=90)
+        hourly = {"interval": 3600, "anchor_date": first_due.isoformat(), "timezone": "UTC", "active": True}
+        scheduled_spec = deployment_spec(
+            scheduled.name, scheduled.queue, scenario_parameters(scheduled.fake, scheduled.table, main.db_block),
+            [hourly],
+        )  # fmt: skip
+        deploy(main, [kill9.spec(), sigterm.spec(), oom.spec(), scheduled_spec], checkout, tmp / "ops-main.yaml")
+        add_stale_deployment(main, stale)
         rollout_deployed.result()
 
         from prefect.blocks.notifications import CustomWebhookNotificationBlock
@@ -660,11 +666,6 @@ def scenarios(prefect_server, pg, tmp_path_factory) -> Iterator[dict[str, Future
 def add_stale_deployment(stack: Stack, sc: Scenario) -> None:
     """A deployment of the flow scheduled every 10 s that no worker serves (made through the API, because
     prefect.yaml cannot cap a schedule's runs: one scheduled run at a time keeps the server's SQLite calm)."""
-    add_scheduled_deployment(stack, sc)
-
-
-def add_scheduled_deployment(stack: Stack, sc: Scenario) -> None:
-    """A deployment of the flow on its own queue, scheduled every 10 s, one scheduled run at a time."""
     from prefect.client.schemas.actions import DeploymentScheduleCreate
     from prefect.client.schemas.schedules import IntervalSchedule
 

@@ -283,22 +283,13 @@ async def load_settings() -> CountriesSettings:
         return CountriesSettings()
 
 
-async def save_settings(**changes: object) -> CountriesSettings:
-    """Merge ``changes`` into the saved operator settings and save them; returns the result.
-
-    A change to ``None`` keeps the saved value (so a re-run without an option
-    changes nothing); an empty string clears it.
-    """
-    current = await load_settings()
-    values = current.model_dump(include=set(CountriesSettings.model_fields))
-    for name, value in changes.items():
-        if name not in CountriesSettings.model_fields:
-            raise TypeError(f"unknown setting {name!r}")
-        if value is not None:
-            values[name] = None if value == "" else value
-    updated = CountriesSettings(**values)
-    await updated.asave(SETTINGS_BLOCK, overwrite=True)
-    return updated
+def merged(saved: CountriesSettings, **changes: object) -> CountriesSettings:
+    """``saved`` with ``changes``: a change to ``None`` keeps the saved value (so a re-run of the setup without
+    an option changes nothing); an empty string clears it. Raises ``TypeError`` for an unknown setting."""
+    unknown = set(changes) - set(CountriesSettings.model_fields)
+    if unknown:
+        raise TypeError(f"unknown settings {sorted(unknown)}")
+    return saved.model_copy(update={k: (None if v == "" else v) for k, v in changes.items() if v is not None})
 
 
 def _clean(url: str | None) -> str | None:
