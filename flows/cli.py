@@ -12,7 +12,7 @@ A run goes in this order, so that a mistake costs no server start and no request
 1. usage and parameter checks that need no network (types, the signature's
    ranges, ``check_parameters``: region names, table name, base URL, ...);
 2. the Prefect API: ``PREFECT_API_URL`` when set, else the local Prefect server
-   (started on first use, reused later; see ``flows/local.py``), else (with
+   (started on first use, reused later; see ``flows/ops/local.py``), else (with
    ``COUNTRIES_LOCAL_PREFECT_SERVER=0``) Prefect's temporary server;
 3. the API key for v5 (``RESTCOUNTRIES_API_KEY`` or the Secret block);
 4. the database block: an explicitly named block must exist; the default one
@@ -94,7 +94,7 @@ def build_parser(flow: Any = None, prog: str | None = None) -> argparse.Argument
     flow's own default applies. ``prog`` defaults to the program's name
     (``countries`` or ``countries.py``).
     """
-    from flows import local
+    from flows.ops import local
 
     if flow is None:
         from flows.countries import countries_flow as flow
@@ -109,7 +109,7 @@ def build_parser(flow: Any = None, prog: str | None = None) -> argparse.Argument
             "Prefect: PREFECT_API_URL when set; otherwise a local Prefect server on 127.0.0.1, started on the "
             "first run and reused (COUNTRIES_LOCAL_PREFECT_SERVER=0: Prefect's temporary server instead). "
             "Database: the block --db-block; the default block, when it does not exist yet, is served by an "
-            "embedded PostgreSQL. `python -m flows.local status|stop|url|psql` manages both local servers. "
+            "embedded PostgreSQL. `python -m flows.ops.local status|stop|url|psql` manages both local servers. "
             "Exit status: 0 success, 1 the run failed, 2 bad usage."
         ),
     )
@@ -179,7 +179,7 @@ def connect_prefect() -> str | None:
     from prefect.context import refresh_global_settings_context
     from prefect.settings import get_current_settings
 
-    from flows import local
+    from flows.ops import local
 
     settings = get_current_settings()
     if settings.api.url:
@@ -192,7 +192,7 @@ def connect_prefect() -> str | None:
         server, _ = local.ensure_prefect_server()
     os.environ["PREFECT_API_URL"] = server.api_url
     refresh_global_settings_context()  # the setting is read from the environment, also by Prefect's threads
-    return f"Prefect UI: {server.ui_url} (local Prefect server; `python -m flows.local stop` stops it)"
+    return f"Prefect UI: {server.ui_url} (local Prefect server; `python -m flows.ops.local stop` stops it)"
 
 
 # --- the database -----------------------------------------------------------------------------
@@ -202,7 +202,7 @@ async def _block_socket(client: Any, name: str) -> tuple[bool, str | None]:
     """(whether the SqlAlchemyConnector block ``name`` exists, the unix-socket directory it points at)."""
     from prefect.exceptions import ObjectNotFound
 
-    from flows.settings import DB_BLOCK_TYPE
+    from flows.ops.settings import DB_BLOCK_TYPE
 
     try:
         document = await client.read_block_document_by_name(name, block_type_slug=DB_BLOCK_TYPE, include_secrets=False)
@@ -226,9 +226,9 @@ async def prepare_database(db_block: str, data_dir: Path | None) -> str | None:
     """
     from prefect.client.orchestration import get_client
 
-    from flows import local
+    from flows.ops import local
     from flows.errors import ConfigurationError
-    from flows.settings import DEFAULT_DB_BLOCK, connection_from_url, no_db_block_error, save_db_block
+    from flows.ops.settings import DEFAULT_DB_BLOCK, connection_from_url, no_db_block_error, save_db_block
 
     async with get_client() as client:
         exists, socket_dir = await _block_socket(client, db_block)
@@ -255,7 +255,7 @@ async def prepare_database(db_block: str, data_dir: Path | None) -> str | None:
 
 def _no_api_key(api: str):
     from flows.errors import ConfigurationError, setting
-    from flows.settings import API_KEY_BLOCK, API_KEY_ENV
+    from flows.ops.settings import API_KEY_BLOCK, API_KEY_ENV
 
     return ConfigurationError(
         f"no REST Countries API key for {setting('api', api)}: set {API_KEY_ENV}, or save it in the "
@@ -276,7 +276,7 @@ def check_api_key_before_starting(api: str) -> None:
     from prefect.settings import get_current_settings
 
     from flows.source import check_key, get_dialect
-    from flows.settings import API_KEY_ENV
+    from flows.ops.settings import API_KEY_ENV
 
     if not get_dialect(api).requires_key:
         return
@@ -295,7 +295,7 @@ def check_api_key_before_starting(api: str) -> None:
 async def check_api_key(api: str) -> None:
     """Raise ``ConfigurationError`` when ``api`` needs a key and neither the environment nor the Secret block has it."""
     from flows.source import get_dialect
-    from flows.settings import load_api_key
+    from flows.ops.settings import load_api_key
 
     if get_dialect(api).requires_key and await load_api_key() is None:
         raise _no_api_key(api)
@@ -309,7 +309,7 @@ async def _run(given: dict[str, Any], params: dict[str, Any], data_dir: Path | N
     import httpx
 
     from flows.countries import run_flow
-    from flows.settings import prefect_api_unreachable
+    from flows.ops.settings import prefect_api_unreachable
 
     check_api_key_before_starting(params["api"])
     ui = connect_prefect()
@@ -354,7 +354,7 @@ def _uses_temporary_server() -> bool:
     """Whether this run is on Prefect's default path: a temporary server (no PREFECT_API_URL, no local server)."""
     from prefect.settings import get_current_settings
 
-    from flows import local
+    from flows.ops import local
 
     return not get_current_settings().api.url and not local.prefect_server_enabled()
 

@@ -52,10 +52,11 @@ from prefect.states import Failed, State
 from prefect.utilities.annotations import quote
 from pydantic import Field
 
-from flows import report, schema, settings
+from flows import report, schema
 from flows import source as restcountries
 from flows.load import LoadResult, TableName, resolve_table, state
 from flows.load.changes import ChangeSummary
+from flows.ops import settings
 from flows.source import budget
 from flows.errors import CountriesError, TransientApiError, UnknownRegionError
 from flows.parameters import DEFAULT_REGIONS, check_parameters, default_table

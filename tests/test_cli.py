@@ -115,7 +115,7 @@ class Stack:
 def stack(tmp_path_factory: pytest.TempPathFactory, fake: FakeRestCountries) -> Iterator[Stack]:
     """The first local run in a fresh PREFECT_HOME and .local directory: it starts both servers.
 
-    Both are stopped afterwards with ``python -m flows.local stop``.
+    Both are stopped afterwards with ``python -m flows.ops.local stop``.
     """
     root = tmp_path_factory.mktemp("stack")
     env = clean_env(
@@ -126,7 +126,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, fake: FakeRestCountries) -> 
         yield Stack(env=env, local_dir=root / "local", first=first)
     finally:
         subprocess.run(
-            [sys.executable, "-m", "flows.local", "stop"], env=env, cwd=REPO_ROOT, timeout=120, capture_output=True
+            [sys.executable, "-m", "flows.ops.local", "stop"], env=env, cwd=REPO_ROOT, timeout=120, capture_output=True
         )
 
 
@@ -346,7 +346,7 @@ def test_with_prefects_temporary_server_the_error_is_still_the_last_line(tmp_pat
         assert not (tmp_path / "local" / "prefect-server.json").exists()
     finally:
         subprocess.run(
-            [sys.executable, "-m", "flows.local", "stop", "--data-dir", str(tmp_path / "pg")],
+            [sys.executable, "-m", "flows.ops.local", "stop", "--data-dir", str(tmp_path / "pg")],
             env=env,
             cwd=REPO_ROOT,
             timeout=120,
