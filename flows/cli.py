@@ -1,16 +1,15 @@
 """The command line of the countries flow: ``countries`` (installed) or ``python flows/countries.py``.
 
-Every option but ``--local-db-dir`` is a parameter of ``countries_flow``, and
-the command line is derived from the flow itself: from the parameter schema
-Prefect builds out of its signature and docstring (the same schema the Prefect
-UI and deployments show), so names, help, choices, defaults and ranges are
-written once, in ``flows/countries.py``. ``--regions`` takes several values
-after one flag (``--regions "Northern Europe" Africa``).
+The command is derived by cyclopts from ``countries_flow``'s signature: one
+option per parameter (``min_row_fraction`` -> ``--min-row-fraction``), its help
+from the docstring, choices from ``Literal``, ranges from ``Field``, so the flow
+is the one definition of its parameters. ``--regions`` takes several values
+after one flag; ``--local-db-dir`` is the only option of the command's own.
 
 A run goes in this order, so that a mistake costs no server start and no request:
 
-1. usage and parameter checks that need no network (types, the signature's
-   ranges, ``check_parameters``: region names, table name, base URL, ...);
+1. usage and parameter checks that need no network (the signature's types and
+   ranges, then ``check_parameters``: regions, table name, base URL, ...);
 2. the Prefect API: ``PREFECT_API_URL`` when set, else the local Prefect server
    (started on first use, reused later; see ``flows/local.py``), else (with
    ``COUNTRIES_LOCAL_PREFECT_SERVER=0``) Prefect's temporary server;
@@ -19,151 +18,85 @@ A run goes in this order, so that a mistake costs no server start and no request
    is served by the embedded PostgreSQL when it does not exist yet;
 5. the flow run; then the table and, last, the one-line summary.
 
-Each failure is one ``error:`` line on stderr. Exit status: 0 success, 1 the
-run failed or could not start, 2 bad usage (options or parameter values).
+Each failure is one ``error:`` line on stderr. Ctrl-C (SIGINT) or SIGTERM stops
+the run (Prefect marks it Crashed), rolls back a load that has not committed,
+and prints one ``interrupted…`` line. Exit status: 0 success, 1 the run failed
+or could not start, 2 bad usage, 130 (SIGINT) or 143 (SIGTERM) interrupted.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
+import inspect
 import logging
 import os
-import re
+import signal
 import sys
+import threading
 import typing
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
-class UsageError(Exception):
-    """The command line or a parameter value is wrong (exit status 2)."""
+def build_app(flow: Any = None, prog: str | None = None) -> Any:
+    """The ``cyclopts.App`` of ``flow`` (default ``countries_flow``): the flow's parameters as keyword options,
+    plus ``--local-db-dir``. Calling it with the arguments returns the options given (those not given are not
+    passed, so the flow's own defaults apply), or ``None`` after ``--help``; bad usage raises ``CycloptsError``."""
+    import cyclopts
 
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, with each usage error as one ``error:`` line (no usage block) and exit status 2."""
-
-    def error(self, message: str) -> typing.NoReturn:
-        self.exit(EXIT_USAGE, f"error: {message}; see {self.prog} --help\n")
-
-
-# --- the parser, derived from the flow ----------------------------------------------------
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _range(spec: Mapping[str, Any]) -> str:
-    low = spec.get("minimum", spec.get("exclusiveMinimum"))
-    high = spec.get("maximum", spec.get("exclusiveMaximum"))
-    if low is not None and high is not None:
-        return f"range {low:g} to {high:g}"
-    if low is not None:
-        return f"at least {low:g}" if "minimum" in spec else f"more than {low:g}"
-    if high is not None:
-        return f"at most {high:g}" if "maximum" in spec else f"less than {high:g}"
-    return ""
-
-
-def _shown_default(value: Any) -> str:
-    if isinstance(value, list):
-        return " ".join(f'"{v}"' if " " in str(v) else str(v) for v in value)
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def _schema_type(spec: Mapping[str, Any]) -> str | None:
-    if "type" in spec:
-        return spec["type"]
-    types = [s.get("type") for s in spec.get("anyOf", ()) if s.get("type") != "null"]
-    return types[0] if len(types) == 1 else None
-
-
-_CONVERTERS = {"number": float, "integer": int, "string": str}
-
-
-def build_parser(flow: Any = None, prog: str | None = None) -> argparse.ArgumentParser:
-    """The command line of ``flow`` (default: ``countries_flow``), one option per parameter, plus ``--local-db-dir``.
-
-    Options are named after the parameters (``min_row_fraction`` ->
-    ``--min-row-fraction``); help, choices, defaults and ranges come from the
-    flow's parameter schema. An option that is not given is not passed, so the
-    flow's own default applies. ``prog`` defaults to the program's name
-    (``countries`` or ``countries.py``).
-    """
     from flows import local
 
     if flow is None:
         from flows.countries import countries_flow as flow
-    summary = (flow.description or "").partition("\n")[0]
-    parser = _Parser(
-        prog=prog,
-        description=(
-            f"{summary.strip()} Runs the flow '{flow.name}' once; prints the table when it changed, "
-            "then a one-line summary."
-        ),
-        epilog=(
-            "Prefect: PREFECT_API_URL when set; otherwise a local Prefect server on 127.0.0.1, started on the "
-            "first run and reused (COUNTRIES_LOCAL_PREFECT_SERVER=0: Prefect's temporary server instead). "
-            "Database: the block --db-block; the default block, when it does not exist yet, is served by an "
-            "embedded PostgreSQL. `python -m flows.local status|stop|url|psql` manages both local servers. "
-            "Exit status: 0 success, 1 the run failed, 2 bad usage."
-        ),
-    )
-    schema = flow.parameters.model_dump()["properties"]
-    for name, spec in sorted(schema.items(), key=lambda item: item[1].get("position", 0)):
-        kind = _schema_type(spec)
-        notes = [n for n in (_range(spec),) if n]
-        default = spec.get("default")
-        if not (default is None or default is False or default in ("", [])):
-            notes.append(f"default: {_shown_default(default)}")
-        text = " ".join([spec.get("description", "").strip(), f"({'; '.join(notes)})" if notes else ""]).strip()
-        for other in schema:  # the docstring names other parameters the flow's way: min_row_fraction
-            if "_" in other:
-                text = re.sub(rf"\b{other}\b", _flag(other), text)
-        kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": text.replace("%", "%%")}
-        if kind == "boolean":
-            kwargs["action"] = "store_true" if default is False else argparse.BooleanOptionalAction
-        elif kind == "array":
-            item = _schema_type(spec.get("items", {})) or "string"
-            kwargs.update(nargs="+", type=_CONVERTERS.get(item, str), metavar=name.removesuffix("s").upper())
-        else:
-            kwargs.update(type=_CONVERTERS.get(kind, str), metavar=name.rsplit("_", 1)[-1].upper())
-            if "enum" in spec:
-                kwargs.update(choices=spec["enum"], metavar=None)
-        parser.add_argument(_flag(name), **kwargs)
-    parser.add_argument(
-        "--local-db-dir",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="data directory of the embedded PostgreSQL that serves the default database block when that "
-        f"block does not exist or already points there (default: {local.default_data_dir()}); an error when "
-        "the run uses another database",
-    )
-    return parser
-
-
-def check_types(flow: Any, given: Mapping[str, Any]) -> None:
-    """Check ``given`` parameter values against the flow signature's types and constraints (ranges).
-
-    Raises ``UsageError`` naming the option, the value and the rule, e.g.
-    ``--min-row-fraction 5: input should be less than or equal to 1``.
-    """
-    from pydantic import TypeAdapter, ValidationError
-
     hints = typing.get_type_hints(flow.fn, include_extras=True)
-    for name, value in given.items():
-        try:
-            TypeAdapter(hints[name]).validate_python(value)
-        except ValidationError as exc:
-            message = exc.errors()[0]["msg"]
-            shown = _shown_default(value)
-            raise UsageError(f"{_flag(name)} {shown}: {message[:1].lower()}{message[1:]}") from None
+    options = [p.replace(kind=p.KEYWORD_ONLY, annotation=hints[p.name]) for p in _parameters(flow)]
+    local_db_dir = cyclopts.Parameter(
+        help="Data directory of the embedded PostgreSQL that serves the default database block when that block "
+        f"does not exist or already points there (default: {local.default_data_dir()}); an error when the run "
+        "uses another database."
+    )
+    options.append(inspect.Parameter("local_db_dir", inspect.Parameter.KEYWORD_ONLY, default=None,
+                                     annotation=Annotated[Path | None, local_db_dir]))  # fmt: skip
 
+    def command(**given: Any) -> dict[str, Any]:
+        return given
+
+    command.__signature__ = inspect.Signature(options)  # the flow's signature, keyword-only (PEP 362)
+    command.__doc__ = flow.fn.__doc__
+    app = cyclopts.App(
+        name=prog or Path(sys.argv[0]).name,
+        help_flags=["--help", "-h"],
+        version_flags=[],
+        result_action="return_value",
+        default_parameter=cyclopts.Parameter(consume_multiple=True, negative=()),
+        help_epilogue=(
+            f"Runs the flow '{flow.name}' once; prints the table when it changed, then a one-line summary. "
+            "Prefect: PREFECT_API_URL when set; otherwise a local Prefect server on 127.0.0.1, started on the first "
+            "run and reused (COUNTRIES_LOCAL_PREFECT_SERVER=0: Prefect's temporary server instead). Database: the "
+            "block --db-block; the default block, when it does not exist yet, is served by an embedded PostgreSQL. "
+            "`python -m flows.local status|stop|url|psql` manages both local servers. "
+            "Exit status: 0 success, 1 the run failed, 2 bad usage, 130 or 143 interrupted (SIGINT, SIGTERM)."
+        ),
+    )
+    app.default(command)
+    return app
+
+
+def _parameters(flow: Any) -> list[inspect.Parameter]:
+    return list(inspect.signature(flow.fn).parameters.values())
+
+
+def usage_error(exc: Exception) -> str:
+    """A cyclopts usage error as one line: ``--cache-minutes inf: input should be a finite number``."""
+    from pydantic import ValidationError
+
+    tokens = exc.argument.tokens if getattr(exc, "argument", None) else []
+    if isinstance(exc.__cause__, ValidationError) and tokens:  # a range or type of the signature
+        message = exc.__cause__.errors()[0]["msg"]
+        return f"{tokens[0].keyword} {tokens[0].value}: {message[:1].lower()}{message[1:]}"
+    return " ".join(str(exc).split()).rstrip(".")
 
 # --- the Prefect API ------------------------------------------------------------------------
 
@@ -311,7 +244,6 @@ async def _run(given: dict[str, Any], params: dict[str, Any], data_dir: Path | N
     from flows.countries import run_flow
     from flows.settings import prefect_api_unreachable
 
-    check_api_key_before_starting(params["api"])
     ui = connect_prefect()
     try:
         await check_api_key(params["api"])
@@ -376,45 +308,119 @@ def _finish_prefect_output(temporary_server: bool) -> None:
         SubprocessASGIServer().stop()  # the one Prefect's client started; nothing when none was
 
 
+def interrupt_loads(timeout: float = 10.0) -> list[Any]:
+    """Stand-in for ``flows.load.interrupt_loads`` (the load branch): stop the loads in progress, return the
+    results of those that had committed.
+
+    TODO(integrator): delete this function and import ``interrupt_loads`` from ``flows.load`` in
+    ``_Interruptible.stop`` once the load branch is merged.
+    """
+    return []
+
+
+class _Interruptible:
+    """Runs a coroutine on its own thread, so that this (main) thread keeps the signals and can stop it cleanly.
+
+    On SIGINT or SIGTERM: the run's task is cancelled (Prefect then marks the flow run Crashed, as for any
+    cancelled run), the loads in progress are interrupted (a load that has not committed rolls back), and
+    ``interrupted`` says what the run left behind. A second signal ends the process at once. Python runs
+    signal handlers on the main thread only; with the run there, Prefect's own SIGTERM handler would raise
+    in the middle of the event loop while a load thread goes on and commits (issue 16 §6).
+    """
+
+    def __init__(self, main: typing.Coroutine[Any, Any, Any]):
+        self.main, self.signum, self.committed = main, 0, []
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.task: asyncio.Task | None = None
+        self.outcome: Any = None
+        self.error: BaseException | None = None
+
+    def run(self) -> Any:
+        """The coroutine's result, or what it raised; ``self.signum`` is set when a signal stopped it."""
+        thread = threading.Thread(target=self._thread, name="countries-run", daemon=True)
+        handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            thread.start()
+            thread.join()  # signal handlers run while it waits
+        finally:
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
+        if self.error is not None and not self.signum:
+            raise self.error
+        return self.outcome
+
+    def _thread(self) -> None:
+        async def main() -> Any:
+            self.loop, self.task = asyncio.get_running_loop(), asyncio.current_task()
+            if self.signum:
+                raise asyncio.CancelledError
+            return await self.main
+
+        try:
+            self.outcome = asyncio.run(main())
+        except BaseException as exc:  # handed to the main thread, which raises it
+            self.error = exc
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.signum:  # the second signal: do not wait any longer
+            print(self.interrupted(), file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+        self.signum = signum
+        if self.loop is not None and self.task is not None:
+            self.loop.call_soon_threadsafe(self.task.cancel)
+        self.committed = interrupt_loads(timeout=10.0)
+
+    def interrupted(self) -> str:
+        """The one line that says what the interrupted run left behind."""
+        if not self.committed:
+            return "interrupted: the table was not changed"
+        done = "; ".join(f"{r.table}: {r.deleted} rows deleted, {r.inserted} inserted" for r in self.committed)
+        return f"interrupted after the load: {done}"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the countries flow once from the command line; returns the exit status (0, 1 or 2)."""
+    """Run the countries flow once from the command line; returns the exit status (0, 1, 2, 130 or 143)."""
+    from cyclopts import CycloptsError
+
     from flows.countries import countries_flow
     from flows.errors import ConfigurationError, CountriesError
     from flows.parameters import check_parameters
 
-    args = vars(build_parser(countries_flow).parse_args(argv))
-    data_dir = args.pop("local_db_dir")
-    given = args  # only the options given on the command line; the flow's defaults apply to the others
     try:
-        check_types(countries_flow, given)
-        defaults = {k: v.default for k, v in _signature(countries_flow).items()}
+        given = build_app(countries_flow)(argv, exit_on_error=False, print_error=False)
+        if given is None:  # --help
+            return EXIT_OK
+        data_dir = given.pop("local_db_dir", None)
+        defaults = {p.name: p.default for p in _parameters(countries_flow)}
         params = check_parameters(**{**defaults, **given})
-    except UsageError as exc:
-        return _fail(str(exc), EXIT_USAGE)
+    except CycloptsError as exc:
+        return _fail(f"{usage_error(exc)}; see {Path(sys.argv[0]).name} --help", EXIT_USAGE)
     except ConfigurationError as exc:
         return _fail(exc.for_audience("cli"), EXIT_USAGE)
+    try:
+        check_api_key_before_starting(params["api"])
+    except CountriesError as exc:
+        return _fail(exc.for_audience("cli"), EXIT_FAILED)
 
     _quiet_prefect_on_the_console()
     temporary_server = _uses_temporary_server()
+    run = _Interruptible(_run(given, params, data_dir))
     failure: CountriesError | None = None
     try:
-        summary = asyncio.run(_run(given, params, data_dir))
+        summary = run.run()
     except CountriesError as exc:
         failure = exc
     finally:
         _finish_prefect_output(temporary_server)
+    if run.signum:
+        print(run.interrupted(), file=sys.stderr, flush=True)
+        return 128 + run.signum
     if failure is not None:
         return _fail(failure.for_audience("cli"), EXIT_FAILED)
     if summary.preview is not None:
         print(summary.preview, flush=True)
     print(summary.one_line(), flush=True)
     return EXIT_OK
-
-
-def _signature(flow: Any) -> Mapping[str, Any]:
-    import inspect
-
-    return inspect.signature(flow.fn).parameters
 
 
 def _fail(message: str, status: int) -> int:

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +34,8 @@ import pytest
 from tests.conftest import REPO_ROOT, free_port, table_rows
 from tests.countries_data import COUNTRIES
 from tests.expected import EXPECTED_NORTHERN_EUROPE
-from tests.fake_api import FakeRestCountries
+from tests.e2e_support import wait_for
+from tests.fake_api import Fault, FakeRestCountries
 from tests.prefect_servers import clean_env
 
 SCRIPT = REPO_ROOT / "flows" / "countries.py"
@@ -67,7 +70,9 @@ def last_line(text: str) -> str:
 
 
 def psql_url(stdout: str) -> str:
-    return re.search(r'psql "(postgresql://[^"]+)"', stdout).group(1)
+    """The database URL the run printed for psql, as a SQLAlchemy URL (psycopg2)."""
+    url = re.search(r'psql "(postgresql://[^"]+)"', stdout).group(1)
+    return url.replace("postgresql://", "postgresql+psycopg2://", 1)
 
 
 def ui_url(stdout: str) -> str:
@@ -143,8 +148,22 @@ def stack(tmp_path_factory: pytest.TempPathFactory, fake: FakeRestCountries) -> 
         (["--base-url", "not a url"], "--base-url"),
         (["--regions", " "], "region"),
         (["--api", "v4"], "--api"),
+        (["--regions"], "no region given"),
+        (["--tabel", "t"], "--tabel"),
+        (["Europe"], "europe"),
     ],
-    ids=["table-name", "min-row-fraction", "cache-minutes", "cache-minutes-inf", "base-url", "blank-region", "api"],
+    ids=[
+        "table-name",
+        "min-row-fraction",
+        "cache-minutes",
+        "cache-minutes-inf",
+        "base-url",
+        "blank-region",
+        "api",
+        "no-region",
+        "unknown-option",
+        "positional",
+    ],
 )
 def test_a_mistake_is_one_error_line_before_any_server_or_request(fake_api, tmp_path, args, option):
     local_dir = tmp_path / "local"
@@ -363,13 +382,68 @@ def test_with_prefects_temporary_server_the_error_is_still_the_last_line(tmp_pat
 def test_help_documents_every_option_with_its_range_and_default(command):
     result = run_cli("--help", env=clean_env(), command=command, timeout=120)
     assert result.returncode == 0, result.stderr
-    text = " ".join(result.stdout.split())  # argparse wraps lines
+    text = " ".join(result.stdout.replace("│", " ").split())  # the help is wrapped in a panel
     for option in OPTIONS:
         assert option in text
-    assert "--regions REGION [REGION ...]" in text  # several values after one flag
-    assert "{v5,v3.1}" in text
-    assert "range 0 to 1; default: 0.5" in text  # --min-row-fraction
-    assert "at least 0; default: 4" in text  # --cache-minutes
-    assert "default: countries-db" in text
-    assert 'default: "Northern Europe"' in text
+    assert "--regions STR..." in text  # several values after one flag
+    assert "[choices: v5, v3.1]" in text
+    assert "from 0 to 1 (0.5 = refuse to lose more than half; 0 = never refuse). [default: 0.5]" in text
+    assert "0 or more (0 = always fetch)" in text and "[default: 4.0]" in text  # --cache-minutes
+    assert "[default: countries-db]" in text
+    assert "[default: ['Northern Europe']]" in text
     assert "Exit status" in text
+
+
+# --- interrupts (issue 16 §6) -----------------------------------------------------------------
+
+KEPT_ROWS = [("Kept Republic", "Kept crown", 7)]
+
+
+def flow_run_state(api_url: str, run_name: str) -> str:
+    """The state name of the flow run called ``run_name`` on the Prefect server at ``api_url``."""
+    response = httpx.post(
+        f"{api_url}/flow_runs/filter", json={"flow_runs": {"name": {"any_": [run_name]}}, "limit": 1}, timeout=30
+    )
+    response.raise_for_status()
+    (run,) = response.json()
+    return run["state"]["name"]
+
+
+@pytest.mark.parametrize(
+    ("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"]
+)
+def test_an_interrupt_is_one_line_and_leaves_the_table_as_it_was(prefect_server, db_block, fake_api, signum, status):
+    """Ctrl-C (or a SIGTERM) while a region is being fetched: one line, exit 128+signal, the run Crashed/Cancelled."""
+    import sqlalchemy as sa
+
+    name, database_url = db_block
+    table = f"kept_{signum}"
+    engine = sa.create_engine(database_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"CREATE TABLE {table} (name text, currency_name text, population bigint)"))
+        conn.execute(sa.text(f"INSERT INTO {table} VALUES ('Kept Republic', 'Kept crown', 7)"))
+    engine.dispose()
+    fake_api.inject("/v3.1/subregion/*", Fault.hang())
+    env = clean_env(PREFECT_API_URL=prefect_server.api_url, COUNTRIES_LOCAL_PREFECT_SERVER="1")
+    args = ["--api", "v3.1", "--base-url", fake_api.v31_base_url, "--db-block", name, "--table", table]
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPT), *args, "--cache-minutes", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=REPO_ROOT,
+    )
+    try:
+        wait_for("the fetch to reach the API", lambda: fake_api.count("/v3.1/subregion/*"), time.monotonic() + 120)
+        proc.send_signal(signum)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    output = stdout + stderr
+    assert proc.returncode == status, output
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output and "TerminationSignal" not in output
+    assert last_line(stderr) == "interrupted: the table was not changed", output
+    assert output.count("interrupted") == 1
+    assert table_rows(database_url, table) == KEPT_ROWS
+    assert flow_run_state(prefect_server.api_url, f"{table} ← Northern Europe") in ("Crashed", "Cancelled")
