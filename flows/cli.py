@@ -40,16 +40,14 @@ from typing import Annotated, Any
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
-def build_app(flow: Any = None, prog: str | None = None) -> Any:
-    """The ``cyclopts.App`` of ``flow`` (default ``countries_flow``): the flow's parameters as keyword options,
+def build_app(flow: Any) -> Any:
+    """The ``cyclopts.App`` of ``flow`` (``countries_flow``): the flow's parameters as keyword options,
     plus ``--local-db-dir``. Calling it with the arguments returns the options given (those not given are not
     passed, so the flow's own defaults apply), or ``None`` after ``--help``; bad usage raises ``CycloptsError``."""
     import cyclopts
 
     from flows import local
 
-    if flow is None:
-        from flows.countries import countries_flow as flow
     hints = typing.get_type_hints(flow.fn, include_extras=True)
     options = [p.replace(kind=p.KEYWORD_ONLY, annotation=hints[p.name]) for p in _parameters(flow)]
     local_db_dir = cyclopts.Parameter(
@@ -66,7 +64,7 @@ def build_app(flow: Any = None, prog: str | None = None) -> Any:
     command.__signature__ = inspect.Signature(options)  # the flow's signature, keyword-only (PEP 362)
     command.__doc__ = flow.fn.__doc__
     app = cyclopts.App(
-        name=prog or Path(sys.argv[0]).name,
+        name=Path(sys.argv[0]).name,
         help_flags=["--help", "-h"],
         version_flags=[],
         result_action="return_value",
@@ -98,17 +96,12 @@ def usage_error(exc: Exception) -> str:
         return f"{tokens[0].keyword} {tokens[0].value}: {message[:1].lower()}{message[1:]}"
     return " ".join(str(exc).split()).rstrip(".")
 
-# --- the Prefect API ------------------------------------------------------------------------
+
+# --- steps 2 to 4: the Prefect API, the key, the database ----------------------------------
 
 
 def connect_prefect() -> str | None:
-    """Point this process at a Prefect API; returns the line that says where its UI is, if it has one.
-
-    ``PREFECT_API_URL`` (environment or Prefect profile) wins; otherwise the
-    local Prefect server is started or reused, unless turned off with
-    ``COUNTRIES_LOCAL_PREFECT_SERVER=0`` (then Prefect's temporary server is used,
-    which has no UI).
-    """
+    """Point this process at a Prefect API (step 2); returns the line that says where its UI is, if it has one."""
     from prefect.context import refresh_global_settings_context
     from prefect.settings import get_current_settings
 
@@ -118,7 +111,7 @@ def connect_prefect() -> str | None:
     if settings.api.url:
         return f"Prefect UI: {settings.ui_url}" if settings.ui_url else None
     if not local.prefect_server_enabled():
-        return None
+        return None  # Prefect's temporary server, which has no UI
     server = local.prefect_server_status()
     if server is None:
         print(f"starting a local Prefect server for {settings.home} (once; later runs reuse it) ...", flush=True)
@@ -128,56 +121,40 @@ def connect_prefect() -> str | None:
     return f"Prefect UI: {server.ui_url} (local Prefect server; `python -m flows.local stop` stops it)"
 
 
-# --- the database -----------------------------------------------------------------------------
-
-
-async def _block_socket(client: Any, name: str) -> tuple[bool, str | None]:
-    """(whether the SqlAlchemyConnector block ``name`` exists, the unix-socket directory it points at)."""
-    from prefect.exceptions import ObjectNotFound
-
-    from flows.settings import DB_BLOCK_TYPE
-
-    try:
-        document = await client.read_block_document_by_name(name, block_type_slug=DB_BLOCK_TYPE, include_secrets=False)
-    except ObjectNotFound:
-        return False, None
-    info = document.data.get("connection_info")
-    query = info.get("query") if isinstance(info, dict) else None
-    return True, (query or {}).get("host")
-
-
 async def prepare_database(db_block: str, data_dir: Path | None) -> str | None:
-    """Make sure the database block ``db_block`` can be used; returns a note to print, if any.
+    """Make sure the database block ``db_block`` can be used (step 4); returns a note to print, if any.
 
-    - Any name but the default (``countries-db``) must name an existing
-      SqlAlchemyConnector block; otherwise ``ConfigurationError`` lists the ones
-      that exist.
-    - The default block, when it does not exist, is created for the embedded
-      PostgreSQL (started in ``data_dir``, default ``.local/postgres``); when it
-      points at that embedded PostgreSQL, the server is started if needed. The
-      note then gives the psql connection string.
+    A name but the default must name an existing SqlAlchemyConnector block (else ``ConfigurationError``
+    listing those that exist). The default block, when it does not exist or points at the embedded
+    PostgreSQL in ``data_dir``, is served by that server (started if needed); the note gives its psql URL.
     """
     from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
 
     from flows import local
     from flows.errors import ConfigurationError
-    from flows.settings import DEFAULT_DB_BLOCK, connection_from_url, no_db_block_error, save_db_block
+    from flows.settings import DB_BLOCK_TYPE, DEFAULT_DB_BLOCK, connection_from_url, no_db_block_error, save_db_block
 
+    socket_dir = None
     async with get_client() as client:
-        exists, socket_dir = await _block_socket(client, db_block)
-        if db_block != DEFAULT_DB_BLOCK and not exists:
-            raise await no_db_block_error(db_block, client)
-    elsewhere = db_block != DEFAULT_DB_BLOCK or (exists and not local.owns_socket(socket_dir, data_dir))
-    if data_dir is not None and elsewhere:
-        raise ConfigurationError(
-            f"--local-db-dir {data_dir} is not used: the database block '{db_block}' points at another database; "
-            "run without --local-db-dir, or give the default block's embedded PostgreSQL that directory by "
-            f"removing the block (`prefect block delete sqlalchemy-connector/{DEFAULT_DB_BLOCK}`) first"
-        )
-    if db_block != DEFAULT_DB_BLOCK:
+        try:
+            document = await client.read_block_document_by_name(db_block, DB_BLOCK_TYPE, include_secrets=False)
+            exists, info = True, document.data.get("connection_info")
+            socket_dir = ((info.get("query") if isinstance(info, dict) else None) or {}).get("host")
+        except ObjectNotFound:
+            exists = False
+            if db_block != DEFAULT_DB_BLOCK:
+                raise await no_db_block_error(db_block, client) from None
+    embedded = db_block == DEFAULT_DB_BLOCK and not (exists and not local.owns_socket(socket_dir, data_dir))
+    if not embedded:
+        if data_dir is not None:
+            raise ConfigurationError(
+                f"--local-db-dir {data_dir} is not used: the database block '{db_block}' points at another "
+                "database; run without --local-db-dir, or give the default block's embedded PostgreSQL that "
+                f"directory by removing the block (`prefect block delete sqlalchemy-connector/{DEFAULT_DB_BLOCK}`) "
+                "first"
+            )
         return None
-    if exists and not local.owns_socket(socket_dir, data_dir):
-        return None  # the default block points at a real database
     db = local.database_status(data_dir)
     if db is None or db.socket_dir != socket_dir:
         db = local.ensure_database(data_dir)
@@ -186,7 +163,7 @@ async def prepare_database(db_block: str, data_dir: Path | None) -> str | None:
     return f'embedded PostgreSQL (data in {db.data_dir}); see the table with: psql "{db.psql_url}"'
 
 
-def _no_api_key(api: str):
+def _no_api_key(api: str) -> Exception:
     from flows.errors import ConfigurationError, setting
     from flows.settings import API_KEY_BLOCK, API_KEY_ENV
 
@@ -200,11 +177,9 @@ def _no_api_key(api: str):
 def check_api_key_before_starting(api: str) -> None:
     """What can be said of the API key before any server starts, so that a first run fails at once.
 
-    Raises what ``flows.api.check_key`` raises for the key in the environment
-    (the public demo key, a key no header can carry); and the
-    missing-key ``ConfigurationError`` when ``api`` needs a key, the environment
-    has none, no Prefect API is configured and the local Prefect server's
-    database does not exist yet (so no Secret block can hold one).
+    Raises what ``flows.api.check_key`` raises for the key in the environment (the demo key, a key no
+    header can carry), and the missing-key ``ConfigurationError`` when ``api`` needs a key, the environment
+    has none and no Prefect database exists yet that could hold the Secret block.
     """
     from prefect.settings import get_current_settings
 
@@ -219,14 +194,12 @@ def check_api_key_before_starting(api: str) -> None:
     current = get_current_settings()
     url = current.server.database.connection_url
     url = url.get_secret_value() if url is not None else ""
-    if key or current.api.url or not url.startswith("sqlite"):
-        return
-    if not Path(url.split(":///", 1)[-1]).exists():
+    if not (key or current.api.url) and url.startswith("sqlite") and not Path(url.split(":///", 1)[-1]).exists():
         raise _no_api_key(api)
 
 
 async def check_api_key(api: str) -> None:
-    """Raise ``ConfigurationError`` when ``api`` needs a key and neither the environment nor the Secret block has it."""
+    """Step 3: ``ConfigurationError`` when ``api`` needs a key and neither the environment nor the block has one."""
     from flows.api import get_dialect
     from flows.settings import load_api_key
 
@@ -234,7 +207,7 @@ async def check_api_key(api: str) -> None:
         raise _no_api_key(api)
 
 
-# --- running ----------------------------------------------------------------------------------
+# --- step 5: the run ------------------------------------------------------------------------
 
 
 async def _run(given: dict[str, Any], params: dict[str, Any], data_dir: Path | None) -> Any:
@@ -257,21 +230,85 @@ async def _run(given: dict[str, Any], params: dict[str, Any], data_dir: Path | N
     return await run_flow(**given)
 
 
-class _RunErrorsStayInTheRunLogs(logging.Filter):
-    """Drops the error records of flow and task runs (a failure and its traceback, each "Failed" state).
+def interrupt_loads(timeout: float = 10.0) -> list[Any]:
+    """Stand-in for ``flows.load.interrupt_loads`` of the load branch: stop the loads in progress (those not yet
+    committing roll back), return the results of those that committed.
 
-    On the console a failed run is the command's one ``error:`` line; the
-    records stay in the run's logs in the Prefect UI (another handler). An
-    unexpected failure still ends in Python's traceback.
+    TODO(integrator): delete this stand-in and import ``interrupt_loads`` from ``flows.load`` once merged.
     """
+    return []
+
+
+class Interruptible:
+    """A coroutine run on a thread of its own, so that the main thread, where Python runs signal handlers,
+    can stop it cleanly: with the run on the main thread, Ctrl-C printed up to 136 lines of traceback,
+    Prefect's SIGTERM handler raised in the middle of the event loop, and a load went on and committed.
+
+    On SIGINT or SIGTERM the run's task is cancelled (Prefect marks the flow run Crashed) and the loads in
+    progress are interrupted; ``signum`` is then set and ``interrupted()`` says what the run left behind.
+    A second signal ends the process at once.
+    """
+
+    def __init__(self, main: typing.Coroutine[Any, Any, Any]):
+        self.main, self.signum, self.committed = main, 0, []
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.task: asyncio.Task | None = None
+        self.outcome: tuple[Any, BaseException | None] = (None, None)
+
+    def run(self) -> Any:
+        """The coroutine's result; raises what it raised, unless a signal stopped it."""
+        thread = threading.Thread(target=self._thread, name="countries-run", daemon=True)
+        handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            thread.start()
+            thread.join()  # the signal handler runs while this waits
+        finally:
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
+        result, error = self.outcome
+        if error is not None and not self.signum:
+            raise error
+        return result
+
+    def _thread(self) -> None:
+        async def main() -> Any:
+            self.loop, self.task = asyncio.get_running_loop(), asyncio.current_task()
+            if self.signum:  # stopped before it began
+                raise asyncio.CancelledError
+            return await self.main
+
+        try:
+            self.outcome = (asyncio.run(main()), None)
+        except BaseException as exc:  # noqa: BLE001 -- handed over to the main thread, which raises it
+            self.outcome = (None, exc)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.signum:
+            print(self.interrupted(), file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+        self.signum = signum
+        if self.loop is not None and self.task is not None:
+            self.loop.call_soon_threadsafe(self.task.cancel)
+        self.committed = interrupt_loads(timeout=10.0)
+
+    def interrupted(self) -> str:
+        """One line: what the interrupted run left behind."""
+        if not self.committed:
+            return "interrupted: the table was not changed"
+        loads = "; ".join(f"{r.table}: {r.deleted} rows deleted, {r.inserted} inserted" for r in self.committed)
+        return f"interrupted after the load: {loads}"
+
+
+class _RunErrorsStayInTheRunLogs(logging.Filter):
+    """Drops the error records of flow and task runs from the console: there a failed run is the command's
+    one ``error:`` line; the records stay in the run's logs in the Prefect UI (another handler)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.levelno < logging.ERROR or not record.name.startswith(("prefect.flow_runs", "prefect.task_runs"))
 
 
 def _quiet_prefect_on_the_console() -> None:
-    """Run errors go to the run's logs only (see above); Prefect's senders of logs and events do not note their
-    progress ("Still processing items ...") while the command finishes."""
+    """Run errors only in the run's logs (above); Prefect's log and event senders do not note their progress."""
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker, PrefectConsoleHandler
 
@@ -282,106 +319,25 @@ def _quiet_prefect_on_the_console() -> None:
         logging.getLogger(worker.__name__).setLevel(logging.ERROR)
 
 
-def _uses_temporary_server() -> bool:
-    """Whether this run is on Prefect's default path: a temporary server (no PREFECT_API_URL, no local server)."""
-    from prefect.settings import get_current_settings
-
-    from flows import local
-
-    return not get_current_settings().api.url and not local.prefect_server_enabled()
-
-
 def _finish_prefect_output(temporary_server: bool) -> None:
-    """Let Prefect finish what it prints before the last line: send queued logs and events, stop a temporary server.
-
-    Without this, Prefect's exit handlers could print after the summary
-    ("Stopping temporary server ...", a note about events still being sent).
-    """
+    """Send queued logs and events and stop Prefect's temporary server now, so that Prefect's exit handlers
+    print nothing after the last line ("Stopping temporary server ...")."""
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
+    from prefect.server.api.server import SubprocessASGIServer
 
     APILogWorker.drain_all(timeout=10)
     EventsWorker.drain_all(timeout=10)
     if temporary_server:
-        from prefect.server.api.server import SubprocessASGIServer
-
         SubprocessASGIServer().stop()  # the one Prefect's client started; nothing when none was
-
-
-def interrupt_loads(timeout: float = 10.0) -> list[Any]:
-    """Stand-in for ``flows.load.interrupt_loads`` (the load branch): stop the loads in progress, return the
-    results of those that had committed.
-
-    TODO(integrator): delete this function and import ``interrupt_loads`` from ``flows.load`` in
-    ``_Interruptible.stop`` once the load branch is merged.
-    """
-    return []
-
-
-class _Interruptible:
-    """Runs a coroutine on its own thread, so that this (main) thread keeps the signals and can stop it cleanly.
-
-    On SIGINT or SIGTERM: the run's task is cancelled (Prefect then marks the flow run Crashed, as for any
-    cancelled run), the loads in progress are interrupted (a load that has not committed rolls back), and
-    ``interrupted`` says what the run left behind. A second signal ends the process at once. Python runs
-    signal handlers on the main thread only; with the run there, Prefect's own SIGTERM handler would raise
-    in the middle of the event loop while a load thread goes on and commits (issue 16 §6).
-    """
-
-    def __init__(self, main: typing.Coroutine[Any, Any, Any]):
-        self.main, self.signum, self.committed = main, 0, []
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.task: asyncio.Task | None = None
-        self.outcome: Any = None
-        self.error: BaseException | None = None
-
-    def run(self) -> Any:
-        """The coroutine's result, or what it raised; ``self.signum`` is set when a signal stopped it."""
-        thread = threading.Thread(target=self._thread, name="countries-run", daemon=True)
-        handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            thread.start()
-            thread.join()  # signal handlers run while it waits
-        finally:
-            for signum, handler in handlers.items():
-                signal.signal(signum, handler)
-        if self.error is not None and not self.signum:
-            raise self.error
-        return self.outcome
-
-    def _thread(self) -> None:
-        async def main() -> Any:
-            self.loop, self.task = asyncio.get_running_loop(), asyncio.current_task()
-            if self.signum:
-                raise asyncio.CancelledError
-            return await self.main
-
-        try:
-            self.outcome = asyncio.run(main())
-        except BaseException as exc:  # handed to the main thread, which raises it
-            self.error = exc
-
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        if self.signum:  # the second signal: do not wait any longer
-            print(self.interrupted(), file=sys.stderr, flush=True)
-            os._exit(128 + signum)
-        self.signum = signum
-        if self.loop is not None and self.task is not None:
-            self.loop.call_soon_threadsafe(self.task.cancel)
-        self.committed = interrupt_loads(timeout=10.0)
-
-    def interrupted(self) -> str:
-        """The one line that says what the interrupted run left behind."""
-        if not self.committed:
-            return "interrupted: the table was not changed"
-        done = "; ".join(f"{r.table}: {r.deleted} rows deleted, {r.inserted} inserted" for r in self.committed)
-        return f"interrupted after the load: {done}"
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the countries flow once from the command line; returns the exit status (0, 1, 2, 130 or 143)."""
     from cyclopts import CycloptsError
+    from prefect.settings import get_current_settings
 
+    from flows import local
     from flows.countries import countries_flow
     from flows.errors import ConfigurationError, CountriesError
     from flows.parameters import check_parameters
@@ -391,8 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         if given is None:  # --help
             return EXIT_OK
         data_dir = given.pop("local_db_dir", None)
-        defaults = {p.name: p.default for p in _parameters(countries_flow)}
-        params = check_parameters(**{**defaults, **given})
+        params = check_parameters(**{**{p.name: p.default for p in _parameters(countries_flow)}, **given})
     except CycloptsError as exc:
         return _fail(f"{usage_error(exc)}; see {Path(sys.argv[0]).name} --help", EXIT_USAGE)
     except ConfigurationError as exc:
@@ -403,20 +358,19 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(exc.for_audience("cli"), EXIT_FAILED)
 
     _quiet_prefect_on_the_console()
-    temporary_server = _uses_temporary_server()
-    run = _Interruptible(_run(given, params, data_dir))
-    failure: CountriesError | None = None
+    temporary_server = not get_current_settings().api.url and not local.prefect_server_enabled()
+    run = Interruptible(_run(given, params, data_dir))
     try:
         summary = run.run()
     except CountriesError as exc:
-        failure = exc
+        summary = exc
     finally:
         _finish_prefect_output(temporary_server)
     if run.signum:
         print(run.interrupted(), file=sys.stderr, flush=True)
         return 128 + run.signum
-    if failure is not None:
-        return _fail(failure.for_audience("cli"), EXIT_FAILED)
+    if isinstance(summary, CountriesError):
+        return _fail(summary.for_audience("cli"), EXIT_FAILED)
     if summary.preview is not None:
         print(summary.preview, flush=True)
     print(summary.one_line(), flush=True)

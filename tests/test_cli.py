@@ -33,9 +33,9 @@ import pytest
 
 from tests.conftest import REPO_ROOT, free_port, table_rows
 from tests.countries_data import COUNTRIES
-from tests.expected import EXPECTED_NORTHERN_EUROPE
 from tests.e2e_support import wait_for
-from tests.fake_api import Fault, FakeRestCountries
+from tests.expected import EXPECTED_NORTHERN_EUROPE
+from tests.fake_api import FakeRestCountries, Fault
 from tests.prefect_servers import clean_env
 
 SCRIPT = REPO_ROOT / "flows" / "countries.py"
@@ -409,9 +409,7 @@ def flow_run_state(api_url: str, run_name: str) -> str:
     return run["state"]["name"]
 
 
-@pytest.mark.parametrize(
-    ("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"]
-)
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
 def test_an_interrupt_is_one_line_and_leaves_the_table_as_it_was(prefect_server, db_block, fake_api, signum, status):
     """Ctrl-C (or a SIGTERM) while a region is being fetched: one line, exit 128+signal, the run Crashed/Cancelled."""
     import sqlalchemy as sa
