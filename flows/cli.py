@@ -239,46 +239,58 @@ def interrupt_loads(timeout: float = 10.0) -> list[Any]:
     return []
 
 
+class Interrupted(Exception):
+    """The run was stopped by SIGINT or SIGTERM; ``str()`` is the one line to print, ``status`` the exit status."""
+
+    def __init__(self, line: str, status: int):
+        super().__init__(line)
+        self.status = status
+
+
 class Interruptible:
-    """A coroutine run on a thread of its own, so that the main thread, where Python runs signal handlers,
+    """Runs a coroutine on a thread of its own, so that the main thread, where Python runs signal handlers,
     can stop it cleanly: with the run on the main thread, Ctrl-C printed up to 136 lines of traceback,
     Prefect's SIGTERM handler raised in the middle of the event loop, and a load went on and committed.
 
-    On SIGINT or SIGTERM the run's task is cancelled (Prefect marks the flow run Crashed) and the loads in
-    progress are interrupted; ``signum`` is then set and ``interrupted()`` says what the run left behind.
-    A second signal ends the process at once.
+    Inside ``with``, SIGINT or SIGTERM cancels the run's task (Prefect marks the flow run Crashed) and
+    interrupts the loads in progress; a second signal ends the process at once.
     """
 
-    def __init__(self, main: typing.Coroutine[Any, Any, Any]):
-        self.main, self.signum, self.committed = main, 0, []
+    def __init__(self) -> None:
+        self.signum, self.committed, self.outcome = 0, [], (None, None)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.task: asyncio.Task | None = None
-        self.outcome: tuple[Any, BaseException | None] = (None, None)
 
-    def run(self) -> Any:
-        """The coroutine's result; raises what it raised, unless a signal stopped it."""
-        thread = threading.Thread(target=self._thread, name="countries-run", daemon=True)
-        handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            thread.start()
-            thread.join()  # the signal handler runs while this waits
-        finally:
-            for signum, handler in handlers.items():
-                signal.signal(signum, handler)
+    def __enter__(self) -> Interruptible:
+        self.handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for signum, handler in self.handlers.items():
+            signal.signal(signum, handler)
+
+    def run(self, main: typing.Coroutine[Any, Any, Any]) -> Any:
+        """``main``'s result (also when a signal came after it ended); raises ``Interrupted`` when a signal
+        stopped it, else what it raised."""
+        thread = threading.Thread(target=self._thread, args=(main,), name="countries-run", daemon=True)
+        thread.start()
+        thread.join()  # the signal handler runs while this waits
         result, error = self.outcome
-        if error is not None and not self.signum:
-            raise error
-        return result
+        if error is None:
+            return result
+        if self.signum:
+            raise Interrupted(self.interrupted(), 128 + self.signum)
+        raise error
 
-    def _thread(self) -> None:
-        async def main() -> Any:
+    def _thread(self, main: typing.Coroutine[Any, Any, Any]) -> None:
+        async def run() -> Any:
             self.loop, self.task = asyncio.get_running_loop(), asyncio.current_task()
             if self.signum:  # stopped before it began
                 raise asyncio.CancelledError
-            return await self.main
+            return await main
 
         try:
-            self.outcome = (asyncio.run(main()), None)
+            self.outcome = (asyncio.run(run()), None)
         except BaseException as exc:  # noqa: BLE001 -- handed over to the main thread, which raises it
             self.outcome = (None, exc)
 
@@ -324,11 +336,12 @@ def _finish_prefect_output(temporary_server: bool) -> None:
     print nothing after the last line ("Stopping temporary server ...")."""
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
-    from prefect.server.api.server import SubprocessASGIServer
 
     APILogWorker.drain_all(timeout=10)
     EventsWorker.drain_all(timeout=10)
     if temporary_server:
+        from prefect.server.api.server import SubprocessASGIServer  # seconds to import: only when needed
+
         SubprocessASGIServer().stop()  # the one Prefect's client started; nothing when none was
 
 
@@ -359,16 +372,16 @@ def main(argv: list[str] | None = None) -> int:
 
     _quiet_prefect_on_the_console()
     temporary_server = not get_current_settings().api.url and not local.prefect_server_enabled()
-    run = Interruptible(_run(given, params, data_dir))
-    try:
-        summary = run.run()
-    except CountriesError as exc:
-        summary = exc
-    finally:
-        _finish_prefect_output(temporary_server)
-    if run.signum:
-        print(run.interrupted(), file=sys.stderr, flush=True)
-        return 128 + run.signum
+    with Interruptible() as run:
+        try:
+            summary = run.run(_run(given, params, data_dir))
+        except (Interrupted, CountriesError) as exc:
+            summary = exc
+        finally:
+            _finish_prefect_output(temporary_server)  # before the last line
+    if isinstance(summary, Interrupted):
+        print(summary, file=sys.stderr, flush=True)
+        return summary.status
     if isinstance(summary, CountriesError):
         return _fail(summary.for_audience("cli"), EXIT_FAILED)
     if summary.preview is not None:
