@@ -54,7 +54,8 @@ from pydantic import Field
 
 from flows import report, schema
 from flows import source as restcountries
-from flows.load import LoadResult, TableName, resolve_table, state
+from flows.load import LoadResult, TableName, resolve_table
+from flows.load import state as load_state
 from flows.load.changes import ChangeSummary
 from flows.ops import settings
 from flows.source import budget
@@ -431,7 +432,7 @@ async def countries_flow(
             records = schema.each_country_once((r for f in fetches for r in f.records), dialect.name)
 
         # 4. to 6. Check, unnest, quality gate and load, unless the table was loaded from this very source.
-        result, frame = await transform_and_load(records, dialect.name, target, p, steps)
+        result, frame, repaired = await transform_and_load(records, dialect.name, target, p, steps)
     except CountriesError as exc:
         seconds = time.perf_counter() - started
         try:
@@ -449,7 +450,10 @@ async def countries_flow(
         table=result.table,
         database=target.db.description,
         rows=result.rows,
-        rows_written=result.deleted + result.inserted,
+        deleted=result.deleted,
+        inserted=result.inserted,
+        repaired=repaired,
+        strategy=result.strategy,
         previous_rows=result.previous_rows,
         changed=result.changed,
         countries=schema.count_distinct(records, schema.KEY, dialect.name),
@@ -482,21 +486,23 @@ async def publish_report(summary: report.RunSummary) -> None:
 
 async def transform_and_load(
     records: list[dict[str, Any]], api_name: str, target: Target, p: dict[str, Any], steps: dict[str, float]
-) -> tuple[LoadResult, pd.DataFrame | None]:
+) -> tuple[LoadResult, pd.DataFrame | None, bool]:
     """Steps 4 to 6, or nothing when the table's last load was made from the very same source.
 
-    The source digest (``flows.load.state.source_digest``) covers the records, the
-    table's columns and the code that turns one into the other; the load saves
-    it. When it matches and the table still stands as loaded, the run writes
-    nothing, so it skips the tasks (and never imports pandas). Returns what the
-    load did (or that it had nothing to do) and the frame (``None`` when skipped).
-    Raises what the steps raise.
+    The source digest (``flows.load.state.source_digest``) covers the records, the table's columns and
+    the code that turns one into the other; the load state (a Prefect Variable) keeps it with the table's
+    content fingerprint. When the digest matches and the table's live content is still what that load
+    committed, the run writes nothing, so it skips the tasks (and never imports pandas); ``force`` never
+    skips. Returns what the load did (or that it had nothing to do), the frame (``None`` when skipped) and
+    whether the load repaired rows edited outside the pipeline (same source, yet rows written). Raises what
+    the steps raise; a load state that cannot be saved is only a warning.
     """
     with _timed(steps, "unchanged check"):
-        digest = state.source_digest(
+        digest = load_state.source_digest(
             records, dialect=api_name, columns=[(c.name, c.source(api_name), c.sql_type) for c in schema.COLUMNS]
         )
-        rows = None if p["force"] else await state.is_unchanged(target.db, target.table, digest)
+        stored = await load_state.stored_state(target.db, target.table)
+        rows = None if p["force"] else await load_state.is_unchanged(target.db, target.table, digest, stored)
     if rows is not None:
         get_run_logger().info(
             "%s unchanged: %d rows already loaded from the same source data, nothing written "
@@ -514,21 +520,28 @@ async def transform_and_load(
             strategy=p["strategy"],
             fingerprint="",
         )
-        return skipped, None
+        return skipped, None, False
     # Each step's state is read for its result: a failed step raises its error here (see failing_with_the_cause).
     with _timed(steps, "unnest + quality gate"):
         unnested = await unnest_countries(quote(records), api_name, return_state=True).aresult()
         frame = await quality_gate(quote(unnested), return_state=True).aresult()
     with _timed(steps, "load"):
-        loaded_from = await state.stored_source(target.db, target.table)
         run = load_table(quote(frame), target, p["force"], p["min_row_fraction"], p["strategy"], return_state=True)
         result = await run.aresult()
-        await state.save_state(target.db, target.table, digest, result)
-    if result.changed and digest is not None and loaded_from == digest:
+    # The same source as the last load, and still rows to write: they had been edited outside the pipeline.
+    repaired = result.changed and digest is not None and (stored or {}).get("source") == digest
+    if repaired and result.strategy == "rows":
         get_run_logger().info(
-            "repaired %d rows edited outside the pipeline", result.deleted + result.inserted
+            "repaired %d rows edited outside the pipeline (%d deleted, %d inserted)",
+            max(result.deleted, result.inserted), result.deleted, result.inserted,
         )
-    return result, frame
+    elif repaired:
+        get_run_logger().info("repaired rows edited outside the pipeline: the table swapped in anew")
+    try:
+        await load_state.save_state(target.db, target.table, digest, result)
+    except Exception as exc:  # noqa: BLE001 - the table is written; without a state the next run compares rows
+        get_run_logger().warning("the load state was not saved (the next run compares the rows instead): %s", exc)
+    return result, frame, repaired
 
 
 @contextmanager

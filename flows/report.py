@@ -102,7 +102,8 @@ class RunSummary:
     table: str
     database: str
     rows: int
-    rows_written: int
+    deleted: int
+    inserted: int
     previous_rows: int | None
     changed: bool
     countries: int
@@ -111,8 +112,16 @@ class RunSummary:
     started: datetime
     seconds: float
     changes: ChangeSummary | None = None
+    repaired: bool = False
+    strategy: str = "rows"
     step_seconds: dict[str, float] = field(default_factory=dict)
     preview: str | None = field(default=None, repr=False)
+
+    @property
+    def edited_rows(self) -> int:
+        """When :attr:`repaired`: how many rows had been edited by hand (an edited row is one deleted and
+        one inserted; a row removed by hand is only inserted back, a row added by hand only deleted)."""
+        return max(self.deleted, self.inserted)
 
     @property
     def requests(self) -> int:
@@ -135,12 +144,20 @@ class RunSummary:
         return "new table" if self.previous_rows is None else "changes not computed"
 
     def one_line(self) -> str:
-        """The summary line, e.g. ``loaded 20 rows (+1 country, 3 populations changed) into ...; 1 API request``."""
+        """The summary line: what was written (rows deleted and inserted, never the frame's size), e.g.
+        ``loaded public.t at …: 1 row deleted, 1 inserted (1 population changed), 20 rows in the table; 1 API
+        request``; ``unchanged: … nothing written`` when nothing was; ``repaired …`` when rows edited outside
+        the pipeline were put back."""
         where = f"{self.table} at {self.database}"
-        if self.changed:
-            done = f"loaded {plural(self.rows, 'row')} ({self._changes_text()}) into {where}"
-        else:
+        written = f"{plural(self.deleted, 'row')} deleted, {self.inserted} inserted ({self._changes_text()})"
+        if not self.changed:
             done = f"unchanged: {plural(self.rows, 'row')} already in {where}, nothing written"
+        elif self.repaired and self.strategy == "swap":  # swap rewrites every row: no count of the edited ones
+            done = f"repaired rows edited outside the pipeline in {where} (the table swapped): {written}"
+        elif self.repaired:
+            done = f"repaired {plural(self.edited_rows, 'row')} edited outside the pipeline in {where}: {written}"
+        else:
+            done = f"loaded {where}: {written}, {plural(self.rows, 'row')} in the table"
         api = plural(self.requests, "API request")
         if self.cached:
             oldest = min(f.fetched_at for f in self.cached)
@@ -154,7 +171,9 @@ class RunSummary:
             ("table", f"`{self.table}`"),
             ("database", f"`{self.database}`"),
             ("rows in the table", f"{self.rows} (before: {before})"),
-            ("rows written", f"{self.rows_written}" + ("" if self.changed else " (same content, not rewritten)")),
+            ("rows deleted", self.deleted),
+            ("rows inserted", f"{self.inserted}" + ("" if self.changed else " (same content, nothing written)")),
+            *([("repaired", "rows edited outside the pipeline were put back")] if self.repaired else []),
             ("countries", self.countries),
             ("currencies", self.currencies),
             ("changes", self._changes_text()),

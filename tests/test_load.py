@@ -1670,17 +1670,21 @@ def test_a_run_may_skip_only_while_the_source_and_the_tables_content_are_what_th
 
     from flows.load import state
 
+    def is_unchanged(source: str) -> int | None:
+        stored = asyncio.run(state.stored_state(db, PUBLIC_COUNTRIES))
+        return asyncio.run(state.is_unchanged(db, PUBLIC_COUNTRIES, source, stored))
+
     df = countries(8)
     result = replace_table(engine, df, "countries")
-    assert asyncio.run(state.is_unchanged(db, PUBLIC_COUNTRIES, SOURCE_A)) is None  # no state yet
+    assert is_unchanged(SOURCE_A) is None  # no state yet
     asyncio.run(state.save_state(db, PUBLIC_COUNTRIES, SOURCE_A, result))
 
-    assert asyncio.run(state.is_unchanged(db, PUBLIC_COUNTRIES, SOURCE_A)) == 8
-    assert asyncio.run(state.is_unchanged(db, PUBLIC_COUNTRIES, SOURCE_B)) is None  # another source
-    assert asyncio.run(state.stored_source(db, PUBLIC_COUNTRIES)) == SOURCE_A
+    assert is_unchanged(SOURCE_A) == 8
+    assert is_unchanged(SOURCE_B) is None  # another source
+    assert asyncio.run(state.stored_state(db, PUBLIC_COUNTRIES))["source"] == SOURCE_A
     with engine.begin() as conn:  # same oid, same row count, other content
         conn.exec_driver_sql("UPDATE countries SET population = population + 1 WHERE ctid = (SELECT min(ctid) FROM"
                              " countries)")  # fmt: skip
-    assert asyncio.run(state.is_unchanged(db, PUBLIC_COUNTRIES, SOURCE_A)) is None
+    assert is_unchanged(SOURCE_A) is None
     with engine.connect() as conn:  # nothing of the pipeline's in the user's schema
         assert conn.exec_driver_sql("SELECT count(*) FROM pg_class WHERE relname LIKE '%%pipeline%%'").scalar_one() == 0

@@ -180,29 +180,28 @@ def live_rows(db: Database, table: TableName, stored: dict[str, Any], *, lock_ti
         conn.close()
 
 
-async def stored_source(db: Database, table: TableName) -> str | None:
-    """The source digest the last load of ``table`` was made from (None: no state). Read it before
-    :func:`save_state`: a load from the same source that wrote rows repaired edits made outside the pipeline."""
+async def stored_state(db: Database, table: TableName) -> dict[str, Any] | None:
+    """What the last load of ``table`` recorded (``source``, ``fingerprint``, ``columns``, ``rows``), or None.
+
+    Read it before :func:`save_state`: a load from the same source that still wrote rows repaired edits
+    made outside the pipeline."""
     from prefect.variables import Variable
 
     stored = await Variable.aget(variable_name(db, table), default=None)
-    return stored.get("source") if isinstance(stored, dict) else None
+    return stored if isinstance(stored, dict) else None
 
 
-async def is_unchanged(db: Database, table: TableName, source_digest: str | None) -> int | None:
-    """The rows of ``table`` when its last load was made from ``source_digest`` and nobody changed it since.
+async def is_unchanged(
+    db: Database, table: TableName, source_digest: str | None, stored: dict[str, Any] | None
+) -> int | None:
+    """The rows of ``table`` when its last load (``stored``, see :func:`stored_state`) was made from
+    ``source_digest`` and nobody changed the table since.
 
-    That is: the stored state names that source digest, and the table's live
-    fingerprint equals the one the load committed. None otherwise, and when
-    there is no state, no digest or no Prefect Variable to read. Raises only
+    That is: the stored state names that source digest, and the table's live fingerprint equals the one
+    the load committed. None otherwise, and when there is no state or no digest. Raises only
     ``DatabaseUnreachableError``.
     """
-    from prefect.variables import Variable
-
-    if source_digest is None:
-        return None
-    stored = await Variable.aget(variable_name(db, table), default=None)
-    if not isinstance(stored, dict) or stored.get("source") != source_digest:
+    if source_digest is None or stored is None or stored.get("source") != source_digest:
         return None
     return await asyncio.to_thread(live_rows, db, table, stored)
 
