@@ -110,7 +110,8 @@ class _Load:
         previous = waits.bounded(oid, "write", lock_and_count)
         if not self.options["force"]:
             check_row_drop(self.plan.rows, previous, self.options["min_row_fraction"], table.name)
-        cur.execute(f"ANALYZE {staging}")  # a few ms: the planner then knows how many rows there are
+        if not swap or spec is not None:  # a comparison follows: the planner then knows how many rows there are
+            cur.execute(f"ANALYZE {staging}")
         if swap:
             return self._swap(oid, comment, staging, previous, complete, waits)
         cur.execute("SAVEPOINT countries_pipeline_diff")
