@@ -10,8 +10,8 @@ One load, one transaction on a psycopg2 connection of the caller's SQLAlchemy en
 3. ``LOCK TABLE ... IN SHARE ROW EXCLUSIVE MODE``: no other writer until the commit, no
    reader blocked; the comparison, the change report and the write see one state.
 4. The row-drop rule (``force`` bypasses it).
-5. ``"rows"``: one hash full join of the table and the staged rows on
-   ``hash_record_extended(ROW(...))``, rows compared by value on a match (NULL equals NULL),
+5. ``"rows"``: one hash full join of the table and the staged rows on a row hash
+   (``flows.load.state.row_hash``), rows compared by value on a match (NULL equals NULL),
    keeps the rows of one side only; ``DELETE`` those of the table by ctid, ``INSERT`` the
    staged ones. Rows in both are untouched (same row version): a user's foreign key (even
    ``ON DELETE CASCADE``), views, indexes, triggers, grants, extra columns all stay. A row
