@@ -10,8 +10,8 @@ One load, one transaction on a psycopg2 connection of the caller's SQLAlchemy en
 3. ``LOCK TABLE ... IN SHARE ROW EXCLUSIVE MODE``: no other writer until the commit, no
    reader blocked; the comparison, the change report and the write see one state.
 4. The row-drop rule (``force`` bypasses it).
-5. ``"rows"``: one hash full join of the table and the staged rows on
-   ``hash_record_extended(ROW(...))``, rows compared by value on a match (NULL equals NULL),
+5. ``"rows"``: one hash full join of the table and the staged rows on a row hash
+   (``flows.load.state.row_hash``), rows compared by value on a match (NULL equals NULL),
    keeps the rows of one side only; ``DELETE`` those of the table by ctid, ``INSERT`` the
    staged ones. Rows in both are untouched (same row version): a user's foreign key (even
    ``ON DELETE CASCADE``), views, indexes, triggers, grants, extra columns all stay. A row
@@ -110,7 +110,8 @@ class _Load:
         previous = waits.bounded(oid, "write", lock_and_count)
         if not self.options["force"]:
             check_row_drop(self.plan.rows, previous, self.options["min_row_fraction"], table.name)
-        cur.execute(f"ANALYZE {staging}")  # a few ms: the planner then knows how many rows there are
+        if not swap or spec is not None:  # a comparison follows: the planner then knows how many rows there are
+            cur.execute(f"ANALYZE {staging}")
         if swap:
             return self._swap(oid, comment, staging, previous, complete, waits)
         cur.execute("SAVEPOINT countries_pipeline_diff")
