@@ -223,3 +223,10 @@ class WrongBaseUrlError(PermanentApiError):
 
 class NothingListeningError(PermanentApiError):
     """Nothing accepts connections at the API's host and port (connection refused), after brief retries."""
+
+
+class LoadInterruptedError(LoadError):
+    """The load was interrupted (``flows.load.interrupt_loads``) before its commit and rolled back.
+
+    The message starts with "interrupted: the table was not changed".
+    """

@@ -16,8 +16,8 @@ import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
+from flows import load as tables
 from flows import source as restcountries
-from flows import tables
 from flows.source import parse_base_url, shown_url
 from flows.errors import ConfigurationError, InvalidTableNameError, setting
 
