@@ -188,7 +188,7 @@ async def _run(args: argparse.Namespace) -> list[str]:
     """Check every option (and that the blocks it names exist) before changing anything, then save and apply."""
     from prefect.client.orchestration import get_client
 
-    from flows.api import check_key
+    from flows.source import check_key
 
     connection = _connection_from_args(args)
     where = describe(connection) if connection is not None else None  # refuses what the flow could not use

@@ -34,15 +34,8 @@ DEFAULT_BURST = 10
 DEFAULT_PER_SECOND = 1.0  # with the burst of 10: at most 20 requests in any 10 s, what the API's edge allows
 
 
-async def ensure_rate_limit(
-    *, burst: int = DEFAULT_BURST, per_second: float = DEFAULT_PER_SECOND, update: bool = False
-) -> int:
-    """Create the ``restcountries-api`` rate limit if it does not exist; its slot count.
-
-    With ``update=True`` an existing limit is set to ``burst``/``per_second`` (the
-    setup script does this; the flow does not). Raises Prefect's errors when its
-    API is unreachable.
-    """
+async def _read_or_create(burst: int, per_second: float) -> tuple[int, float, bool]:
+    """(the limit's slots, its decay per second, whether it was created now)."""
     async with get_client() as client:
         try:
             existing = await client.read_global_concurrency_limit_by_name(RATE_LIMIT_NAME)
@@ -51,14 +44,28 @@ async def ensure_rate_limit(
                 GlobalConcurrencyLimitCreate(name=RATE_LIMIT_NAME, limit=burst, slot_decay_per_second=per_second)
             )
             logger.info("created rate limit %s: burst %d, %.3g/s", RATE_LIMIT_NAME, burst, per_second)
-            return burst
-        if update and (existing.limit, existing.slot_decay_per_second) != (burst, per_second):
-            await client.update_global_concurrency_limit(
-                RATE_LIMIT_NAME, GlobalConcurrencyLimitUpdate(limit=burst, slot_decay_per_second=per_second)
-            )
-            logger.info("updated rate limit %s: burst %d, %.3g/s", RATE_LIMIT_NAME, burst, per_second)
-            return burst
-        return existing.limit
+            return burst, per_second, True
+        return existing.limit, existing.slot_decay_per_second, False
+
+
+async def ensure_rate_limit(
+    *, burst: int = DEFAULT_BURST, per_second: float = DEFAULT_PER_SECOND, update: bool = False
+) -> bool:
+    """Create the ``restcountries-api`` rate limit if it does not exist; True when it was created or changed.
+
+    With ``update=True`` an existing limit is set to ``burst``/``per_second`` (the
+    setup script does this; the flow does not). Raises Prefect's errors when its
+    API is unreachable.
+    """
+    limit, decay, created = await _read_or_create(burst, per_second)
+    if created or not update or (limit, decay) == (burst, per_second):
+        return created
+    async with get_client() as client:
+        await client.update_global_concurrency_limit(
+            RATE_LIMIT_NAME, GlobalConcurrencyLimitUpdate(limit=burst, slot_decay_per_second=per_second)
+        )
+    logger.info("updated rate limit %s: burst %d, %.3g/s", RATE_LIMIT_NAME, burst, per_second)
+    return True
 
 
 class RunBudget:
@@ -97,7 +104,7 @@ async def start_run(requests: int, *, metered: bool = True) -> RunBudget:
     """
     if not metered or requests <= 0:
         return RunBudget(metered=metered)
-    limit = max(1, await ensure_rate_limit())
+    limit = max(1, (await _read_or_create(DEFAULT_BURST, DEFAULT_PER_SECOND))[0])
     for taken in range(0, requests, limit):
         await rate_limit(RATE_LIMIT_NAME, occupy=min(limit, requests - taken), strict=True)
     return RunBudget(prepaid=requests)
