@@ -239,8 +239,10 @@ def interrupt_loads(timeout: float = 10.0) -> list[Any]:
     return []
 
 
-class Interrupted(Exception):
-    """The run was stopped by SIGINT or SIGTERM; ``str()`` is the one line to print, ``status`` the exit status."""
+class Interrupted(BaseException):
+    """The run was stopped by SIGINT or SIGTERM; ``str()`` is the one line to print, ``status`` the exit status.
+
+    A ``BaseException``, like ``KeyboardInterrupt``: no library's ``except Exception`` may swallow it."""
 
     def __init__(self, line: str, status: int):
         super().__init__(line)
@@ -252,12 +254,13 @@ class Interruptible:
     can stop it cleanly: with the run on the main thread, Ctrl-C printed up to 136 lines of traceback,
     Prefect's SIGTERM handler raised in the middle of the event loop, and a load went on and committed.
 
-    Inside ``with``, SIGINT or SIGTERM cancels the run's task (Prefect marks the flow run Crashed) and
-    interrupts the loads in progress; a second signal ends the process at once.
+    Inside ``with``, SIGINT or SIGTERM raises ``Interrupted`` at once before ``run``; during it, cancels the
+    run's task (Prefect marks the flow run Crashed) and interrupts the loads in progress. A second signal
+    ends the process at once.
     """
 
     def __init__(self) -> None:
-        self.signum, self.committed, self.outcome = 0, [], (None, None)
+        self.signum, self.running, self.committed, self.outcome = 0, False, [], (None, None)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.task: asyncio.Task | None = None
 
@@ -273,6 +276,7 @@ class Interruptible:
         """``main``'s result (also when a signal came after it ended); raises ``Interrupted`` when a signal
         stopped it, else what it raised."""
         thread = threading.Thread(target=self._thread, args=(main,), name="countries-run", daemon=True)
+        self.running = True
         thread.start()
         thread.join()  # the signal handler runs while this waits
         result, error = self.outcome
@@ -286,6 +290,7 @@ class Interruptible:
         async def run() -> Any:
             self.loop, self.task = asyncio.get_running_loop(), asyncio.current_task()
             if self.signum:  # stopped before it began
+                main.close()
                 raise asyncio.CancelledError
             return await main
 
@@ -299,6 +304,8 @@ class Interruptible:
             print(self.interrupted(), file=sys.stderr, flush=True)
             os._exit(128 + signum)
         self.signum = signum
+        if not self.running:  # the main thread is still on the command line's checks: stop there
+            raise Interrupted(self.interrupted(), 128 + signum)
         if self.loop is not None and self.task is not None:
             self.loop.call_soon_threadsafe(self.task.cancel)
         self.committed = interrupt_loads(timeout=10.0)
@@ -347,6 +354,15 @@ def _finish_prefect_output(temporary_server: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the countries flow once from the command line; returns the exit status (0, 1, 2, 130 or 143)."""
+    with Interruptible() as guard:
+        try:
+            return _main(argv, guard)
+        except Interrupted as exc:
+            print(exc, file=sys.stderr, flush=True)
+            return exc.status
+
+
+def _main(argv: list[str] | None, guard: Interruptible) -> int:
     from cyclopts import CycloptsError
     from prefect.settings import get_current_settings
 
@@ -372,16 +388,12 @@ def main(argv: list[str] | None = None) -> int:
 
     _quiet_prefect_on_the_console()
     temporary_server = not get_current_settings().api.url and not local.prefect_server_enabled()
-    with Interruptible() as run:
-        try:
-            summary = run.run(_run(given, params, data_dir))
-        except (Interrupted, CountriesError) as exc:
-            summary = exc
-        finally:
-            _finish_prefect_output(temporary_server)  # before the last line
-    if isinstance(summary, Interrupted):
-        print(summary, file=sys.stderr, flush=True)
-        return summary.status
+    try:
+        summary = guard.run(_run(given, params, data_dir))
+    except CountriesError as exc:
+        summary = exc
+    finally:
+        _finish_prefect_output(temporary_server)  # before the last line
     if isinstance(summary, CountriesError):
         return _fail(summary.for_audience("cli"), EXIT_FAILED)
     if summary.preview is not None:
