@@ -16,12 +16,13 @@ a deployment or change a schedule.
 - ``countries-settings``: the operator settings (``--base-url``, ``--notify-block``,
   ``--stale-after-intervals``, ``--crash-after``, ``--rerun-window``); an option
   left out keeps its saved value, an empty value (``--base-url ''``) clears it.
-- the operations automations (``flows/operations.py``): crashed-run detection,
+- the operations automations (``flows/ops/automations/``): crashed-run detection,
   crashed-run rerun and, with a notification block, stale-table alerts.
 
 It talks to the Prefect server in ``PREFECT_API_URL`` (or the local ephemeral
 one) and never prints or logs a secret: passwords are stored as secret fields
-and shown as ``***``.
+and shown as ``***``. Every option, and every block it names, is checked before
+anything is changed: a call that fails (exit 2) has changed nothing.
 
 Usage (from the repository root, with the project installed: ``pip install -e .``)::
 
@@ -38,8 +39,9 @@ import os
 import sys
 from datetime import timedelta
 
-from flows import budget, operations, settings
+from flows.source import budget
 from flows.errors import ConfigurationError, CountriesError, setting
+from flows.ops import automations, settings
 
 
 def describe(connection) -> str:
@@ -109,21 +111,21 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         metavar="N",
         help="a table is stale after N schedule intervals without a completed run, N > 1 "
-        f"(default: {operations.DEFAULT_STALE_AFTER_INTERVALS:g})",
+        f"(default: {automations.DEFAULT_STALE_AFTER_INTERVALS:g})",
     )
     ops.add_argument(
         "--crash-after",
         type=float,
         metavar="SECONDS",
         help="mark a deployment run Crashed after this long without a heartbeat, at least 60 "
-        f"(default: {operations.DEFAULT_CRASH_AFTER.total_seconds():g}: 3 heartbeats of 30 s)",
+        f"(default: {automations.DEFAULT_CRASH_AFTER.total_seconds():g}: 3 heartbeats of 30 s)",
     )
     ops.add_argument(
         "--rerun-window",
         type=float,
         metavar="MINUTES",
         help="rerun a crashed deployment run at once, at most once per deployment in this many minutes "
-        f"(default: {operations.DEFAULT_RERUN_WINDOW.total_seconds() / 60:g})",
+        f"(default: {automations.DEFAULT_RERUN_WINDOW.total_seconds() / 60:g})",
     )
     return p
 
@@ -134,7 +136,7 @@ def _connection_from_args(args: argparse.Namespace):
     password = os.environ.get(args.password_env) or None
     if args.db_url is not None and not args.db_url.strip():
         raise ConfigurationError(
-            f"{setting('db_url')} is empty: give the database's URL (`python -m flows.local url` prints nothing "
+            f"{setting('db_url')} is empty: give the database's URL (`python -m flows.ops.local url` prints nothing "
             "while the local database is stopped)"
         )
     if args.db_url:
@@ -166,22 +168,39 @@ def _or_default(value: float | None, default: float) -> float:
     return default if value is None else value
 
 
+def _check_base_url(url: str | None) -> None:
+    if not url:  # not given, or '' (clears it)
+        return
+    import httpx
+
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        parsed = None
+    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ConfigurationError(
+            f"{setting('base_url')} {url!r} is not an http(s) URL: give the API's base URL with its path, e.g. "
+            "http://HOST:PORT for a v3.1 server, https://HOST/countries/v5 for v5"
+        )
+
+
 async def _run(args: argparse.Namespace) -> list[str]:
-    done: list[str] = []
+    """Check every option (and that the blocks it names exist) before changing anything, then save and apply."""
+    from prefect.client.orchestration import get_client
+
+    from flows.api import check_key
+
     connection = _connection_from_args(args)
-    if connection is not None:
-        await settings.save_db_block(args.db_block, connection)
-        done.append(f"saved block '{args.db_block}' -> {describe(connection)}")
+    where = describe(connection) if connection is not None else None  # refuses what the flow could not use
     api_key = os.environ.get(args.api_key_env)
     if api_key:
-        await settings.save_api_key_block(api_key)
-        done.append(f"saved block '{settings.API_KEY_BLOCK}' from ${args.api_key_env}")
-    changed = await budget.ensure_rate_limit(burst=args.rate_burst, per_second=args.rate_per_second, update=True)
-    done.append(
-        f"rate limit '{budget.RATE_LIMIT_NAME}': burst {args.rate_burst}, {args.rate_per_second:g}/s"
-        + ("" if changed else " (unchanged)")
-    )
-
+        check_key(api_key, f"${args.api_key_env}")
+    if args.rate_burst < 1 or not args.rate_per_second > 0:
+        raise ConfigurationError(
+            f"{setting('rate_burst')} must be at least 1 and {setting('rate_per_second')} more than 0, got "
+            f"{args.rate_burst} and {args.rate_per_second:g}"
+        )
+    _check_base_url(args.base_url)
     changes = {
         "base_url": args.base_url,
         "notify_block": args.notify_block,
@@ -190,27 +209,43 @@ async def _run(args: argparse.Namespace) -> list[str]:
         "rerun_window_minutes": args.rerun_window,
     }
     saved = await settings.load_settings()
-    wanted = saved.model_copy(update={k: (None if v == "" else v) for k, v in changes.items() if v is not None})
-    options = operations.Options(
+    wanted = settings.merged(saved, **changes)
+    options = automations.Options(
         crash_after=timedelta(
-            seconds=_or_default(wanted.crash_after_seconds, operations.DEFAULT_CRASH_AFTER.total_seconds())
+            seconds=_or_default(wanted.crash_after_seconds, automations.DEFAULT_CRASH_AFTER.total_seconds())
         ),
         rerun_window=timedelta(
-            minutes=_or_default(wanted.rerun_window_minutes, operations.DEFAULT_RERUN_WINDOW.total_seconds() / 60)
+            minutes=_or_default(wanted.rerun_window_minutes, automations.DEFAULT_RERUN_WINDOW.total_seconds() / 60)
         ),
         notify_block=wanted.notify_block,
-        stale_after_intervals=_or_default(wanted.stale_after_intervals, operations.DEFAULT_STALE_AFTER_INTERVALS),
+        stale_after_intervals=_or_default(wanted.stale_after_intervals, automations.DEFAULT_STALE_AFTER_INTERVALS),
     )
-    operations.check_options(options)  # before anything is saved
+    automations.check_options(options)
+    notify = None
     if options.notify_block:
-        await operations.check_notification_block(options.notify_block)
-    if any(v is not None for v in changes.values()):
-        saved = await settings.save_settings(**changes)
-        done.append(f"saved block '{settings.SETTINGS_BLOCK}' (operator settings)")
-    if saved.base_url:
-        done.append(f"API base URL trusted with the key and used by default: {saved.base_url}")
+        async with get_client() as client:
+            notify = await automations.find_notification_block(client, options.notify_block)
 
-    done += await operations.ensure_operations(options)
+    # Everything checked: now the changes.
+    done: list[str] = []
+    if connection is not None:
+        await settings.save_db_block(args.db_block, connection)
+        done.append(f"saved block '{args.db_block}' -> {where}")
+    if api_key:
+        await settings.save_api_key_block(api_key)
+        done.append(f"saved block '{settings.API_KEY_BLOCK}' from ${args.api_key_env}")
+    changed = await budget.ensure_rate_limit(burst=args.rate_burst, per_second=args.rate_per_second, update=True)
+    done.append(
+        f"rate limit '{budget.RATE_LIMIT_NAME}': burst {args.rate_burst}, {args.rate_per_second:g}/s"
+        + ("" if changed else " (unchanged)")
+    )
+    if any(v is not None for v in changes.values()):
+        await wanted.asave(settings.SETTINGS_BLOCK, overwrite=True)
+        done.append(f"saved block '{settings.SETTINGS_BLOCK}' (operator settings)")
+    if wanted.base_url:
+        done.append(f"API base URL trusted with the key and used by default: {wanted.base_url}")
+
+    done += await automations.ensure_operations(options, notify)
     return done
 
 

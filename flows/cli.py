@@ -46,7 +46,7 @@ def build_app(flow: Any) -> Any:
     passed, so the flow's own defaults apply), or ``None`` after ``--help``; bad usage raises ``CycloptsError``."""
     import cyclopts
 
-    from flows import local
+    from flows.ops import local
 
     hints = typing.get_type_hints(flow.fn, include_extras=True)
     options = [p.replace(kind=p.KEYWORD_ONLY, annotation=hints[p.name]) for p in _parameters(flow)]
@@ -74,7 +74,7 @@ def build_app(flow: Any) -> Any:
             "Prefect: PREFECT_API_URL when set; otherwise a local Prefect server on 127.0.0.1, started on the first "
             "run and reused (COUNTRIES_LOCAL_PREFECT_SERVER=0: Prefect's temporary server instead). Database: the "
             "block --db-block; the default block, when it does not exist yet, is served by an embedded PostgreSQL. "
-            "`python -m flows.local status|stop|url|psql` manages both local servers. "
+            "`python -m flows.ops.local status|stop|url|psql` manages both local servers. "
             "Exit status: 0 success, 1 the run failed, 2 bad usage, 130 or 143 interrupted (SIGINT, SIGTERM)."
         ),
     )
@@ -105,7 +105,7 @@ def connect_prefect() -> str | None:
     from prefect.context import refresh_global_settings_context
     from prefect.settings import get_current_settings
 
-    from flows import local
+    from flows.ops import local
 
     settings = get_current_settings()
     if settings.api.url:
@@ -118,7 +118,7 @@ def connect_prefect() -> str | None:
         server, _ = local.ensure_prefect_server()
     os.environ["PREFECT_API_URL"] = server.api_url
     refresh_global_settings_context()  # the setting is read from the environment, also by Prefect's threads
-    return f"Prefect UI: {server.ui_url} (local Prefect server; `python -m flows.local stop` stops it)"
+    return f"Prefect UI: {server.ui_url} (local Prefect server; `python -m flows.ops.local stop` stops it)"
 
 
 async def prepare_database(db_block: str, data_dir: Path | None) -> str | None:
@@ -131,9 +131,15 @@ async def prepare_database(db_block: str, data_dir: Path | None) -> str | None:
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
-    from flows import local
     from flows.errors import ConfigurationError
-    from flows.settings import DB_BLOCK_TYPE, DEFAULT_DB_BLOCK, connection_from_url, no_db_block_error, save_db_block
+    from flows.ops import local
+    from flows.ops.settings import (
+        DB_BLOCK_TYPE,
+        DEFAULT_DB_BLOCK,
+        connection_from_url,
+        no_db_block_error,
+        save_db_block,
+    )
 
     socket_dir = None
     async with get_client() as client:
@@ -165,7 +171,7 @@ async def prepare_database(db_block: str, data_dir: Path | None) -> str | None:
 
 def _no_api_key(api: str) -> Exception:
     from flows.errors import ConfigurationError, setting
-    from flows.settings import API_KEY_BLOCK, API_KEY_ENV
+    from flows.ops.settings import API_KEY_BLOCK, API_KEY_ENV
 
     return ConfigurationError(
         f"no REST Countries API key for {setting('api', api)}: set {API_KEY_ENV}, or save it in the "
@@ -177,14 +183,14 @@ def _no_api_key(api: str) -> Exception:
 def check_api_key_before_starting(api: str) -> None:
     """What can be said of the API key before any server starts, so that a first run fails at once.
 
-    Raises what ``flows.api.check_key`` raises for the key in the environment (the demo key, a key no
+    Raises what ``flows.source.check_key`` raises for the key in the environment (the demo key, a key no
     header can carry), and the missing-key ``ConfigurationError`` when ``api`` needs a key, the environment
     has none and no Prefect database exists yet that could hold the Secret block.
     """
     from prefect.settings import get_current_settings
 
-    from flows.api import check_key, get_dialect
-    from flows.settings import API_KEY_ENV
+    from flows.ops.settings import API_KEY_ENV
+    from flows.source import check_key, get_dialect
 
     if not get_dialect(api).requires_key:
         return
@@ -200,8 +206,8 @@ def check_api_key_before_starting(api: str) -> None:
 
 async def check_api_key(api: str) -> None:
     """Step 3: ``ConfigurationError`` when ``api`` needs a key and neither the environment nor the block has one."""
-    from flows.api import get_dialect
-    from flows.settings import load_api_key
+    from flows.ops.settings import load_api_key
+    from flows.source import get_dialect
 
     if get_dialect(api).requires_key and await load_api_key() is None:
         raise _no_api_key(api)
@@ -215,7 +221,7 @@ async def _run(given: dict[str, Any], params: dict[str, Any], data_dir: Path | N
     import httpx
 
     from flows.countries import run_flow
-    from flows.settings import prefect_api_unreachable
+    from flows.ops.settings import prefect_api_unreachable
 
     ui = connect_prefect()
     try:
@@ -228,15 +234,6 @@ async def _run(given: dict[str, Any], params: dict[str, Any], data_dir: Path | N
         if line:
             print(line, flush=True)
     return await run_flow(**given)
-
-
-def interrupt_loads(timeout: float = 10.0) -> list[Any]:
-    """Stand-in for ``flows.load.interrupt_loads`` of the load branch: stop the loads in progress (those not yet
-    committing roll back), return the results of those that committed.
-
-    TODO(integrator): delete this stand-in and import ``interrupt_loads`` from ``flows.load`` once merged.
-    """
-    return []
 
 
 class Interrupted(BaseException):
@@ -308,7 +305,8 @@ class Interruptible:
             raise Interrupted(self.interrupted(), 128 + signum)
         if self.loop is not None and self.task is not None:
             self.loop.call_soon_threadsafe(self.task.cancel)
-        self.committed = interrupt_loads(timeout=10.0)
+        load = sys.modules.get("flows.load")  # not imported yet: no load has started, none to stop
+        self.committed = load.interrupt_loads(timeout=10.0) if load else []
 
     def interrupted(self) -> str:
         """One line: what the interrupted run left behind."""
@@ -366,9 +364,9 @@ def _main(argv: list[str] | None, guard: Interruptible) -> int:
     from cyclopts import CycloptsError
     from prefect.settings import get_current_settings
 
-    from flows import local
     from flows.countries import countries_flow
     from flows.errors import ConfigurationError, CountriesError
+    from flows.ops import local
     from flows.parameters import check_parameters
 
     try:

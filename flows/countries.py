@@ -19,9 +19,9 @@ The story of one run of ``countries_flow``:
 7. Publish the table's report artifact and log the summary line.
 
 Steps 4 to 6 are skipped when the table's last load was made from the very
-same source (``flows.tables.source_digest``: the records, the table's columns
+same source (``flows.load.state.source_digest``: the records, the table's columns
 and the code that turns one into the other) and still stands
-(``flows.tables.already_loaded``): they would write nothing. Such a run
+(``flows.load.state.is_unchanged``: same source digest, same table content): they would write nothing. Such a run
 reports the table unchanged, and imports neither pandas nor the loader.
 
 An expected failure (any ``CountriesError``) ends the run Failed with one short
@@ -52,16 +52,19 @@ from prefect.states import Failed, State
 from prefect.utilities.annotations import quote
 from pydantic import Field
 
-from flows import api as restcountries
-from flows import budget, report, schema, settings, tables
-from flows.changes import ChangeSummary
+from flows import report, schema
+from flows import source as restcountries
+from flows.load import LoadResult, TableName, resolve_table, state
+from flows.load.changes import ChangeSummary
+from flows.ops import settings
+from flows.source import budget
 from flows.errors import CountriesError, TransientApiError, UnknownRegionError
 from flows.parameters import DEFAULT_REGIONS, check_parameters, default_table
 
 if TYPE_CHECKING:  # pandas, SQLAlchemy and the loader are imported by the tasks that need them, only when they run
     import pandas as pd
 
-    from flows._postgres import Database
+    from flows.load.database import Database
 
 
 TASK_RETRY_DELAY_SECONDS = 30
@@ -109,7 +112,7 @@ class Target:
     """
 
     db: Database
-    table: tables.TableName
+    table: TableName
 
 
 async def open_target(db_block: str, table: str) -> Target:
@@ -123,7 +126,7 @@ async def open_target(db_block: str, table: str) -> Target:
     ``LoadError`` from the database.
     """
     db = await settings.db_block_database(db_block)
-    resolved = await asyncio.to_thread(tables.resolve_table, db, table)
+    resolved = await asyncio.to_thread(resolve_table, db, table)
     return Target(db=db, table=resolved)
 
 
@@ -199,7 +202,6 @@ async def fetch_region(
         dialect=restcountries.get_dialect(source.api),
         base_url=source.base_url,
         paths=source.paths,
-        required=source.required,
         stats=stats,
         before_request=run_budget.before_request,
     )
@@ -224,7 +226,7 @@ async def fetch_all(
     """Fetch every region concurrently over one client; every fetch runs to its end.
 
     Returns the fetches in region order. Raises, before any request, what
-    ``flows.api.check_source`` raises (no key, key withheld from that origin);
+    ``flows.source.check_source`` raises (no key, key withheld from that origin);
     then ``RegionsFailedError`` listing every region that failed (siblings are
     not cancelled, so none shows as Crashed); an unexpected error as it is.
     """
@@ -255,7 +257,7 @@ async def fetch_all(
     if unexpected:
         raise unexpected[0]
     unknown = [f for f in failures if isinstance(f, UnknownRegionError)]
-    errors = ([restcountries.unknown_regions(unknown)] if unknown else []) + [f for f in failures if f not in unknown]
+    errors = ([restcountries.unknown_regions(unknown, asked=len(regions), dialect=dialect)] if unknown else []) + [f for f in failures if f not in unknown]
     causes = _causes_once(errors)
     if len(causes) == 1:  # one cause (a bad key fails every region alike): that error, said once
         raise errors[0]
@@ -316,12 +318,11 @@ def quality_gate(frame: pd.DataFrame) -> pd.DataFrame:
 @task(task_run_name="load {target.table}", cache_policy=NO_CACHE)
 @failing_with_the_cause
 def load_table(
-    frame: pd.DataFrame, target: Target, force: bool, min_row_fraction: float, strategy: str, source: str | None
-) -> tables.LoadResult:
-    """Replace the target table's rows with the frame (nothing written when unchanged), with what changed.
+    frame: pd.DataFrame, target: Target, force: bool, min_row_fraction: float, strategy: str
+) -> LoadResult:
+    """Make the target table's rows equal to the frame's (only the differing rows written), with what changed.
 
-    ``source`` (the digest of the records the frame was made from) is saved with the load state. The load's
-    SQLAlchemy engine is made here and disposed of when it is done."""
+    The load's SQLAlchemy engine is made here and disposed of when it is done."""
     from flows import load
 
     engine = target.db.engine()
@@ -335,17 +336,17 @@ def load_table(
             min_row_fraction=min_row_fraction,
             changes=schema.CHANGES,
             strategy=strategy,
-            source_digest=source,
         )
     finally:
         engine.dispose()
     logger = get_run_logger()
     if result.changed:
-        logger.info("loaded %s: %d rows written (%s)", result.table, result.rows_written, result.changes.phrase())
+        logger.info("wrote %s: %d rows deleted, %d inserted (%s)", result.table, result.deleted, result.inserted,
+                    result.changes.phrase())  # fmt: skip
         for line in result.changes.log_lines():
             logger.info(line)
     else:
-        logger.info("%s unchanged: %d rows already up to date, nothing written", result.table, result.rows)
+        logger.info("%s already equal to the source: %d rows, nothing written", result.table, result.rows)
     return result
 
 
@@ -448,7 +449,7 @@ async def countries_flow(
         table=result.table,
         database=target.db.description,
         rows=result.rows,
-        rows_written=result.rows_written,
+        rows_written=result.deleted + result.inserted,
         previous_rows=result.previous_rows,
         changed=result.changed,
         countries=schema.count_distinct(records, schema.KEY, dialect.name),
@@ -481,10 +482,10 @@ async def publish_report(summary: report.RunSummary) -> None:
 
 async def transform_and_load(
     records: list[dict[str, Any]], api_name: str, target: Target, p: dict[str, Any], steps: dict[str, float]
-) -> tuple[tables.LoadResult, pd.DataFrame | None]:
+) -> tuple[LoadResult, pd.DataFrame | None]:
     """Steps 4 to 6, or nothing when the table's last load was made from the very same source.
 
-    The source digest (``flows.tables.source_digest``) covers the records, the
+    The source digest (``flows.load.state.source_digest``) covers the records, the
     table's columns and the code that turns one into the other; the load saves
     it. When it matches and the table still stands as loaded, the run writes
     nothing, so it skips the tasks (and never imports pandas). Returns what the
@@ -492,10 +493,10 @@ async def transform_and_load(
     Raises what the steps raise.
     """
     with _timed(steps, "unchanged check"):
-        digest = tables.source_digest(
+        digest = state.source_digest(
             records, dialect=api_name, columns=[(c.name, c.source(api_name), c.sql_type) for c in schema.COLUMNS]
         )
-        rows = await asyncio.to_thread(tables.already_loaded, target.db, target.table, digest, schema.COLUMN_NAMES)
+        rows = None if p["force"] else await state.is_unchanged(target.db, target.table, digest)
     if rows is not None:
         get_run_logger().info(
             "%s unchanged: %d rows already loaded from the same source data, nothing written "
@@ -503,15 +504,15 @@ async def transform_and_load(
             target.table,
             rows,
         )
-        skipped = tables.LoadResult(
+        skipped = LoadResult(
             table=str(target.table),
             rows=rows,
-            rows_written=0,
             previous_rows=rows,
-            changed=False,
+            deleted=0,
+            inserted=0,
             changes=ChangeSummary.identical(schema.CHANGES),
             strategy=p["strategy"],
-            content_hash=None,
+            fingerprint="",
         )
         return skipped, None
     # Each step's state is read for its result: a failed step raises its error here (see failing_with_the_cause).
@@ -519,8 +520,14 @@ async def transform_and_load(
         unnested = await unnest_countries(quote(records), api_name, return_state=True).aresult()
         frame = await quality_gate(quote(unnested), return_state=True).aresult()
     with _timed(steps, "load"):
-        state = load_table(quote(frame), target, p["force"], p["min_row_fraction"], p["strategy"], digest, return_state=True)
-        result = await state.aresult()
+        loaded_from = await state.stored_source(target.db, target.table)
+        run = load_table(quote(frame), target, p["force"], p["min_row_fraction"], p["strategy"], return_state=True)
+        result = await run.aresult()
+        await state.save_state(target.db, target.table, digest, result)
+    if result.changed and digest is not None and loaded_from == digest:
+        get_run_logger().info(
+            "repaired %d rows edited outside the pipeline", result.deleted + result.inserted
+        )
     return result, frame
 
 

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 class ChangeSummary(Protocol):
-    """What ``flows.changes`` reports about a load (the parts the report uses)."""
+    """What ``flows.load.changes`` reports about a load (the parts the report uses)."""
 
     def phrase(self) -> str: ...
 
@@ -67,7 +67,7 @@ def artifact_key(table: str) -> str:
     end) also gets a hash of the exact name, so two tables never share a key.
     """
     from flows.errors import InvalidTableNameError
-    from flows.tables import parse_table_name
+    from flows.load.database import parse_table_name
 
     try:
         name = parse_table_name(table)

@@ -121,7 +121,7 @@ def db_block(prefect_server, database_url) -> tuple[str, str]:
     """(block name, SQLAlchemy URL): a fresh database behind a stored SqlAlchemyConnector block."""
     from prefect_sqlalchemy import SqlAlchemyConnector
 
-    from flows.settings import connection_from_url
+    from flows.ops.settings import connection_from_url
 
     name = f"test-db-{uuid.uuid4().hex[:10]}"
     SqlAlchemyConnector(connection_info=connection_from_url(database_url)).save(name)

@@ -10,10 +10,12 @@ to end by tests/test_operations_e2e.py; here: what exists on the server after th
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import subprocess
 import uuid
 from collections.abc import Iterator
+from contextlib import redirect_stderr, redirect_stdout
 from datetime import timedelta
 
 import pytest
@@ -30,10 +32,27 @@ RERUN = "countries: rerun crashed runs"
 TAG = "countries-pipeline"
 
 
-def run_script(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_subprocess(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``python blocks/create_blocks.py ARGS`` as a user runs it, in a process of its own."""
     # The repository root is importable once the project is installed (`pip install -e .`); say so here too.
     path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
     return run_script_at(SCRIPT, *args, env={"PYTHONPATH": path, **(env or {})})
+
+
+def run_script(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """The same command in this process (its ``main``, ``env`` added to the environment): the same code
+    against the same server, without the 3-5 s of starting Python and importing Prefect each time."""
+    from blocks import create_blocks
+
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, redirect_stdout(out), redirect_stderr(err):
+        for name, value in (env or {}).items():
+            patch.setenv(name, value)
+        try:
+            code = create_blocks.main(list(args))
+        except SystemExit as exc:  # argparse's usage errors
+            code = exc.code
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
 def ok(result: subprocess.CompletedProcess) -> str:
@@ -72,7 +91,7 @@ def automations_by_name() -> dict:
 def test_saves_db_block_that_connects_and_is_idempotent(prefect_server, database_url):
     from prefect_sqlalchemy import SqlAlchemyConnector
 
-    first = ok(run_script("--db-block", "blocks-test-db", "--db-url", database_url))
+    first = ok(run_subprocess("--db-block", "blocks-test-db", "--db-url", database_url))
     assert "saved block 'blocks-test-db'" in first
 
     second = ok(run_script("--db-block", "blocks-test-db", "--db-url", database_url))
@@ -90,7 +109,7 @@ def test_password_and_api_key_are_stored_but_never_printed(prefect_server, datab
     from prefect_sqlalchemy import SqlAlchemyConnector
 
     url = sa.make_url(database_url)
-    result = run_script(
+    result = run_subprocess(
         "--db-block",
         "blocks-test-secret-db",
         "--host",
@@ -115,8 +134,8 @@ def test_a_password_in_the_urls_query_is_kept_as_the_secret_and_never_shown(pref
     """libpq also reads ``?password=`` from a URL: it becomes the block's secret password, not plain query text."""
     from prefect_sqlalchemy import SqlAlchemyConnector
 
-    from flows._postgres import Database
-    from flows.settings import block_database
+    from flows.load.database import Database
+    from flows.ops.settings import block_database
 
     canary = "query-pass-8d1f"
     result = run_script("--db-block", "blocks-test-query-pw", "--db-url", f"{database_url}&password={canary}")
@@ -143,7 +162,7 @@ def test_a_url_naming_a_query_key_twice_is_one_clear_error_and_saves_nothing(pre
 def test_creates_the_api_rate_limit(prefect_server):
     from prefect.client.orchestration import get_client
 
-    from flows import budget
+    from flows.source import budget
 
     ok(run_script("--rate-burst", "7", "--rate-per-second", "1.5"))
     with get_client(sync_client=True) as client:
@@ -164,6 +183,7 @@ def test_creates_the_api_rate_limit(prefect_server):
         (["--crash-after", "30"], "--crash-after must be at least 60 s"),
         (["--stale-after-intervals", "1"], "--stale-after-intervals must be more than 1"),
         (["--rerun-window", "0"], "--rerun-window must be a positive number of minutes"),
+        (["--base-url", "countries.internal/v5"], "--base-url 'countries.internal/v5' is not an http(s) URL"),
         (
             ["--notify-block", "no-such-block-x"],
             "no block named 'no-such-block-x' (--notify-block): the notification blocks are:",
@@ -181,19 +201,49 @@ def test_a_prefect_api_that_does_not_answer_is_one_clear_line():
     from tests.prefect_servers import free_port
 
     url = f"http://127.0.0.1:{free_port()}/api"  # nothing listens there
-    result = run_script("--db-url", "postgresql+psycopg2://u@h/d", env={"PREFECT_API_URL": url})
+    result = run_subprocess("--db-url", "postgresql+psycopg2://u@h/d", env={"PREFECT_API_URL": url})
     assert result.returncode == 2, result.stdout + result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(f"error: the Prefect API at {url} does not answer"), line
     assert "prefect server start" in line and "PREFECT_API_URL" in line
 
 
-def test_a_bad_option_saves_nothing(prefect_server):
-    """The settings are checked before anything is saved: a typo does not break later re-runs."""
-    from flows import settings
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--notify-block", "no-such-block-y"],
+        ["--base-url", "countries.internal/v5"],
+        ["--rate-per-second", "0"],
+        ["--crash-after", "10"],
+    ],
+    ids=["missing-notify-block", "base-url-without-scheme", "rate", "crash-after"],
+)
+def test_a_failing_setup_changes_nothing_on_the_server(prefect_server, database_url, bad):
+    """Issue 16 §8: every option, and every block named, is checked before anything is created or changed."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
 
-    assert run_script("--notify-block", "no-such-block-y").returncode == 2
+    from flows import budget
+    from flows.ops import settings
+
+    def limit() -> tuple[int, float] | None:
+        with get_client(sync_client=True) as client:
+            try:
+                found = client.read_global_concurrency_limit_by_name(budget.RATE_LIMIT_NAME)
+            except ObjectNotFound:
+                return None
+        return found.limit, found.slot_decay_per_second
+
+    block = f"blocks-test-unsaved-{uuid.uuid4().hex[:6]}"
+    limit_before = limit()
+    args = ["--db-block", block, "--db-url", database_url, "--rate-burst", "9", *bad]
+    result = run_script(*args, env={"RESTCOUNTRIES_API_KEY": CANARY_KEY + "-unsaved"})
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert asyncio.run(settings.db_block_names()).count(block) == 0
+    assert asyncio.run(settings.load_api_key()) != CANARY_KEY + "-unsaved"
+    assert limit() == limit_before
     assert asyncio.run(settings.load_settings()).notify_block is None
+    assert automations_by_name() == {}
     assert "stale-table alerts: off" in ok(run_script())
 
 
@@ -201,7 +251,7 @@ def test_a_bad_option_saves_nothing(prefect_server):
 
 
 def test_base_url_is_saved_trusted_and_the_default(prefect_server, monkeypatch):
-    from flows import settings
+    from flows.ops import settings
 
     def saved() -> settings.CountriesSettings:
         return asyncio.run(settings.load_settings())
@@ -232,7 +282,7 @@ def test_base_url_is_saved_trusted_and_the_default(prefect_server, monkeypatch):
 
 def test_a_base_url_set_by_the_runs_own_job_variables_is_not_trusted(monkeypatch):
     """Whoever may start a custom run may set its job variables (env): that value gets no key (issue 8 §3)."""
-    from flows import settings
+    from flows.ops import settings
 
     saved = settings.CountriesSettings(base_url="https://countries.internal:8443/v5")
     monkeypatch.setenv("RESTCOUNTRIES_BASE_URL", "https://collector.example.org/v5")
@@ -250,7 +300,7 @@ def test_a_base_url_set_by_the_runs_own_job_variables_is_not_trusted(monkeypatch
 
 
 def test_api_key_comes_from_the_environment_first_then_the_secret_block(prefect_server, monkeypatch):
-    from flows import settings
+    from flows.ops import settings
 
     monkeypatch.delenv("RESTCOUNTRIES_API_KEY", raising=False)
     ok(run_script(env={"RESTCOUNTRIES_API_KEY": CANARY_KEY}))

@@ -120,7 +120,7 @@ class Stack:
 def stack(tmp_path_factory: pytest.TempPathFactory, fake: FakeRestCountries) -> Iterator[Stack]:
     """The first local run in a fresh PREFECT_HOME and .local directory: it starts both servers.
 
-    Both are stopped afterwards with ``python -m flows.local stop``.
+    Both are stopped afterwards with ``python -m flows.ops.local stop``.
     """
     root = tmp_path_factory.mktemp("stack")
     env = clean_env(
@@ -131,7 +131,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, fake: FakeRestCountries) -> 
         yield Stack(env=env, local_dir=root / "local", first=first)
     finally:
         subprocess.run(
-            [sys.executable, "-m", "flows.local", "stop"], env=env, cwd=REPO_ROOT, timeout=120, capture_output=True
+            [sys.executable, "-m", "flows.ops.local", "stop"], env=env, cwd=REPO_ROOT, timeout=120, capture_output=True
         )
 
 
@@ -365,7 +365,7 @@ def test_with_prefects_temporary_server_the_error_is_still_the_last_line(tmp_pat
         assert not (tmp_path / "local" / "prefect-server.json").exists()
     finally:
         subprocess.run(
-            [sys.executable, "-m", "flows.local", "stop", "--data-dir", str(tmp_path / "pg")],
+            [sys.executable, "-m", "flows.ops.local", "stop", "--data-dir", str(tmp_path / "pg")],
             env=env,
             cwd=REPO_ROOT,
             timeout=120,
@@ -457,9 +457,6 @@ def test_an_interrupt_is_one_line_and_leaves_the_table_as_it_was(prefect_server,
     assert flow_run_state(prefect_server.api_url, f"{table} ← Northern Europe") in ("Crashed", "Cancelled")
 
 
-@pytest.mark.xfail(
-    strict=True, reason="needs flows.load.interrupt_loads (load branch): TODO(integrator) wire it in flows/cli.py"
-)
 def test_ctrl_c_while_the_load_waits_for_a_lock_rolls_the_load_back(prefect_server, db_block, fake_api):
     """Issue 16 §6: the load waits for a lock a user's open transaction holds; Ctrl-C; then the lock is freed.
     The load must not commit after the interrupt (before: the CLI exited and the load went on and committed)."""

@@ -455,7 +455,7 @@ def test_a_warm_run_of_the_command_imports_neither_pandas_nor_sqlalchemy(fake_ap
 
 def test_a_run_reads_the_operator_settings_once(fake_api, db, monkeypatch):
     """The base URL and the URLs trusted with the key come from one read of the settings block."""
-    from flows import settings
+    from flows.ops import settings
 
     reads: list[settings.CountriesSettings] = []
     load_settings = settings.load_settings
@@ -476,7 +476,7 @@ def test_the_database_block_is_read_as_prefect_sqlalchemy_reads_it(prefect_serve
     from prefect_sqlalchemy import ConnectionComponents, SqlAlchemyConnector
     from sqlalchemy.dialects.postgresql.psycopg2 import PGDialect_psycopg2
 
-    from flows.settings import connection_from_url, db_block_database
+    from flows.ops.settings import connection_from_url, db_block_database
 
     suffix = uuid.uuid4().hex[:8]
     needs_quoting = "p@ss w/rd:%"  # as a password
@@ -540,7 +540,7 @@ def test_a_database_connects_with_the_arguments_sqlalchemy_would_pass(url):
     and the block's connect_args on top."""
     from sqlalchemy.dialects.postgresql.psycopg2 import PGDialect_psycopg2
 
-    from flows._postgres import Database
+    from flows.load.database import Database
 
     parsed = sa.make_url(url)
     cargs, cparams = PGDialect_psycopg2().create_connect_args(parsed)
@@ -570,7 +570,7 @@ def test_a_database_connects_with_the_arguments_sqlalchemy_would_pass(url):
     ],
 )
 def test_a_database_block_the_flow_cannot_use_is_one_clear_error(connection_info, problem):
-    from flows.settings import block_database
+    from flows.ops.settings import block_database
 
     with pytest.raises(ConfigurationError) as caught:
         block_database(connection_info)
@@ -854,7 +854,7 @@ def test_api_key_and_db_password_never_reach_logs_artifacts_or_errors(prefect_se
     """Canary secrets: a key the API rejects and a DB password; scan everything captured."""
     from prefect_sqlalchemy import SqlAlchemyConnector
 
-    from flows.settings import connection_from_url
+    from flows.ops.settings import connection_from_url
 
     canary_key = "canary-key-" + uuid.uuid4().hex
     canary_password = "canary-pw-" + uuid.uuid4().hex

@@ -5,50 +5,43 @@ and stops what it started. Promised (issue 12 §5, the module's docstring): the
 Prefect server listens on 127.0.0.1 only, serves the user's PREFECT_HOME, is
 reused while its pid is alive and its port answers as that server, and is
 replaced when the pid is dead or the port answers something else; only its pid
-and port are kept; ``python -m flows.local status|url|psql|stop`` manages both
+and port are kept; ``python -m flows.ops.local status|url|psql|stop`` manages both
 servers.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import psutil
 import psycopg2
 import pytest
 
-from flows import local
+from flows.ops import local
 from tests.conftest import REPO_ROOT
 
 
 @pytest.fixture(scope="module")
-def prefect_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A PREFECT_HOME of this module's tests (its database is created once, by the first server)."""
-    return tmp_path_factory.mktemp("prefect-home")
+def stack_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """This process and its subprocesses use the module's PREFECT_HOME and .local directory.
 
-
-@pytest.fixture
-def stack_env(prefect_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
-    """This process and its subprocesses use the module's PREFECT_HOME and a fresh .local directory.
-
-    Both servers are stopped afterwards.
+    One Prefect server serves the module's tests where they only need one (a test that starts its own
+    stops the one before); both servers are stopped at the end.
     """
     from prefect.settings import PREFECT_HOME, temporary_settings
 
-    home, local_dir = prefect_home, tmp_path / "local"
-    monkeypatch.setenv("PREFECT_HOME", str(home))
-    monkeypatch.setenv(local.LOCAL_DIR_ENV, str(local_dir))
-    monkeypatch.setenv(local.PREFECT_SERVER_ENV, "1")
-    monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    with temporary_settings(updates={PREFECT_HOME: str(home)}):
+    root = tmp_path_factory.mktemp("stack")
+    home, local_dir = root / "prefect-home", root / "local"
+    with pytest.MonkeyPatch.context() as patch, temporary_settings(updates={PREFECT_HOME: str(home)}):
+        patch.setenv("PREFECT_HOME", str(home))
+        patch.setenv(local.LOCAL_DIR_ENV, str(local_dir))
+        patch.setenv(local.PREFECT_SERVER_ENV, "1")
+        patch.delenv("PREFECT_API_URL", raising=False)
         try:
             yield dict(os.environ)
         finally:
@@ -58,7 +51,7 @@ def stack_env(prefect_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 def manage(*args: str, env: dict[str, str], stdin: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "flows.local", *args],
+        [sys.executable, "-m", "flows.ops.local", *args],
         capture_output=True,
         text=True,
         env=env,
@@ -75,57 +68,41 @@ def is_running(pid: int) -> bool:
         return False
 
 
-class _NotPrefect(BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = b'{"hello": "not a Prefect server"}'
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+def ensure_in_a_subprocess(env: dict[str, str]) -> subprocess.Popen:
+    code = "from flows.ops import local; s, started = local.ensure_prefect_server(); print(s.pid, s.port, started)"
+    return subprocess.Popen([sys.executable, "-c", code], env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
 
 
-@pytest.fixture
-def other_service() -> Iterator[int]:
-    """The port of an HTTP service on 127.0.0.1 that answers 200 to everything, but is no Prefect server."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _NotPrefect)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def test_the_prefect_server_is_reused_and_replaced_when_its_pid_dies_or_its_port_answers_something_else(
-    stack_env, other_service
-):
-    first, started = local.ensure_prefect_server()
-    assert started
-    state_file = Path(stack_env[local.LOCAL_DIR_ENV]) / "prefect-server.json"
-    assert json.loads(state_file.read_text()) == {"pid": first.pid, "port": first.port}  # only pid and port
+def test_one_background_server_per_prefect_home_reused_and_replaced_when_its_pid_is_stale(stack_env):
+    local.stop_prefect_server()
+    # Two runs at once: one starts the server, the other waits for it; both get the same one.
+    runs = [ensure_in_a_subprocess(stack_env) for _ in range(2)]
+    outputs = [run.communicate(timeout=300)[0].split() for run in runs]
+    assert all(run.returncode == 0 for run in runs), outputs
+    assert outputs[0][:2] == outputs[1][:2] and sorted(o[2] for o in outputs) == ["False", "True"], outputs
+    first = local.LocalPrefectServer(pid=int(outputs[0][0]), port=int(outputs[0][1]))
+    pid_file = Path(stack_env["PREFECT_HOME"]) / local.PID_FILE  # Prefect's own record of its background server
+    assert int(pid_file.read_text()) == first.pid
 
     assert local.ensure_prefect_server() == (first, False)  # alive and answering: reused
+    assert local.prefect_server_status() == first
 
-    # The port recorded answers, but as something else: a new server; ours at that pid is stopped.
-    state_file.write_text(json.dumps({"pid": first.pid, "port": other_service}))
+    # The pid file names a live process that is no Prefect server: it is left alone, and a new server started.
+    pid_file.write_text(str(os.getpid()))
     second, started = local.ensure_prefect_server()
-    assert started and second.port != other_service and second.pid != first.pid
-    assert not is_running(first.pid)
+    assert started and second.pid not in (first.pid, os.getpid())
+    assert is_running(first.pid)  # not ours any more: the pid file no longer names it
+    os.kill(first.pid, signal.SIGTERM)
 
-    # The recorded pid is dead (killed, no clean-up): a new server.
-    os.killpg(second.pid, signal.SIGKILL)
+    # The recorded server was killed without clean-up: a new server.
+    os.kill(second.pid, signal.SIGKILL)
     psutil.Process(second.pid).wait(timeout=30)
     third, started = local.ensure_prefect_server()
     assert started and third.pid != second.pid
     assert local.prefect_server_status() == third
 
 
-def test_the_prefect_server_listens_on_localhost_only_and_serves_this_prefect_home(stack_env):
+def test_the_prefect_server_listens_on_localhost_only_its_ui_calls_its_own_port_and_it_survives_ctrl_c(stack_env):
     import httpx
 
     server, _ = local.ensure_prefect_server()
@@ -139,7 +116,10 @@ def test_the_prefect_server_listens_on_localhost_only_and_serves_this_prefect_ho
     assert settings["server"]["concurrency"]["lease_storage"].endswith("lease_storage.filesystem")
     ui = httpx.get(server.ui_url, timeout=30)
     assert ui.status_code == 200 and "text/html" in ui.headers["content-type"]
-    assert httpx.get(f"{server.ui_url}/ui-settings", timeout=30).json()["api_url"] == server.api_url  # the UI's API
+    # Not the default port 4200: the UI must be told where its API is, or it comes up blank (issue 16 §8).
+    assert httpx.get(f"{server.ui_url}/ui-settings", timeout=30).json()["api_url"] == server.api_url
+    # A Ctrl-C in the terminal of the run that started it does not reach it: it is in a session of its own.
+    assert os.getsid(server.pid) != os.getsid(0)
 
 
 def test_the_embedded_postgresql_stops_and_restarts_in_the_same_process(stack_env, tmp_path):

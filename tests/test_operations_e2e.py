@@ -34,7 +34,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -415,7 +415,11 @@ def scenario_sigterm(sc: Scenario) -> dict[str, Any]:
         assert runners, f"no process runs flow run {flow_run_id}"
         sc.facts["runners"] = runners
         worker.send_signal(signal.SIGTERM)  # as systemd, a container stop or a rollout script does
-        sc.facts["worker_exit"] = worker.wait(timeout=60)
+        try:
+            sc.facts["worker_exit"] = worker.wait(timeout=60)
+        except subprocess.TimeoutExpired:  # Prefect 3.9.1's worker may wait for its run: systemd's stop timeout
+            os.killpg(worker.pid, signal.SIGKILL)
+            sc.facts["worker_exit"] = f"none in 60 s, killed ({worker.wait()})"
         # What happened to the flow run process is recorded, not assumed; a survivor would keep the
         # run alive (heartbeats) and is killed as systemd's stop timeout would.
         sc.facts["runner_survived"] = any(alive(p) for p in runners)
@@ -507,6 +511,26 @@ def scenario_freshness(sc: Scenario, receiver: WebhookReceiver) -> dict[str, Any
     return {"message": message, "after": time.monotonic() - started}
 
 
+def scenario_scheduled(sc: Scenario) -> dict[str, Any]:
+    """Prefect 3.9.1's scheduler (issue 17 §1): the run it makes from a deployed schedule is taken by a worker
+    when it is due and completes. Nobody starts a run by hand."""
+    deadline = time.monotonic() + SCENARIO_TIMEOUT
+    worker = start_worker(sc.stack.env, sc.queue, sc.log, sc.cwd)
+    try:
+
+        def completed() -> FlowRun | None:
+            with sc.stack.client() as client:
+                runs = deployment_runs(client, sc.deployment_id)
+            return next((r for r in runs if r.state_type == StateType.COMPLETED), None)
+
+        run = wait_for(f"{sc.name}: a scheduled run completes", completed, deadline, sc.details)
+        return {"run": run, "rows": read_table(sc.stack.database_url, sc.table), "details": sc.details()}
+    finally:
+        stop_worker(worker)
+        with sc.stack.client() as client:  # no more scheduled runs for the rest of the module
+            client.pause_deployment(sc.deployment_id)
+
+
 def git(*args: str, cwd: Path) -> None:
     env = dict(
         os.environ,
@@ -594,7 +618,15 @@ def scenarios(prefect_server, pg, tmp_path_factory) -> Iterator[dict[str, Future
         kill9, oom, sigterm = (scenario(n, main, checkout) for n in ("kill9", "oom", "sigterm"))
         rollout, stale = scenario("rollout", main, rollout_checkout), scenario("stale", main, checkout)
         rollout_deployed = pool.submit(deploy, main, [rollout.spec()], rollout_checkout, tmp / "ops-rollout.yaml")
-        deploy(main, [kill9.spec(), sigterm.spec(), oom.spec()], checkout, tmp / "ops-main.yaml")
+        # The scheduled scenario: prefect.yaml's kind of schedule, hourly, its first run due 90 s from now.
+        scheduled = scenario("scheduled", main, checkout)
+        first_due = datetime.now(timezone.utc) + timedelta(seconds=90)
+        hourly = {"interval": 3600, "anchor_date": first_due.isoformat(), "timezone": "UTC", "active": True}
+        scheduled_spec = deployment_spec(
+            scheduled.name, scheduled.queue, scenario_parameters(scheduled.fake, scheduled.table, main.db_block),
+            [hourly],
+        )  # fmt: skip
+        deploy(main, [kill9.spec(), sigterm.spec(), oom.spec(), scheduled_spec], checkout, tmp / "ops-main.yaml")
         add_stale_deployment(main, stale)
         rollout_deployed.result()
 
@@ -612,6 +644,7 @@ def scenarios(prefect_server, pg, tmp_path_factory) -> Iterator[dict[str, Future
         futures["sigterm"] = pool.submit(scenario_sigterm, sigterm)
         futures["rollout"] = pool.submit(scenario_rollout, rollout, origin)
         futures["stale"] = pool.submit(scenario_freshness, stale, receiver)
+        futures["scheduled"] = pool.submit(scenario_scheduled, scheduled)
         futures["restart"] = pool.submit(lambda: scenario_restart(other_ready.result()[0]))
 
         def setup_outcome() -> dict[str, Any]:
@@ -620,7 +653,7 @@ def scenarios(prefect_server, pg, tmp_path_factory) -> Iterator[dict[str, Future
                 "main": main_setup,
                 "other": other_setup,
                 "main_stack": main,
-                "scenarios": {s.name: s for s in (kill9, oom, sigterm, rollout, stale, restart)},
+                "scenarios": {s.name: s for s in (kill9, oom, sigterm, rollout, stale, restart, scheduled)},
             }
 
         futures["setup"] = pool.submit(setup_outcome)
@@ -740,6 +773,13 @@ def test_stale_table_alert_reaches_the_notification_block(scenarios):
     assert message["subject"] == "countries: ops_stale_countries is stale", message
     assert "deployment countries/ops-stale" in message["body"], message
     assert "no completed run for 20 s" in message["body"], message
+
+
+def test_the_scheduler_makes_runs_that_a_worker_completes(scenarios):
+    result = outcome(scenarios, "scheduled")
+    run = result["run"]
+    assert run.auto_scheduled, result["details"]  # made by the scheduler service, not by a person or an automation
+    assert Counter(result["rows"]) == Counter(EXPECTED_NORTHERN_EUROPE), result["details"]
 
 
 def test_rollout_during_a_run_loses_nothing_and_the_next_run_uses_the_new_code(scenarios):

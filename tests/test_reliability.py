@@ -168,7 +168,7 @@ def test_a_negative_population_fails_the_quality_gate_and_keeps_the_table(fake_a
 def test_an_unreachable_database_names_host_and_port_but_not_the_password(fake_api, prefect_server):
     from prefect_sqlalchemy import SqlAlchemyConnector
 
-    from flows.settings import connection_from_url
+    from flows.ops.settings import connection_from_url
 
     port = free_port()
     password = "canary-unreachable-" + uuid.uuid4().hex

@@ -244,8 +244,8 @@ def _db_block_on(api_url: str, pg_dir: Path) -> str:
     from prefect.settings import PREFECT_API_URL, temporary_settings
     from prefect.utilities.asyncutils import run_coro_as_sync
 
-    from flows import local
-    from flows.settings import connection_from_url, save_db_block
+    from flows.ops import local
+    from flows.ops.settings import connection_from_url, save_db_block
 
     db = local.ensure_database(pg_dir)
     name = f"bench-e2e-{uuid.uuid4().hex[:8]}"
@@ -257,7 +257,7 @@ def _db_block_on(api_url: str, pg_dir: Path) -> str:
 def _table_rows(pg_dir: Path) -> list[tuple]:
     import psycopg2
 
-    from flows import local
+    from flows.ops import local
 
     db = local.database_status(pg_dir)
     if db is None:
@@ -292,7 +292,7 @@ def flow_body_seconds(api_url: str, run: Run) -> dict[str, float]:
 
 def _stop_local(env: dict[str, str]) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "flows.local", "stop"],
+        [sys.executable, "-m", "flows.ops.local", "stop"],
         env=env,
         cwd=REPO_ROOT,
         capture_output=True,

@@ -79,7 +79,7 @@ print(len(df), "rows")
 
 
 def _psql_dsn(pg_dir: Path) -> str:
-    from flows import local
+    from flows.ops import local
 
     db = local.database_status(pg_dir)
     if db is None:
@@ -159,7 +159,7 @@ def run(smoke: bool = False, sizes: tuple[int, ...] = SIZES, repeats: int = 2) -
                         rows = _same_rows(dsn, mine, theirs)
                     figures += _figures(size, ours, script, rows, smoke)
     finally:
-        from flows import local
+        from flows.ops import local
 
         local.stop_database(tmp / "local" / "postgres")
         shutil.rmtree(tmp, ignore_errors=True)

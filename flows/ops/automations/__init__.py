@@ -1,0 +1,315 @@
+"""Unattended operation: the Prefect automations that catch dead runs, rerun them, and report stale tables.
+
+The automations are the YAML files beside this module, in the format of
+``prefect automation create --from-file`` (Prefect's ``AutomationCore``), with
+``${...}`` where the operator's settings go:
+
+- ``crash-detection.yaml``: a deployment run of the flow silent for
+  ``crash_after`` (default 90 s: three missed heartbeats) is marked Crashed and
+  its deployment is run again.
+- ``rerun-crashed.yaml``: a deployment run reported Crashed is rerun at once, at
+  most once per deployment per ``rerun_window`` (default 60 minutes).
+- ``stale-table.yaml``: one per deployment with an active interval schedule,
+  when a notification block is named: it is told when the deployment has had
+  no Completed run for ``stale_after_intervals`` (default 2) intervals.
+
+:func:`ensure_operations` (called by ``python blocks/create_blocks.py``) applies
+them idempotently: it creates what is missing, updates what differs and leaves
+the rest alone (``prefect automation create`` would add a second copy on every
+run), and removes the stale-table alerts of deployments that no longer qualify.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from string import Template
+from typing import Any
+
+import yaml
+from prefect.automations import AutomationCore
+from prefect.client.orchestration import PrefectClient, get_client
+from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+from prefect.client.schemas.objects import BlockDocument
+from prefect.client.schemas.responses import DeploymentResponse
+from prefect.events.filters import AutomationFilter, AutomationFilterTags
+
+from flows.errors import ConfigurationError, setting
+from flows.parameters import DEFAULT_REGIONS, default_table
+
+HERE = Path(__file__).parent
+FLOW_NAME = "countries"
+AUTOMATION_TAG = "countries-pipeline"
+CRASH_DETECTION = f"{FLOW_NAME}: mark silent runs Crashed"
+CRASH_RERUN = f"{FLOW_NAME}: rerun crashed runs"
+FRESHNESS_PREFIX = f"{FLOW_NAME}: stale "
+
+HEARTBEAT_ENV = "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"
+PREFECT_DEFAULT_HEARTBEAT_SECONDS = 180  # Prefect's default when the variable is not set
+MINIMUM_HEARTBEAT_SECONDS = 30  # Prefect refuses lower values
+
+DEFAULT_CRASH_AFTER = timedelta(seconds=90)
+DEFAULT_RERUN_WINDOW = timedelta(minutes=60)
+DEFAULT_STALE_AFTER_INTERVALS = 2.0
+
+
+def describe_duration(delta: timedelta) -> str:
+    """``90 s``, ``45 min``, ``12 h``, ``1 day``, ``36 h``: a duration as an operator reads it (whole units)."""
+    seconds = delta.total_seconds()
+    for unit, size in (("day", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size and (seconds % size == 0 or seconds >= 10 * size):
+            value = seconds / size
+            plural = "s" if unit == "day" and value != 1 else ""
+            return f"{value:.3g} {unit}{plural}"
+    return f"{seconds:.3g} s"
+
+
+def load(file: str, **values: Any) -> AutomationCore:
+    """The automation of the YAML ``file`` (in this package) with its ``${name}`` placeholders filled from
+    ``values``: a placeholder that is a whole value takes the value itself (a number stays a number), one
+    inside text its text. The server renders notification texts as Jinja: a filled-in text that Jinja would
+    read is kept literal. Raises ``KeyError`` for a placeholder without a value."""
+
+    def fill(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: fill(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [fill(v) for v in node]
+        if isinstance(node, str):
+            whole = node.strip()
+            if whole.startswith("${") and whole.endswith("}") and whole[2:-1] in values:
+                return values[whole[2:-1]]
+            return Template(node).substitute(values)
+        return node
+
+    data = fill(yaml.safe_load((HERE / file).read_text(encoding="utf-8")))
+    for action in data.get("actions", []):
+        for key in ("subject", "body"):
+            if isinstance(action.get(key), str) and ("{" in action[key] or "%" in action[key]):
+                action[key] = "{% raw %}" + action[key] + "{% endraw %}"
+    return AutomationCore.model_validate(data)
+
+
+def freshness_name(deployment: DeploymentResponse) -> str:
+    """``countries: stale countries/all-regions``."""
+    return f"{FRESHNESS_PREFIX}{FLOW_NAME}/{deployment.name}"
+
+
+def deployment_table(deployment: DeploymentResponse) -> str:
+    """The table a deployment's runs load: its ``table`` parameter, or the one its regions name by default."""
+    parameters = deployment.parameters or {}
+    table = str(parameters.get("table") or "").strip()
+    if table:
+        return table
+    regions = parameters.get("regions") or DEFAULT_REGIONS
+    return default_table([regions] if isinstance(regions, str) else regions)
+
+
+def active_interval(deployment: DeploymentResponse) -> timedelta | None:
+    """The shortest interval among the deployment's active interval schedules, or None."""
+    intervals = [
+        s.schedule.interval
+        for s in deployment.schedules
+        if s.active and isinstance(getattr(s.schedule, "interval", None), timedelta)
+    ]
+    return min(intervals) if intervals else None
+
+
+def heartbeat_seconds(deployment: DeploymentResponse) -> float:
+    """How often the deployment's runs send a heartbeat, from its ``env`` job variable (Prefect's default if unset).
+
+    A worker or work pool can set the variable too; only the deployment's own
+    job variables are read here.
+    """
+    env = (deployment.job_variables or {}).get("env") or {}
+    try:
+        return max(float(env.get(HEARTBEAT_ENV)), MINIMUM_HEARTBEAT_SECONDS)
+    except (TypeError, ValueError):
+        return PREFECT_DEFAULT_HEARTBEAT_SECONDS
+
+
+async def find_notification_block(client: PrefectClient, ref: str) -> BlockDocument:
+    """The notification block named ``ref`` (``NAME`` or ``TYPE-SLUG/NAME``, e.g. ``slack-webhook/ops``).
+
+    Raises ``ConfigurationError`` naming the notification blocks that exist when
+    there is no such block, when the name is ambiguous, or when the block cannot notify.
+    """
+    slug, _, name = ref.rpartition("/")
+    documents: list[BlockDocument] = []
+    while page := await client.read_block_documents(offset=len(documents), limit=200, include_secrets=False):
+        documents += page
+        if len(page) < 200:
+            break
+    documents = [d for d in documents if not d.is_anonymous]
+
+    def can_notify(d: BlockDocument) -> bool:
+        return d.block_schema is not None and "notify" in (d.block_schema.capabilities or [])
+
+    def label(d: BlockDocument) -> str:
+        return f"{d.block_type.slug}/{d.name}" if d.block_type else str(d.name)
+
+    notifiers = sorted(label(d) for d in documents if can_notify(d))
+    known = ", ".join(notifiers) if notifiers else "none yet: create one in the UI (Blocks) or with Python"
+    matches = [d for d in documents if d.name == name and (not slug or (d.block_type and d.block_type.slug == slug))]
+    if not matches:
+        raise ConfigurationError(
+            f"no block named '{ref}' ({setting('notify_block')}): the notification blocks are: {known}"
+        )
+    if len(matches) > 1:
+        raise ConfigurationError(
+            f"several blocks are named '{name}': name one as TYPE-SLUG/NAME, one of: "
+            + ", ".join(sorted(label(d) for d in matches))
+        )
+    (block,) = matches
+    if not can_notify(block):
+        raise ConfigurationError(
+            f"block '{label(block)}' cannot send notifications: name a notification block, one of: {known}"
+        )
+    return block
+
+
+# --- applying -------------------------------------------------------------------------
+
+
+def _comparable(automation: AutomationCore) -> dict[str, Any]:
+    """The automation's definition as plain Python values (sets stay sets: their order means nothing)."""
+    return AutomationCore.model_validate(automation.model_dump(mode="json")).model_dump(exclude={"owner_resource"})
+
+
+async def apply_automation(client: PrefectClient, wanted: AutomationCore) -> str:
+    """Create the automation named like ``wanted``, or update it to ``wanted``; ``created``/``updated``/``unchanged``
+    (followed by ``; removed N duplicates`` when there were some).
+
+    Extra automations of the same name are deleted: two setups run at once, or a create request that the
+    client sent again after a slow answer (a busy server), would otherwise make an automation act twice.
+    """
+    existing = await client.read_automations_by_name(wanted.name)
+    if not existing:
+        await client.create_automation(wanted)
+        existing, outcome = await client.read_automations_by_name(wanted.name), "created"
+    elif _comparable(existing[0]) == _comparable(wanted):
+        outcome = "unchanged"
+    else:
+        await client.update_automation(existing[0].id, wanted)
+        outcome = "updated"
+    for duplicate in existing[1:]:
+        await client.delete_automation(duplicate.id)
+    extra = len(existing) - 1 if outcome != "created" else 0
+    return outcome + (f"; removed {extra} duplicate{'s' if extra > 1 else ''}" if extra else "")
+
+
+@dataclass(frozen=True)
+class Options:
+    """The operator's choices (``blocks/create_blocks.py`` fills them from its options, then the saved settings)."""
+
+    crash_after: timedelta = DEFAULT_CRASH_AFTER
+    rerun_window: timedelta = DEFAULT_RERUN_WINDOW
+    notify_block: str | None = None
+    stale_after_intervals: float = DEFAULT_STALE_AFTER_INTERVALS
+
+
+def check_options(options: Options) -> None:
+    """Raise ``ConfigurationError`` (one line) when a number in ``options`` cannot work."""
+    if options.crash_after < timedelta(seconds=2 * MINIMUM_HEARTBEAT_SECONDS):
+        raise ConfigurationError(
+            f"{setting('crash_after')} must be at least {2 * MINIMUM_HEARTBEAT_SECONDS} s (two heartbeats of "
+            f"{MINIMUM_HEARTBEAT_SECONDS} s, Prefect's shortest), got {describe_duration(options.crash_after)}"
+        )
+    if not math.isfinite(options.stale_after_intervals) or options.stale_after_intervals <= 1:
+        raise ConfigurationError(
+            f"{setting('stale_after_intervals')} must be more than 1 (one interval plus a margin), "
+            f"got {options.stale_after_intervals:g}"
+        )
+    if options.rerun_window <= timedelta(0):
+        raise ConfigurationError(
+            f"{setting('rerun_window')} must be a positive number of minutes, got "
+            f"{options.rerun_window.total_seconds() / 60:g}"
+        )
+
+
+async def ensure_operations(options: Options, notify: BlockDocument | None = None) -> list[str]:
+    """Create or update the operations automations on the server; one report line per thing done or noticed.
+
+    ``notify`` is the notification block ``options.notify_block`` names (looked up when not given). Lines
+    starting with ``warning:`` need the operator's attention. Raises ``ConfigurationError`` when an option
+    cannot work or the notification block cannot be used, before anything is changed.
+    """
+    check_options(options)
+    lines: list[str] = []
+    async with get_client() as client:
+        if options.notify_block and notify is None:
+            notify = await find_notification_block(client, options.notify_block)
+        crash_after, rerun_window = options.crash_after, options.rerun_window
+        detection = load(
+            "crash-detection.yaml",
+            crash_after=describe_duration(crash_after),
+            crash_after_seconds=crash_after.total_seconds(),
+        )
+        lines.append(
+            f"automation '{CRASH_DETECTION}': {await apply_automation(client, detection)} (a deployment run silent "
+            f"for {describe_duration(crash_after)} is marked Crashed and rerun at once)"
+        )
+        rerun = load(
+            "rerun-crashed.yaml",
+            rerun_window=describe_duration(rerun_window),
+            rerun_window_seconds=rerun_window.total_seconds(),
+        )
+        lines.append(
+            f"automation '{CRASH_RERUN}': {await apply_automation(client, rerun)} (a deployment run reported "
+            f"Crashed is rerun at once, at most once per deployment every {describe_duration(rerun_window)})"
+        )
+
+        flow_filter = FlowFilter(name=FlowFilterName(any_=[FLOW_NAME]))
+        deployments = sorted(await client.read_deployments(flow_filter=flow_filter), key=lambda d: d.name)
+        if not deployments:
+            lines.append(
+                f"no deployment of flow '{FLOW_NAME}' on this server yet: run this again after "
+                "`prefect deploy` to set up its stale-table alerts"
+            )
+        for d in deployments:
+            every = heartbeat_seconds(d)
+            if every * 2 > crash_after.total_seconds():
+                lines.append(
+                    f"warning: runs of {FLOW_NAME}/{d.name} send a heartbeat every {every:g} s, too rarely for "
+                    f"the {describe_duration(crash_after)} crash timeout: set {HEARTBEAT_ENV}: "
+                    f"{MINIMUM_HEARTBEAT_SECONDS} in its work_pool job_variables env (prefect.yaml) and deploy "
+                    "again, or healthy long runs will be marked Crashed"
+                )
+
+        wanted: set[str] = set()
+        for d in deployments if notify is not None else []:
+            interval = active_interval(d)
+            if d.paused or interval is None:
+                why = "it is paused" if d.paused else "it has no active interval schedule"
+                lines.append(f"no stale-table alert for {FLOW_NAME}/{d.name}: {why}")
+                continue
+            window = interval * options.stale_after_intervals
+            alert = load(
+                "stale-table.yaml",
+                deployment=d.name,
+                deployment_id=str(d.id),
+                table=deployment_table(d),
+                notify_block=notify.name,
+                notify_block_id=str(notify.id),
+                window=describe_duration(window),
+                window_seconds=window.total_seconds(),
+                intervals=f"{options.stale_after_intervals:g}",
+                interval=describe_duration(interval),
+            )
+            wanted.add(alert.name)
+            lines.append(
+                f"automation '{alert.name}': {await apply_automation(client, alert)} (notifies "
+                f"'{options.notify_block}' after {describe_duration(window)} without a completed run)"
+            )
+        if notify is None:
+            lines.append("stale-table alerts: off (name a notification block with --notify-block NAME to get them)")
+        ours = await client.read_automations(
+            automations=AutomationFilter(tags=AutomationFilterTags(all_=[AUTOMATION_TAG]))
+        )
+        for automation in ours:
+            if automation.name.startswith(FRESHNESS_PREFIX) and automation.name not in wanted:
+                await client.delete_automation(automation.id)
+                lines.append(f"automation '{automation.name}': removed (its deployment no longer qualifies)")
+    return lines
