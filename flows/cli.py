@@ -131,9 +131,15 @@ async def prepare_database(db_block: str, data_dir: Path | None) -> str | None:
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
-    from flows.ops import local
     from flows.errors import ConfigurationError
-    from flows.ops.settings import DB_BLOCK_TYPE, DEFAULT_DB_BLOCK, connection_from_url, no_db_block_error, save_db_block
+    from flows.ops import local
+    from flows.ops.settings import (
+        DB_BLOCK_TYPE,
+        DEFAULT_DB_BLOCK,
+        connection_from_url,
+        no_db_block_error,
+        save_db_block,
+    )
 
     socket_dir = None
     async with get_client() as client:
@@ -183,8 +189,8 @@ def check_api_key_before_starting(api: str) -> None:
     """
     from prefect.settings import get_current_settings
 
-    from flows.source import check_key, get_dialect
     from flows.ops.settings import API_KEY_ENV
+    from flows.source import check_key, get_dialect
 
     if not get_dialect(api).requires_key:
         return
@@ -200,8 +206,8 @@ def check_api_key_before_starting(api: str) -> None:
 
 async def check_api_key(api: str) -> None:
     """Step 3: ``ConfigurationError`` when ``api`` needs a key and neither the environment nor the block has one."""
-    from flows.source import get_dialect
     from flows.ops.settings import load_api_key
+    from flows.source import get_dialect
 
     if get_dialect(api).requires_key and await load_api_key() is None:
         raise _no_api_key(api)
@@ -230,8 +236,10 @@ async def _run(given: dict[str, Any], params: dict[str, Any], data_dir: Path | N
     return await run_flow(**given)
 
 
-class Interrupted(Exception):
-    """The run was stopped by SIGINT or SIGTERM; ``str()`` is the one line to print, ``status`` the exit status."""
+class Interrupted(BaseException):
+    """The run was stopped by SIGINT or SIGTERM; ``str()`` is the one line to print, ``status`` the exit status.
+
+    A ``BaseException``, like ``KeyboardInterrupt``: no library's ``except Exception`` may swallow it."""
 
     def __init__(self, line: str, status: int):
         super().__init__(line)
@@ -243,12 +251,13 @@ class Interruptible:
     can stop it cleanly: with the run on the main thread, Ctrl-C printed up to 136 lines of traceback,
     Prefect's SIGTERM handler raised in the middle of the event loop, and a load went on and committed.
 
-    Inside ``with``, SIGINT or SIGTERM cancels the run's task (Prefect marks the flow run Crashed) and
-    interrupts the loads in progress; a second signal ends the process at once.
+    Inside ``with``, SIGINT or SIGTERM raises ``Interrupted`` at once before ``run``; during it, cancels the
+    run's task (Prefect marks the flow run Crashed) and interrupts the loads in progress. A second signal
+    ends the process at once.
     """
 
     def __init__(self) -> None:
-        self.signum, self.committed, self.outcome = 0, [], (None, None)
+        self.signum, self.running, self.committed, self.outcome = 0, False, [], (None, None)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.task: asyncio.Task | None = None
 
@@ -264,6 +273,7 @@ class Interruptible:
         """``main``'s result (also when a signal came after it ended); raises ``Interrupted`` when a signal
         stopped it, else what it raised."""
         thread = threading.Thread(target=self._thread, args=(main,), name="countries-run", daemon=True)
+        self.running = True
         thread.start()
         thread.join()  # the signal handler runs while this waits
         result, error = self.outcome
@@ -277,6 +287,7 @@ class Interruptible:
         async def run() -> Any:
             self.loop, self.task = asyncio.get_running_loop(), asyncio.current_task()
             if self.signum:  # stopped before it began
+                main.close()
                 raise asyncio.CancelledError
             return await main
 
@@ -290,6 +301,8 @@ class Interruptible:
             print(self.interrupted(), file=sys.stderr, flush=True)
             os._exit(128 + signum)
         self.signum = signum
+        if not self.running:  # the main thread is still on the command line's checks: stop there
+            raise Interrupted(self.interrupted(), 128 + signum)
         if self.loop is not None and self.task is not None:
             self.loop.call_soon_threadsafe(self.task.cancel)
         load = sys.modules.get("flows.load")  # not imported yet: no load has started, none to stop
@@ -339,12 +352,21 @@ def _finish_prefect_output(temporary_server: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the countries flow once from the command line; returns the exit status (0, 1, 2, 130 or 143)."""
+    with Interruptible() as guard:
+        try:
+            return _main(argv, guard)
+        except Interrupted as exc:
+            print(exc, file=sys.stderr, flush=True)
+            return exc.status
+
+
+def _main(argv: list[str] | None, guard: Interruptible) -> int:
     from cyclopts import CycloptsError
     from prefect.settings import get_current_settings
 
-    from flows.ops import local
     from flows.countries import countries_flow
     from flows.errors import ConfigurationError, CountriesError
+    from flows.ops import local
     from flows.parameters import check_parameters
 
     try:
@@ -364,16 +386,12 @@ def main(argv: list[str] | None = None) -> int:
 
     _quiet_prefect_on_the_console()
     temporary_server = not get_current_settings().api.url and not local.prefect_server_enabled()
-    with Interruptible() as run:
-        try:
-            summary = run.run(_run(given, params, data_dir))
-        except (Interrupted, CountriesError) as exc:
-            summary = exc
-        finally:
-            _finish_prefect_output(temporary_server)  # before the last line
-    if isinstance(summary, Interrupted):
-        print(summary, file=sys.stderr, flush=True)
-        return summary.status
+    try:
+        summary = guard.run(_run(given, params, data_dir))
+    except CountriesError as exc:
+        summary = exc
+    finally:
+        _finish_prefect_output(temporary_server)  # before the last line
     if isinstance(summary, CountriesError):
         return _fail(summary.for_audience("cli"), EXIT_FAILED)
     if summary.preview is not None:
