@@ -33,6 +33,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import typing
 from pathlib import Path
 from typing import Annotated, Any
@@ -262,6 +263,7 @@ class Interruptible:
         self.task: asyncio.Task | None = None
 
     def __enter__(self) -> Interruptible:
+        self.began = time.monotonic()  # loads committed from here on are this run's
         self.handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         return self
 
@@ -306,7 +308,7 @@ class Interruptible:
         if self.loop is not None and self.task is not None:
             self.loop.call_soon_threadsafe(self.task.cancel)
         load = sys.modules.get("flows.load")  # not imported yet: no load has started, none to stop
-        self.committed = load.interrupt_loads(timeout=10.0) if load else []
+        self.committed = load.interrupt_loads(timeout=10.0, since=self.began) if load else []
 
     def interrupted(self) -> str:
         """One line: what the interrupted run left behind."""

@@ -1629,6 +1629,7 @@ def test_a_load_waits_for_another_load_of_the_table_only_so_long_then_says_table
 
 def test_an_interrupt_while_a_load_waits_for_a_lock_rolls_it_back(engine, pg, database_url):
     replace_table(engine, countries(5), "countries")
+    began = time.monotonic()  # the load above committed before: not this interrupt's business
     with contextlib.closing(dbapi_connect(pg, database_url, "user")) as user, user.cursor() as cur:
         cur.execute("BEGIN")
         cur.execute("LOCK TABLE countries IN EXCLUSIVE MODE")  # the load waits for its write lock
@@ -1639,13 +1640,13 @@ def test_an_interrupt_while_a_load_waits_for_a_lock_rolls_it_back(engine, pg, da
             return cur.fetchone()[0] > 0
 
         wait_until(waiting, "the load to wait for its lock")
-        committed = interrupt_loads(timeout=10)
+        committed = interrupt_loads(timeout=10, since=began)
         with pytest.raises(LoadInterruptedError, match="^interrupted: the table was not changed"):
             load.result()
         cur.execute("ROLLBACK")
     assert committed == []
     assert same_rows(engine, countries(5))
-    assert interrupt_loads(timeout=1) == []  # nothing left running
+    assert interrupt_loads(timeout=1, since=began) == []  # nothing left running, nothing committed since
 
 
 # --- issue 16 §7: messages that name the real cause, and mask the password only as a credential ---

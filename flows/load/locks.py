@@ -182,17 +182,20 @@ class Running:
 
 
 _running: set[Running] = set()
+_committed: list[tuple[float, Any]] = []  # (time.monotonic() of the commit, result): for interrupt_loads
 _guard = threading.Lock()
 
 
-def interrupt_loads(timeout: float = 10.0) -> list:
-    """Stop every load in progress in this process; return those that had already committed.
+def interrupt_loads(timeout: float = 10.0, since: float = 0.0) -> list:
+    """Stop every load in progress in this process; return every load this process committed.
 
     A load that has not started its commit is interrupted: its running statement is
     cancelled (``connection.cancel()``, thread-safe), it rolls back and raises
     ``LoadInterruptedError``. A load already committing finishes. Waits at most
-    ``timeout`` seconds in all for them to end, then returns the results of those
-    that committed (the caller reports them). For a SIGINT/SIGTERM handler.
+    ``timeout`` seconds in all for them to end, then returns the results of the loads
+    this process committed at or after ``since`` (``time.monotonic()``), those that
+    finished before the signal included: a run interrupted after its load, while it
+    reports, changed the table, and the caller says so. For a SIGINT/SIGTERM handler.
     """
     with _guard:
         running = list(_running)
@@ -203,7 +206,8 @@ def interrupt_loads(timeout: float = 10.0) -> list:
     deadline = time.monotonic() + timeout
     for load in running:
         load.done.wait(max(0.0, deadline - time.monotonic()))
-    return [load.result for load in running if load.result is not None]
+    with _guard:
+        return [result for moment, result in _committed if moment >= since]
 
 
 @contextlib.contextmanager
@@ -228,3 +232,5 @@ def commit(load: Running, result: Any, interrupted: Callable[[], Exception]) -> 
         load.committing = True
     load.connection.commit()
     load.result = result
+    with _guard:
+        _committed.append((time.monotonic(), result))
