@@ -10,7 +10,6 @@ command line).
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 import unicodedata
 from collections.abc import Sequence
@@ -83,6 +82,10 @@ def check_parameters(
 ) -> dict[str, Any]:
     """Check the flow's parameters without touching the network; return them normalised.
 
+    The ranges and choices (``min_row_fraction``, ``cache_minutes``, ``strategy``, ``api``) are the flow
+    signature's, which Prefect and the command line validate before this runs; this checks what a type
+    cannot say: region names, the table name, the block name, the base URL.
+
     Returns the same keys with: ``regions`` as the distinct names to fetch
     (``"all"`` expanded, regions in their canonical case), ``table`` derived from
     the regions when empty (see :func:`default_table`), ``base_url`` stripped
@@ -99,24 +102,6 @@ def check_parameters(
     restcountries.get_dialect(api)
     if not isinstance(db_block, str) or not db_block.strip():
         raise ConfigurationError(f"{setting('db_block')} is empty: name a SqlAlchemyConnector block, e.g. countries-db")
-    if isinstance(min_row_fraction, bool) or not (
-        isinstance(min_row_fraction, int | float) and 0 <= min_row_fraction <= 1
-    ):
-        raise ConfigurationError(
-            f"{setting('min_row_fraction')} must be between 0 and 1 (a fraction of the current table's rows), "
-            f"got {min_row_fraction!r}"
-        )
-    if isinstance(cache_minutes, bool) or not (
-        isinstance(cache_minutes, int | float) and 0 <= cache_minutes < math.inf
-    ):
-        raise ConfigurationError(
-            f"{setting('cache_minutes')} must be 0 (always fetch) or a positive number of minutes, "
-            f"got {cache_minutes!r}"
-        )
-    if strategy not in tables.STRATEGIES:
-        raise ConfigurationError(
-            f"{setting('strategy')} must be one of {', '.join(tables.STRATEGIES)}, got {strategy!r}"
-        )
     return {
         "regions": names,
         "table": table_name,

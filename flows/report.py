@@ -16,14 +16,9 @@ import hashlib
 import re
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
-class ChangeSummary(Protocol):
-    """What ``flows.load.changes`` reports about a load (the parts the report uses)."""
-
-    def phrase(self) -> str: ...
-
-    def markdown(self) -> str: ...
+from flows.load.changes import ChangeSummary
 
 
 @dataclass(frozen=True)
@@ -67,7 +62,7 @@ def artifact_key(table: str) -> str:
     end) also gets a hash of the exact name, so two tables never share a key.
     """
     from flows.errors import InvalidTableNameError
-    from flows.load.database import parse_table_name
+    from flows.load import parse_table_name
 
     try:
         name = parse_table_name(table)
