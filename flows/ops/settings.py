@@ -297,30 +297,6 @@ def _clean(url: str | None) -> str | None:
     return url or None
 
 
-def run_job_variables() -> Mapping[str, Any]:
-    """The job variables of the flow run in progress (``prefect.runtime.flow_run.job_variables``), or ``{}``.
-
-    For a deployment run these are the variables the run was started with,
-    which anyone allowed to start a custom run can set.
-    """
-    from prefect.runtime import flow_run
-
-    found = flow_run.job_variables
-    return found if isinstance(found, Mapping) else {}
-
-
-def env_overridden_by_run(name: str, job_variables: Mapping[str, Any] | None = None) -> bool:
-    """Whether the run's own job variables (``env``) set the environment variable ``name``.
-
-    ``job_variables`` defaults to :func:`run_job_variables`. A worker puts a
-    run's ``env`` job variables into the flow's process environment, so such a
-    value comes from whoever started the run, not from the worker's operator.
-    """
-    variables = run_job_variables() if job_variables is None else job_variables
-    env = variables.get("env") if isinstance(variables, Mapping) else None
-    return isinstance(env, Mapping) and name in env
-
-
 def trusted_base_urls(saved: CountriesSettings, job_variables: Mapping[str, Any] | None = None) -> list[str]:
     """The API base URLs the operator trusts with the key, without duplicates.
 
@@ -329,11 +305,18 @@ def trusted_base_urls(saved: CountriesSettings, job_variables: Mapping[str, Any]
     ``python blocks/create_blocks.py --base-url URL``). A run's own ``base_url``
     parameter is not trusted by being set: anyone who can start a custom run
     can edit it. Nor is ``$RESTCOUNTRIES_BASE_URL`` when the run's own job
-    variables set it (``job_variables``, default the running flow run's: see
-    :func:`env_overridden_by_run`), for the same reason.
+    variables set it (``job_variables``, default the running flow run's,
+    ``prefect.runtime.flow_run.job_variables``): a worker puts a run's ``env``
+    job variables into the flow's process environment, so such a value comes
+    from whoever started the run, not from the worker's operator.
     """
-    from_env = None if env_overridden_by_run(BASE_URL_ENV, job_variables) else os.environ.get(BASE_URL_ENV)
-    urls = [_clean(from_env), _clean(saved.base_url)]
+    if job_variables is None:
+        from prefect.runtime import flow_run
+
+        job_variables = flow_run.job_variables
+    env = job_variables.get("env") if isinstance(job_variables, Mapping) else None
+    overridden = isinstance(env, Mapping) and BASE_URL_ENV in env
+    urls = [None if overridden else _clean(os.environ.get(BASE_URL_ENV)), _clean(saved.base_url)]
     return list(dict.fromkeys(u for u in urls if u))
 
 
