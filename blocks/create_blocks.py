@@ -39,7 +39,7 @@ import os
 import sys
 from datetime import timedelta
 
-from flows import budget
+from flows.source import budget
 from flows.errors import ConfigurationError, CountriesError, setting
 from flows.ops import automations, settings
 

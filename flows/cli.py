@@ -1,181 +1,107 @@
 """The command line of the countries flow: ``countries`` (installed) or ``python flows/countries.py``.
 
-Every option but ``--local-db-dir`` is a parameter of ``countries_flow``, and
-the command line is derived from the flow itself: from the parameter schema
-Prefect builds out of its signature and docstring (the same schema the Prefect
-UI and deployments show), so names, help, choices, defaults and ranges are
-written once, in ``flows/countries.py``. ``--regions`` takes several values
-after one flag (``--regions "Northern Europe" Africa``).
+The command is derived by cyclopts from ``countries_flow``'s signature: one
+option per parameter (``min_row_fraction`` -> ``--min-row-fraction``), its help
+from the docstring, choices from ``Literal``, ranges from ``Field``, so the flow
+is the one definition of its parameters. ``--regions`` takes several values
+after one flag; ``--local-db-dir`` is the only option of the command's own.
 
 A run goes in this order, so that a mistake costs no server start and no request:
 
-1. usage and parameter checks that need no network (types, the signature's
-   ranges, ``check_parameters``: region names, table name, base URL, ...);
+1. usage and parameter checks that need no network (the signature's types and
+   ranges, then ``check_parameters``: regions, table name, base URL, ...);
 2. the Prefect API: ``PREFECT_API_URL`` when set, else the local Prefect server
-   (started on first use, reused later; see ``flows/ops/local.py``), else (with
+   (started on first use, reused later; see ``flows/local.py``), else (with
    ``COUNTRIES_LOCAL_PREFECT_SERVER=0``) Prefect's temporary server;
 3. the API key for v5 (``RESTCOUNTRIES_API_KEY`` or the Secret block);
 4. the database block: an explicitly named block must exist; the default one
    is served by the embedded PostgreSQL when it does not exist yet;
 5. the flow run; then the table and, last, the one-line summary.
 
-Each failure is one ``error:`` line on stderr. Exit status: 0 success, 1 the
-run failed or could not start, 2 bad usage (options or parameter values).
+Each failure is one ``error:`` line on stderr. Ctrl-C (SIGINT) or SIGTERM stops
+the run (Prefect marks it Crashed), rolls back a load that has not committed,
+and prints one ``interrupted…`` line. Exit status: 0 success, 1 the run failed
+or could not start, 2 bad usage, 130 (SIGINT) or 143 (SIGTERM) interrupted.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
+import inspect
 import logging
 import os
-import re
+import signal
 import sys
+import threading
 import typing
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
-class UsageError(Exception):
-    """The command line or a parameter value is wrong (exit status 2)."""
+def build_app(flow: Any) -> Any:
+    """The ``cyclopts.App`` of ``flow`` (``countries_flow``): the flow's parameters as keyword options,
+    plus ``--local-db-dir``. Calling it with the arguments returns the options given (those not given are not
+    passed, so the flow's own defaults apply), or ``None`` after ``--help``; bad usage raises ``CycloptsError``."""
+    import cyclopts
 
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, with each usage error as one ``error:`` line (no usage block) and exit status 2."""
-
-    def error(self, message: str) -> typing.NoReturn:
-        self.exit(EXIT_USAGE, f"error: {message}; see {self.prog} --help\n")
-
-
-# --- the parser, derived from the flow ----------------------------------------------------
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _range(spec: Mapping[str, Any]) -> str:
-    low = spec.get("minimum", spec.get("exclusiveMinimum"))
-    high = spec.get("maximum", spec.get("exclusiveMaximum"))
-    if low is not None and high is not None:
-        return f"range {low:g} to {high:g}"
-    if low is not None:
-        return f"at least {low:g}" if "minimum" in spec else f"more than {low:g}"
-    if high is not None:
-        return f"at most {high:g}" if "maximum" in spec else f"less than {high:g}"
-    return ""
-
-
-def _shown_default(value: Any) -> str:
-    if isinstance(value, list):
-        return " ".join(f'"{v}"' if " " in str(v) else str(v) for v in value)
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def _schema_type(spec: Mapping[str, Any]) -> str | None:
-    if "type" in spec:
-        return spec["type"]
-    types = [s.get("type") for s in spec.get("anyOf", ()) if s.get("type") != "null"]
-    return types[0] if len(types) == 1 else None
-
-
-_CONVERTERS = {"number": float, "integer": int, "string": str}
-
-
-def build_parser(flow: Any = None, prog: str | None = None) -> argparse.ArgumentParser:
-    """The command line of ``flow`` (default: ``countries_flow``), one option per parameter, plus ``--local-db-dir``.
-
-    Options are named after the parameters (``min_row_fraction`` ->
-    ``--min-row-fraction``); help, choices, defaults and ranges come from the
-    flow's parameter schema. An option that is not given is not passed, so the
-    flow's own default applies. ``prog`` defaults to the program's name
-    (``countries`` or ``countries.py``).
-    """
     from flows.ops import local
 
-    if flow is None:
-        from flows.countries import countries_flow as flow
-    summary = (flow.description or "").partition("\n")[0]
-    parser = _Parser(
-        prog=prog,
-        description=(
-            f"{summary.strip()} Runs the flow '{flow.name}' once; prints the table when it changed, "
-            "then a one-line summary."
-        ),
-        epilog=(
-            "Prefect: PREFECT_API_URL when set; otherwise a local Prefect server on 127.0.0.1, started on the "
-            "first run and reused (COUNTRIES_LOCAL_PREFECT_SERVER=0: Prefect's temporary server instead). "
-            "Database: the block --db-block; the default block, when it does not exist yet, is served by an "
-            "embedded PostgreSQL. `python -m flows.ops.local status|stop|url|psql` manages both local servers. "
-            "Exit status: 0 success, 1 the run failed, 2 bad usage."
-        ),
-    )
-    schema = flow.parameters.model_dump()["properties"]
-    for name, spec in sorted(schema.items(), key=lambda item: item[1].get("position", 0)):
-        kind = _schema_type(spec)
-        notes = [n for n in (_range(spec),) if n]
-        default = spec.get("default")
-        if not (default is None or default is False or default in ("", [])):
-            notes.append(f"default: {_shown_default(default)}")
-        text = " ".join([spec.get("description", "").strip(), f"({'; '.join(notes)})" if notes else ""]).strip()
-        for other in schema:  # the docstring names other parameters the flow's way: min_row_fraction
-            if "_" in other:
-                text = re.sub(rf"\b{other}\b", _flag(other), text)
-        kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": text.replace("%", "%%")}
-        if kind == "boolean":
-            kwargs["action"] = "store_true" if default is False else argparse.BooleanOptionalAction
-        elif kind == "array":
-            item = _schema_type(spec.get("items", {})) or "string"
-            kwargs.update(nargs="+", type=_CONVERTERS.get(item, str), metavar=name.removesuffix("s").upper())
-        else:
-            kwargs.update(type=_CONVERTERS.get(kind, str), metavar=name.rsplit("_", 1)[-1].upper())
-            if "enum" in spec:
-                kwargs.update(choices=spec["enum"], metavar=None)
-        parser.add_argument(_flag(name), **kwargs)
-    parser.add_argument(
-        "--local-db-dir",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="data directory of the embedded PostgreSQL that serves the default database block when that "
-        f"block does not exist or already points there (default: {local.default_data_dir()}); an error when "
-        "the run uses another database",
-    )
-    return parser
-
-
-def check_types(flow: Any, given: Mapping[str, Any]) -> None:
-    """Check ``given`` parameter values against the flow signature's types and constraints (ranges).
-
-    Raises ``UsageError`` naming the option, the value and the rule, e.g.
-    ``--min-row-fraction 5: input should be less than or equal to 1``.
-    """
-    from pydantic import TypeAdapter, ValidationError
-
     hints = typing.get_type_hints(flow.fn, include_extras=True)
-    for name, value in given.items():
-        try:
-            TypeAdapter(hints[name]).validate_python(value)
-        except ValidationError as exc:
-            message = exc.errors()[0]["msg"]
-            shown = _shown_default(value)
-            raise UsageError(f"{_flag(name)} {shown}: {message[:1].lower()}{message[1:]}") from None
+    options = [p.replace(kind=p.KEYWORD_ONLY, annotation=hints[p.name]) for p in _parameters(flow)]
+    local_db_dir = cyclopts.Parameter(
+        help="Data directory of the embedded PostgreSQL that serves the default database block when that block "
+        f"does not exist or already points there (default: {local.default_data_dir()}); an error when the run "
+        "uses another database."
+    )
+    options.append(inspect.Parameter("local_db_dir", inspect.Parameter.KEYWORD_ONLY, default=None,
+                                     annotation=Annotated[Path | None, local_db_dir]))  # fmt: skip
+
+    def command(**given: Any) -> dict[str, Any]:
+        return given
+
+    command.__signature__ = inspect.Signature(options)  # the flow's signature, keyword-only (PEP 362)
+    command.__doc__ = flow.fn.__doc__
+    app = cyclopts.App(
+        name=Path(sys.argv[0]).name,
+        help_flags=["--help", "-h"],
+        version_flags=[],
+        result_action="return_value",
+        default_parameter=cyclopts.Parameter(consume_multiple=True, negative=()),
+        help_epilogue=(
+            f"Runs the flow '{flow.name}' once; prints the table when it changed, then a one-line summary. "
+            "Prefect: PREFECT_API_URL when set; otherwise a local Prefect server on 127.0.0.1, started on the first "
+            "run and reused (COUNTRIES_LOCAL_PREFECT_SERVER=0: Prefect's temporary server instead). Database: the "
+            "block --db-block; the default block, when it does not exist yet, is served by an embedded PostgreSQL. "
+            "`python -m flows.ops.local status|stop|url|psql` manages both local servers. "
+            "Exit status: 0 success, 1 the run failed, 2 bad usage, 130 or 143 interrupted (SIGINT, SIGTERM)."
+        ),
+    )
+    app.default(command)
+    return app
 
 
-# --- the Prefect API ------------------------------------------------------------------------
+def _parameters(flow: Any) -> list[inspect.Parameter]:
+    return list(inspect.signature(flow.fn).parameters.values())
+
+
+def usage_error(exc: Exception) -> str:
+    """A cyclopts usage error as one line: ``--cache-minutes inf: input should be a finite number``."""
+    from pydantic import ValidationError
+
+    tokens = exc.argument.tokens if getattr(exc, "argument", None) else []
+    if isinstance(exc.__cause__, ValidationError) and tokens:  # a range or type of the signature
+        message = exc.__cause__.errors()[0]["msg"]
+        return f"{tokens[0].keyword} {tokens[0].value}: {message[:1].lower()}{message[1:]}"
+    return " ".join(str(exc).split()).rstrip(".")
+
+
+# --- steps 2 to 4: the Prefect API, the key, the database ----------------------------------
 
 
 def connect_prefect() -> str | None:
-    """Point this process at a Prefect API; returns the line that says where its UI is, if it has one.
-
-    ``PREFECT_API_URL`` (environment or Prefect profile) wins; otherwise the
-    local Prefect server is started or reused, unless turned off with
-    ``COUNTRIES_LOCAL_PREFECT_SERVER=0`` (then Prefect's temporary server is used,
-    which has no UI).
-    """
+    """Point this process at a Prefect API (step 2); returns the line that says where its UI is, if it has one."""
     from prefect.context import refresh_global_settings_context
     from prefect.settings import get_current_settings
 
@@ -185,7 +111,7 @@ def connect_prefect() -> str | None:
     if settings.api.url:
         return f"Prefect UI: {settings.ui_url}" if settings.ui_url else None
     if not local.prefect_server_enabled():
-        return None
+        return None  # Prefect's temporary server, which has no UI
     server = local.prefect_server_status()
     if server is None:
         print(f"starting a local Prefect server for {settings.home} (once; later runs reuse it) ...", flush=True)
@@ -195,56 +121,40 @@ def connect_prefect() -> str | None:
     return f"Prefect UI: {server.ui_url} (local Prefect server; `python -m flows.ops.local stop` stops it)"
 
 
-# --- the database -----------------------------------------------------------------------------
-
-
-async def _block_socket(client: Any, name: str) -> tuple[bool, str | None]:
-    """(whether the SqlAlchemyConnector block ``name`` exists, the unix-socket directory it points at)."""
-    from prefect.exceptions import ObjectNotFound
-
-    from flows.ops.settings import DB_BLOCK_TYPE
-
-    try:
-        document = await client.read_block_document_by_name(name, block_type_slug=DB_BLOCK_TYPE, include_secrets=False)
-    except ObjectNotFound:
-        return False, None
-    info = document.data.get("connection_info")
-    query = info.get("query") if isinstance(info, dict) else None
-    return True, (query or {}).get("host")
-
-
 async def prepare_database(db_block: str, data_dir: Path | None) -> str | None:
-    """Make sure the database block ``db_block`` can be used; returns a note to print, if any.
+    """Make sure the database block ``db_block`` can be used (step 4); returns a note to print, if any.
 
-    - Any name but the default (``countries-db``) must name an existing
-      SqlAlchemyConnector block; otherwise ``ConfigurationError`` lists the ones
-      that exist.
-    - The default block, when it does not exist, is created for the embedded
-      PostgreSQL (started in ``data_dir``, default ``.local/postgres``); when it
-      points at that embedded PostgreSQL, the server is started if needed. The
-      note then gives the psql connection string.
+    A name but the default must name an existing SqlAlchemyConnector block (else ``ConfigurationError``
+    listing those that exist). The default block, when it does not exist or points at the embedded
+    PostgreSQL in ``data_dir``, is served by that server (started if needed); the note gives its psql URL.
     """
     from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
 
     from flows.ops import local
     from flows.errors import ConfigurationError
-    from flows.ops.settings import DEFAULT_DB_BLOCK, connection_from_url, no_db_block_error, save_db_block
+    from flows.ops.settings import DB_BLOCK_TYPE, DEFAULT_DB_BLOCK, connection_from_url, no_db_block_error, save_db_block
 
+    socket_dir = None
     async with get_client() as client:
-        exists, socket_dir = await _block_socket(client, db_block)
-        if db_block != DEFAULT_DB_BLOCK and not exists:
-            raise await no_db_block_error(db_block, client)
-    elsewhere = db_block != DEFAULT_DB_BLOCK or (exists and not local.owns_socket(socket_dir, data_dir))
-    if data_dir is not None and elsewhere:
-        raise ConfigurationError(
-            f"--local-db-dir {data_dir} is not used: the database block '{db_block}' points at another database; "
-            "run without --local-db-dir, or give the default block's embedded PostgreSQL that directory by "
-            f"removing the block (`prefect block delete sqlalchemy-connector/{DEFAULT_DB_BLOCK}`) first"
-        )
-    if db_block != DEFAULT_DB_BLOCK:
+        try:
+            document = await client.read_block_document_by_name(db_block, DB_BLOCK_TYPE, include_secrets=False)
+            exists, info = True, document.data.get("connection_info")
+            socket_dir = ((info.get("query") if isinstance(info, dict) else None) or {}).get("host")
+        except ObjectNotFound:
+            exists = False
+            if db_block != DEFAULT_DB_BLOCK:
+                raise await no_db_block_error(db_block, client) from None
+    embedded = db_block == DEFAULT_DB_BLOCK and not (exists and not local.owns_socket(socket_dir, data_dir))
+    if not embedded:
+        if data_dir is not None:
+            raise ConfigurationError(
+                f"--local-db-dir {data_dir} is not used: the database block '{db_block}' points at another "
+                "database; run without --local-db-dir, or give the default block's embedded PostgreSQL that "
+                f"directory by removing the block (`prefect block delete sqlalchemy-connector/{DEFAULT_DB_BLOCK}`) "
+                "first"
+            )
         return None
-    if exists and not local.owns_socket(socket_dir, data_dir):
-        return None  # the default block points at a real database
     db = local.database_status(data_dir)
     if db is None or db.socket_dir != socket_dir:
         db = local.ensure_database(data_dir)
@@ -253,7 +163,7 @@ async def prepare_database(db_block: str, data_dir: Path | None) -> str | None:
     return f'embedded PostgreSQL (data in {db.data_dir}); see the table with: psql "{db.psql_url}"'
 
 
-def _no_api_key(api: str):
+def _no_api_key(api: str) -> Exception:
     from flows.errors import ConfigurationError, setting
     from flows.ops.settings import API_KEY_BLOCK, API_KEY_ENV
 
@@ -267,15 +177,13 @@ def _no_api_key(api: str):
 def check_api_key_before_starting(api: str) -> None:
     """What can be said of the API key before any server starts, so that a first run fails at once.
 
-    Raises what ``flows.api.check_key`` raises for the key in the environment
-    (the public demo key, a key no header can carry); and the
-    missing-key ``ConfigurationError`` when ``api`` needs a key, the environment
-    has none, no Prefect API is configured and the local Prefect server's
-    database does not exist yet (so no Secret block can hold one).
+    Raises what ``flows.source.check_key`` raises for the key in the environment (the demo key, a key no
+    header can carry), and the missing-key ``ConfigurationError`` when ``api`` needs a key, the environment
+    has none and no Prefect database exists yet that could hold the Secret block.
     """
     from prefect.settings import get_current_settings
 
-    from flows.api import check_key, get_dialect
+    from flows.source import check_key, get_dialect
     from flows.ops.settings import API_KEY_ENV
 
     if not get_dialect(api).requires_key:
@@ -286,22 +194,20 @@ def check_api_key_before_starting(api: str) -> None:
     current = get_current_settings()
     url = current.server.database.connection_url
     url = url.get_secret_value() if url is not None else ""
-    if key or current.api.url or not url.startswith("sqlite"):
-        return
-    if not Path(url.split(":///", 1)[-1]).exists():
+    if not (key or current.api.url) and url.startswith("sqlite") and not Path(url.split(":///", 1)[-1]).exists():
         raise _no_api_key(api)
 
 
 async def check_api_key(api: str) -> None:
-    """Raise ``ConfigurationError`` when ``api`` needs a key and neither the environment nor the Secret block has it."""
-    from flows.api import get_dialect
+    """Step 3: ``ConfigurationError`` when ``api`` needs a key and neither the environment nor the block has one."""
+    from flows.source import get_dialect
     from flows.ops.settings import load_api_key
 
     if get_dialect(api).requires_key and await load_api_key() is None:
         raise _no_api_key(api)
 
 
-# --- running ----------------------------------------------------------------------------------
+# --- step 5: the run ------------------------------------------------------------------------
 
 
 async def _run(given: dict[str, Any], params: dict[str, Any], data_dir: Path | None) -> Any:
@@ -311,7 +217,6 @@ async def _run(given: dict[str, Any], params: dict[str, Any], data_dir: Path | N
     from flows.countries import run_flow
     from flows.ops.settings import prefect_api_unreachable
 
-    check_api_key_before_starting(params["api"])
     ui = connect_prefect()
     try:
         await check_api_key(params["api"])
@@ -325,21 +230,89 @@ async def _run(given: dict[str, Any], params: dict[str, Any], data_dir: Path | N
     return await run_flow(**given)
 
 
-class _RunErrorsStayInTheRunLogs(logging.Filter):
-    """Drops the error records of flow and task runs (a failure and its traceback, each "Failed" state).
+class Interrupted(Exception):
+    """The run was stopped by SIGINT or SIGTERM; ``str()`` is the one line to print, ``status`` the exit status."""
 
-    On the console a failed run is the command's one ``error:`` line; the
-    records stay in the run's logs in the Prefect UI (another handler). An
-    unexpected failure still ends in Python's traceback.
+    def __init__(self, line: str, status: int):
+        super().__init__(line)
+        self.status = status
+
+
+class Interruptible:
+    """Runs a coroutine on a thread of its own, so that the main thread, where Python runs signal handlers,
+    can stop it cleanly: with the run on the main thread, Ctrl-C printed up to 136 lines of traceback,
+    Prefect's SIGTERM handler raised in the middle of the event loop, and a load went on and committed.
+
+    Inside ``with``, SIGINT or SIGTERM cancels the run's task (Prefect marks the flow run Crashed) and
+    interrupts the loads in progress; a second signal ends the process at once.
     """
+
+    def __init__(self) -> None:
+        self.signum, self.committed, self.outcome = 0, [], (None, None)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.task: asyncio.Task | None = None
+
+    def __enter__(self) -> Interruptible:
+        self.handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for signum, handler in self.handlers.items():
+            signal.signal(signum, handler)
+
+    def run(self, main: typing.Coroutine[Any, Any, Any]) -> Any:
+        """``main``'s result (also when a signal came after it ended); raises ``Interrupted`` when a signal
+        stopped it, else what it raised."""
+        thread = threading.Thread(target=self._thread, args=(main,), name="countries-run", daemon=True)
+        thread.start()
+        thread.join()  # the signal handler runs while this waits
+        result, error = self.outcome
+        if error is None:
+            return result
+        if self.signum:
+            raise Interrupted(self.interrupted(), 128 + self.signum)
+        raise error
+
+    def _thread(self, main: typing.Coroutine[Any, Any, Any]) -> None:
+        async def run() -> Any:
+            self.loop, self.task = asyncio.get_running_loop(), asyncio.current_task()
+            if self.signum:  # stopped before it began
+                raise asyncio.CancelledError
+            return await main
+
+        try:
+            self.outcome = (asyncio.run(run()), None)
+        except BaseException as exc:  # noqa: BLE001 -- handed over to the main thread, which raises it
+            self.outcome = (None, exc)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.signum:
+            print(self.interrupted(), file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+        self.signum = signum
+        if self.loop is not None and self.task is not None:
+            self.loop.call_soon_threadsafe(self.task.cancel)
+        load = sys.modules.get("flows.load")  # not imported yet: no load has started, none to stop
+        self.committed = load.interrupt_loads(timeout=10.0) if load else []
+
+    def interrupted(self) -> str:
+        """One line: what the interrupted run left behind."""
+        if not self.committed:
+            return "interrupted: the table was not changed"
+        loads = "; ".join(f"{r.table}: {r.deleted} rows deleted, {r.inserted} inserted" for r in self.committed)
+        return f"interrupted after the load: {loads}"
+
+
+class _RunErrorsStayInTheRunLogs(logging.Filter):
+    """Drops the error records of flow and task runs from the console: there a failed run is the command's
+    one ``error:`` line; the records stay in the run's logs in the Prefect UI (another handler)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.levelno < logging.ERROR or not record.name.startswith(("prefect.flow_runs", "prefect.task_runs"))
 
 
 def _quiet_prefect_on_the_console() -> None:
-    """Run errors go to the run's logs only (see above); Prefect's senders of logs and events do not note their
-    progress ("Still processing items ...") while the command finishes."""
+    """Run errors only in the run's logs (above); Prefect's log and event senders do not note their progress."""
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker, PrefectConsoleHandler
 
@@ -350,71 +323,63 @@ def _quiet_prefect_on_the_console() -> None:
         logging.getLogger(worker.__name__).setLevel(logging.ERROR)
 
 
-def _uses_temporary_server() -> bool:
-    """Whether this run is on Prefect's default path: a temporary server (no PREFECT_API_URL, no local server)."""
-    from prefect.settings import get_current_settings
-
-    from flows.ops import local
-
-    return not get_current_settings().api.url and not local.prefect_server_enabled()
-
-
 def _finish_prefect_output(temporary_server: bool) -> None:
-    """Let Prefect finish what it prints before the last line: send queued logs and events, stop a temporary server.
-
-    Without this, Prefect's exit handlers could print after the summary
-    ("Stopping temporary server ...", a note about events still being sent).
-    """
+    """Send queued logs and events and stop Prefect's temporary server now, so that Prefect's exit handlers
+    print nothing after the last line ("Stopping temporary server ...")."""
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
 
     APILogWorker.drain_all(timeout=10)
     EventsWorker.drain_all(timeout=10)
     if temporary_server:
-        from prefect.server.api.server import SubprocessASGIServer
+        from prefect.server.api.server import SubprocessASGIServer  # seconds to import: only when needed
 
         SubprocessASGIServer().stop()  # the one Prefect's client started; nothing when none was
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the countries flow once from the command line; returns the exit status (0, 1 or 2)."""
+    """Run the countries flow once from the command line; returns the exit status (0, 1, 2, 130 or 143)."""
+    from cyclopts import CycloptsError
+    from prefect.settings import get_current_settings
+
+    from flows.ops import local
     from flows.countries import countries_flow
     from flows.errors import ConfigurationError, CountriesError
     from flows.parameters import check_parameters
 
-    args = vars(build_parser(countries_flow).parse_args(argv))
-    data_dir = args.pop("local_db_dir")
-    given = args  # only the options given on the command line; the flow's defaults apply to the others
     try:
-        check_types(countries_flow, given)
-        defaults = {k: v.default for k, v in _signature(countries_flow).items()}
-        params = check_parameters(**{**defaults, **given})
-    except UsageError as exc:
-        return _fail(str(exc), EXIT_USAGE)
+        given = build_app(countries_flow)(argv, exit_on_error=False, print_error=False)
+        if given is None:  # --help
+            return EXIT_OK
+        data_dir = given.pop("local_db_dir", None)
+        params = check_parameters(**{**{p.name: p.default for p in _parameters(countries_flow)}, **given})
+    except CycloptsError as exc:
+        return _fail(f"{usage_error(exc)}; see {Path(sys.argv[0]).name} --help", EXIT_USAGE)
     except ConfigurationError as exc:
         return _fail(exc.for_audience("cli"), EXIT_USAGE)
+    try:
+        check_api_key_before_starting(params["api"])
+    except CountriesError as exc:
+        return _fail(exc.for_audience("cli"), EXIT_FAILED)
 
     _quiet_prefect_on_the_console()
-    temporary_server = _uses_temporary_server()
-    failure: CountriesError | None = None
-    try:
-        summary = asyncio.run(_run(given, params, data_dir))
-    except CountriesError as exc:
-        failure = exc
-    finally:
-        _finish_prefect_output(temporary_server)
-    if failure is not None:
-        return _fail(failure.for_audience("cli"), EXIT_FAILED)
-    if summary.frame is not None:
-        print(summary.frame.to_string(), flush=True)
+    temporary_server = not get_current_settings().api.url and not local.prefect_server_enabled()
+    with Interruptible() as run:
+        try:
+            summary = run.run(_run(given, params, data_dir))
+        except (Interrupted, CountriesError) as exc:
+            summary = exc
+        finally:
+            _finish_prefect_output(temporary_server)  # before the last line
+    if isinstance(summary, Interrupted):
+        print(summary, file=sys.stderr, flush=True)
+        return summary.status
+    if isinstance(summary, CountriesError):
+        return _fail(summary.for_audience("cli"), EXIT_FAILED)
+    if summary.preview is not None:
+        print(summary.preview, flush=True)
     print(summary.one_line(), flush=True)
     return EXIT_OK
-
-
-def _signature(flow: Any) -> Mapping[str, Any]:
-    import inspect
-
-    return inspect.signature(flow.fn).parameters
 
 
 def _fail(message: str, status: int) -> int:

@@ -19,9 +19,9 @@ The story of one run of ``countries_flow``:
 7. Publish the table's report artifact and log the summary line.
 
 Steps 4 to 6 are skipped when the table's last load was made from the very
-same source (``flows.tables.source_digest``: the records, the table's columns
+same source (``flows.load.state.source_digest``: the records, the table's columns
 and the code that turns one into the other) and still stands
-(``flows.tables.already_loaded``): they would write nothing. Such a run
+(``flows.load.state.is_unchanged``: same source digest, same table content): they would write nothing. Such a run
 reports the table unchanged, and imports neither pandas nor the loader.
 
 An expected failure (any ``CountriesError``) ends the run Failed with one short
@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -48,19 +49,22 @@ from prefect.artifacts import acreate_markdown_artifact
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 from prefect.runtime import flow_run, task_run
 from prefect.states import Failed, State
+from prefect.utilities.annotations import quote
 from pydantic import Field
 
-from flows import api as restcountries
-from flows import budget, report, schema, tables
+from flows import report, schema
+from flows import source as restcountries
+from flows.load import LoadResult, TableName, resolve_table, state
+from flows.load.changes import ChangeSummary
 from flows.ops import settings
-from flows.changes import ChangeSummary
+from flows.source import budget
 from flows.errors import CountriesError, TransientApiError, UnknownRegionError
 from flows.parameters import DEFAULT_REGIONS, check_parameters, default_table
 
 if TYPE_CHECKING:  # pandas, SQLAlchemy and the loader are imported by the tasks that need them, only when they run
     import pandas as pd
 
-    from flows._postgres import Database
+    from flows.load.database import Database
 
 
 TASK_RETRY_DELAY_SECONDS = 30
@@ -108,7 +112,7 @@ class Target:
     """
 
     db: Database
-    table: tables.TableName
+    table: TableName
 
 
 async def open_target(db_block: str, table: str) -> Target:
@@ -122,32 +126,36 @@ async def open_target(db_block: str, table: str) -> Target:
     ``LoadError`` from the database.
     """
     db = await settings.db_block_database(db_block)
-    resolved = await asyncio.to_thread(tables.resolve_table, db, table)
+    resolved = await asyncio.to_thread(resolve_table, db, table)
     return Target(db=db, table=resolved)
 
 
 # --- 3. fetch --------------------------------------------------------------------------
 
 
-def retry_transient_once(task, task_run, state) -> bool:
-    """Retry a fetch after a transient failure (429, 5xx, timeout, dropped connection), at most
-    FETCH_RETRIES times, and not when the server asked to wait longer than the retry delay."""
+def retry_transient(task, task_run, state) -> bool:
+    """Retry a fetch after a transient failure (429, 5xx, timeout, dropped connection), unless the server
+    asked to wait longer than the retry delay. Prefect bounds the retries (``FETCH_RETRIES``)."""
     exc = state.data
-    if not isinstance(exc, TransientApiError) or task_run.run_count > FETCH_RETRIES:
+    if not isinstance(exc, TransientApiError):
         return False
     return exc.retry_after is None or exc.retry_after <= TASK_RETRY_DELAY_SECONDS
 
 
-def never_retry(task, task_run, state) -> bool:
-    """The retry condition of the steps that are not worth retrying (see ``quiet_failure``)."""
-    return False
+class ExpectedFailuresWithoutTraceback(logging.Filter):
+    """Drops the traceback from Prefect's "Task run failed … Retries are exhausted" record when the failure
+    is an expected one (a ``CountriesError``, whose one line says it all); unexpected errors keep theirs.
+
+    Prefect logs that record with ``exc_info`` and has no setting to leave it out; a filter on its task-run
+    logger is the public means (``logging``). Only records carrying a ``CountriesError`` are touched."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], CountriesError):
+            record.exc_info, record.exc_text = None, None
+        return True
 
 
-# Prefect logs a task's failure with a traceback once its retries are exhausted, but only
-# the final "Finished in state Failed(...)" line when its retry condition declines. Every
-# task therefore keeps one retry more than it takes and lets the condition decide, so an
-# expected failure is logged once, without a traceback; the flow re-raises unexpected ones.
-quiet_failure = {"retries": 1, "retry_condition_fn": never_retry}
+logging.getLogger("prefect.task_runs").addFilter(ExpectedFailuresWithoutTraceback())
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -174,10 +182,10 @@ def failing_with_the_cause(fn: Callable[P, R]) -> Callable[P, R | State]:
 
 @task(
     task_run_name="fetch {region}",
-    retries=FETCH_RETRIES + 1,  # see quiet_failure: the condition stops at FETCH_RETRIES
+    retries=FETCH_RETRIES,
     retry_delay_seconds=TASK_RETRY_DELAY_SECONDS,
     retry_jitter_factor=0.5,
-    retry_condition_fn=retry_transient_once,
+    retry_condition_fn=retry_transient,
     # Keyed on what determines the answer: the source (with the key's fingerprint) and the region.
     cache_policy=(INPUTS + TASK_SOURCE) - "client" - "run_budget",
     cache_expiration=timedelta(minutes=4),
@@ -194,7 +202,6 @@ async def fetch_region(
         dialect=restcountries.get_dialect(source.api),
         base_url=source.base_url,
         paths=source.paths,
-        required=source.required,
         stats=stats,
         before_request=run_budget.before_request,
     )
@@ -219,7 +226,7 @@ async def fetch_all(
     """Fetch every region concurrently over one client; every fetch runs to its end.
 
     Returns the fetches in region order. Raises, before any request, what
-    ``flows.api.check_source`` raises (no key, key withheld from that origin);
+    ``flows.source.check_source`` raises (no key, key withheld from that origin);
     then ``RegionsFailedError`` listing every region that failed (siblings are
     not cancelled, so none shows as Crashed); an unexpected error as it is.
     """
@@ -250,7 +257,7 @@ async def fetch_all(
     if unexpected:
         raise unexpected[0]
     unknown = [f for f in failures if isinstance(f, UnknownRegionError)]
-    errors = ([restcountries.unknown_regions(unknown)] if unknown else []) + [f for f in failures if f not in unknown]
+    errors = ([restcountries.unknown_regions(unknown, asked=len(regions), dialect=dialect)] if unknown else []) + [f for f in failures if f not in unknown]
     causes = _causes_once(errors)
     if len(causes) == 1:  # one cause (a bad key fails every region alike): that error, said once
         raise errors[0]
@@ -274,10 +281,13 @@ def _causes_once(errors: list[CountriesError]) -> list[str]:
 
 
 def _unnest_run_name() -> str:
-    return f"unnest {len(task_run.parameters.get('records') or ())} records"
+    records = task_run.parameters.get("records")
+    if isinstance(records, quote):  # the flow passes the records quoted (see transform_and_load)
+        records = records.unquote()
+    return f"unnest {len(records or ())} records"
 
 
-@task(task_run_name=_unnest_run_name, cache_policy=NO_CACHE, **quiet_failure)
+@task(task_run_name=_unnest_run_name, cache_policy=NO_CACHE)
 @failing_with_the_cause
 def unnest_countries(records: list[dict[str, Any]], api_name: str) -> pd.DataFrame:
     """The records as the countries frame: checked against the data contract, one row per country
@@ -291,7 +301,7 @@ def unnest_countries(records: list[dict[str, Any]], api_name: str) -> pd.DataFra
     return frame
 
 
-@task(task_run_name="quality gate", cache_policy=NO_CACHE, **quiet_failure)
+@task(task_run_name="quality gate", cache_policy=NO_CACHE)
 @failing_with_the_cause
 def quality_gate(frame: pd.DataFrame) -> pd.DataFrame:
     """The frame, with every column in its table dtype, once it has passed the quality gate."""
@@ -305,15 +315,14 @@ def quality_gate(frame: pd.DataFrame) -> pd.DataFrame:
 # --- 6. load ------------------------------------------------------------------------------
 
 
-@task(task_run_name="load {target.table}", cache_policy=NO_CACHE, **quiet_failure)
+@task(task_run_name="load {target.table}", cache_policy=NO_CACHE)
 @failing_with_the_cause
 def load_table(
-    frame: pd.DataFrame, target: Target, force: bool, min_row_fraction: float, strategy: str, source: str | None
-) -> tables.LoadResult:
-    """Replace the target table's rows with the frame (nothing written when unchanged), with what changed.
+    frame: pd.DataFrame, target: Target, force: bool, min_row_fraction: float, strategy: str
+) -> LoadResult:
+    """Make the target table's rows equal to the frame's (only the differing rows written), with what changed.
 
-    ``source`` (the digest of the records the frame was made from) is saved with the load state. The load's
-    SQLAlchemy engine is made here and disposed of when it is done."""
+    The load's SQLAlchemy engine is made here and disposed of when it is done."""
     from flows import load
 
     engine = target.db.engine()
@@ -327,17 +336,17 @@ def load_table(
             min_row_fraction=min_row_fraction,
             changes=schema.CHANGES,
             strategy=strategy,
-            source_digest=source,
         )
     finally:
         engine.dispose()
     logger = get_run_logger()
     if result.changed:
-        logger.info("loaded %s: %d rows written (%s)", result.table, result.rows_written, result.changes.phrase())
+        logger.info("wrote %s: %d rows deleted, %d inserted (%s)", result.table, result.deleted, result.inserted,
+                    result.changes.phrase())  # fmt: skip
         for line in result.changes.log_lines():
             logger.info(line)
     else:
-        logger.info("%s unchanged: %d rows already up to date, nothing written", result.table, result.rows)
+        logger.info("%s already equal to the source: %d rows, nothing written", result.table, result.rows)
     return result
 
 
@@ -425,43 +434,58 @@ async def countries_flow(
         result, frame = await transform_and_load(records, dialect.name, target, p, steps)
     except CountriesError as exc:
         seconds = time.perf_counter() - started
-        await acreate_markdown_artifact(
-            key=report.artifact_key(str(target.table) if target else given_table),  # resolved once known
-            markdown=report.failure_markdown(given_table, str(exc), seconds),
-            description=f"failed: {exc}",
-        )
+        try:
+            await acreate_markdown_artifact(
+                key=report.artifact_key(str(target.table) if target else given_table),  # resolved once known
+                markdown=report.failure_markdown(given_table, str(exc), seconds),
+                description=f"failed: {exc}",
+            )
+        except Exception as publish_error:  # noqa: BLE001 - the run fails with its own cause, not this one
+            get_run_logger().warning("the failure report artifact was not published: %s", publish_error)
         return Failed(message=str(exc), data=exc)
 
-    # 7. Report.
+    # 7. Report. The table is written: nothing from here on may fail the run.
     summary = report.RunSummary(
         table=result.table,
         database=target.db.description,
         rows=result.rows,
-        rows_written=result.rows_written,
+        rows_written=result.deleted + result.inserted,
         previous_rows=result.previous_rows,
         changed=result.changed,
         countries=schema.count_distinct(records, schema.KEY, dialect.name),
         currencies=schema.count_distinct(records, schema.column("currency_name"), dialect.name),
-        fetches=fetches,
+        fetches=[f.figures() for f in fetches],
         started=started_at,
         seconds=time.perf_counter() - started,
         changes=result.changes,
         step_seconds=steps,
-        frame=frame,
+        preview=None if frame is None else frame.to_string(max_rows=60, min_rows=10),
     )
-    await acreate_markdown_artifact(
-        key=report.artifact_key(result.table), markdown=summary.markdown(), description=summary.one_line()
-    )
-    get_run_logger().info(summary.one_line())
+    await publish_report(summary)
     return summary
+
+
+async def publish_report(summary: report.RunSummary) -> None:
+    """Log the summary line and publish the table's report artifact, after the table was written.
+
+    A failure here (the Prefect API gone, an artifact refused) is logged as a warning and never turns a
+    loaded table into a failed run: the table and the summary are already right."""
+    logger = get_run_logger()
+    logger.info(summary.one_line())
+    try:
+        await acreate_markdown_artifact(
+            key=report.artifact_key(summary.table), markdown=summary.markdown(), description=summary.one_line()
+        )
+    except Exception as exc:  # noqa: BLE001 - anything: the run's outcome is already decided (see docstring)
+        logger.warning("the table's report artifact was not published: %s", exc)
 
 
 async def transform_and_load(
     records: list[dict[str, Any]], api_name: str, target: Target, p: dict[str, Any], steps: dict[str, float]
-) -> tuple[tables.LoadResult, pd.DataFrame | None]:
+) -> tuple[LoadResult, pd.DataFrame | None]:
     """Steps 4 to 6, or nothing when the table's last load was made from the very same source.
 
-    The source digest (``flows.tables.source_digest``) covers the records, the
+    The source digest (``flows.load.state.source_digest``) covers the records, the
     table's columns and the code that turns one into the other; the load saves
     it. When it matches and the table still stands as loaded, the run writes
     nothing, so it skips the tasks (and never imports pandas). Returns what the
@@ -469,10 +493,10 @@ async def transform_and_load(
     Raises what the steps raise.
     """
     with _timed(steps, "unchanged check"):
-        digest = tables.source_digest(
+        digest = state.source_digest(
             records, dialect=api_name, columns=[(c.name, c.source(api_name), c.sql_type) for c in schema.COLUMNS]
         )
-        rows = await asyncio.to_thread(tables.already_loaded, target.db, target.table, digest, schema.COLUMN_NAMES)
+        rows = None if p["force"] else await state.is_unchanged(target.db, target.table, digest)
     if rows is not None:
         get_run_logger().info(
             "%s unchanged: %d rows already loaded from the same source data, nothing written "
@@ -480,24 +504,30 @@ async def transform_and_load(
             target.table,
             rows,
         )
-        skipped = tables.LoadResult(
+        skipped = LoadResult(
             table=str(target.table),
             rows=rows,
-            rows_written=0,
             previous_rows=rows,
-            changed=False,
+            deleted=0,
+            inserted=0,
             changes=ChangeSummary.identical(schema.CHANGES),
             strategy=p["strategy"],
-            content_hash=None,
+            fingerprint="",
         )
         return skipped, None
     # Each step's state is read for its result: a failed step raises its error here (see failing_with_the_cause).
     with _timed(steps, "unnest + quality gate"):
-        unnested = await unnest_countries(records, api_name, return_state=True).aresult()
-        frame = await quality_gate(unnested, return_state=True).aresult()
+        unnested = await unnest_countries(quote(records), api_name, return_state=True).aresult()
+        frame = await quality_gate(quote(unnested), return_state=True).aresult()
     with _timed(steps, "load"):
-        state = load_table(frame, target, p["force"], p["min_row_fraction"], p["strategy"], digest, return_state=True)
-        result = await state.aresult()
+        loaded_from = await state.stored_source(target.db, target.table)
+        run = load_table(quote(frame), target, p["force"], p["min_row_fraction"], p["strategy"], return_state=True)
+        result = await run.aresult()
+        await state.save_state(target.db, target.table, digest, result)
+    if result.changed and digest is not None and loaded_from == digest:
+        get_run_logger().info(
+            "repaired %d rows edited outside the pipeline", result.deleted + result.inserted
+        )
     return result, frame
 
 

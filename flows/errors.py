@@ -208,3 +208,25 @@ class TableBusyError(LoadError):
     The message names the blocking sessions (pid, user, application, state, how
     long their transaction has been open, their query shortened).
     """
+
+
+# --- added by the source stage (flows/source) ------------------------------------
+
+
+class UnknownRegionNameError(UnknownRegionError, ConfigurationError):
+    """A region or subregion name the API does not document; raised before any request, with a suggestion."""
+
+
+class WrongBaseUrlError(PermanentApiError):
+    """Every region answered HTTP 404: the base URL's path looks wrong. ``url`` is the full URL of one request."""
+
+
+class NothingListeningError(PermanentApiError):
+    """Nothing accepts connections at the API's host and port (connection refused), after brief retries."""
+
+
+class LoadInterruptedError(LoadError):
+    """The load was interrupted (``flows.load.interrupt_loads``) before its commit and rolled back.
+
+    The message starts with "interrupted: the table was not changed".
+    """

@@ -16,9 +16,9 @@ import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
-from flows import api as restcountries
-from flows import tables
-from flows._http import parse_base_url, shown_url
+from flows import load as tables
+from flows import source as restcountries
+from flows.source import parse_base_url, shown_url
 from flows.errors import ConfigurationError, InvalidTableNameError, setting
 
 DEFAULT_REGIONS = ["Northern Europe"]

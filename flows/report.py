@@ -14,16 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
-
-if TYPE_CHECKING:
-    import pandas as pd  # only a type here: importing this module does not import pandas
-
+from typing import Any, Protocol
 
 class ChangeSummary(Protocol):
-    """What ``flows.changes`` reports about a load (the parts the report uses)."""
+    """What ``flows.load.changes`` reports about a load (the parts the report uses)."""
 
     def phrase(self) -> str: ...
 
@@ -44,6 +40,16 @@ class RegionFetch:
     fetched_at: datetime
     requests: int
     retries: int = 0
+    countries: int = -1
+    """How many records the fetch returned (kept when :meth:`figures` drops the records)."""
+
+    def __post_init__(self) -> None:
+        if self.countries < 0:
+            object.__setattr__(self, "countries", len(self.records))
+
+    def figures(self) -> RegionFetch:
+        """This fetch without its records: what the run's summary keeps (Prefect need not walk the data)."""
+        return replace(self, records=[])
 
     def from_cache(self, run_started: datetime) -> bool:
         """Whether this fetch happened before the run started (the cache served it)."""
@@ -51,26 +57,26 @@ class RegionFetch:
 
 
 def artifact_key(table: str) -> str:
-    """The report artifact's key for ``table``, one per table however its name is written.
+    """The report artifact's key for ``table``: one per table however its name is written, and always a key
+    Prefect accepts (lowercase letters, digits and dashes) for any name the loader accepts.
 
-    ``countries-<table>`` for a table in ``public`` or unqualified, else
-    ``countries-<schema>--<table>``, underscores as dashes:
-    ``northern_europe_countries`` and ``public.northern_europe_countries`` ->
-    ``countries-northern-europe-countries``; ``analytics.countries`` ->
-    ``countries-analytics--countries``. A name the dashes could confuse (``$``,
-    ``__``, ``_`` at either end) also gets a hash of the exact name; text that
-    is no table name at all is only slugged.
+    ``countries-<table>`` for a table in ``public`` or unqualified, else ``countries-<schema>--<table>``,
+    underscores as dashes: ``northern_europe_countries`` and ``public.northern_europe_countries`` ->
+    ``countries-northern-europe-countries``; ``analytics.countries`` -> ``countries-analytics--countries``.
+    A name the slug does not spell back exactly (capitals, ``$``, other characters, ``__``, ``_`` at either
+    end) also gets a hash of the exact name, so two tables never share a key.
     """
     from flows.errors import InvalidTableNameError
-    from flows.tables import parse_table_name
+    from flows.load.database import parse_table_name
 
     try:
         name = parse_table_name(table)
+        parts = [name.name] if name.schema in (None, "public") else [name.schema, name.name]
     except InvalidTableNameError:
-        return "countries-" + (re.sub(r"[^a-z0-9]+", "-", table.lower()).strip("-") or "table")
-    parts = [name.name] if name.schema in (None, "public") else [name.schema, name.name]
-    key = "countries-" + "--".join(part.replace("_", "-") for part in parts)
-    if any("$" in part or "__" in part or part.startswith("_") or part.endswith("_") for part in parts):
+        parts = [table]
+    slugs = [re.sub(r"[^a-z0-9]+", "-", part.lower()).strip("-") or "table" for part in parts]
+    key = "countries-" + "--".join(slugs)
+    if any(not re.fullmatch(r"[a-z0-9]+(_[a-z0-9]+)*", part) for part in parts):
         key += "-" + hashlib.sha256(".".join(parts).encode()).hexdigest()[:8]
     return key
 
@@ -88,8 +94,9 @@ def plural(count: int, noun: str, many: str | None = None) -> str:
 class RunSummary:
     """What a completed run did; the flow returns it and publishes it as the table's artifact.
 
-    ``frame`` is the table's new content; None when the run found the table
-    already loaded from the same source data and skipped the transform and load.
+    ``preview`` is the table's new content as text (pandas' display: every row of a small table, the
+    first and last rows of a large one); None when the run skipped the transform and load. The summary
+    holds no data (no frame, no records), so Prefect has nothing large to walk or keep.
     """
 
     table: str
@@ -105,7 +112,7 @@ class RunSummary:
     seconds: float
     changes: ChangeSummary | None = None
     step_seconds: dict[str, float] = field(default_factory=dict)
-    frame: pd.DataFrame | None = field(default=None, repr=False)
+    preview: str | None = field(default=None, repr=False)
 
     @property
     def requests(self) -> int:
@@ -162,7 +169,7 @@ class RunSummary:
                 f"from the cache (fetched {_when(f.fetched_at)})" if f.from_cache(self.started) else _when(f.fetched_at)
             )
             requests = 0 if f.from_cache(self.started) else f.requests
-            lines.append(f"| {f.region} | {len(f.records)} | {how} | {requests} |")
+            lines.append(f"| {f.region} | {f.countries} | {how} | {requests} |")
         if self.changes is not None and self.previous_rows is not None:
             lines += ["", "## Changes", "", self.changes.markdown().strip()]
         if self.step_seconds:

@@ -27,8 +27,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from flows._dialects import MISSING, get_path
-from flows.changes import ChangeSpec, Measure, SetColumn
+from flows.load.changes import ChangeSpec, Measure, SetColumn
+from flows.source.dialects import MISSING, get_path
 from flows.errors import InvalidRecordError
 
 BIGINT_MAX = 2**63 - 1

@@ -104,6 +104,7 @@ FaultKind = Literal[
     "trickle",  # 200 normal body, Content-Length sent, then one byte every `seconds`
     "oversize",  # 200 JSON body of `size` bytes generated lazily (with or without Content-Length)
     "foreign",  # 200 normal body plus the records of `region` (same fields)
+    "grow",  # a new country joins the requested region (or subregion) first, then the normal answer
 ]
 
 
@@ -194,6 +195,11 @@ class Fault:
     def foreign(cls, region: str = "Americas") -> Fault:
         """200 with the normal records followed by those of ``region`` (same requested fields)."""
         return cls("foreign", region=region)
+
+    @classmethod
+    def grow(cls) -> Fault:
+        """Add one country to the requested region or subregion, then answer normally: v5 ``meta.total`` grows."""
+        return cls("grow")
 
     @classmethod
     def from_dict(cls, spec: dict[str, Any]) -> Fault:
@@ -305,6 +311,8 @@ class FakeRestCountries:
       anyone; every other path of such a server answers as the API does.
     - ``demo_key``: the bearer key answered with the demo sample (None: no demo key).
     - ``premium_fields``: v5 ``response_fields`` that answer 403 (premium plan needed).
+    - ``paging``: ``"ignore_offset"`` serves the first v5 page whatever the offset and always says
+      ``more``; ``"always_more"`` honours the offset but always says ``more`` (broken paging).
     - ``quota``: after this many authenticated v5 requests, answer 403 quota exceeded.
     """
 
@@ -325,6 +333,7 @@ class FakeRestCountries:
         demo_key: str | None = DEMO_KEY,
         premium_fields: Iterable[str] = ("gini", "economy.gdp"),
         quota: int | None = None,
+        paging: Literal["ok", "ignore_offset", "always_more"] = "ok",
     ):
         self.api_key = api_key
         self.host = host
@@ -338,6 +347,7 @@ class FakeRestCountries:
         self.demo_key = demo_key
         self.premium_fields = frozenset(premium_fields)
         self.quota = quota
+        self.paging = paging
         self._countries = copy.deepcopy(list(COUNTRIES if countries is None else countries))
         self._v5_records = [to_v5(c, currencies=v5_currencies) for c in self._countries]
         self._requested_port = port
@@ -523,6 +533,16 @@ class FakeRestCountries:
         _, body = self._v31(f"/region/{region}", query)
         return body if isinstance(body, list) else []
 
+    def _grow(self, path: str, query: dict[str, list[str]]) -> None:
+        """One new country in the region or subregion ``path``/``query`` asks for (a renamed copy of its first)."""
+        name = (query.get("region") or [path.rsplit("/", 1)[-1]])[-1].lower()
+        with self._lock:
+            first = next(c for c in self._countries if name in (c["region"].lower(), (c.get("subregion") or "").lower()))
+            new = copy.deepcopy(first)
+            new["name"]["official"] = new["name"]["common"] = f"New Country {len(self._countries)}"
+            self._countries.append(new)
+            self._v5_records.append(to_v5(new, currencies=self.v5_currencies))
+
     def _forget_connection(self, conn: socket.socket) -> None:
         with self._lock:
             self._connections.discard(conn)
@@ -605,13 +625,15 @@ class FakeRestCountries:
             records = copy.deepcopy(records)
 
         total = len(records)
+        if self.paging == "ignore_offset":
+            offset = 0
         page = records[offset : offset + limit]
         meta = {
             "total": total,
             "count": len(page),
             "limit": limit,
             "offset": offset,
-            "more": offset + len(page) < total,
+            "more": offset + len(page) < total or self.paging != "ok",
         }
         return 200, {"data": {"objects": page, "meta": meta}}
 
@@ -759,6 +781,8 @@ class _Handler(BaseHTTPRequestHandler):
                 message = fault.message or DEPRECATION_MESSAGE
                 self._send_json(200, {"success": False, "data": None, "errors": [{"message": message}]})
                 return 200
+            if fault.kind == "grow":
+                fake._grow(path, query)
             if fault.kind == "oversize":
                 return self._send_oversize(fake, fault)
         if path in fake.files:

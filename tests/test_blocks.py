@@ -134,7 +134,7 @@ def test_a_password_in_the_urls_query_is_kept_as_the_secret_and_never_shown(pref
     """libpq also reads ``?password=`` from a URL: it becomes the block's secret password, not plain query text."""
     from prefect_sqlalchemy import SqlAlchemyConnector
 
-    from flows._postgres import Database
+    from flows.load.database import Database
     from flows.ops.settings import block_database
 
     canary = "query-pass-8d1f"
@@ -162,7 +162,7 @@ def test_a_url_naming_a_query_key_twice_is_one_clear_error_and_saves_nothing(pre
 def test_creates_the_api_rate_limit(prefect_server):
     from prefect.client.orchestration import get_client
 
-    from flows import budget
+    from flows.source import budget
 
     ok(run_script("--rate-burst", "7", "--rate-per-second", "1.5"))
     with get_client(sync_client=True) as client:

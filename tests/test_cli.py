@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +33,9 @@ import pytest
 
 from tests.conftest import REPO_ROOT, free_port, table_rows
 from tests.countries_data import COUNTRIES
+from tests.e2e_support import wait_for
 from tests.expected import EXPECTED_NORTHERN_EUROPE
-from tests.fake_api import FakeRestCountries
+from tests.fake_api import FakeRestCountries, Fault
 from tests.prefect_servers import clean_env
 
 SCRIPT = REPO_ROOT / "flows" / "countries.py"
@@ -67,7 +70,9 @@ def last_line(text: str) -> str:
 
 
 def psql_url(stdout: str) -> str:
-    return re.search(r'psql "(postgresql://[^"]+)"', stdout).group(1)
+    """The database URL the run printed for psql, as a SQLAlchemy URL (psycopg2)."""
+    url = re.search(r'psql "(postgresql://[^"]+)"', stdout).group(1)
+    return url.replace("postgresql://", "postgresql+psycopg2://", 1)
 
 
 def ui_url(stdout: str) -> str:
@@ -143,8 +148,22 @@ def stack(tmp_path_factory: pytest.TempPathFactory, fake: FakeRestCountries) -> 
         (["--base-url", "not a url"], "--base-url"),
         (["--regions", " "], "region"),
         (["--api", "v4"], "--api"),
+        (["--regions"], "no region given"),
+        (["--tabel", "t"], "--tabel"),
+        (["Europe"], "europe"),
     ],
-    ids=["table-name", "min-row-fraction", "cache-minutes", "cache-minutes-inf", "base-url", "blank-region", "api"],
+    ids=[
+        "table-name",
+        "min-row-fraction",
+        "cache-minutes",
+        "cache-minutes-inf",
+        "base-url",
+        "blank-region",
+        "api",
+        "no-region",
+        "unknown-option",
+        "positional",
+    ],
 )
 def test_a_mistake_is_one_error_line_before_any_server_or_request(fake_api, tmp_path, args, option):
     local_dir = tmp_path / "local"
@@ -363,13 +382,113 @@ def test_with_prefects_temporary_server_the_error_is_still_the_last_line(tmp_pat
 def test_help_documents_every_option_with_its_range_and_default(command):
     result = run_cli("--help", env=clean_env(), command=command, timeout=120)
     assert result.returncode == 0, result.stderr
-    text = " ".join(result.stdout.split())  # argparse wraps lines
+    text = " ".join(result.stdout.replace("│", " ").split())  # the help is wrapped in a panel
     for option in OPTIONS:
         assert option in text
-    assert "--regions REGION [REGION ...]" in text  # several values after one flag
-    assert "{v5,v3.1}" in text
-    assert "range 0 to 1; default: 0.5" in text  # --min-row-fraction
-    assert "at least 0; default: 4" in text  # --cache-minutes
-    assert "default: countries-db" in text
-    assert 'default: "Northern Europe"' in text
+    assert "--regions STR..." in text  # several values after one flag
+    assert "[choices: v5, v3.1]" in text
+    assert "from 0 to 1 (0.5 = refuse to lose more than half; 0 = never refuse). [default: 0.5]" in text
+    assert "0 or more (0 = always fetch)" in text and "[default: 4.0]" in text  # --cache-minutes
+    assert "[default: countries-db]" in text
+    assert "[default: ['Northern Europe']]" in text
     assert "Exit status" in text
+
+
+# --- interrupts (issue 16 §6) -----------------------------------------------------------------
+
+KEPT_ROWS = [("Kept Republic", "Kept crown", 7)]
+
+
+def kept_table(database_url: str, table: str) -> None:
+    """A table of the flow's columns holding ``KEPT_ROWS``: a load would change it."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(database_url)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(f"CREATE TABLE {table} (nation_official_name text, currency_name text, population bigint)")
+        )
+        conn.execute(sa.text(f"INSERT INTO {table} VALUES ('Kept Republic', 'Kept crown', 7)"))
+    engine.dispose()
+
+
+def start_cli(*args: str, env: dict[str, str]) -> subprocess.Popen:
+    command = [sys.executable, str(SCRIPT), *args]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO_ROOT)
+
+
+def flow_run_state(api_url: str, run_name: str) -> str:
+    """The state name of the flow run called ``run_name`` on the Prefect server at ``api_url``."""
+    response = httpx.post(
+        f"{api_url}/flow_runs/filter", json={"flow_runs": {"name": {"any_": [run_name]}}, "limit": 1}, timeout=30
+    )
+    response.raise_for_status()
+    (run,) = response.json()
+    return run["state"]["name"]
+
+
+def assert_interrupted(proc: subprocess.Popen, stdout: str, stderr: str, status: int) -> None:
+    """Exit status ``status``, the one line last, no traceback."""
+    output = stdout + stderr
+    assert proc.returncode == status, output
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output and "TerminationSignal" not in output
+    assert last_line(stderr) == "interrupted: the table was not changed", output
+    assert output.count("interrupted") == 1
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
+def test_an_interrupt_is_one_line_and_leaves_the_table_as_it_was(prefect_server, db_block, fake_api, signum, status):
+    """Ctrl-C (or a SIGTERM) while a region is being fetched: one line, exit 128+signal, the run Crashed."""
+    name, database_url = db_block
+    table = f"kept_{signum}"
+    kept_table(database_url, table)
+    fake_api.inject("/v3.1/subregion/*", Fault.hang())
+    env = clean_env(PREFECT_API_URL=prefect_server.api_url, COUNTRIES_LOCAL_PREFECT_SERVER="1")
+    args = ("--api", "v3.1", "--base-url", fake_api.v31_base_url, "--db-block", name, "--table", table)
+    proc = start_cli(*args, "--cache-minutes", "0", env=env)
+    try:
+        wait_for("the fetch to reach the API", lambda: fake_api.count("/v3.1/subregion/*"), time.monotonic() + 120)
+        proc.send_signal(signum)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert_interrupted(proc, stdout, stderr, status)
+    assert table_rows(database_url, table) == KEPT_ROWS
+    assert flow_run_state(prefect_server.api_url, f"{table} ← Northern Europe") in ("Crashed", "Cancelled")
+
+
+def test_ctrl_c_while_the_load_waits_for_a_lock_rolls_the_load_back(prefect_server, db_block, fake_api):
+    """Issue 16 §6: the load waits for a lock a user's open transaction holds; Ctrl-C; then the lock is freed.
+    The load must not commit after the interrupt (before: the CLI exited and the load went on and committed)."""
+    import sqlalchemy as sa
+
+    name, database_url = db_block
+    kept_table(database_url, "kept_locked")
+    engine = sa.create_engine(database_url)
+    user, watcher = engine.connect(), engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+    user_transaction = user.begin()
+    user.execute(sa.text("INSERT INTO kept_locked VALUES ('Row of a user', NULL, 1)"))  # holds ROW EXCLUSIVE
+    waiting = sa.text(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND wait_event_type = 'Lock' AND query LIKE 'LOCK TABLE%'"
+    )
+
+    def load_waits() -> bool:
+        return watcher.execute(waiting).scalar() > 0
+
+    env = clean_env(PREFECT_API_URL=prefect_server.api_url, COUNTRIES_LOCAL_PREFECT_SERVER="1")
+    args = ("--api", "v3.1", "--base-url", fake_api.v31_base_url, "--db-block", name, "--table", "kept_locked")
+    proc = start_cli(*args, "--cache-minutes", "0", env=env)
+    try:
+        wait_for("the load to wait for the lock", load_waits, time.monotonic() + 120)
+        proc.send_signal(signal.SIGINT)
+        wait_for("the load to stop waiting", lambda: not load_waits(), time.monotonic() + 60)
+        user_transaction.rollback()  # the lock is free: a load still going on would now commit
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+        user.close()
+        watcher.close()
+        engine.dispose()
+    assert_interrupted(proc, stdout, stderr, 130)
+    assert table_rows(database_url, "kept_locked") == KEPT_ROWS

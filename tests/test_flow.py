@@ -14,6 +14,7 @@ import contextlib
 import copy
 import dataclasses
 import logging
+import re
 import subprocess
 import sys
 import time
@@ -539,7 +540,7 @@ def test_a_database_connects_with_the_arguments_sqlalchemy_would_pass(url):
     and the block's connect_args on top."""
     from sqlalchemy.dialects.postgresql.psycopg2 import PGDialect_psycopg2
 
-    from flows._postgres import Database
+    from flows.load.database import Database
 
     parsed = sa.make_url(url)
     cargs, cparams = PGDialect_psycopg2().create_connect_args(parsed)
@@ -892,3 +893,49 @@ def test_api_key_and_db_password_never_reach_logs_artifacts_or_errors(prefect_se
     assert summary.database.endswith(f"?host={pg.socket_dir}")
     assert canary_key not in captured
     assert canary_password not in captured
+
+
+# --- after the write, nothing fails the run (issue 16 §4) -------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["a$b", "Mixed$Case_"])
+def test_any_table_name_the_loader_accepts_loads_and_reports_on_every_run(fake_api, db, name):
+    block, url = db
+    for _ in range(2):  # "every later run does the same": the second run must complete too
+        summary = run(db_block=block, api="v3.1", base_url=fake_api.v31_base_url, table=name, cache_minutes=4)
+        assert summary.rows == 20
+    key = report.artifact_key(name)
+    assert re.fullmatch(r"[a-z0-9-]+", key)  # what Prefect accepts as an artifact key
+    assert "| rows in the table | 20" in artifacts(key)[-1].data
+    assert report.artifact_key("a$b") != report.artifact_key("a-b") != report.artifact_key("a_b")
+
+
+def test_a_report_that_cannot_be_published_does_not_fail_a_loaded_run(fake_api, db, monkeypatch, caplog):
+    block, url = db
+
+    async def refused(**kwargs):
+        raise RuntimeError("the Prefect API refused the artifact")
+
+    monkeypatch.setattr("flows.countries.acreate_markdown_artifact", refused)
+    summary = run(db_block=block, api="v3.1", base_url=fake_api.v31_base_url)
+    assert summary.rows == 20 and table_rows(url) == EXPECTED_NORTHERN_EUROPE
+    assert "report artifact was not published: the Prefect API refused the artifact" in caplog.text
+
+
+# --- retries say what they do (issue 17 §2) ---------------------------------------------------------
+
+
+def test_a_fetch_retried_once_says_retry_1_of_1_and_fails_without_a_traceback(fake_api, db, monkeypatch):
+    import flows.countries
+
+    monkeypatch.setattr(
+        flows.countries, "fetch_region", flows.countries.fetch_region.with_options(retry_delay_seconds=0)
+    )
+    fake_api.inject("*", Fault.status(429, retry_after=1), times=1000)
+    block, _ = db
+    state = run_state(db_block=block, api="v3.1", base_url=fake_api.v31_base_url)
+    assert state.is_failed()
+    logs = logs_of(state.state_details.flow_run_id)
+    assert [line for line in logs if "Retry 1/1 will start" in line]
+    assert not [line for line in logs if "Retry 1/2" in line or "Retry 2/" in line]
+    assert not [line for line in logs if "Traceback" in line]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import logging
 import tempfile
 import threading
@@ -30,19 +29,20 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import flows._copy_text as copy_text
-from flows._postgres import Database
-from flows.changes import ChangeSpec, Measure, MeasureChange, SetChange, SetColumn
+import flows.load.copy as copy_text
+from flows.load.changes import ChangeSpec, Measure, MeasureChange, SetChange, SetColumn
+from flows.load.database import Database, resolve_table, scrub
 from flows.errors import (
     ConfigurationError,
     DatabaseUnreachableError,
     InvalidTableNameError,
     LoadError,
+    LoadInterruptedError,
     QualityGateError,
     TableBusyError,
 )
-from flows.load import STATE_TABLE, LoadResult, TableName, content_hash, parse_table_name, replace_table
-from flows.tables import already_loaded, resolve_table, source_digest
+from flows.load import LoadResult, TableName, interrupt_loads, parse_table_name, replace_table
+from flows.load.state import live_rows, source_digest
 from tests.conftest import free_port
 
 CANARY = "CANARY-pw-7f3a9Zq"
@@ -126,15 +126,6 @@ def relnames(engine: sa.Engine, schema: str = "public") -> list[str]:
                 {"s": schema},
             ).scalars()
         )
-
-
-def stored_state(engine: sa.Engine, table: str = "countries", schema: str = "public") -> tuple | None:
-    """(content hash, row count, strategy) of the table's row in the load-state table."""
-    with engine.connect() as conn:
-        return conn.execute(
-            sa.text(f'SELECT content_sha256, row_count, strategy FROM "{schema}".{STATE_TABLE} WHERE table_name = :t'),
-            {"t": table},
-        ).one_or_none()
 
 
 def column_types(engine: sa.Engine, table: str, schema: str = "public") -> list[tuple[str, str]]:
@@ -238,7 +229,7 @@ def engine(database_url: str) -> Iterator[sa.Engine]:
 
 @pytest.fixture
 def db(database_url: str) -> Database:
-    """The test's database for the light checks (``resolve_table``, ``already_loaded``): psycopg2, no engine."""
+    """The test's database for the light checks (``resolve_table``, ``live_rows``): psycopg2, no engine."""
     return Database.from_url(database_url)
 
 
@@ -250,16 +241,8 @@ def test_first_load_creates_table_with_types_and_exact_contents(engine):
 
     result = replace_table(engine, df, "countries")
 
-    assert result == LoadResult(
-        table="public.countries",
-        rows=25,
-        rows_written=25,
-        previous_rows=None,
-        changed=True,
-        changes=None,
-        strategy="rows",
-        content_hash=content_hash(df),
-        seconds=result.seconds,
+    assert (result.table, result.rows, result.previous_rows, result.deleted, result.inserted, result.changed) == (
+        "public.countries", 25, None, 0, 25, True
     )
     assert column_types(engine, "countries") == [
         ("nation_official_name", "text"),
@@ -277,11 +260,10 @@ def test_replace_with_different_data_leaves_exact_contents_and_its_state(engine,
 
     result = replace_table(engine, new, "countries", strategy=strategy)
 
-    assert (result.changed, result.rows, result.rows_written, result.previous_rows) == (True, 15, 15, 20)
+    assert (result.rows, result.deleted, result.inserted, result.previous_rows) == (15, 20, 15, 20)
     assert result.strategy == strategy
     assert same_rows(engine, new)
-    assert relnames(engine) == ["countries", STATE_TABLE]  # no staging table left behind
-    assert stored_state(engine) == (content_hash(new), 15, strategy)
+    assert relnames(engine) == ["countries"]  # no staging table, no state table in the user's schema
     assert relation_state(engine)[3] is None  # the table's comment is the user's: the load wrote none
 
 
@@ -293,11 +275,11 @@ def test_unchanged_data_is_not_rewritten(engine, strategy):
 
     again = replace_table(engine, df.copy(), "countries", strategy=strategy, changes=SPEC)
 
-    assert (again.changed, again.rows_written, again.rows, again.previous_rows) == (False, 0, 30, 30)
-    assert again.content_hash == first.content_hash
+    assert (again.changed, again.deleted, again.inserted, again.rows, again.previous_rows) == (False, 0, 0, 30, 30)
+    assert again.fingerprint == first.fingerprint
     assert again.changes.unchanged and again.changes.phrase() == "no changes"
     assert relation_state(engine) == before  # same relation, same file, same catalog row, same row versions
-    assert relnames(engine) == ["countries", STATE_TABLE]
+    assert relnames(engine) == ["countries"]
 
 
 def test_a_changed_value_is_detected_and_loaded_in_place(engine):
@@ -309,7 +291,7 @@ def test_a_changed_value_is_detected_and_loaded_in_place(engine):
 
     result = replace_table(engine, changed, "countries")
 
-    assert (result.changed, result.rows_written) == (True, 30)
+    assert (result.changed, result.deleted, result.inserted) == (True, 1, 1)
     after = relation_state(engine)
     assert after[0] == before[0]  # the same table (oid): only the changed row was replaced
     assert len(set(after[4]) - set(before[4])) == 1  # one new row version; the 29 others are untouched
@@ -319,21 +301,9 @@ def test_a_changed_value_is_detected_and_loaded_in_place(engine):
 def test_zero_rows_first_load_creates_an_empty_table(engine):
     result = replace_table(engine, countries(0), "countries")
 
-    assert (result.rows, result.rows_written, result.changed) == (0, 0, True)
+    assert (result.rows, result.inserted, result.changed) == (0, 0, False)
     assert read_table(engine) == []
     assert [t for _, t in column_types(engine, "countries")] == ["text", "text", "bigint"]
-
-
-def test_a_table_replaced_by_hand_is_rewritten(engine):
-    df = countries(10)
-    replace_table(engine, df, "countries")
-    with engine.begin() as conn:  # same rows, but another table: the stored state no longer describes it
-        conn.exec_driver_sql("CREATE TABLE copy AS SELECT * FROM countries")
-        conn.exec_driver_sql("DROP TABLE countries")
-        conn.exec_driver_sql("ALTER TABLE copy RENAME TO countries")
-
-    assert replace_table(engine, df, "countries").changed is True
-    assert replace_table(engine, df, "countries").changed is False
 
 
 def test_rows_deleted_by_hand_make_the_next_load_rewrite(engine):
@@ -349,42 +319,6 @@ def test_rows_deleted_by_hand_make_the_next_load_rewrite(engine):
 
 
 # --- the legacy comment of earlier releases, and the user's comment ------------------
-
-
-def test_legacy_comment_is_read_once_so_an_unchanged_table_is_not_rewritten(engine):
-    df = countries(12)
-    digest = content_hash(df)
-    replace_table(engine, df, "countries")
-    with engine.begin() as conn:  # what an earlier release left: no state table, the hash in the comment
-        conn.exec_driver_sql(f"DROP TABLE {STATE_TABLE}")
-        legacy = f"countries-pipeline content-sha256={digest} rows=12 head-sha256={digest} head-rows=4096"
-        conn.exec_driver_sql(f"COMMENT ON TABLE countries IS '{legacy}'")
-    rows_before = relation_state(engine)[4]
-
-    result = replace_table(engine, df, "countries")
-
-    assert (result.changed, result.rows_written) == (False, 0)
-    _, _, _, comment, rows_after = relation_state(engine)
-    assert rows_after == rows_before  # not rewritten
-    assert comment is None  # the pipeline's old comment is gone; its state table took over
-    assert stored_state(engine) == (digest, 12, "rows")
-    assert replace_table(engine, df, "countries").changed is False
-
-
-def test_legacy_comment_with_other_content_is_replaced_and_removed(engine):
-    old, new = countries(12, seed=1), countries(12, seed=2)
-    with engine.begin() as conn:
-        conn.exec_driver_sql(
-            "CREATE TABLE countries (nation_official_name text, currency_name text, population bigint)"
-        )
-        legacy = f"countries-pipeline content-sha256={content_hash(old)} rows=12"
-        conn.exec_driver_sql(f"COMMENT ON TABLE countries IS '{legacy}'")
-
-    result = replace_table(engine, new, "countries")
-
-    assert (result.changed, result.previous_rows) == (True, 0)
-    assert relation_state(engine)[3] is None
-    assert same_rows(engine, new)
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -477,10 +411,7 @@ def test_a_child_table_with_on_delete_cascade_keeps_the_rows_of_countries_that_c
     new = frame([("Aland", "Euro", 30_000), ("Borduria", None, 900), ("Syldavia", "", 4), ("Zembla", "Euro", 7)])
 
     for _ in range(2):  # and a forced load of the same rows again
-        result = replace_table(engine, new, "countries", force=True)
-        assert result.changed
-        with engine.begin() as conn:  # what a changed content would do: make the stored state stale
-            conn.exec_driver_sql(f"DELETE FROM {STATE_TABLE}")
+        replace_table(engine, new, "countries", force=True)
 
     assert same_rows(engine, new)
     with engine.connect() as conn:
@@ -557,7 +488,6 @@ ROWS = st.lists(
 def test_any_sequence_of_loads_leaves_exactly_the_last_multiset_property(engine, loads):
     with engine.begin() as conn:
         conn.exec_driver_sql("DROP TABLE IF EXISTS countries")
-        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {STATE_TABLE}")
     for rows in loads:
         replace_table(engine, frame(rows), "countries", force=True)
         assert Counter(read_table(engine)) == Counter(rows)
@@ -733,7 +663,7 @@ def test_bad_column_types_are_refused_before_touching_the_database(types, needle
     ("options", "message"),
     [
         ({"strategy": "truncate"}, "strategy must be one of rows, swap, got 'truncate'"),
-        ({"lock_timeout": 0}, "lock_timeout must be a number of seconds in (0, 60], got 0"),
+        ({"lock_timeout": 0}, "lock_timeout must be a number of seconds in (0, 3600], got 0"),
         ({"lock_retries": -1}, "lock_retries must be a whole number >= 0, got -1"),
         (
             {"changes": ChangeSpec(key="name")},
@@ -808,7 +738,7 @@ def test_bad_text_met_in_a_later_chunk_fails_the_copy_and_keeps_the_old_table(en
         replace_table(engine, bad, "countries")
 
     assert relation_state(engine) == before
-    assert relnames(engine) == ["countries", STATE_TABLE]
+    assert relnames(engine) == ["countries"]
 
 
 def test_bad_text_found_before_copy_writes_nothing(engine):
@@ -839,60 +769,12 @@ def test_awkward_values_spread_over_many_chunks_round_trip(engine, monkeypatch):
         values[k * 2] = awkward
     df = pd.DataFrame({"v": pd.array(values, dtype=object), "n": np.arange(40, dtype="int64")})
 
-    result = replace_table(engine, df, "chunks")
+    replace_table(engine, df, "chunks")
 
     assert read_table(engine, "chunks") == [(v, n) for n, v in enumerate(values)]
-    monkeypatch.setattr(copy_text, "_COPY_CHUNK_ROWS", 4096)
-    assert result.content_hash == content_hash(df)  # the same digest, however it is chunked
 
 
 # --- content hash -------------------------------------------------------------------
-
-
-def test_content_hash_is_stable_and_ignores_the_index():
-    df = countries(50)
-    shuffled_index = df.set_index(pd.Index(np.arange(50)[::-1] * 3))
-    assert content_hash(df) == content_hash(df.copy()) == content_hash(shuffled_index)
-    assert len(content_hash(df)) == 64
-
-
-def test_content_hash_is_the_documented_digest():
-    df = frame([("Åland", None, 30000), ("tab\there", "Euro", 5)])
-    header = (
-        b'{"columns": ["nation_official_name", "currency_name", "population"],'
-        b' "types": ["text", "text", "bigint"], "rows": 2}\n'
-    )
-    body = "Åland\t\\N\t30000\ntab\\there\tEuro\t5\n".encode()
-    assert content_hash(df) == hashlib.sha256(header + body).hexdigest()  # what earlier releases stored too
-
-
-@pytest.mark.parametrize(
-    "mutate",
-    [
-        pytest.param(lambda d: d.assign(population=d["population"] + 1), id="value"),
-        pytest.param(lambda d: d.iloc[::-1].reset_index(drop=True), id="row order"),
-        pytest.param(lambda d: d.rename(columns={"population": "pop"}), id="column name"),
-        pytest.param(lambda d: d[["currency_name", "nation_official_name", "population"]], id="column order"),
-        pytest.param(lambda d: d.assign(population=d["population"].astype("float64")), id="sql type"),
-        pytest.param(lambda d: d.iloc[:-1], id="row count"),
-    ],
-)
-def test_content_hash_changes_with_content(mutate):
-    df = countries(20)
-    assert content_hash(mutate(df.copy())) != content_hash(df)
-
-
-@pytest.mark.parametrize("text", ["", "None", "nan", "\\N", "NULL"])
-def test_content_hash_tells_null_from_any_string(text):
-    with_null = pd.DataFrame({"a": pd.array([None, "x"], dtype=object)})
-    with_text = pd.DataFrame({"a": pd.array([text, "x"], dtype=object)})
-    assert content_hash(with_null) != content_hash(with_text)
-
-
-def test_content_hash_follows_column_types():
-    df = countries(5)
-    assert content_hash(df, {"population": "numeric"}) != content_hash(df)
-    assert content_hash(df, {"population": "bigint"}) == content_hash(df)
 
 
 # --- table names ----------------------------------------------------------------------
@@ -962,10 +844,9 @@ def test_schema_qualified_load_and_case_folding(engine):
     result = replace_table(engine, df, "Analytics.Countries")
 
     assert result.table == "analytics.countries"
-    assert relnames(engine, "analytics") == ["countries", STATE_TABLE]
+    assert relnames(engine, "analytics") == ["countries"]
     assert relnames(engine, "public") == []
     assert read_table(engine, "analytics.countries") == as_tuples(df)
-    assert stored_state(engine, schema="analytics") == (content_hash(df), 4, "rows")
 
 
 def test_a_schema_with_capital_letters_loads_again_and_again(engine, db):
@@ -975,15 +856,15 @@ def test_a_schema_with_capital_letters_loads_again_and_again(engine, db):
     first, second = countries(6, seed=1), countries(6, seed=2)
 
     replace_table(engine, first, target)
-    again = replace_table(engine, second, target, source_digest="c" * 64)
-    unchanged = replace_table(engine, second, target, source_digest="c" * 64)
+    again = replace_table(engine, second, target)
+    unchanged = replace_table(engine, second, target)
 
     assert (again.changed, again.previous_rows, unchanged.changed) == (True, 6, False)
-    assert relnames(engine, "MyData") == ["countries", STATE_TABLE]
+    assert relnames(engine, "MyData") == ["countries"]
     assert relnames(engine, "mydata") == [] and relnames(engine, "public") == []
     assert Counter(read_table(engine, '"MyData".countries')) == Counter(as_tuples(second))
-    assert stored_state(engine, schema="MyData") == (content_hash(second), 6, "rows")
-    assert already_loaded(db, target, "c" * 64, COLUMNS) == 6
+    stored = {"fingerprint": unchanged.fingerprint, "columns": unchanged.columns, "rows": 6}
+    assert live_rows(db, target, stored) == 6
 
 
 def test_missing_schema_is_refused(engine):
@@ -1003,161 +884,11 @@ def test_a_view_of_that_name_is_not_replaced(engine):
         assert conn.exec_driver_sql("SELECT * FROM countries").all() == [(1,)]
 
 
-def test_loaders_of_different_tables_create_the_state_table_once(engine):
-    barrier = threading.Barrier(4)
-    results: list = []
-    errors: list[BaseException] = []
-
-    def first_load(k: int) -> None:
-        barrier.wait()
-        try:
-            results.append(replace_table(engine, countries(5, seed=k), f"t{k}"))
-        except Exception as exc:  # noqa: BLE001 - recorded and asserted on
-            errors.append(exc)
-
-    threads = [threading.Thread(target=first_load, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-
-    assert errors == [] and len(results) == 4
-    assert relnames(engine) == [STATE_TABLE, "t0", "t1", "t2", "t3"]
-
-
 # --- the source digest: a later run with the same source may skip the load ------------------
 
 SOURCE_A, SOURCE_B = "a" * 64, "b" * 64
 COLUMNS = ("nation_official_name", "currency_name", "population")
 PUBLIC_COUNTRIES = TableName("public", "countries")
-
-
-def stored_source(engine: sa.Engine, table: str = "countries") -> str | None:
-    with engine.connect() as conn:
-        return conn.execute(
-            sa.text(f"SELECT source_sha256 FROM {STATE_TABLE} WHERE table_name = :t"), {"t": table}
-        ).scalar_one()
-
-
-def test_the_source_digest_is_saved_with_each_load_and_when_only_it_changes(engine, db):
-    df = countries(10)
-    replace_table(engine, df, "countries", source_digest=SOURCE_A)
-    assert stored_source(engine) == SOURCE_A
-    assert already_loaded(db, PUBLIC_COUNTRIES, SOURCE_A, COLUMNS) == 10
-    before = relation_state(engine)
-
-    # the same rows made from another source (another release, records in another order): not rewritten,
-    # but the state now names that source
-    again = replace_table(engine, df.copy(), "countries", source_digest=SOURCE_B)
-    assert (again.changed, again.rows_written) == (False, 0)
-    assert relation_state(engine) == before
-    assert stored_source(engine) == SOURCE_B
-    assert already_loaded(db, PUBLIC_COUNTRIES, SOURCE_A, COLUMNS) is None
-    assert already_loaded(db, PUBLIC_COUNTRIES, SOURCE_B, COLUMNS) == 10
-
-    # a load that does not say where its rows came from: no source stands for the table any more
-    assert replace_table(engine, countries(10, seed=3), "countries").changed is True
-    assert stored_source(engine) is None
-    assert already_loaded(db, PUBLIC_COUNTRIES, SOURCE_B, COLUMNS) is None
-
-
-@pytest.mark.parametrize("strategy", STRATEGIES)
-def test_a_source_stands_only_while_the_state_describes_the_table(engine, db, strategy):
-    replace_table(engine, countries(10), "countries", strategy=strategy, source_digest=SOURCE_A)
-    assert already_loaded(db, PUBLIC_COUNTRIES, SOURCE_A, COLUMNS) == 10
-    assert already_loaded(db, PUBLIC_COUNTRIES, SOURCE_B, COLUMNS) is None
-    assert already_loaded(db, PUBLIC_COUNTRIES, None, COLUMNS) is None
-    assert already_loaded(db, TableName("public", "other"), SOURCE_A, COLUMNS) is None
-    assert already_loaded(db, PUBLIC_COUNTRIES, SOURCE_A, (*COLUMNS, "capital")) is None  # a new column
-
-    with engine.begin() as conn:  # a hand edit that changes the row count
-        conn.exec_driver_sql("DELETE FROM countries WHERE ctid = (SELECT min(ctid) FROM countries)")
-    assert already_loaded(db, PUBLIC_COUNTRIES, SOURCE_A, COLUMNS) is None
-
-
-def test_a_source_does_not_stand_for_a_table_replaced_or_altered_by_hand(engine, db):
-    replace_table(engine, countries(10), "countries", source_digest=SOURCE_A)
-    with engine.begin() as conn:  # same rows, another table
-        conn.exec_driver_sql("CREATE TABLE copy AS SELECT * FROM countries")
-        conn.exec_driver_sql("DROP TABLE countries")
-        conn.exec_driver_sql("ALTER TABLE copy RENAME TO countries")
-    assert already_loaded(db, PUBLIC_COUNTRIES, SOURCE_A, COLUMNS) is None
-
-    replace_table(engine, countries(10), "countries", source_digest=SOURCE_A)
-    assert already_loaded(db, PUBLIC_COUNTRIES, SOURCE_A, COLUMNS) == 10
-    with engine.begin() as conn:  # a column of the data dropped: a load would refuse, so it must be tried
-        conn.exec_driver_sql("ALTER TABLE countries DROP COLUMN currency_name")
-    assert already_loaded(db, PUBLIC_COUNTRIES, SOURCE_A, COLUMNS) is None
-
-
-def test_a_source_check_behind_a_users_lock_gives_up_within_its_bound(engine, db, pg, database_url):
-    replace_table(engine, countries(10), "countries", source_digest=SOURCE_A)
-    with contextlib.closing(dbapi_connect(pg, database_url, "migration")) as holder:
-        holder.autocommit = False
-        with holder.cursor() as cur:
-            cur.execute("LOCK TABLE countries IN ACCESS EXCLUSIVE MODE")
-        started = time.monotonic()
-        assert already_loaded(db, PUBLIC_COUNTRIES, SOURCE_A, COLUMNS, lock_timeout=0.2) is None
-        assert time.monotonic() - started < 5
-        holder.rollback()
-    assert already_loaded(db, PUBLIC_COUNTRIES, SOURCE_A, COLUMNS) == 10
-
-
-def test_a_connection_lost_during_the_source_check_means_load(engine, pg, database_url):
-    replace_table(engine, countries(10), "countries", source_digest=SOURCE_A)
-    checker = Database.from_url(database_url, {"application_name": "source-check"})  # connect_args reach psycopg2
-    results: list[int | None] = []
-    with contextlib.closing(dbapi_connect(pg, database_url, "migration")) as holder:
-        holder.autocommit = False
-        with holder.cursor() as cur:
-            cur.execute("LOCK TABLE countries IN ACCESS EXCLUSIVE MODE")
-        check = threading.Thread(
-            target=lambda: results.append(already_loaded(checker, PUBLIC_COUNTRIES, SOURCE_A, COLUMNS, lock_timeout=60))
-        )
-        check.start()
-        with contextlib.closing(dbapi_connect(pg, database_url, "admin")) as admin, admin.cursor() as cur:
-
-            def waiting_check() -> int | None:
-                cur.execute(
-                    "SELECT pid FROM pg_stat_activity WHERE application_name = 'source-check'"
-                    " AND wait_event_type = 'Lock'"
-                )
-                return (cur.fetchone() or [None])[0]
-
-            wait_until(lambda: waiting_check() is not None, "the source check to wait for the lock")
-            cur.execute("SELECT pg_terminate_backend(%s, 10000)", (waiting_check(),))
-        check.join(timeout=30)
-        holder.rollback()
-    assert results == [None]  # no answer means "load", not an error
-    assert already_loaded(checker, PUBLIC_COUNTRIES, SOURCE_A, COLUMNS) == 10  # the next check connects afresh
-
-
-def test_a_state_table_from_before_source_digests_gets_the_column_on_the_next_load(engine, db):
-    df = countries(12)
-    replace_table(engine, df, "countries")
-    with engine.begin() as conn:  # the state table as the previous release created and filled it
-        conn.exec_driver_sql(f"DROP TABLE {STATE_TABLE}")
-        conn.exec_driver_sql(
-            f"CREATE TABLE {STATE_TABLE} (table_name text PRIMARY KEY, table_oid oid NOT NULL, content_sha256"
-            " text NOT NULL, row_count bigint NOT NULL, strategy text NOT NULL, loaded_at timestamptz NOT NULL)"
-        )
-        conn.exec_driver_sql(
-            f"INSERT INTO {STATE_TABLE} VALUES ('countries', 'countries'::regclass, %s, 12, 'rows', now())",
-            (content_hash(df),),
-        )
-    rows_before = relation_state(engine)[4]
-    assert already_loaded(db, PUBLIC_COUNTRIES, SOURCE_A, COLUMNS) is None  # no column: no source stands
-
-    result = replace_table(engine, df, "countries", source_digest=SOURCE_A)
-
-    assert (result.changed, result.rows_written) == (False, 0)  # the old state was still read
-    assert relation_state(engine)[4] == rows_before
-    assert ("source_sha256", "text") in column_types(engine, STATE_TABLE)
-    assert stored_state(engine) == (content_hash(df), 12, "rows")
-    assert stored_source(engine) == SOURCE_A
-    assert already_loaded(db, PUBLIC_COUNTRIES, SOURCE_A, COLUMNS) == 12
-    replace_table(engine, countries(12, seed=5), "other", source_digest=SOURCE_B)  # the column is added once
-    assert stored_source(engine, "other") == SOURCE_B
 
 
 RECORDS = [
@@ -1260,7 +991,7 @@ def test_readers_see_old_or_new_table_never_an_error_or_a_partial_one(engine, pg
     assert set(reads) <= set(signatures)  # every read saw one whole dataset, never a partial or empty one
     assert set(reads) == set(signatures)  # and the readers did see both
     assert all(len(slot) > 0 for slot in seen)
-    assert relnames(engine) == ["countries", STATE_TABLE]
+    assert relnames(engine) == ["countries"]
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -1287,7 +1018,7 @@ def test_concurrent_loaders_of_one_table_are_serialised(engine, strategy):
     assert any(same_rows(engine, d) for d in datasets)
     with engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT count(*) FROM countries").scalar_one() == 100
-    assert relnames(engine) == ["countries", STATE_TABLE]
+    assert relnames(engine) == ["countries"]
 
 
 def test_a_long_reader_neither_blocks_the_load_nor_is_blocked(engine, pg, database_url):
@@ -1400,7 +1131,7 @@ def test_swap_behind_a_long_reader_ends_table_busy_naming_it_and_readers_keep_wo
     assert f"end that transaction (or SELECT pg_terminate_backend(pid) for pid {pid}" in message
     assert message.endswith(") and re-run; the previous table is unchanged")
     assert relation_state(engine) == before
-    assert relnames(engine) == ["countries", STATE_TABLE]  # the staging table went with the transaction
+    assert relnames(engine) == ["countries"]  # the staging table went with the transaction
     assert errors == [] and reads  # readers arriving during the swap's tries were held at most ~1 s each
     assert max(reads) < 4
 
@@ -1446,7 +1177,7 @@ def test_bad_value_for_the_type_fails_copy_and_keeps_the_old_table(engine):
     assert message.endswith("the previous table is unchanged")
     assert "\n" not in message
     assert relation_state(engine) == before
-    assert relnames(engine) == ["countries", STATE_TABLE]
+    assert relnames(engine) == ["countries"]
 
 
 def test_a_users_trigger_or_constraint_refusing_a_row_fails_the_load_and_keeps_the_old_table(engine):
@@ -1494,7 +1225,7 @@ def test_loader_killed_in_the_middle_keeps_the_old_table(engine, pg, database_ur
     assert message.endswith("the previous table is unchanged")
     after = relation_state(engine)  # (its catalog row changed: the test's trigger came and went)
     assert (after[0], after[1], after[3], after[4]) == (before[0], before[1], before[3], before[4])
-    assert relnames(engine) == ["countries", STATE_TABLE]
+    assert relnames(engine) == ["countries"]
     new = countries(50, seed=3)
     # the engine recovered: the dead connection was discarded, not handed out again
     assert replace_table(engine, new, "countries").changed
@@ -1517,7 +1248,7 @@ def test_swap_refuses_to_drop_a_table_with_a_view_and_rows_keeps_the_view(engine
         "load with strategy=rows (the default), which keeps them, or drop them; the previous table is unchanged"
     )
     assert read_table(engine) == as_tuples(old)
-    assert relnames(engine) == ["countries", STATE_TABLE]
+    assert relnames(engine) == ["countries"]
     assert replace_table(engine, countries(10, seed=2), "countries").changed
     with engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT count(*) FROM big_countries").scalar_one() > 0
@@ -1603,7 +1334,7 @@ def _assert_secret_free(err: BaseException, caplog: pytest.LogCaptureFixture) ->
     assert CANARY not in "".join(traceback.format_exception(err))
     assert CANARY not in caplog.text
     assert "\n" not in message
-    assert "check the countries-db block" in message
+    assert "check the connection settings" in message
     assert "PostgreSQL is running" in message
     return message
 
@@ -1666,7 +1397,7 @@ def test_role_that_may_not_log_in_is_unreachable(pg, engine, database_url, caplo
 
 @pytest.mark.parametrize("where", ["socket", "tcp", "no database"])
 def test_the_checks_before_a_load_fail_as_the_load_does_when_the_database_is_unreachable(pg, where, caplog):
-    """resolve_table and already_loaded connect with psycopg2 alone, and say what the load (SQLAlchemy) says."""
+    """resolve_table and the unchanged check connect with psycopg2 alone, and say what the load (SQLAlchemy) says."""
     caplog.set_level(logging.DEBUG)
     url = {
         "socket": f"postgresql+psycopg2://loader:{CANARY}@/countries_db?host={tempfile.mkdtemp(prefix='no-postgres-')}",
@@ -1681,7 +1412,7 @@ def test_the_checks_before_a_load_fail_as_the_load_does_when_the_database_is_unr
     with pytest.raises(DatabaseUnreachableError) as by_resolve:
         resolve_table(db, "countries")
     with pytest.raises(DatabaseUnreachableError) as by_check:
-        already_loaded(db, PUBLIC_COUNTRIES, SOURCE_A, COLUMNS)
+        live_rows(db, PUBLIC_COUNTRIES, {"fingerprint": "0:0", "columns": list(COLUMNS), "rows": 0})
 
     assert str(by_resolve.value) == str(by_check.value) == str(by_load.value)
     _assert_secret_free(by_resolve.value, caplog)
@@ -1808,12 +1539,11 @@ def test_change_report_on_a_first_load_lists_every_country_as_added(engine):
     assert changes.added[:3] == ("Faroe Islands", "Iceland", "Kingdom of Denmark")
 
 
-def test_change_report_when_rows_change_but_no_country_does(engine):
+def test_rows_in_another_order_are_the_same_table(engine):
     replace_table(engine, frame(BEFORE), "countries")
-    changes = replace_table(engine, frame(BEFORE[::-1]), "countries", changes=SPEC).changes  # only the order
-    assert (changes.any, changes.phrase()) == (False, "same countries, populations and currencies")
-    assert changes.log_lines() == ["same countries, populations and currencies"]
-    assert changes.table_rows() == []
+    result = replace_table(engine, frame(BEFORE[::-1]), "countries", changes=SPEC)  # a table's rows have no order
+    assert (result.changed, result.changes.any, result.changes.phrase()) == (False, False, "no changes")
+    assert result.changes.table_rows() == []
 
 
 def test_change_report_says_why_it_could_not_compare(engine):
@@ -1821,3 +1551,136 @@ def test_change_report_says_why_it_could_not_compare(engine):
         conn.exec_driver_sql("CREATE TABLE countries (nation_official_name text, currency_name text, population text)")
     result = replace_table(engine, frame(BEFORE), "countries", changes=SPEC)
     assert result.changes.phrase() == 'changes not compared: the previous table\'s "population" is not numeric'
+
+
+# --- issue 16: the table equals the source after every load, whatever was done by hand ----------
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize(
+    "edit",
+    [
+        "UPDATE countries SET population = 1 WHERE nation_official_name = 'Country 0-3'",
+        "DELETE FROM countries WHERE nation_official_name = 'Country 0-3';"
+        " INSERT INTO countries VALUES ('Atlantis', 'Euro', 5)",  # same row count
+    ],
+)
+def test_a_hand_edit_is_repaired_by_the_next_load_of_the_same_data(engine, strategy, edit):
+    df = countries(10)
+    replace_table(engine, df, "countries", strategy=strategy)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(edit)
+
+    result = replace_table(engine, df, "countries", strategy=strategy, changes=SPEC)
+
+    assert result.changed and same_rows(engine, df)
+    if strategy == "rows":
+        assert (result.deleted, result.inserted) == (1, 1)  # only the edited row
+    assert result.changes.any
+    assert replace_table(engine, df, "countries", strategy=strategy).changed is False
+
+
+def test_rows_are_compared_by_value_in_the_tables_own_types_and_a_users_cascade_keeps_its_rows(engine):
+    """Issue 16 §2: numeric(14,2), a unique key and ON DELETE CASCADE: one country changed, one rewritten."""
+    df = countries(20)
+    replace_table(engine, df, "countries")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE countries ALTER population TYPE numeric(14,2)")
+        conn.exec_driver_sql("ALTER TABLE countries ADD UNIQUE (nation_official_name)")
+        conn.exec_driver_sql(
+            "CREATE TABLE notes (country text REFERENCES countries (nation_official_name) ON DELETE CASCADE, n int)"
+        )
+        conn.exec_driver_sql("INSERT INTO notes SELECT nation_official_name, 1 FROM countries")
+    xmins = _xmins(engine)
+    changed = df.copy()
+    changed.loc[4, "population"] += 1
+
+    result = replace_table(engine, changed, "countries", changes=SPEC)
+
+    assert (result.deleted, result.inserted) == (1, 1)
+    assert result.changes.phrase() == "1 population changed"
+    assert len(set(_xmins(engine).items()) - set(xmins.items())) == 1  # the 19 other rows are untouched
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM notes").scalar_one() == 19  # only the changed one cascaded
+        assert conn.exec_driver_sql("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid ="
+                                    " 'countries'::regclass AND attname = 'population'").scalar_one() == "numeric(14,2)"
+    assert replace_table(engine, changed, "countries").changed is False  # 364260.00 equals 364260
+
+
+def test_a_load_waits_for_another_load_of_the_table_only_so_long_then_says_table_busy(engine, pg, database_url):
+    from flows.load.locks import _lock_key
+
+    replace_table(engine, countries(3), "countries")
+    with contextlib.closing(dbapi_connect(pg, database_url, "lost loader")) as other, other.cursor() as cur:
+        cur.execute("BEGIN")
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key("public.countries"),))
+        started = time.monotonic()
+        with pytest.raises(TableBusyError) as err:
+            replace_table(engine, countries(3, seed=2), "countries", loader_wait=0.5)
+        assert time.monotonic() - started < 10
+        cur.execute("SELECT pg_backend_pid()")
+        pid = cur.fetchone()[0]
+        cur.execute("ROLLBACK")
+    message = str(err.value)
+    assert message.startswith("table public.countries is busy")
+    assert f"pid {pid}" in message and 'application "lost loader"' in message
+    assert same_rows(engine, countries(3))
+
+
+def test_an_interrupt_while_a_load_waits_for_a_lock_rolls_it_back(engine, pg, database_url):
+    replace_table(engine, countries(5), "countries")
+    with contextlib.closing(dbapi_connect(pg, database_url, "user")) as user, user.cursor() as cur:
+        cur.execute("BEGIN")
+        cur.execute("LOCK TABLE countries IN EXCLUSIVE MODE")  # the load waits for its write lock
+        load = Background(engine, countries(5, seed=2), "countries", lock_timeout=30, lock_retries=0)
+
+        def waiting() -> bool:
+            cur.execute("SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'countries'::regclass")
+            return cur.fetchone()[0] > 0
+
+        wait_until(waiting, "the load to wait for its lock")
+        committed = interrupt_loads(timeout=10)
+        with pytest.raises(LoadInterruptedError, match="^interrupted: the table was not changed"):
+            load.result()
+        cur.execute("ROLLBACK")
+    assert committed == []
+    assert same_rows(engine, countries(5))
+    assert interrupt_loads(timeout=1) == []  # nothing left running
+
+
+# --- issue 16 §7: messages that name the real cause, and mask the password only as a credential ---
+
+
+def test_a_short_password_is_masked_as_a_credential_never_inside_words(pg):
+    db = Database.from_url(f"postgresql+psycopg2://{pg.user}:st@/no_such_db?host={pg.socket_dir}", block="warehouse")
+    with pytest.raises(DatabaseUnreachableError) as err:
+        db.connect()
+    message = str(err.value)
+    assert 'database "no_such_db" does not exist' in message
+    assert "check the warehouse block's connection settings" in message
+    text = "postgresql://u:st@h/d password=st statement timeout; does not exist"
+    assert scrub(text, db) == "postgresql://u:***@h/d password=*** statement timeout; does not exist"
+
+
+def test_a_run_may_skip_only_while_the_source_and_the_tables_content_are_what_the_last_load_left(
+    prefect_server, engine, db
+):
+    """Issue 16 §1: the skip checks the table's content (not its oid or row count); the state is a Prefect Variable."""
+    import asyncio
+
+    from flows.load import state
+
+    df = countries(8)
+    result = replace_table(engine, df, "countries")
+    assert asyncio.run(state.is_unchanged(db, PUBLIC_COUNTRIES, SOURCE_A)) is None  # no state yet
+    asyncio.run(state.save_state(db, PUBLIC_COUNTRIES, SOURCE_A, result))
+
+    assert asyncio.run(state.is_unchanged(db, PUBLIC_COUNTRIES, SOURCE_A)) == 8
+    assert asyncio.run(state.is_unchanged(db, PUBLIC_COUNTRIES, SOURCE_B)) is None  # another source
+    assert asyncio.run(state.stored_source(db, PUBLIC_COUNTRIES)) == SOURCE_A
+    with engine.begin() as conn:  # same oid, same row count, other content
+        conn.exec_driver_sql("UPDATE countries SET population = population + 1 WHERE ctid = (SELECT min(ctid) FROM"
+                             " countries)")  # fmt: skip
+    assert asyncio.run(state.is_unchanged(db, PUBLIC_COUNTRIES, SOURCE_A)) is None
+    with engine.connect() as conn:  # nothing of the pipeline's in the user's schema
+        assert conn.exec_driver_sql("SELECT count(*) FROM pg_class WHERE relname LIKE '%%pipeline%%'").scalar_one() == 0

@@ -5,7 +5,7 @@ and stops what it started. Promised (issue 12 §5, the module's docstring): the
 Prefect server listens on 127.0.0.1 only, serves the user's PREFECT_HOME, is
 reused while its pid is alive and its port answers as that server, and is
 replaced when the pid is dead or the port answers something else; only its pid
-and port are kept; ``python -m flows.local status|url|psql|stop`` manages both
+and port are kept; ``python -m flows.ops.local status|url|psql|stop`` manages both
 servers.
 """
 

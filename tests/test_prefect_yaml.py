@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from flows.api import expand_regions
+from flows.source import expand_regions
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PREFECT_YAML = REPO_ROOT / "prefect.yaml"

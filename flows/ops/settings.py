@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from prefect.blocks.core import Block
 from pydantic import Field
 
-from flows._postgres import Database
+from flows.load.database import Database
 from flows.errors import ConfigurationError, setting
 
 if TYPE_CHECKING:

@@ -26,6 +26,7 @@ MODULES = {  # name -> module, in the order they run
     "load": "tests.benchmarks.bench_load",
     "fetch": "tests.benchmarks.bench_fetch",
     "e2e": "tests.benchmarks.bench_e2e",
+    "scale": "tests.benchmarks.bench_scale",
 }
 
 EXIT_OK, EXIT_TARGET_MISSED, EXIT_MODULE_FAILED = 0, 1, 2

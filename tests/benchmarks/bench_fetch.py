@@ -12,8 +12,8 @@ per region, a fixed latency per response: 1 s for the real measurement):
   ``cache_minutes=0``; the key and the trusted base URL come from
   ``RESTCOUNTRIES_API_KEY`` / ``RESTCOUNTRIES_BASE_URL``, as on a worker.
 * **the fetch, same shape**: an async flow gathering six Prefect tasks, each
-  awaiting ``flows.api.fetch_region`` over one shared client, the run's
-  budget taken once with ``flows.budget.start_run`` (the flow's intended
+  awaiting ``flows.source.fetch_region`` over one shared client, the run's
+  budget taken once with ``flows.source.budget.start_run`` (the flow's intended
   shape, without unnest and load). Its baseline is the same flow taking one
   slot of the ``restcountries-api`` limit per request (the budget before
   issue 8), which serialises on the server.
@@ -24,6 +24,12 @@ target of 0.25 s, and the flow's wall time against the API latency (no target).
 On a server started here the ``restcountries-api`` limit is raised to 60 slots
 decaying at 30/s, so back-to-back runs measure fetching, not queueing for slots.
 
+Also, without Prefect (issue 18): the client's own cost on **large bodies**, six
+concurrent v3.1 region requests of one big JSON list each (200,000 countries, about
+14 MB a region; 20,000 in smoke mode) from a fake server on 127.0.0.1, against
+plain ``httpx`` + ``json.loads`` doing the same requests (median wall time of 3 runs,
+and the CPU seconds of this process, which excludes the server's own threads).
+
 ``python -m tests.benchmarks.bench_fetch [--smoke]`` prints the table.
 """
 
@@ -31,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import statistics
 import tempfile
@@ -40,7 +47,8 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from flows import budget, schema
+from flows import schema
+from flows.source import budget
 from tests.benchmarks._report import Figure, format_table
 from tests.countries_data import synthetic_countries
 from tests.fake_api import FakeRestCountries
@@ -50,6 +58,7 @@ SPREAD_TARGET = 0.25
 COUNTRIES = 250
 REGIONS = ["all"]
 PATHS_V5 = ("names.official", "currencies.*.name", "population")
+PATHS_V31 = ("name.official", "currencies.*.name", "population")
 TABLE = "bench_fetch_countries"
 
 
@@ -116,7 +125,8 @@ def _shape_flow():
     from prefect.cache_policies import NO_CACHE
     from prefect.concurrency.asyncio import rate_limit
 
-    from flows import api, budget
+    from flows import source as api
+    from flows.source import budget
 
     @task(task_run_name="fetch {region}", cache_policy=NO_CACHE)
     async def fetch(client: api.ApiClient, region: str, base_url: str, hook: Callable[[], Awaitable[None]]):
@@ -256,6 +266,73 @@ def _figures(smoke: bool, fake: FakeRestCountries, db_block: str, latency: float
     return figures
 
 
+LARGE_REGIONS = ("Africa", "Americas", "Antarctic", "Asia", "Europe", "Oceania")
+V31_FIELDS = ("name", "currencies", "population", "region", "subregion")
+
+
+def large_bodies(smoke: bool) -> list[Figure]:
+    """The client against plain httpx + json.loads on six large v3.1 region bodies (see the module docstring)."""
+    import httpx
+
+    from flows import source
+
+    n = 20_000 if smoke else 200_000
+    countries = synthetic_countries(n, seed=3)
+    files = {
+        f"/v3.1/region/{region}": json.dumps(
+            [{k: c[k] for k in V31_FIELDS if k in c} for c in countries if c["region"] == region]
+        ).encode()
+        for region in LARGE_REGIONS
+    }
+    del countries
+
+    async def plain(url: str) -> int:
+        async with httpx.AsyncClient(timeout=120) as client:
+
+            async def one(region: str) -> list:
+                answer = await client.get(f"{url}/v3.1/region/{region}", params={"fields": ",".join(V31_FIELDS)})
+                return json.loads(answer.content)
+
+            return sum(map(len, await asyncio.gather(*(one(r) for r in LARGE_REGIONS))))
+
+    async def ours(url: str) -> int:
+        async with source.make_client(deadline=120) as client:
+            fetches = (
+                source.fetch_region(client, r, dialect=source.get_dialect("v3.1"), base_url=url, paths=PATHS_V31)
+                for r in LARGE_REGIONS
+            )
+            return sum(map(len, await asyncio.gather(*fetches)))
+
+    timings: dict[str, tuple[list[float], list[float]]] = {"plain": ([], []), "ours": ([], [])}
+    with FakeRestCountries(files=files) as fake:
+        for _ in range(3):
+            for name, call in (("plain", plain), ("ours", ours)):
+                wall, cpu = time.perf_counter(), time.process_time()
+                got = asyncio.run(call(fake.url))
+                timings[name][0].append(time.perf_counter() - wall)
+                timings[name][1].append(time.process_time() - cpu)
+                if got != n:
+                    raise AssertionError(f"{name} fetched {got} countries, expected {n}")
+    size = sum(map(len, files.values())) / 1e6
+    note = f"6 v3.1 regions, {n} countries, {size:.0f} MB of JSON, median of 3"
+    figures = []
+    for i, metric in enumerate(("seconds", "CPU seconds")):
+        base, mine = (statistics.median(timings[k][i]) for k in ("plain", "ours"))
+        figures.append(
+            Figure(
+                benchmark="fetch large bodies, client vs httpx + json.loads",
+                metric=metric,
+                baseline_name="httpx + json.loads",
+                baseline=base,
+                ours=mine,
+                target="ours/baseline <= 1.2",
+                met=mine <= 1.2 * base,
+                note=note,
+            )
+        )
+    return figures
+
+
 def run(smoke: bool = False, db_block: str | None = None) -> list[Figure]:
     """Measure (see the module docstring); ``smoke`` uses 0.2 s latency and one run of each.
 
@@ -268,12 +345,13 @@ def run(smoke: bool = False, db_block: str | None = None) -> list[Figure]:
 
     latency = 0.2 if smoke else 1.0
     tmp = Path(tempfile.mkdtemp(prefix="bench-fetch-"))
+    large = large_bodies(smoke)
     with FakeRestCountries(synthetic_countries(COUNTRIES, seed=7), latency=latency) as fake:
         if os.environ.get("PREFECT_API_URL"):
             if db_block is not None:
-                return _figures(smoke, fake, db_block, latency)
+                return _figures(smoke, fake, db_block, latency) + large
             with database_block(tmp / "pg") as block:
-                return _figures(smoke, fake, block, latency)
+                return _figures(smoke, fake, block, latency) + large
         with (
             running_prefect_server(tmp / "server-home") as api_url,
             temporary_settings({PREFECT_API_URL: api_url}),
@@ -282,7 +360,7 @@ def run(smoke: bool = False, db_block: str | None = None) -> list[Figure]:
         ):
             # Our own server: a generous limit, so back-to-back runs measure fetching, not queueing for slots.
             asyncio.run(budget.ensure_rate_limit(burst=60, per_second=30, update=True))
-            return _figures(smoke, fake, block, latency)
+            return _figures(smoke, fake, block, latency) + large
 
 
 if __name__ == "__main__":

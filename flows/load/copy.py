@@ -1,4 +1,4 @@
-"""A DataFrame as PostgreSQL's COPY text format, and the content hash of exactly those bytes (private).
+"""A DataFrame as PostgreSQL's COPY text format (private to ``flows.load``).
 
 :func:`plan_copy` validates a frame and settles each column's SQL type (from
 ``column_types``, else from its dtype: text / bigint / double precision /
@@ -6,30 +6,21 @@ boolean / timestamptz) without touching the data. :func:`serialise` then
 yields the rows in COPY text format (UTF-8), a chunk of rows at a time:
 NULL (None/NaN/NaT/NA) as ``\\N``; backslash, tab, newline and CR escaped;
 ints and floats exact (``%r`` round-trips); datetimes in UTC with
-microseconds. :class:`CopyStream` is what ``copy_expert`` reads, hashing the
-bytes on the way; :func:`content_digest` hashes them without a database.
-
-The hash is SHA-256 of a JSON header (column names, SQL types, row count) and
-then the serialised rows: the same frame gives the same digest however it is
-chunked, and the loader compares it with the digest stored by the last load.
-Text PostgreSQL cannot store (NUL, lone surrogates) raises ``LoadError``.
+microseconds. :class:`CopyStream` is what ``copy_expert`` reads. Text
+PostgreSQL cannot store (NUL, lone surrogates) raises ``LoadError``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import re
 from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 import pandas as pd
 
-from flows._postgres import MAX_IDENTIFIER_BYTES, quote_ident
+from flows.load.database import MAX_IDENTIFIER_BYTES, quote_ident
 from flows.errors import ConfigurationError, LoadError
-
-__all__ = ["Column", "CopyPlan", "CopyStream", "content_digest", "plan_copy", "serialise"]
 
 _NULL = "\\N"  # COPY text format's NULL marker
 _SQL_TYPE = re.compile(
@@ -52,11 +43,10 @@ class Column:
 
 @dataclasses.dataclass(frozen=True)
 class CopyPlan:
-    """A validated frame: its columns with SQL types, row count, and the header its hash starts with."""
+    """A validated frame: its columns with SQL types, and its row count."""
 
     columns: list[Column]
     rows: int
-    header: bytes
 
     def names(self) -> str:
         """The quoted column names, comma-separated, for a column list."""
@@ -117,8 +107,7 @@ def plan_copy(df: pd.DataFrame, column_types: Mapping[str, str] | None) -> CopyP
         columns.append(
             Column(name, column_types.get(name, "").strip() or _default_sql_type(name, series.dtype), series)
         )
-    header = json.dumps({"columns": names, "types": [c.sql_type for c in columns], "rows": len(df)})
-    return CopyPlan(columns=columns, rows=len(df), header=header.encode("utf-8") + b"\n")
+    return CopyPlan(columns=columns, rows=len(df))
 
 
 def _fields(column: Column) -> tuple[str, Callable[[int, int], list]]:
@@ -204,28 +193,11 @@ def serialise(plan: CopyPlan) -> Iterator[bytes]:
         yield chunk
 
 
-def content_digest(plan: CopyPlan) -> str:
-    """SHA-256 hex of ``plan``'s header followed by its rows in COPY text format: what is loaded."""
-    digest = hashlib.sha256(plan.header)
-    for chunk in serialise(plan):
-        digest.update(chunk)
-    return digest.hexdigest()
-
-
 class CopyStream:
-    """What ``copy_expert`` reads: the frame serialised as COPY asks; ``digest`` once all was read.
-
-    An error raised while serialising aborts the COPY and propagates.
-    """
+    """What ``copy_expert`` reads: the frame serialised as COPY asks. An error while serialising aborts the COPY."""
 
     def __init__(self, plan: CopyPlan) -> None:
         self._chunks = serialise(plan)
-        self._hash = hashlib.sha256(plan.header)
-        self.digest: str | None = None
 
     def read(self, size: int = -1) -> bytes:
-        chunk = next(self._chunks, b"")
-        self._hash.update(chunk)
-        if not chunk:
-            self.digest = self._hash.hexdigest()
-        return chunk
+        return next(self._chunks, b"")

@@ -1,57 +1,31 @@
-"""What changed between a table and the rows about to replace it, computed in the database.
+"""What a load changes: the change report, computed in the database, and the row-drop rule.
 
-The comparison is generic over a :class:`ChangeSpec` the caller passes; for
-the countries table::
+The report is generic over a :class:`ChangeSpec`; for the countries table the key is
+``nation_official_name``, the measure ``population`` and the set column ``currency_name``.
+Rows are grouped by the key (NULL keys left out); per key a measure's value is
+``max(column)`` (every row of a country repeats its population) and a set column's value
+the set of its distinct non-NULL values. The report holds the keys added and removed; per
+measure, how many keys changed value and the largest changes (NULL last); per set column,
+how many keys changed set and the first of them. Lists hold at most ``spec.limit`` keys
+(code-point order); counts are exact.
 
-    ChangeSpec(
-        key="nation_official_name", noun="country", plural="countries",
-        measures=(Measure("population", "population", "populations"),),
-        sets=(SetColumn("currency_name", "currencies"),),
-    )
+:func:`compare` is one statement over the rows the load found different (under its write
+lock): only the keys they touch are aggregated on both sides, so its cost follows the
+changes. Renderings: :meth:`ChangeSummary.phrase` (``+1 country, 3 populations changed``),
+``log_lines``, ``table_rows`` and ``markdown`` (the artifact).
 
-Rows are grouped by the key (rows whose key is NULL are left out). Per key,
-a measure's value is ``max(column)`` over the key's rows (a measure belongs to
-the entity: every row of a country repeats its population), and a set
-column's value is the set of its distinct non-NULL values (a country's
-currencies). The report then holds:
-
-- the keys added and removed;
-- per measure: how many keys present before and after have another value,
-  and the largest changes (by absolute difference; a change from or to NULL
-  comes last);
-- per set column: how many keys present before and after have another set,
-  and the first of them by key.
-
-Lists hold at most ``spec.limit`` entries (keys in code-point order); the
-counts are exact. :func:`compare` is one SQL statement: a join of the two
-sides' rows on key and set values finds the keys touched, and only those are
-aggregated and compared. It costs about a millisecond for 250 rows; for a
-million, about 1.5 s when 1% of the rows changed and a few seconds when all
-did (2 busy cores). The renderings of
-:class:`ChangeSummary`: :meth:`~ChangeSummary.phrase` for the command line's
-summary line (``+1 country, 3 populations changed``), :meth:`~ChangeSummary.log_lines`,
-and :meth:`~ChangeSummary.table_rows` / :meth:`~ChangeSummary.markdown` for a
-Prefect table or markdown artifact.
+:func:`check_row_drop`: refuse a load that would shrink the table below a fraction of its rows.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
-__all__ = [
-    "ChangeSpec",
-    "ChangeSummary",
-    "Measure",
-    "MeasureChange",
-    "MeasureChanges",
-    "SetChange",
-    "SetChanges",
-    "SetColumn",
-    "compare",
-    "missing_columns",
-]
-
+from flows.errors import ConfigurationError, QualityGateError, setting
+from flows.load.database import quote_ident as _q
 
 # --- what to compare --------------------------------------------------------------------
 
@@ -78,10 +52,8 @@ class SetColumn:
 
 @dataclass(frozen=True)
 class ChangeSpec:
-    """What :func:`compare` compares: the key column, its entity's noun, measures and set columns.
-
-    ``limit`` caps every list in the report (the counts stay exact).
-    """
+    """What :func:`compare` compares: the key column, its entity's noun, measures and set columns; ``limit`` caps
+    every list in the report (the counts stay exact)."""
 
     key: str
     noun: str = "row"
@@ -163,9 +135,7 @@ class SetChanges:
 class ChangeSummary:
     """What changed between the previous table and the new rows (see the module docstring).
 
-    ``unchanged`` is ``True`` when the loader found the content identical and
-    compared nothing; ``not_compared`` is a reason when the comparison could not
-    run (the previous table lacks a compared column), else ``""``.
+    ``unchanged``: the content was equal; ``not_compared``: why the comparison could not run, else ``""``.
     """
 
     spec: ChangeSpec
@@ -180,34 +150,25 @@ class ChangeSummary:
 
     @classmethod
     def identical(cls, spec: ChangeSpec) -> ChangeSummary:
-        """The summary of a load whose content equals the table's."""
         return cls(spec, unchanged=True)
 
     @classmethod
     def skipped(cls, spec: ChangeSpec, reason: str) -> ChangeSummary:
-        """The summary when the previous table could not be compared, saying why."""
         return cls(spec, not_compared=reason)
 
     @property
     def any(self) -> bool:
         """Whether anything the spec compares changed."""
-        return bool(
-            self.added_count
-            or self.removed_count
-            or any(m.count for m in self.measures)
-            or any(s.count for s in self.sets)
-        )
+        return any([self.added_count, self.removed_count, *(m.count for m in self.measures),
+                    *(s.count for s in self.sets)])  # fmt: skip
 
     def _capped(self, items: tuple, count: int) -> str:
         text = ", ".join(str(i) for i in items)
         return text + (f" and {count - len(items):,} more" if count > len(items) else "")
 
     def phrase(self) -> str:
-        """A short phrase for a summary line: ``+1 country, -2 countries, 3 populations changed``.
-
-        ``no changes`` when the content was identical; ``same countries, populations
-        and currencies`` when the rows changed otherwise (order, other columns).
-        """
+        """``+1 country, -2 countries, 3 populations changed``; ``no changes``; ``same countries, populations and
+        currencies`` when rows changed in other columns."""
         spec = self.spec
         if self.unchanged:
             return "no changes"
@@ -244,11 +205,8 @@ class ChangeSummary:
         return lines or [self.phrase()]
 
     def table_rows(self) -> list[dict[str, str]]:
-        """Rows for a Prefect table artifact: ``change``, the noun (e.g. ``country``), ``before``, ``after``.
-
-        One row per listed change; a capped list ends with a row ``and N more``.
-        Empty when nothing is listed (use :meth:`phrase` then).
-        """
+        """Rows ``change``, the noun (e.g. ``country``), ``before``, ``after``: one per listed change, a capped list
+        ending with ``and N more``; empty when nothing is listed."""
         noun, rows = self.spec.noun, []
 
         def row(change: str, key: str, before: str = "", after: str = "") -> None:
@@ -296,10 +254,6 @@ def _sorted(values: list[str]) -> tuple[str, ...]:
     return tuple(sorted(set(values)))
 
 
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def missing_columns(cursor: Any, spec: ChangeSpec, relation_oid: int) -> str:
     """Why the relation ``relation_oid`` cannot be compared under ``spec``, or ``""`` if it can.
 
@@ -328,27 +282,16 @@ def _top(source: str, where: str, value: str, order: str, limit: int) -> str:
     )
 
 
-def _statement(spec: ChangeSpec, old: str, new: str) -> str:
-    """One statement in two steps, so that its cost follows the number of changes.
+def _statement(spec: ChangeSpec, old: str, new: str, differing: str) -> str:
+    """One statement whose cost follows the number of changes.
 
-    1. ``t``: the keys touched (with repeats), from a full join of the rows on the key and the
-       set columns' values: a row on one side only, or a measure that differs.
-       Rows of unchanged keys meet their twins and drop out.
-    2. For the touched keys only: aggregate each side by key, join on the key
-       and keep the keys that differ. A set column is aggregated unordered and
-       compared as a set (``@>`` both ways); the listed sets are sorted in Python.
+    ``t``: the keys of the rows that differ (``differing``, the loader's comparison).
+    For those keys only: aggregate each side by key, join on the key and keep the
+    keys that differ. A set column is aggregated unordered and compared as a set
+    (``@>`` both ways); the listed sets are sorted in Python.
     """
     key, limit, by_key = _q(spec.key), int(spec.limit), 'k COLLATE "C"'
     measures, sets = range(len(spec.measures)), range(len(spec.sets))
-
-    row = [f"{key}::text AS k"]
-    row += [f"coalesce({_q(c.column)}::text || 'x', '') AS j{i}" for i, c in enumerate(spec.sets)]  # NULL -> ''
-    row += [f"{_q(m.column)}::numeric AS r{i}" for i, m in enumerate(spec.measures)]
-    same_row = ["n.k = o.k", *(f"n.j{i} = o.j{i}" for i in sets)]
-    touches = ["o.k IS NULL", "n.k IS NULL", *(f"o.r{i} IS DISTINCT FROM n.r{i}" for i in measures)]
-
-    def rows(relation: str) -> str:
-        return f"SELECT {', '.join(row)} FROM {relation} WHERE {key} IS NOT NULL"
 
     aggregates = [f"{key}::text AS k"]
     aggregates += [f"max({_q(m.column)})::numeric AS m{i}" for i, m in enumerate(spec.measures)]
@@ -370,8 +313,7 @@ def _statement(spec: ChangeSpec, old: str, new: str) -> str:
     differs += [f"o.m{i} IS DISTINCT FROM n.m{i}" for i in measures]
     differs += [f"NOT (o.s{i} @> n.s{i} AND n.s{i} @> o.s{i})" for i in sets]
     ctes = [
-        f"t AS MATERIALIZED (SELECT coalesce(o.k, n.k) AS k FROM ({rows(old)}) o"
-        f" FULL JOIN ({rows(new)}) n ON {' AND '.join(same_row)} WHERE {' OR '.join(touches)})",
+        f"t AS MATERIALIZED (SELECT DISTINCT {key}::text AS k FROM {differing} WHERE {key} IS NOT NULL)",
         f"o AS ({per_key(old)})",
         f"n AS ({per_key(new)})",
         f"d AS MATERIALIZED (SELECT {', '.join(kept)} FROM o FULL JOIN n ON n.k = o.k WHERE {' OR '.join(differs)})",
@@ -396,17 +338,13 @@ def _statement(spec: ChangeSpec, old: str, new: str) -> str:
     return f"WITH {', '.join(ctes)} SELECT {', '.join(results)}"
 
 
-def compare(cursor: Any, spec: ChangeSpec, old: str | None, new: str) -> ChangeSummary:
-    """Compare the rows of relation ``old`` (``None``: no previous table) with those of ``new``.
-
-    ``cursor`` is a DBAPI (psycopg2) cursor inside the loader's transaction;
-    ``old`` and ``new`` are SQL relation names, already quoted (``"public"."countries"``).
-    Both must have the spec's columns (check ``old`` with :func:`missing_columns`).
-    Reads only; one statement.
-    """
+def compare(cursor: Any, spec: ChangeSpec, old: str | None, new: str, differing: str) -> ChangeSummary:
+    """Compare relation ``old`` (``None``: no previous table) with ``new``, for the keys of ``differing`` (the rows
+    on one side only), on a psycopg2 ``cursor`` in the load's transaction. Quoted relation names, which must have
+    the spec's columns (check ``old`` with :func:`missing_columns`). Reads only; one statement."""
     if old is None:
         old = f"(SELECT * FROM {new} WHERE false) AS nothing"
-    cursor.execute(_statement(spec, old, new))
+    cursor.execute(_statement(spec, old, new, differing))
     values = list(cursor.fetchone())
     added_count, added, removed_count, removed = values[:4]
     measures, position = [], 4
@@ -419,12 +357,40 @@ def compare(cursor: Any, spec: ChangeSpec, old: str | None, new: str) -> ChangeS
         count, changes = values[position : position + 2]
         position += 2
         sets.append(SetChanges(column, count, tuple(SetChange(k, _sorted(b), _sorted(a)) for k, b, a in changes)))
-    return ChangeSummary(
-        spec,
-        added_count=added_count,
-        added=tuple(added),
-        removed_count=removed_count,
-        removed=tuple(removed),
-        measures=tuple(measures),
-        sets=tuple(sets),
-    )
+    return ChangeSummary(spec, added_count, tuple(added), removed_count, tuple(removed), tuple(measures), tuple(sets))
+
+
+# --- the row-drop rule: how much a load may shrink the table ------------------------------------
+
+
+def _percent(kept: float, limit: float) -> str:
+    shown = f"{kept * 100:.0f}"
+    if float(shown) >= limit * 100:
+        shown = f"{math.floor(kept * 1000) / 10:.1f}"
+    return f"{shown}%"
+
+
+def check_min_row_fraction(min_fraction: float) -> None:
+    """``ConfigurationError`` unless ``min_fraction`` is a number in [0, 1]."""
+    valid = isinstance(min_fraction, int | float) and not isinstance(min_fraction, bool)
+    if not valid or math.isnan(min_fraction) or not 0.0 <= min_fraction <= 1.0:
+        raise ConfigurationError(
+            f"{setting('min_row_fraction')} must be between 0 and 1 (a fraction like 0.5 for 50%), got {min_fraction!r}"
+        )
+
+
+def check_row_drop(new_rows: int, previous_rows: int | None, min_fraction: float, table: str) -> None:
+    """Refuse (``QualityGateError``) a load of fewer than ``min_fraction`` of the table's ``previous_rows``.
+
+    Never refused: a first load (``None``), an empty table. Exactly ``min_fraction``
+    passes (computed on the decimal fraction: 0.1 of 10 rows is 1 row).
+    """
+    if not previous_rows:
+        return
+    needed = Fraction(repr(float(min_fraction))) * previous_rows
+    if new_rows < needed:
+        raise QualityGateError(
+            f"new data has {new_rows} rows, {_percent(new_rows / previous_rows, min_fraction)} of the "
+            f"{previous_rows} in {table}, below {setting('min_row_fraction', min_fraction)} "
+            f"(at least {math.ceil(needed)} rows); re-run with {setting('force', True)} if this is expected"
+        )

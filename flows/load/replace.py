@@ -1,0 +1,398 @@
+"""Make a PostgreSQL table's rows equal to a DataFrame's, in one transaction, writing only what differs.
+
+One load, one transaction on a psycopg2 connection of the caller's SQLAlchemy engine:
+
+1. ``pg_advisory_xact_lock`` on the table's name: loads of one table run one after the other;
+   the wait blocks no reader and is bounded (``loader_wait``), then "table busy".
+2. ``COPY ... FROM STDIN (FREEZE)`` the rows into a staging table made from the TABLE's
+   columns (``CREATE ... AS SELECT <columns> FROM <table> WITH NO DATA``), so they are
+   compared in its types: temporary for ``"rows"``, beside the table for ``"swap"``.
+3. ``LOCK TABLE ... IN SHARE ROW EXCLUSIVE MODE``: no other writer until the commit, no
+   reader blocked; the comparison, the change report and the write see one state.
+4. The row-drop rule (``force`` bypasses it).
+5. ``"rows"``: one hash full join of the table and the staged rows on
+   ``hash_record_extended(ROW(...))``, rows compared by value on a match (NULL equals NULL),
+   keeps the rows of one side only; ``DELETE`` those of the table by ctid, ``INSERT`` the
+   staged ones. Rows in both are untouched (same row version): a user's foreign key (even
+   ``ON DELETE CASCADE``), views, indexes, triggers, grants, extra columns all stay. A row
+   held several times on a side is counted exactly: the fingerprints of table and staged
+   rows must then agree, else the transaction goes back to before step 5 and compares by
+   one hash aggregate counting each side. Equal content: nothing written.
+   ``"swap"``: unless both fingerprints are equal, carry grants and comment over, ``DROP`` the
+   table, ``RENAME`` the staging one (indexes, constraints, triggers, owner are not kept; a
+   view on the table makes it fail).
+6. The table's fingerprint (``flows.load.state.fingerprint``); commit. Any failure rolls back.
+
+Waits for users' locks: ``lock_timeout``, ``lock_retries`` (``flows.load.locks``). An
+interrupt (``flows.load.interrupt_loads``) cancels the statement and rolls back.
+PostgreSQL 14 or later (``hash_record_extended``, ``min(tid)``: 14); tested on 18.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import secrets
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Literal
+
+import psycopg2
+import psycopg2.errors
+
+from flows.errors import (
+    ConfigurationError,
+    CountriesError,
+    LoadError,
+    LoadInterruptedError,
+    setting,
+)
+from flows.load import changes as change_report
+from flows.load.changes import ChangeSpec, ChangeSummary, check_min_row_fraction, check_row_drop
+from flows.load.database import TableName, parse_table_name, pg_message, quote_ident, resolve_schema, scrub, unreachable
+from flows.load.locks import LockWaits, Running, advisory_lock, commit, running_loads
+from flows.load.state import LoadResult, fingerprint, row_hash
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import sqlalchemy as sa
+
+    from flows.load.copy import CopyPlan
+
+logger = logging.getLogger(__name__)
+
+Strategy = Literal["rows", "swap"]
+STRATEGIES: tuple[str, ...] = ("rows", "swap")
+_STAGE = 'pg_temp."countries_pipeline_new"'
+_DIFF = 'pg_temp."countries_pipeline_diff"'
+_PRIVILEGES = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER", "MAINTAIN"})
+
+
+# --- one load, in one transaction ----------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Load:
+    """Steps 2-7 of the module docstring on ``cur``, inside the caller's transaction."""
+
+    cur: psycopg2.extensions.cursor
+    table: TableName  # schema-qualified
+    plan: CopyPlan
+    options: dict
+
+    @property
+    def columns(self) -> list[str]:
+        return [c.name for c in self.plan.columns]
+
+    def run(self, waits: LockWaits) -> LoadResult:
+        cur, table, swap, spec = self.cur, self.table, self.options["strategy"] == "swap", self.options["changes"]
+        cur.execute(
+            "SELECT oid, relkind, obj_description(oid, 'pg_class') FROM pg_class"
+            " WHERE relnamespace = to_regnamespace(%s) AND relname = %s",
+            (quote_ident(table.schema), table.name),
+        )
+        oid, relkind, comment = cur.fetchone() or (None, None, None)
+        if relkind not in (None, "r"):
+            raise LoadError(f"{table} exists but is not a plain table (relkind {relkind!r}); refusing to replace it")
+        complete = oid is not None and self._has_columns(oid, swap)  # a swap may replace a table lacking some
+        staging = TableName(table.schema, f"{table.name[:40]}__swap_{secrets.token_hex(4)}").sql if swap else _STAGE
+        self._stage(staging, table.sql if complete else None, temporary=not swap, oid=oid, waits=waits)
+        if oid is None:
+            return self._first(staging, swap)
+
+        def lock_and_count() -> int:
+            cur.execute(f"LOCK TABLE {table.sql} IN SHARE ROW EXCLUSIVE MODE")  # no other writer; no reader blocked
+            cur.execute(f"SELECT count(*) FROM {table.sql}")
+            return cur.fetchone()[0]
+
+        previous = waits.bounded(oid, "write", lock_and_count)
+        if not self.options["force"]:
+            check_row_drop(self.plan.rows, previous, self.options["min_row_fraction"], table.name)
+        cur.execute(f"ANALYZE {staging}")  # a few ms: the planner then knows how many rows there are
+        if swap:
+            return self._swap(oid, comment, staging, previous, complete, waits)
+        cur.execute("SAVEPOINT countries_pipeline_diff")
+        for exact in (False, True):
+            deleted, inserted, differing = self._diff(staging, previous, exact)
+            summary = None if spec is None else self._report(oid, staging, differing, deleted + inserted)
+            if deleted or inserted:  # behind a user's row lock (SELECT ... FOR UPDATE): bounded, retried
+                waits.bounded(oid, "write", lambda d=deleted, i=inserted: self._write(staging, d, previous, i))
+            content = fingerprint(cur, table, self.columns)
+            # No row of the table is in the data, or the contents are equal: the fast comparison was right.
+            if exact or deleted == previous or content == fingerprint(cur, staging, self.columns):
+                break
+            cur.execute("ROLLBACK TO SAVEPOINT countries_pipeline_diff")  # rows held several times: count them
+        return self._result(previous, deleted, inserted, summary, content)
+
+    def _result(self, previous, deleted: int, inserted: int, summary, content: str) -> LoadResult:
+        return LoadResult(
+            str(self.table), int(content.split(":")[0]), previous, deleted, inserted, summary,
+            self.options["strategy"], content, tuple(self.columns),
+        )  # fmt: skip
+
+    def _has_columns(self, oid: int, swap: bool) -> bool:
+        """Whether the table has every column of the data; strategy "rows" refuses a table without them."""
+        self.cur.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped", (oid,)
+        )
+        have = [r[0] for r in self.cur.fetchall()]
+        missing = [c for c in self.columns if c not in have]
+        if missing and not swap:
+            names = ", ".join(json.dumps(m, ensure_ascii=False) for m in missing)
+            raise LoadError(
+                f"{self.table} has no column {names} of the data (its columns: {', '.join(have)}): add it, drop the "
+                f"table so that the next load creates it, or load with {setting('strategy', 'swap')} to replace "
+                "the table; the previous table is unchanged"
+            )
+        return not missing
+
+    def _stage(self, staging: str, like: str | None, temporary: bool, oid: int | None, waits: LockWaits) -> None:
+        """Create ``staging`` in the types of ``like`` (the table) or of the data, and COPY the rows in."""
+        cur, names = self.cur, self.plan.names()
+        kind, on_commit = ("TEMPORARY ", " ON COMMIT DROP") if temporary else ("", "")
+        if like is None:
+            cur.execute(f"CREATE {kind}TABLE {staging} ({self.plan.definitions()}){on_commit}")
+        else:  # in the table's own types: compared by value, as the table holds them
+            create = f"CREATE {kind}TABLE {staging}{on_commit} AS SELECT {names} FROM {like} WITH NO DATA"
+            waits.bounded(oid, "read", lambda: cur.execute(create))
+        from flows.load.copy import CopyStream
+
+        # FREEZE (the table is new in this transaction): its rows need no hint bits on first read.
+        copy = f"COPY {staging} ({names}) FROM STDIN WITH (FORMAT text, FREEZE, ENCODING 'UTF8')"
+        cur.copy_expert(copy, CopyStream(self.plan), size=1 << 20)
+
+    def _first(self, staging: str, swap: bool) -> LoadResult:
+        """A first load: the staging table becomes the table (swap), or the table is created from it."""
+        cur, table, spec = self.cur, self.table, self.options["changes"]
+        if swap:
+            cur.execute(f"ALTER TABLE {staging} RENAME TO {quote_ident(table.name)}")
+        else:
+            cur.execute(f"CREATE TABLE {table.sql} ({self.plan.definitions()})")
+            cur.execute(f"INSERT INTO {table.sql} ({self.plan.names()}) SELECT {self.plan.names()} FROM {staging}")
+        summary = None if spec is None else change_report.compare(cur, spec, None, table.sql, table.sql)
+        return self._result(None, 0, self.plan.rows, summary, fingerprint(cur, table, self.columns))
+
+    def _diff(self, staging: str, previous: int, exact: bool) -> tuple[int, int, str]:
+        """The rows on one side only (step 5), into ``_DIFF``: data columns, ``oc``/``nc`` (count in the table, in
+        the data), ``old_id``/``new_id`` (a ctid of each side). Returns (rows to delete, to insert, ``_DIFF``)."""
+        cur, names, table = self.cur, self.plan.names(), self.table.sql
+        if exact:
+            cur.execute(
+                f"CREATE TEMPORARY TABLE {_DIFF} ON COMMIT DROP AS SELECT {names},"
+                " count(*) FILTER (WHERE side = 0) AS oc, count(*) FILTER (WHERE side = 1) AS nc,"
+                " min(id) FILTER (WHERE side = 0) AS old_id, min(id) FILTER (WHERE side = 1) AS new_id"
+                f" FROM (SELECT 0 AS side, ctid AS id, {names} FROM {table}"
+                f" UNION ALL SELECT 1, ctid, {names} FROM {staging}) u GROUP BY {names}"
+                " HAVING count(*) FILTER (WHERE side = 0) <> count(*) FILTER (WHERE side = 1)"
+            )
+        else:
+            o, n = (", ".join(f"{side}.{quote_ident(c)}" for c in self.columns) for side in "on")
+            ho, hn = (row_hash(cur, staging, self.columns, alias) for alias in "on")  # staged in the table's types
+            cur.execute("SET LOCAL work_mem = '128MB'")  # the hash of a million rows in memory: 2x faster here
+            spec = self.options["changes"]  # the report reads the key of the differing rows; nothing else is kept
+            k = "" if spec is None else quote_ident(spec.key)
+            key = f"coalesce(o.{k}, n.{k}) AS {k}," if k else ""
+            cur.execute(
+                f"CREATE TEMPORARY TABLE {_DIFF} ON COMMIT DROP AS SELECT {key}"
+                " (o.ctid IS NOT NULL)::int::bigint AS oc,"
+                f" (n.ctid IS NOT NULL)::int::bigint AS nc, o.ctid AS old_id, n.ctid AS new_id FROM {table} o"
+                f" FULL JOIN {staging} n"
+                f" ON {ho} = {hn}"
+                f" WHERE o.ctid IS NULL OR n.ctid IS NULL OR ROW({o}) IS DISTINCT FROM ROW({n})"
+            )
+        cur.execute(
+            "SELECT coalesce(sum(oc - nc) FILTER (WHERE oc > nc), 0), coalesce(sum(nc - oc) FILTER (WHERE nc > oc), 0),"
+            f" count(*) FILTER (WHERE oc = 1 AND nc = 1) FROM {_DIFF}"
+        )
+        deleted, inserted, collisions = (int(v) for v in cur.fetchone())
+        if collisions:  # two different rows of one hash: compare them by counting
+            cur.execute(f"DROP TABLE {_DIFF}")
+            return self._diff(staging, previous, exact=True)
+        if (deleted or inserted) and deleted < previous and inserted < self.plan.rows:
+            cur.execute(f"ANALYZE {_DIFF}")  # the planner then knows how many rows change (not needed: all change)
+        return deleted, inserted, _DIFF
+
+    def _report(self, oid: int, staging: str, differing: str, count: int) -> ChangeSummary:
+        spec = self.options["changes"]
+        if not count:
+            return ChangeSummary.identical(spec)
+        reason = change_report.missing_columns(self.cur, spec, oid)
+        if reason:
+            return ChangeSummary.skipped(spec, reason)
+        return change_report.compare(self.cur, spec, self.table.sql, staging, differing)
+
+    def _write(self, staging: str, deleted: int, previous: int, inserted: int) -> None:
+        """Strategy "rows": delete the table's surplus rows, insert the missing ones; the others stay untouched."""
+        cur, table, names = self.cur, self.table, self.plan.names()
+        if deleted and deleted == previous:  # every row goes: no need to find them one by one
+            cur.execute(f"DELETE FROM {table.sql}")
+        elif deleted:
+            gone = f"SELECT old_id FROM {_DIFF} WHERE oc = 1 AND nc = 0"
+            cur.execute(f"SELECT count(*) FROM {_DIFF} WHERE oc > 1 AND oc > nc")
+            if cur.fetchone()[0]:  # a row the table holds several times, fewer times in the new data: number copies
+                same = " AND ".join(f"o.{quote_ident(c)} IS NOT DISTINCT FROM d.{quote_ident(c)}" for c in self.columns)
+                gone += (
+                    " UNION ALL SELECT w.id FROM (SELECT o.ctid AS id, d.oc - d.nc AS surplus, row_number() OVER"
+                    f" (PARTITION BY d.old_id) AS i FROM {table.sql} o JOIN {_DIFF} d ON {same}"
+                    " WHERE d.oc > 1 AND d.oc > d.nc) w WHERE w.i <= w.surplus"
+                )
+            cur.execute(f"DELETE FROM {table.sql} t USING ({gone}) g(id) WHERE t.ctid = g.id")
+        if inserted == self.plan.rows:
+            cur.execute(f"INSERT INTO {table.sql} ({names}) SELECT {names} FROM {staging}")
+        elif inserted:
+            staged = ", ".join(f"s.{quote_ident(c)}" for c in self.columns)
+            cur.execute(
+                f"INSERT INTO {table.sql} ({names}) SELECT {staged} FROM {_DIFF} d JOIN {staging} s"
+                " ON s.ctid = d.new_id CROSS JOIN LATERAL generate_series(1, d.nc - d.oc) WHERE d.nc > d.oc"
+            )
+
+    def _swap(self, oid: int, comment, staging: str, previous: int, complete: bool, waits: LockWaits) -> LoadResult:
+        """Strategy "swap": unless the content is equal, carry grants and the comment over, DROP, RENAME."""
+        cur, table, spec = self.cur, self.table, self.options["changes"]
+        content = fingerprint(cur, staging, self.columns)
+        if complete and content == fingerprint(cur, table, self.columns):  # equal: nothing to swap
+            cur.execute(f"DROP TABLE {staging}")
+            return self._result(previous, 0, 0, None if spec is None else ChangeSummary.identical(spec), content)
+        summary = None
+        if spec is not None and complete:
+            summary = self._report(oid, staging, self._diff(staging, previous, exact=False)[2], 1)
+        elif spec is not None:
+            summary = ChangeSummary.skipped(spec, change_report.missing_columns(cur, spec, oid) or "other columns")
+        cur.execute(
+            "SELECT a.privilege_type, a.is_grantable, r.rolname FROM pg_class c CROSS JOIN LATERAL"
+            " aclexplode(c.relacl) a LEFT JOIN pg_roles r ON r.oid = a.grantee WHERE c.oid = %s",
+            (oid,),
+        )
+        for privilege, grantable, role in cur.fetchall():
+            if privilege in _PRIVILEGES:
+                grantee = "PUBLIC" if role is None else quote_ident(role)
+                cur.execute(f"GRANT {privilege} ON {staging} TO {grantee}{' WITH GRANT OPTION' * grantable}")
+        if comment:
+            cur.execute(f"COMMENT ON TABLE {staging} IS %s", (comment,))
+
+        def swap() -> None:
+            cur.execute(f"LOCK TABLE {table.sql} IN ACCESS EXCLUSIVE MODE")
+            try:
+                cur.execute(f"DROP TABLE {table.sql}")
+            except psycopg2.errors.DependentObjectsStillExist as exc:
+                raise LoadError(
+                    f"cannot swap {table}: {pg_message(exc)}; load with {setting('strategy', 'rows')} "
+                    "(the default), which keeps them, or drop them; the previous table is unchanged"
+                ) from None
+            cur.execute(f"ALTER TABLE {staging} RENAME TO {quote_ident(table.name)}")
+
+        waits.bounded(oid, "swap", swap)
+        return self._result(previous, previous, self.plan.rows, summary, content)
+
+
+# --- the public entry point -----------------------------------------------------------------
+
+
+def _check_options(plan: CopyPlan, o: dict) -> None:
+    if o["strategy"] not in STRATEGIES:
+        raise ConfigurationError(f"{setting('strategy')} must be one of {', '.join(STRATEGIES)}, got {o['strategy']!r}")
+    check_min_row_fraction(o["min_row_fraction"])
+    for name in ("lock_timeout", "loader_wait"):
+        if isinstance(o[name], bool) or not isinstance(o[name], int | float) or not 0 < o[name] <= 3600:
+            raise ConfigurationError(f"{name} must be a number of seconds in (0, 3600], got {o[name]!r}")
+    if isinstance(o["lock_retries"], bool) or not isinstance(o["lock_retries"], int) or o["lock_retries"] < 0:
+        raise ConfigurationError(f"lock_retries must be a whole number >= 0, got {o['lock_retries']!r}")
+    names = [c.name for c in plan.columns]
+    missing = [] if o["changes"] is None else [c for c in o["changes"].columns if c not in names]
+    if missing:
+        raise ConfigurationError(f"the change spec names columns the data does not have: {missing} (columns: {names})")
+
+
+def replace_table(
+    engine: sa.Engine,
+    df: pd.DataFrame,
+    table: str | TableName,
+    *,
+    column_types: Mapping[str, str] | None = None,
+    force: bool = False,
+    min_row_fraction: float = 0.5,
+    changes: ChangeSpec | None = None,
+    strategy: Strategy = "rows",
+    lock_timeout: float = 1.0,
+    lock_retries: int = 3,
+    loader_wait: float = 60.0,
+) -> LoadResult:
+    """Make the rows of ``table`` equal to those of ``df`` in one transaction, writing only what differs.
+
+    ``df``'s columns become the table's data columns (the index is ignored). ``table``: a
+    ``TableName`` or a string for ``parse_table_name`` (no schema: the first of
+    ``search_path``; the schema must exist, the table need not). ``column_types``: SQL
+    types for a table the load creates (the others from the dtype: text / bigint / double
+    precision / boolean / timestamptz); an existing table keeps its own types, and rows are
+    compared in them. ``min_row_fraction``: refuse a load smaller than that fraction of the
+    table (``force`` bypasses it). ``changes``: what the change report compares.
+    ``strategy``: ``"rows"`` (keeps the table and all attached to it) or ``"swap"`` (a new
+    table, when the content differs). ``lock_timeout`` / ``lock_retries``: the bound of each
+    wait for a user's lock; ``loader_wait``: the bound of the wait for another load of the
+    table (seconds).
+
+    Returns a ``LoadResult`` (``deleted == inserted == 0``: equal content, nothing written).
+    Raises ``InvalidTableNameError`` / ``ConfigurationError`` (database not touched),
+    ``DatabaseUnreachableError``, ``QualityGateError``, ``TableBusyError``,
+    ``LoadInterruptedError`` (``interrupt_loads``) or ``LoadError``; the table is then as it was.
+    """
+    from flows.load.copy import plan_copy
+
+    started = time.perf_counter()
+    target = table if isinstance(table, TableName) else parse_table_name(table)
+    plan = plan_copy(df, column_types)
+    options = dict(force=force, min_row_fraction=min_row_fraction, changes=changes, strategy=strategy,
+                   lock_timeout=lock_timeout, lock_retries=lock_retries, loader_wait=loader_wait)  # fmt: skip
+    _check_options(plan, options)
+    try:
+        proxy = engine.raw_connection()
+    except Exception as exc:  # SQLAlchemy wraps the driver's error; anything else is not a connection failure
+        if isinstance(getattr(exc, "orig", exc), psycopg2.Error):
+            raise unreachable(engine.url, exc) from None
+        raise
+    connection = proxy.dbapi_connection
+    try:
+        with running_loads(connection) as load:
+            result = _run(load, target, plan, options, engine.url)
+    finally:
+        if connection.closed:  # lost: SQLAlchemy's pool drops it
+            proxy.invalidate()
+        else:
+            proxy.close()
+    result = dataclasses.replace(result, seconds=time.perf_counter() - started)
+    if result.changed:
+        logger.info("wrote %s [%s]: %d rows deleted, %d inserted, now %d rows, in %.3fs", result.table, strategy,
+                    result.deleted, result.inserted, result.rows, result.seconds)  # fmt: skip
+    else:
+        logger.info("%s already equal to the data: %d rows, nothing written", result.table, result.rows)
+    return result
+
+
+def _run(load: Running, target: TableName, plan: CopyPlan, options: dict, url) -> LoadResult:
+    """The load's transaction: commit only if it was not interrupted; roll back on any failure."""
+    connection = load.connection
+
+    def interrupted() -> LoadInterruptedError:
+        return LoadInterruptedError(f"interrupted: the table was not changed ({target} was being loaded)")
+
+    try:
+        with connection.cursor() as cur:
+            target = resolve_schema(cur, target)
+            advisory_lock(cur, str(target), options["loader_wait"], url)
+            waits = LockWaits(cur, str(target), url, options["lock_timeout"], options["lock_retries"])
+            waits.apply_limit()
+            result = _Load(cur, target, plan, options).run(waits)
+        commit(load, result, interrupted)
+        return result
+    except BaseException as exc:
+        if not connection.closed:
+            with contextlib.suppress(psycopg2.Error):  # lost on the way: nothing was committed
+                connection.rollback()
+        if load.interrupted and isinstance(exc, psycopg2.Error | LoadError):
+            raise interrupted() from None
+        if isinstance(exc, CountriesError) or not isinstance(exc, psycopg2.Error):
+            raise
+        message = scrub(pg_message(exc), url)
+        raise LoadError(f"loading {target} failed: {message}; the previous table is unchanged") from None

@@ -1,0 +1,220 @@
+"""What the last load wrote, so that a run with the same source can skip the transform and the load.
+
+Nothing is kept in the user's database: the load state of a table is a Prefect
+Variable (``countries-load-<hash>``, named from a hash of the database, without
+its password, and the schema-qualified table), holding the digest of the
+source records, the table's content fingerprint after the load, its columns
+and its row count.
+
+- :func:`source_digest`: a digest of what a run is about to load, taken before any transform.
+- :func:`fingerprint`: the content of a table as the database sees it, computed in SQL:
+  ``count(*)`` and the sum of the rows' hashes (:func:`row_hash`: each column hashed by its
+  type's own hash function, so equal values hash equal). Order-independent, counts
+  duplicates (a multiset). About 0.2-0.3 s for 1,000,000 rows here (parallel scan).
+- :func:`is_unchanged`: the table's rows when its stored source digest is the run's and the
+  live fingerprint equals the stored one (so a hand edit makes the next run load and
+  repair it); ``None`` otherwise.
+- :func:`save_state`: record a load's result.
+
+Importing this module imports psycopg2 and Prefect, never pandas or SQLAlchemy:
+the warm run stays light. Needs PostgreSQL 14 or later (``hash_record_extended``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import psycopg2
+
+from flows.load.database import SECRET_QUERY_KEYS, Database, TableName, quote_ident
+
+if TYPE_CHECKING:
+    from flows.load.changes import ChangeSummary
+
+VARIABLE_PREFIX = "countries-load-"
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadResult:
+    """What a load did to a table.
+
+    ``table``: schema-qualified name; ``rows``: rows in it now; ``previous_rows``: before
+    (``None``: no table); ``deleted`` / ``inserted``: rows this load deleted and inserted
+    (0 and 0: the content was equal and nothing was written; a swap counts every row);
+    ``changes``: the change report (``None`` without a ``ChangeSpec``); ``strategy``;
+    ``fingerprint`` and ``columns``: the table's content as committed
+    (``flows.load.state.fingerprint``); ``seconds``: wall time.
+    """
+
+    table: str
+    rows: int
+    previous_rows: int | None
+    deleted: int
+    inserted: int
+    changes: ChangeSummary | None
+    strategy: str
+    fingerprint: str
+    columns: tuple[str, ...] = ()
+    seconds: float = 0.0
+
+    @property
+    def changed(self) -> bool:
+        """Whether this load wrote anything."""
+        return self.deleted + self.inserted > 0
+
+
+# --- what a run is about to load -------------------------------------------------------------
+
+_ROW_MAKING_LIBRARIES = ("pandas", "numpy")
+"""Libraries whose version can change the rows made from the same records (dtypes, text of values)."""
+
+
+@functools.cache
+def _code_identity() -> str:
+    """SHA-256 hex of the ``flows`` package's source files and the versions of the row-making libraries."""
+    digest = hashlib.sha256()
+    package = Path(__file__).resolve().parents[1]
+    for path in sorted(package.rglob("*.py")):
+        digest.update(f"{path.relative_to(package).as_posix()}\0".encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    for name in _ROW_MAKING_LIBRARIES:
+        try:
+            version = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            version = "-"
+        digest.update(f"{name}=={version}\0".encode())
+    return digest.hexdigest()
+
+
+def source_digest(records: Sequence[Any], *, dialect: str, columns: Iterable[tuple[str, str, str]]) -> str | None:
+    """SHA-256 hex of what a run is about to load, before any transform; None if it cannot be taken.
+
+    Covers the records in order as canonical JSON (keys sorted), ``columns`` (each
+    ``(name, source path, SQL type)``), the API ``dialect`` and the code that turns
+    records into rows (the ``flows`` package's files, the versions of pandas and
+    numpy). Equal digests mean equal rows. None when a record holds something JSON
+    cannot express (a non-text key, an object, an integer beyond 64 bits).
+
+    Serialised by orjson (Prefect's own JSON library): 0.47 s for 200,000 records
+    here against 2.07 s with ``json.dumps(sort_keys=True)``. orjson writes NaN as
+    ``null``; both load as NULL, so the rows are the same.
+    """
+    import orjson
+
+    header = {"dialect": dialect, "columns": [list(c) for c in columns], "code": _code_identity()}
+    try:
+        text = orjson.dumps([header, records], option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # not JSON data: a non-str key, an object, a cycle, a huge integer
+        return None
+    return hashlib.sha256(text).hexdigest()
+
+
+# --- the table's content -----------------------------------------------------------------------
+
+
+def row_hash(cur: psycopg2.extensions.cursor, relation: TableName | str, columns: Sequence[str], alias: str) -> str:
+    """An SQL expression of a row's 64-bit hash, by value: the XOR of each column's hash by its type's own
+    extended hash function (the one hash indexes use), for ``columns`` of ``relation`` as ``alias``.
+
+    Half the cost of ``hash_record_extended(ROW(...), 0)`` (which builds a row first; 3.0 s against 6.0 s for
+    the load's comparison at 1M rows here), which stands in when a column's type has no such function.
+    """
+    relation = relation.sql if isinstance(relation, TableName) else relation
+    cur.execute(
+        "SELECT (SELECT p.amproc::regproc::text FROM pg_opclass c JOIN pg_amproc p ON p.amprocfamily = c.opcfamily"
+        " AND p.amprocnum = 2 AND p.amproclefttype = c.opcintype AND p.amprocrighttype = c.opcintype"
+        " WHERE c.opcmethod = (SELECT oid FROM pg_am WHERE amname = 'hash') AND c.opcdefault AND (c.opcintype = t"
+        " OR EXISTS (SELECT FROM pg_cast WHERE castsource = t AND casttarget = c.opcintype AND castmethod = 'b'))"
+        " ORDER BY c.opcintype = t DESC LIMIT 1) FROM unnest(%s::text[]) WITH ORDINALITY AS w(name, i)"
+        " LEFT JOIN LATERAL (SELECT CASE WHEN y.typtype = 'd' THEN y.typbasetype ELSE y.oid END AS t FROM pg_attribute"
+        " a JOIN pg_type y ON y.oid = a.atttypid WHERE a.attrelid = %s::regclass AND a.attname = w.name) x ON true"
+        " ORDER BY i",
+        (list(columns), relation),
+    )
+    functions = [r[0] for r in cur.fetchall()]
+    cells = [f"{alias}.{quote_ident(c)}" if alias else quote_ident(c) for c in columns]
+    if not all(functions):
+        return f"hash_record_extended(ROW({', '.join(cells)}), 0)"
+    return "(" + " # ".join(f"coalesce({f}({c}, {i}), {i})" for i, (f, c) in enumerate(zip(functions, cells))) + ")"
+
+
+def fingerprint(cur: psycopg2.extensions.cursor, table: TableName | str, columns: Sequence[str]) -> str:
+    """``"<rows>:<sum of row hashes>"`` of ``table``'s ``columns`` (a name or quoted SQL), in the caller's snapshot."""
+    relation = table.sql if isinstance(table, TableName) else table
+    cur.execute(f"SELECT count(*), coalesce(sum({row_hash(cur, relation, columns, '')}), 0) FROM {relation}")
+    rows, total = cur.fetchone()
+    return f"{rows}:{total}"
+
+
+def variable_name(db: Database, table: TableName) -> str:
+    """The Prefect Variable of ``table`` in ``db``: a hash of where the database is (no secret) and the table."""
+    query = {k: v for k, v in db.query.items() if k not in SECRET_QUERY_KEYS}
+    where = [db.username, db.host, db.port, db.database, sorted(query.items()), str(table)]
+    return VARIABLE_PREFIX + hashlib.sha256(json.dumps(where, default=str).encode()).hexdigest()[:32]
+
+
+def live_rows(db: Database, table: TableName, stored: dict[str, Any], *, lock_timeout: float = 1.0) -> int | None:
+    """The table's rows if its live fingerprint is ``stored["fingerprint"]``, else None (any doubt is None).
+
+    Read-only, on a connection of its own; waits at most ``lock_timeout`` seconds
+    for a lock a user holds. Raises only ``DatabaseUnreachableError``.
+    """
+    conn = db.connect()
+    try:
+        conn.set_session(readonly=True)
+        with conn.cursor() as cur:
+            cur.execute("SELECT set_config('lock_timeout', %s, true)", (f"{max(1, round(lock_timeout * 1000))}ms",))
+            live = fingerprint(cur, table, stored["columns"])
+        return int(stored["rows"]) if live == stored["fingerprint"] else None
+    except (psycopg2.Error, KeyError, TypeError, ValueError):  # no table, a column gone, a lock wait: load instead
+        return None
+    finally:
+        conn.close()
+
+
+async def stored_source(db: Database, table: TableName) -> str | None:
+    """The source digest the last load of ``table`` was made from (None: no state). Read it before
+    :func:`save_state`: a load from the same source that wrote rows repaired edits made outside the pipeline."""
+    from prefect.variables import Variable
+
+    stored = await Variable.aget(variable_name(db, table), default=None)
+    return stored.get("source") if isinstance(stored, dict) else None
+
+
+async def is_unchanged(db: Database, table: TableName, source_digest: str | None) -> int | None:
+    """The rows of ``table`` when its last load was made from ``source_digest`` and nobody changed it since.
+
+    That is: the stored state names that source digest, and the table's live
+    fingerprint equals the one the load committed. None otherwise, and when
+    there is no state, no digest or no Prefect Variable to read. Raises only
+    ``DatabaseUnreachableError``.
+    """
+    from prefect.variables import Variable
+
+    if source_digest is None:
+        return None
+    stored = await Variable.aget(variable_name(db, table), default=None)
+    if not isinstance(stored, dict) or stored.get("source") != source_digest:
+        return None
+    return await asyncio.to_thread(live_rows, db, table, stored)
+
+
+async def save_state(db: Database, table: TableName, source_digest: str | None, result: LoadResult) -> None:
+    """Record that ``table`` holds ``result`` (its fingerprint, columns and rows), made from ``source_digest``."""
+    from prefect.variables import Variable
+
+    value = {
+        "source": source_digest,
+        "fingerprint": result.fingerprint,
+        "columns": list(result.columns),
+        "rows": result.rows,
+    }
+    await Variable.aset(variable_name(db, table), value, overwrite=True)
