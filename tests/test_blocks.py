@@ -223,7 +223,7 @@ def test_a_failing_setup_changes_nothing_on_the_server(prefect_server, database_
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
-    from flows import budget
+    from flows.source import budget
     from flows.ops import settings
 
     def limit() -> tuple[int, float] | None:

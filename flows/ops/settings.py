@@ -181,19 +181,22 @@ async def no_db_block_error(name: str, client: PrefectClient | None = None) -> C
     )
 
 
-def block_database(connection_info: Any, connect_args: Mapping[str, Any] | None = None) -> Database:
+def block_database(
+    connection_info: Any, connect_args: Mapping[str, Any] | None = None, block: str | None = None
+) -> Database:
     """The database of a ``SqlAlchemyConnector``'s ``connection_info`` and ``connect_args`` as its document stores them.
 
     A string is a SQLAlchemy URL (parsed by ``sqlalchemy.make_url``); a mapping
     holds ``ConnectionComponents`` (driver, username, password, host, port,
     database, query), taken as prefect-sqlalchemy's ``create_url`` takes them:
-    an empty password counts as none. The driver must be psycopg2's. Raises
+    an empty password counts as none. The driver must be psycopg2's. ``block``
+    names the block (its messages say which block to check). Raises
     ``ConfigurationError`` for anything else (never quoting the password).
     """
     problem = "must be a SQLAlchemy URL or connection components with a driver"
     try:
         if isinstance(connection_info, str):
-            return Database.from_url(connection_info, connect_args)
+            return Database.from_url(connection_info, connect_args, block=block)
         if isinstance(connection_info, Mapping) and connection_info.get("driver"):
             port = connection_info.get("port")
             if not (port is None or isinstance(port, int) or str(port).isdigit()):
@@ -207,6 +210,7 @@ def block_database(connection_info: Any, connect_args: Mapping[str, Any] | None 
                 database=connection_info.get("database"),
                 query=connection_info.get("query") or {},
                 connect_args=connect_args or {},
+                block=block,
             )
     except TypeError:
         problem = "has a component of the wrong type (port must be a number, query text values)"
@@ -228,8 +232,9 @@ async def db_block_database(name: str) -> Database:
     psycopg2 dialect 0.07-0.15 s and prefect-sqlalchemy 0.24-0.38 s more, so
     ``SqlAlchemyConnector.load`` would add 0.7-1.1 s to a warm run on a server
     (1.58 s today, its target 1.3 x the 1.43 s floor = 1.86 s). A warm run
-    that finds nothing to load never needs SQLAlchemy. ``Database.connect()`` gives a psycopg2 connection,
-    ``Database.engine()`` the engine the connector itself would build. Raises
+    that finds nothing to load never needs SQLAlchemy. ``Database.connect()``
+    gives a psycopg2 connection, ``Database.engine()`` the engine the connector
+    itself would build. Raises
     ``ConfigurationError`` naming the blocks that exist when ``name`` does not.
     """
     from prefect.client.orchestration import get_client
@@ -243,7 +248,7 @@ async def db_block_database(name: str) -> Database:
         except ObjectNotFound:
             raise await no_db_block_error(name, client) from None
     data = document.data
-    return block_database(data.get("connection_info"), data.get("connect_args"))
+    return block_database(data.get("connection_info"), data.get("connect_args"), block=name)
 
 
 # --- the API key ---------------------------------------------------------------------
