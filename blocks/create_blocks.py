@@ -46,7 +46,7 @@ from flows.ops import automations, settings
 
 def describe(connection) -> str:
     """Where a connection points, without its password (or any secret its query holds)."""
-    return settings.block_database(connection.model_dump()).render(hide_password=True)
+    return settings.block_database(connection.model_dump()).description
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -187,6 +187,7 @@ def _check_base_url(url: str | None) -> None:
 async def _run(args: argparse.Namespace) -> list[str]:
     """Check every option (and that the blocks it names exist) before changing anything, then save and apply."""
     from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
 
     from flows.source import check_key
 
@@ -221,10 +222,15 @@ async def _run(args: argparse.Namespace) -> list[str]:
         stale_after_intervals=_or_default(wanted.stale_after_intervals, automations.DEFAULT_STALE_AFTER_INTERVALS),
     )
     automations.check_options(options)
-    notify = None
-    if options.notify_block:
-        async with get_client() as client:
+    async with get_client() as client:
+        notify = None
+        if options.notify_block:
             notify = await automations.find_notification_block(client, options.notify_block)
+        try:
+            found = await client.read_global_concurrency_limit_by_name(budget.RATE_LIMIT_NAME)
+            limit_before = (found.limit, found.slot_decay_per_second)
+        except ObjectNotFound:
+            limit_before = None
 
     # Everything checked: now the changes.
     done: list[str] = []
@@ -234,10 +240,11 @@ async def _run(args: argparse.Namespace) -> list[str]:
     if api_key:
         await settings.save_api_key_block(api_key)
         done.append(f"saved block '{settings.API_KEY_BLOCK}' from ${args.api_key_env}")
-    changed = await budget.ensure_rate_limit(burst=args.rate_burst, per_second=args.rate_per_second, update=True)
+    await budget.ensure_rate_limit(burst=args.rate_burst, per_second=args.rate_per_second, update=True)
+    unchanged = limit_before == (args.rate_burst, args.rate_per_second)
     done.append(
         f"rate limit '{budget.RATE_LIMIT_NAME}': burst {args.rate_burst}, {args.rate_per_second:g}/s"
-        + ("" if changed else " (unchanged)")
+        + (" (unchanged)" if unchanged else "")
     )
     if any(v is not None for v in changes.values()):
         await wanted.asave(settings.SETTINGS_BLOCK, overwrite=True)

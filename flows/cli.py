@@ -11,7 +11,7 @@ A run goes in this order, so that a mistake costs no server start and no request
 1. usage and parameter checks that need no network (the signature's types and
    ranges, then ``check_parameters``: regions, table name, base URL, ...);
 2. the Prefect API: ``PREFECT_API_URL`` when set, else the local Prefect server
-   (started on first use, reused later; see ``flows/local.py``), else (with
+   (started on first use, reused later; see ``flows/ops/local.py``), else (with
    ``COUNTRIES_LOCAL_PREFECT_SERVER=0``) Prefect's temporary server;
 3. the API key for v5 (``RESTCOUNTRIES_API_KEY`` or the Secret block);
 4. the database block: an explicitly named block must exist; the default one

@@ -1,4 +1,4 @@
-"""blocks/create_blocks.py and flows/settings.py against a real Prefect server and the embedded PostgreSQL.
+"""blocks/create_blocks.py and flows/ops/settings.py against a real Prefect server and the embedded PostgreSQL.
 
 What the setup promises (its help and docstring, README's operations section, issue 10): it saves the
 blocks, the rate limit and the operator settings, and creates the operations automations (crashed

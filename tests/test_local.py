@@ -1,12 +1,11 @@
-"""The local stack (flows/local.py): a real ``prefect server start`` and a real embedded PostgreSQL.
+"""The local stack (flows/ops/local.py): a real ``prefect server start --background`` and a real embedded PostgreSQL.
 
-Each test uses its own PREFECT_HOME and ``.local`` directory (``COUNTRIES_LOCAL_DIR``)
-and stops what it started. Promised (issue 12 §5, the module's docstring): the
-Prefect server listens on 127.0.0.1 only, serves the user's PREFECT_HOME, is
-reused while its pid is alive and its port answers as that server, and is
-replaced when the pid is dead or the port answers something else; only its pid
-and port are kept; ``python -m flows.ops.local status|url|psql|stop`` manages both
-servers.
+The module's tests share one PREFECT_HOME and ``.local`` directory (``COUNTRIES_LOCAL_DIR``)
+and one Prefect server where they can. Promised (issue 12 §5, issue 17 §2, the module's
+docstring): one background Prefect server per PREFECT_HOME, on 127.0.0.1 only, with a UI
+that calls its own port, reused by later runs (two runs at once start one), replaced
+when its pid file is stale; ``python -m flows.ops.local status|url|psql|stop`` manages
+both servers.
 """
 
 from __future__ import annotations

@@ -179,6 +179,7 @@ def test_an_unreachable_database_names_host_and_port_but_not_the_password(fake_a
         run(fake_api, block)
     text = one_line(caught.value)
     assert "127.0.0.1" in text and str(port) in text and password not in text and password not in repr(caught.value)
+    assert f"check the {block} block's connection settings" in text  # the block this run used (issue 16 §7)
 
 
 def test_readers_never_see_an_error_or_a_partial_table_while_the_flow_replaces_it(db):

@@ -344,10 +344,11 @@ def stop_prefect_server() -> bool:
     home = _prefect_home()
     server = _background_server(home)
     if server is None:
-        (home / PID_FILE).unlink(missing_ok=True)
         return False
     env = {**os.environ, "PREFECT_HOME": str(home)}
-    subprocess.run([sys.executable, "-m", "prefect", "server", "stop"], env=env, capture_output=True, check=False)
+    subprocess.run(
+        [sys.executable, "-m", "prefect", "server", "stop"], env=env, capture_output=True, timeout=120, check=False
+    )
     try:
         psutil.Process(server.pid).wait(timeout=30)
     except psutil.TimeoutExpired:

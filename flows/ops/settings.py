@@ -181,19 +181,22 @@ async def no_db_block_error(name: str, client: PrefectClient | None = None) -> C
     )
 
 
-def block_database(connection_info: Any, connect_args: Mapping[str, Any] | None = None) -> Database:
+def block_database(
+    connection_info: Any, connect_args: Mapping[str, Any] | None = None, block: str | None = None
+) -> Database:
     """The database of a ``SqlAlchemyConnector``'s ``connection_info`` and ``connect_args`` as its document stores them.
 
     A string is a SQLAlchemy URL (parsed by ``sqlalchemy.make_url``); a mapping
     holds ``ConnectionComponents`` (driver, username, password, host, port,
     database, query), taken as prefect-sqlalchemy's ``create_url`` takes them:
-    an empty password counts as none. The driver must be psycopg2's. Raises
+    an empty password counts as none. The driver must be psycopg2's. ``block``
+    names the block (its messages say which block to check). Raises
     ``ConfigurationError`` for anything else (never quoting the password).
     """
     problem = "must be a SQLAlchemy URL or connection components with a driver"
     try:
         if isinstance(connection_info, str):
-            return Database.from_url(connection_info, connect_args)
+            return Database.from_url(connection_info, connect_args, block=block)
         if isinstance(connection_info, Mapping) and connection_info.get("driver"):
             port = connection_info.get("port")
             if not (port is None or isinstance(port, int) or str(port).isdigit()):
@@ -207,6 +210,7 @@ def block_database(connection_info: Any, connect_args: Mapping[str, Any] | None 
                 database=connection_info.get("database"),
                 query=connection_info.get("query") or {},
                 connect_args=connect_args or {},
+                block=block,
             )
     except TypeError:
         problem = "has a component of the wrong type (port must be a number, query text values)"
@@ -228,8 +232,9 @@ async def db_block_database(name: str) -> Database:
     psycopg2 dialect 0.07-0.15 s and prefect-sqlalchemy 0.24-0.38 s more, so
     ``SqlAlchemyConnector.load`` would add 0.7-1.1 s to a warm run on a server
     (1.58 s today, its target 1.3 x the 1.43 s floor = 1.86 s). A warm run
-    that finds nothing to load never needs SQLAlchemy. ``Database.connect()`` gives a psycopg2 connection,
-    ``Database.engine()`` the engine the connector itself would build. Raises
+    that finds nothing to load never needs SQLAlchemy. ``Database.connect()``
+    gives a psycopg2 connection, ``Database.engine()`` the engine the connector
+    itself would build. Raises
     ``ConfigurationError`` naming the blocks that exist when ``name`` does not.
     """
     from prefect.client.orchestration import get_client
@@ -243,7 +248,7 @@ async def db_block_database(name: str) -> Database:
         except ObjectNotFound:
             raise await no_db_block_error(name, client) from None
     data = document.data
-    return block_database(data.get("connection_info"), data.get("connect_args"))
+    return block_database(data.get("connection_info"), data.get("connect_args"), block=name)
 
 
 # --- the API key ---------------------------------------------------------------------
@@ -297,30 +302,6 @@ def _clean(url: str | None) -> str | None:
     return url or None
 
 
-def run_job_variables() -> Mapping[str, Any]:
-    """The job variables of the flow run in progress (``prefect.runtime.flow_run.job_variables``), or ``{}``.
-
-    For a deployment run these are the variables the run was started with,
-    which anyone allowed to start a custom run can set.
-    """
-    from prefect.runtime import flow_run
-
-    found = flow_run.job_variables
-    return found if isinstance(found, Mapping) else {}
-
-
-def env_overridden_by_run(name: str, job_variables: Mapping[str, Any] | None = None) -> bool:
-    """Whether the run's own job variables (``env``) set the environment variable ``name``.
-
-    ``job_variables`` defaults to :func:`run_job_variables`. A worker puts a
-    run's ``env`` job variables into the flow's process environment, so such a
-    value comes from whoever started the run, not from the worker's operator.
-    """
-    variables = run_job_variables() if job_variables is None else job_variables
-    env = variables.get("env") if isinstance(variables, Mapping) else None
-    return isinstance(env, Mapping) and name in env
-
-
 def trusted_base_urls(saved: CountriesSettings, job_variables: Mapping[str, Any] | None = None) -> list[str]:
     """The API base URLs the operator trusts with the key, without duplicates.
 
@@ -329,11 +310,18 @@ def trusted_base_urls(saved: CountriesSettings, job_variables: Mapping[str, Any]
     ``python blocks/create_blocks.py --base-url URL``). A run's own ``base_url``
     parameter is not trusted by being set: anyone who can start a custom run
     can edit it. Nor is ``$RESTCOUNTRIES_BASE_URL`` when the run's own job
-    variables set it (``job_variables``, default the running flow run's: see
-    :func:`env_overridden_by_run`), for the same reason.
+    variables set it (``job_variables``, default the running flow run's,
+    ``prefect.runtime.flow_run.job_variables``): a worker puts a run's ``env``
+    job variables into the flow's process environment, so such a value comes
+    from whoever started the run, not from the worker's operator.
     """
-    from_env = None if env_overridden_by_run(BASE_URL_ENV, job_variables) else os.environ.get(BASE_URL_ENV)
-    urls = [_clean(from_env), _clean(saved.base_url)]
+    if job_variables is None:
+        from prefect.runtime import flow_run
+
+        job_variables = flow_run.job_variables
+    env = job_variables.get("env") if isinstance(job_variables, Mapping) else None
+    overridden = isinstance(env, Mapping) and BASE_URL_ENV in env
+    urls = [None if overridden else _clean(os.environ.get(BASE_URL_ENV)), _clean(saved.base_url)]
     return list(dict.fromkeys(u for u in urls if u))
 
 
