@@ -253,8 +253,10 @@ def test_the_first_local_run_starts_both_servers_and_loads_the_table(stack):
     result = stack.first
     assert result.returncode == 0, result.stderr
     assert "starting a local Prefect server" in result.stdout
-    assert last_line(result.stdout).startswith("loaded 20 rows")
-    assert "into public.northern_europe_countries" in last_line(result.stdout)
+    assert last_line(result.stdout).startswith("loaded public.northern_europe_countries at ")
+    assert ": 0 rows deleted, 20 inserted (+16 countries), 20 rows in the table; 1 API request" in last_line(
+        result.stdout
+    )
     assert "Faroese króna" in result.stdout  # the table is printed before the summary
     assert table_rows(psql_url(result.stdout), "northern_europe_countries") == EXPECTED_NORTHERN_EUROPE
 
@@ -304,7 +306,7 @@ def test_without_table_the_table_is_named_after_the_regions(stack, fake_api):
         env=stack.env,
     )
     assert result.returncode == 0, result.stderr
-    assert "into public.europe_asia_countries" in last_line(result.stdout)
+    assert last_line(result.stdout).startswith("loaded public.europe_asia_countries at ")
     url = psql_url(result.stdout)
     names = {row[0] for row in table_rows(url, "europe_asia_countries")}
     assert names == {c["name"]["official"] for c in COUNTRIES if c.get("region") in ("Europe", "Asia")}
