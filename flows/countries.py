@@ -51,10 +51,11 @@ from prefect.states import Failed, State
 from pydantic import Field
 
 from flows import api as restcountries
-from flows import budget, report, schema, settings, tables
+from flows import budget, report, settings, tables
 from flows.changes import ChangeSummary
 from flows.errors import CountriesError, TransientApiError, UnknownRegionError
 from flows.parameters import DEFAULT_REGIONS, check_parameters, default_table
+from flows.transform import schema
 
 if TYPE_CHECKING:  # pandas, SQLAlchemy and the loader are imported by the tasks that need them, only when they run
     import pandas as pd
@@ -281,7 +282,7 @@ def _unnest_run_name() -> str:
 def unnest_countries(records: list[dict[str, Any]], api_name: str) -> pd.DataFrame:
     """The records as the countries frame: checked against the data contract, one row per country
     and currency, sorted by name then currency (a country with no currency keeps one row)."""
-    from flows.unnest import unnest
+    from flows.transform.unnest import unnest
 
     schema.check_records(records, api_name)
     frame = schema.to_frame_dtypes(unnest(records, columns=schema.unnest_columns(api_name)))
@@ -294,7 +295,7 @@ def unnest_countries(records: list[dict[str, Any]], api_name: str) -> pd.DataFra
 @failing_with_the_cause
 def quality_gate(frame: pd.DataFrame) -> pd.DataFrame:
     """The frame, with every column in its table dtype, once it has passed the quality gate."""
-    from flows import quality
+    from flows.transform import quality
 
     quality.validate_countries(frame)
     get_run_logger().info("quality gate passed: %d rows", len(frame))

@@ -11,7 +11,7 @@ One load is one transaction on a SQLAlchemy engine's connection (psycopg2 driver
 1. ``pg_advisory_xact_lock`` on the table's name: loaders of one table run one after the
    other (this wait is not bounded; it blocks no reader).
 2. Read the table's row count and the hash stored by its last load; apply the row-drop rule
-   (``flows.quality.check_row_drop``).
+   (``flows.transform.quality.check_row_drop``).
 3. ``COPY ... FROM STDIN (FREEZE)`` the rows, serialised as COPY reads them and hashed on the
    way, into a staging table: temporary (strategy ``"rows"``) or next to the target
    (``"swap"``). If the hash is the stored one, stop: the table is not touched.
@@ -73,7 +73,7 @@ from flows._locks import LockWaits, advisory_lock
 from flows._postgres import connect, pg_message, quote_ident, scrub
 from flows.changes import ChangeSpec, ChangeSummary
 from flows.errors import ConfigurationError, CountriesError, LoadError, setting
-from flows.quality import check_row_drop
+from flows.transform.quality import check_row_drop
 from flows.tables import (
     STRATEGIES,
     LoadResult,

@@ -24,7 +24,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flows import budget, schema
+from flows import budget
+from flows.transform import schema
 from flows._http import is_loopback, withheld_reason
 from flows._request import dns_failure
 from flows.api import (

@@ -1,4 +1,4 @@
-"""flows.quality: the countries rules and the row-drop rule (pure, no database)."""
+"""flows.transform.quality: the countries rules and the row-drop rule (pure, no database)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flows import quality
+from flows.transform import quality
 from flows.errors import ConfigurationError, LoadError, QualityGateError
-from flows.quality import RowRule, check_row_drop, validate_countries
+from flows.transform.quality import RowRule, check_row_drop, validate_countries
 
 
 def good() -> pd.DataFrame:
@@ -233,7 +233,7 @@ def _iceland(population) -> dict:
 )
 def test_a_text_population_that_is_not_exactly_an_ascii_whole_number_is_refused(text, why):
     from flows.errors import InvalidRecordError
-    from flows.schema import check_records
+    from flows.transform.schema import check_records
 
     with pytest.raises(InvalidRecordError) as err:
         check_records([_iceland(text)], "v3.1")
@@ -253,7 +253,7 @@ def test_a_text_population_that_is_not_exactly_an_ascii_whole_number_is_refused(
     ],
 )
 def test_a_text_population_that_is_exactly_a_whole_number_becomes_that_number(text, number):
-    from flows.schema import check_records, to_frame_dtypes
+    from flows.transform.schema import check_records, to_frame_dtypes
 
     assert check_records([_iceland(text)], "v3.1") == 1
     frame = to_frame_dtypes(pd.DataFrame({"nation_official_name": ["Iceland"], "population": [text]}))

@@ -1,4 +1,4 @@
-"""Tests of flows.unnest: the contract in its docstring, case by case, then properties.
+"""Tests of flows.transform.unnest: the contract in its docstring, case by case, then properties.
 
 The oracle below is a deliberately naive, recursive restatement of the row rules (lists
 and maps give one row per element, siblings multiply, struct keys in first-seen order per
@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flows.errors import RowLimitExceededError, UnnestError
-from flows.unnest import DEFAULT_MAX_ROWS, unnest
+from flows.transform.unnest import DEFAULT_MAX_ROWS, unnest
 
 FAROE = {
     "name": {

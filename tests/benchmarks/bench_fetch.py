@@ -40,7 +40,8 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from flows import budget, schema
+from flows import budget
+from flows.transform import schema
 from tests.benchmarks._report import Figure, format_table
 from tests.countries_data import synthetic_countries
 from tests.fake_api import FakeRestCountries

@@ -9,7 +9,7 @@ point of view, as rows per second:
   same size (serialise + hash + advisory lock + count + COPY into a temporary table +
   DELETE + INSERT ... SELECT + state + commit);
 - ``replace_table(strategy="swap")``: the same, COPY into a new table + DROP + RENAME;
-- ``strategy="rows"`` with the flow's ``ChangeSpec`` (``flows.schema.CHANGES``), 1% of the rows changed;
+- ``strategy="rows"`` with the flow's ``ChangeSpec`` (``flows.transform.schema.CHANGES``), 1% of the rows changed;
 - ``strategy="rows"`` reloading unchanged data (hash only; the table is not touched).
 
 A private embedded PostgreSQL with autovacuum off; before each timed run a ``VACUUM``
@@ -42,7 +42,7 @@ import psycopg2
 import sqlalchemy as sa
 
 from flows.load import content_hash, replace_table
-from flows.schema import CHANGES
+from flows.transform.schema import CHANGES
 from tests.benchmarks._report import Figure, format_table, write_json
 
 logger = logging.getLogger(__name__)

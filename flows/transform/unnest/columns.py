@@ -36,7 +36,7 @@ import pandas as pd
 from pandas.api.types import infer_dtype
 
 from flows.errors import UnnestError
-from flows.unnest.values import infer, objects
+from flows.transform.unnest.values import infer, objects
 
 MAX_EXACT = 2**53
 """The largest count float64 holds exactly (and the bound of ``max_rows``)."""

@@ -24,13 +24,13 @@ from fractions import Fraction
 
 import pandas as pd
 
-from flows import schema
+from flows.transform import schema
 from flows.errors import ConfigurationError, QualityGateError, setting
 
 logger = logging.getLogger(__name__)
 
 COLUMNS: tuple[str, ...] = schema.COLUMN_NAMES
-"""The countries table's columns, in order (from ``flows.schema``)."""
+"""The countries table's columns, in order (from ``flows.transform.schema``)."""
 
 _NOT_CHANGED = "the table was not changed"
 
@@ -118,7 +118,7 @@ ROW_RULES: list[RowRule] = [
 ]
 """Checked in order after the frame rules; the first rule with failing rows is reported.
 
-Derived from ``flows.schema``: a required column has a value in every row; a
+Derived from ``flows.transform.schema``: a required column has a value in every row; a
 column with a minimum has no value below it."""
 
 

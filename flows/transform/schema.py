@@ -2,7 +2,7 @@
 
 Each :class:`Column` says what the column is called, its PostgreSQL type, where
 its values sit in an API record of each dialect (an unnest path, see
-``flows.unnest``), and the rules its values obey. Everything else is derived
+``flows.transform.unnest``), and the rules its values obey. Everything else is derived
 from :data:`COLUMNS`:
 
 - the fields requested from the API and the unnest selection
@@ -11,7 +11,7 @@ from :data:`COLUMNS`:
   of the wrong kind is one error naming the country and the value;
 - the frame's dtypes and the load's SQL types (:func:`to_frame_dtypes`,
   :data:`SQL_TYPES`);
-- the quality gate's rules (``flows.quality``) and what the change report
+- the quality gate's rules (``flows.transform.quality``) and what the change report
   compares (:data:`CHANGES`).
 
 Adding a column is one entry here (plus its tests).
@@ -239,7 +239,7 @@ def required_source_paths(dialect: str) -> tuple[str, ...]:
 
 
 def unnest_columns(dialect: str) -> dict[str, str]:
-    """``{column name: unnest path}`` for ``flows.unnest.unnest(records, columns=...)``."""
+    """``{column name: unnest path}`` for ``flows.transform.unnest.unnest(records, columns=...)``."""
     return {c.name: c.source(dialect) for c in COLUMNS}
 
 

@@ -2,11 +2,11 @@
 
 Contract of :meth:`Walker.walk` (one call per batch, the records all exact dicts):
 
-- It returns the batch's :class:`~flows.unnest.layout.Level` list (the records first, then
+- It returns the batch's :class:`~flows.transform.unnest.layout.Level` list (the records first, then
   every level before its child levels) and its *leaves*: ``(column, level, where, values,
   inferred)``, the scalars of one column that belong to instances of one level: to all of
   them in order (``where`` None) or to the instances at ``where``; ``inferred`` is what
-  :func:`~flows.unnest.values.infer` said of them, or None if not known yet.
+  :func:`~flows.transform.unnest.values.infer` said of them, or None if not known yet.
 - A full unnest reads every path, creating nodes and columns as it meets them; a selection
   reads only the selected paths' nodes.
 - At each path, scalars go to the path's column, dicts are read key by key (or explode as
@@ -42,9 +42,9 @@ from typing import Any
 
 import numpy as np
 
-from flows.unnest.layout import Level
-from flows.unnest.paths import Node, PathTree
-from flows.unnest.values import (
+from flows.transform.unnest.layout import Level
+from flows.transform.unnest.paths import Node, PathTree
+from flows.transform.unnest.values import (
     DICT,
     DICT_ONLY,
     EXPLODE,

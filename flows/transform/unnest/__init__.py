@@ -15,16 +15,16 @@ arithmetic says which element of each level every output row shows, and each col
 dtype in one public pass at the end. No recursion anywhere, so depth is unlimited. The parts,
 each with its contract in its docstring:
 
-- :mod:`flows.unnest.api`: :func:`unnest` itself: arguments, batches, the loop;
-- :mod:`flows.unnest.paths`: the schema: the tree of paths met or selected, map decisions,
+- :mod:`flows.transform.unnest.api`: :func:`unnest` itself: arguments, batches, the loop;
+- :mod:`flows.transform.unnest.paths`: the schema: the tree of paths met or selected, map decisions,
   column order;
-- :mod:`flows.unnest.walk`: one batch read along the tree into levels and leaves;
-- :mod:`flows.unnest.layout`: the batch's rows: count (the row limit) and placement;
-- :mod:`flows.unnest.columns`: column buffers, dtypes, the final Series;
-- :mod:`flows.unnest.values`: what a value is (kinds, inferred types).
+- :mod:`flows.transform.unnest.walk`: one batch read along the tree into levels and leaves;
+- :mod:`flows.transform.unnest.layout`: the batch's rows: count (the row limit) and placement;
+- :mod:`flows.transform.unnest.columns`: column buffers, dtypes, the final Series;
+- :mod:`flows.transform.unnest.values`: what a value is (kinds, inferred types).
 """
 
-from flows.unnest.api import DEFAULT_BATCH_SIZE, DEFAULT_MAX_ROWS, unnest
-from flows.unnest.paths import KEY, WILDCARD
+from flows.transform.unnest.api import DEFAULT_BATCH_SIZE, DEFAULT_MAX_ROWS, unnest
+from flows.transform.unnest.paths import KEY, WILDCARD
 
 __all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_MAX_ROWS", "KEY", "WILDCARD", "unnest"]
