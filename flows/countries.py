@@ -419,7 +419,7 @@ async def countries_flow(
         with _timed(steps, "fetch"):
             trusted = settings.trusted_base_urls(operator)
             fetches = await fetch_all(p["regions"], source, api_key, trusted, p["cache_minutes"])
-            records = schema.each_country_once((r for f in fetches for r in f.records), dialect.name)
+            records = schema.each_country_once(((f.region, f.records) for f in fetches), dialect.name)
 
         # 4. to 6. Check, unnest, quality gate and load, unless the table was loaded from this very source.
         result, frame = await transform_and_load(records, dialect.name, target, p, steps)

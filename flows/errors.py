@@ -208,3 +208,7 @@ class TableBusyError(LoadError):
     The message names the blocking sessions (pid, user, application, state, how
     long their transaction has been open, their query shortened).
     """
+
+
+class ConflictingRecordsError(InvalidRecordError):
+    """Two regions give one country (the same official name) different records; the table is left as it was."""

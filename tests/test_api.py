@@ -136,7 +136,7 @@ async def fetch_all(client: ApiClient, names: Sequence[str], **kwargs: Any) -> l
     """The flow's shape: every region at once over one client, then each country once."""
     regions = expand_regions(names)
     batches = await asyncio.gather(*(fetch_region(client, n, **kwargs) for n in regions))
-    return schema.each_country_once((r for b in batches for r in b), kwargs["dialect"].name)
+    return schema.each_country_once(zip(regions, batches, strict=True), kwargs["dialect"].name)
 
 
 async def _fetch(

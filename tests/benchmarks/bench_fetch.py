@@ -138,7 +138,7 @@ def _shape_flow():
             hook = (await budget.start_run(len(names))).before_request
         async with api.make_client(api_key=key, trusted_base_urls=[base_url]) as client:
             batches = await asyncio.gather(*(fetch(client, n, base_url, hook) for n in names))
-        return len(schema.each_country_once((r for b in batches for r in b), "v5"))
+        return len(schema.each_country_once(zip(names, batches, strict=True), "v5"))
 
     return shape
 
