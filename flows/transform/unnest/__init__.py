@@ -6,9 +6,8 @@ Prefect runs tasks in threads).
 
 How it works (not part of the contract): records are read in batches and walked column-wise,
 one schema path at a time over the whole batch, with C-level passes (``map``, ``itemgetter``,
-numpy) instead of per-value Python code; each path's dicts and lists are brought into the CPU
-cache in one tight C loop first (``gc.get_referents``, which only reads). Lists and data-keyed
-maps become *levels* (their elements, each knowing its parent); sibling levels multiply. The
+numpy) instead of per-value Python code. Lists and data-keyed maps become *levels* (their
+elements, each knowing its parent); sibling levels multiply. The
 row count of the batch is computed from the levels before any row is built; then numpy index
 arithmetic says which element of each level every output row shows, and each column is one
 ``take``. Numeric columns are built typed batch by batch; string columns get pandas' ``str``
