@@ -218,6 +218,12 @@ def test_tuples_and_mappings_count_as_lists_and_dicts():
     assert rows(frame) == [(1, "v"), (2, "v")]
 
 
+def test_records_may_be_any_mapping():
+    from types import MappingProxyType
+
+    assert rows(unnest([MappingProxyType({"a": 1}), {"a": 2}])) == [(1,), (2,)]
+
+
 def test_other_objects_are_scalars():
     stamp = pd.Timestamp("2024-01-01")
     frame = unnest([{"when": stamp, "s": {1, 2}}])
