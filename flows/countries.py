@@ -52,15 +52,17 @@ from prefect.states import Failed, State
 from prefect.utilities.annotations import quote
 from pydantic import Field
 
-from flows import report, schema
+from flows import report
 from flows import source as restcountries
 from flows.load import LoadResult, TableName, resolve_table
 from flows.load import state as load_state
 from flows.load.changes import ChangeSummary
 from flows.ops import settings
 from flows.source import budget
+from flows.transform import schema
 from flows.errors import CountriesError, TransientApiError, UnknownRegionError
 from flows.parameters import DEFAULT_REGIONS, check_parameters, default_table
+from flows.transform import schema
 
 if TYPE_CHECKING:  # pandas, SQLAlchemy and the loader are imported by the tasks that need them, only when they run
     import pandas as pd
@@ -293,7 +295,7 @@ def _unnest_run_name() -> str:
 def unnest_countries(records: list[dict[str, Any]], api_name: str) -> pd.DataFrame:
     """The records as the countries frame: checked against the data contract, one row per country
     and currency, sorted by name then currency (a country with no currency keeps one row)."""
-    from flows.unnest import unnest
+    from flows.transform.unnest import unnest
 
     schema.check_records(records, api_name)
     frame = schema.to_frame_dtypes(unnest(records, columns=schema.unnest_columns(api_name)))
@@ -306,7 +308,7 @@ def unnest_countries(records: list[dict[str, Any]], api_name: str) -> pd.DataFra
 @failing_with_the_cause
 def quality_gate(frame: pd.DataFrame) -> pd.DataFrame:
     """The frame, with every column in its table dtype, once it has passed the quality gate."""
-    from flows import quality
+    from flows.transform import quality
 
     quality.validate_countries(frame)
     get_run_logger().info("quality gate passed: %d rows", len(frame))
@@ -429,7 +431,7 @@ async def countries_flow(
         with _timed(steps, "fetch"):
             trusted = settings.trusted_base_urls(operator)
             fetches = await fetch_all(p["regions"], source, api_key, trusted, p["cache_minutes"])
-            records = schema.each_country_once((r for f in fetches for r in f.records), dialect.name)
+            records = schema.each_country_once(((f.region, f.records) for f in fetches), dialect.name)
 
         # 4. to 6. Check, unnest, quality gate and load, unless the table was loaded from this very source.
         result, frame, repaired = await transform_and_load(records, dialect.name, target, p, steps)

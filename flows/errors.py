@@ -230,3 +230,7 @@ class LoadInterruptedError(LoadError):
 
     The message starts with "interrupted: the table was not changed".
     """
+
+
+class ConflictingRecordsError(InvalidRecordError):
+    """Two regions give one country (the same official name) different records; the table is left as it was."""

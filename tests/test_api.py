@@ -26,7 +26,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flows import schema
+from flows.transform import schema
 from flows.source import budget
 from flows.source.client import is_loopback, withheld_reason
 from flows.source.request import dns_failure
@@ -144,7 +144,7 @@ async def fetch_all(client: ApiClient, names: Sequence[str], **kwargs: Any) -> l
     """The flow's shape: every region at once over one client, then each country once."""
     regions = expand_regions(names)
     batches = await asyncio.gather(*(fetch_region(client, n, **kwargs) for n in regions))
-    return schema.each_country_once((r for b in batches for r in b), kwargs["dialect"].name)
+    return schema.each_country_once(zip(regions, batches, strict=True), kwargs["dialect"].name)
 
 
 async def _fetch(

@@ -395,7 +395,7 @@ def test_a_hand_edit_keeping_the_row_count_is_repaired_even_with_force_or_swap(f
 
 
 def test_a_new_column_type_in_the_table_schema_is_loaded(fake_api, db, monkeypatch):
-    from flows import schema
+    from flows.transform import schema
 
     block, url = db
     run(db_block=block, api="v3.1", base_url=fake_api.v31_base_url, cache_minutes=0)
@@ -420,8 +420,8 @@ LIGHT_PATH_NEVER_IMPORTS = (
     "sqlalchemy",
     "prefect_sqlalchemy",
     "flows.load.copy",
-    "flows.unnest",
-    "flows.quality",
+    "flows.transform.unnest",
+    "flows.transform.quality",
 )
 
 

@@ -1,4 +1,4 @@
-"""flows.quality: the countries rules and the row-drop rule (pure, no database)."""
+"""flows.transform.quality: the countries rules and the row-drop rule (pure, no database)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flows import quality
+from flows.transform import quality
 from flows.errors import ConfigurationError, LoadError, QualityGateError
-from flows.quality import RowRule, check_row_drop, validate_countries
+from flows.load.changes import check_min_row_fraction, check_row_drop
+from flows.transform.quality import RowRule, validate_countries
 
 
 def good() -> pd.DataFrame:
@@ -145,12 +146,12 @@ def test_rules_are_data_and_easy_to_extend(monkeypatch):
 # --- row drop ---------------------------------------------------------------------------
 # The promise (help text of min_row_fraction, README): "refuse a load smaller than this fraction
 # of the current table". So new < fraction * previous is refused, exactly that fraction passes,
-# force lets anything through, and no table or an empty table never refuses.
+# no table or an empty table never refuses.
 
 
 def test_row_drop_message_speaks_the_flow_and_the_command_line():
     with pytest.raises(QualityGateError) as err:
-        check_row_drop(3, 16, 0.5, False, table="northern_europe_countries")
+        check_row_drop(3, 16, 0.5, "northern_europe_countries")
     assert str(err.value) == (
         "new data has 3 rows, 19% of the 16 in northern_europe_countries, below min_row_fraction=0.5 "
         "(at least 8 rows); re-run with force=True if this is expected"
@@ -162,25 +163,23 @@ def test_row_drop_message_speaks_the_flow_and_the_command_line():
 
 
 @pytest.mark.parametrize(
-    ("new", "previous", "fraction", "force"),
+    ("new", "previous", "fraction"),
     [
-        pytest.param(8, 16, 0.5, False, id="exactly half of the table at 0.5"),
-        pytest.param(71, 100, 0.2, False, id="71% kept at 0.2 (issue 9: was refused)"),
-        pytest.param(90, 100, 0.9, False, id="exactly 0.9"),
-        pytest.param(1, 10, 0.1, False, id="exactly 0.1 of 10 (decimal, not binary, fraction)"),
-        pytest.param(7, 10, 0.7, False, id="exactly 0.7 of 10"),
-        pytest.param(3, 10, 0.3, False, id="exactly 0.3 of 10"),
-        pytest.param(20, 16, 0.5, False, id="growth"),
-        pytest.param(16, 16, 1.0, False, id="same size at 1.0"),
-        pytest.param(0, 16, 0.0, False, id="fraction 0 lets everything through"),
-        pytest.param(3, None, 1.0, False, id="no table yet"),
-        pytest.param(0, 0, 1.0, False, id="empty table"),
-        pytest.param(0, 16, 0.5, True, id="forced"),
-        pytest.param(1, 100, 1.0, True, id="forced at 1.0"),
+        pytest.param(8, 16, 0.5, id="exactly half of the table at 0.5"),
+        pytest.param(71, 100, 0.2, id="71% kept at 0.2 (issue 9: was refused)"),
+        pytest.param(90, 100, 0.9, id="exactly 0.9"),
+        pytest.param(1, 10, 0.1, id="exactly 0.1 of 10 (decimal, not binary, fraction)"),
+        pytest.param(7, 10, 0.7, id="exactly 0.7 of 10"),
+        pytest.param(3, 10, 0.3, id="exactly 0.3 of 10"),
+        pytest.param(20, 16, 0.5, id="growth"),
+        pytest.param(16, 16, 1.0, id="same size at 1.0"),
+        pytest.param(0, 16, 0.0, id="fraction 0 lets everything through"),
+        pytest.param(3, None, 1.0, id="no table yet"),
+        pytest.param(0, 0, 1.0, id="empty table"),
     ],
 )
-def test_row_drop_allowed(new, previous, fraction, force):
-    assert check_row_drop(new, previous, fraction, force) is None
+def test_row_drop_allowed(new, previous, fraction):
+    assert check_row_drop(new, previous, fraction, "the table") is None
 
 
 @pytest.mark.parametrize(
@@ -197,7 +196,7 @@ def test_row_drop_allowed(new, previous, fraction, force):
 )
 def test_row_drop_refused(new, previous, fraction, shown, needed):
     with pytest.raises(QualityGateError) as err:
-        check_row_drop(new, previous, fraction, False)
+        check_row_drop(new, previous, fraction, "the table")
     assert str(err.value) == (
         f"new data has {new} rows, {shown} of the {previous} in the table, below min_row_fraction={fraction} "
         f"(at least {needed} rows); re-run with force=True if this is expected"
@@ -207,7 +206,7 @@ def test_row_drop_refused(new, previous, fraction, shown, needed):
 @pytest.mark.parametrize("fraction", [-0.1, 1.5, float("nan"), "0.5", True])
 def test_row_drop_fraction_must_be_a_fraction(fraction):
     with pytest.raises(ConfigurationError, match=r"^min_row_fraction must be between 0 and 1") as err:
-        check_row_drop(1, 2, fraction, False)
+        check_min_row_fraction(fraction)
     assert err.value.for_audience("cli").startswith("--min-row-fraction must be between 0 and 1")
 
 
@@ -233,7 +232,7 @@ def _iceland(population) -> dict:
 )
 def test_a_text_population_that_is_not_exactly_an_ascii_whole_number_is_refused(text, why):
     from flows.errors import InvalidRecordError
-    from flows.schema import check_records
+    from flows.transform.schema import check_records
 
     with pytest.raises(InvalidRecordError) as err:
         check_records([_iceland(text)], "v3.1")
@@ -253,7 +252,7 @@ def test_a_text_population_that_is_not_exactly_an_ascii_whole_number_is_refused(
     ],
 )
 def test_a_text_population_that_is_exactly_a_whole_number_becomes_that_number(text, number):
-    from flows.schema import check_records, to_frame_dtypes
+    from flows.transform.schema import check_records, to_frame_dtypes
 
     assert check_records([_iceland(text)], "v3.1") == 1
     frame = to_frame_dtypes(pd.DataFrame({"nation_official_name": ["Iceland"], "population": [text]}))

@@ -1,4 +1,4 @@
-"""Tests of flows.unnest: the contract in its docstring, case by case, then properties.
+"""Tests of flows.transform.unnest: the contract in its docstring, case by case, then properties.
 
 The oracle below is a deliberately naive, recursive restatement of the row rules (lists
 and maps give one row per element, siblings multiply, struct keys in first-seen order per
@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flows.errors import RowLimitExceededError, UnnestError
-from flows.unnest import DEFAULT_MAX_ROWS, unnest
+from flows.transform.unnest import DEFAULT_MAX_ROWS, unnest
 
 FAROE = {
     "name": {
@@ -216,6 +216,12 @@ def test_tuples_and_mappings_count_as_lists_and_dicts():
     frame = unnest([{"a": (1, 2), "m": MappingProxyType({"k": "v"})}])
     assert list(frame.columns) == ["a.*", "m.k"]
     assert rows(frame) == [(1, "v"), (2, "v")]
+
+
+def test_records_may_be_any_mapping():
+    from types import MappingProxyType
+
+    assert rows(unnest([MappingProxyType({"a": 1}), {"a": 2}])) == [(1,), (2,)]
 
 
 def test_other_objects_are_scalars():

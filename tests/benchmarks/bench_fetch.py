@@ -47,8 +47,8 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from flows import schema
 from flows.source import budget
+from flows.transform import schema
 from tests.benchmarks._report import Figure, format_table
 from tests.countries_data import synthetic_countries
 from tests.fake_api import FakeRestCountries
@@ -147,7 +147,7 @@ def _shape_flow():
             hook = (await budget.start_run(len(names))).before_request
         async with api.make_client(api_key=key, trusted_base_urls=[base_url]) as client:
             batches = await asyncio.gather(*(fetch(client, n, base_url, hook) for n in names))
-        return len(schema.each_country_once((r for b in batches for r in b), "v5"))
+        return len(schema.each_country_once(zip(names, batches, strict=True), "v5"))
 
     return shape
 

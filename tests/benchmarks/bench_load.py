@@ -9,7 +9,7 @@ point of view, as rows per second:
   same size (serialise + advisory lock + COPY into a temporary table in the table's types +
   write lock + hash aggregate of both sides + DELETE + INSERT ... SELECT + fingerprint + commit);
 - ``replace_table(strategy="swap")``: COPY into a new table + fingerprints of both + DROP + RENAME;
-- ``strategy="rows"`` with the flow's ``ChangeSpec`` (``flows.schema.CHANGES``), 1% of the rows changed;
+- ``strategy="rows"`` with the flow's ``ChangeSpec`` (``flows.transform.schema.CHANGES``), 1% of the rows changed;
 - a rerun on unchanged data, as the flow does it: the source digest of the records and the
   content check of the table (``flows.load.state.live_rows``: its fingerprint in SQL), which
   write nothing; and the content check alone.
@@ -47,7 +47,7 @@ from flows.load import TableName, replace_table
 from flows.load.copy import plan_copy, serialise
 from flows.load.database import Database
 from flows.load.state import live_rows, source_digest
-from flows.schema import CHANGES
+from flows.transform.schema import CHANGES
 from tests.benchmarks._report import Figure, format_table, write_json
 
 logger = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Benchmark of flows.unnest against pandas.json_normalize (contract: tests/benchmarks/_report.py).
+"""Benchmark of flows.transform.unnest against pandas.json_normalize (contract: tests/benchmarks/_report.py).
 
 Records come from :func:`country_records`, a seeded generator of REST-Countries-v3.1-like
 records with the real API's kinds of nesting: ``name.nativeName`` and ``currencies``,
@@ -50,7 +50,7 @@ from typing import Any
 
 import pandas as pd
 
-from flows.unnest import unnest
+from flows.transform.unnest import unnest
 from tests.benchmarks._report import Figure, format_table
 
 REPO = Path(__file__).resolve().parents[2]

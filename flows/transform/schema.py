@@ -2,16 +2,17 @@
 
 Each :class:`Column` says what the column is called, its PostgreSQL type, where
 its values sit in an API record of each dialect (an unnest path, see
-``flows.unnest``), and the rules its values obey. Everything else is derived
+``flows.transform.unnest``), and the rules its values obey. Everything else is derived
 from :data:`COLUMNS`:
 
 - the fields requested from the API and the unnest selection
   (:func:`source_paths`, :func:`unnest_columns`);
 - the record checks run before the transform (:func:`check_records`): a value
-  of the wrong kind is one error naming the country and the value;
+  of the wrong kind is one error naming the country and the value; a country
+  given differently by two regions is refused (:func:`each_country_once`);
 - the frame's dtypes and the load's SQL types (:func:`to_frame_dtypes`,
   :data:`SQL_TYPES`);
-- the quality gate's rules (``flows.quality``) and what the change report
+- the quality gate's rules (``flows.transform.quality``) and what the change report
   compares (:data:`CHANGES`).
 
 Adding a column is one entry here (plus its tests).
@@ -23,16 +24,25 @@ import decimal
 import json
 import math
 import re
+from bisect import bisect_right
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from itertools import chain, repeat
 from typing import Any
 
+from flows.errors import ConflictingRecordsError, InvalidRecordError
 from flows.load.changes import ChangeSpec, Measure, SetColumn
-from flows.source.dialects import MISSING, get_path
-from flows.errors import InvalidRecordError
 
 BIGINT_MAX = 2**63 - 1
 BIGINT_MIN = -(2**63)
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+MISSING = _Missing()
+"""What :func:`values_at` gives where a record has no value at a path (null is None)."""
 
 # --- value rules: the raw JSON value at a column's container -> a problem, or None ------------
 
@@ -141,6 +151,34 @@ def currency_shape(value: Any) -> str | None:
 CURRENCY_SHAPES = "a list of objects with a name, an object keyed by currency code, empty, or null"
 
 
+# --- the same rules over many values at once: True only if every value passes ------------------
+# Measured at 200,000 records: checking value by value took about 0.7 s; these take about 0.05 s.
+
+
+def all_whole_numbers(values: list[Any]) -> bool:
+    """Every value is an int (not a bool) within bigint: what :func:`whole_number` surely accepts."""
+    return not values or (set(map(type, values)) == {int} and BIGINT_MIN <= min(values) and max(values) <= BIGINT_MAX)
+
+
+def all_non_empty_text(values: list[Any]) -> bool:
+    """Every value is text with a non-blank character."""
+    return set(map(type, values)) <= {str} and all(map(str.strip, values))
+
+
+def all_currency_shapes(values: list[Any]) -> bool:
+    """Every value is null, missing, or a list or code-keyed dict of dicts with a text name."""
+    kinds = set(map(type, values))
+    if not kinds <= {list, dict, type(None), _Missing}:
+        return False
+    dicts = values if kinds == {dict} else [v for v in values if type(v) is dict]
+    lists = [v for v in values if type(v) is list] if list in kinds else []
+    entries = chain(chain.from_iterable(map(dict.values, dicts)), chain.from_iterable(lists))
+    try:  # one streaming pass: each entry read once, while it is in the cache
+        return set(map(type, map(dict.get, entries, repeat("name")))) <= {str}
+    except TypeError:  # an entry that is not a dict
+        return False
+
+
 # --- the table -------------------------------------------------------------------------------
 
 
@@ -153,6 +191,10 @@ class Column:
     *container* is the path up to the first ``*``: ``rule`` is applied to the
     raw value found there in every record, and returns a description of the
     problem or ``None``; ``expected`` says in words what the rule accepts.
+    ``all_pass`` answers for the values of many records at once, cheaply: True
+    only if ``rule`` passes every one (None and MISSING included only when the
+    column is not required); a False sends the check through ``rule`` value by
+    value, to name the first problem.
     ``required``: every record has a value (not missing, not null).
     ``minimum``: the smallest value allowed (numbers).
     """
@@ -160,8 +202,8 @@ class Column:
     name: str
     sql_type: str
     sources: Mapping[str, str]
-    description: str
     rule: Callable[[Any], str | None]
+    all_pass: Callable[[list[Any]], bool]
     expected: str
     required: bool = False
     minimum: int | None = None
@@ -183,8 +225,8 @@ COLUMNS: tuple[Column, ...] = (
         name="nation_official_name",
         sql_type="text",
         sources={"v5": "names.official", "v3.1": "name.official"},
-        description="the country's official name",
         rule=non_empty_text,
+        all_pass=all_non_empty_text,
         expected="non-blank text",
         required=True,
     ),
@@ -192,16 +234,16 @@ COLUMNS: tuple[Column, ...] = (
         name="currency_name",
         sql_type="text",
         sources={"v5": "currencies.*.name", "v3.1": "currencies.*.name"},
-        description="one of the country's currencies (null if it has none)",
         rule=currency_shape,
+        all_pass=all_currency_shapes,
         expected=CURRENCY_SHAPES,
     ),
     Column(
         name="population",
         sql_type="bigint",
         sources={"v5": "population", "v3.1": "population"},
-        description="the country's population",
         rule=whole_number,
+        all_pass=all_whole_numbers,
         expected="a whole number within bigint",
         required=True,
         minimum=0,
@@ -239,79 +281,115 @@ def required_source_paths(dialect: str) -> tuple[str, ...]:
 
 
 def unnest_columns(dialect: str) -> dict[str, str]:
-    """``{column name: unnest path}`` for ``flows.unnest.unnest(records, columns=...)``."""
+    """``{column name: unnest path}`` for ``flows.transform.unnest.unnest(records, columns=...)``."""
     return {c.name: c.source(dialect) for c in COLUMNS}
 
 
-def _country(record: Any, dialect: str) -> str:
-    name = get_path(record, KEY.source(dialect))
+def values_at(records: list[Any], path: str) -> list[Any]:
+    """The values at dotted ``path`` in each of ``records``, in one pass per path segment.
+
+    Without ``*``: one value per record, :data:`MISSING` where a record has no such key (or a
+    value on the way is not a dict). A ``*`` segment stands for every element of a list or value
+    of a dict there (none for anything else), so the result may be longer or shorter than
+    ``records`` and holds no MISSING from below the ``*``.
+    """
+    values = records
+    for part in path.split("."):
+        if part == "*":
+            values = list(
+                chain.from_iterable(v.values() if type(v) is dict else v if type(v) is list else () for v in values)
+            )
+        else:
+            values = [v.get(part, MISSING) if type(v) is dict else MISSING for v in values]
+    if "*" in path:
+        values = [v for v in values if v is not MISSING]
+    return values
+
+
+def _country(name: Any) -> str:
     return f'"{name}"' if isinstance(name, str) and name.strip() else "a country without a name"
 
 
-def each_country_once(records: Iterable[Mapping[str, Any]], dialect: str) -> list[Mapping[str, Any]]:
-    """``records`` with each country once: the first record of each :data:`KEY` value, order kept.
+def each_country_once(
+    fetches: Iterable[tuple[str, Iterable[Mapping[str, Any]]]], dialect: str
+) -> list[Mapping[str, Any]]:
+    """The records of every region, each country once: ``fetches`` are (region, records) pairs.
 
-    Regions may overlap (``Europe`` and ``Northern Europe``); a record without a
-    name cannot be matched and is kept (the record checks then refuse it).
+    Regions may overlap (``Europe`` and ``Northern Europe``): a record equal to one already
+    kept for the same :data:`KEY` value is dropped (the first is kept, order kept). A record
+    without a name cannot be matched and is kept (the record checks then refuse it). Raises
+    ``ConflictingRecordsError`` when two records of one name differ, naming the country, the
+    two regions and the fields that differ, e.g. ``"Narnia" differs between Asia and Europe
+    (currencies, population): each country must have one record; the table was not changed``.
     """
-    path = KEY.source(dialect)
-    seen: set[str] = set()
+    parts = KEY.source(dialect).split(".")
+    position: dict[str, int] = {}  # name -> index in out of its first record
+    starts: list[int] = []  # index in out of each region's first record
+    regions: list[str] = []
     out: list[Mapping[str, Any]] = []
-    for record in records:
-        name = get_path(record, path)
-        if isinstance(name, str):
-            if name in seen:
-                continue
-            seen.add(name)
-        out.append(record)
+    for region, records in fetches:
+        starts.append(len(out))
+        regions.append(region)
+        for record in records:
+            name = record  # one pass, each record read once (measured faster than a pass per key)
+            for part in parts:
+                name = name.get(part) if type(name) is dict else None
+            if type(name) is str:
+                first = position.setdefault(name, len(out))
+                if first != len(out):
+                    if out[first] != record:
+                        _conflict(name, out[first], record, regions[bisect_right(starts, first) - 1], region)
+                    continue
+            out.append(record)
     return out
 
 
-def count_distinct(records: Iterable[Mapping[str, Any]], column: Column, dialect: str) -> int:
+def _conflict(name: str, first: Mapping[str, Any], other: Mapping[str, Any], first_region: str, region: str) -> None:
+    fields = sorted(k for k in {*first, *other} if first.get(k, MISSING) != other.get(k, MISSING))
+    raise ConflictingRecordsError(
+        f"{_country(name)} differs between {first_region} and {region} ({', '.join(map(str, fields))}): "
+        "each country must have one record; the table was not changed"
+    )
+
+
+def count_distinct(records: list[Mapping[str, Any]], column: Column, dialect: str) -> int:
     """How many distinct non-null values ``column`` takes over ``records`` (without building the frame)."""
-
-    def values(value: Any, parts: list[str]) -> Iterable[Any]:
-        if not parts:
-            yield value
-        elif parts[0] == "*":
-            items = value.values() if isinstance(value, Mapping) else value if isinstance(value, list) else ()
-            for item in items:
-                yield from values(item, parts[1:])
-        elif isinstance(value, Mapping) and parts[0] in value:
-            yield from values(value[parts[0]], parts[1:])
-
-    parts = column.source(dialect).split(".")
-    return len({v for record in records for v in values(record, parts) if v is not None})
+    return len({v for v in values_at(records, column.source(dialect)) if v is not None} - {MISSING})
 
 
-def check_records(records: Iterable[Mapping[str, Any]], dialect: str) -> int:
+def check_records(records: list[Mapping[str, Any]], dialect: str) -> int:
     """Check every record against the columns' rules; return how many records were checked.
 
     For each column, the raw value at its container must pass its rule, and a
     required column's value must be present and not null. Raises
     ``InvalidRecordError`` naming the first bad record's country, the value
-    and what is accepted, plus how many records break a rule, e.g.
+    and what is accepted, plus how many values break a rule, e.g.
     ``population of "Iceland" is 30654.7 (not a whole number): expected a whole
     number within bigint; the table was not changed``.
+
+    Each column's values are checked at once (``Column.all_pass``); only a
+    column that fails is then read value by value for the message.
     """
-    problems: list[str] = []
-    count = 0
-    checks = [(c, c.container(dialect)) for c in COLUMNS]
-    for count, record in enumerate(records, start=1):  # noqa: B007 - count is the result
-        for col, path in checks:
-            value = get_path(record, path)
+    names: list[Any] | None = None
+    problems: list[tuple[int, int, str]] = []
+    for c, col in enumerate(COLUMNS):
+        path = col.container(dialect)
+        values = values_at(records, path)
+        if col.all_pass(values):
+            continue
+        names = names if names is not None else values_at(records, KEY.source(dialect))
+        for i, value in enumerate(values):
             if value is MISSING or value is None:
-                if col.required:
-                    what = "missing" if value is MISSING else "null"
-                    problems.append(f"{path} of {_country(record, dialect)} is {what}: expected {col.expected}")
-                continue
-            problem = col.rule(value)
+                problem = ("missing" if value is MISSING else "null") if col.required else None
+            else:
+                problem = col.rule(value)
             if problem is not None:
-                problems.append(f"{path} of {_country(record, dialect)} is {problem}: expected {col.expected}")
+                problems.append((i, c, f"{path} of {_country(names[i])} is {problem}: expected {col.expected}"))
     if problems:
+        first = min(problems)[2]  # the first record's first problem, columns in table order
         more = f" ({len(problems)} values break the table's rules; this is the first)" if len(problems) > 1 else ""
-        raise InvalidRecordError(f"{problems[0]}{more}; the table was not changed")
-    return count
+        raise InvalidRecordError(f"{first}{more}; the table was not changed")
+    return len(records)
 
 
 def to_frame_dtypes(frame: Any) -> Any:

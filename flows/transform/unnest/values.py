@@ -1,6 +1,6 @@
 """What a value is, as the walk and the columns see it: kinds, object arrays, inferred types.
 
-Stateless helpers shared by :mod:`flows.unnest.walk` and :mod:`flows.unnest.columns`.
+Stateless helpers shared by :mod:`flows.transform.unnest.walk` and :mod:`flows.transform.unnest.columns`.
 
 - :func:`kind_of` sorts one value into ``SCALAR``, ``DICT`` or ``LIST``: any Mapping is a
   dict, a list or tuple is a list, everything else (None and other objects included) is a

@@ -2,11 +2,11 @@
 
 Contract of :meth:`Walker.walk` (one call per batch, the records all exact dicts):
 
-- It returns the batch's :class:`~flows.unnest.layout.Level` list (the records first, then
+- It returns the batch's :class:`~flows.transform.unnest.layout.Level` list (the records first, then
   every level before its child levels) and its *leaves*: ``(column, level, where, values,
   inferred)``, the scalars of one column that belong to instances of one level: to all of
   them in order (``where`` None) or to the instances at ``where``; ``inferred`` is what
-  :func:`~flows.unnest.values.infer` said of them, or None if not known yet.
+  :func:`~flows.transform.unnest.values.infer` said of them, or None if not known yet.
 - A full unnest reads every path, creating nodes and columns as it meets them; a selection
   reads only the selected paths' nodes.
 - At each path, scalars go to the path's column, dicts are read key by key (or explode as
@@ -21,30 +21,19 @@ How: one path at a time over the whole batch, with C-level passes (``map``, ``it
 kind sends the path through the general route. No container made per value outlives the
 moment it is read (a dict's tuple of values is freed at once), so the garbage collector's
 young generation stays small and its collections cheap.
-
-Memory: most of a full unnest is spent waiting for the records to come from memory, one
-cache miss after another, because each pass does enough work per value that the processor
-cannot run ahead to the next misses. So before reading a path's dicts (or lists) key by key,
-the walk hands them to ``gc.get_referents``: one tight C loop over their keys and values
-(exactly what the garbage collector's traversal reads), in which many misses overlap, that
-leaves them in the cache for the passes that follow. It only reads: no value, no reference
-count once it returns, and no collector setting changes; it is only ever given lists of
-exact dicts or lists, so it reads nothing but their own keys and values. That is about a
-tenth of a full unnest.
 """
 
 from __future__ import annotations
 
-from gc import get_referents
 from itertools import chain, compress, repeat
 from operator import contains, itemgetter
 from typing import Any
 
 import numpy as np
 
-from flows.unnest.layout import Level
-from flows.unnest.paths import Node, PathTree
-from flows.unnest.values import (
+from flows.transform.unnest.layout import Level
+from flows.transform.unnest.paths import Node, PathTree
+from flows.transform.unnest.values import (
     DICT,
     DICT_ONLY,
     EXPLODE,
@@ -125,7 +114,6 @@ class Walker:
         n = len(values)
         if set(map(type, values)) != DICT_ONLY:
             return False  # not all exactly dicts (a subclass's __missing__ must not run)
-        get_referents(*values)  # into the cache (see the module docstring)
         if node.is_map:
             lens = np.fromiter(map(len, values), dtype=np.int64, count=n)
             elements = list(chain.from_iterable(map(dict.values, values)))
@@ -189,7 +177,6 @@ class Walker:
         if node.is_map and kind == DICT:
             self._explode(node, level, where, dicts, MAPS, work)
             return
-        get_referents(*dicts)  # into the cache (see the module docstring)
         n = len(dicts)
         columns = None
         keys = node.keys
@@ -320,7 +307,6 @@ class Walker:
         keycol = star.keycol
         keys: Any = None
         if kind == LIST:
-            get_referents(*containers)  # into the cache (see the module docstring)
             flat = chain.from_iterable(containers)
             # Scalars there last time: straight into the array they will be checked as.
             elements = np.fromiter(flat, dtype=object, count=total) if star.hint == SCALAR else list(flat)

@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from itertools import chain
 from typing import Any
 
-from flows.unnest.columns import Column, ColumnSet
+from flows.transform.unnest.columns import Column, ColumnSet
 
 WILDCARD = "*"
 """Path segment for "every element of a list / every value of a data-keyed map"."""

@@ -1,9 +1,9 @@
 """The public entry point: :func:`unnest` (its docstring is the contract), its arguments checked.
 
 :func:`unnest` checks its arguments, then feeds the records batch by batch through the
-parts of the package: :class:`~flows.unnest.walk.Walker` reads a batch along the
-:class:`~flows.unnest.paths.PathTree`, :mod:`~flows.unnest.layout` counts and places its
-rows, and the :class:`~flows.unnest.columns.ColumnSet` writes and finally converts the
+parts of the package: :class:`~flows.transform.unnest.walk.Walker` reads a batch along the
+:class:`~flows.transform.unnest.paths.PathTree`, :mod:`~flows.transform.unnest.layout` counts and places its
+rows, and the :class:`~flows.transform.unnest.columns.ColumnSet` writes and finally converts the
 columns. Pure: no I/O, no Prefect, no global state.
 """
 
@@ -17,11 +17,11 @@ from typing import Any
 import pandas as pd
 
 from flows.errors import UnnestError
-from flows.unnest.columns import MAX_EXACT, ColumnSet
-from flows.unnest.layout import count_rows, placed
-from flows.unnest.paths import KEY, WILDCARD, PathTree
-from flows.unnest.values import DICT_ONLY
-from flows.unnest.walk import Walker
+from flows.transform.unnest.columns import MAX_EXACT, ColumnSet
+from flows.transform.unnest.layout import count_rows, placed
+from flows.transform.unnest.paths import KEY, WILDCARD, PathTree
+from flows.transform.unnest.values import DICT_ONLY
+from flows.transform.unnest.walk import Walker
 
 __all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_MAX_ROWS", "unnest"]
 

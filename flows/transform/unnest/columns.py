@@ -36,7 +36,7 @@ import pandas as pd
 from pandas.api.types import infer_dtype
 
 from flows.errors import UnnestError
-from flows.unnest.values import infer, objects
+from flows.transform.unnest.values import infer, objects
 
 MAX_EXACT = 2**53
 """The largest count float64 holds exactly (and the bound of ``max_rows``)."""
@@ -220,7 +220,7 @@ class ColumnSet:
             return pd.Series(pd.array(values, dtype=_STR, copy=False), copy=False)
         if col.mode != _OBJECTS:
             return pd.Series(values, copy=False)
-        return _convert(values, col.kinds - {"empty"}, col.gaps or col.nulls)
+        return _convert(values, col.kinds - {"empty"})
 
 
 def _objectify(col: Column, rows: int) -> None:
@@ -237,29 +237,14 @@ def _unstring(col: Column, rows: int) -> None:
     col.mode = _OBJECTS
 
 
-def _convert(values: np.ndarray, kinds: set[str], gaps: bool) -> pd.Series:
+def _convert(values: np.ndarray, kinds: set[str]) -> pd.Series:
     """``values`` (object array) as a Series of the dtype pandas infers from their list.
 
-    ``kinds``: what infer_dtype (skipna) said of each part, "empty" left out; ``gaps``: some
-    value is a missing one (None). The exception of the module docstring applies.
+    ``kinds``: what infer_dtype (skipna) said of each part, "empty" left out. The exception
+    of the module docstring applies.
     """
     if kinds == {"string"}:
         return pd.Series(values, dtype="str", copy=False)
-    if len(kinds) == 1 and not gaps:
-        try:
-            if kinds == {"integer"}:
-                return pd.Series(values.astype(np.int64), copy=False)
-            if kinds == {"boolean"} and infer_dtype(values, skipna=False) == "boolean":
-                return pd.Series(values.astype(bool), copy=False)
-        except (TypeError, ValueError, OverflowError):
-            pass  # a None, NaN or huge int after all: let pandas decide
-    if kinds == {"floating"} and not gaps:  # ints among floats: pandas decides (huge ones stay object)
-        try:
-            floats = values.astype(np.float64)
-        except (TypeError, ValueError, OverflowError):
-            pass
-        else:
-            return _exact(pd.Series(floats, copy=False), values)
     return _exact(pd.Series(values, copy=False).infer_objects(), values)
 
 

@@ -1,13 +1,10 @@
 """The quality gate: rules the data must pass before it may replace the table.
 
-Two parts, both pure (no database):
-
-- ``validate_countries(df)`` checks the transformed countries frame against
-  ``FRAME_RULES`` (shape and dtypes) and then ``ROW_RULES`` (per-row values).
-  The rules are data: to add one, append a ``FrameRule`` or ``RowRule``.
-- ``check_row_drop(...)`` is the row-drop rule that ``flows.load.replace_table``
-  applies inside its transaction, against the row count of the table it is
-  about to replace.
+Pure (no database): ``validate_countries(df)`` checks the transformed countries frame against
+``FRAME_RULES`` (shape and dtypes) and then ``ROW_RULES`` (per-row values). The rules are data:
+to add one, append a ``FrameRule`` or ``RowRule``.
+The row-drop rule (a load smaller than a fraction of the table) is the load's:
+``flows.load.changes.check_row_drop``, applied against the table it replaces.
 
 Every failure is a ``QualityGateError`` whose message is one line naming the
 first problem found and how many rows it affects, ending with
@@ -17,20 +14,18 @@ first problem found and how many rows it affects, ending with
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from fractions import Fraction
 
 import pandas as pd
 
-from flows import schema
-from flows.errors import ConfigurationError, QualityGateError, setting
+from flows.transform import schema
+from flows.errors import QualityGateError
 
 logger = logging.getLogger(__name__)
 
 COLUMNS: tuple[str, ...] = schema.COLUMN_NAMES
-"""The countries table's columns, in order (from ``flows.schema``)."""
+"""The countries table's columns, in order (from ``flows.transform.schema``)."""
 
 _NOT_CHANGED = "the table was not changed"
 
@@ -118,7 +113,7 @@ ROW_RULES: list[RowRule] = [
 ]
 """Checked in order after the frame rules; the first rule with failing rows is reported.
 
-Derived from ``flows.schema``: a required column has a value in every row; a
+Derived from ``flows.transform.schema``: a required column has a value in every row; a
 column with a minimum has no value below it."""
 
 
@@ -144,49 +139,3 @@ def validate_countries(df: pd.DataFrame) -> None:
             example = row_rule.example(df, label)
             raise QualityGateError(f"quality gate: {rows} {row_rule.problem} (e.g. {example}); {_NOT_CHANGED}")
     logger.debug("quality gate passed: %d rows", len(df))
-
-
-def _percent(kept: float, limit: float) -> str:
-    """``kept`` as a percentage, with enough digits not to look as large as ``limit``."""
-    shown = f"{kept * 100:.0f}"
-    if float(shown) >= limit * 100:
-        shown = f"{math.floor(kept * 1000) / 10:.1f}"
-    return f"{shown}%"
-
-
-def check_row_drop(
-    new_rows: int,
-    previous_rows: int | None,
-    min_fraction: float,
-    force: bool,
-    *,
-    table: str = "the table",
-) -> None:
-    """The row-drop rule: refuse a load smaller than ``min_fraction`` of the current table.
-
-    ``previous_rows`` is the current table's row count, ``None`` when there is
-    no table yet. A load is refused when ``new_rows < min_fraction *
-    previous_rows`` (computed exactly on the decimal ``min_fraction``, so 0.1
-    of 10 rows is 1 row); exactly that many rows pass. Never refused: a first
-    load (no table), a table with 0 rows, or ``force=True``. ``min_fraction``
-    0 lets everything through; 1 refuses any shrinking. It must be a number in
-    [0, 1] (``ConfigurationError``). Raises ``QualityGateError`` whose message
-    names the settings the caller knows (``flows.errors.setting``), e.g.
-    ``new data has 3 rows, 19% of the 16 in northern_europe_countries, below
-    min_row_fraction=0.5 (at least 8 rows); re-run with force=True if this is
-    expected`` (``--min-row-fraction 0.5`` and ``--force`` on the command line).
-    """
-    valid = isinstance(min_fraction, int | float) and not isinstance(min_fraction, bool)
-    if not valid or math.isnan(min_fraction) or not 0.0 <= min_fraction <= 1.0:
-        raise ConfigurationError(
-            f"{setting('min_row_fraction')} must be between 0 and 1 (a fraction like 0.5 for 50%), got {min_fraction!r}"
-        )
-    if force or not previous_rows:
-        return
-    needed = Fraction(repr(float(min_fraction))) * previous_rows
-    if new_rows < needed:
-        raise QualityGateError(
-            f"new data has {new_rows} rows, {_percent(new_rows / previous_rows, min_fraction)} of the "
-            f"{previous_rows} in {table}, below {setting('min_row_fraction', min_fraction)} "
-            f"(at least {math.ceil(needed)} rows); re-run with {setting('force', True)} if this is expected"
-        )
