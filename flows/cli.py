@@ -217,11 +217,27 @@ async def check_api_key(api: str) -> None:
 # --- step 5: the run ------------------------------------------------------------------------
 
 
-async def _run(given: dict[str, Any], params: dict[str, Any], data_dir: Path | None) -> Any:
+async def run_once(flow: Any, **params: Any) -> Any:
+    """Run ``flow`` once in this process; return its result or raise the ``CountriesError`` it failed with.
+
+    An unexpected failure is re-raised as it is; a run that ends otherwise (Cancelled, Crashed) is a
+    ``CountriesError`` with the state's message.
+    """
+    from flows.errors import CountriesError
+
+    state = await flow(**params, return_state=True)
+    if state.is_completed():
+        return await state.aresult()
+    failure = await state.aresult(raise_on_failure=False)
+    if isinstance(failure, BaseException):
+        raise failure
+    raise CountriesError(state.message or f"the run ended {state.name}")
+
+
+async def _run(flow: Any, given: dict[str, Any], params: dict[str, Any], data_dir: Path | None) -> Any:
     """Steps 2 to 5 of the module docstring; returns the run's summary."""
     import httpx
 
-    from flows.countries import run_flow
     from flows.ops.settings import prefect_api_unreachable
 
     ui = connect_prefect()
@@ -234,7 +250,7 @@ async def _run(given: dict[str, Any], params: dict[str, Any], data_dir: Path | N
     for line in (ui, note):
         if line:
             print(line, flush=True)
-    return await run_flow(**given)
+    return await run_once(flow, **given)
 
 
 class Interrupted(BaseException):
@@ -352,21 +368,21 @@ def _finish_prefect_output(temporary_server: bool) -> None:
         SubprocessASGIServer().stop()  # the one Prefect's client started; nothing when none was
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the countries flow once from the command line; returns the exit status (0, 1, 2, 130 or 143)."""
+def main(flow: Any, argv: list[str] | None = None) -> int:
+    """Run ``flow`` (``countries_flow``, which calls this: see ``flows.countries.main``) once from the command
+    line; returns the exit status (0, 1, 2, 130 or 143)."""
     with Interruptible() as guard:
         try:
-            return _main(argv, guard)
+            return _main(flow, argv, guard)
         except Interrupted as exc:
             print(exc, file=sys.stderr, flush=True)
             return exc.status
 
 
-def _main(argv: list[str] | None, guard: Interruptible) -> int:
+def _main(countries_flow: Any, argv: list[str] | None, guard: Interruptible) -> int:
     from cyclopts import CycloptsError
     from prefect.settings import get_current_settings
 
-    from flows.countries import countries_flow
     from flows.errors import ConfigurationError, CountriesError
     from flows.ops import local
     from flows.parameters import check_parameters
@@ -389,7 +405,7 @@ def _main(argv: list[str] | None, guard: Interruptible) -> int:
     _quiet_prefect_on_the_console()
     temporary_server = not get_current_settings().api.url and not local.prefect_server_enabled()
     try:
-        summary = guard.run(_run(given, params, data_dir))
+        summary = guard.run(_run(countries_flow, given, params, data_dir))
     except CountriesError as exc:
         summary = exc
     finally:
@@ -405,7 +421,3 @@ def _main(argv: list[str] | None, guard: Interruptible) -> int:
 def _fail(message: str, status: int) -> int:
     print(f"error: {message}", file=sys.stderr, flush=True)
     return status
-
-
-if __name__ == "__main__":
-    sys.exit(main())

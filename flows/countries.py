@@ -10,7 +10,7 @@ The story of one run of ``countries_flow``:
 3. Fetch every region concurrently, one task each. Transient failures are
    retried; fetches are cached for ``cache_minutes``, keyed on a fingerprint of
    the key, never the key.
-4. Check every record against the table's data contract (``flows.schema``) and
+4. Check every record against the table's data contract (``flows.transform.schema``) and
    unnest them: one row per country and currency.
 5. Run the quality gate.
 6. Replace the table's rows in one transaction (readers are never blocked, what
@@ -20,9 +20,10 @@ The story of one run of ``countries_flow``:
 
 Steps 4 to 6 are skipped when the table's last load was made from the very
 same source (``flows.load.state.source_digest``: the records, the table's columns
-and the code that turns one into the other) and still stands
-(``flows.load.state.is_unchanged``: same source digest, same table content): they would write nothing. Such a run
-reports the table unchanged, and imports neither pandas nor the loader.
+and the code that turns one into the other) and the table's content is still what
+that load committed (``flows.load.state.is_unchanged``): they would write nothing.
+Such a run reports the table unchanged and imports neither pandas nor SQLAlchemy.
+``force`` never skips; a table edited by hand is repaired and the run says so.
 
 An expected failure (any ``CountriesError``) ends the run Failed with one short
 message, cause first, and a short failure report; the table is untouched.
@@ -54,14 +55,13 @@ from pydantic import Field
 
 from flows import report
 from flows import source as restcountries
+from flows.errors import CountriesError, TransientApiError, UnknownRegionError
 from flows.load import LoadResult, TableName, resolve_table
 from flows.load import state as load_state
 from flows.load.changes import ChangeSummary
 from flows.ops import settings
-from flows.source import budget
-from flows.transform import schema
-from flows.errors import CountriesError, TransientApiError, UnknownRegionError
 from flows.parameters import DEFAULT_REGIONS, check_parameters, default_table
+from flows.source import budget
 from flows.transform import schema
 
 if TYPE_CHECKING:  # pandas, SQLAlchemy and the loader are imported by the tasks that need them, only when they run
@@ -556,22 +556,12 @@ def _timed(steps: dict[str, float], name: str) -> Iterator[None]:
         steps[name] = time.perf_counter() - mark
 
 
-async def run_flow(**params: Any) -> report.RunSummary:
-    """Run the flow once in this process; return its summary or raise the ``CountriesError`` it failed with.
+def main(argv: list[str] | None = None) -> int:
+    """The command line (``countries`` and ``python flows/countries.py``): see ``flows.cli``."""
+    from flows.cli import main as command_line
 
-    For callers such as the command line, which print ``exc.for_audience("cli")``.
-    An unexpected failure is re-raised as it is.
-    """
-    state = await countries_flow(**params, return_state=True)
-    if state.is_completed():
-        return await state.aresult()
-    failure = await state.aresult(raise_on_failure=False)
-    if isinstance(failure, BaseException):
-        raise failure
-    raise CountriesError(state.message or f"the run ended {state.name}")
+    return command_line(countries_flow, argv)
 
 
 if __name__ == "__main__":
-    from flows.cli import main
-
     raise SystemExit(main())

@@ -180,7 +180,7 @@ class UnnestError(CountriesError):
 
 
 class InvalidRecordError(CountriesError):
-    """A record breaks the table's data contract (``flows.schema``): names the country, the value and the rule."""
+    """A record breaks the table's data contract (``flows.transform.schema``): names the country, the value and the rule."""
 
 
 class RowLimitExceededError(UnnestError):

@@ -9,9 +9,6 @@ command line).
 
 from __future__ import annotations
 
-import hashlib
-import re
-import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,35 +16,9 @@ from flows import load as tables
 from flows import source as restcountries
 from flows.source import parse_base_url, shown_url
 from flows.errors import ConfigurationError, InvalidTableNameError, setting
+from flows.transform.schema import DEFAULT_REGIONS, default_table
 
-DEFAULT_REGIONS = ["Northern Europe"]
-
-
-def default_table(regions: Sequence[str]) -> str:
-    """The table a run loads when none is named: the regions' names, then ``_countries``.
-
-    ``["Northern Europe"]`` -> ``northern_europe_countries``; ``["all"]`` ->
-    ``all_countries`` (also when other regions are named with ``"all"``: it
-    takes them all); ``["Europe", "Asia"]`` -> ``europe_asia_countries``.
-    Names are folded to lower-case ASCII letters, digits and underscores; a name
-    longer than PostgreSQL's 63 bytes is shortened and keeps a hash of the whole.
-    """
-    if any(str(region).strip().casefold() == "all" for region in regions):
-        regions = ["all"]
-    parts = []
-    for region in regions:
-        ascii_name = unicodedata.normalize("NFKD", str(region)).encode("ascii", "ignore").decode()
-        part = re.sub(r"[^a-z0-9]+", "_", ascii_name.casefold()).strip("_")
-        if part and part not in parts:
-            parts.append(part)
-    name = "_".join(parts or ["regions"]) + "_countries"
-    if name[0].isdigit():
-        name = "r_" + name
-    if len(name) > 63:
-        digest = hashlib.sha256("|".join(map(str, regions)).encode()).hexdigest()[:8]
-        name = f"{name[:44].rstrip('_')}_{digest}_countries"
-    return name
-
+__all__ = ["DEFAULT_REGIONS", "check_base_url", "check_parameters", "default_table"]
 
 def check_base_url(base_url: str) -> str:
     """``base_url`` stripped, without a trailing slash; ``ConfigurationError`` unless it is an http(s) address.

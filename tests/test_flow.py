@@ -37,7 +37,8 @@ from prefect.client.schemas.filters import (
 from prefect.logging.handlers import APILogWorker
 
 from flows import report
-from flows.countries import countries_flow, run_flow
+from flows.cli import run_once
+from flows.countries import countries_flow
 from flows.errors import (
     AuthenticationError,
     BadResponseError,
@@ -101,7 +102,7 @@ def column_types(url: str, table: str = TABLE) -> list[tuple[str, str]]:
 
 def run(**params) -> report.RunSummary:
     """Run the flow; no fetch cache unless the test asks for one (fake servers may reuse a port)."""
-    return asyncio.run(run_flow(**{"cache_minutes": 0, **params}))
+    return asyncio.run(run_once(countries_flow, **{"cache_minutes": 0, **params}))
 
 
 def run_state(**params):
@@ -945,3 +946,29 @@ def test_a_fetch_retried_once_says_retry_1_of_1_and_fails_without_a_traceback(fa
     assert [line for line in logs if "Retry 1/1 will start" in line]
     assert not [line for line in logs if "Retry 1/2" in line or "Retry 2/" in line]
     assert not [line for line in logs if "Traceback" in line]
+
+
+def test_conflicting_records_from_two_regions_fail_the_run_and_keep_the_table(db):
+    """Issue 16 §3: --regions all, one official name in two regions with other figures: one line, no load."""
+    from flows.errors import ConflictingRecordsError
+    from tests.countries_data import v31_records
+
+    block, url = db
+    with FakeRestCountries() as good:
+        first = run(db_block=block, api="v3.1", base_url=good.v31_base_url, regions=["all"])
+    before = table_rows(url, "all_countries")
+    assert len(before) == first.rows > 20
+
+    def narnia(region: str, population: int) -> dict:
+        record = copy.deepcopy(COUNTRIES[0])
+        record["name"]["official"] = "Kingdom of Narnia"
+        record.update(region=region, population=population)
+        record.pop("subregion", None)
+        return record
+
+    with FakeRestCountries([*v31_records(), narnia("Europe", 1_000), narnia("Asia", 2_000)]) as conflicting:
+        with pytest.raises(ConflictingRecordsError) as caught:
+            run(db_block=block, api="v3.1", base_url=conflicting.v31_base_url, regions=["all"])
+    assert str(caught.value).startswith('"Kingdom of Narnia" differs between Asia and Europe (population)')
+    assert "\n" not in str(caught.value)
+    assert table_rows(url, "all_countries") == before

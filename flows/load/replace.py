@@ -49,7 +49,7 @@ from flows.errors import (
     LoadInterruptedError,
     setting,
 )
-from flows.load import changes as change_report
+import flows.load.changes as change_report
 from flows.load.changes import ChangeSpec, ChangeSummary, check_min_row_fraction, check_row_drop
 from flows.load.database import TableName, parse_table_name, pg_message, quote_ident, resolve_schema, scrub, unreachable
 from flows.load.locks import LockWaits, Running, advisory_lock, commit, running_loads

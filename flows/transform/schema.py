@@ -21,11 +21,13 @@ Adding a column is one entry here (plus its tests).
 from __future__ import annotations
 
 import decimal
+import hashlib
 import json
 import math
 import re
+import unicodedata
 from bisect import bisect_right
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain, repeat
 from typing import Any
@@ -415,3 +417,34 @@ CHANGES = ChangeSpec(
     sets=(SetColumn("currency_name", "currencies"),),
 )
 """What the change report compares: countries by name, their population, their set of currencies."""
+
+
+# --- the table's default name ------------------------------------------------------------
+
+DEFAULT_REGIONS = ["Northern Europe"]
+
+
+def default_table(regions: Sequence[str]) -> str:
+    """The table a run loads when none is named: the regions' names, then ``_countries``.
+
+    ``["Northern Europe"]`` -> ``northern_europe_countries``; ``["all"]`` ->
+    ``all_countries`` (also when other regions are named with ``"all"``: it
+    takes them all); ``["Europe", "Asia"]`` -> ``europe_asia_countries``.
+    Names are folded to lower-case ASCII letters, digits and underscores; a name
+    longer than PostgreSQL's 63 bytes is shortened and keeps a hash of the whole.
+    """
+    if any(str(region).strip().casefold() == "all" for region in regions):
+        regions = ["all"]
+    parts = []
+    for region in regions:
+        ascii_name = unicodedata.normalize("NFKD", str(region)).encode("ascii", "ignore").decode()
+        part = re.sub(r"[^a-z0-9]+", "_", ascii_name.casefold()).strip("_")
+        if part and part not in parts:
+            parts.append(part)
+    name = "_".join(parts or ["regions"]) + "_countries"
+    if name[0].isdigit():
+        name = "r_" + name
+    if len(name) > 63:
+        digest = hashlib.sha256("|".join(map(str, regions)).encode()).hexdigest()[:8]
+        name = f"{name[:44].rstrip('_')}_{digest}_countries"
+    return name

@@ -37,7 +37,7 @@ from prefect.client.schemas.responses import DeploymentResponse
 from prefect.events.filters import AutomationFilter, AutomationFilterTags
 
 from flows.errors import ConfigurationError, setting
-from flows.parameters import DEFAULT_REGIONS, default_table
+from flows.transform.schema import DEFAULT_REGIONS, default_table
 
 HERE = Path(__file__).parent
 FLOW_NAME = "countries"
