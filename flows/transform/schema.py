@@ -318,13 +318,15 @@ def each_country_once(
     """The records of every region, each country once: ``fetches`` are (region, records) pairs.
 
     Regions may overlap (``Europe`` and ``Northern Europe``): a record equal to one already
-    kept for the same :data:`KEY` value is dropped (the first is kept, order kept). A record
+    kept for the same :data:`KEY` value in the fields the table reads (the columns' sources;
+    not ``region`` or ``subregion``) is dropped (the first is kept, order kept). A record
     without a name cannot be matched and is kept (the record checks then refuse it). Raises
     ``ConflictingRecordsError`` when two records of one name differ, naming the country, the
     two regions and the fields that differ, e.g. ``"Narnia" differs between Asia and Europe
     (currencies, population): each country must have one record; the table was not changed``.
     """
     parts = KEY.source(dialect).split(".")
+    read = sorted({c.source(dialect).split(".")[0] for c in COLUMNS})  # the top-level fields the table reads
     position: dict[str, int] = {}  # name -> index in out of its first record
     starts: list[int] = []  # index in out of each region's first record
     regions: list[str] = []
@@ -339,15 +341,18 @@ def each_country_once(
             if type(name) is str:
                 first = position.setdefault(name, len(out))
                 if first != len(out):
-                    if out[first] != record:
-                        _conflict(name, out[first], record, regions[bisect_right(starts, first) - 1], region)
+                    kept = out[first]
+                    if kept != record and any(kept.get(k, MISSING) != record.get(k, MISSING) for k in read):
+                        _conflict(name, kept, record, read, regions[bisect_right(starts, first) - 1], region)
                     continue
             out.append(record)
     return out
 
 
-def _conflict(name: str, first: Mapping[str, Any], other: Mapping[str, Any], first_region: str, region: str) -> None:
-    fields = sorted(k for k in {*first, *other} if first.get(k, MISSING) != other.get(k, MISSING))
+def _conflict(
+    name: str, first: Mapping[str, Any], other: Mapping[str, Any], read: list[str], first_region: str, region: str
+) -> None:
+    fields = [k for k in read if first.get(k, MISSING) != other.get(k, MISSING)]
     raise ConflictingRecordsError(
         f"{_country(name)} differs between {first_region} and {region} ({', '.join(map(str, fields))}): "
         "each country must have one record; the table was not changed"
