@@ -450,13 +450,17 @@ def test_a_worker_runs_the_deployments_into_postgres_one_run_at_a_time(
 
 
 def test_a_failed_deployment_run_shows_its_cause_first_in_the_ui(deployed, env, work_queue, blocks, fake_api, tmp_path):
-    """What the Prefect UI shows of a deployment run that fails for a reason the pipeline expects (issue 11)."""
+    """What the Prefect UI shows of a deployment run that fails for a reason the pipeline expects (issue 11).
+
+    Two regions fail for two causes (region names themselves are checked before any request)."""
+    fake_api.inject("/v3.1/subregion/Western Europe", Fault.bad_body("non_list"), times=10)
+    fake_api.inject("/v3.1/subregion/Southern Europe", Fault.bad_body("html"), times=10)
     run_id = run_deployment(
         f"{FLOW_NAME}/northern-europe",
         parameters={
             "api": "v3.1",
             "base_url": fake_api.v31_base_url,
-            "regions": ["Northern Europe", "Narnia", "Atlantis"],
+            "regions": ["Northern Europe", "Western Europe", "Southern Europe"],
             "table": "northern_europe_countries",
         },
         work_queue_name=work_queue,
@@ -474,18 +478,19 @@ def test_a_failed_deployment_run_shows_its_cause_first_in_the_ui(deployed, env, 
         )  # fmt: skip
     logs = run_logs(run_id)
 
-    # The state message: the cause first, every bad region named once, the setting as the UI calls it.
+    # The state message: the cause first, every failed region named once, the setting as the UI calls it.
     assert run.state.is_failed(), logs
     message = run.state.message
-    assert message.startswith("unknown regions 'Narnia', 'Atlantis': "), message
+    assert message.startswith("2 of 3 regions failed: "), message
+    assert message.count("Western Europe") == 1 and message.count("Southern Europe") == 1, message
     assert "base_url" in message and "--base-url" not in message and "127.0.0.1" not in message
     # Logged without a traceback; the flow's own line (level 40, ERROR) once.
     assert "Traceback" not in logs and "Encountered exception" not in logs, logs
-    flow_lines = [line for line in logs.splitlines() if line.startswith('40 Finished in state Failed("unknown regions')]
+    flow_lines = [line for line in logs.splitlines() if line.startswith('40 Finished in state Failed("2 of 3 regions')]
     assert len(flow_lines) == 1, logs
 
     # Names that say what the run and its tasks do; the good sibling finished, none shows as Crashed.
-    assert run.name == "northern_europe_countries ← Northern Europe, Narnia, Atlantis"
+    assert run.name == "northern_europe_countries ← Northern Europe, Western Europe, Southern Europe"
     with sync_client() as client:
         from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterFlowRunId
 
@@ -509,8 +514,12 @@ def test_a_failed_deployment_run_shows_its_cause_first_in_the_ui(deployed, env, 
             )
         )
     states = {t.name: t.state_type.value for t in tasks}
-    assert states == {"fetch Northern Europe": "COMPLETED", "fetch Narnia": "FAILED", "fetch Atlantis": "FAILED"}
+    assert states == {
+        "fetch Northern Europe": "COMPLETED",
+        "fetch Western Europe": "FAILED",
+        "fetch Southern Europe": "FAILED",
+    }
 
     # A failed run publishes a short report under the table's key: what failed, and the table untouched.
     (report,) = artifacts
-    assert "failed" in report.data and "the table was not changed" in report.data and "Narnia" in report.data
+    assert "failed" in report.data and "the table was not changed" in report.data and "Western Europe" in report.data
