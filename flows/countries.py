@@ -55,7 +55,7 @@ from pydantic import Field
 
 from flows import report
 from flows import source as restcountries
-from flows.errors import CountriesError, TransientApiError, UnknownRegionError
+from flows.errors import CountriesError, TransientApiError
 from flows.load import LoadResult, TableName, resolve_table
 from flows.load import state as load_state
 from flows.load.changes import ChangeSummary
@@ -101,7 +101,6 @@ class Source:
     api: str
     base_url: str
     paths: tuple[str, ...]
-    required: tuple[str, ...]
     key_fingerprint: str | None
 
 
@@ -219,10 +218,6 @@ async def fetch_region(
     )
 
 
-class RegionsFailedError(CountriesError):
-    """One or more region fetches failed; the message lists every failure, cause first."""
-
-
 async def fetch_all(
     regions: list[str], source: Source, api_key: str | None, trusted: list[str], cache_minutes: float
 ) -> list[report.RegionFetch]:
@@ -230,7 +225,7 @@ async def fetch_all(
 
     Returns the fetches in region order. Raises, before any request, what
     ``flows.source.check_source`` raises (no key, key withheld from that origin);
-    then ``RegionsFailedError`` listing every region that failed (siblings are
+    then ``flows.source.one_error`` of the regions that failed (siblings are
     not cancelled, so none shows as Crashed); an unexpected error as it is.
     """
     fetch = fetch_region.with_options(
@@ -259,25 +254,9 @@ async def fetch_all(
     unexpected = [f for f in failures if not isinstance(f, CountriesError)]
     if unexpected:
         raise unexpected[0]
-    unknown = [f for f in failures if isinstance(f, UnknownRegionError)]
-    errors = ([restcountries.unknown_regions(unknown, asked=len(regions), dialect=dialect)] if unknown else []) + [f for f in failures if f not in unknown]
-    causes = _causes_once(errors)
-    if len(causes) == 1:  # one cause (a bad key fails every region alike): that error, said once
-        raise errors[0]
-    if errors:
-        raise RegionsFailedError(f"{len(failures)} of {len(regions)} regions failed: " + "; ".join(causes))
+    if failures:
+        raise restcountries.one_error(failures, asked=len(regions), dialect=dialect)
     return fetches
-
-
-def _causes_once(errors: list[CountriesError]) -> list[str]:
-    """The errors' messages (templates), each cause once, followed by the requests that met it."""
-    requests: dict[str, list[str]] = {}
-    for error in errors:
-        cause, _, request = error.template.partition(" (GET ")
-        requests.setdefault(cause, [])
-        if request:
-            requests[cause].append("GET " + request.removesuffix(")"))
-    return [f"{cause} ({', '.join(found)})" if found else cause for cause, found in requests.items()]
 
 
 # --- 4. and 5. transform and check ------------------------------------------------------
@@ -422,7 +401,6 @@ async def countries_flow(
             api=dialect.name,
             base_url=settings.resolve_base_url(p["base_url"], dialect.default_base_url, operator),
             paths=schema.source_paths(dialect.name),
-            required=schema.required_source_paths(dialect.name),
             key_fingerprint=restcountries.fingerprint(api_key) if api_key else None,
         )
         target = await open_target(p["db_block"], p["table"])

@@ -234,3 +234,7 @@ class LoadInterruptedError(LoadError):
 
 class ConflictingRecordsError(InvalidRecordError):
     """Two regions give one country (the same official name) different records; the table is left as it was."""
+
+
+class RegionsFailedError(CountriesError):
+    """Regions of one run failed for different causes; the message lists each cause once, with its requests."""

@@ -302,11 +302,6 @@ def test_dedupe_across_overlapping_regions(fake):
     assert stats.requests == 2
 
 
-def test_the_flow_requires_the_paths_of_the_required_columns():
-    assert schema.required_source_paths("v5") == ("names.official", "population")
-    assert schema.required_source_paths("v3.1") == ("name.official", "population")
-
-
 # --- status codes -------------------------------------------------------------------------------
 
 

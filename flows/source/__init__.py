@@ -27,7 +27,7 @@ from flows.source.client import (
 )
 from flows.source.request import RequestStats, RetryPolicy
 from flows.source.dialects import DIALECTS, REGIONS, SUBREGIONS, Dialect, canonical_region, expand_regions, get_dialect
-from flows.source.fetch import check_source, fetch_region, unknown_regions
+from flows.source.fetch import check_source, fetch_region, one_error, unknown_regions
 
 __all__ = [
     "DEADLINE_ENV",
@@ -51,5 +51,6 @@ __all__ = [
     "make_client",
     "parse_base_url",
     "shown_url",
+    "one_error",
     "unknown_regions",
 ]

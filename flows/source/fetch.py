@@ -24,11 +24,13 @@ import httpx
 from flows.errors import (
     BadResponseError,
     ConfigurationError,
+    CountriesError,
     DemoKeyError,
     DeprecatedApiError,
     ForeignRecordsError,
     KeyWithheldError,
     PermanentApiError,
+    RegionsFailedError,
     TransientApiError,
     UnknownRegionError,
     WrongBaseUrlError,
@@ -110,6 +112,27 @@ def unknown_regions(
         f"path of {setting('base_url')} is wrong ({', '.join(e.request or '?' for e in errors)})",
         status=errors[0].status,
     )
+
+
+def one_error(failures: Sequence[CountriesError], *, asked: int, dialect: Dialect) -> CountriesError:
+    """What the failed regions of one run amount to, as one error.
+
+    The regions that found no countries become one (see :func:`unknown_regions`). A cause every failed
+    region met (a wrong key, an unreachable host) is that error, said once; different causes become one
+    ``RegionsFailedError`` listing each cause once, followed by the requests that met it.
+    """
+    unknown = [f for f in failures if isinstance(f, UnknownRegionError)]
+    errors = ([unknown_regions(unknown, asked=asked, dialect=dialect)] if unknown else []) + [
+        f for f in failures if f not in unknown
+    ]
+    requests: dict[str, list[str]] = {}
+    for error in errors:
+        cause, _, request = error.template.partition(" (GET ")
+        requests.setdefault(cause, []).extend(["GET " + request.removesuffix(")")] if request else [])
+    if len(requests) == 1:
+        return errors[0]
+    causes = [f"{cause} ({', '.join(found)})" if found else cause for cause, found in requests.items()]
+    return RegionsFailedError(f"{len(failures)} of {asked} regions failed: " + "; ".join(causes))
 
 
 async def fetch_region(

@@ -277,11 +277,6 @@ def source_paths(dialect: str) -> tuple[str, ...]:
     return tuple(c.source(dialect) for c in COLUMNS)
 
 
-def required_source_paths(dialect: str) -> tuple[str, ...]:
-    """The source paths every record must have in ``dialect``: those of the required columns."""
-    return tuple(c.source(dialect) for c in COLUMNS if c.required)
-
-
 def unnest_columns(dialect: str) -> dict[str, str]:
     """``{column name: unnest path}`` for ``flows.transform.unnest.unnest(records, columns=...)``."""
     return {c.name: c.source(dialect) for c in COLUMNS}
