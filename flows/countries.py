@@ -1,62 +1,41 @@
 """Keep a PostgreSQL table of countries fresh from the REST Countries API.
 
-The story of one run of ``countries_flow``:
+One run of ``countries_flow``, read top to bottom: check the parameters (no network); resolve
+the source (API version, base URL, the key, sent only to trusted origins) and the target (the
+database of the ``SqlAlchemyConnector`` block must answer before any API quota is spent); fetch
+every region concurrently, one cached task each; unnest the records (one row per country and
+currency); the quality gate; make the table's rows equal to the source's, writing only the
+difference; publish the report. The transform and the load are skipped when the table was last
+loaded from this very source and its content is still what that load committed
+(``flows.load.state``); ``force`` never skips. An expected failure (a ``CountriesError``) ends the
+run Failed with one line, cause first, and the table untouched; anything else keeps its traceback.
 
-1. Check the parameters, without any network: regions, table (derived from the
-   regions when empty), API version, base URL, ranges.
-2. Resolve the source (API version, base URL, API key: the key is sent only to
-   origins the operator trusts) and the target (the database behind the
-   ``SqlAlchemyConnector`` block must answer before any API quota is spent).
-3. Fetch every region concurrently, one task each. Transient failures are
-   retried; fetches are cached for ``cache_minutes``, keyed on a fingerprint of
-   the key, never the key.
-4. Check every record against the table's data contract (``flows.transform.schema``) and
-   unnest them: one row per country and currency.
-5. Run the quality gate.
-6. Replace the table's rows in one transaction (readers are never blocked, what
-   users attach to the table is kept), unless the content is unchanged, and
-   report what changed.
-7. Publish the table's report artifact and log the summary line.
-
-Steps 4 to 6 are skipped when the table's last load was made from the very
-same source (``flows.load.state.source_digest``: the records, the table's columns
-and the code that turns one into the other) and the table's content is still what
-that load committed (``flows.load.state.is_unchanged``): they would write nothing.
-Such a run reports the table unchanged and imports neither pandas nor SQLAlchemy.
-``force`` never skips; a table edited by hand is repaired and the run says so.
-
-An expected failure (any ``CountriesError``) ends the run Failed with one short
-message, cause first, and a short failure report; the table is untouched.
-Anything else keeps its traceback.
-
-Run it locally with ``python flows/countries.py --help``; deploy it with
-``prefect deploy`` (see ``prefect.yaml``).
+Run it with ``python flows/countries.py --help``; deploy it with ``prefect deploy`` (``prefect.yaml``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Annotated, Any, Literal, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import acreate_markdown_artifact
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 from prefect.runtime import flow_run, task_run
-from prefect.states import Failed, State
+from prefect.states import Failed
 from prefect.utilities.annotations import quote
 from pydantic import Field
 
 from flows import report
 from flows import source as restcountries
 from flows.errors import CountriesError, TransientApiError
-from flows.load import LoadResult, TableName, resolve_table
+from flows.failures import failing_with_the_cause, quiet_expected_failures
+from flows.load import LoadResult
 from flows.load import state as load_state
 from flows.load.changes import ChangeSummary
 from flows.ops import settings
@@ -64,15 +43,12 @@ from flows.parameters import DEFAULT_REGIONS, check_parameters, default_table
 from flows.source import budget
 from flows.transform import schema
 
-if TYPE_CHECKING:  # pandas, SQLAlchemy and the loader are imported by the tasks that need them, only when they run
+if TYPE_CHECKING:  # pandas and SQLAlchemy are imported by the tasks that need them, only when they run
     import pandas as pd
-
-    from flows.load.database import Database
 
 
 TASK_RETRY_DELAY_SECONDS = 30
-FETCH_RETRIES = 1
-"""Delayed task retries of a region fetch after a transient failure (the client retries each request first)."""
+FETCH_RETRIES = 1  # delayed task retries of a region fetch after a transient failure (the client retries first)
 
 
 # --- 1. the parameters (flows.parameters) ------------------------------------------------
@@ -104,35 +80,10 @@ class Source:
     key_fingerprint: str | None
 
 
-@dataclass(frozen=True)
-class Target:
-    """The table to replace: the block's database and the schema-qualified table name.
-
-    ``db.connect()`` is a psycopg2 connection (the checks before a load need no
-    more); ``db.engine()`` the SQLAlchemy engine of the load; ``db.description``
-    where it is, without the password.
-    """
-
-    db: Database
-    table: TableName
-
-
-async def open_target(db_block: str, table: str) -> Target:
-    """The database behind the ``SqlAlchemyConnector`` block ``db_block``, and ``table`` in it.
-
-    The database must answer: the table's schema is resolved now, over a
-    psycopg2 connection (no SQLAlchemy), before any API quota is spent. The
-    block's connection settings are read without prefect-sqlalchemy (and
-    without its INFO log lines). Raises ``ConfigurationError`` when the block
-    does not exist (naming those that do), ``DatabaseUnreachableError`` or
-    ``LoadError`` from the database.
-    """
-    db = await settings.db_block_database(db_block)
-    resolved = await asyncio.to_thread(resolve_table, db, table)
-    return Target(db=db, table=resolved)
-
-
 # --- 3. fetch --------------------------------------------------------------------------
+
+
+quiet_expected_failures()
 
 
 def retry_transient(task, task_run, state) -> bool:
@@ -142,44 +93,6 @@ def retry_transient(task, task_run, state) -> bool:
     if not isinstance(exc, TransientApiError):
         return False
     return exc.retry_after is None or exc.retry_after <= TASK_RETRY_DELAY_SECONDS
-
-
-class ExpectedFailuresWithoutTraceback(logging.Filter):
-    """Drops the traceback from Prefect's "Task run failed … Retries are exhausted" record when the failure
-    is an expected one (a ``CountriesError``, whose one line says it all); unexpected errors keep theirs.
-
-    Prefect logs that record with ``exc_info`` and has no setting to leave it out; a filter on its task-run
-    logger is the public means (``logging``). Only records carrying a ``CountriesError`` are touched."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], CountriesError):
-            record.exc_info, record.exc_text = None, None
-        return True
-
-
-logging.getLogger("prefect.task_runs").addFilter(ExpectedFailuresWithoutTraceback())
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-def failing_with_the_cause(fn: Callable[P, R]) -> Callable[P, R | State]:
-    """A task body whose expected failures (``CountriesError``) end it in a Failed state whose message is the
-    cause (``quality gate: …``), not Prefect's "Task run encountered an exception …"; the error is the state's
-    data, so retry conditions see it as if raised. Unexpected errors are raised. Only for tasks without a
-    cache policy: Prefect caches a returned state's data as the task's result.
-
-    Call such a task with ``return_state=True`` and read ``await state.aresult()``, which raises the error (a
-    plain call would return the Failed state itself)."""
-
-    @functools.wraps(fn)
-    def run(*args: P.args, **kwargs: P.kwargs) -> R | State:
-        try:
-            return fn(*args, **kwargs)
-        except CountriesError as exc:
-            return Failed(message=str(exc), data=exc)
-
-    return run
 
 
 @task(
@@ -300,7 +213,7 @@ def quality_gate(frame: pd.DataFrame) -> pd.DataFrame:
 @task(task_run_name="load {target.table}", cache_policy=NO_CACHE)
 @failing_with_the_cause
 def load_table(
-    frame: pd.DataFrame, target: Target, force: bool, min_row_fraction: float, strategy: str
+    frame: pd.DataFrame, target: settings.Target, force: bool, min_row_fraction: float, strategy: str
 ) -> LoadResult:
     """Make the target table's rows equal to the frame's (only the differing rows written), with what changed.
 
@@ -358,7 +271,8 @@ async def countries_flow(
         api: API version: v5, the hosted API (needs an API key), or v3.1, a self-hosted server.
         base_url: API base URL. Empty = $RESTCOUNTRIES_BASE_URL on the worker, the base URL saved by
             blocks/create_blocks.py, or the public API. The API key is sent only to trusted origins.
-        force: Load even if the new data has fewer rows than min_row_fraction of the current table.
+        force: Skip nothing: compare and load even when the source and the table are as the last load left them,
+            and even if the new data has fewer rows than min_row_fraction of the current table.
         min_row_fraction: Refuse a load smaller than this fraction of the current table's rows, from 0 to 1
             (0.5 = refuse to lose more than half; 0 = never refuse).
         cache_minutes: Reuse a region's fetch for this many minutes, 0 or more (0 = always fetch); keep it
@@ -377,7 +291,7 @@ async def countries_flow(
     started_at, started = datetime.now(UTC), time.perf_counter()
     steps: dict[str, float] = {}
     given_table = (table or "").strip() or default_table(regions if isinstance(regions, list) else [regions])
-    target: Target | None = None
+    target: settings.Target | None = None
     try:
         # 1. The parameters.
         p = check_parameters(
@@ -403,7 +317,7 @@ async def countries_flow(
             paths=schema.source_paths(dialect.name),
             key_fingerprint=restcountries.fingerprint(api_key) if api_key else None,
         )
-        target = await open_target(p["db_block"], p["table"])
+        target = await settings.open_target(p["db_block"], p["table"])
 
         # 3. Fetch.
         with _timed(steps, "fetch"):
@@ -465,7 +379,7 @@ async def publish_report(summary: report.RunSummary) -> None:
 
 
 async def transform_and_load(
-    records: list[dict[str, Any]], api_name: str, target: Target, p: dict[str, Any], steps: dict[str, float]
+    records: list[dict[str, Any]], api_name: str, target: settings.Target, p: dict[str, Any], steps: dict[str, float]
 ) -> tuple[LoadResult, pd.DataFrame | None, bool]:
     """Steps 4 to 6, or nothing when the table's last load was made from the very same source.
 
@@ -490,16 +404,7 @@ async def transform_and_load(
             target.table,
             rows,
         )
-        skipped = LoadResult(
-            table=str(target.table),
-            rows=rows,
-            previous_rows=rows,
-            deleted=0,
-            inserted=0,
-            changes=ChangeSummary.identical(schema.CHANGES),
-            strategy=p["strategy"],
-            fingerprint="",
-        )
+        skipped = LoadResult.unchanged(str(target.table), rows, ChangeSummary.identical(schema.CHANGES), p["strategy"])
         return skipped, None, False
     # Each step's state is read for its result: a failed step raises its error here (see failing_with_the_cause).
     with _timed(steps, "unnest + quality gate"):

@@ -19,15 +19,17 @@ Environment variables win over blocks: ``RESTCOUNTRIES_API_KEY`` over the Secret
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from prefect.blocks.core import Block
 from pydantic import Field
 
-from flows.load.database import Database
 from flows.errors import ConfigurationError, setting
+from flows.load.database import Database, TableName, resolve_table
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import PrefectClient
@@ -334,3 +336,23 @@ def resolve_base_url(base_url: str | None, public_url: str, saved: CountriesSett
     dialect's public URL).
     """
     return _clean(base_url) or _clean(os.environ.get(BASE_URL_ENV)) or _clean(saved.base_url) or public_url
+
+
+@dataclass(frozen=True)
+class Target:
+    """The table a run replaces: the block's database (``db.connect()`` psycopg2, ``db.engine()`` the load's
+    SQLAlchemy engine, ``db.description`` without the password) and the schema-qualified table name."""
+
+    db: Database
+    table: TableName
+
+
+async def open_target(db_block: str, table: str) -> Target:
+    """The database behind the ``SqlAlchemyConnector`` block ``db_block``, and ``table`` in it.
+
+    The database must answer: the table's schema is resolved now, over psycopg2 (no SQLAlchemy), before
+    any API quota is spent. Raises ``ConfigurationError`` when the block does not exist (naming those that
+    do), ``DatabaseUnreachableError`` or ``LoadError`` from the database.
+    """
+    db = await db_block_database(db_block)
+    return Target(db=db, table=await asyncio.to_thread(resolve_table, db, table))
