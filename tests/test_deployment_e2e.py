@@ -69,7 +69,9 @@ from tests.e2e_support import (
 from tests.expected import EXPECTED_NORTHERN_EUROPE, NORTHERN_EUROPE_COUNTRIES
 from tests.fake_api import FakeRestCountries, Fault
 
-pytestmark = pytest.mark.e2e
+# One pytest-xdist worker runs every test that starts servers and workers of its own, one after the other:
+# two such scenarios side by side on 2 cores starve each other's Prefect server (SQLite "database is locked").
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("servers")]
 
 DB_BLOCK = "countries-db"
 API_KEY_BLOCK = "restcountries-api-key"

@@ -25,6 +25,9 @@ from flows.ops import local
 from tests.conftest import REPO_ROOT
 
 
+# Starts servers of its own: on the same pytest-xdist worker as the end-to-end tests (see test_operations_e2e).
+pytestmark = pytest.mark.xdist_group("servers")
+
 @pytest.fixture(scope="module")
 def stack_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """This process and its subprocesses use the module's PREFECT_HOME and .local directory.

@@ -67,7 +67,9 @@ from tests.expected import EXPECTED_NORTHERN_EUROPE
 from tests.fake_api import FakeRestCountries, Fault
 from tests.prefect_servers import LEASES_ON_DISK, PrefectServer
 
-pytestmark = pytest.mark.e2e
+# One pytest-xdist worker runs every test that starts servers and workers of its own, one after the other:
+# two such scenarios side by side on 2 cores starve each other's Prefect server (SQLite "database is locked").
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("servers")]
 
 LOADED_WITHIN = 200  # seconds from the crash to a new run's load (issue 10)
 SCENARIO_TIMEOUT = 280  # seconds a scenario may take in all, setup excluded
