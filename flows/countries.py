@@ -416,9 +416,9 @@ async def transform_and_load(
     # The same source as the last load, and still rows to write: they had been edited outside the pipeline.
     repaired = result.changed and digest is not None and (stored or {}).get("source") == digest
     if repaired and result.strategy == "rows":
+        edited = report.plural(max(result.deleted, result.inserted), "row")
         get_run_logger().info(
-            "repaired %d rows edited outside the pipeline (%d deleted, %d inserted)",
-            max(result.deleted, result.inserted), result.deleted, result.inserted,
+            "repaired %s edited outside the pipeline (%d deleted, %d inserted)", edited, result.deleted, result.inserted
         )
     elif repaired:
         get_run_logger().info("repaired rows edited outside the pipeline: the table swapped in anew")

@@ -82,6 +82,16 @@ def table_rows(url: str, table: str = TABLE) -> list[tuple]:
     return read_table(url, table)
 
 
+def edit_by_hand(url: str, sql: str) -> None:
+    """Run ``sql`` on the database at ``url`` in its own transaction, as an analyst would."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(sql)
+    finally:
+        engine.dispose()
+
+
 def column_types(url: str, table: str = TABLE) -> list[tuple[str, str]]:
     engine = sa.create_engine(url)
     try:
@@ -357,12 +367,7 @@ def test_after_an_unchanged_run_a_change_in_the_data_is_loaded(db):
 def test_a_hand_edit_is_repaired_by_the_next_run_and_said_so(fake_api, db):
     block, url = db
     run(db_block=block, api="v3.1", base_url=fake_api.v31_base_url, cache_minutes=0)
-    engine = sa.create_engine(url)
-    try:
-        with engine.begin() as conn:
-            conn.exec_driver_sql(f"DELETE FROM {TABLE} WHERE nation_official_name = 'Iceland'")
-    finally:
-        engine.dispose()
+    edit_by_hand(url, f"DELETE FROM {TABLE} WHERE nation_official_name = 'Iceland'")
 
     state = run_state(db_block=block, api="v3.1", base_url=fake_api.v31_base_url, cache_minutes=0)  # same data
     summary = asyncio.run(state.aresult())
@@ -370,7 +375,7 @@ def test_a_hand_edit_is_repaired_by_the_next_run_and_said_so(fake_api, db):
     assert TRANSFORM_AND_LOAD <= task_names(state)
     assert (summary.changed, summary.deleted, summary.inserted, summary.previous_rows) == (True, 0, 1, 19)
     assert summary.repaired and summary.one_line().startswith("repaired 1 row edited outside the pipeline in ")
-    assert "repaired 1 rows edited outside the pipeline (0 deleted, 1 inserted)" in logs_of(
+    assert "repaired 1 row edited outside the pipeline (0 deleted, 1 inserted)" in logs_of(
         state.state_details.flow_run_id
     )
     assert table_rows(url) == EXPECTED_NORTHERN_EUROPE
@@ -381,12 +386,7 @@ def test_a_hand_edit_keeping_the_row_count_is_repaired_even_with_force_or_swap(f
     block, url = db
     for params in ({}, {"force": True}, {"strategy": "swap"}):
         run(db_block=block, api="v3.1", base_url=fake_api.v31_base_url, cache_minutes=4, **params)
-        engine = sa.create_engine(url)
-        try:
-            with engine.begin() as conn:
-                conn.exec_driver_sql(f"UPDATE {TABLE} SET population = 1 WHERE nation_official_name = 'Iceland'")
-        finally:
-            engine.dispose()
+        edit_by_hand(url, f"UPDATE {TABLE} SET population = 1 WHERE nation_official_name = 'Iceland'")
         summary = run(db_block=block, api="v3.1", base_url=fake_api.v31_base_url, cache_minutes=4, **params)
         assert (summary.changed, summary.repaired) == (True, True), params
         if params.get("strategy") != "swap":  # swap rewrites the whole table: its counts are the table's

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import uuid
@@ -33,7 +32,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from tests.benchmarks._report import Figure, format_table
-from tests.benchmarks.bench_e2e import REPO_ROOT, Run, _db_block_on, _env, _ours_cmd, measure, prefect_server
+from tests.benchmarks.bench_e2e import REPO_ROOT, Run, _db_block_on, _env, _ours_cmd, _pair, measure, prefect_server
 from tests.countries_data import synthetic_countries
 from tests.fake_api import FakeRestCountries
 
@@ -108,26 +107,10 @@ def _same_rows(dsn: str, ours: str, theirs: str) -> int:
 
 
 def _figures(size: int, ours: list[Run], script: list[Run], rows: int, smoke: bool) -> list[Figure]:
-    has_target = size >= TARGET_SIZE and not smoke
+    target = SCALE_RATIO_TARGET if size >= TARGET_SIZE and not smoke else None
     note = f"{size:,} countries, {rows:,} rows; median of {len(ours)}; tables checked equal"
-    out = []
-    for metric, attr in (("seconds", "seconds"), ("peak MiB", "peak_mib")):
-        mine = statistics.median(getattr(r, attr) for r in ours)
-        base = statistics.median(getattr(r, attr) for r in script)
-        target = has_target and metric == "seconds"
-        out.append(
-            Figure(
-                benchmark=f"scale: --regions all, {size:,} countries, running server",
-                metric=metric,
-                baseline_name=BASELINE,
-                baseline=base,
-                ours=mine,
-                target=f"ours/baseline <= {SCALE_RATIO_TARGET}" if target else "",
-                met=mine <= SCALE_RATIO_TARGET * base if target else None,
-                note=note,
-            )
-        )
-    return out
+    name = f"scale: --regions all, {size:,} countries, running server"
+    return _pair(name, script, ours, note, target, baseline_name=BASELINE)
 
 
 def run(smoke: bool = False, sizes: tuple[int, ...] = SIZES, repeats: int = 2) -> list[Figure]:
