@@ -51,6 +51,7 @@ from flows.errors import (
     UnknownRegionError,
 )
 from tests.conftest import table_rows as read_table
+from tests.e2e_support import wait_for
 from tests.countries_data import COUNTRIES
 from tests.expected import EXPECTED_NORTHERN_EUROPE, NORTHERN_EUROPE_COUNTRIES
 from tests.fake_api import FakeRestCountries, Fault, legacy_hosted
@@ -142,12 +143,21 @@ def logs_of(flow_run_id) -> list[str]:
 
 
 def task_runs_of(flow_run_id) -> list[Any]:
+    """The flow run's task runs once the server has recorded each one's final state.
+
+    Prefect 3 sends task states to the server as events, recorded asynchronously: right after the flow
+    returns, a task that failed can still read RUNNING for a moment.
+    """
     from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterFlowRunId
 
-    with get_client(sync_client=True) as client:
-        return client.read_task_runs(
-            task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[flow_run_id]))
-        )
+    def settled() -> list[Any] | None:
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(
+                task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[flow_run_id]))
+            )
+        return runs if runs and all(t.state is not None and t.state.is_final() for t in runs) else None
+
+    return wait_for("every task run's final state", settled, time.monotonic() + 30)
 
 
 def artifacts(key: str) -> list[Any]:
