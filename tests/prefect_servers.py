@@ -62,6 +62,9 @@ class PrefectServer:
         self.port = port or free_port()
         self.api_url = f"http://127.0.0.1:{self.port}/api"
         self.env = {**(os.environ if env is None else env), "PREFECT_HOME": str(home)}
+        # SQLite's busy wait (Prefect's default 10 s): on 2 cores, with a worker and several flow runs writing
+        # at once, a state write waited longer than that and failed "database is locked".
+        self.env.setdefault("PREFECT_SERVER_DATABASE_TIMEOUT", "60")
         self.env.pop("PREFECT_API_URL", None)
         self.proc: subprocess.Popen | None = None
 
