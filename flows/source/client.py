@@ -185,18 +185,17 @@ def _env_number(name: str, default: float) -> float:
 
 
 def make_client(
-    *, api_key: Any = None, trusted_base_urls: Iterable[str | None] = (), deadline: float | None = None,
+    *, api_key: str | None = None, trusted_base_urls: Iterable[str | None] = (), deadline: float | None = None,
     max_bytes: int | None = None,
 ) -> ApiClient:  # fmt: skip
     """An :class:`ApiClient`; the caller closes it (``async with``).
 
-    The key (``api_key``: text or a ``SecretStr``-like object) goes as ``Authorization:
-    Bearer`` only to ``https://api.restcountries.com`` and the origins of
-    ``trusted_base_urls``, over plain http only to loopback with no proxy in between.
-    The environment's proxies are used as httpx uses them, except that plain http to
-    ``localhost``, ``127.0.0.1`` and ``[::1]`` always goes direct. ``deadline`` defaults
-    to ``$RESTCOUNTRIES_DEADLINE_SECONDS`` or 60 s; ``max_bytes`` to
-    ``$RESTCOUNTRIES_MAX_RESPONSE_MB`` (10**6 bytes) or 20 MB.
+    The key goes as ``Authorization: Bearer`` only to ``https://api.restcountries.com``
+    and the origins of ``trusted_base_urls``, over plain http only to loopback with no
+    proxy in between. The environment's proxies are used as httpx uses them, except that
+    plain http to ``localhost``, ``127.0.0.1`` and ``[::1]`` always goes direct.
+    ``deadline`` defaults to ``$RESTCOUNTRIES_DEADLINE_SECONDS`` or 60 s; ``max_bytes``
+    to ``$RESTCOUNTRIES_MAX_RESPONSE_MB`` (10**6 bytes) or 20 MB.
 
     Raises ``ConfigurationError`` for a bad environment value, trusted URL or a key no
     header can carry (never quoting it); ``DemoKeyError`` for the demo key.
@@ -204,15 +203,11 @@ def make_client(
     deadline = _env_number(DEADLINE_ENV, 60.0) if deadline is None else deadline
     max_bytes = int(_env_number(MAX_RESPONSE_ENV, 20.0) * 1e6) if max_bytes is None else max_bytes
     origins = trusted_origins(trusted_base_urls)
-    getter = getattr(api_key, "get_secret_value", None)  # pydantic SecretStr, Prefect Secret values
-    key = getter() if callable(getter) else api_key
-    if key is not None and not isinstance(key, str):
-        raise ConfigurationError("The REST Countries API key must be text.")
     key_auth = None
-    if key and key.strip():
-        check_key(key.strip())
+    if api_key and api_key.strip():
+        check_key(api_key.strip())
         proxies = urllib.request.getproxies()  # what httpx reads too
-        key_auth = KeyAuth(key.strip(), origins, plain_http_proxy=bool(proxies.get("http") or proxies.get("all")))
+        key_auth = KeyAuth(api_key.strip(), origins, plain_http_proxy=bool(proxies.get("http") or proxies.get("all")))
     return ApiClient(
         key_auth,
         float(deadline),

@@ -182,7 +182,7 @@ async def fetch_region(
     async def walk(totals: list[int | None]) -> list[dict] | None:
         """The region's pages from the start; None when its total changed on the way."""
         out: list[dict] = []
-        seen: set[str] = set()
+        last: list[Any] = []
         bound = _FALLBACK_MAX_PAGES
         for page in itertools.count(1):
             req = request(len(out))
@@ -202,11 +202,10 @@ async def fetch_region(
                     return None
                 if page == 1 and totals[0] is not None and records:
                     bound = math.ceil(totals[0] / len(records)) + _SPARE_PAGES
-                signature = json.dumps(records, sort_keys=True, default=str)
-                if records and signature in seen:
+                if records and records == last:
                     req.fail(BadResponseError, f"the API sent the same page of countries again at offset {len(out)}: "
                              "its paging ignores the offset; nothing was loaded")  # fmt: skip
-                seen.add(signature)
+                last = records
             _check_records(req, dialect, records, len(out), asked=name)
             out.extend(records)
             if meta is None or not meta[dialect.more_key]:

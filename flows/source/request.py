@@ -27,7 +27,6 @@ from flows.errors import (
     ApiError,
     AuthenticationError,
     BadResponseError,
-    ConfigurationError,
     DeadlineExceededError,
     HostNotFoundError,
     NothingListeningError,
@@ -38,7 +37,7 @@ from flows.errors import (
     UnknownRegionError,
     setting,
 )
-from flows.source.client import DEADLINE_ENV, MAX_RESPONSE_ENV, ApiClient, shown_url
+from flows.source.client import DEADLINE_ENV, MAX_RESPONSE_ENV, ApiClient
 from flows.source.dialects import KEY_ADVICE, Dialect
 
 logger = logging.getLogger("flows.source")
@@ -189,9 +188,6 @@ async def _try(req: Request, seconds: float, bound: str) -> Answer:
         raise _Retry(f"no complete answer {bound}", "timeout") from None
     except httpx.TimeoutException as exc:
         raise _Retry(f"{type(exc).__name__} {bound}", "timeout") from None
-    except httpx.UnsupportedProtocol:
-        raise ConfigurationError(f"The API URL {shown_url(url)!r} cannot be requested: {setting('base_url')} "
-                                 "must start with http:// or https://.") from None  # fmt: skip
     except httpx.ConnectError as exc:
         dns = dns_failure(exc)
         if dns is not None and dns[0]:
@@ -247,8 +243,7 @@ async def send(
     last try ran out of time) once the tries or the time run out, or at once when
     ``Retry-After`` asks for more time than is left; ``NothingListeningError``
     after 3 refused connections; ``BadResponseError`` for HTML, or a body that was
-    no JSON on every try; ``HostNotFoundError``, ``ResponseTooLargeError``,
-    ``ConfigurationError`` at once.
+    no JSON on every try; ``HostNotFoundError``, ``ResponseTooLargeError`` at once.
     """
     total = max(retry.max_total_seconds, req.client.deadline)
     started = time.monotonic()
