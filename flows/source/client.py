@@ -32,8 +32,7 @@ DIRECT_LOOPBACK = ("localhost", "127.0.0.1", "::1")
 def origin(url: str | httpx.URL) -> str:
     """``scheme://host[:port]`` of ``url``, lower-case, default ports left out."""
     u = httpx.URL(url)
-    host = u.host if ":" not in u.host else f"[{u.host}]"
-    return f"{u.scheme}://{host}{'' if u.port is None else f':{u.port}'}".lower()
+    return str(httpx.URL(scheme=u.scheme, host=u.host, port=u.port))  # httpx lowers case, drops default ports
 
 
 def is_loopback(host: str) -> bool:
@@ -65,21 +64,15 @@ def parse_base_url(text: str) -> tuple[httpx.URL | None, str | None]:
         u = httpx.URL(text)
     except (httpx.InvalidURL, ValueError, TypeError):
         return None, "is not a valid URL"
-    problem = (
-        "must start with http:// or https://"
-        if u.scheme not in ("http", "https")
-        else "names no host"
-        if not u.host
-        else "names an invalid host"
-        if "%" in u.host or any(c.isspace() for c in u.host)
-        else "must not contain credentials (the API key is a Secret block or RESTCOUNTRIES_API_KEY)"
-        if u.userinfo
-        else "must not have a query or fragment"
-        if u.query or u.fragment or "?" in text or "#" in text
-        else "has an invalid port"
-        if u.port is not None and not 0 < u.port < 65536
-        else None
-    )
+    problems = [
+        (u.scheme not in ("http", "https"), "must start with http:// or https://"),
+        (not u.host, "names no host"),
+        ("%" in u.host or any(c.isspace() for c in u.host), "names an invalid host"),
+        (u.userinfo, "must not contain credentials (the API key is a Secret block or RESTCOUNTRIES_API_KEY)"),
+        (u.query or u.fragment or "?" in text or "#" in text, "must not have a query or fragment"),
+        (u.port is not None and not 0 < u.port < 65536, "has an invalid port"),
+    ]
+    problem = next((p for bad, p in problems if bad), None)
     return (None, problem) if problem else (u, None)
 
 
@@ -120,7 +113,7 @@ class KeyAuth(httpx.Auth):
 
 
 def trusted_origins(base_urls: Iterable[str | None]) -> frozenset[str]:
-    """The hosted API's origin plus the origins of ``base_urls`` (blanks ignored); ``ConfigurationError`` if not http(s)."""
+    """The hosted API's origin and those of ``base_urls`` (blanks ignored); ``ConfigurationError`` if not http(s)."""
     out = {HOSTED_ORIGIN}
     for raw in (str(b).strip() for b in base_urls if b is not None and str(b).strip()):
         u, problem = parse_base_url(raw)

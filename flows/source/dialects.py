@@ -127,8 +127,10 @@ class Dialect:
 
     def route(self, name: str) -> tuple[str, dict[str, str]]:
         """(path, query) of canonical region or subregion ``name``."""
-        region = name in SUBREGIONS
-        route, query = (self.region_route, self.region_query) if region else (self.subregion_route, self.subregion_query)
+        if name in SUBREGIONS:
+            route, query = self.region_route, self.region_query
+        else:
+            route, query = self.subregion_route, self.subregion_query
         return route.format(name=quote(name, safe="")), {k: v.format(name=name) for k, v in query}
 
 

@@ -35,7 +35,16 @@ from flows.errors import (
 )
 from flows.source.client import HOSTED_ORIGIN, USER_AGENT, ApiClient, demo_key_message, origin, parse_base_url, shown_url
 from flows.source.dialects import KEY_ADVICE, MISSING, REGION_FIELDS, SUBREGIONS, Dialect, canonical_region, get_path
-from flows.source.request import Answer, Request, RequestStats, RetryPolicy, read_bounded, api_message, raise_for_status, send
+from flows.source.request import (
+    Answer,
+    Request,
+    RequestStats,
+    RetryPolicy,
+    api_message,
+    raise_for_status,
+    read_bounded,
+    send,
+)
 
 logger = logging.getLogger("flows.source")
 
@@ -62,25 +71,19 @@ def check_source(client: ApiClient, *, dialect: Dialect, base_url: str | None) -
             f"The {dialect.name} REST Countries API needs an API key and none is set: {KEY_ADVICE} "
             f"(or use {setting('api', 'v3.1')} with {setting('base_url')} pointing at a self-hosted v3.1 server)."
         )
-    reason, where = client.key_auth.withheld_reason(base), origin(base)
-    if reason == "plain-http":
-        raise KeyWithheldError(
-            f"the API key was withheld from {where}: it is never sent over plain http except to this machine "
-            f"(loopback); use https for {setting('base_url')}"
-        )
-    if reason == "proxied":
-        raise KeyWithheldError(
-            f"the API key was withheld from {where}: plain http goes through the proxy of $HTTP_PROXY or "
-            f"$ALL_PROXY, and the key never goes over plain http to a proxy; use https, or "
-            f"http://127.0.0.1 or http://localhost (always direct) for {setting('base_url')}"
-        )
-    if reason == "untrusted":
-        raise KeyWithheldError(
-            f"the API key was withheld from {where}, an origin the operator has not trusted (the key goes only "
-            f"to {HOSTED_ORIGIN} and configured base URLs): to trust it, set RESTCOUNTRIES_BASE_URL={base} on "
-            f"the worker (not in a run's job variables; or in the shell for a local run), or save it with "
-            f"`python blocks/create_blocks.py --base-url {base}`"
-        )
+    reason = {
+        "plain-http": f": it is never sent over plain http except to this machine (loopback); use https for "
+        f"{setting('base_url')}",
+        "proxied": f": plain http goes through the proxy of $HTTP_PROXY or $ALL_PROXY, and the key never goes over "
+        f"plain http to a proxy; use https, or http://127.0.0.1 or http://localhost (always direct) for "
+        f"{setting('base_url')}",
+        "untrusted": f", an origin the operator has not trusted (the key goes only to {HOSTED_ORIGIN} and "
+        f"configured base URLs): to trust it, set RESTCOUNTRIES_BASE_URL={base} on the worker (not in a run's job "
+        f"variables; or in the shell for a local run), or save it with "
+        f"`python blocks/create_blocks.py --base-url {base}`",
+    }.get(client.key_auth.withheld_reason(base) or "")
+    if reason is not None:
+        raise KeyWithheldError(f"the API key was withheld from {origin(base)}{reason}")
     return base
 
 
@@ -226,11 +229,12 @@ async def fetch_region(
             logger.info("Fetched %d countries of %s from the %s API", len(records), name, dialect.name)
             return records
         seen_totals += [t for t in totals if not seen_totals or t != seen_totals[-1]]
-        logger.warning("%s: the API's count of countries changed while paging (%s)", name, ", then ".join(map(str, seen_totals)))
+        went = ", then ".join(map(str, seen_totals))
+        logger.warning("%s: the API's count of countries changed while paging (%s)", name, went)
     request(0).fail(
         TransientApiError,
         f"the API's data for {name!r} changed while it was being read, twice (its count of countries went "
-        f"{', then '.join(map(str, seen_totals))}): nothing was taken from a mixed snapshot; try again later",
+        f"{went}): nothing was taken from a mixed snapshot; try again later",
     )
 
 
@@ -244,9 +248,9 @@ async def _legacy_redirect(req: Request, dialect: Dialect, base: str, answer: An
     message = None
     try:
         target = httpx.URL(req.url).join(answer.headers.get("Location", ""))
-        async with asyncio.timeout(min(10.0, req.client.deadline)), httpx.AsyncClient(headers={"User-Agent": USER_AGENT}) as bare:
-            async with bare.stream("GET", target) as response:
-                body = await read_bounded(req, response, 64_000)
+        bare = httpx.AsyncClient(headers={"User-Agent": USER_AGENT})
+        async with asyncio.timeout(min(10.0, req.client.deadline)), bare, bare.stream("GET", target) as response:
+            body = await read_bounded(req, response, 64_000)
             message = api_message(json.loads(body)) if response.is_success else None
     except (httpx.HTTPError, httpx.InvalidURL, OSError, ValueError):  # TimeoutError is an OSError
         pass
