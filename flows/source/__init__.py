@@ -3,7 +3,7 @@
 - :mod:`~flows.source.dialects`: the API versions (v5, v3.1) and their regions, as data.
 - :mod:`~flows.source.client`: the HTTP client (httpx) and the key guard (an ``httpx.Auth``).
 - :mod:`~flows.source.request`: one GET, bounded and retried (tenacity), its failures as ``flows.errors``.
-- :mod:`~flows.source.fetch`: one region's pages and the checks that they are what was asked.
+- :mod:`~flows.source.fetch`: one region's pages, the checks that they are what was asked, a run's failures.
 - :mod:`~flows.source.budget`: the request budget shared by runs (a Prefect global concurrency limit).
 
 Typical use (no Prefect needed)::
@@ -13,35 +13,14 @@ Typical use (no Prefect needed)::
                                      paths=("names.official", "currencies.*.name", "population"))
 """
 
-from flows.source.client import (
-    DEADLINE_ENV,
-    DEMO_KEY,
-    HOSTED_ORIGIN,
-    MAX_RESPONSE_ENV,
-    ApiClient,
-    check_key,
-    fingerprint,
-    make_client,
-    parse_base_url,
-    shown_url,
-)
-from flows.source.request import RequestStats, RetryPolicy
-from flows.source.dialects import DIALECTS, REGIONS, SUBREGIONS, Dialect, canonical_region, expand_regions, get_dialect
-from flows.source.fetch import check_source, fetch_region, one_error, unknown_regions
+from flows.source.client import ApiClient, check_key, fingerprint, make_client, parse_base_url, shown_url
+from flows.source.dialects import expand_regions, get_dialect
+from flows.source.fetch import check_source, fetch_region, one_error
+from flows.source.request import RequestStats
 
 __all__ = [
-    "DEADLINE_ENV",
-    "DEMO_KEY",
-    "DIALECTS",
-    "HOSTED_ORIGIN",
-    "MAX_RESPONSE_ENV",
-    "REGIONS",
-    "SUBREGIONS",
     "ApiClient",
-    "Dialect",
     "RequestStats",
-    "RetryPolicy",
-    "canonical_region",
     "check_key",
     "check_source",
     "expand_regions",
@@ -49,8 +28,7 @@ __all__ = [
     "fingerprint",
     "get_dialect",
     "make_client",
+    "one_error",
     "parse_base_url",
     "shown_url",
-    "one_error",
-    "unknown_regions",
 ]

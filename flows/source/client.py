@@ -1,13 +1,6 @@
-"""The REST Countries HTTP client: one ``httpx.AsyncClient`` with its bounds, and the key guard.
-
-- :func:`make_client` / :class:`ApiClient`: the client with the run's bounds (a
-  deadline per try, a response size bound) from the arguments or the environment.
-- :class:`KeyAuth` (an ``httpx.Auth``): adds the key only to a request for a
-  trusted origin over https, or plain http straight to this machine (no proxy):
-  httpx calls it for every request, so no code path can send the key elsewhere.
-  Redirects are never followed.
-
-Sending a request (retries, error mapping) is :mod:`flows.source.request`'s job.
+"""The REST Countries HTTP client (:class:`ApiClient`, an ``httpx.AsyncClient`` with the run's bounds) and the
+key guard (:class:`KeyAuth`, an ``httpx.Auth``: httpx calls it for every request, so no code path can send the
+key where it may not go). Redirects are never followed.
 """
 
 from __future__ import annotations
@@ -18,7 +11,6 @@ import math
 import os
 import urllib.request
 from collections.abc import Generator, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -32,21 +24,15 @@ DEMO_KEY = "rc_live_demo"
 """The public demo key of REST Countries' docs: it answers every query with one fixed sample record."""
 DEADLINE_ENV = "RESTCOUNTRIES_DEADLINE_SECONDS"
 MAX_RESPONSE_ENV = "RESTCOUNTRIES_MAX_RESPONSE_MB"
-DEFAULT_DEADLINE_SECONDS = 60.0
-DEFAULT_MAX_RESPONSE_BYTES = 20_000_000
 USER_AGENT = "countries-pipeline (+httpx)"
 DIRECT_LOOPBACK = ("localhost", "127.0.0.1", "::1")
 """Loopback hosts always reached directly: an ``$HTTP_PROXY`` never sees plain http to them."""
 
 
-# --- where the key may go ------------------------------------------------------------
-
-
 def origin(url: str | httpx.URL) -> str:
     """``scheme://host[:port]`` of ``url``, lower-case, default ports left out."""
-    u = httpx.URL(url) if isinstance(url, str) else url
-    host = u.host if ":" not in u.host else f"[{u.host}]"
-    return f"{u.scheme}://{host}{'' if u.port is None else f':{u.port}'}".lower()
+    u = httpx.URL(url)
+    return str(httpx.URL(scheme=u.scheme, host=u.host, port=u.port))  # httpx lowers case, drops default ports
 
 
 def is_loopback(host: str) -> bool:
@@ -78,43 +64,20 @@ def parse_base_url(text: str) -> tuple[httpx.URL | None, str | None]:
         u = httpx.URL(text)
     except (httpx.InvalidURL, ValueError, TypeError):
         return None, "is not a valid URL"
-    problem = (
-        "must start with http:// or https://"
-        if u.scheme not in ("http", "https")
-        else "names no host"
-        if not u.host
-        else "names an invalid host"
-        if "%" in u.host or any(c.isspace() for c in u.host)
-        else "must not contain credentials (the API key is a Secret block or RESTCOUNTRIES_API_KEY)"
-        if u.userinfo
-        else "must not have a query or fragment"
-        if u.query or u.fragment or "?" in text or "#" in text
-        else "has an invalid port"
-        if u.port is not None and not 0 < u.port < 65536
-        else None
-    )
+    problems = [
+        (u.scheme not in ("http", "https"), "must start with http:// or https://"),
+        (not u.host, "names no host"),
+        ("%" in u.host or any(c.isspace() for c in u.host), "names an invalid host"),
+        (u.userinfo, "must not contain credentials (the API key is a Secret block or RESTCOUNTRIES_API_KEY)"),
+        (u.query or u.fragment or "?" in text or "#" in text, "must not have a query or fragment"),
+        (u.port is not None and not 0 < u.port < 65536, "has an invalid port"),
+    ]
+    problem = next((p for bad, p in problems if bad), None)
     return (None, problem) if problem else (u, None)
 
 
-def withheld_reason(url: str | httpx.URL, trusted: Iterable[str], *, plain_http_proxy: bool = False) -> str | None:
-    """Why the key is not sent to ``url``, or None if it is.
-
-    ``"plain-http"``: http to another machine; ``"proxied"``: http to a loopback
-    address the client would send through the environment's proxy (only
-    :data:`DIRECT_LOOPBACK` hosts always go direct); ``"untrusted"``: an origin
-    not in ``trusted``. Plain http is checked first: trusting it would not help.
-    """
-    u = httpx.URL(url) if isinstance(url, str) else url
-    if u.scheme != "https":
-        if not is_loopback(u.host):
-            return "plain-http"
-        if plain_http_proxy and u.host.lower() not in DIRECT_LOOPBACK:
-            return "proxied"
-    return None if origin(u) in set(trusted) else "untrusted"
-
-
 class KeyAuth(httpx.Auth):
-    """Adds ``Authorization: Bearer <key>`` to a request only when :func:`withheld_reason` finds no reason."""
+    """Adds ``Authorization: Bearer <key>`` to a request only when :meth:`withheld_reason` finds no reason."""
 
     def __init__(self, key: str, trusted: Iterable[str], *, plain_http_proxy: bool = False):
         self._key = key
@@ -125,7 +88,19 @@ class KeyAuth(httpx.Auth):
         return f"KeyAuth(key=***, trusted_origins={sorted(self.trusted_origins)})"
 
     def withheld_reason(self, url: str | httpx.URL) -> str | None:
-        return withheld_reason(url, self.trusted_origins, plain_http_proxy=self.plain_http_proxy)
+        """Why the key is not sent to ``url``, or None if it is.
+
+        ``"plain-http"``: http to another machine; ``"proxied"``: http to a loopback
+        address that goes through the environment's proxy (only :data:`DIRECT_LOOPBACK`
+        hosts always go direct); ``"untrusted"``: an origin not trusted.
+        """
+        u = httpx.URL(url)
+        if u.scheme != "https":
+            if not is_loopback(u.host):
+                return "plain-http"
+            if self.plain_http_proxy and u.host.lower() not in DIRECT_LOOPBACK:
+                return "proxied"
+        return None if origin(u) in self.trusted_origins else "untrusted"
 
     def redact(self, text: str) -> str:
         """``text`` with the key masked as ``***``."""
@@ -138,7 +113,7 @@ class KeyAuth(httpx.Auth):
 
 
 def trusted_origins(base_urls: Iterable[str | None]) -> frozenset[str]:
-    """The hosted API's origin plus the origins of ``base_urls`` (blanks ignored); ``ConfigurationError`` if not http(s)."""
+    """The hosted API's origin and those of ``base_urls`` (blanks ignored); ``ConfigurationError`` if not http(s)."""
     out = {HOSTED_ORIGIN}
     for raw in (str(b).strip() for b in base_urls if b is not None and str(b).strip()):
         u, problem = parse_base_url(raw)
@@ -178,35 +153,17 @@ def check_key(key: str, what: str = "the API key") -> None:
         raise DemoKeyError(demo_key_message(f"{what} is the public demo key {DEMO_KEY}, which"))
 
 
-# --- the client ----------------------------------------------------------------------------
+class ApiClient(httpx.AsyncClient):
+    """The API's ``httpx.AsyncClient``: ``key_auth`` (its :class:`KeyAuth`, None without a key), ``deadline``
+    (seconds one try may take: connect, headers, whole body) and ``max_bytes`` (one body's bound)."""
 
-
-@dataclass
-class ApiClient:
-    """``http`` (its ``auth`` the :class:`KeyAuth`, None without a key), ``deadline`` (seconds one try
-    may take: connect, headers, whole body) and ``max_bytes`` (one body's bound). Use ``async with``."""
-
-    http: httpx.AsyncClient
-    key_auth: KeyAuth | None
-    deadline: float
-    max_bytes: int
-
-    @property
-    def has_key(self) -> bool:
-        return self.key_auth is not None
+    def __init__(self, key_auth: KeyAuth | None, deadline: float, max_bytes: int, **kwargs: Any):
+        super().__init__(auth=key_auth, **kwargs)
+        self.key_auth, self.deadline, self.max_bytes = key_auth, deadline, max_bytes
 
     def redact(self, text: str) -> str:
         """``text`` with the API key masked as ``***`` (for quoting what a server said)."""
         return text if self.key_auth is None else self.key_auth.redact(text)
-
-    async def aclose(self) -> None:
-        await self.http.aclose()
-
-    async def __aenter__(self) -> ApiClient:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
 
 
 def _env_number(name: str, default: float) -> float:
@@ -221,46 +178,37 @@ def _env_number(name: str, default: float) -> float:
 
 
 def make_client(
-    *, api_key: Any = None, trusted_base_urls: Iterable[str | None] = (), deadline: float | None = None,
+    *, api_key: str | None = None, trusted_base_urls: Iterable[str | None] = (), deadline: float | None = None,
     max_bytes: int | None = None,
 ) -> ApiClient:  # fmt: skip
     """An :class:`ApiClient`; the caller closes it (``async with``).
 
-    The key (``api_key``: text or a ``SecretStr``-like object) goes as ``Authorization:
-    Bearer`` only to ``https://api.restcountries.com`` and the origins of
-    ``trusted_base_urls``, over plain http only to loopback with no proxy in between.
-    Redirects are not followed. The environment's proxies are used as httpx uses them,
-    except that plain http to ``localhost``, ``127.0.0.1`` and ``[::1]`` always goes direct.
-    ``deadline`` defaults to ``$RESTCOUNTRIES_DEADLINE_SECONDS`` or 60 s; ``max_bytes`` to
-    ``$RESTCOUNTRIES_MAX_RESPONSE_MB`` (10**6 bytes) or 20 MB.
+    The key goes as ``Authorization: Bearer`` only to ``https://api.restcountries.com``
+    and the origins of ``trusted_base_urls``, over plain http only to loopback with no
+    proxy in between. The environment's proxies are used as httpx uses them, except that
+    plain http to ``localhost``, ``127.0.0.1`` and ``[::1]`` always goes direct.
+    ``deadline`` defaults to ``$RESTCOUNTRIES_DEADLINE_SECONDS`` or 60 s; ``max_bytes``
+    to ``$RESTCOUNTRIES_MAX_RESPONSE_MB`` (10**6 bytes) or 20 MB.
 
-    Raises ``ConfigurationError`` for a bad bound, environment value, trusted URL or a
-    key no header can carry (never quoting it); ``DemoKeyError`` for the demo key.
+    Raises ``ConfigurationError`` for a bad environment value, trusted URL or a key no
+    header can carry (never quoting it); ``DemoKeyError`` for the demo key.
     """
-    deadline = _env_number(DEADLINE_ENV, DEFAULT_DEADLINE_SECONDS) if deadline is None else deadline
-    if max_bytes is None:
-        max_bytes = int(_env_number(MAX_RESPONSE_ENV, DEFAULT_MAX_RESPONSE_BYTES / 1e6) * 1e6)
-    if not isinstance(deadline, (int, float)) or not 0 < deadline < math.inf:
-        raise ConfigurationError(f"The API request deadline must be a positive number of seconds, got {deadline!r}.")
-    if not isinstance(max_bytes, int) or max_bytes <= 0:
-        raise ConfigurationError(f"The API response size bound must be a positive number of bytes, got {max_bytes!r}.")
+    deadline = _env_number(DEADLINE_ENV, 60.0) if deadline is None else deadline
+    max_bytes = int(_env_number(MAX_RESPONSE_ENV, 20.0) * 1e6) if max_bytes is None else max_bytes
     origins = trusted_origins(trusted_base_urls)
-    getter = getattr(api_key, "get_secret_value", None)  # pydantic SecretStr, Prefect Secret values
-    key = getter() if callable(getter) else api_key
-    if key is not None and not isinstance(key, str):
-        raise ConfigurationError("The REST Countries API key must be text.")
     key_auth = None
-    if key and key.strip():
-        check_key(key.strip())
+    if api_key and api_key.strip():
+        check_key(api_key.strip())
         proxies = urllib.request.getproxies()  # what httpx reads too
-        key_auth = KeyAuth(key.strip(), origins, plain_http_proxy=bool(proxies.get("http") or proxies.get("all")))
-    http = httpx.AsyncClient(
+        key_auth = KeyAuth(api_key.strip(), origins, plain_http_proxy=bool(proxies.get("http") or proxies.get("all")))
+    return ApiClient(
+        key_auth,
+        float(deadline),
+        max_bytes,
         headers={"Accept": "application/json", "User-Agent": USER_AGENT},
-        auth=key_auth,
         timeout=httpx.Timeout(deadline, connect=min(deadline, 10.0)),
         limits=httpx.Limits(max_connections=20, max_keepalive_connections=10, keepalive_expiry=30.0),
         # No `transport=`: httpx then mounts the proxies of the environment itself. Loopback stays direct.
         mounts={f"all://{h if ':' not in h else f'[{h}]'}": None for h in DIRECT_LOOPBACK},
         follow_redirects=False,
     )
-    return ApiClient(http, key_auth, float(deadline), max_bytes)

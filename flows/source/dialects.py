@@ -1,21 +1,14 @@
-"""The REST Countries API described as data: its versions (:class:`Dialect`) and its regions.
+"""The REST Countries API described as data: its versions (:class:`Dialect`) and its documented regions.
 
-A :class:`Dialect` says what the generic client needs to talk to one API
-version: where it lives, whether it needs a key, how a region or subregion
-becomes a URL, how a source path becomes a field selection, how pages are
-walked and where the records sit in a body. Which fields to fetch is the
-caller's (the table schema knows them).
-
-:data:`SUBREGIONS` are the regions and subregions both versions document;
-:func:`canonical_region` checks a name against them before any request.
+Which fields to fetch is the caller's (the table schema knows them).
 """
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote
 
 from flows.errors import ConfigurationError, UnknownRegionNameError, setting
@@ -40,17 +33,16 @@ SUBREGIONS: Mapping[str, tuple[str, ...]] = {
 """Each region the API documents (v5 and v3.1 alike) with its subregions (UN M49 names, as the API spells them)."""
 
 REGIONS: tuple[str, ...] = tuple(SUBREGIONS)
+REGION_FIELDS = ("region", "subregion")
+"""Requested with every record, so that its region can be checked."""
 _CANONICAL = {n.casefold(): n for n in (*REGIONS, *(s for subs in SUBREGIONS.values() for s in subs))}
-ALL = "all"
-WILDCARD = "*"
 
 
 def canonical_region(name: str) -> str:
     """The API's spelling of region or subregion ``name`` (any case, blanks around ignored).
 
-    ``"northern europe"`` -> ``"Northern Europe"``, so both share one fetch and
-    one cache entry. Raises ``UnknownRegionNameError`` (a ``ConfigurationError``)
-    for any other name, with a "did you mean" suggestion when one is close.
+    Raises ``UnknownRegionNameError`` (a ``ConfigurationError``) for any other
+    name, with a "did you mean" suggestion when one is close.
     """
     folded = name.strip().casefold() if isinstance(name, str) else ""
     if folded in _CANONICAL:
@@ -71,70 +63,54 @@ def _unknown(names: list[str]) -> UnknownRegionNameError:
     )
 
 
-def is_region(name: str) -> bool:
-    """Whether canonical ``name`` is a region (else a subregion)."""
-    return name in SUBREGIONS
-
-
 def expand_regions(names: Sequence[str]) -> list[str]:
-    """The canonical region/subregion names to fetch, in order, each once; checked before any request.
+    """The canonical region/subregion names to fetch, in order, each once; ``"all"`` (any case) is every region.
 
-    ``"all"`` (any case) stands for every region in :data:`REGIONS`. Raises
-    ``ConfigurationError`` for no names or a blank one, ``UnknownRegionNameError``
-    for a name the API does not document (naming every unknown one, each with
-    its suggestion).
+    Raises ``ConfigurationError`` for no names or a blank one, ``UnknownRegionNameError``
+    naming every name the API does not document, each with its suggestion.
     """
-    if isinstance(names, str):
-        names = [names]
+    names = [names] if isinstance(names, str) else list(names)
     if not names or any(not isinstance(n, str) or not n.strip() for n in names):
         raise ConfigurationError(
-            f"Region names must be non-blank text, got {list(names)!r}: name a region such as 'Europe', "
+            f"Region names must be non-blank text, got {names!r}: name a region such as 'Europe', "
             "a subregion such as 'Northern Europe', or 'all'."
         )
-    out: list[str] = []
-    unknown: list[str] = []
-    for raw in names:
-        if raw.strip().casefold() == ALL:
-            out.extend(n for n in REGIONS if n not in out)
-        elif raw.strip().casefold() in _CANONICAL:
-            out.extend(n for n in [_CANONICAL[raw.strip().casefold()]] if n not in out)
-        else:
-            unknown.append(raw.strip())
+    folded = [n.strip().casefold() for n in names]
+    unknown = [n.strip() for n, f in zip(names, folded, strict=True) if f != "all" and f not in _CANONICAL]
     if unknown:
         raise _unknown(unknown)
-    return out
+    return list(dict.fromkeys(n for f in folded for n in (REGIONS if f == "all" else [_CANONICAL[f]])))
 
 
 @dataclass(frozen=True)
 class Dialect:
     """One REST Countries API version, as data.
 
-    URLs: ``base_url + region_route`` (``{name}`` replaced by the quoted name)
-    plus ``region_query`` (``{name}`` replaced by the plain name); subregions
-    likewise. Fields: :meth:`request_fields` turns source paths into values of
-    ``fields_param`` (``"to_wildcard"`` keeps a path up to its first ``*``, v5;
-    ``"top_level"`` its first segment, v3.1), plus ``region_fields`` so every
-    record's region can be checked. Paging (when ``limit_param`` is set):
-    ``limit_param=page_size`` and ``offset_param``, walking while
-    ``<page_meta_at>.<more_key>`` is true; ``<page_meta_at>.<total_key>`` is how
-    many records the region has. Records: the list at ``records_at`` (``None``:
-    the body is the list). ``demo_flag_at``: where a demo-key answer says so.
-    ``key_path`` names a country.
+    A region's URL is the base URL + ``region_route`` (``{name}``: the quoted
+    name) with the query ``region_query`` (``{name}``: the name); a subregion's
+    likewise. ``fields_param`` selects the fields of the source paths: each up to
+    its first ``*`` (v5) or, with ``top_level_fields``, its first segment (v3.1),
+    plus :data:`REGION_FIELDS`. Records are the list at ``records_at`` (None: the
+    body). With ``limit_param`` set, pages of ``page_size`` are walked by
+    ``offset_param`` while ``<page_meta_at>.<more_key>`` is true;
+    ``<page_meta_at>.<total_key>`` counts the region's records. ``demo_flag_at``
+    marks a demo-key answer; ``key_path`` names a country; a redirect of a route
+    starting with ``legacy_prefix`` may mean the deprecated hosted API.
     """
 
     name: str
     default_base_url: str
+    base_url_example: str
     requires_key: bool
     key_path: str
     fields_param: str
-    field_selection: Literal["to_wildcard", "top_level"]
     region_route: str
     subregion_route: str
     records_at: str | None
-    base_url_example: str
-    region_fields: tuple[str, str] = ("region", "subregion")
-    region_query: Mapping[str, str] = field(default_factory=dict)
-    subregion_query: Mapping[str, str] = field(default_factory=dict)
+    errors_body_advice: str
+    top_level_fields: bool = False
+    region_query: tuple[tuple[str, str], ...] = ()
+    subregion_query: tuple[tuple[str, str], ...] = ()
     page_meta_at: str | None = None
     more_key: str = "more"
     total_key: str = "total"
@@ -143,47 +119,19 @@ class Dialect:
     page_size: int = 100
     demo_flag_at: str | None = None
     legacy_prefix: str | None = None
-    errors_body_advice: str = ""
-
-    @property
-    def paginated(self) -> bool:
-        return self.limit_param is not None
 
     def request_fields(self, paths: Iterable[str]) -> tuple[str, ...]:
-        """The fields to request for source ``paths`` plus :attr:`region_fields`, each once, in order.
-
-        Raises ``ConfigurationError`` for no paths, a blank path or segment, or one starting with ``*``.
-        """
-        out: list[str] = []
-        for path in check_paths(paths):
-            parts = path.split(".")
-            kept = parts[:1] if self.field_selection == "top_level" else parts[: (parts + [WILDCARD]).index(WILDCARD)]
-            out.append(".".join(kept))
-        return tuple(dict.fromkeys([*out, *self.region_fields]))
+        """The fields to request for dotted source ``paths`` (``a.b``, ``a.*.b``), each once, in order."""
+        kept = [p.split(".")[:1] if self.top_level_fields else p.split(".*")[0].split(".") for p in paths]
+        return tuple(dict.fromkeys([*(".".join(k) for k in kept), *REGION_FIELDS]))
 
     def route(self, name: str) -> tuple[str, dict[str, str]]:
         """(path, query) of canonical region or subregion ``name``."""
-        route, query = (
-            (self.region_route, self.region_query) if is_region(name) else (self.subregion_route, self.subregion_query)
-        )
-        return route.format(name=quote(name, safe="")), {k: v.format(name=name) for k, v in query.items()}
-
-    def __hash__(self) -> int:  # the mapping fields are not hashable; the name identifies a dialect
-        return hash((self.name, self.default_base_url))
-
-
-def check_paths(paths: Iterable[str]) -> tuple[str, ...]:
-    """``paths`` as a tuple after checking each is a dotted source path (``a.b``, ``a.*.b``)."""
-    out = (paths,) if isinstance(paths, str) else tuple(paths)
-    if not out:
-        raise ConfigurationError("No source paths given: name the fields to fetch, e.g. 'names.official'.")
-    for path in out:
-        parts = path.split(".") if isinstance(path, str) else [""]
-        if any(not p.strip() for p in parts) or parts[0] == WILDCARD:
-            raise ConfigurationError(
-                f"Invalid source path {path!r}: use dotted names such as 'names.official' or 'currencies.*.name'."
-            )
-    return out
+        if name in SUBREGIONS:
+            route, query = self.region_route, self.region_query
+        else:
+            route, query = self.subregion_route, self.subregion_query
+        return route.format(name=quote(name, safe="")), {k: v.format(name=name) for k, v in query}
 
 
 V5 = Dialect(
@@ -193,9 +141,8 @@ V5 = Dialect(
     requires_key=True,
     key_path="names.official",
     fields_param="response_fields",
-    field_selection="to_wildcard",
     region_route="",
-    region_query={"region": "{name}"},
+    region_query=(("region", "{name}"),),
     subregion_route="/subregion/{name}",
     records_at="data.objects",
     page_meta_at="data.meta",
@@ -212,7 +159,7 @@ V31 = Dialect(
     requires_key=False,
     key_path="name.official",
     fields_param="fields",
-    field_selection="top_level",
+    top_level_fields=True,
     region_route="/v3.1/region/{name}",
     subregion_route="/v3.1/subregion/{name}",
     records_at=None,
@@ -240,9 +187,8 @@ MISSING: Any = object()
 
 def get_path(obj: Any, path: str) -> Any:
     """The value at dotted ``path`` in nested dicts, or :data:`MISSING`."""
-    cur = obj
     for part in path.split("."):
-        if not isinstance(cur, dict) or part not in cur:
+        if not isinstance(obj, dict) or part not in obj:
             return MISSING
-        cur = cur[part]
-    return cur
+        obj = obj[part]
+    return obj

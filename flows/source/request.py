@@ -1,10 +1,9 @@
-"""One logical GET to the API: bounded in time and size, retried by ``tenacity``, every failure one clear line.
+"""One GET to the API: bounded in time and size, retried by ``tenacity``, every failure one line.
 
-:func:`send` returns the first answer not worth retrying (a 2xx body decoded as
-JSON); :func:`raise_for_status` turns any other final status into the
-``flows.errors`` exception that says what it means. Every message says the
-cause, what to do, then the request (``(GET …/subregion/Caribbean)``); counts
-of tries and seconds are this request's own, measured.
+:func:`send` returns the first answer not worth retrying; :func:`raise_for_status` raises the
+``flows.errors`` exception of a final answer that is not 2xx. A message says the cause and what
+to do, then the request (``(GET …/subregion/Caribbean)``) and, after retries, the tries and
+seconds this request really spent.
 """
 
 from __future__ import annotations
@@ -28,7 +27,6 @@ from flows.errors import (
     ApiError,
     AuthenticationError,
     BadResponseError,
-    ConfigurationError,
     DeadlineExceededError,
     HostNotFoundError,
     NothingListeningError,
@@ -39,7 +37,7 @@ from flows.errors import (
     UnknownRegionError,
     setting,
 )
-from flows.source.client import DEADLINE_ENV, MAX_RESPONSE_ENV, ApiClient, shown_url
+from flows.source.client import DEADLINE_ENV, MAX_RESPONSE_ENV, ApiClient
 from flows.source.dialects import KEY_ADVICE, Dialect
 
 logger = logging.getLogger("flows.source")
@@ -47,18 +45,16 @@ logger = logging.getLogger("flows.source")
 TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 _REFUSED_TRIES = 3  # connection refused: a restarting server gets ~1 s, then the run says nothing listens there
 _ERROR_BODY_BYTES = 64_000  # how much of an error answer is read for its message
-_MAX_QUOTE = 300
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Retries of one request, so a failed page 3 does not refetch pages 1-2.
+    """Retries of one request (a failed page 3 does not refetch pages 1-2).
 
     At most ``max_attempts`` tries, waiting a random time up to ``base_delay *
-    2**(n-1)`` (capped at ``max_delay``) after failed try ``n``, or what
-    ``Retry-After`` asks. No try or wait starts that would end after
-    ``max_total_seconds`` (at least one deadline) from the first. A refused
-    connection gets at most 3 tries.
+    2**(n-1)`` (at most ``max_delay``) after failed try ``n``, or what ``Retry-After``
+    asks; no try or wait starts that would end after ``max_total_seconds`` (at
+    least one deadline) from the first. A refused connection gets at most 3 tries.
     """
 
     max_attempts: int = 4
@@ -77,11 +73,11 @@ class RequestStats:
 
 @dataclass(frozen=True)
 class Answer:
-    """A final answer read within the bounds: status, headers, body, and ``data`` (the JSON of a 2xx)."""
+    """A final answer: status, headers, and the JSON of a 2xx (``data``) or the head of another's ``body``."""
 
     status: int
     headers: httpx.Headers
-    body: bytes
+    body: bytes = b""
     data: Any = None
 
     def message(self) -> str | None:
@@ -115,23 +111,20 @@ class Request:
     url: str
     shown: str
 
-    def error(self, cls: type[ApiError], message: str, spent: str = "", **kwargs: Any) -> ApiError:
-        """``cls``: ``message`` (our words; outside text went through :meth:`quote`), then ``(GET <shown>)``,
-        or ``(GET <shown>; <spent>)`` (``3 tries in 1.2s``): the same cause met by several requests reads alike."""
-        where = f"(GET {self.shown}{'; ' + spent if spent else ''})"
-        return cls(re.sub(r"\s+", " ", f"{message} {where}").strip(), url=self.url, **kwargs)
-
     def fail(self, cls: type[ApiError], message: str, spent: str = "", **kwargs: Any) -> NoReturn:
-        raise self.error(cls, message, spent, **kwargs)
+        """Raise ``cls``: ``message`` (outside text in it went through :meth:`quote`), then ``(GET <shown>)``
+        or ``(GET <shown>; <spent>)``, so that the same cause met by several requests reads alike."""
+        where = f"(GET {self.shown}{'; ' + spent if spent else ''})"
+        raise cls(re.sub(r"\s+", " ", f"{message} {where}").strip(), url=self.url, **kwargs)
 
     def quote(self, text: str | None) -> str:
         """Outside text made safe to embed: one line, at most 300 characters, the API key masked."""
         text = re.sub(r"\s+", " ", self.client.redact(text or "")).strip()
-        return text if len(text) <= _MAX_QUOTE else text[: _MAX_QUOTE - 3] + "..."
+        return text if len(text) <= 300 else text[:297] + "..."
 
 
 class _Retry(Exception):
-    """One try failed in a way worth retrying; ``kind`` says how: status, timeout, refused, network, body."""
+    """One try failed in a way worth retrying; ``kind``: status, timeout, refused, network or body."""
 
     def __init__(self, failure: str, kind: str, *, status: int | None = None, retry_after: float | None = None):
         super().__init__(failure)
@@ -140,10 +133,8 @@ class _Retry(Exception):
 
 def _retry_after(value: str | None) -> float | None:
     """Seconds to wait from a ``Retry-After`` value (delta-seconds or HTTP date); None if absent/invalid."""
-    if value is None or not value.strip():
-        return None
-    if re.fullmatch(r"\d+(\.\d+)?", value.strip()):
-        return float(value)
+    if value is None or re.fullmatch(r"\s*\d+(\.\d+)?\s*", value):
+        return None if value is None else float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
@@ -179,27 +170,24 @@ async def _try(req: Request, seconds: float, bound: str) -> Answer:
     """One try, cut after ``seconds``; ``_Retry`` when worth retrying, a ``flows.errors`` exception when final."""
     url = httpx.URL(req.url)
     try:
-        async with asyncio.timeout(seconds), req.client.http.stream("GET", url) as response:
+        async with asyncio.timeout(seconds), req.client.stream("GET", url) as response:
             status, headers = response.status_code, response.headers
             if status in TRANSIENT_STATUSES:
-                said = req.quote(Answer(status, headers, await _read(req, response, _ERROR_BODY_BYTES)).message())
+                said = req.quote(Answer(status, headers, await read_bounded(req, response, _ERROR_BODY_BYTES)).message())
                 raise _Retry(f"HTTP {status}" + (f' "{said}"' if said else ""), "status", status=status,
                              retry_after=_retry_after(headers.get("Retry-After")))  # fmt: skip
-            if 300 <= status < 400:
-                return Answer(status, headers, b"")  # never read, never followed with the key
-            if not 200 <= status < 300:
-                return Answer(status, headers, await _read(req, response, _ERROR_BODY_BYTES))
+            if response.is_redirect:
+                return Answer(status, headers)  # never read, never followed with the key
+            if not response.is_success:
+                return Answer(status, headers, await read_bounded(req, response, _ERROR_BODY_BYTES))
             declared = headers.get("Content-Length", "")
             if declared.isdigit() and int(declared) > req.client.max_bytes:
                 _too_large(req, f"it announced {int(declared) / 1e6:g} MB")
-            body = await _read(req, response, req.client.max_bytes, cut=False)
+            body = await read_bounded(req, response, req.client.max_bytes, cut=False)
     except TimeoutError:
         raise _Retry(f"no complete answer {bound}", "timeout") from None
     except httpx.TimeoutException as exc:
         raise _Retry(f"{type(exc).__name__} {bound}", "timeout") from None
-    except httpx.UnsupportedProtocol:
-        raise ConfigurationError(f"The API URL {shown_url(url)!r} cannot be requested: {setting('base_url')} "
-                                 "must start with http:// or https://.") from None  # fmt: skip
     except httpx.ConnectError as exc:
         dns = dns_failure(exc)
         if dns is not None and dns[0]:
@@ -218,13 +206,13 @@ async def _try(req: Request, seconds: float, bound: str) -> Answer:
         req.fail(BadResponseError, f"the API answered with HTML, not JSON (content-type {headers.get('content-type')}): "
                                    f"is {setting('base_url')} pointing at the API?", status=status)  # fmt: skip
     try:
-        return Answer(status, headers, b"", json.loads(body))  # the bytes are not kept: 14 MB a region at scale
+        return Answer(status, headers, data=json.loads(body))  # the bytes are not kept: 14 MB a region at scale
     except (ValueError, UnicodeDecodeError) as exc:  # cut short on the way, most likely: worth another try
         where = f"{exc.msg}: byte {exc.pos} of {len(body)}" if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
         raise _Retry(f"not valid JSON: {where}", "body", status=status) from None
 
 
-async def _read(req: Request, response: httpx.Response, limit: int, *, cut: bool = True) -> bytes:
+async def read_bounded(req: Request, response: httpx.Response, limit: int, *, cut: bool = True) -> bytes:
     """At most ``limit`` bytes of the body; past that, ``cut`` keeps the head, else ResponseTooLargeError."""
     chunks, size = [], 0
     async for chunk in response.aiter_bytes():
@@ -255,8 +243,7 @@ async def send(
     last try ran out of time) once the tries or the time run out, or at once when
     ``Retry-After`` asks for more time than is left; ``NothingListeningError``
     after 3 refused connections; ``BadResponseError`` for HTML, or a body that was
-    no JSON on every try; ``HostNotFoundError``, ``ResponseTooLargeError``,
-    ``ConfigurationError`` at once.
+    no JSON on every try; ``HostNotFoundError``, ``ResponseTooLargeError`` at once.
     """
     total = max(retry.max_total_seconds, req.client.deadline)
     started = time.monotonic()
@@ -308,7 +295,7 @@ async def send(
             advice = f"try again later, or raise ${DEADLINE_ENV} if the API is just slow" if exc.kind == "timeout" else (
                 f"try again in {exc.retry_after:.0f}s or later" if exc.retry_after else "try again later")  # fmt: skip
             message = f"{what.get(exc.kind, 'the API could not be reached')} ({exc.failure}): {advice}"
-        raise req.error(cls, message, tries, status=exc.status, retry_after=exc.retry_after)
+        req.fail(cls, message, tries, status=exc.status, retry_after=exc.retry_after)
 
     retrying = tenacity.AsyncRetrying(
         stop=tenacity.stop_after_attempt(retry.max_attempts) | tenacity.stop_before_delay(total) | refused_enough,
