@@ -16,7 +16,6 @@ import json
 import math
 import re
 import unicodedata
-from bisect import bisect_right
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain, repeat
@@ -276,36 +275,26 @@ def each_country_once(
     """
     parts = KEY.source(dialect).split(".")
     read = sorted({c.source(dialect).split(".")[0] for c in COLUMNS})  # the top-level fields the table reads
-    position: dict[str, int] = {}  # name -> index in out of its first record
-    starts: list[int] = []  # index in out of each region's first record
-    regions: list[str] = []
+    first: dict[str, tuple[Mapping[str, Any], str]] = {}  # name -> its first record and that record's region
     out: list[Mapping[str, Any]] = []
     for region, records in fetches:
-        starts.append(len(out))
-        regions.append(region)
         for record in records:
             name = record  # one pass, each record read once (measured faster than a pass per key)
             for part in parts:
                 name = name.get(part) if type(name) is dict else None
             if type(name) is str:
-                first = position.setdefault(name, len(out))
-                if first != len(out):
-                    kept = out[first]
-                    if kept != record and any(kept.get(k, MISSING) != record.get(k, MISSING) for k in read):
-                        _conflict(name, kept, record, read, regions[bisect_right(starts, first) - 1], region)
+                if name in first:
+                    kept, kept_region = first[name]
+                    differ = [k for k in read if kept.get(k, MISSING) != record.get(k, MISSING)]
+                    if differ:
+                        raise ConflictingRecordsError(
+                            f"{_country(name)} differs between {kept_region} and {region} ({', '.join(differ)}): "
+                            "each country must have one record; the table was not changed"
+                        )
                     continue
+                first[name] = (record, region)
             out.append(record)
     return out
-
-
-def _conflict(
-    name: str, first: Mapping[str, Any], other: Mapping[str, Any], read: list[str], first_region: str, region: str
-) -> None:
-    fields = [k for k in read if first.get(k, MISSING) != other.get(k, MISSING)]
-    raise ConflictingRecordsError(
-        f"{_country(name)} differs between {first_region} and {region} ({', '.join(map(str, fields))}): "
-        "each country must have one record; the table was not changed"
-    )
 
 
 def count_distinct(records: list[Mapping[str, Any]], column: Column, dialect: str) -> int:
