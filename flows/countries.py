@@ -130,7 +130,6 @@ async def fetch_all(
         cache_expiration=timedelta(minutes=cache_minutes), refresh_cache=cache_minutes == 0
     )
     dialect = restcountries.get_dialect(source.api)
-    began = datetime.now(UTC)
     async with restcountries.make_client(api_key=api_key, trusted_base_urls=trusted) as client:
         restcountries.check_source(client, dialect=dialect, base_url=source.base_url)
         run_budget = await budget.start_run(len(regions), metered=dialect.requires_key)
@@ -143,9 +142,6 @@ async def fetch_all(
         raise unexpected[0]
     if failures:
         raise restcountries.one_error(failures, asked=len(regions), dialect=dialect)
-    for cached in (f for f in results if f.from_cache(began)):
-        get_run_logger().info("%s: %d countries from the cache (fetched %s)", cached.region, cached.countries,
-                              report.when(cached.fetched_at))  # fmt: skip
     return results
 
 
@@ -182,7 +178,7 @@ def quality_gate(frame: pd.DataFrame) -> pd.DataFrame:
 def load_table(
     frame: pd.DataFrame, target: settings.Target, force: bool, min_row_fraction: float, strategy: str
 ) -> LoadResult:
-    """Make the target table's rows equal to the frame's, writing only the differing rows; what changed."""
+    """Make the target table's rows equal to the frame's, writing only the differing rows; logs what changed."""
     from flows import load
 
     engine = target.db.engine()
@@ -199,14 +195,8 @@ def load_table(
         )
     finally:
         engine.dispose()
-    logger = get_run_logger()
-    if result.changed:
-        logger.info("wrote %s: %d rows deleted, %d inserted (%s)", result.table, result.deleted, result.inserted,
-                    result.changes.phrase())  # fmt: skip
-        for line in result.changes.log_lines():
-            logger.info(line)
-    else:
-        logger.info("%s already equal to the source: %d rows, nothing written", result.table, result.rows)
+    for line in result.changes.log_lines():  # what changed, one line per kind; the summary line says the rest
+        get_run_logger().info(line)
     return result
 
 

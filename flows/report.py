@@ -64,7 +64,7 @@ def artifact_key(table: str) -> str:
     return key
 
 
-def when(moment: datetime) -> str:
+def _when(moment: datetime) -> str:
     """A moment as the reports show it: ``2026-01-31 12:00:00 UTC``."""
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
@@ -150,7 +150,7 @@ class RunSummary:
         api = plural(self.requests, "API request")
         if self.cached:
             oldest = min(f.fetched_at for f in self.cached)
-            api += f"; {', '.join(f.region for f in self.cached)} from the cache (fetched {when(oldest)})"
+            api += f"; {', '.join(f.region for f in self.cached)} from the cache (fetched {_when(oldest)})"
         return f"{done}; {api}"
 
     def markdown(self) -> str:
@@ -172,7 +172,7 @@ class RunSummary:
         lines += ["", "## Sources", "", "| region | countries | fetched | requests |", "|---|---|---|---|"]
         for f in self.fetches:
             cached = f.from_cache(self.started)
-            how = f"from the cache (fetched {when(f.fetched_at)})" if cached else when(f.fetched_at)
+            how = f"from the cache (fetched {_when(f.fetched_at)})" if cached else _when(f.fetched_at)
             lines.append(f"| {f.region} | {f.countries} | {how} | {0 if cached else f.requests} |")
         if self.changes is not None and self.previous_rows is not None:
             lines += ["", "## Changes", "", self.changes.markdown().strip()]
