@@ -133,9 +133,8 @@ async def fetch_all(
     async with restcountries.make_client(api_key=api_key, trusted_base_urls=trusted) as client:
         restcountries.check_source(client, dialect=dialect, base_url=source.base_url)
         run_budget = await budget.start_run(len(regions), metered=dialect.requires_key)
-        states = await asyncio.gather(
-            *(fetch(client, region, source, run_budget, return_state=True) for region in regions)
-        )
+        runs = [fetch(client, region, source, run_budget, return_state=True) for region in regions]
+        states = await asyncio.gather(*runs)
     results = [await state.aresult(raise_on_failure=False) for state in states]
     failures = [r for r in results if isinstance(r, BaseException)]
     if unexpected := [f for f in failures if not isinstance(f, CountriesError)]:
