@@ -100,7 +100,7 @@ class RunSummary:
     fetches: list[RegionFetch]
     started: datetime
     seconds: float
-    changes: ChangeSummary | None = None
+    changes: ChangeSummary
     repaired: bool = False
     strategy: str = "rows"
     step_seconds: dict[str, float] = field(default_factory=dict)
@@ -126,18 +126,13 @@ class RunSummary:
         """Of :attr:`requests`, those that were retries."""
         return sum(f.retries for f in self.fetches if not f.from_cache(self.started))
 
-    def _changes_text(self) -> str:
-        if self.changes is not None:
-            return self.changes.phrase()
-        return "new table" if self.previous_rows is None else "changes not computed"
-
     def one_line(self) -> str:
         """The summary line: what was written (never the frame's size), e.g. ``loaded public.t at …: 1 row
         deleted, 1 inserted (1 population changed), 20 rows in the table; 1 API request``; ``unchanged: …
         nothing written``, or ``repaired 1 row edited outside the pipeline …`` (an edited row is deleted and
         inserted back; a swap rewrites every row, so it gives no count)."""
         where = f"{self.table} at {self.database}"
-        written = f"{plural(self.deleted, 'row')} deleted, {self.inserted} inserted ({self._changes_text()})"
+        written = f"{plural(self.deleted, 'row')} deleted, {self.inserted} inserted ({self.changes.phrase()})"
         if not self.changed:
             done = f"unchanged: {plural(self.rows, 'row')} already in {where}, nothing written"
         elif self.repaired and self.strategy == "swap":
@@ -165,7 +160,7 @@ class RunSummary:
             *([("repaired", "rows edited outside the pipeline were put back")] if self.repaired else []),
             ("countries", self.countries),
             ("currencies", self.currencies),
-            ("changes", self._changes_text()),
+            ("changes", self.changes.phrase()),
             ("API requests", f"{self.requests} ({plural(self.retries, 'retry', 'retries')})"),
         ]
         lines = _table("Countries load", rows, self.seconds)
@@ -174,7 +169,7 @@ class RunSummary:
             cached = f.from_cache(self.started)
             how = f"from the cache (fetched {_when(f.fetched_at)})" if cached else _when(f.fetched_at)
             lines.append(f"| {f.region} | {f.countries} | {how} | {0 if cached else f.requests} |")
-        if self.changes is not None and self.previous_rows is not None:
+        if self.previous_rows is not None:
             lines += ["", "## Changes", "", self.changes.markdown().strip()]
         if self.step_seconds:
             lines += ["", "## Steps", "", "| step | seconds |", "|---|---|"]
