@@ -1,14 +1,13 @@
 """Keep a PostgreSQL table of countries fresh from the REST Countries API.
 
-One run of ``countries_flow``, read top to bottom: check the parameters (no network); resolve
-the source (API version, base URL, the key, sent only to trusted origins) and the target (the
-database of the ``SqlAlchemyConnector`` block must answer before any API quota is spent); fetch
-every region concurrently, one cached task each; unnest the records (one row per country and
-currency); the quality gate; make the table's rows equal to the source's, writing only the
-difference; publish the report. The transform and the load are skipped when the table was last
-loaded from this very source and its content is still what that load committed
-(``flows.load.state``); ``force`` never skips. An expected failure (a ``CountriesError``) ends the
-run Failed with one line, cause first, and the table untouched; anything else keeps its traceback.
+One run of ``countries_flow``, top to bottom: check the parameters (no network); resolve the source
+(API version, base URL, the key, sent only to trusted origins) and the target (its database must
+answer before any API quota is spent); fetch every region at once, one cached task each; check and
+unnest the records; the quality gate; make the table's rows equal to the source's, writing only the
+difference; publish the report. Unnest, gate and load are skipped when the table was last loaded from
+this very source and still holds what that load committed (``flows.load.state``); ``force`` never
+skips. An expected failure (a ``CountriesError``) ends the run Failed with its one line, the table
+untouched; anything else keeps its traceback.
 
 Run it with ``python flows/countries.py --help``; deploy it with ``prefect deploy`` (``prefect.yaml``).
 """
@@ -26,7 +25,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import acreate_markdown_artifact
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
-from prefect.runtime import flow_run, task_run
+from prefect.runtime import flow_run
 from prefect.states import Failed
 from prefect.utilities.annotations import quote
 from pydantic import Field
@@ -39,51 +38,38 @@ from flows.load import LoadResult
 from flows.load import state as load_state
 from flows.load.changes import ChangeSummary
 from flows.ops import settings
-from flows.parameters import DEFAULT_REGIONS, check_parameters, default_table
+from flows.parameters import DEFAULT_REGIONS, check_parameters, target_table
 from flows.source import budget
 from flows.transform import schema
 
-if TYPE_CHECKING:  # pandas and SQLAlchemy are imported by the tasks that need them, only when they run
+if TYPE_CHECKING:  # imported by the tasks that need them, only when they run
     import pandas as pd
 
 
 TASK_RETRY_DELAY_SECONDS = 30
 FETCH_RETRIES = 1  # delayed task retries of a region fetch after a transient failure (the client retries first)
 
-
-# --- 1. the parameters (flows.parameters) ------------------------------------------------
+quiet_expected_failures()
 
 
 def run_name() -> str:
     """The flow run's name: ``<table> ← <regions>``, e.g. ``northern_europe_countries ← Northern Europe``."""
-    params = flow_run.parameters
-    regions = params.get("regions") or DEFAULT_REGIONS
-    regions = [regions] if isinstance(regions, str) else list(regions)
-    table = (params.get("table") or "").strip() or default_table(regions)
-    return f"{table} ← {', '.join(map(str, regions))}"
-
-
-# --- 2. the source and the target ---------------------------------------------------------
+    regions = flow_run.parameters.get("regions") or DEFAULT_REGIONS
+    regions = [regions] if isinstance(regions, str) else regions
+    return f"{target_table(flow_run.parameters.get('table'), regions)} ← {', '.join(map(str, regions))}"
 
 
 @dataclass(frozen=True)
 class Source:
-    """Where and how a run fetches: what determines the answer, so the fetch cache is keyed on it.
-
-    ``key_fingerprint`` is a hash of the API key (never the key): a run with
-    another key does not reuse this key's cached answers.
-    """
+    """What determines a fetch's answer, so the fetch cache is keyed on it (a hash of the key, never the key)."""
 
     api: str
     base_url: str
     paths: tuple[str, ...]
-    key_fingerprint: str | None
+    key_fingerprint: str
 
 
-# --- 3. fetch --------------------------------------------------------------------------
-
-
-quiet_expected_failures()
+# --- fetch --------------------------------------------------------------------------------
 
 
 def retry_transient(task, task_run, state) -> bool:
@@ -101,8 +87,7 @@ def retry_transient(task, task_run, state) -> bool:
     retry_delay_seconds=TASK_RETRY_DELAY_SECONDS,
     retry_jitter_factor=0.5,
     retry_condition_fn=retry_transient,
-    # Keyed on what determines the answer: the source (with the key's fingerprint) and the region.
-    cache_policy=(INPUTS + TASK_SOURCE) - "client" - "run_budget",
+    cache_policy=(INPUTS + TASK_SOURCE) - "client" - "run_budget",  # the source, the key's hash, the region
     cache_expiration=timedelta(minutes=4),
 )
 # Not failing_with_the_cause: Prefect would cache a returned Failed state as the task's result.
@@ -125,6 +110,7 @@ async def fetch_region(
     return report.RegionFetch(
         region=region,
         records=records,
+        countries=len(records),
         fetched_at=datetime.now(UTC),
         requests=stats.requests,
         retries=stats.retries,
@@ -134,55 +120,34 @@ async def fetch_region(
 async def fetch_all(
     regions: list[str], source: Source, api_key: str | None, trusted: list[str], cache_minutes: float
 ) -> list[report.RegionFetch]:
-    """Fetch every region concurrently over one client; every fetch runs to its end.
+    """Fetch every region concurrently over one client, each to its end; the fetches in region order.
 
-    Returns the fetches in region order. Raises, before any request, what
-    ``flows.source.check_source`` raises (no key, key withheld from that origin);
-    then ``flows.source.one_error`` of the regions that failed (siblings are
-    not cancelled, so none shows as Crashed); an unexpected error as it is.
+    Raises what ``flows.source.check_source`` raises (before any request), then
+    ``flows.source.one_error`` of the regions that failed (no sibling is cancelled, so none shows as
+    Crashed); an unexpected error as it is.
     """
     fetch = fetch_region.with_options(
         cache_expiration=timedelta(minutes=cache_minutes), refresh_cache=cache_minutes == 0
     )
     dialect = restcountries.get_dialect(source.api)
-    began = datetime.now(UTC)
     async with restcountries.make_client(api_key=api_key, trusted_base_urls=trusted) as client:
         restcountries.check_source(client, dialect=dialect, base_url=source.base_url)
         run_budget = await budget.start_run(len(regions), metered=dialect.requires_key)
-        states = await asyncio.gather(
-            *(fetch(client, region, source, run_budget, return_state=True) for region in regions)
-        )
-    fetches: list[report.RegionFetch] = []
-    failures: list[BaseException] = []
-    for state in states:
-        if state.is_completed():
-            fetched: report.RegionFetch = await state.aresult()
-            fetches.append(fetched)
-            if fetched.from_cache(began):
-                when = fetched.fetched_at.strftime("%Y-%m-%d %H:%M:%S UTC")
-                get_run_logger().info("%s: %d countries from the cache (fetched %s)", fetched.region,
-                                      len(fetched.records), when)  # fmt: skip
-        else:
-            failures.append(await state.aresult(raise_on_failure=False))
-    unexpected = [f for f in failures if not isinstance(f, CountriesError)]
-    if unexpected:
+        runs = [fetch(client, region, source, run_budget, return_state=True) for region in regions]
+        states = await asyncio.gather(*runs)
+    results = [await state.aresult(raise_on_failure=False) for state in states]
+    failures = [r for r in results if isinstance(r, BaseException)]
+    if unexpected := [f for f in failures if not isinstance(f, CountriesError)]:
         raise unexpected[0]
     if failures:
         raise restcountries.one_error(failures, asked=len(regions), dialect=dialect)
-    return fetches
+    return results
 
 
-# --- 4. and 5. transform and check ------------------------------------------------------
+# --- transform, check and load ----------------------------------------------------------------
 
 
-def _unnest_run_name() -> str:
-    records = task_run.parameters.get("records")
-    if isinstance(records, quote):  # the flow passes the records quoted (see transform_and_load)
-        records = records.unquote()
-    return f"unnest {len(records or ())} records"
-
-
-@task(task_run_name=_unnest_run_name, cache_policy=NO_CACHE)
+@task(cache_policy=NO_CACHE)
 @failing_with_the_cause
 def unnest_countries(records: list[dict[str, Any]], api_name: str) -> pd.DataFrame:
     """The records as the countries frame: checked against the data contract, one row per country
@@ -207,17 +172,12 @@ def quality_gate(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.astype({c.name: c.dtype for c in schema.COLUMNS if c.dtype == "int64"})
 
 
-# --- 6. load ------------------------------------------------------------------------------
-
-
 @task(task_run_name="load {target.table}", cache_policy=NO_CACHE)
 @failing_with_the_cause
 def load_table(
     frame: pd.DataFrame, target: settings.Target, force: bool, min_row_fraction: float, strategy: str
 ) -> LoadResult:
-    """Make the target table's rows equal to the frame's (only the differing rows written), with what changed.
-
-    The load's SQLAlchemy engine is made here and disposed of when it is done."""
+    """Make the target table's rows equal to the frame's, writing only the differing rows; logs what changed."""
     from flows import load
 
     engine = target.db.engine()
@@ -234,14 +194,8 @@ def load_table(
         )
     finally:
         engine.dispose()
-    logger = get_run_logger()
-    if result.changed:
-        logger.info("wrote %s: %d rows deleted, %d inserted (%s)", result.table, result.deleted, result.inserted,
-                    result.changes.phrase())  # fmt: skip
-        for line in result.changes.log_lines():
-            logger.info(line)
-    else:
-        logger.info("%s already equal to the source: %d rows, nothing written", result.table, result.rows)
+    for line in result.changes.log_lines():  # what changed, one line per kind; the summary line says the rest
+        get_run_logger().info(line)
     return result
 
 
@@ -282,7 +236,7 @@ async def countries_flow(
             refuses while views depend on the table).
 
     Returns:
-        What the run did (rows, changes, regions and requests, the frame).
+        What the run did: rows, changes, regions and requests, a text preview of the table.
 
     Raises:
         CountriesError: only when called directly; the run ends Failed with one secret-free line, cause first,
@@ -290,8 +244,7 @@ async def countries_flow(
     """
     started_at, started = datetime.now(UTC), time.perf_counter()
     steps: dict[str, float] = {}
-    given_table = (table or "").strip() or default_table(regions if isinstance(regions, list) else [regions])
-    target: settings.Target | None = None
+    report_table = target_table(table, regions)  # the failure report's table, until the target is resolved
     try:
         # 1. The parameters.
         p = check_parameters(
@@ -305,7 +258,6 @@ async def countries_flow(
             cache_minutes=cache_minutes,
             strategy=strategy,
         )
-        given_table = p["table"]
 
         # 2. The source and the target.
         dialect = restcountries.get_dialect(p["api"])
@@ -315,9 +267,10 @@ async def countries_flow(
             api=dialect.name,
             base_url=settings.resolve_base_url(p["base_url"], dialect.default_base_url, operator),
             paths=schema.source_paths(dialect.name),
-            key_fingerprint=restcountries.fingerprint(api_key) if api_key else None,
+            key_fingerprint=restcountries.fingerprint(api_key),
         )
         target = await settings.open_target(p["db_block"], p["table"])
+        report_table = str(target.table)
 
         # 3. Fetch.
         with _timed(steps, "fetch"):
@@ -329,14 +282,7 @@ async def countries_flow(
         result, frame, repaired = await transform_and_load(records, dialect.name, target, p, steps)
     except CountriesError as exc:
         seconds = time.perf_counter() - started
-        try:
-            await acreate_markdown_artifact(
-                key=report.artifact_key(str(target.table) if target else given_table),  # resolved once known
-                markdown=report.failure_markdown(given_table, str(exc), seconds),
-                description=f"failed: {exc}",
-            )
-        except Exception as publish_error:  # noqa: BLE001 - the run fails with its own cause, not this one
-            get_run_logger().warning("the failure report artifact was not published: %s", publish_error)
+        await publish(report_table, report.failure_markdown(report_table, str(exc), seconds), f"failed: {exc}")
         return Failed(message=str(exc), data=exc)
 
     # 7. Report. The table is written: nothing from here on may fail the run.
@@ -349,7 +295,6 @@ async def countries_flow(
         repaired=repaired,
         strategy=result.strategy,
         previous_rows=result.previous_rows,
-        changed=result.changed,
         countries=schema.count_distinct(records, schema.KEY, dialect.name),
         currencies=schema.count_distinct(records, schema.column("currency_name"), dialect.name),
         fetches=[f.figures() for f in fetches],
@@ -359,23 +304,18 @@ async def countries_flow(
         step_seconds=steps,
         preview=None if frame is None else frame.to_string(max_rows=60, min_rows=10),
     )
-    await publish_report(summary)
+    get_run_logger().info(summary.one_line())
+    await publish(summary.table, summary.markdown(), summary.one_line())
     return summary
 
 
-async def publish_report(summary: report.RunSummary) -> None:
-    """Log the summary line and publish the table's report artifact, after the table was written.
-
-    A failure here (the Prefect API gone, an artifact refused) is logged as a warning and never turns a
-    loaded table into a failed run: the table and the summary are already right."""
-    logger = get_run_logger()
-    logger.info(summary.one_line())
+async def publish(table: str, markdown: str, description: str) -> None:
+    """Publish ``table``'s report artifact. The run's outcome is already decided: a failure here (the Prefect
+    API gone, an artifact refused) is only a warning."""
     try:
-        await acreate_markdown_artifact(
-            key=report.artifact_key(summary.table), markdown=summary.markdown(), description=summary.one_line()
-        )
-    except Exception as exc:  # noqa: BLE001 - anything: the run's outcome is already decided (see docstring)
-        logger.warning("the table's report artifact was not published: %s", exc)
+        await acreate_markdown_artifact(key=report.artifact_key(table), markdown=markdown, description=description)
+    except Exception as exc:  # noqa: BLE001 - anything: see the docstring
+        get_run_logger().warning("the report artifact was not published: %s", exc)
 
 
 async def transform_and_load(
@@ -383,49 +323,35 @@ async def transform_and_load(
 ) -> tuple[LoadResult, pd.DataFrame | None, bool]:
     """Steps 4 to 6, or nothing when the table's last load was made from the very same source.
 
-    The source digest (``flows.load.state.source_digest``) covers the records, the table's columns and
-    the code that turns one into the other; the load state (a Prefect Variable) keeps it with the table's
-    content fingerprint. When the digest matches and the table's live content is still what that load
-    committed, the run writes nothing, so it skips the tasks (and never imports pandas); ``force`` never
-    skips. Returns what the load did (or that it had nothing to do), the frame (``None`` when skipped) and
-    whether the load repaired rows edited outside the pipeline (same source, yet rows written). Raises what
-    the steps raise; a load state that cannot be saved is only a warning.
+    Skipped (no task run, pandas never imported) when the source digest (``flows.load.state.source_digest``:
+    the records, the columns and the code) is the last load's and the table's live content is still what
+    that load committed; ``force`` never skips. Returns what the load did (or that it had nothing to do),
+    the frame (``None`` when skipped) and whether it repaired rows edited outside the pipeline (the same
+    source, yet rows written). Raises what the steps raise; a load state not saved is only a warning.
     """
     with _timed(steps, "unchanged check"):
-        digest = load_state.source_digest(
-            records, dialect=api_name, columns=[(c.name, c.source(api_name), c.sql_type) for c in schema.COLUMNS]
-        )
+        columns = [(c.name, c.source(api_name), c.sql_type) for c in schema.COLUMNS]
+        digest = load_state.source_digest(records, dialect=api_name, columns=columns)
         stored = await load_state.stored_state(target.db, target.table)
         rows = None if p["force"] else await load_state.is_unchanged(target.db, target.table, digest, stored)
     if rows is not None:
-        get_run_logger().info(
-            "%s unchanged: %d rows already loaded from the same source data, nothing written "
-            "(unnest, quality gate and load skipped)",
-            target.table,
-            rows,
-        )
+        get_run_logger().info("%s unchanged: %d rows already loaded from the same source data, nothing written "
+                              "(unnest, quality gate and load skipped)", target.table, rows)  # fmt: skip
         skipped = LoadResult.unchanged(str(target.table), rows, ChangeSummary.identical(schema.CHANGES), p["strategy"])
         return skipped, None, False
     # Each step's state is read for its result: a failed step raises its error here (see failing_with_the_cause).
     with _timed(steps, "unnest + quality gate"):
-        unnested = await unnest_countries(quote(records), api_name, return_state=True).aresult()
+        unnest = unnest_countries.with_options(task_run_name=f"unnest {len(records)} records")
+        unnested = await unnest(quote(records), api_name, return_state=True).aresult()
         frame = await quality_gate(quote(unnested), return_state=True).aresult()
     with _timed(steps, "load"):
         run = load_table(quote(frame), target, p["force"], p["min_row_fraction"], p["strategy"], return_state=True)
         result = await run.aresult()
-    # The same source as the last load, and still rows to write: they had been edited outside the pipeline.
-    repaired = result.changed and digest is not None and (stored or {}).get("source") == digest
-    if repaired and result.strategy == "rows":
-        edited = report.plural(max(result.deleted, result.inserted), "row")
-        get_run_logger().info(
-            "repaired %s edited outside the pipeline (%d deleted, %d inserted)", edited, result.deleted, result.inserted
-        )
-    elif repaired:
-        get_run_logger().info("repaired rows edited outside the pipeline: the table swapped in anew")
     try:
         await load_state.save_state(target.db, target.table, digest, result)
     except Exception as exc:  # noqa: BLE001 - the table is written; without a state the next run compares rows
         get_run_logger().warning("the load state was not saved (the next run compares the rows instead): %s", exc)
+    repaired = result.changed and digest is not None and (stored or {}).get("source") == digest
     return result, frame, repaired
 
 

@@ -1,9 +1,8 @@
 """The one exception hierarchy of the countries pipeline.
 
-Every failure the product raises on purpose is a ``CountriesError``. Its
-``str()`` is a single line that says what went wrong and what to do about it,
-and never contains a secret (API key, database password): the command line
-prints it as the last line of output and Prefect logs it as the run's failure.
+Every failure the product raises on purpose is a ``CountriesError``: its ``str()`` is one line saying
+what went wrong and what to do about it, never holding a secret (API key, database password). The
+command line prints it last; Prefect logs it as the run's failure.
 """
 
 from __future__ import annotations
@@ -17,13 +16,11 @@ _SETTING = re.compile(r"\{\{([a-z][a-z0-9_]*)(?:=([^{}]*))?\}\}")
 
 
 def setting(name: str, value: object = None) -> str:
-    """A reference to a run setting inside a message, written the way its reader knows it.
+    """A run setting named inside a message, written the way its reader knows it (see :func:`render`).
 
-    ``setting("base_url")`` reads ``base_url`` in the Prefect UI, deployments and
-    logs, and ``--base-url`` on the command line; ``setting("force", True)`` reads
-    ``force=True`` or ``--force``; ``setting("min_row_fraction", 0.2)`` reads
-    ``min_row_fraction=0.2`` or ``--min-row-fraction 0.2``. Use it in the message
-    of any ``CountriesError``; :func:`render` (and ``str()``) turns it into text.
+    ``setting("base_url")`` reads ``base_url`` in the UI and logs, ``--base-url`` on the command line;
+    ``setting("force", True)`` ``force=True`` or ``--force``; ``setting("min_row_fraction", 0.2)``
+    ``min_row_fraction=0.2`` or ``--min-row-fraction 0.2``.
     """
     return "{{" + name + ("" if value is None else f"={value}") + "}}"
 
@@ -44,16 +41,16 @@ def render(text: str, audience: Audience = "flow") -> str:
 class CountriesError(Exception):
     """Base class: a one-line, secret-free message saying what failed and what to do.
 
-    ``str(exc)`` speaks the flow's language (``base_url``, ``force=True``);
-    ``exc.for_audience("cli")`` the command line's (``--base-url``, ``--force``).
+    ``str(exc)`` speaks the flow's language (``base_url``, ``force=True``), ``exc.for_audience("cli")``
+    the command line's (``--base-url``, ``--force``); ``exc.template`` is the message unrendered.
     """
 
     def __str__(self) -> str:
-        return render(super().__str__(), "flow")
+        return render(self.template, "flow")
 
     def for_audience(self, audience: Audience) -> str:
         """The message with its setting references written for ``audience`` (see :func:`setting`)."""
-        return render(super().__str__(), audience)
+        return render(self.template, audience)
 
     @property
     def template(self) -> str:
@@ -69,15 +66,16 @@ class InvalidTableNameError(ConfigurationError):
     """The table name is not a plain (optionally schema-qualified) SQL identifier."""
 
 
+class KeyWithheldError(ConfigurationError):
+    """The API key would have to go to an origin it is not sent to; raised before any request."""
+
+
 # --- REST Countries API -------------------------------------------------------
 
 
 class ApiError(CountriesError):
-    """The REST Countries API could not give the data.
-
-    ``url`` is the request URL (it never holds a secret: the key travels in a
-    header); ``status`` is the HTTP status when there was a response.
-    """
+    """The API could not give the data. ``url``: the request's (never a secret: the key travels in a
+    header); ``status``: the HTTP status, when there was a response."""
 
     def __init__(self, message: str, *, url: str | None = None, status: int | None = None):
         super().__init__(message)
@@ -86,30 +84,28 @@ class ApiError(CountriesError):
 
 
 class TransientApiError(ApiError):
-    """A failure worth retrying: 429, 5xx, timeout, connection error or dropped connection.
+    """Worth retrying: 429, 5xx, timeout, connection error. ``retry_after``: the seconds the server asked
+    to wait (``Retry-After``), or None."""
 
-    ``retry_after`` is the delay in seconds the server asked for (``Retry-After``),
-    or ``None``.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        url: str | None = None,
-        status: int | None = None,
-        retry_after: float | None = None,
-    ):
-        super().__init__(message, url=url, status=status)
+    def __init__(self, message: str, *, retry_after: float | None = None, **where: object):
+        super().__init__(message, **where)
         self.retry_after = retry_after
 
 
+class DeadlineExceededError(TransientApiError):
+    """A request did not complete (connect, headers and whole body) within its deadline."""
+
+
 class PermanentApiError(ApiError):
-    """A failure that retrying cannot fix: 400, 401, 403, 404, an ``errors`` body, a bad payload."""
+    """Retrying cannot fix it: 400, 401, 403, 404, an ``errors`` body, a bad payload."""
 
 
 class AuthenticationError(PermanentApiError):
     """401: the API key is missing or invalid."""
+
+
+class DemoKeyError(AuthenticationError):
+    """The key is the public demo key, which answers every query with one fixed sample record."""
 
 
 class QuotaExceededError(PermanentApiError):
@@ -117,51 +113,37 @@ class QuotaExceededError(PermanentApiError):
 
 
 class UnknownRegionError(PermanentApiError):
-    """The API knows no region or subregion of that name (404 or no countries).
+    """The API knows no region or subregion of that name (404 or no countries). ``region``: the name asked
+    for; ``request``: the request's short form (``GET …/subregion/Narnia``), so several read as one."""
 
-    ``region`` is the name asked for; ``request`` the short form of the request
-    (``GET …/subregion/Narnia``), so several can be reported as one.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        url: str | None = None,
-        status: int | None = None,
-        region: str | None = None,
-        request: str | None = None,
-    ):
-        super().__init__(message, url=url, status=status)
+    def __init__(self, message: str, *, region: str | None = None, request: str | None = None, **where: object):
+        super().__init__(message, **where)
         self.region = region
         self.request = request
+
+
+class UnknownRegionNameError(UnknownRegionError, ConfigurationError):
+    """A region or subregion name the API does not document; raised before any request, with a suggestion."""
 
 
 class DeprecatedApiError(PermanentApiError):
     """The API answered with an ``errors`` array, e.g. the retired hosted v3.1 endpoints."""
 
 
-class BadResponseError(PermanentApiError):
-    """The response is not what the dialect promises: not JSON, wrong shape, missing fields."""
-
-
-class KeyWithheldError(ConfigurationError):
-    """The API key would have to go to an origin it is not sent to (untrusted, or plain http off this machine).
-
-    Raised before any request; the key was sent nowhere.
-    """
-
-
-class DemoKeyError(AuthenticationError):
-    """The key is the public demo key, which answers every query with one fixed sample record."""
+class WrongBaseUrlError(PermanentApiError):
+    """Every region answered HTTP 404: the base URL's path looks wrong."""
 
 
 class HostNotFoundError(PermanentApiError):
-    """The API's host name cannot be resolved (DNS says it does not exist): a wrong URL or no network."""
+    """The API's host name does not resolve: a wrong URL or no network."""
 
 
-class DeadlineExceededError(TransientApiError):
-    """A request did not complete (connect, headers and whole body) within its deadline."""
+class NothingListeningError(PermanentApiError):
+    """Nothing accepts connections at the API's host and port, after brief retries."""
+
+
+class BadResponseError(PermanentApiError):
+    """The response is not what the dialect promises: not JSON, wrong shape, missing fields."""
 
 
 class ResponseTooLargeError(BadResponseError):
@@ -172,6 +154,10 @@ class ForeignRecordsError(BadResponseError):
     """The API answered with countries that do not belong to the region or subregion asked for."""
 
 
+class RegionsFailedError(CountriesError):
+    """Regions of one run failed for different causes; the message lists each cause once, with its requests."""
+
+
 # --- Transform -----------------------------------------------------------------
 
 
@@ -179,19 +165,24 @@ class UnnestError(CountriesError):
     """Records cannot be unnested as asked (bad path, bad override, bad input type)."""
 
 
-class InvalidRecordError(CountriesError):
-    """A record breaks the table's data contract (``flows.transform.schema``): names the country, the value and the rule."""
-
-
 class RowLimitExceededError(UnnestError):
     """The unnest would produce more rows than the configured bound; raised before allocating."""
+
+
+class InvalidRecordError(CountriesError):
+    """A record breaks the table's data contract (``flows.transform.schema``): names the country, the value
+    and the rule."""
+
+
+class ConflictingRecordsError(InvalidRecordError):
+    """Two regions give one country (the same official name) different records."""
 
 
 # --- Load ----------------------------------------------------------------------
 
 
 class LoadError(CountriesError):
-    """The table could not be replaced; the previous table is left exactly as it was."""
+    """The table could not be replaced; it is left exactly as it was."""
 
 
 class DatabaseUnreachableError(LoadError):
@@ -203,38 +194,10 @@ class QualityGateError(LoadError):
 
 
 class TableBusyError(LoadError):
-    """Another session held a lock the load needed for longer than the load may wait; nothing was written.
-
-    The message names the blocking sessions (pid, user, application, state, how
-    long their transaction has been open, their query shortened).
-    """
-
-
-# --- added by the source stage (flows/source) ------------------------------------
-
-
-class UnknownRegionNameError(UnknownRegionError, ConfigurationError):
-    """A region or subregion name the API does not document; raised before any request, with a suggestion."""
-
-
-class WrongBaseUrlError(PermanentApiError):
-    """Every region answered HTTP 404: the base URL's path looks wrong. ``url`` is the full URL of one request."""
-
-
-class NothingListeningError(PermanentApiError):
-    """Nothing accepts connections at the API's host and port (connection refused), after brief retries."""
+    """A lock the load needed was held for longer than the load may wait; the message names the blocking
+    sessions (pid, user, application, state, transaction age, query shortened). Nothing was written."""
 
 
 class LoadInterruptedError(LoadError):
-    """The load was interrupted (``flows.load.interrupt_loads``) before its commit and rolled back.
-
-    The message starts with "interrupted: the table was not changed".
-    """
-
-
-class ConflictingRecordsError(InvalidRecordError):
-    """Two regions give one country (the same official name) different records; the table is left as it was."""
-
-
-class RegionsFailedError(CountriesError):
-    """Regions of one run failed for different causes; the message lists each cause once, with its requests."""
+    """The load was interrupted (``flows.load.interrupt_loads``) before its commit and rolled back; the
+    message starts with "interrupted: the table was not changed"."""

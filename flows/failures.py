@@ -1,11 +1,4 @@
-"""How expected failures show in Prefect: the cause first, once, without a traceback.
-
-- :func:`failing_with_the_cause`: a task body whose expected failure (a ``CountriesError``) ends its
-  task in a Failed state whose message is the cause, for the tasks without a cache policy.
-- :class:`ExpectedFailuresWithoutTraceback`: installed on Prefect's task-run logger by
-  :func:`quiet_expected_failures`, it drops the traceback of "Retries are exhausted" records of
-  expected failures (the fetch task raises: Prefect would cache a returned Failed state).
-"""
+"""How expected failures (``CountriesError``) show in Prefect: the cause first, once, without a traceback."""
 
 from __future__ import annotations
 
@@ -18,32 +11,16 @@ from prefect.states import Failed, State
 
 from flows.errors import CountriesError
 
-
-class ExpectedFailuresWithoutTraceback(logging.Filter):
-    """Drops the traceback from Prefect's "Task run failed … Retries are exhausted" record when the failure
-    is an expected one (a ``CountriesError``, whose one line says it all); unexpected errors keep theirs.
-
-    Prefect logs that record with ``exc_info`` and has no setting to leave it out; a filter on its task-run
-    logger is the public means (``logging``). Only records carrying a ``CountriesError`` are touched."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], CountriesError):
-            record.exc_info, record.exc_text = None, None
-        return True
-
-
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
 def failing_with_the_cause(fn: Callable[P, R]) -> Callable[P, R | State]:
-    """A task body whose expected failures (``CountriesError``) end it in a Failed state whose message is the
-    cause (``quality gate: …``), not Prefect's "Task run encountered an exception …"; the error is the state's
-    data, so retry conditions see it as if raised. Unexpected errors are raised. Only for tasks without a
-    cache policy: Prefect caches a returned state's data as the task's result.
+    """A task body whose ``CountriesError`` ends its task Failed with the cause as the message (``quality gate:
+    …``, not "Task run encountered an exception …") and the error as the state's data. Unexpected errors are
+    raised. Only for tasks without a cache policy: Prefect would cache the returned state as the result.
 
-    Call such a task with ``return_state=True`` and read ``await state.aresult()``, which raises the error (a
-    plain call would return the Failed state itself)."""
+    Call such a task with ``return_state=True`` and read ``await state.aresult()``, which raises the error."""
 
     @functools.wraps(fn)
     def run(*args: P.args, **kwargs: P.kwargs) -> R | State:
@@ -55,6 +32,14 @@ def failing_with_the_cause(fn: Callable[P, R]) -> Callable[P, R | State]:
     return run
 
 
+class ExpectedFailuresWithoutTraceback(logging.Filter):
+    """Drops the traceback from Prefect's "Task run failed … Retries are exhausted" record of a
+    ``CountriesError`` (Prefect has no setting for it); unexpected errors keep theirs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], CountriesError):
+            record.exc_info, record.exc_text = None, None
+        return True
 
 
 def quiet_expected_failures() -> None:

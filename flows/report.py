@@ -1,8 +1,8 @@
-"""What a run of the countries flow did, as a summary line, log lines and a Prefect artifact.
+"""What a run of the countries flow did, as a summary line and a Prefect artifact.
 
-- :class:`RegionFetch`: the records of one region and when and how they were fetched
-  (a cached fetch keeps the time it really happened).
-- :class:`RunSummary`: a completed run; :meth:`RunSummary.one_line` is the command
+- :class:`RegionFetch`: one region's records and when and how they were fetched (a cached fetch keeps
+  the time it really happened).
+- :class:`RunSummary`: a completed run; :meth:`RunSummary.one_line` is the log's and the command
   line's last line, :meth:`RunSummary.markdown` the artifact.
 - :func:`failure_markdown`: the short report a failed run publishes.
 - :func:`artifact_key`: one artifact key per table, so its history is that table's timeline.
@@ -18,29 +18,22 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from flows.errors import InvalidTableNameError
+from flows.load import parse_table_name
 from flows.load.changes import ChangeSummary
 
 
 @dataclass(frozen=True)
 class RegionFetch:
-    """The records of one region or subregion, with how they were fetched.
-
-    ``fetched_at`` is when the API answered (UTC); a result served from the
-    fetch cache keeps that time, so a run can tell it apart from a fresh fetch.
-    ``requests`` counts HTTP requests, ``retries`` those that were retries.
-    """
+    """The records of one region or subregion (``countries`` of them), fetched at ``fetched_at`` (UTC) with
+    ``requests`` HTTP requests, ``retries`` of them retries."""
 
     region: str
     records: list[dict[str, Any]]
+    countries: int
     fetched_at: datetime
     requests: int
     retries: int = 0
-    countries: int = -1
-    """How many records the fetch returned (kept when :meth:`figures` drops the records)."""
-
-    def __post_init__(self) -> None:
-        if self.countries < 0:
-            object.__setattr__(self, "countries", len(self.records))
 
     def figures(self) -> RegionFetch:
         """This fetch without its records: what the run's summary keeps (Prefect need not walk the data)."""
@@ -55,28 +48,24 @@ def artifact_key(table: str) -> str:
     """The report artifact's key for ``table``: one per table however its name is written, and always a key
     Prefect accepts (lowercase letters, digits and dashes) for any name the loader accepts.
 
-    ``countries-<table>`` for a table in ``public`` or unqualified, else ``countries-<schema>--<table>``,
-    underscores as dashes: ``northern_europe_countries`` and ``public.northern_europe_countries`` ->
+    ``northern_europe_countries`` and ``public.northern_europe_countries`` ->
     ``countries-northern-europe-countries``; ``analytics.countries`` -> ``countries-analytics--countries``.
-    A name the slug does not spell back exactly (capitals, ``$``, other characters, ``__``, ``_`` at either
-    end) also gets a hash of the exact name, so two tables never share a key.
+    A name the slug does not spell back exactly (capitals, ``$``, ``__``, ``_`` at either end) also gets a
+    hash of the exact name, so two tables never share a key.
     """
-    from flows.errors import InvalidTableNameError
-    from flows.load import parse_table_name
-
     try:
         name = parse_table_name(table)
         parts = [name.name] if name.schema in (None, "public") else [name.schema, name.name]
     except InvalidTableNameError:
         parts = [table]
-    slugs = [re.sub(r"[^a-z0-9]+", "-", part.lower()).strip("-") or "table" for part in parts]
-    key = "countries-" + "--".join(slugs)
+    key = "countries-" + "--".join(re.sub(r"[^a-z0-9]+", "-", part.lower()).strip("-") or "table" for part in parts)
     if any(not re.fullmatch(r"[a-z0-9]+(_[a-z0-9]+)*", part) for part in parts):
         key += "-" + hashlib.sha256(".".join(parts).encode()).hexdigest()[:8]
     return key
 
 
 def _when(moment: datetime) -> str:
+    """A moment as the reports show it: ``2026-01-31 12:00:00 UTC``."""
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
@@ -85,13 +74,19 @@ def plural(count: int, noun: str, many: str | None = None) -> str:
     return f"{count} {noun if count == 1 else (many or noun + 's')}"
 
 
+def _table(title: str, rows: list[tuple[str, Any]], seconds: float) -> list[str]:
+    """A report's heading and its ``| what | value |`` table, the duration last."""
+    rows = [*rows, ("duration", f"{seconds:.2f} s")]
+    return [f"# {title}", "", "| what | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
+
+
 @dataclass
 class RunSummary:
     """What a completed run did; the flow returns it and publishes it as the table's artifact.
 
-    ``preview`` is the table's new content as text (pandas' display: every row of a small table, the
-    first and last rows of a large one); None when the run skipped the transform and load. The summary
-    holds no data (no frame, no records), so Prefect has nothing large to walk or keep.
+    It holds figures, not data: ``fetches`` without their records, and ``preview``, the table's new
+    content as pandas displays it (every row of a small table, the first and last of a large one; None
+    when the run skipped the transform and load).
     """
 
     table: str
@@ -100,23 +95,26 @@ class RunSummary:
     deleted: int
     inserted: int
     previous_rows: int | None
-    changed: bool
     countries: int
     currencies: int
     fetches: list[RegionFetch]
     started: datetime
     seconds: float
-    changes: ChangeSummary | None = None
+    changes: ChangeSummary
     repaired: bool = False
     strategy: str = "rows"
     step_seconds: dict[str, float] = field(default_factory=dict)
     preview: str | None = field(default=None, repr=False)
 
     @property
-    def edited_rows(self) -> int:
-        """When :attr:`repaired`: how many rows had been edited by hand (an edited row is one deleted and
-        one inserted; a row removed by hand is only inserted back, a row added by hand only deleted)."""
-        return max(self.deleted, self.inserted)
+    def changed(self) -> bool:
+        """Whether the run wrote anything."""
+        return self.deleted + self.inserted > 0
+
+    @property
+    def cached(self) -> list[RegionFetch]:
+        """The regions served from the fetch cache."""
+        return [f for f in self.fetches if f.from_cache(self.started)]
 
     @property
     def requests(self) -> int:
@@ -128,29 +126,20 @@ class RunSummary:
         """Of :attr:`requests`, those that were retries."""
         return sum(f.retries for f in self.fetches if not f.from_cache(self.started))
 
-    @property
-    def cached(self) -> list[RegionFetch]:
-        """The regions served from the fetch cache."""
-        return [f for f in self.fetches if f.from_cache(self.started)]
-
-    def _changes_text(self) -> str:
-        if self.changes is not None:
-            return self.changes.phrase()
-        return "new table" if self.previous_rows is None else "changes not computed"
-
     def one_line(self) -> str:
-        """The summary line: what was written (rows deleted and inserted, never the frame's size), e.g.
-        ``loaded public.t at …: 1 row deleted, 1 inserted (1 population changed), 20 rows in the table; 1 API
-        request``; ``unchanged: … nothing written`` when nothing was; ``repaired …`` when rows edited outside
-        the pipeline were put back."""
+        """The summary line: what was written (never the frame's size), e.g. ``loaded public.t at …: 1 row
+        deleted, 1 inserted (1 population changed), 20 rows in the table; 1 API request``; ``unchanged: …
+        nothing written``, or ``repaired 1 row edited outside the pipeline …`` (an edited row is deleted and
+        inserted back; a swap rewrites every row, so it gives no count)."""
         where = f"{self.table} at {self.database}"
-        written = f"{plural(self.deleted, 'row')} deleted, {self.inserted} inserted ({self._changes_text()})"
+        written = f"{plural(self.deleted, 'row')} deleted, {self.inserted} inserted ({self.changes.phrase()})"
         if not self.changed:
             done = f"unchanged: {plural(self.rows, 'row')} already in {where}, nothing written"
-        elif self.repaired and self.strategy == "swap":  # swap rewrites every row: no count of the edited ones
+        elif self.repaired and self.strategy == "swap":
             done = f"repaired rows edited outside the pipeline in {where} (the table swapped): {written}"
         elif self.repaired:
-            done = f"repaired {plural(self.edited_rows, 'row')} edited outside the pipeline in {where}: {written}"
+            edited = plural(max(self.deleted, self.inserted), "row")
+            done = f"repaired {edited} edited outside the pipeline in {where}: {written}"
         else:
             done = f"loaded {where}: {written}, {plural(self.rows, 'row')} in the table"
         api = plural(self.requests, "API request")
@@ -171,20 +160,16 @@ class RunSummary:
             *([("repaired", "rows edited outside the pipeline were put back")] if self.repaired else []),
             ("countries", self.countries),
             ("currencies", self.currencies),
-            ("changes", self._changes_text()),
+            ("changes", self.changes.phrase()),
             ("API requests", f"{self.requests} ({plural(self.retries, 'retry', 'retries')})"),
-            ("duration", f"{self.seconds:.2f} s"),
         ]
-        lines = ["# Countries load", "", "| what | value |", "|---|---|"]
-        lines += [f"| {k} | {v} |" for k, v in rows]
+        lines = _table("Countries load", rows, self.seconds)
         lines += ["", "## Sources", "", "| region | countries | fetched | requests |", "|---|---|---|---|"]
         for f in self.fetches:
-            how = (
-                f"from the cache (fetched {_when(f.fetched_at)})" if f.from_cache(self.started) else _when(f.fetched_at)
-            )
-            requests = 0 if f.from_cache(self.started) else f.requests
-            lines.append(f"| {f.region} | {f.countries} | {how} | {requests} |")
-        if self.changes is not None and self.previous_rows is not None:
+            cached = f.from_cache(self.started)
+            how = f"from the cache (fetched {_when(f.fetched_at)})" if cached else _when(f.fetched_at)
+            lines.append(f"| {f.region} | {f.countries} | {how} | {0 if cached else f.requests} |")
+        if self.previous_rows is not None:
             lines += ["", "## Changes", "", self.changes.markdown().strip()]
         if self.step_seconds:
             lines += ["", "## Steps", "", "| step | seconds |", "|---|---|"]
@@ -198,8 +183,5 @@ def failure_markdown(table: str, message: str, seconds: float) -> str:
         ("table", f"`{table}`"),
         ("result", "**failed**: the table was not changed"),
         ("cause", message.replace("|", "\\|")),
-        ("duration", f"{seconds:.2f} s"),
     ]
-    lines = ["# Countries load failed", "", "| what | value |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in rows]
-    return "\n".join(lines) + "\n"
+    return "\n".join(_table("Countries load failed", rows, seconds)) + "\n"

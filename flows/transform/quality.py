@@ -1,50 +1,25 @@
-"""The quality gate: rules the data must pass before it may replace the table.
+"""The quality gate: the rules the countries frame must pass before it may replace the table.
 
-Pure (no database): ``validate_countries(df)`` checks the transformed countries frame against
-``FRAME_RULES`` (shape and dtypes) and then ``ROW_RULES`` (per-row values). The rules are data:
-to add one, append a ``FrameRule`` or ``RowRule``.
-The row-drop rule (a load smaller than a fraction of the table) is the load's:
-``flows.load.changes.check_row_drop``, applied against the table it replaces.
-
-Every failure is a ``QualityGateError`` whose message is one line naming the
-first problem found and how many rows it affects, ending with
-"the table was not changed".
+``validate_countries(df)`` checks ``FRAME_RULES`` (shape and dtypes), then ``ROW_RULES`` (per-row
+values, derived from ``flows.transform.schema``). The rules are data: to add one, append to a list.
+The row-drop rule belongs to the load (``flows.load.changes.check_row_drop``), which knows the table.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import pandas as pd
 
-from flows.transform import schema
 from flows.errors import QualityGateError
-
-logger = logging.getLogger(__name__)
-
-COLUMNS: tuple[str, ...] = schema.COLUMN_NAMES
-"""The countries table's columns, in order (from ``flows.transform.schema``)."""
-
-_NOT_CHANGED = "the table was not changed"
-
-
-@dataclass(frozen=True)
-class FrameRule:
-    """A rule on the frame as a whole: ``problem(df)`` returns a description, or ``None`` if it passes."""
-
-    name: str
-    problem: Callable[[pd.DataFrame], str | None]
+from flows.transform import schema
 
 
 @dataclass(frozen=True)
 class RowRule:
-    """A rule on each row: ``failing(df)`` is a boolean mask of the rows that break it.
-
-    The message reads "<n> rows have <problem> (e.g. <example>)", where the
-    example is ``example(df, index_label)`` for the first failing row.
-    """
+    """A rule on each row: ``failing(df)`` is a boolean mask of the rows that break it; the message reads
+    "<n> rows have <problem> (e.g. <example>)", ``example(df, index_label)`` for the first failing row."""
 
     name: str
     problem: str
@@ -52,33 +27,29 @@ class RowRule:
     example: Callable[[pd.DataFrame, object], str]
 
 
-def _is_string_like(series: pd.Series) -> bool:
+def _columns_problem(df: pd.DataFrame) -> str | None:
+    actual = [str(c) for c in df.columns]
+    if tuple(actual) == schema.COLUMN_NAMES:
+        return None
+    expected = ", ".join(schema.COLUMN_NAMES)
+    return f"the columns are [{', '.join(actual)}], expected exactly [{expected}] in that order"
+
+
+def _is_text(series: pd.Series) -> bool:
     """A str dtype, or an object column whose values are all str (or missing)."""
     if series.dtype == object:
         return pd.api.types.infer_dtype(series, skipna=True) in ("string", "empty")
     return pd.api.types.is_string_dtype(series.dtype) and not isinstance(series.dtype, pd.CategoricalDtype)
 
 
-def _columns_problem(df: pd.DataFrame) -> str | None:
-    actual = [str(c) for c in df.columns]
-    if tuple(actual) == COLUMNS:
-        return None
-    expected = ", ".join(COLUMNS)
-    return f"the columns are [{', '.join(actual)}], expected exactly [{expected}] in that order"
-
-
 def _dtypes_problem(df: pd.DataFrame) -> str | None:
     for col in schema.COLUMNS:
         series = df[col.name]
-        if col.dtype == "str" and not _is_string_like(series):
+        if col.dtype == "str" and not _is_text(series):
             return f'column "{col.name}" has dtype {series.dtype}, expected text (str)'
         if col.dtype == "int64" and not pd.api.types.is_integer_dtype(series.dtype):
             return f'column "{col.name}" has dtype {series.dtype}, expected an integer dtype'
     return None
-
-
-def _empty_problem(df: pd.DataFrame) -> str | None:
-    return "the data has no rows" if len(df) == 0 else None
 
 
 def _name_of(df: pd.DataFrame, label: object) -> str:
@@ -100,42 +71,35 @@ def _at_least(col: schema.Column, minimum: int) -> RowRule:
     )
 
 
-FRAME_RULES: list[FrameRule] = [
-    FrameRule("columns", _columns_problem),
-    FrameRule("dtypes", _dtypes_problem),
-    FrameRule("not empty", _empty_problem),
+FRAME_RULES: list[Callable[[pd.DataFrame], str | None]] = [
+    _columns_problem,
+    _dtypes_problem,
+    lambda df: "the data has no rows" if len(df) == 0 else None,
 ]
-"""Checked first, in order; the row rules assume these passed."""
+"""Checked first, in order, each returning a problem or None; the row rules assume these passed."""
 
 ROW_RULES: list[RowRule] = [
     *(_required(col) for col in schema.COLUMNS if col.required),
     *(_at_least(col, col.minimum) for col in schema.COLUMNS if col.minimum is not None),
 ]
-"""Checked in order after the frame rules; the first rule with failing rows is reported.
-
-Derived from ``flows.transform.schema``: a required column has a value in every row; a
-column with a minimum has no value below it."""
+"""Checked in order after the frame rules: a required column has a value in every row; a column with a
+minimum has no value below it."""
 
 
 def validate_countries(df: pd.DataFrame) -> None:
-    """Check the transformed countries frame; return ``None`` if it may be loaded.
+    """Return None if the frame may be loaded; it is not modified.
 
-    Input: the frame the transform produced. Nothing is modified.
-    Raises ``QualityGateError`` naming the first failed rule (frame rules,
-    then row rules, in list order) and, for row rules, how many rows fail
-    with an example, e.g.
-    ``quality gate: 2 rows have a negative population (e.g. "Narnia": -5); the table was not changed``.
+    Raises ``QualityGateError`` naming the first failed rule (frame rules, then row rules) and, for a
+    row rule, how many rows fail with an example, e.g. ``quality gate: 2 rows have a negative population
+    (e.g. "Narnia": -5); the table was not changed``.
     """
     for frame_rule in FRAME_RULES:
-        problem = frame_rule.problem(df)
-        if problem is not None:
-            raise QualityGateError(f"quality gate: {problem}; {_NOT_CHANGED}")
+        if (problem := frame_rule(df)) is not None:
+            raise QualityGateError(f"quality gate: {problem}; the table was not changed")
     for row_rule in ROW_RULES:
         failing = row_rule.failing(df).to_numpy(dtype=bool)
-        count = int(failing.sum())
-        if count:
-            label = df.index[failing.argmax()]
+        if count := int(failing.sum()):
             rows = "1 row has" if count == 1 else f"{count} rows have"
-            example = row_rule.example(df, label)
-            raise QualityGateError(f"quality gate: {rows} {row_rule.problem} (e.g. {example}); {_NOT_CHANGED}")
-    logger.debug("quality gate passed: %d rows", len(df))
+            example = row_rule.example(df, df.index[failing.argmax()])
+            problem = f"{rows} {row_rule.problem} (e.g. {example})"
+            raise QualityGateError(f"quality gate: {problem}; the table was not changed")

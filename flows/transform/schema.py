@@ -1,21 +1,11 @@
-"""The countries table, defined once.
+"""The countries table, defined once, and the table a run loads by default.
 
-Each :class:`Column` says what the column is called, its PostgreSQL type, where
-its values sit in an API record of each dialect (an unnest path, see
-``flows.transform.unnest``), and the rules its values obey. Everything else is derived
-from :data:`COLUMNS`:
-
-- the fields requested from the API and the unnest selection
-  (:func:`source_paths`, :func:`unnest_columns`);
-- the record checks run before the transform (:func:`check_records`): a value
-  of the wrong kind is one error naming the country and the value; a country
-  given differently by two regions is refused (:func:`each_country_once`);
-- the frame's dtypes and the load's SQL types (:func:`to_frame_dtypes`,
-  :data:`SQL_TYPES`);
-- the quality gate's rules (``flows.transform.quality``) and what the change report
-  compares (:data:`CHANGES`).
-
-Adding a column is one entry here (plus its tests).
+Each :class:`Column` of :data:`COLUMNS` says its name, its PostgreSQL type, its unnest path in each API
+dialect's records (``flows.transform.unnest``) and the rules its values obey. Derived from it: the fields
+requested and the unnest selection (:func:`source_paths`, :func:`unnest_columns`), the record checks
+(:func:`check_records`, :func:`each_country_once`), the frame's dtypes and the SQL types
+(:func:`to_frame_dtypes`, :data:`SQL_TYPES`), the quality gate's rules (``flows.transform.quality``) and
+what the change report compares (:data:`CHANGES`). Adding a column is one entry here (plus its tests).
 """
 
 from __future__ import annotations
@@ -26,9 +16,8 @@ import json
 import math
 import re
 import unicodedata
-from bisect import bisect_right
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import chain, repeat
 from typing import Any
 
@@ -37,6 +26,7 @@ from flows.load.changes import ChangeSpec, Measure, SetColumn
 
 BIGINT_MAX = 2**63 - 1
 BIGINT_MIN = -(2**63)
+
 
 class _Missing:
     def __repr__(self) -> str:
@@ -50,36 +40,18 @@ MISSING = _Missing()
 
 
 def _show(value: Any, limit: int = 60) -> str:
-    """A JSON-ish rendering of a raw value for messages, shortened."""
-    if isinstance(value, float) and not math.isfinite(value):
-        text = "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    elif isinstance(value, bool):
-        text = "true" if value else "false"
-    elif value is None:
-        text = "null"
-    elif isinstance(value, str):
-        text = '"' + value + '"'
-    elif isinstance(value, Mapping | list | tuple):
-        text = json.dumps(value, ensure_ascii=False, default=str)
-    else:
-        text = repr(value)
+    """A raw value for messages, as JSON (``null``, ``true``, ``"text"``, ``Infinity``), shortened."""
+    text = json.dumps(value, ensure_ascii=False, default=repr)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+_KINDS = {type(None): "null", bool: "a boolean", str: "a string", int: "a number", float: "a number",
+          dict: "an object", list: "a list"}  # fmt: skip
+
+
 def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, Mapping):
-        return "an object"
-    if isinstance(value, list | tuple):
-        return "a list"
-    return f"a {type(value).__name__}"
+    """What a JSON value is, in words: ``a number``, ``an object``."""
+    return _KINDS.get(type(value), f"a {type(value).__name__}")
 
 
 _DECIMAL_TEXT = re.compile(r"[ \t]*([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)[ \t]*", re.ASCII)
@@ -105,16 +77,12 @@ def whole_number(value: Any) -> str | None:
         return f"{_show(value)} (text, not a number)"
     if isinstance(number, float) and not math.isfinite(number):
         return f"{_show(value)} (not a finite number)"
-    if isinstance(number, float | decimal.Decimal):
-        if not BIGINT_MIN <= number <= BIGINT_MAX:  # compared exactly, before any conversion
-            return f"{_show(value)} (outside bigint, at most {BIGINT_MAX})"
-        if number != int(number):
-            return f"{_show(value)} (not a whole number)"
-        number = int(number)
-    if not isinstance(number, int):
+    if not isinstance(number, int | float | decimal.Decimal):
         return f"{_show(value)} ({_kind(value)})"
-    if not BIGINT_MIN <= number <= BIGINT_MAX:
+    if not BIGINT_MIN <= number <= BIGINT_MAX:  # compared exactly, before any conversion
         return f"{_show(value)} (outside bigint, at most {BIGINT_MAX})"
+    if number != int(number):
+        return f"{_show(value)} (not a whole number)"
     return None
 
 
@@ -188,17 +156,11 @@ def all_currency_shapes(values: list[Any]) -> bool:
 class Column:
     """One column of the countries table.
 
-    ``sources`` maps an API dialect name to the column's unnest path in that
-    dialect's records (``*`` explodes a list or a code-keyed object). The
-    *container* is the path up to the first ``*``: ``rule`` is applied to the
-    raw value found there in every record, and returns a description of the
-    problem or ``None``; ``expected`` says in words what the rule accepts.
-    ``all_pass`` answers for the values of many records at once, cheaply: True
-    only if ``rule`` passes every one (None and MISSING included only when the
-    column is not required); a False sends the check through ``rule`` value by
-    value, to name the first problem.
-    ``required``: every record has a value (not missing, not null).
-    ``minimum``: the smallest value allowed (numbers).
+    ``sources``: the column's unnest path per API dialect (``*`` explodes a list or a code-keyed object).
+    ``rule``: the raw value at the path's *container* (up to the first ``*``) -> a problem, or None;
+    ``expected`` says in words what it accepts; ``all_pass``: True only if ``rule`` passes every value of
+    a list (cheaply; a False sends the check value by value). ``required``: never missing nor null;
+    ``minimum``: the smallest number allowed; ``dtype``: the frame's (``int64``: read by :func:`as_whole_number`).
     """
 
     name: str
@@ -210,7 +172,6 @@ class Column:
     required: bool = False
     minimum: int | None = None
     dtype: str = "str"
-    convert: Callable[[Any], Any] | None = field(default=None, repr=False)
 
     def source(self, dialect: str) -> str:
         """The unnest path of this column in ``dialect``'s records."""
@@ -218,8 +179,7 @@ class Column:
 
     def container(self, dialect: str) -> str:
         """The path up to the first ``*`` (the whole path if there is none)."""
-        path = self.sources[dialect]
-        return path.split(".*", 1)[0]
+        return self.sources[dialect].split(".*", 1)[0]
 
 
 COLUMNS: tuple[Column, ...] = (
@@ -250,7 +210,6 @@ COLUMNS: tuple[Column, ...] = (
         required=True,
         minimum=0,
         dtype="int64",
-        convert=as_whole_number,
     ),
 )
 """The columns, in table order."""
@@ -266,10 +225,7 @@ SORT_BY: tuple[str, ...] = ("nation_official_name", "currency_name")
 
 def column(name: str) -> Column:
     """The column called ``name`` (KeyError if there is none)."""
-    for col in COLUMNS:
-        if col.name == name:
-            return col
-    raise KeyError(name)
+    return {c.name: c for c in COLUMNS}[name]
 
 
 def source_paths(dialect: str) -> tuple[str, ...]:
@@ -285,10 +241,9 @@ def unnest_columns(dialect: str) -> dict[str, str]:
 def values_at(records: list[Any], path: str) -> list[Any]:
     """The values at dotted ``path`` in each of ``records``, in one pass per path segment.
 
-    Without ``*``: one value per record, :data:`MISSING` where a record has no such key (or a
-    value on the way is not a dict). A ``*`` segment stands for every element of a list or value
-    of a dict there (none for anything else), so the result may be longer or shorter than
-    ``records`` and holds no MISSING from below the ``*``.
+    Without ``*``: one value per record, :data:`MISSING` where there is none. ``*`` stands for every
+    element of a list or value of a dict (none for anything else), so the result may be longer or
+    shorter than ``records`` and holds no MISSING from below the ``*``.
     """
     values = records
     for part in path.split("."):
@@ -312,46 +267,34 @@ def each_country_once(
 ) -> list[Mapping[str, Any]]:
     """The records of every region, each country once: ``fetches`` are (region, records) pairs.
 
-    Regions may overlap (``Europe`` and ``Northern Europe``): a record equal to one already
-    kept for the same :data:`KEY` value in the fields the table reads (the columns' sources;
-    not ``region`` or ``subregion``) is dropped (the first is kept, order kept). A record
-    without a name cannot be matched and is kept (the record checks then refuse it). Raises
-    ``ConflictingRecordsError`` when two records of one name differ, naming the country, the
-    two regions and the fields that differ, e.g. ``"Narnia" differs between Asia and Europe
-    (currencies, population): each country must have one record; the table was not changed``.
+    Regions may overlap (``Europe`` and ``Northern Europe``): a record equal in the fields the table reads
+    to one kept for the same :data:`KEY` value is dropped (the first kept, order kept); a record without
+    a name is kept (the record checks refuse it). Raises ``ConflictingRecordsError`` when two records of
+    one name differ, e.g. ``"Narnia" differs between Asia and Europe (currencies, population): each
+    country must have one record; the table was not changed``.
     """
     parts = KEY.source(dialect).split(".")
     read = sorted({c.source(dialect).split(".")[0] for c in COLUMNS})  # the top-level fields the table reads
-    position: dict[str, int] = {}  # name -> index in out of its first record
-    starts: list[int] = []  # index in out of each region's first record
-    regions: list[str] = []
+    first: dict[str, tuple[Mapping[str, Any], str]] = {}  # name -> its first record and that record's region
     out: list[Mapping[str, Any]] = []
     for region, records in fetches:
-        starts.append(len(out))
-        regions.append(region)
         for record in records:
             name = record  # one pass, each record read once (measured faster than a pass per key)
             for part in parts:
                 name = name.get(part) if type(name) is dict else None
             if type(name) is str:
-                first = position.setdefault(name, len(out))
-                if first != len(out):
-                    kept = out[first]
-                    if kept != record and any(kept.get(k, MISSING) != record.get(k, MISSING) for k in read):
-                        _conflict(name, kept, record, read, regions[bisect_right(starts, first) - 1], region)
+                if name in first:
+                    kept, kept_region = first[name]
+                    differ = [k for k in read if kept.get(k, MISSING) != record.get(k, MISSING)]
+                    if differ:
+                        raise ConflictingRecordsError(
+                            f"{_country(name)} differs between {kept_region} and {region} ({', '.join(differ)}): "
+                            "each country must have one record; the table was not changed"
+                        )
                     continue
+                first[name] = (record, region)
             out.append(record)
     return out
-
-
-def _conflict(
-    name: str, first: Mapping[str, Any], other: Mapping[str, Any], read: list[str], first_region: str, region: str
-) -> None:
-    fields = [k for k in read if first.get(k, MISSING) != other.get(k, MISSING)]
-    raise ConflictingRecordsError(
-        f"{_country(name)} differs between {first_region} and {region} ({', '.join(map(str, fields))}): "
-        "each country must have one record; the table was not changed"
-    )
 
 
 def count_distinct(records: list[Mapping[str, Any]], column: Column, dialect: str) -> int:
@@ -362,15 +305,9 @@ def count_distinct(records: list[Mapping[str, Any]], column: Column, dialect: st
 def check_records(records: list[Mapping[str, Any]], dialect: str) -> int:
     """Check every record against the columns' rules; return how many records were checked.
 
-    For each column, the raw value at its container must pass its rule, and a
-    required column's value must be present and not null. Raises
-    ``InvalidRecordError`` naming the first bad record's country, the value
-    and what is accepted, plus how many values break a rule, e.g.
-    ``population of "Iceland" is 30654.7 (not a whole number): expected a whole
-    number within bigint; the table was not changed``.
-
-    Each column's values are checked at once (``Column.all_pass``); only a
-    column that fails is then read value by value for the message.
+    Raises ``InvalidRecordError`` naming the first bad record's country, the value and what is accepted,
+    plus how many values break a rule, e.g. ``population of "Iceland" is 30654.7 (not a whole number):
+    expected a whole number within bigint; the table was not changed``.
     """
     names: list[Any] | None = None
     problems: list[tuple[int, int, str]] = []
@@ -395,17 +332,12 @@ def check_records(records: list[Mapping[str, Any]], dialect: str) -> int:
 
 
 def to_frame_dtypes(frame: Any) -> Any:
-    """The unnested frame in table order with each column converted to its dtype.
-
-    Only for frames of records that passed :func:`check_records`: numbers that
-    are exact whole numbers in any form (``1e3``, ``"1000"``) become int64.
-    """
+    """The unnested frame of records that passed :func:`check_records`, in table order, each column in its
+    dtype: whole numbers in any form (``1e3``, ``"1000"``) become int64."""
     frame = frame.reindex(columns=list(COLUMN_NAMES))
     for col in COLUMNS:
-        if col.dtype == "int64" and col.convert is not None:
-            series = frame[col.name]
-            if str(series.dtype) != "int64":
-                frame[col.name] = series.map(col.convert, na_action="ignore").astype("Int64")
+        if col.dtype == "int64" and str(frame[col.name].dtype) != "int64":
+            frame[col.name] = frame[col.name].map(as_whole_number, na_action="ignore").astype("Int64")
     return frame
 
 
@@ -419,20 +351,22 @@ CHANGES = ChangeSpec(
 """What the change report compares: countries by name, their population, their set of currencies."""
 
 
-# --- the table's default name ------------------------------------------------------------
+# --- the table a run loads -----------------------------------------------------------------
 
 DEFAULT_REGIONS = ["Northern Europe"]
 
 
-def default_table(regions: Sequence[str]) -> str:
-    """The table a run loads when none is named: the regions' names, then ``_countries``.
+def target_table(table: str | None, regions: Sequence[str] | str | None) -> str:
+    """The table a run loads: ``table`` stripped, else :func:`default_table` of ``regions`` (a name, a list of
+    names, or none: :data:`DEFAULT_REGIONS`)."""
+    regions = [regions] if isinstance(regions, str) else list(regions or DEFAULT_REGIONS)
+    return str(table or "").strip() or default_table(regions)
 
-    ``["Northern Europe"]`` -> ``northern_europe_countries``; ``["all"]`` ->
-    ``all_countries`` (also when other regions are named with ``"all"``: it
-    takes them all); ``["Europe", "Asia"]`` -> ``europe_asia_countries``.
-    Names are folded to lower-case ASCII letters, digits and underscores; a name
-    longer than PostgreSQL's 63 bytes is shortened and keeps a hash of the whole.
-    """
+
+def default_table(regions: Sequence[str]) -> str:
+    """The table named after ``regions``: ``["Northern Europe"]`` -> ``northern_europe_countries``; ``["all"]``
+    (alone or not) -> ``all_countries``; ``["Europe", "Asia"]`` -> ``europe_asia_countries``. Folded to
+    lower-case ASCII letters, digits and underscores; over PostgreSQL's 63 bytes, shortened with a hash."""
     if any(str(region).strip().casefold() == "all" for region in regions):
         regions = ["all"]
     parts = []

@@ -37,7 +37,7 @@ from prefect.client.schemas.responses import DeploymentResponse
 from prefect.events.filters import AutomationFilter, AutomationFilterTags
 
 from flows.errors import ConfigurationError, setting
-from flows.transform.schema import DEFAULT_REGIONS, default_table
+from flows.transform.schema import target_table
 
 HERE = Path(__file__).parent
 FLOW_NAME = "countries"
@@ -100,11 +100,7 @@ def freshness_name(deployment: DeploymentResponse) -> str:
 def deployment_table(deployment: DeploymentResponse) -> str:
     """The table a deployment's runs load: its ``table`` parameter, or the one its regions name by default."""
     parameters = deployment.parameters or {}
-    table = str(parameters.get("table") or "").strip()
-    if table:
-        return table
-    regions = parameters.get("regions") or DEFAULT_REGIONS
-    return default_table([regions] if isinstance(regions, str) else regions)
+    return target_table(parameters.get("table"), parameters.get("regions"))
 
 
 def active_interval(deployment: DeploymentResponse) -> timedelta | None:
