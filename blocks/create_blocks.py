@@ -37,7 +37,6 @@ import argparse
 import asyncio
 import os
 import sys
-from datetime import timedelta
 
 from flows.source import budget
 from flows.errors import ConfigurationError, CountriesError, setting
@@ -131,64 +130,37 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _connection_from_args(args: argparse.Namespace):
-    from prefect_sqlalchemy import ConnectionComponents, SyncDriver
+    """The database block's connection from ``--db-url`` or ``--host/--port/--user/--database``, or None."""
+    import sqlalchemy as sa
 
     password = os.environ.get(args.password_env) or None
+    parts = args.host or args.user or args.database
     if args.db_url is not None and not args.db_url.strip():
         raise ConfigurationError(
             f"{setting('db_url')} is empty: give the database's URL (`python -m flows.ops.local url` prints nothing "
             "while the local database is stopped)"
         )
-    if args.db_url:
-        if args.host or args.user or args.database:
-            raise ConfigurationError(
-                f"give either {setting('db_url')} or {setting('host')}/{setting('user')}/{setting('database')}, "
-                "not both"
-            )
-        return settings.connection_from_url(args.db_url, password)
-    if args.host or args.user or args.database:
+    if args.db_url and parts:
+        raise ConfigurationError(
+            f"give either {setting('db_url')} or {setting('host')}/{setting('user')}/{setting('database')}, not both"
+        )
+    if parts:
         missing = [setting(n) for n in ("host", "user", "database") if not getattr(args, n)]
         if missing:
             raise ConfigurationError(
                 f"missing {', '.join(missing)}: give all of {setting('host')}, {setting('user')} and "
                 f"{setting('database')}"
             )
-        return ConnectionComponents(
-            driver=SyncDriver.POSTGRESQL_PSYCOPG2,
-            username=args.user,
-            password=password,
-            host=args.host,
-            port=args.port,
-            database=args.database,
-        )
-    return None
-
-
-def _or_default(value: float | None, default: float) -> float:
-    return default if value is None else value
-
-
-def _check_base_url(url: str | None) -> None:
-    if not url:  # not given, or '' (clears it)
-        return
-    import httpx
-
-    try:
-        parsed = httpx.URL(url)
-    except httpx.InvalidURL:
-        parsed = None
-    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
-        raise ConfigurationError(
-            f"{setting('base_url')} {url!r} is not an http(s) URL: give the API's base URL with its path, e.g. "
-            "http://HOST:PORT for a v3.1 server, https://HOST/countries/v5 for v5"
-        )
+        url = sa.URL.create("postgresql+psycopg2", args.user, None, args.host, args.port, args.database)
+        return settings.connection_from_url(url.render_as_string(), password)
+    return settings.connection_from_url(args.db_url, password) if args.db_url else None
 
 
 async def _run(args: argparse.Namespace) -> list[str]:
     """Check every option (and that the blocks it names exist) before changing anything, then save and apply."""
     from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
 
+    from flows.parameters import check_base_url
     from flows.source import check_key
 
     connection = _connection_from_args(args)
@@ -201,7 +173,8 @@ async def _run(args: argparse.Namespace) -> list[str]:
             f"{setting('rate_burst')} must be at least 1 and {setting('rate_per_second')} more than 0, got "
             f"{args.rate_burst} and {args.rate_per_second:g}"
         )
-    _check_base_url(args.base_url)
+    if args.base_url:  # '' clears it
+        check_base_url(args.base_url)
     changes = {
         "base_url": args.base_url,
         "notify_block": args.notify_block,
@@ -209,28 +182,14 @@ async def _run(args: argparse.Namespace) -> list[str]:
         "crash_after_seconds": args.crash_after,
         "rerun_window_minutes": args.rerun_window,
     }
-    saved = await settings.load_settings()
-    wanted = settings.merged(saved, **changes)
-    options = automations.Options(
-        crash_after=timedelta(
-            seconds=_or_default(wanted.crash_after_seconds, automations.DEFAULT_CRASH_AFTER.total_seconds())
-        ),
-        rerun_window=timedelta(
-            minutes=_or_default(wanted.rerun_window_minutes, automations.DEFAULT_RERUN_WINDOW.total_seconds() / 60)
-        ),
-        notify_block=wanted.notify_block,
-        stale_after_intervals=_or_default(wanted.stale_after_intervals, automations.DEFAULT_STALE_AFTER_INTERVALS),
-    )
-    automations.check_options(options)
-    async with get_client() as client:
-        notify = None
-        if options.notify_block:
-            notify = await automations.find_notification_block(client, options.notify_block)
-        try:
-            found = await client.read_global_concurrency_limit_by_name(budget.RATE_LIMIT_NAME)
-            limit_before = (found.limit, found.slot_decay_per_second)
-        except ObjectNotFound:
-            limit_before = None
+    # An option left out keeps the saved value; an empty one ('') clears it.
+    changed = {k: (None if v == "" else v) for k, v in changes.items() if v is not None}
+    wanted = (await settings.load_settings()).model_copy(update=changed)
+    automations.choices(wanted)  # raises for a setting that cannot work
+    notify = None
+    if wanted.notify_block:
+        async with get_client() as client:
+            notify = await automations.find_notification_block(client, wanted.notify_block)
 
     # Everything checked: now the changes.
     done: list[str] = []
@@ -240,19 +199,18 @@ async def _run(args: argparse.Namespace) -> list[str]:
     if api_key:
         await settings.save_api_key_block(api_key)
         done.append(f"saved block '{settings.API_KEY_BLOCK}' from ${args.api_key_env}")
-    await budget.ensure_rate_limit(burst=args.rate_burst, per_second=args.rate_per_second, update=True)
-    unchanged = limit_before == (args.rate_burst, args.rate_per_second)
+    changed_limit = await budget.ensure_rate_limit(burst=args.rate_burst, per_second=args.rate_per_second, update=True)
     done.append(
         f"rate limit '{budget.RATE_LIMIT_NAME}': burst {args.rate_burst}, {args.rate_per_second:g}/s"
-        + (" (unchanged)" if unchanged else "")
+        + ("" if changed_limit else " (unchanged)")
     )
-    if any(v is not None for v in changes.values()):
+    if changed:
         await wanted.asave(settings.SETTINGS_BLOCK, overwrite=True)
         done.append(f"saved block '{settings.SETTINGS_BLOCK}' (operator settings)")
     if wanted.base_url:
         done.append(f"API base URL trusted with the key and used by default: {wanted.base_url}")
 
-    done += await automations.ensure_operations(options, notify)
+    done += await automations.ensure_operations(wanted, notify)
     return done
 
 

@@ -290,15 +290,6 @@ async def load_settings() -> CountriesSettings:
         return CountriesSettings()
 
 
-def merged(saved: CountriesSettings, **changes: object) -> CountriesSettings:
-    """``saved`` with ``changes``: a change to ``None`` keeps the saved value (so a re-run of the setup without
-    an option changes nothing); an empty string clears it. Raises ``TypeError`` for an unknown setting."""
-    unknown = set(changes) - set(CountriesSettings.model_fields)
-    if unknown:
-        raise TypeError(f"unknown settings {sorted(unknown)}")
-    return saved.model_copy(update={k: (None if v == "" else v) for k, v in changes.items() if v is not None})
-
-
 def _clean(url: str | None) -> str | None:
     url = (url or "").strip().rstrip("/")
     return url or None

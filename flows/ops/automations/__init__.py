@@ -37,6 +37,7 @@ from prefect.client.schemas.responses import DeploymentResponse
 from prefect.events.filters import AutomationFilter, AutomationFilterTags
 
 from flows.errors import ConfigurationError, setting
+from flows.ops.settings import CountriesSettings
 from flows.transform.schema import DEFAULT_REGIONS, default_table
 
 HERE = Path(__file__).parent
@@ -201,42 +202,54 @@ async def apply_automation(client: PrefectClient, wanted: AutomationCore) -> str
 
 
 @dataclass(frozen=True)
-class Options:
-    """The operator's choices (``blocks/create_blocks.py`` fills them from its options, then the saved settings)."""
+class Choices:
+    """The operator's settings the automations use, with the built-in defaults for those not saved."""
 
-    crash_after: timedelta = DEFAULT_CRASH_AFTER
-    rerun_window: timedelta = DEFAULT_RERUN_WINDOW
-    notify_block: str | None = None
-    stale_after_intervals: float = DEFAULT_STALE_AFTER_INTERVALS
+    crash_after: timedelta
+    rerun_window: timedelta
+    stale_after_intervals: float
+    notify_block: str | None
 
 
-def check_options(options: Options) -> None:
-    """Raise ``ConfigurationError`` (one line) when a number in ``options`` cannot work."""
-    if options.crash_after < timedelta(seconds=2 * MINIMUM_HEARTBEAT_SECONDS):
+def choices(saved: CountriesSettings) -> Choices:
+    """The ``saved`` operator settings as :class:`Choices`; ``ConfigurationError`` (one line) when one cannot work."""
+
+    def given(value: float | None, default: float) -> float:
+        return default if value is None else value
+
+    chosen = Choices(
+        crash_after=timedelta(seconds=given(saved.crash_after_seconds, DEFAULT_CRASH_AFTER.total_seconds())),
+        rerun_window=timedelta(minutes=given(saved.rerun_window_minutes, DEFAULT_RERUN_WINDOW.total_seconds() / 60)),
+        stale_after_intervals=given(saved.stale_after_intervals, DEFAULT_STALE_AFTER_INTERVALS),
+        notify_block=saved.notify_block,
+    )
+    if chosen.crash_after < timedelta(seconds=2 * MINIMUM_HEARTBEAT_SECONDS):
         raise ConfigurationError(
             f"{setting('crash_after')} must be at least {2 * MINIMUM_HEARTBEAT_SECONDS} s (two heartbeats of "
-            f"{MINIMUM_HEARTBEAT_SECONDS} s, Prefect's shortest), got {describe_duration(options.crash_after)}"
+            f"{MINIMUM_HEARTBEAT_SECONDS} s, Prefect's shortest), got {describe_duration(chosen.crash_after)}"
         )
-    if not math.isfinite(options.stale_after_intervals) or options.stale_after_intervals <= 1:
+    if not math.isfinite(chosen.stale_after_intervals) or chosen.stale_after_intervals <= 1:
         raise ConfigurationError(
             f"{setting('stale_after_intervals')} must be more than 1 (one interval plus a margin), "
-            f"got {options.stale_after_intervals:g}"
+            f"got {chosen.stale_after_intervals:g}"
         )
-    if options.rerun_window <= timedelta(0):
+    if chosen.rerun_window <= timedelta(0):
         raise ConfigurationError(
             f"{setting('rerun_window')} must be a positive number of minutes, got "
-            f"{options.rerun_window.total_seconds() / 60:g}"
+            f"{chosen.rerun_window.total_seconds() / 60:g}"
         )
+    return chosen
 
 
-async def ensure_operations(options: Options, notify: BlockDocument | None = None) -> list[str]:
-    """Create or update the operations automations on the server; one report line per thing done or noticed.
+async def ensure_operations(saved: CountriesSettings, notify: BlockDocument | None = None) -> list[str]:
+    """Create or update the operations automations for the ``saved`` operator settings; one report line per
+    thing done or noticed (``warning:`` lines need the operator's attention).
 
-    ``notify`` is the notification block ``options.notify_block`` names (looked up when not given). Lines
-    starting with ``warning:`` need the operator's attention. Raises ``ConfigurationError`` when an option
-    cannot work or the notification block cannot be used, before anything is changed.
+    ``notify`` is the notification block the settings name (looked up when not given). Raises
+    ``ConfigurationError`` when a setting cannot work or the notification block cannot be used, before
+    anything is changed.
     """
-    check_options(options)
+    options = choices(saved)
     lines: list[str] = []
     async with get_client() as client:
         if options.notify_block and notify is None:
