@@ -1,28 +1,13 @@
 """Set up the Prefect server for the countries pipeline: blocks, rate limit, operations automations.
 
-Idempotent: run it as often as you like; it overwrites the blocks it manages and
-changes only the automations that differ. Run it after ``prefect deploy`` (the
-stale-table alerts are made per deployment it finds), and again whenever you add
-a deployment or change a schedule.
-
-- ``countries-db`` (``--db-block``): a prefect-sqlalchemy ``SqlAlchemyConnector``
-  for the target PostgreSQL, from a SQLAlchemy URL (``--db-url``) or from
-  ``--host/--port/--user/--database`` with the password read from an
-  environment variable (``--password-env``, default ``COUNTRIES_DB_PASSWORD``).
-- ``restcountries-api-key``: a ``Secret`` block with the API key, saved when
-  the environment variable named by ``--api-key-env`` (default
-  ``RESTCOUNTRIES_API_KEY``) is set.
-- ``restcountries-api``: the global rate limit every API request takes a slot of.
-- ``countries-settings``: the operator settings (``--base-url``, ``--notify-block``,
-  ``--stale-after-intervals``, ``--crash-after``, ``--rerun-window``); an option
-  left out keeps its saved value, an empty value (``--base-url ''``) clears it.
-- the operations automations (``flows/ops/automations/``): crashed-run detection,
-  crashed-run rerun and, with a notification block, stale-table alerts.
-
-It talks to the Prefect server in ``PREFECT_API_URL`` (or the local ephemeral
-one) and never prints or logs a secret: passwords are stored as secret fields
-and shown as ``***``. Every option, and every block it names, is checked before
-anything is changed: a call that fails (exit 2) has changed nothing.
+Saves the database block (``--db-url``, or ``--host/--port/--user/--database``
+with the password from ``--password-env``), the API key's Secret block (from
+``--api-key-env``), the ``restcountries-api`` rate limit, the operator settings
+(an option left out keeps its saved value, ``''`` clears it), and applies the
+automations of ``flows/ops/automations/``. Idempotent; run it after ``prefect
+deploy`` and again when deployments or schedules change. Every option and every
+block it names is checked first: a call that fails (exit 2, one ``error:`` line)
+has changed nothing. Never prints a secret. Talks to ``PREFECT_API_URL``.
 
 Usage (from the repository root, with the project installed: ``pip install -e .``)::
 

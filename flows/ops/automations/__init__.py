@@ -1,22 +1,11 @@
 """Unattended operation: the Prefect automations that catch dead runs, rerun them, and report stale tables.
 
-The automations are the YAML files beside this module, in the format of
-``prefect automation create --from-file`` (Prefect's ``AutomationCore``), with
-``${...}`` where the operator's settings go:
-
-- ``crash-detection.yaml``: a deployment run of the flow silent for
-  ``crash_after`` (default 90 s: three missed heartbeats) is marked Crashed and
-  its deployment is run again.
-- ``rerun-crashed.yaml``: a deployment run reported Crashed is rerun at once, at
-  most once per deployment per ``rerun_window`` (default 60 minutes).
-- ``stale-table.yaml``: one per deployment with an active interval schedule,
-  when a notification block is named: it is told when the deployment has had
-  no Completed run for ``stale_after_intervals`` (default 2) intervals.
-
-:func:`ensure_operations` (called by ``python blocks/create_blocks.py``) applies
-them idempotently: it creates what is missing, updates what differs and leaves
-the rest alone (``prefect automation create`` would add a second copy on every
-run), and removes the stale-table alerts of deployments that no longer qualify.
+The automations are the YAML files beside this module (``crash-detection.yaml``,
+``rerun-crashed.yaml``, and ``stale-table.yaml`` per scheduled deployment when a
+notification block is named), in the format of ``prefect automation create
+--from-file`` with ``${...}`` where the operator's settings go. Each file says
+what it does. :func:`ensure_operations` applies them idempotently through the
+client (``prefect automation create`` adds a copy on every run on 3.9.1).
 """
 
 from __future__ import annotations
@@ -43,8 +32,6 @@ from flows.transform.schema import DEFAULT_REGIONS, default_table
 HERE = Path(__file__).parent
 FLOW_NAME = "countries"
 AUTOMATION_TAG = "countries-pipeline"
-CRASH_DETECTION = f"{FLOW_NAME}: mark silent runs Crashed"
-CRASH_RERUN = f"{FLOW_NAME}: rerun crashed runs"
 FRESHNESS_PREFIX = f"{FLOW_NAME}: stale "
 
 HEARTBEAT_ENV = "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"
@@ -91,11 +78,6 @@ def load(file: str, **values: Any) -> AutomationCore:
             if isinstance(action.get(key), str) and ("{" in action[key] or "%" in action[key]):
                 action[key] = "{% raw %}" + action[key] + "{% endraw %}"
     return AutomationCore.model_validate(data)
-
-
-def freshness_name(deployment: DeploymentResponse) -> str:
-    """``countries: stale countries/all-regions``."""
-    return f"{FRESHNESS_PREFIX}{FLOW_NAME}/{deployment.name}"
 
 
 def deployment_table(deployment: DeploymentResponse) -> str:
@@ -261,7 +243,7 @@ async def ensure_operations(saved: CountriesSettings, notify: BlockDocument | No
             crash_after_seconds=crash_after.total_seconds(),
         )
         lines.append(
-            f"automation '{CRASH_DETECTION}': {await apply_automation(client, detection)} (a deployment run silent "
+            f"automation '{detection.name}': {await apply_automation(client, detection)} (a deployment run silent "
             f"for {describe_duration(crash_after)} is marked Crashed and rerun at once)"
         )
         rerun = load(
@@ -270,7 +252,7 @@ async def ensure_operations(saved: CountriesSettings, notify: BlockDocument | No
             rerun_window_seconds=rerun_window.total_seconds(),
         )
         lines.append(
-            f"automation '{CRASH_RERUN}': {await apply_automation(client, rerun)} (a deployment run reported "
+            f"automation '{rerun.name}': {await apply_automation(client, rerun)} (a deployment run reported "
             f"Crashed is rerun at once, at most once per deployment every {describe_duration(rerun_window)})"
         )
 
