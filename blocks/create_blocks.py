@@ -28,11 +28,6 @@ from flows.errors import ConfigurationError, CountriesError, setting
 from flows.ops import automations, settings
 
 
-def describe(connection) -> str:
-    """Where a connection points, without its password (or any secret its query holds)."""
-    return settings.block_database(connection.model_dump()).description
-
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python blocks/create_blocks.py",
@@ -149,7 +144,8 @@ async def _run(args: argparse.Namespace) -> list[str]:
     from flows.source import check_key
 
     connection = _connection_from_args(args)
-    where = describe(connection) if connection is not None else None  # refuses what the flow could not use
+    # Where it points, without its secrets; refuses what the flow could not use.
+    where = settings.block_database(connection.model_dump()).description if connection is not None else None
     api_key = os.environ.get(args.api_key_env)
     if api_key:
         check_key(api_key, f"${args.api_key_env}")

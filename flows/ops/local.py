@@ -276,9 +276,9 @@ def _start_prefect_server(home: Path) -> bool:
     # Deployment concurrency slots are held by leases: keep them on disk so a server restart does not strand them.
     env.setdefault("PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE", "prefect.server.concurrency.lease_storage.filesystem")
     home.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "prefect", "server", "start", "--background", "--host", HOST, "--port", str(port)]
+    command = ["prefect", "server", "start", "--background", "--ui", "--host", HOST, "--port", str(port)]
     done = subprocess.run(
-        [*command, "--ui"],
+        [sys.executable, "-m", *command],
         env=env,
         stdin=subprocess.DEVNULL,
         capture_output=True,
