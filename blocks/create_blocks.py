@@ -90,21 +90,21 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         metavar="N",
         help="a table is stale after N schedule intervals without a completed run, N > 1 "
-        f"(default: {automations.DEFAULT_STALE_AFTER_INTERVALS:g})",
+        f"(default: {settings.DEFAULT_STALE_AFTER_INTERVALS:g})",
     )
     ops.add_argument(
         "--crash-after",
         type=float,
         metavar="SECONDS",
         help="mark a deployment run Crashed after this long without a heartbeat, at least 60 "
-        f"(default: {automations.DEFAULT_CRASH_AFTER.total_seconds():g}: 3 heartbeats of 30 s)",
+        f"(default: {settings.DEFAULT_CRASH_AFTER_SECONDS:g}: 3 heartbeats of 30 s)",
     )
     ops.add_argument(
         "--rerun-window",
         type=float,
         metavar="MINUTES",
         help="rerun a crashed deployment run at once, at most once per deployment in this many minutes "
-        f"(default: {automations.DEFAULT_RERUN_WINDOW.total_seconds() / 60:g})",
+        f"(default: {settings.DEFAULT_RERUN_WINDOW_MINUTES:g})",
     )
     return p
 
@@ -138,6 +138,7 @@ def _connection_from_args(args: argparse.Namespace):
 
 async def _run(args: argparse.Namespace) -> list[str]:
     """Check every option (and that the blocks it names exist) before changing anything, then save and apply."""
+    from prefect.blocks.system import Secret
     from prefect.client.orchestration import get_client
 
     from flows.parameters import check_base_url
@@ -178,7 +179,7 @@ async def _run(args: argparse.Namespace) -> list[str]:
         await settings.save_db_block(args.db_block, connection)
         done.append(f"saved block '{args.db_block}' -> {where}")
     if api_key:
-        await settings.save_api_key_block(api_key)
+        await Secret(value=api_key).asave(settings.API_KEY_BLOCK, overwrite=True)
         done.append(f"saved block '{settings.API_KEY_BLOCK}' from ${args.api_key_env}")
     changed_limit = await budget.ensure_rate_limit(burst=args.rate_burst, per_second=args.rate_per_second, update=True)
     done.append(

@@ -29,6 +29,10 @@ DB_BLOCK_TYPE = "sqlalchemy-connector"  # prefect-sqlalchemy's SqlAlchemyConnect
 API_KEY_BLOCK = "restcountries-api-key"
 SETTINGS_BLOCK = "countries-settings"
 
+DEFAULT_STALE_AFTER_INTERVALS = 2.0
+DEFAULT_CRASH_AFTER_SECONDS = 90.0
+DEFAULT_RERUN_WINDOW_MINUTES = 60.0
+
 API_KEY_ENV = "RESTCOUNTRIES_API_KEY"
 BASE_URL_ENV = "RESTCOUNTRIES_BASE_URL"
 
@@ -59,16 +63,18 @@ class CountriesSettings(Block):
     )
     stale_after_intervals: float | None = Field(
         default=None,
-        description="A table is stale after this many schedule intervals without a completed run (default 2).",
+        description="A table is stale after this many schedule intervals without a completed run "
+        f"(default {DEFAULT_STALE_AFTER_INTERVALS:g}).",
     )
     crash_after_seconds: float | None = Field(
         default=None,
-        description="A deployment run is marked Crashed after this long without a heartbeat (default 90).",
+        description="A deployment run is marked Crashed after this long without a heartbeat "
+        f"(default {DEFAULT_CRASH_AFTER_SECONDS:g}).",
     )
     rerun_window_minutes: float | None = Field(
         default=None,
         description="A crashed deployment run is rerun at once, at most once per deployment in this window "
-        "(default 60).",
+        f"(default {DEFAULT_RERUN_WINDOW_MINUTES:g}).",
     )
 
 
@@ -226,13 +232,6 @@ async def db_block_database(name: str) -> Database:
 
 
 # --- the API key ---------------------------------------------------------------------
-
-
-async def save_api_key_block(api_key: str) -> None:
-    """Create or overwrite the ``restcountries-api-key`` Secret block."""
-    from prefect.blocks.system import Secret
-
-    await Secret(value=api_key).asave(API_KEY_BLOCK, overwrite=True)
 
 
 async def load_api_key() -> str | None:

@@ -26,7 +26,12 @@ from prefect.client.schemas.responses import DeploymentResponse
 from prefect.events.filters import AutomationFilter, AutomationFilterTags
 
 from flows.errors import ConfigurationError, setting
-from flows.ops.settings import CountriesSettings
+from flows.ops.settings import (
+    DEFAULT_CRASH_AFTER_SECONDS,
+    DEFAULT_RERUN_WINDOW_MINUTES,
+    DEFAULT_STALE_AFTER_INTERVALS,
+    CountriesSettings,
+)
 from flows.transform.schema import DEFAULT_REGIONS, default_table
 
 HERE = Path(__file__).parent
@@ -38,9 +43,6 @@ HEARTBEAT_ENV = "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"
 PREFECT_DEFAULT_HEARTBEAT_SECONDS = 180  # Prefect's default when the variable is not set
 MINIMUM_HEARTBEAT_SECONDS = 30  # Prefect refuses lower values
 
-DEFAULT_CRASH_AFTER = timedelta(seconds=90)
-DEFAULT_RERUN_WINDOW = timedelta(minutes=60)
-DEFAULT_STALE_AFTER_INTERVALS = 2.0
 
 
 def describe_duration(delta: timedelta) -> str:
@@ -200,8 +202,8 @@ def choices(saved: CountriesSettings) -> Choices:
         return default if value is None else value
 
     chosen = Choices(
-        crash_after=timedelta(seconds=given(saved.crash_after_seconds, DEFAULT_CRASH_AFTER.total_seconds())),
-        rerun_window=timedelta(minutes=given(saved.rerun_window_minutes, DEFAULT_RERUN_WINDOW.total_seconds() / 60)),
+        crash_after=timedelta(seconds=given(saved.crash_after_seconds, DEFAULT_CRASH_AFTER_SECONDS)),
+        rerun_window=timedelta(minutes=given(saved.rerun_window_minutes, DEFAULT_RERUN_WINDOW_MINUTES)),
         stale_after_intervals=given(saved.stale_after_intervals, DEFAULT_STALE_AFTER_INTERVALS),
         notify_block=saved.notify_block,
     )
