@@ -223,9 +223,9 @@ def _healthy(server: LocalPrefectServer) -> bool:
         return False
 
 
-def prefect_server_status(home: Path | None = None) -> LocalPrefectServer | None:
-    """The background Prefect server of ``home`` (default: the current PREFECT_HOME) when it answers, else None."""
-    server = _background_server(home or _prefect_home())
+def prefect_server_status() -> LocalPrefectServer | None:
+    """The background Prefect server of the current PREFECT_HOME when it answers, else None."""
+    server = _background_server(_prefect_home())
     return server if server is not None and _healthy(server) else None
 
 
