@@ -1,28 +1,13 @@
 """Set up the Prefect server for the countries pipeline: blocks, rate limit, operations automations.
 
-Idempotent: run it as often as you like; it overwrites the blocks it manages and
-changes only the automations that differ. Run it after ``prefect deploy`` (the
-stale-table alerts are made per deployment it finds), and again whenever you add
-a deployment or change a schedule.
-
-- ``countries-db`` (``--db-block``): a prefect-sqlalchemy ``SqlAlchemyConnector``
-  for the target PostgreSQL, from a SQLAlchemy URL (``--db-url``) or from
-  ``--host/--port/--user/--database`` with the password read from an
-  environment variable (``--password-env``, default ``COUNTRIES_DB_PASSWORD``).
-- ``restcountries-api-key``: a ``Secret`` block with the API key, saved when
-  the environment variable named by ``--api-key-env`` (default
-  ``RESTCOUNTRIES_API_KEY``) is set.
-- ``restcountries-api``: the global rate limit every API request takes a slot of.
-- ``countries-settings``: the operator settings (``--base-url``, ``--notify-block``,
-  ``--stale-after-intervals``, ``--crash-after``, ``--rerun-window``); an option
-  left out keeps its saved value, an empty value (``--base-url ''``) clears it.
-- the operations automations (``flows/ops/automations/``): crashed-run detection,
-  crashed-run rerun and, with a notification block, stale-table alerts.
-
-It talks to the Prefect server in ``PREFECT_API_URL`` (or the local ephemeral
-one) and never prints or logs a secret: passwords are stored as secret fields
-and shown as ``***``. Every option, and every block it names, is checked before
-anything is changed: a call that fails (exit 2) has changed nothing.
+Saves the database block (``--db-url``, or ``--host/--port/--user/--database``
+with the password from ``--password-env``), the API key's Secret block (from
+``--api-key-env``), the ``restcountries-api`` rate limit, the operator settings
+(an option left out keeps its saved value, ``''`` clears it), and applies the
+automations of ``flows/ops/automations/``. Idempotent; run it after ``prefect
+deploy`` and again when deployments or schedules change. Every option and every
+block it names is checked first: a call that fails (exit 2, one ``error:`` line)
+has changed nothing. Never prints a secret. Talks to ``PREFECT_API_URL``.
 
 Usage (from the repository root, with the project installed: ``pip install -e .``)::
 
@@ -37,16 +22,10 @@ import argparse
 import asyncio
 import os
 import sys
-from datetime import timedelta
 
 from flows.source import budget
 from flows.errors import ConfigurationError, CountriesError, setting
 from flows.ops import automations, settings
-
-
-def describe(connection) -> str:
-    """Where a connection points, without its password (or any secret its query holds)."""
-    return settings.block_database(connection.model_dump()).description
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -111,88 +90,63 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         metavar="N",
         help="a table is stale after N schedule intervals without a completed run, N > 1 "
-        f"(default: {automations.DEFAULT_STALE_AFTER_INTERVALS:g})",
+        f"(default: {settings.DEFAULT_STALE_AFTER_INTERVALS:g})",
     )
     ops.add_argument(
         "--crash-after",
         type=float,
         metavar="SECONDS",
         help="mark a deployment run Crashed after this long without a heartbeat, at least 60 "
-        f"(default: {automations.DEFAULT_CRASH_AFTER.total_seconds():g}: 3 heartbeats of 30 s)",
+        f"(default: {settings.DEFAULT_CRASH_AFTER_SECONDS:g}: 3 heartbeats of 30 s)",
     )
     ops.add_argument(
         "--rerun-window",
         type=float,
         metavar="MINUTES",
         help="rerun a crashed deployment run at once, at most once per deployment in this many minutes "
-        f"(default: {automations.DEFAULT_RERUN_WINDOW.total_seconds() / 60:g})",
+        f"(default: {settings.DEFAULT_RERUN_WINDOW_MINUTES:g})",
     )
     return p
 
 
 def _connection_from_args(args: argparse.Namespace):
-    from prefect_sqlalchemy import ConnectionComponents, SyncDriver
+    """The database block's connection from ``--db-url`` or ``--host/--port/--user/--database``, or None."""
+    import sqlalchemy as sa
 
     password = os.environ.get(args.password_env) or None
+    parts = args.host or args.user or args.database
     if args.db_url is not None and not args.db_url.strip():
         raise ConfigurationError(
             f"{setting('db_url')} is empty: give the database's URL (`python -m flows.ops.local url` prints nothing "
             "while the local database is stopped)"
         )
-    if args.db_url:
-        if args.host or args.user or args.database:
-            raise ConfigurationError(
-                f"give either {setting('db_url')} or {setting('host')}/{setting('user')}/{setting('database')}, "
-                "not both"
-            )
-        return settings.connection_from_url(args.db_url, password)
-    if args.host or args.user or args.database:
+    if args.db_url and parts:
+        raise ConfigurationError(
+            f"give either {setting('db_url')} or {setting('host')}/{setting('user')}/{setting('database')}, not both"
+        )
+    if parts:
         missing = [setting(n) for n in ("host", "user", "database") if not getattr(args, n)]
         if missing:
             raise ConfigurationError(
                 f"missing {', '.join(missing)}: give all of {setting('host')}, {setting('user')} and "
                 f"{setting('database')}"
             )
-        return ConnectionComponents(
-            driver=SyncDriver.POSTGRESQL_PSYCOPG2,
-            username=args.user,
-            password=password,
-            host=args.host,
-            port=args.port,
-            database=args.database,
-        )
-    return None
-
-
-def _or_default(value: float | None, default: float) -> float:
-    return default if value is None else value
-
-
-def _check_base_url(url: str | None) -> None:
-    if not url:  # not given, or '' (clears it)
-        return
-    import httpx
-
-    try:
-        parsed = httpx.URL(url)
-    except httpx.InvalidURL:
-        parsed = None
-    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
-        raise ConfigurationError(
-            f"{setting('base_url')} {url!r} is not an http(s) URL: give the API's base URL with its path, e.g. "
-            "http://HOST:PORT for a v3.1 server, https://HOST/countries/v5 for v5"
-        )
+        url = sa.URL.create("postgresql+psycopg2", args.user, None, args.host, args.port, args.database)
+        return settings.connection_from_url(url.render_as_string(), password)
+    return settings.connection_from_url(args.db_url, password) if args.db_url else None
 
 
 async def _run(args: argparse.Namespace) -> list[str]:
     """Check every option (and that the blocks it names exist) before changing anything, then save and apply."""
+    from prefect.blocks.system import Secret
     from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
 
+    from flows.parameters import check_base_url
     from flows.source import check_key
 
     connection = _connection_from_args(args)
-    where = describe(connection) if connection is not None else None  # refuses what the flow could not use
+    # Where it points, without its secrets; refuses what the flow could not use.
+    where = settings.block_database(connection.model_dump()).description if connection is not None else None
     api_key = os.environ.get(args.api_key_env)
     if api_key:
         check_key(api_key, f"${args.api_key_env}")
@@ -201,7 +155,8 @@ async def _run(args: argparse.Namespace) -> list[str]:
             f"{setting('rate_burst')} must be at least 1 and {setting('rate_per_second')} more than 0, got "
             f"{args.rate_burst} and {args.rate_per_second:g}"
         )
-    _check_base_url(args.base_url)
+    if args.base_url:  # '' clears it
+        check_base_url(args.base_url)
     changes = {
         "base_url": args.base_url,
         "notify_block": args.notify_block,
@@ -209,28 +164,14 @@ async def _run(args: argparse.Namespace) -> list[str]:
         "crash_after_seconds": args.crash_after,
         "rerun_window_minutes": args.rerun_window,
     }
-    saved = await settings.load_settings()
-    wanted = settings.merged(saved, **changes)
-    options = automations.Options(
-        crash_after=timedelta(
-            seconds=_or_default(wanted.crash_after_seconds, automations.DEFAULT_CRASH_AFTER.total_seconds())
-        ),
-        rerun_window=timedelta(
-            minutes=_or_default(wanted.rerun_window_minutes, automations.DEFAULT_RERUN_WINDOW.total_seconds() / 60)
-        ),
-        notify_block=wanted.notify_block,
-        stale_after_intervals=_or_default(wanted.stale_after_intervals, automations.DEFAULT_STALE_AFTER_INTERVALS),
-    )
-    automations.check_options(options)
-    async with get_client() as client:
-        notify = None
-        if options.notify_block:
-            notify = await automations.find_notification_block(client, options.notify_block)
-        try:
-            found = await client.read_global_concurrency_limit_by_name(budget.RATE_LIMIT_NAME)
-            limit_before = (found.limit, found.slot_decay_per_second)
-        except ObjectNotFound:
-            limit_before = None
+    # An option left out keeps the saved value; an empty one ('') clears it.
+    changed = {k: (None if v == "" else v) for k, v in changes.items() if v is not None}
+    wanted = (await settings.load_settings()).model_copy(update=changed)
+    automations.choices(wanted)  # raises for a setting that cannot work
+    notify = None
+    if wanted.notify_block:
+        async with get_client() as client:
+            notify = await automations.find_notification_block(client, wanted.notify_block)
 
     # Everything checked: now the changes.
     done: list[str] = []
@@ -238,21 +179,20 @@ async def _run(args: argparse.Namespace) -> list[str]:
         await settings.save_db_block(args.db_block, connection)
         done.append(f"saved block '{args.db_block}' -> {where}")
     if api_key:
-        await settings.save_api_key_block(api_key)
+        await Secret(value=api_key).asave(settings.API_KEY_BLOCK, overwrite=True)
         done.append(f"saved block '{settings.API_KEY_BLOCK}' from ${args.api_key_env}")
-    await budget.ensure_rate_limit(burst=args.rate_burst, per_second=args.rate_per_second, update=True)
-    unchanged = limit_before == (args.rate_burst, args.rate_per_second)
+    changed_limit = await budget.ensure_rate_limit(burst=args.rate_burst, per_second=args.rate_per_second, update=True)
     done.append(
         f"rate limit '{budget.RATE_LIMIT_NAME}': burst {args.rate_burst}, {args.rate_per_second:g}/s"
-        + (" (unchanged)" if unchanged else "")
+        + ("" if changed_limit else " (unchanged)")
     )
-    if any(v is not None for v in changes.values()):
+    if changed:
         await wanted.asave(settings.SETTINGS_BLOCK, overwrite=True)
         done.append(f"saved block '{settings.SETTINGS_BLOCK}' (operator settings)")
     if wanted.base_url:
         done.append(f"API base URL trusted with the key and used by default: {wanted.base_url}")
 
-    done += await automations.ensure_operations(options, notify)
+    done += await automations.ensure_operations(wanted, notify)
     return done
 
 

@@ -166,7 +166,7 @@ async def prepare_database(db_block: str, data_dir: Path | None) -> str | None:
     if db is None or db.socket_dir != socket_dir:
         db = local.ensure_database(data_dir)
         if db.socket_dir != socket_dir:
-            await save_db_block(db_block, connection_from_url(db.sqlalchemy_url))
+            await save_db_block(db_block, connection_from_url(db.psql_url))
     return f'embedded PostgreSQL (data in {db.data_dir}); see the table with: psql "{db.psql_url}"'
 
 
@@ -205,15 +205,6 @@ def check_api_key_before_starting(api: str) -> None:
         raise _no_api_key(api)
 
 
-async def check_api_key(api: str) -> None:
-    """Step 3: ``ConfigurationError`` when ``api`` needs a key and neither the environment nor the block has one."""
-    from flows.ops.settings import load_api_key
-    from flows.source import get_dialect
-
-    if get_dialect(api).requires_key and await load_api_key() is None:
-        raise _no_api_key(api)
-
-
 # --- step 5: the run ------------------------------------------------------------------------
 
 
@@ -238,11 +229,13 @@ async def _run(flow: Any, given: dict[str, Any], params: dict[str, Any], data_di
     """Steps 2 to 5 of the module docstring; returns the run's summary."""
     import httpx
 
-    from flows.ops.settings import prefect_api_unreachable
+    from flows.ops.settings import load_api_key, prefect_api_unreachable
+    from flows.source import get_dialect
 
     ui = connect_prefect()
     try:
-        await check_api_key(params["api"])
+        if get_dialect(params["api"]).requires_key and await load_api_key() is None:  # step 3
+            raise _no_api_key(params["api"])
         note = await prepare_database(params["db_block"], data_dir)
     except httpx.TransportError as exc:  # the first requests to the Prefect API
         advice = "start that server, or unset PREFECT_API_URL to use the local Prefect server"

@@ -183,7 +183,7 @@ def test_creates_the_api_rate_limit(prefect_server):
         (["--crash-after", "30"], "--crash-after must be at least 60 s"),
         (["--stale-after-intervals", "1"], "--stale-after-intervals must be more than 1"),
         (["--rerun-window", "0"], "--rerun-window must be a positive number of minutes"),
-        (["--base-url", "countries.internal/v5"], "--base-url 'countries.internal/v5' is not an http(s) URL"),
+        (["--base-url", "countries.internal/v5"], "--base-url 'countries.internal/v5' must start with http:// or https://"),
         (
             ["--notify-block", "no-such-block-x"],
             "no block named 'no-such-block-x' (--notify-block): the notification blocks are:",

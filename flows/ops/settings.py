@@ -1,20 +1,10 @@
-"""What the flow and the setup command share: block names, the database block, the API key, operator settings.
+"""The blocks the flow and the setup command share (database, API key, operator settings), read and saved.
 
-Everything here talks to the Prefect server of ``PREFECT_API_URL`` (or Prefect's
-temporary local one) and never logs or prints a secret.
-
-Blocks the pipeline uses (all created by ``python blocks/create_blocks.py``):
-
-- ``countries-db`` (:data:`DEFAULT_DB_BLOCK`): the ``SqlAlchemyConnector`` of the
-  target PostgreSQL.
-- ``restcountries-api-key`` (:data:`API_KEY_BLOCK`): a ``Secret`` with the REST
-  Countries API key.
-- ``countries-settings`` (:data:`SETTINGS_BLOCK`): a :class:`CountriesSettings`
-  block with the operator's settings: the API base URL trusted with the key,
-  and how operations alerts behave. Editable in the UI (Blocks).
-
-Environment variables win over blocks: ``RESTCOUNTRIES_API_KEY`` over the Secret,
-``RESTCOUNTRIES_BASE_URL`` over the saved base URL.
+Blocks (created by ``python blocks/create_blocks.py``): ``countries-db``, the
+``SqlAlchemyConnector`` of the target PostgreSQL; ``restcountries-api-key``, a
+``Secret``; ``countries-settings``, the operator's :class:`CountriesSettings`
+(editable in the UI). ``RESTCOUNTRIES_API_KEY`` and ``RESTCOUNTRIES_BASE_URL``
+in the environment win over the blocks. Nothing here logs or prints a secret.
 """
 
 from __future__ import annotations
@@ -29,16 +19,19 @@ from prefect.blocks.core import Block
 from pydantic import Field
 
 from flows.errors import ConfigurationError, setting
-from flows.load.database import Database, TableName, resolve_table
+from flows.load.database import PSYCOPG2_DRIVERS, Database, TableName, resolve_table
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import PrefectClient
 
 DEFAULT_DB_BLOCK = "countries-db"
-DB_BLOCK_TYPE = "sqlalchemy-connector"
-"""The block type slug of prefect-sqlalchemy's ``SqlAlchemyConnector``."""
+DB_BLOCK_TYPE = "sqlalchemy-connector"  # prefect-sqlalchemy's SqlAlchemyConnector
 API_KEY_BLOCK = "restcountries-api-key"
 SETTINGS_BLOCK = "countries-settings"
+
+DEFAULT_STALE_AFTER_INTERVALS = 2.0
+DEFAULT_CRASH_AFTER_SECONDS = 90.0
+DEFAULT_RERUN_WINDOW_MINUTES = 60.0
 
 API_KEY_ENV = "RESTCOUNTRIES_API_KEY"
 BASE_URL_ENV = "RESTCOUNTRIES_BASE_URL"
@@ -70,16 +63,18 @@ class CountriesSettings(Block):
     )
     stale_after_intervals: float | None = Field(
         default=None,
-        description="A table is stale after this many schedule intervals without a completed run (default 2).",
+        description="A table is stale after this many schedule intervals without a completed run "
+        f"(default {DEFAULT_STALE_AFTER_INTERVALS:g}).",
     )
     crash_after_seconds: float | None = Field(
         default=None,
-        description="A deployment run is marked Crashed after this long without a heartbeat (default 90).",
+        description="A deployment run is marked Crashed after this long without a heartbeat "
+        f"(default {DEFAULT_CRASH_AFTER_SECONDS:g}).",
     )
     rerun_window_minutes: float | None = Field(
         default=None,
         description="A crashed deployment run is rerun at once, at most once per deployment in this window "
-        "(default 60).",
+        f"(default {DEFAULT_RERUN_WINDOW_MINUTES:g}).",
     )
 
 
@@ -97,13 +92,11 @@ def prefect_api_unreachable(exc: BaseException, advice: str) -> ConfigurationErr
 
 
 def connection_from_url(url: str, password: str | None = None):
-    """Split a SQLAlchemy URL into prefect-sqlalchemy ``ConnectionComponents``, the password kept as a secret.
+    """A SQLAlchemy URL of PostgreSQL (psycopg2) as prefect-sqlalchemy ``ConnectionComponents``.
 
-    ``password`` (e.g. from an environment variable) overrides one in the URL
-    (a ``password`` in the URL's query is taken as the password too, never kept
-    in the query in plain text). Only PostgreSQL with the psycopg2 driver is accepted; raises
-    ``ConfigurationError`` otherwise or when the URL cannot be parsed. The
-    message never contains the password.
+    The password is ``password`` when given, else the URL's (or its query's:
+    kept as the secret, not in the query). Raises ``ConfigurationError``, never
+    quoting the password, for anything else.
     """
     from prefect_sqlalchemy import ConnectionComponents, SyncDriver
     from sqlalchemy.engine import make_url
@@ -116,16 +109,10 @@ def connection_from_url(url: str, password: str | None = None):
         raise ConfigurationError(
             f"{option} is not a SQLAlchemy URL: expected postgresql+psycopg2://USER@HOST:PORT/DATABASE"
         ) from None
-    if parsed.get_backend_name() != "postgresql":
+    if parsed.drivername not in PSYCOPG2_DRIVERS:
         raise ConfigurationError(
-            f"{option} must point at PostgreSQL (got {parsed.get_backend_name()!r}): "
-            "expected postgresql+psycopg2://USER@HOST:PORT/DATABASE"
-        )
-    driver = SyncDriver.POSTGRESQL_PSYCOPG2
-    if parsed.drivername not in ("postgresql", driver.value):
-        raise ConfigurationError(
-            f"{option} uses the driver {parsed.drivername!r}; use postgresql+psycopg2:// "
-            "(the load bulk-copies through psycopg2)"
+            f"{option} must point at PostgreSQL through psycopg2, the driver the load bulk-copies with (got "
+            f"{parsed.drivername!r}): use postgresql+psycopg2://USER@HOST:PORT/DATABASE"
         )
     repeated = sorted(k for k, v in parsed.query.items() if not isinstance(v, str))
     if repeated:
@@ -138,7 +125,7 @@ def connection_from_url(url: str, password: str | None = None):
     if password is None:
         password = parsed.password if parsed.password is not None else in_query
     return ConnectionComponents(
-        driver=driver,
+        driver=SyncDriver.POSTGRESQL_PSYCOPG2,
         username=parsed.username,
         password=password,
         host=parsed.host,
@@ -188,11 +175,9 @@ def block_database(
 ) -> Database:
     """The database of a ``SqlAlchemyConnector``'s ``connection_info`` and ``connect_args`` as its document stores them.
 
-    A string is a SQLAlchemy URL (parsed by ``sqlalchemy.make_url``); a mapping
-    holds ``ConnectionComponents`` (driver, username, password, host, port,
-    database, query), taken as prefect-sqlalchemy's ``create_url`` takes them:
-    an empty password counts as none. The driver must be psycopg2's. ``block``
-    names the block (its messages say which block to check). Raises
+    ``connection_info`` is a SQLAlchemy URL or ``ConnectionComponents`` (taken as
+    prefect-sqlalchemy's ``create_url`` takes them: an empty password is none),
+    with psycopg2's driver; ``block`` names the block in messages. Raises
     ``ConfigurationError`` for anything else (never quoting the password).
     """
     problem = "must be a SQLAlchemy URL or connection components with a driver"
@@ -225,20 +210,13 @@ def block_database(
 
 
 async def db_block_database(name: str) -> Database:
-    """The database of the ``SqlAlchemyConnector`` block ``name``: its connection settings and ``connect_args``.
+    """The database of the ``SqlAlchemyConnector`` block ``name`` (see :func:`block_database`).
 
-    The block document is read through the Prefect client (its secrets
-    included), without importing prefect-sqlalchemy or SQLAlchemy; see
-    :func:`block_database`. Measured reason (3.9.1, this 2-core machine): with
-    prefect already imported, importing SQLAlchemy costs 0.36-0.60 s, its
-    psycopg2 dialect 0.07-0.15 s and prefect-sqlalchemy 0.24-0.38 s more, so
-    ``SqlAlchemyConnector.load`` would add 0.7-1.1 s to a warm run on a server
-    (1.58 s today, its target 1.3 x the 1.43 s floor = 1.86 s). A warm run
-    that finds nothing to load never needs SQLAlchemy. ``Database.connect()``
-    gives a psycopg2 connection, ``Database.engine()`` the engine the connector
-    itself would build. Raises
-    ``ConfigurationError`` naming the blocks that exist when ``name`` does not.
+    Raises ``ConfigurationError`` naming the blocks that exist when ``name`` does not.
     """
+    # The document is read through the Prefect client, not SqlAlchemyConnector.load: measured on 3.9.1 (2 cores),
+    # importing SQLAlchemy, its psycopg2 dialect and prefect-sqlalchemy adds 0.7-1.1 s to a warm run on a server
+    # (1.58 s, its target 1.3x the 1.43 s floor), which never needs SQLAlchemy when there is nothing to load.
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
@@ -254,13 +232,6 @@ async def db_block_database(name: str) -> Database:
 
 
 # --- the API key ---------------------------------------------------------------------
-
-
-async def save_api_key_block(api_key: str) -> None:
-    """Create or overwrite the ``restcountries-api-key`` Secret block."""
-    from prefect.blocks.system import Secret
-
-    await Secret(value=api_key).asave(API_KEY_BLOCK, overwrite=True)
 
 
 async def load_api_key() -> str | None:
@@ -288,15 +259,6 @@ async def load_settings() -> CountriesSettings:
         return await CountriesSettings.aload(SETTINGS_BLOCK)
     except ValueError:  # not saved yet
         return CountriesSettings()
-
-
-def merged(saved: CountriesSettings, **changes: object) -> CountriesSettings:
-    """``saved`` with ``changes``: a change to ``None`` keeps the saved value (so a re-run of the setup without
-    an option changes nothing); an empty string clears it. Raises ``TypeError`` for an unknown setting."""
-    unknown = set(changes) - set(CountriesSettings.model_fields)
-    if unknown:
-        raise TypeError(f"unknown settings {sorted(unknown)}")
-    return saved.model_copy(update={k: (None if v == "" else v) for k, v in changes.items() if v is not None})
 
 
 def _clean(url: str | None) -> str | None:

@@ -250,7 +250,7 @@ def _db_block_on(api_url: str, pg_dir: Path) -> str:
     db = local.ensure_database(pg_dir)
     name = f"bench-e2e-{uuid.uuid4().hex[:8]}"
     with temporary_settings(updates={PREFECT_API_URL: api_url}):
-        run_coro_as_sync(save_db_block(name, connection_from_url(db.sqlalchemy_url)))
+        run_coro_as_sync(save_db_block(name, connection_from_url(db.psql_url)))
     return name
 
 

@@ -1,22 +1,11 @@
 """Unattended operation: the Prefect automations that catch dead runs, rerun them, and report stale tables.
 
-The automations are the YAML files beside this module, in the format of
-``prefect automation create --from-file`` (Prefect's ``AutomationCore``), with
-``${...}`` where the operator's settings go:
-
-- ``crash-detection.yaml``: a deployment run of the flow silent for
-  ``crash_after`` (default 90 s: three missed heartbeats) is marked Crashed and
-  its deployment is run again.
-- ``rerun-crashed.yaml``: a deployment run reported Crashed is rerun at once, at
-  most once per deployment per ``rerun_window`` (default 60 minutes).
-- ``stale-table.yaml``: one per deployment with an active interval schedule,
-  when a notification block is named: it is told when the deployment has had
-  no Completed run for ``stale_after_intervals`` (default 2) intervals.
-
-:func:`ensure_operations` (called by ``python blocks/create_blocks.py``) applies
-them idempotently: it creates what is missing, updates what differs and leaves
-the rest alone (``prefect automation create`` would add a second copy on every
-run), and removes the stale-table alerts of deployments that no longer qualify.
+The automations are the YAML files beside this module (``crash-detection.yaml``,
+``rerun-crashed.yaml``, and ``stale-table.yaml`` per scheduled deployment when a
+notification block is named), in the format of ``prefect automation create
+--from-file`` with ``${...}`` where the operator's settings go. Each file says
+what it does. :func:`ensure_operations` applies them idempotently through the
+client (``prefect automation create`` adds a copy on every run on 3.9.1).
 """
 
 from __future__ import annotations
@@ -37,22 +26,23 @@ from prefect.client.schemas.responses import DeploymentResponse
 from prefect.events.filters import AutomationFilter, AutomationFilterTags
 
 from flows.errors import ConfigurationError, setting
+from flows.ops.settings import (
+    DEFAULT_CRASH_AFTER_SECONDS,
+    DEFAULT_RERUN_WINDOW_MINUTES,
+    DEFAULT_STALE_AFTER_INTERVALS,
+    CountriesSettings,
+)
 from flows.transform.schema import target_table
 
 HERE = Path(__file__).parent
 FLOW_NAME = "countries"
 AUTOMATION_TAG = "countries-pipeline"
-CRASH_DETECTION = f"{FLOW_NAME}: mark silent runs Crashed"
-CRASH_RERUN = f"{FLOW_NAME}: rerun crashed runs"
 FRESHNESS_PREFIX = f"{FLOW_NAME}: stale "
 
 HEARTBEAT_ENV = "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"
 PREFECT_DEFAULT_HEARTBEAT_SECONDS = 180  # Prefect's default when the variable is not set
 MINIMUM_HEARTBEAT_SECONDS = 30  # Prefect refuses lower values
 
-DEFAULT_CRASH_AFTER = timedelta(seconds=90)
-DEFAULT_RERUN_WINDOW = timedelta(minutes=60)
-DEFAULT_STALE_AFTER_INTERVALS = 2.0
 
 
 def describe_duration(delta: timedelta) -> str:
@@ -90,11 +80,6 @@ def load(file: str, **values: Any) -> AutomationCore:
             if isinstance(action.get(key), str) and ("{" in action[key] or "%" in action[key]):
                 action[key] = "{% raw %}" + action[key] + "{% endraw %}"
     return AutomationCore.model_validate(data)
-
-
-def freshness_name(deployment: DeploymentResponse) -> str:
-    """``countries: stale countries/all-regions``."""
-    return f"{FRESHNESS_PREFIX}{FLOW_NAME}/{deployment.name}"
 
 
 def deployment_table(deployment: DeploymentResponse) -> str:
@@ -197,42 +182,54 @@ async def apply_automation(client: PrefectClient, wanted: AutomationCore) -> str
 
 
 @dataclass(frozen=True)
-class Options:
-    """The operator's choices (``blocks/create_blocks.py`` fills them from its options, then the saved settings)."""
+class Choices:
+    """The operator's settings the automations use, with the built-in defaults for those not saved."""
 
-    crash_after: timedelta = DEFAULT_CRASH_AFTER
-    rerun_window: timedelta = DEFAULT_RERUN_WINDOW
-    notify_block: str | None = None
-    stale_after_intervals: float = DEFAULT_STALE_AFTER_INTERVALS
+    crash_after: timedelta
+    rerun_window: timedelta
+    stale_after_intervals: float
+    notify_block: str | None
 
 
-def check_options(options: Options) -> None:
-    """Raise ``ConfigurationError`` (one line) when a number in ``options`` cannot work."""
-    if options.crash_after < timedelta(seconds=2 * MINIMUM_HEARTBEAT_SECONDS):
+def choices(saved: CountriesSettings) -> Choices:
+    """The ``saved`` operator settings as :class:`Choices`; ``ConfigurationError`` (one line) when one cannot work."""
+
+    def given(value: float | None, default: float) -> float:
+        return default if value is None else value
+
+    chosen = Choices(
+        crash_after=timedelta(seconds=given(saved.crash_after_seconds, DEFAULT_CRASH_AFTER_SECONDS)),
+        rerun_window=timedelta(minutes=given(saved.rerun_window_minutes, DEFAULT_RERUN_WINDOW_MINUTES)),
+        stale_after_intervals=given(saved.stale_after_intervals, DEFAULT_STALE_AFTER_INTERVALS),
+        notify_block=saved.notify_block,
+    )
+    if chosen.crash_after < timedelta(seconds=2 * MINIMUM_HEARTBEAT_SECONDS):
         raise ConfigurationError(
             f"{setting('crash_after')} must be at least {2 * MINIMUM_HEARTBEAT_SECONDS} s (two heartbeats of "
-            f"{MINIMUM_HEARTBEAT_SECONDS} s, Prefect's shortest), got {describe_duration(options.crash_after)}"
+            f"{MINIMUM_HEARTBEAT_SECONDS} s, Prefect's shortest), got {describe_duration(chosen.crash_after)}"
         )
-    if not math.isfinite(options.stale_after_intervals) or options.stale_after_intervals <= 1:
+    if not math.isfinite(chosen.stale_after_intervals) or chosen.stale_after_intervals <= 1:
         raise ConfigurationError(
             f"{setting('stale_after_intervals')} must be more than 1 (one interval plus a margin), "
-            f"got {options.stale_after_intervals:g}"
+            f"got {chosen.stale_after_intervals:g}"
         )
-    if options.rerun_window <= timedelta(0):
+    if chosen.rerun_window <= timedelta(0):
         raise ConfigurationError(
             f"{setting('rerun_window')} must be a positive number of minutes, got "
-            f"{options.rerun_window.total_seconds() / 60:g}"
+            f"{chosen.rerun_window.total_seconds() / 60:g}"
         )
+    return chosen
 
 
-async def ensure_operations(options: Options, notify: BlockDocument | None = None) -> list[str]:
-    """Create or update the operations automations on the server; one report line per thing done or noticed.
+async def ensure_operations(saved: CountriesSettings, notify: BlockDocument | None = None) -> list[str]:
+    """Create or update the operations automations for the ``saved`` operator settings; one report line per
+    thing done or noticed (``warning:`` lines need the operator's attention).
 
-    ``notify`` is the notification block ``options.notify_block`` names (looked up when not given). Lines
-    starting with ``warning:`` need the operator's attention. Raises ``ConfigurationError`` when an option
-    cannot work or the notification block cannot be used, before anything is changed.
+    ``notify`` is the notification block the settings name (looked up when not given). Raises
+    ``ConfigurationError`` when a setting cannot work or the notification block cannot be used, before
+    anything is changed.
     """
-    check_options(options)
+    options = choices(saved)
     lines: list[str] = []
     async with get_client() as client:
         if options.notify_block and notify is None:
@@ -244,7 +241,7 @@ async def ensure_operations(options: Options, notify: BlockDocument | None = Non
             crash_after_seconds=crash_after.total_seconds(),
         )
         lines.append(
-            f"automation '{CRASH_DETECTION}': {await apply_automation(client, detection)} (a deployment run silent "
+            f"automation '{detection.name}': {await apply_automation(client, detection)} (a deployment run silent "
             f"for {describe_duration(crash_after)} is marked Crashed and rerun at once)"
         )
         rerun = load(
@@ -253,7 +250,7 @@ async def ensure_operations(options: Options, notify: BlockDocument | None = Non
             rerun_window_seconds=rerun_window.total_seconds(),
         )
         lines.append(
-            f"automation '{CRASH_RERUN}': {await apply_automation(client, rerun)} (a deployment run reported "
+            f"automation '{rerun.name}': {await apply_automation(client, rerun)} (a deployment run reported "
             f"Crashed is rerun at once, at most once per deployment every {describe_duration(rerun_window)})"
         )
 
