@@ -1,15 +1,9 @@
-"""Keep a PostgreSQL table of countries fresh from the REST Countries API.
+"""The flow: keep a PostgreSQL table of countries fresh from the REST Countries API.
 
-One run of ``countries_flow``, top to bottom: check the parameters (no network); resolve the source
-(API version, base URL, the key, sent only to trusted origins) and the target (its database must
-answer before any API quota is spent); fetch every region at once, one cached task each; check and
-unnest the records; the quality gate; make the table's rows equal to the source's, writing only the
-difference; publish the report. Unnest, gate and load are skipped when the table was last loaded from
-this very source and still holds what that load committed (``flows.load.state``); ``force`` never
-skips. An expected failure (a ``CountriesError``) ends the run Failed with its one line, the table
-untouched; anything else keeps its traceback.
-
-Run it with ``python flows/countries.py --help``; deploy it with ``prefect deploy`` (``prefect.yaml``).
+``countries_flow`` checks its parameters, resolves the source and the target, fetches every region (one
+cached task each), unnests and checks the records, passes the quality gate, makes the table's rows equal
+to the source's and publishes the report. A ``CountriesError`` ends the run Failed with its one line, the
+table untouched. Run it with ``python flows/countries.py --help``; deploy it with ``prefect deploy``.
 """
 
 from __future__ import annotations
@@ -49,8 +43,6 @@ if TYPE_CHECKING:  # imported by the tasks that need them, only when they run
 TASK_RETRY_DELAY_SECONDS = 30
 FETCH_RETRIES = 1  # delayed task retries of a region fetch after a transient failure (the client retries first)
 
-quiet_expected_failures()
-
 
 def run_name() -> str:
     """The flow run's name: ``<table> ← <regions>``, e.g. ``northern_europe_countries ← Northern Europe``."""
@@ -69,16 +61,10 @@ class Source:
     key_fingerprint: str
 
 
-# --- fetch --------------------------------------------------------------------------------
-
-
 def retry_transient(task, task_run, state) -> bool:
-    """Retry a fetch after a transient failure (429, 5xx, timeout, dropped connection), unless the server
-    asked to wait longer than the retry delay. Prefect bounds the retries (``FETCH_RETRIES``)."""
+    """Retry a transient failure, unless the server asked to wait longer than the retry delay."""
     exc = state.data
-    if not isinstance(exc, TransientApiError):
-        return False
-    return exc.retry_after is None or exc.retry_after <= TASK_RETRY_DELAY_SECONDS
+    return isinstance(exc, TransientApiError) and (exc.retry_after or 0) <= TASK_RETRY_DELAY_SECONDS
 
 
 @task(
@@ -120,11 +106,10 @@ async def fetch_region(
 async def fetch_all(
     regions: list[str], source: Source, api_key: str | None, trusted: list[str], cache_minutes: float
 ) -> list[report.RegionFetch]:
-    """Fetch every region concurrently over one client, each to its end; the fetches in region order.
+    """Every region's fetch, in region order, fetched concurrently over one client, each to its end.
 
-    Raises what ``flows.source.check_source`` raises (before any request), then
-    ``flows.source.one_error`` of the regions that failed (no sibling is cancelled, so none shows as
-    Crashed); an unexpected error as it is.
+    Raises what ``flows.source.check_source`` raises, then ``flows.source.one_error`` of the regions that
+    failed; an unexpected error as it is.
     """
     fetch = fetch_region.with_options(
         cache_expiration=timedelta(minutes=cache_minutes), refresh_cache=cache_minutes == 0
@@ -144,14 +129,10 @@ async def fetch_all(
     return results
 
 
-# --- transform, check and load ----------------------------------------------------------------
-
-
 @task(cache_policy=NO_CACHE)
 @failing_with_the_cause
 def unnest_countries(records: list[dict[str, Any]], api_name: str) -> pd.DataFrame:
-    """The records as the countries frame: checked against the data contract, one row per country
-    and currency, sorted by name then currency (a country with no currency keeps one row)."""
+    """The checked records as the countries frame: a row per country and currency, sorted by name then currency."""
     from flows.transform.unnest import unnest
 
     schema.check_records(records, api_name)
@@ -199,9 +180,6 @@ def load_table(
     return result
 
 
-# --- the flow ------------------------------------------------------------------------------
-
-
 @flow(name="countries", flow_run_name=run_name, log_prints=False)
 async def countries_flow(
     regions: list[str] = DEFAULT_REGIONS,
@@ -242,22 +220,13 @@ async def countries_flow(
         CountriesError: only when called directly; the run ends Failed with one secret-free line, cause first,
             and the table unchanged.
     """
+    given = dict(locals())  # the parameters: nothing else is defined yet
     started_at, started = datetime.now(UTC), time.perf_counter()
     steps: dict[str, float] = {}
     report_table = target_table(table, regions)  # the failure report's table, until the target is resolved
     try:
         # 1. The parameters.
-        p = check_parameters(
-            regions=regions,
-            table=table,
-            db_block=db_block,
-            api=api,
-            base_url=base_url,
-            force=force,
-            min_row_fraction=min_row_fraction,
-            cache_minutes=cache_minutes,
-            strategy=strategy,
-        )
+        p = check_parameters(**given)
 
         # 2. The source and the target.
         dialect = restcountries.get_dialect(p["api"])
@@ -266,14 +235,14 @@ async def countries_flow(
         source = Source(
             api=dialect.name,
             base_url=settings.resolve_base_url(p["base_url"], dialect.default_base_url, operator),
-            paths=schema.source_paths(dialect.name),
+            paths=tuple(schema.unnest_columns(dialect.name).values()),
             key_fingerprint=restcountries.fingerprint(api_key),
         )
         target = await settings.open_target(p["db_block"], p["table"])
         report_table = str(target.table)
 
         # 3. Fetch.
-        with _timed(steps, "fetch"):
+        with _timed(steps, "fetch"), quiet_expected_failures():
             trusted = settings.trusted_base_urls(operator)
             fetches = await fetch_all(p["regions"], source, api_key, trusted, p["cache_minutes"])
             records = schema.each_country_once(((f.region, f.records) for f in fetches), dialect.name)
@@ -310,8 +279,7 @@ async def countries_flow(
 
 
 async def publish(table: str, markdown: str, description: str) -> None:
-    """Publish ``table``'s report artifact. The run's outcome is already decided: a failure here (the Prefect
-    API gone, an artifact refused) is only a warning."""
+    """Publish ``table``'s report artifact; a failure here is only a warning (the run's outcome is decided)."""
     try:
         await acreate_markdown_artifact(key=report.artifact_key(table), markdown=markdown, description=description)
     except Exception as exc:  # noqa: BLE001 - anything: see the docstring
@@ -321,16 +289,14 @@ async def publish(table: str, markdown: str, description: str) -> None:
 async def transform_and_load(
     records: list[dict[str, Any]], api_name: str, target: settings.Target, p: dict[str, Any], steps: dict[str, float]
 ) -> tuple[LoadResult, pd.DataFrame | None, bool]:
-    """Steps 4 to 6, or nothing when the table's last load was made from the very same source.
+    """Steps 4 to 6, skipped (unless ``force``) when the table still holds what its last load committed
+    from the same source digest (``flows.load.state``).
 
-    Skipped (no task run, pandas never imported) when the source digest (``flows.load.state.source_digest``:
-    the records, the columns and the code) is the last load's and the table's live content is still what
-    that load committed; ``force`` never skips. Returns what the load did (or that it had nothing to do),
-    the frame (``None`` when skipped) and whether it repaired rows edited outside the pipeline (the same
-    source, yet rows written). Raises what the steps raise; a load state not saved is only a warning.
+    Returns what the load did, the frame (``None`` when skipped) and whether it repaired rows edited outside
+    the pipeline. Raises what the steps raise; a load state not saved is only a warning.
     """
     with _timed(steps, "unchanged check"):
-        columns = [(c.name, c.source(api_name), c.sql_type) for c in schema.COLUMNS]
+        columns = [(c.name, c.sources[api_name], c.sql_type) for c in schema.COLUMNS]
         digest = load_state.source_digest(records, dialect=api_name, columns=columns)
         stored = await load_state.stored_state(target.db, target.table)
         rows = None if p["force"] else await load_state.is_unchanged(target.db, target.table, digest, stored)
@@ -357,7 +323,7 @@ async def transform_and_load(
 
 @contextmanager
 def _timed(steps: dict[str, float], name: str) -> Iterator[None]:
-    """Record the wall time of the block as ``steps[name]`` (seconds), for the report."""
+    """Record the block's wall time in seconds as ``steps[name]``."""
     mark = time.perf_counter()
     try:
         yield

@@ -1,9 +1,5 @@
-"""The one exception hierarchy of the countries pipeline.
-
-Every failure the product raises on purpose is a ``CountriesError``: its ``str()`` is one line saying
-what went wrong and what to do about it, never holding a secret (API key, database password). The
-command line prints it last; Prefect logs it as the run's failure.
-"""
+"""The pipeline's exceptions: every deliberate failure is a ``CountriesError``, whose ``str()`` is one
+secret-free line saying what went wrong and what to do."""
 
 from __future__ import annotations
 
@@ -16,45 +12,30 @@ _SETTING = re.compile(r"\{\{([a-z][a-z0-9_]*)(?:=([^{}]*))?\}\}")
 
 
 def setting(name: str, value: object = None) -> str:
-    """A run setting named inside a message, written the way its reader knows it (see :func:`render`).
-
-    ``setting("base_url")`` reads ``base_url`` in the UI and logs, ``--base-url`` on the command line;
-    ``setting("force", True)`` ``force=True`` or ``--force``; ``setting("min_row_fraction", 0.2)``
-    ``min_row_fraction=0.2`` or ``--min-row-fraction 0.2``.
-    """
+    """A run setting named inside a message, rendered for its reader: ``setting("force", True)`` reads
+    ``force=True`` in the UI and logs, ``--force`` on the command line (``--min-row-fraction 0.2``)."""
     return "{{" + name + ("" if value is None else f"={value}") + "}}"
 
 
-def render(text: str, audience: Audience = "flow") -> str:
-    """``text`` with every :func:`setting` reference written for ``audience``."""
-
-    def one(match: re.Match[str]) -> str:
-        name, value = match.group(1), match.group(2)
-        if audience == "flow":
-            return name if value is None else f"{name}={value}"
-        flag = "--" + name.replace("_", "-")
-        return flag if value in (None, "True") else f"{flag} {value}"
-
-    return _SETTING.sub(one, text)
-
-
 class CountriesError(Exception):
-    """Base class: a one-line, secret-free message saying what failed and what to do.
-
-    ``str(exc)`` speaks the flow's language (``base_url``, ``force=True``), ``exc.for_audience("cli")``
-    the command line's (``--base-url``, ``--force``); ``exc.template`` is the message unrendered.
-    """
+    """Base class. ``str(exc)`` names settings as the flow does (``base_url``), ``exc.for_audience("cli")`` as
+    the command line does (``--base-url``); ``exc.template`` is the message unrendered."""
 
     def __str__(self) -> str:
-        return render(self.template, "flow")
+        return self.for_audience("flow")
 
     def for_audience(self, audience: Audience) -> str:
-        """The message with its setting references written for ``audience`` (see :func:`setting`)."""
-        return render(self.template, audience)
+        def one(match: re.Match[str]) -> str:
+            name, value = match.group(1), match.group(2)
+            if audience == "flow":
+                return name if value is None else f"{name}={value}"
+            flag = "--" + name.replace("_", "-")
+            return flag if value in (None, "True") else f"{flag} {value}"
+
+        return _SETTING.sub(one, self.template)
 
     @property
     def template(self) -> str:
-        """The message with its :func:`setting` references unrendered, to build a larger message from it."""
         return super().__str__()
 
 
@@ -70,12 +51,8 @@ class KeyWithheldError(ConfigurationError):
     """The API key would have to go to an origin it is not sent to; raised before any request."""
 
 
-# --- REST Countries API -------------------------------------------------------
-
-
 class ApiError(CountriesError):
-    """The API could not give the data. ``url``: the request's (never a secret: the key travels in a
-    header); ``status``: the HTTP status, when there was a response."""
+    """The API could not give the data. ``url``: the request's (secret-free); ``status``: the HTTP status, if any."""
 
     def __init__(self, message: str, *, url: str | None = None, status: int | None = None):
         super().__init__(message)
@@ -84,8 +61,7 @@ class ApiError(CountriesError):
 
 
 class TransientApiError(ApiError):
-    """Worth retrying: 429, 5xx, timeout, connection error. ``retry_after``: the seconds the server asked
-    to wait (``Retry-After``), or None."""
+    """Worth retrying: 429, 5xx, timeout, connection error. ``retry_after``: the server's ``Retry-After`` seconds."""
 
     def __init__(self, message: str, *, retry_after: float | None = None, **where: object):
         super().__init__(message, **where)
@@ -113,8 +89,7 @@ class QuotaExceededError(PermanentApiError):
 
 
 class UnknownRegionError(PermanentApiError):
-    """The API knows no region or subregion of that name (404 or no countries). ``region``: the name asked
-    for; ``request``: the request's short form (``GET …/subregion/Narnia``), so several read as one."""
+    """The API knows no region or subregion of that name. ``region``: the name; ``request``: ``GET …/subregion/X``."""
 
     def __init__(self, message: str, *, region: str | None = None, request: str | None = None, **where: object):
         super().__init__(message, **where)
@@ -158,9 +133,6 @@ class RegionsFailedError(CountriesError):
     """Regions of one run failed for different causes; the message lists each cause once, with its requests."""
 
 
-# --- Transform -----------------------------------------------------------------
-
-
 class UnnestError(CountriesError):
     """Records cannot be unnested as asked (bad path, bad override, bad input type)."""
 
@@ -170,15 +142,11 @@ class RowLimitExceededError(UnnestError):
 
 
 class InvalidRecordError(CountriesError):
-    """A record breaks the table's data contract (``flows.transform.schema``): names the country, the value
-    and the rule."""
+    """A record breaks the table's data contract (``flows.transform.schema``)."""
 
 
 class ConflictingRecordsError(InvalidRecordError):
     """Two regions give one country (the same official name) different records."""
-
-
-# --- Load ----------------------------------------------------------------------
 
 
 class LoadError(CountriesError):
@@ -194,10 +162,8 @@ class QualityGateError(LoadError):
 
 
 class TableBusyError(LoadError):
-    """A lock the load needed was held for longer than the load may wait; the message names the blocking
-    sessions (pid, user, application, state, transaction age, query shortened). Nothing was written."""
+    """A lock the load needed was held too long; the message names the blocking sessions. Nothing was written."""
 
 
 class LoadInterruptedError(LoadError):
-    """The load was interrupted (``flows.load.interrupt_loads``) before its commit and rolled back; the
-    message starts with "interrupted: the table was not changed"."""
+    """The load was interrupted (``flows.load.interrupt_loads``) before its commit and rolled back."""

@@ -1,9 +1,4 @@
-"""The flow's parameters checked without any network, for the flow and the command line.
-
-``check_parameters`` is the first thing a run does and the first thing the command line does, before any
-server starts or any request is sent: a mistake costs nothing. Its errors name the parameter the way the
-reader knows it (``flows.errors.setting``: ``base_url`` in the UI, ``--base-url`` on the command line).
-"""
+"""The flow's parameters checked without any network, first thing in a run and on the command line."""
 
 from __future__ import annotations
 
@@ -19,11 +14,8 @@ __all__ = ["DEFAULT_REGIONS", "check_base_url", "check_parameters", "default_tab
 
 
 def check_base_url(base_url: str) -> str:
-    """``base_url`` stripped, without a trailing slash; empty stays empty (the configured default applies).
-
-    Raises ``ConfigurationError`` unless ``httpx.URL`` reads it as an http(s) address; the message shows
-    the URL without its credentials, query and fragment, which may hold secrets.
-    """
+    """``base_url`` stripped, without a trailing slash (empty stays empty). Raises ``ConfigurationError``
+    unless it is an http(s) address; the message shows it without credentials, query and fragment."""
     url = base_url.strip()
     if not url:
         return ""
@@ -48,14 +40,9 @@ def check_parameters(
     cache_minutes: float,
     strategy: str = "rows",
 ) -> dict[str, Any]:
-    """The flow's parameters, checked without the network and normalised, by name.
-
-    The ranges and choices are the flow signature's, which Prefect and the command line validate first;
-    this checks what a type cannot say. ``regions`` become the distinct names to fetch (``"all"``
-    expanded, in the API's spelling), ``table`` the table to load (:func:`target_table`), ``db_block``
-    and ``base_url`` are stripped (see :func:`check_base_url`). Raises ``ConfigurationError``
-    (``InvalidTableNameError`` for the table) naming the parameter, what was wrong and what to do.
-    """
+    """The parameters by name, normalised: ``regions`` the distinct names to fetch, ``table`` the table to load
+    (:func:`target_table`), text stripped. Checks what the signature's types cannot say; raises
+    ``ConfigurationError`` (``InvalidTableNameError`` for the table) naming the parameter."""
     names = expand_regions(regions)
     table = target_table(table, regions)
     try:

@@ -1,14 +1,5 @@
-"""What a run of the countries flow did, as a summary line and a Prefect artifact.
-
-- :class:`RegionFetch`: one region's records and when and how they were fetched (a cached fetch keeps
-  the time it really happened).
-- :class:`RunSummary`: a completed run; :meth:`RunSummary.one_line` is the log's and the command
-  line's last line, :meth:`RunSummary.markdown` the artifact.
-- :func:`failure_markdown`: the short report a failed run publishes.
-- :func:`artifact_key`: one artifact key per table, so its history is that table's timeline.
-
-Pure: no Prefect calls, no I/O.
-"""
+"""What a run did: :class:`RunSummary` (its summary line and artifact), :func:`failure_markdown` (a failed
+run's artifact) and :func:`artifact_key` (one per table). Pure: no Prefect calls, no I/O."""
 
 from __future__ import annotations
 
@@ -25,8 +16,7 @@ from flows.load.changes import ChangeSummary
 
 @dataclass(frozen=True)
 class RegionFetch:
-    """The records of one region or subregion (``countries`` of them), fetched at ``fetched_at`` (UTC) with
-    ``requests`` HTTP requests, ``retries`` of them retries."""
+    """One region's records, fetched at ``fetched_at`` (UTC; a cached fetch keeps it) with ``requests``."""
 
     region: str
     records: list[dict[str, Any]]
@@ -45,14 +35,9 @@ class RegionFetch:
 
 
 def artifact_key(table: str) -> str:
-    """The report artifact's key for ``table``: one per table however its name is written, and always a key
-    Prefect accepts (lowercase letters, digits and dashes) for any name the loader accepts.
-
-    ``northern_europe_countries`` and ``public.northern_europe_countries`` ->
-    ``countries-northern-europe-countries``; ``analytics.countries`` -> ``countries-analytics--countries``.
-    A name the slug does not spell back exactly (capitals, ``$``, ``__``, ``_`` at either end) also gets a
-    hash of the exact name, so two tables never share a key.
-    """
+    """The report artifact's key for ``table``, one per table however its name is written: ``public.t_1`` ->
+    ``countries-t-1``, ``analytics.t`` -> ``countries-analytics--t``; a name the slug does not spell back
+    exactly gets a hash too, so two tables never share a key."""
     try:
         name = parse_table_name(table)
         parts = [name.name] if name.schema in (None, "public") else [name.schema, name.name]
@@ -82,12 +67,8 @@ def _table(title: str, rows: list[tuple[str, Any]], seconds: float) -> list[str]
 
 @dataclass
 class RunSummary:
-    """What a completed run did; the flow returns it and publishes it as the table's artifact.
-
-    It holds figures, not data: ``fetches`` without their records, and ``preview``, the table's new
-    content as pandas displays it (every row of a small table, the first and last of a large one; None
-    when the run skipped the transform and load).
-    """
+    """What a completed run did: figures, ``fetches`` without their records, and ``preview``, the table's new
+    content as pandas shows it (None when the transform and load were skipped)."""
 
     table: str
     database: str
@@ -127,10 +108,8 @@ class RunSummary:
         return sum(f.retries for f in self.fetches if not f.from_cache(self.started))
 
     def one_line(self) -> str:
-        """The summary line: what was written (never the frame's size), e.g. ``loaded public.t at …: 1 row
-        deleted, 1 inserted (1 population changed), 20 rows in the table; 1 API request``; ``unchanged: …
-        nothing written``, or ``repaired 1 row edited outside the pipeline …`` (an edited row is deleted and
-        inserted back; a swap rewrites every row, so it gives no count)."""
+        """The summary line, e.g. ``loaded public.t at …: 1 row deleted, 1 inserted (1 population changed), 20 rows
+        in the table; 1 API request``, ``unchanged: …`` or ``repaired 1 row edited outside the pipeline …``."""
         where = f"{self.table} at {self.database}"
         written = f"{plural(self.deleted, 'row')} deleted, {self.inserted} inserted ({self.changes.phrase()})"
         if not self.changed:

@@ -1,9 +1,5 @@
-"""The quality gate: the rules the countries frame must pass before it may replace the table.
-
-``validate_countries(df)`` checks ``FRAME_RULES`` (shape and dtypes), then ``ROW_RULES`` (per-row
-values, derived from ``flows.transform.schema``). The rules are data: to add one, append to a list.
-The row-drop rule belongs to the load (``flows.load.changes.check_row_drop``), which knows the table.
-"""
+"""The quality gate: ``validate_countries(df)`` checks ``FRAME_RULES`` (shape, dtypes), then ``ROW_RULES``
+(derived from ``flows.transform.schema``). The rules are data: to add one, append to a list."""
 
 from __future__ import annotations
 
@@ -18,8 +14,8 @@ from flows.transform import schema
 
 @dataclass(frozen=True)
 class RowRule:
-    """A rule on each row: ``failing(df)`` is a boolean mask of the rows that break it; the message reads
-    "<n> rows have <problem> (e.g. <example>)", ``example(df, index_label)`` for the first failing row."""
+    """``failing(df)``: a mask of the rows that break it, reported as "<n> rows have <problem> (e.g. <example>)";
+    ``example(df, index_label)`` shows the first failing row."""
 
     name: str
     problem: str
@@ -36,7 +32,6 @@ def _columns_problem(df: pd.DataFrame) -> str | None:
 
 
 def _is_text(series: pd.Series) -> bool:
-    """A str dtype, or an object column whose values are all str (or missing)."""
     if series.dtype == object:
         return pd.api.types.infer_dtype(series, skipna=True) in ("string", "empty")
     return pd.api.types.is_string_dtype(series.dtype) and not isinstance(series.dtype, pd.CategoricalDtype)
@@ -76,23 +71,18 @@ FRAME_RULES: list[Callable[[pd.DataFrame], str | None]] = [
     _dtypes_problem,
     lambda df: "the data has no rows" if len(df) == 0 else None,
 ]
-"""Checked first, in order, each returning a problem or None; the row rules assume these passed."""
+"""Checked first, in order: a problem or None."""
 
 ROW_RULES: list[RowRule] = [
     *(_required(col) for col in schema.COLUMNS if col.required),
     *(_at_least(col, col.minimum) for col in schema.COLUMNS if col.minimum is not None),
 ]
-"""Checked in order after the frame rules: a required column has a value in every row; a column with a
-minimum has no value below it."""
+"""Checked in order after the frame rules."""
 
 
 def validate_countries(df: pd.DataFrame) -> None:
-    """Return None if the frame may be loaded; it is not modified.
-
-    Raises ``QualityGateError`` naming the first failed rule (frame rules, then row rules) and, for a
-    row rule, how many rows fail with an example, e.g. ``quality gate: 2 rows have a negative population
-    (e.g. "Narnia": -5); the table was not changed``.
-    """
+    """Return None if the frame may be loaded. Raises ``QualityGateError`` naming the first failed rule, e.g.
+    ``quality gate: 2 rows have a negative population (e.g. "Narnia": -5); the table was not changed``."""
     for frame_rule in FRAME_RULES:
         if (problem := frame_rule(df)) is not None:
             raise QualityGateError(f"quality gate: {problem}; the table was not changed")

@@ -1,11 +1,6 @@
-"""The countries table, defined once, and the table a run loads by default.
-
-Each :class:`Column` of :data:`COLUMNS` says its name, its PostgreSQL type, its unnest path in each API
-dialect's records (``flows.transform.unnest``) and the rules its values obey. Derived from it: the fields
-requested and the unnest selection (:func:`source_paths`, :func:`unnest_columns`), the record checks
-(:func:`check_records`, :func:`each_country_once`), the frame's dtypes and the SQL types
-(:func:`to_frame_dtypes`, :data:`SQL_TYPES`), the quality gate's rules (``flows.transform.quality``) and
-what the change report compares (:data:`CHANGES`). Adding a column is one entry here (plus its tests).
+"""The countries table, defined once (:data:`COLUMNS`: name, SQL type, source path per API dialect, value
+rules), what derives from it (the record checks, the frame's dtypes, :data:`SQL_TYPES`, :data:`CHANGES`),
+and the table a run loads by default (:func:`target_table`). Adding a column is one entry here.
 """
 
 from __future__ import annotations
@@ -36,11 +31,11 @@ class _Missing:
 MISSING = _Missing()
 """What :func:`values_at` gives where a record has no value at a path (null is None)."""
 
-# --- value rules: the raw JSON value at a column's container -> a problem, or None ------------
+# Value rules: the raw JSON value at a column's container -> a problem, or None.
 
 
 def _show(value: Any, limit: int = 60) -> str:
-    """A raw value for messages, as JSON (``null``, ``true``, ``"text"``, ``Infinity``), shortened."""
+    """A raw value for messages, as JSON, shortened."""
     text = json.dumps(value, ensure_ascii=False, default=repr)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -50,22 +45,16 @@ _KINDS = {type(None): "null", bool: "a boolean", str: "a string", int: "a number
 
 
 def _kind(value: Any) -> str:
-    """What a JSON value is, in words: ``a number``, ``an object``."""
     return _KINDS.get(type(value), f"a {type(value).__name__}")
 
 
 _DECIMAL_TEXT = re.compile(r"[ \t]*([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)[ \t]*", re.ASCII)
-"""A number written in ASCII decimal: sign, digits, fraction, exponent (no ``_``, no other scripts' digits)."""
 
 
 def _number(value: Any) -> int | float | decimal.Decimal | str:
-    """A JSON value as a number: a str is read exactly as ASCII decimal text (a ``Decimal``), or is returned as is."""
-    if not isinstance(value, str):
-        return value
-    match = _DECIMAL_TEXT.fullmatch(value)
-    if match is None:
-        return value
-    return decimal.Decimal(match[1])
+    """A JSON value as a number: ASCII decimal text read exactly (a ``Decimal``); anything else as it is."""
+    match = _DECIMAL_TEXT.fullmatch(value) if isinstance(value, str) else None
+    return value if match is None else decimal.Decimal(match[1])
 
 
 def whole_number(value: Any) -> str | None:
@@ -121,7 +110,7 @@ def currency_shape(value: Any) -> str | None:
 CURRENCY_SHAPES = "a list of objects with a name, an object keyed by currency code, empty, or null"
 
 
-# --- the same rules over many values at once: True only if every value passes ------------------
+# The same rules over many values at once: True only if every value passes.
 # Measured at 200,000 records: checking value by value took about 0.7 s; these take about 0.05 s.
 
 
@@ -149,19 +138,11 @@ def all_currency_shapes(values: list[Any]) -> bool:
         return False
 
 
-# --- the table -------------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class Column:
-    """One column of the countries table.
-
-    ``sources``: the column's unnest path per API dialect (``*`` explodes a list or a code-keyed object).
-    ``rule``: the raw value at the path's *container* (up to the first ``*``) -> a problem, or None;
-    ``expected`` says in words what it accepts; ``all_pass``: True only if ``rule`` passes every value of
-    a list (cheaply; a False sends the check value by value). ``required``: never missing nor null;
-    ``minimum``: the smallest number allowed; ``dtype``: the frame's (``int64``: read by :func:`as_whole_number`).
-    """
+    """One column: ``sources`` its unnest path per API dialect; ``rule`` a value at the path's container (up to
+    the first ``*``) -> a problem or None, ``expected`` what it accepts in words, ``all_pass`` a cheap check
+    that ``rule`` passes every value of a list; ``required``: never missing nor null; ``dtype`` the frame's."""
 
     name: str
     sql_type: str
@@ -172,10 +153,6 @@ class Column:
     required: bool = False
     minimum: int | None = None
     dtype: str = "str"
-
-    def source(self, dialect: str) -> str:
-        """The unnest path of this column in ``dialect``'s records."""
-        return self.sources[dialect]
 
     def container(self, dialect: str) -> str:
         """The path up to the first ``*`` (the whole path if there is none)."""
@@ -228,23 +205,14 @@ def column(name: str) -> Column:
     return {c.name: c for c in COLUMNS}[name]
 
 
-def source_paths(dialect: str) -> tuple[str, ...]:
-    """The unnest paths of every column in ``dialect``'s records, in table order (what to request)."""
-    return tuple(c.source(dialect) for c in COLUMNS)
-
-
 def unnest_columns(dialect: str) -> dict[str, str]:
     """``{column name: unnest path}`` for ``flows.transform.unnest.unnest(records, columns=...)``."""
-    return {c.name: c.source(dialect) for c in COLUMNS}
+    return {c.name: c.sources[dialect] for c in COLUMNS}
 
 
 def values_at(records: list[Any], path: str) -> list[Any]:
-    """The values at dotted ``path`` in each of ``records``, in one pass per path segment.
-
-    Without ``*``: one value per record, :data:`MISSING` where there is none. ``*`` stands for every
-    element of a list or value of a dict (none for anything else), so the result may be longer or
-    shorter than ``records`` and holds no MISSING from below the ``*``.
-    """
+    """The values at dotted ``path`` in ``records``: without ``*`` one per record (:data:`MISSING` where there
+    is none); ``*`` stands for every element of a list or value of a dict, and no MISSING comes from below it."""
     values = records
     for part in path.split("."):
         if part == "*":
@@ -265,16 +233,11 @@ def _country(name: Any) -> str:
 def each_country_once(
     fetches: Iterable[tuple[str, Iterable[Mapping[str, Any]]]], dialect: str
 ) -> list[Mapping[str, Any]]:
-    """The records of every region, each country once: ``fetches`` are (region, records) pairs.
-
-    Regions may overlap (``Europe`` and ``Northern Europe``): a record equal in the fields the table reads
-    to one kept for the same :data:`KEY` value is dropped (the first kept, order kept); a record without
-    a name is kept (the record checks refuse it). Raises ``ConflictingRecordsError`` when two records of
-    one name differ, e.g. ``"Narnia" differs between Asia and Europe (currencies, population): each
-    country must have one record; the table was not changed``.
-    """
-    parts = KEY.source(dialect).split(".")
-    read = sorted({c.source(dialect).split(".")[0] for c in COLUMNS})  # the top-level fields the table reads
+    """The records of (region, records) pairs, each :data:`KEY` value once (the first record; a record without
+    a name is kept for the checks to refuse). Raises ``ConflictingRecordsError`` when two records of one name
+    differ in the fields the table reads."""
+    parts = KEY.sources[dialect].split(".")
+    read = sorted({c.sources[dialect].split(".")[0] for c in COLUMNS})  # the top-level fields the table reads
     first: dict[str, tuple[Mapping[str, Any], str]] = {}  # name -> its first record and that record's region
     out: list[Mapping[str, Any]] = []
     for region, records in fetches:
@@ -299,16 +262,12 @@ def each_country_once(
 
 def count_distinct(records: list[Mapping[str, Any]], column: Column, dialect: str) -> int:
     """How many distinct non-null values ``column`` takes over ``records`` (without building the frame)."""
-    return len({v for v in values_at(records, column.source(dialect)) if v is not None} - {MISSING})
+    return len({v for v in values_at(records, column.sources[dialect]) if v is not None} - {MISSING})
 
 
 def check_records(records: list[Mapping[str, Any]], dialect: str) -> int:
-    """Check every record against the columns' rules; return how many records were checked.
-
-    Raises ``InvalidRecordError`` naming the first bad record's country, the value and what is accepted,
-    plus how many values break a rule, e.g. ``population of "Iceland" is 30654.7 (not a whole number):
-    expected a whole number within bigint; the table was not changed``.
-    """
+    """How many records were checked against the columns' rules. Raises ``InvalidRecordError`` naming the first
+    bad record's country, the value, what is accepted and how many values break a rule."""
     names: list[Any] | None = None
     problems: list[tuple[int, int, str]] = []
     for c, col in enumerate(COLUMNS):
@@ -316,7 +275,7 @@ def check_records(records: list[Mapping[str, Any]], dialect: str) -> int:
         values = values_at(records, path)
         if col.all_pass(values):
             continue
-        names = names if names is not None else values_at(records, KEY.source(dialect))
+        names = names if names is not None else values_at(records, KEY.sources[dialect])
         for i, value in enumerate(values):
             if value is MISSING or value is None:
                 problem = ("missing" if value is MISSING else "null") if col.required else None
@@ -332,8 +291,7 @@ def check_records(records: list[Mapping[str, Any]], dialect: str) -> int:
 
 
 def to_frame_dtypes(frame: Any) -> Any:
-    """The unnested frame of records that passed :func:`check_records`, in table order, each column in its
-    dtype: whole numbers in any form (``1e3``, ``"1000"``) become int64."""
+    """The unnested frame of checked records, columns in table order, whole numbers in any form as Int64."""
     frame = frame.reindex(columns=list(COLUMN_NAMES))
     for col in COLUMNS:
         if col.dtype == "int64" and str(frame[col.name].dtype) != "int64":
@@ -351,22 +309,19 @@ CHANGES = ChangeSpec(
 """What the change report compares: countries by name, their population, their set of currencies."""
 
 
-# --- the table a run loads -----------------------------------------------------------------
-
 DEFAULT_REGIONS = ["Northern Europe"]
 
 
 def target_table(table: str | None, regions: Sequence[str] | str | None) -> str:
-    """The table a run loads: ``table`` stripped, else :func:`default_table` of ``regions`` (a name, a list of
-    names, or none: :data:`DEFAULT_REGIONS`)."""
+    """The table a run loads: ``table`` stripped, else :func:`default_table` of ``regions`` (default
+    :data:`DEFAULT_REGIONS`)."""
     regions = [regions] if isinstance(regions, str) else list(regions or DEFAULT_REGIONS)
     return str(table or "").strip() or default_table(regions)
 
 
 def default_table(regions: Sequence[str]) -> str:
-    """The table named after ``regions``: ``["Northern Europe"]`` -> ``northern_europe_countries``; ``["all"]``
-    (alone or not) -> ``all_countries``; ``["Europe", "Asia"]`` -> ``europe_asia_countries``. Folded to
-    lower-case ASCII letters, digits and underscores; over PostgreSQL's 63 bytes, shortened with a hash."""
+    """The table named after ``regions`` in lower-case ASCII: ``["Europe", "Asia"]`` -> ``europe_asia_countries``,
+    any ``"all"`` -> ``all_countries``; over PostgreSQL's 63 bytes, shortened with a hash."""
     if any(str(region).strip().casefold() == "all" for region in regions):
         regions = ["all"]
     parts = []
