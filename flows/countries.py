@@ -12,7 +12,7 @@ import asyncio
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -266,7 +266,7 @@ async def countries_flow(
         previous_rows=result.previous_rows,
         countries=schema.count_distinct(records, schema.KEY, dialect.name),
         currencies=schema.count_distinct(records, schema.column("currency_name"), dialect.name),
-        fetches=[f.figures() for f in fetches],
+        fetches=[replace(f, records=[]) for f in fetches],
         started=started_at,
         seconds=time.perf_counter() - started,
         changes=result.changes,

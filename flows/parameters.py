@@ -29,19 +29,10 @@ def check_base_url(base_url: str) -> str:
 
 
 def check_parameters(
-    *,
-    regions: Sequence[str],
-    table: str,
-    db_block: str,
-    api: str,
-    base_url: str,
-    force: bool,
-    min_row_fraction: float,
-    cache_minutes: float,
-    strategy: str = "rows",
+    *, regions: Sequence[str], table: str, db_block: str, api: str, base_url: str, **rest: Any
 ) -> dict[str, Any]:
     """The parameters by name, normalised: ``regions`` the distinct names to fetch, ``table`` the table to load
-    (:func:`target_table`), text stripped. Checks what the signature's types cannot say; raises
+    (:func:`target_table`), text stripped; ``rest`` (the flow signature's ranges and choices) as given. Raises
     ``ConfigurationError`` (``InvalidTableNameError`` for the table) naming the parameter."""
     names = expand_regions(regions)
     table = target_table(table, regions)
@@ -53,13 +44,10 @@ def check_parameters(
     if not isinstance(db_block, str) or not db_block.strip():
         raise ConfigurationError(f"{setting('db_block')} is empty: name a SqlAlchemyConnector block, e.g. countries-db")
     return {
+        **rest,
         "regions": names,
         "table": table,
         "db_block": db_block.strip(),
         "api": api.strip(),
         "base_url": check_base_url(base_url or ""),
-        "force": force,
-        "min_row_fraction": min_row_fraction,
-        "cache_minutes": cache_minutes,
-        "strategy": strategy,
     }

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,14 +24,6 @@ class RegionFetch:
     fetched_at: datetime
     requests: int
     retries: int = 0
-
-    def figures(self) -> RegionFetch:
-        """This fetch without its records: what the run's summary keeps (Prefect need not walk the data)."""
-        return replace(self, records=[])
-
-    def from_cache(self, run_started: datetime) -> bool:
-        """Whether this fetch happened before the run started (the cache served it)."""
-        return self.fetched_at < run_started
 
 
 def artifact_key(table: str) -> str:
@@ -67,7 +59,8 @@ def _table(title: str, rows: list[tuple[str, Any]], seconds: float) -> list[str]
 
 @dataclass
 class RunSummary:
-    """What a completed run did: figures, ``fetches`` without their records, and ``preview``, the table's new
+    """What a completed run did: figures, ``fetches`` (without their records: Prefect need not walk the data),
+    and ``preview``, the table's new
     content as pandas shows it (None when the transform and load were skipped)."""
 
     table: str
@@ -95,17 +88,17 @@ class RunSummary:
     @property
     def cached(self) -> list[RegionFetch]:
         """The regions served from the fetch cache."""
-        return [f for f in self.fetches if f.from_cache(self.started)]
+        return [f for f in self.fetches if f.fetched_at < self.started]
 
     @property
     def requests(self) -> int:
         """HTTP requests this run sent (cached regions sent none)."""
-        return sum(f.requests for f in self.fetches if not f.from_cache(self.started))
+        return sum(f.requests for f in self.fetches if f.fetched_at >= self.started)
 
     @property
     def retries(self) -> int:
         """Of :attr:`requests`, those that were retries."""
-        return sum(f.retries for f in self.fetches if not f.from_cache(self.started))
+        return sum(f.retries for f in self.fetches if f.fetched_at >= self.started)
 
     def one_line(self) -> str:
         """The summary line, e.g. ``loaded public.t at …: 1 row deleted, 1 inserted (1 population changed), 20 rows
@@ -145,7 +138,7 @@ class RunSummary:
         lines = _table("Countries load", rows, self.seconds)
         lines += ["", "## Sources", "", "| region | countries | fetched | requests |", "|---|---|---|---|"]
         for f in self.fetches:
-            cached = f.from_cache(self.started)
+            cached = f.fetched_at < self.started
             how = f"from the cache (fetched {_when(f.fetched_at)})" if cached else _when(f.fetched_at)
             lines.append(f"| {f.region} | {f.countries} | {how} | {0 if cached else f.requests} |")
         if self.previous_rows is not None:

@@ -1,5 +1,5 @@
-"""The quality gate: ``validate_countries(df)`` checks ``FRAME_RULES`` (shape, dtypes), then ``ROW_RULES``
-(derived from ``flows.transform.schema``). The rules are data: to add one, append to a list."""
+"""The quality gate: ``validate_countries(df)`` checks the frame's shape and dtypes, then ``ROW_RULES``
+(derived from ``flows.transform.schema``). The row rules are data: to add one, append to the list."""
 
 from __future__ import annotations
 
@@ -23,28 +23,25 @@ class RowRule:
     example: Callable[[pd.DataFrame, object], str]
 
 
-def _columns_problem(df: pd.DataFrame) -> str | None:
-    actual = [str(c) for c in df.columns]
-    if tuple(actual) == schema.COLUMN_NAMES:
-        return None
-    expected = ", ".join(schema.COLUMN_NAMES)
-    return f"the columns are [{', '.join(actual)}], expected exactly [{expected}] in that order"
-
-
 def _is_text(series: pd.Series) -> bool:
     if series.dtype == object:
         return pd.api.types.infer_dtype(series, skipna=True) in ("string", "empty")
     return pd.api.types.is_string_dtype(series.dtype) and not isinstance(series.dtype, pd.CategoricalDtype)
 
 
-def _dtypes_problem(df: pd.DataFrame) -> str | None:
+def _frame_problem(df: pd.DataFrame) -> str | None:
+    """The first way the frame's columns, dtypes or size break the schema, or None."""
+    actual = [str(c) for c in df.columns]
+    if tuple(actual) != schema.COLUMN_NAMES:
+        expected = ", ".join(schema.COLUMN_NAMES)
+        return f"the columns are [{', '.join(actual)}], expected exactly [{expected}] in that order"
     for col in schema.COLUMNS:
         series = df[col.name]
         if col.dtype == "str" and not _is_text(series):
             return f'column "{col.name}" has dtype {series.dtype}, expected text (str)'
         if col.dtype == "int64" and not pd.api.types.is_integer_dtype(series.dtype):
             return f'column "{col.name}" has dtype {series.dtype}, expected an integer dtype'
-    return None
+    return "the data has no rows" if len(df) == 0 else None
 
 
 def _name_of(df: pd.DataFrame, label: object) -> str:
@@ -66,26 +63,18 @@ def _at_least(col: schema.Column, minimum: int) -> RowRule:
     )
 
 
-FRAME_RULES: list[Callable[[pd.DataFrame], str | None]] = [
-    _columns_problem,
-    _dtypes_problem,
-    lambda df: "the data has no rows" if len(df) == 0 else None,
-]
-"""Checked first, in order: a problem or None."""
-
 ROW_RULES: list[RowRule] = [
     *(_required(col) for col in schema.COLUMNS if col.required),
     *(_at_least(col, col.minimum) for col in schema.COLUMNS if col.minimum is not None),
 ]
-"""Checked in order after the frame rules."""
+"""Checked in order once the frame's shape and dtypes passed."""
 
 
 def validate_countries(df: pd.DataFrame) -> None:
     """Return None if the frame may be loaded. Raises ``QualityGateError`` naming the first failed rule, e.g.
     ``quality gate: 2 rows have a negative population (e.g. "Narnia": -5); the table was not changed``."""
-    for frame_rule in FRAME_RULES:
-        if (problem := frame_rule(df)) is not None:
-            raise QualityGateError(f"quality gate: {problem}; the table was not changed")
+    if (problem := _frame_problem(df)) is not None:
+        raise QualityGateError(f"quality gate: {problem}; the table was not changed")
     for row_rule in ROW_RULES:
         failing = row_rule.failing(df).to_numpy(dtype=bool)
         if count := int(failing.sum()):

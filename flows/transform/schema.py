@@ -59,25 +59,16 @@ def _number(value: Any) -> int | float | decimal.Decimal | str:
 
 def whole_number(value: Any) -> str | None:
     """A whole number within PostgreSQL's bigint: an int, or a float or ASCII decimal text that is exactly one."""
-    if isinstance(value, bool):
-        return f"{_show(value)} (a boolean)"
     number = _number(value)
-    if isinstance(number, str):
-        return f"{_show(value)} (text, not a number)"
+    if isinstance(value, bool) or not isinstance(number, int | float | decimal.Decimal):
+        return f"{_show(value)} ({'text, not a number' if isinstance(number, str) else _kind(value)})"
     if isinstance(number, float) and not math.isfinite(number):
         return f"{_show(value)} (not a finite number)"
-    if not isinstance(number, int | float | decimal.Decimal):
-        return f"{_show(value)} ({_kind(value)})"
     if not BIGINT_MIN <= number <= BIGINT_MAX:  # compared exactly, before any conversion
         return f"{_show(value)} (outside bigint, at most {BIGINT_MAX})"
     if number != int(number):
         return f"{_show(value)} (not a whole number)"
     return None
-
-
-def as_whole_number(value: Any) -> int:
-    """The int a value that passed :func:`whole_number` stands for (text read exactly, never through a float)."""
-    return int(_number(value))
 
 
 def non_empty_text(value: Any) -> str | None:
@@ -88,9 +79,7 @@ def non_empty_text(value: Any) -> str | None:
 
 
 def currency_shape(value: Any) -> str | None:
-    """A list of objects with a text ``name``, an object keyed by code of such objects, empty, or null."""
-    if value is None or value is MISSING:
-        return None
+    """A list of objects with a text ``name``, or an object keyed by code of such objects (null: see the caller)."""
     if isinstance(value, list):
         entries: Iterable[Any] = value
     elif isinstance(value, Mapping):
@@ -105,9 +94,6 @@ def currency_shape(value: Any) -> str | None:
             got = "no name" if name is MISSING else f"name {_show(name)}"
             return f"{_kind(value)} holding an object with {got}"
     return None
-
-
-CURRENCY_SHAPES = "a list of objects with a name, an object keyed by currency code, empty, or null"
 
 
 # The same rules over many values at once: True only if every value passes.
@@ -154,10 +140,6 @@ class Column:
     minimum: int | None = None
     dtype: str = "str"
 
-    def container(self, dialect: str) -> str:
-        """The path up to the first ``*`` (the whole path if there is none)."""
-        return self.sources[dialect].split(".*", 1)[0]
-
 
 COLUMNS: tuple[Column, ...] = (
     Column(
@@ -175,7 +157,7 @@ COLUMNS: tuple[Column, ...] = (
         sources={"v5": "currencies.*.name", "v3.1": "currencies.*.name"},
         rule=currency_shape,
         all_pass=all_currency_shapes,
-        expected=CURRENCY_SHAPES,
+        expected="a list of objects with a name, an object keyed by currency code, empty, or null",
     ),
     Column(
         name="population",
@@ -271,7 +253,7 @@ def check_records(records: list[Mapping[str, Any]], dialect: str) -> int:
     names: list[Any] | None = None
     problems: list[tuple[int, int, str]] = []
     for c, col in enumerate(COLUMNS):
-        path = col.container(dialect)
+        path = col.sources[dialect].split(".*", 1)[0]  # the container: up to the first *
         values = values_at(records, path)
         if col.all_pass(values):
             continue
@@ -291,11 +273,12 @@ def check_records(records: list[Mapping[str, Any]], dialect: str) -> int:
 
 
 def to_frame_dtypes(frame: Any) -> Any:
-    """The unnested frame of checked records, columns in table order, whole numbers in any form as Int64."""
+    """The unnested frame of checked records, columns in table order, whole numbers in any form as Int64 (text
+    read exactly, never through a float)."""
     frame = frame.reindex(columns=list(COLUMN_NAMES))
     for col in COLUMNS:
         if col.dtype == "int64" and str(frame[col.name].dtype) != "int64":
-            frame[col.name] = frame[col.name].map(as_whole_number, na_action="ignore").astype("Int64")
+            frame[col.name] = frame[col.name].map(lambda v: int(_number(v)), na_action="ignore").astype("Int64")
     return frame
 
 
