@@ -155,23 +155,15 @@ def quality_gate(frame: pd.DataFrame) -> pd.DataFrame:
 
 @task(task_run_name="load {target.table}", cache_policy=NO_CACHE)
 @failing_with_the_cause
-def load_table(
-    frame: pd.DataFrame, target: settings.Target, force: bool, min_row_fraction: float, strategy: str
-) -> LoadResult:
-    """Make the target table's rows equal to the frame's, writing only the differing rows; logs what changed."""
+def load_table(frame: pd.DataFrame, target: settings.Target, options: dict[str, Any]) -> LoadResult:
+    """Make the target table's rows equal to the frame's, writing only the differing rows; logs what changed.
+    ``options``: ``flows.load.replace_table``'s force, min_row_fraction and strategy."""
     from flows import load
 
     engine = target.db.engine()
     try:
         result = load.replace_table(
-            engine,
-            frame,
-            target.table,
-            column_types=schema.SQL_TYPES,
-            force=force,
-            min_row_fraction=min_row_fraction,
-            changes=schema.CHANGES,
-            strategy=strategy,
+            engine, frame, target.table, column_types=schema.SQL_TYPES, changes=schema.CHANGES, **options
         )
     finally:
         engine.dispose()
@@ -311,8 +303,8 @@ async def transform_and_load(
         unnested = await unnest(quote(records), api_name, return_state=True).aresult()
         frame = await quality_gate(quote(unnested), return_state=True).aresult()
     with _timed(steps, "load"):
-        run = load_table(quote(frame), target, p["force"], p["min_row_fraction"], p["strategy"], return_state=True)
-        result = await run.aresult()
+        options = {k: p[k] for k in ("force", "min_row_fraction", "strategy")}
+        result = await load_table(quote(frame), target, options, return_state=True).aresult()
     try:
         await load_state.save_state(target.db, target.table, digest, result)
     except Exception as exc:  # noqa: BLE001 - the table is written; without a state the next run compares rows

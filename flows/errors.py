@@ -6,8 +6,6 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-Audience = Literal["flow", "cli"]
-
 _SETTING = re.compile(r"\{\{([a-z][a-z0-9_]*)(?:=([^{}]*))?\}\}")
 
 
@@ -24,7 +22,7 @@ class CountriesError(Exception):
     def __str__(self) -> str:
         return self.for_audience("flow")
 
-    def for_audience(self, audience: Audience) -> str:
+    def for_audience(self, audience: Literal["flow", "cli"]) -> str:
         def one(match: re.Match[str]) -> str:
             name, value = match.group(1), match.group(2)
             if audience == "flow":
@@ -52,20 +50,21 @@ class KeyWithheldError(ConfigurationError):
 
 
 class ApiError(CountriesError):
-    """The API could not give the data. ``url``: the request's (secret-free); ``status``: the HTTP status, if any."""
+    """The API could not give the data. ``url``: the request's (secret-free); ``status``: the HTTP status, if any.
+    Keyword arguments set these and the subclasses' attributes (None unless given)."""
 
-    def __init__(self, message: str, *, url: str | None = None, status: int | None = None):
+    url: str | None = None
+    status: int | None = None
+
+    def __init__(self, message: str, **details: object):
         super().__init__(message)
-        self.url = url
-        self.status = status
+        vars(self).update(details)
 
 
 class TransientApiError(ApiError):
     """Worth retrying: 429, 5xx, timeout, connection error. ``retry_after``: the server's ``Retry-After`` seconds."""
 
-    def __init__(self, message: str, *, retry_after: float | None = None, **where: object):
-        super().__init__(message, **where)
-        self.retry_after = retry_after
+    retry_after: float | None = None
 
 
 class DeadlineExceededError(TransientApiError):
@@ -91,10 +90,8 @@ class QuotaExceededError(PermanentApiError):
 class UnknownRegionError(PermanentApiError):
     """The API knows no region or subregion of that name. ``region``: the name; ``request``: ``GET …/subregion/X``."""
 
-    def __init__(self, message: str, *, region: str | None = None, request: str | None = None, **where: object):
-        super().__init__(message, **where)
-        self.region = region
-        self.request = request
+    region: str | None = None
+    request: str | None = None
 
 
 class UnknownRegionNameError(UnknownRegionError, ConfigurationError):

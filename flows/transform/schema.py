@@ -307,12 +307,8 @@ def default_table(regions: Sequence[str]) -> str:
     any ``"all"`` -> ``all_countries``; over PostgreSQL's 63 bytes, shortened with a hash."""
     if any(str(region).strip().casefold() == "all" for region in regions):
         regions = ["all"]
-    parts = []
-    for region in regions:
-        ascii_name = unicodedata.normalize("NFKD", str(region)).encode("ascii", "ignore").decode()
-        part = re.sub(r"[^a-z0-9]+", "_", ascii_name.casefold()).strip("_")
-        if part and part not in parts:
-            parts.append(part)
+    folded = (unicodedata.normalize("NFKD", str(r)).encode("ascii", "ignore").decode().casefold() for r in regions)
+    parts = dict.fromkeys(filter(None, (re.sub(r"[^a-z0-9]+", "_", f).strip("_") for f in folded)))  # distinct
     name = "_".join(parts or ["regions"]) + "_countries"
     if name[0].isdigit():
         name = "r_" + name
