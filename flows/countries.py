@@ -1,10 +1,6 @@
-"""The flow: keep a PostgreSQL table of countries fresh from the REST Countries API.
-
-``countries_flow`` checks its parameters, resolves the source and the target, fetches every region (one
-cached task each), unnests and checks the records, passes the quality gate, makes the table's rows equal
-to the source's and publishes the report. A ``CountriesError`` ends the run Failed with its one line, the
-table untouched. Run it with ``python flows/countries.py --help``; deploy it with ``prefect deploy``.
-"""
+"""The flow ``countries_flow``: make a PostgreSQL table's rows equal to the REST Countries API's, steps 1 to 7
+below. A ``CountriesError`` ends the run Failed with its one line, the table untouched. Run it with
+``python flows/countries.py --help``; deploy it with ``prefect deploy``."""
 
 from __future__ import annotations
 
@@ -106,11 +102,8 @@ async def fetch_region(
 async def fetch_all(
     regions: list[str], source: Source, api_key: str | None, trusted: list[str], cache_minutes: float
 ) -> list[report.RegionFetch]:
-    """Every region's fetch, in region order, fetched concurrently over one client, each to its end.
-
-    Raises what ``flows.source.check_source`` raises, then ``flows.source.one_error`` of the regions that
-    failed; an unexpected error as it is.
-    """
+    """Every region's fetch, in region order, each to its end. Raises what ``flows.source.check_source`` raises,
+    then ``flows.source.one_error`` of the regions that failed; an unexpected error as it is."""
     fetch = fetch_region.with_options(
         cache_expiration=timedelta(minutes=cache_minutes), refresh_cache=cache_minutes == 0
     )
@@ -156,8 +149,7 @@ def quality_gate(frame: pd.DataFrame) -> pd.DataFrame:
 @task(task_run_name="load {target.table}", cache_policy=NO_CACHE)
 @failing_with_the_cause
 def load_table(frame: pd.DataFrame, target: settings.Target, options: dict[str, Any]) -> LoadResult:
-    """Make the target table's rows equal to the frame's, writing only the differing rows; logs what changed.
-    ``options``: ``flows.load.replace_table``'s force, min_row_fraction and strategy."""
+    """Make the target table's rows equal to the frame's (``options``: ``flows.load.replace_table``'s)."""
     from flows import load
 
     engine = target.db.engine()
@@ -281,12 +273,8 @@ async def publish(table: str, markdown: str, description: str) -> None:
 async def transform_and_load(
     records: list[dict[str, Any]], api_name: str, target: settings.Target, p: dict[str, Any], steps: dict[str, float]
 ) -> tuple[LoadResult, pd.DataFrame | None, bool]:
-    """Steps 4 to 6, skipped (unless ``force``) when the table still holds what its last load committed
-    from the same source digest (``flows.load.state``).
-
-    Returns what the load did, the frame (``None`` when skipped) and whether it repaired rows edited outside
-    the pipeline. Raises what the steps raise; a load state not saved is only a warning.
-    """
+    """Steps 4 to 6 (skipped unless ``force`` when the table holds what its last load of the same source
+    committed): what the load did, the frame (``None`` when skipped) and whether it repaired edited rows."""
     with _timed(steps, "unchanged check"):
         columns = [(c.name, c.sources[api_name], c.sql_type) for c in schema.COLUMNS]
         digest = load_state.source_digest(records, dialect=api_name, columns=columns)

@@ -6,23 +6,20 @@ import functools
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import ParamSpec, TypeVar
+from typing import Any
 
-from prefect.states import Failed, State
+from prefect.states import Failed
 
 from flows.errors import CountriesError
 
-P = ParamSpec("P")
-R = TypeVar("R")
 
-
-def failing_with_the_cause(fn: Callable[P, R]) -> Callable[P, R | State]:
+def failing_with_the_cause(fn: Callable[..., Any]) -> Callable[..., Any]:
     """A task body whose ``CountriesError`` ends its task Failed with the cause as the message and the error as
     the state's data; unexpected errors are raised. Only for tasks without a cache policy (Prefect would cache
     the returned state). Call such a task with ``return_state=True``: ``await state.aresult()`` raises the error."""
 
     @functools.wraps(fn)
-    def run(*args: P.args, **kwargs: P.kwargs) -> R | State:
+    def run(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except CountriesError as exc:

@@ -42,7 +42,6 @@ def artifact_key(table: str) -> str:
 
 
 def _when(moment: datetime) -> str:
-    """A moment as the reports show it: ``2026-01-31 12:00:00 UTC``."""
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
@@ -52,7 +51,6 @@ def plural(count: int, noun: str, many: str | None = None) -> str:
 
 
 def _table(title: str, rows: list[tuple[str, Any]], seconds: float) -> list[str]:
-    """A report's heading and its ``| what | value |`` table, the duration last."""
     rows = [*rows, ("duration", f"{seconds:.2f} s")]
     return [f"# {title}", "", "| what | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
 
@@ -82,7 +80,6 @@ class RunSummary:
 
     @property
     def changed(self) -> bool:
-        """Whether the run wrote anything."""
         return self.deleted + self.inserted > 0
 
     @property

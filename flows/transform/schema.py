@@ -1,7 +1,6 @@
 """The countries table, defined once (:data:`COLUMNS`: name, SQL type, source path per API dialect, value
 rules), what derives from it (the record checks, the frame's dtypes, :data:`SQL_TYPES`, :data:`CHANGES`),
-and the table a run loads by default (:func:`target_table`). Adding a column is one entry here.
-"""
+and the table a run loads by default (:func:`target_table`). Adding a column is one entry here."""
 
 from __future__ import annotations
 
@@ -35,7 +34,6 @@ MISSING = _Missing()
 
 
 def _show(value: Any, limit: int = 60) -> str:
-    """A raw value for messages, as JSON, shortened."""
     text = json.dumps(value, ensure_ascii=False, default=repr)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
