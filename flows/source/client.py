@@ -16,15 +16,12 @@ import httpx
 from flows.errors import ConfigurationError, DemoKeyError
 from flows.source.dialects import KEY_ADVICE
 
-HOSTED_ORIGIN = "https://api.restcountries.com"
-"""The hosted API's origin: the API key is always allowed to go there."""
-DEMO_KEY = "rc_live_demo"
-"""The public demo key of REST Countries' docs: it answers every query with one fixed sample record."""
+HOSTED_ORIGIN = "https://api.restcountries.com"  # the API key may always go there
+DEMO_KEY = "rc_live_demo"  # the public demo key of REST Countries' docs: one fixed sample for every query
 DEADLINE_ENV = "RESTCOUNTRIES_DEADLINE_SECONDS"
 MAX_RESPONSE_ENV = "RESTCOUNTRIES_MAX_RESPONSE_MB"
 USER_AGENT = "countries-pipeline (+httpx)"
-DIRECT_LOOPBACK = ("localhost", "127.0.0.1", "::1")
-"""Loopback hosts always reached directly: an ``$HTTP_PROXY`` never sees plain http to them."""
+DIRECT_LOOPBACK = ("localhost", "127.0.0.1", "::1")  # always reached directly, never through $HTTP_PROXY
 
 
 def origin(url: str | httpx.URL) -> str:
@@ -78,12 +75,9 @@ class KeyAuth(httpx.Auth):
     """Adds ``Authorization: Bearer <key>`` to a request only when :meth:`withheld_reason` finds no reason."""
 
     def __init__(self, key: str, trusted: Iterable[str], *, plain_http_proxy: bool = False):
-        self._key = key
+        self.key = key
         self.trusted_origins = frozenset(trusted)
         self.plain_http_proxy = plain_http_proxy
-
-    def __repr__(self) -> str:
-        return f"KeyAuth(key=***, trusted_origins={sorted(self.trusted_origins)})"
 
     def withheld_reason(self, url: str | httpx.URL) -> str | None:
         """Why the key is not sent to ``url`` (``"plain-http"`` to another machine, ``"proxied"`` plain http to a
@@ -96,13 +90,9 @@ class KeyAuth(httpx.Auth):
                 return "proxied"
         return None if origin(u) in self.trusted_origins else "untrusted"
 
-    def redact(self, text: str) -> str:
-        """``text`` with the key masked as ``***``."""
-        return text.replace(self._key, "***")
-
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         if self.withheld_reason(request.url) is None:
-            request.headers["Authorization"] = f"Bearer {self._key}"
+            request.headers["Authorization"] = f"Bearer {self.key}"
         yield request
 
 
@@ -142,7 +132,7 @@ class ApiClient(httpx.AsyncClient):
 
     def redact(self, text: str) -> str:
         """``text`` with the API key masked as ``***`` (for quoting what a server said)."""
-        return text if self.key_auth is None else self.key_auth.redact(text)
+        return text if self.key_auth is None else text.replace(self.key_auth.key, "***")
 
 
 def _env_number(name: str, default: float) -> float:

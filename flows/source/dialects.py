@@ -12,7 +12,7 @@ from flows.errors import ConfigurationError, UnknownRegionNameError, setting
 
 KEY_ADVICE = "set RESTCOUNTRIES_API_KEY or the `restcountries-api-key` Secret block"
 
-SUBREGIONS: Mapping[str, tuple[str, ...]] = {
+SUBREGIONS: Mapping[str, tuple[str, ...]] = {  # each documented region's subregions, as the API spells them
     "Africa": ("Eastern Africa", "Middle Africa", "Northern Africa", "Southern Africa", "Western Africa"),
     "Americas": ("Caribbean", "Central America", "North America", "South America"),
     "Antarctic": (),
@@ -27,11 +27,9 @@ SUBREGIONS: Mapping[str, tuple[str, ...]] = {
     ),
     "Oceania": ("Australia and New Zealand", "Melanesia", "Micronesia", "Polynesia"),
 }
-"""Each region the API documents (v5 and v3.1 alike) with its subregions (UN M49 names, as the API spells them)."""
 
 REGIONS: tuple[str, ...] = tuple(SUBREGIONS)
-REGION_FIELDS = ("region", "subregion")
-"""Requested with every record, so that its region can be checked."""
+REGION_FIELDS = ("region", "subregion")  # requested with every record, so that its region can be checked
 _CANONICAL = {n.casefold(): n for n in (*REGIONS, *(s for subs in SUBREGIONS.values() for s in subs))}
 
 
@@ -153,8 +151,7 @@ def get_dialect(name: str) -> Dialect:
         raise ConfigurationError(f"Unknown REST Countries API version {name!r}: use one of {', '.join(DIALECTS)}.") from None
 
 
-MISSING: Any = object()
-"""What :func:`get_path` returns for a path that is not there."""
+MISSING: Any = object()  # what get_path returns for a path that is not there
 
 
 def get_path(obj: Any, path: str) -> Any:

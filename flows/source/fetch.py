@@ -145,15 +145,17 @@ async def fetch_region(
         url = f"{base}{path}?{urlencode(params, safe=',', quote_via=quote)}"
         return Request(client, url, shown + (f", offset {offset}" if offset else ""))
 
-    async def walk(totals: list[int | None]) -> list[dict] | None:
-        """The region's pages from the start; None when its total changed on the way."""
+    seen: list[int | None] = []  # the region's count of countries, as it changed
+
+    async def walk() -> list[dict] | None:
+        """The region's pages from the start; None when its count changed on the way."""
         out: list[dict] = []
         last: list[Any] = []
         bound = _FALLBACK_MAX_PAGES
         for page in itertools.count(1):
             req = request(len(out))
             if page > bound:
-                need = f", more than its total of {totals[0]} needs" if totals[0] is not None else ""
+                need = f", more than its total of {seen[-1]} needs" if seen[-1] is not None else ""
                 req.fail(BadResponseError, f"the API still said more countries follow after {page - 1} pages{need}: "
                          "its paging is broken; nothing was loaded")  # fmt: skip
             answer = await send(req, retry=retry, stats=stats, before_request=before_request)
@@ -163,11 +165,13 @@ async def fetch_region(
                 raise_for_status(req, answer, name, fields, dialect)
             records, meta = _records_and_meta(req, dialect, answer)
             if meta is not None:
-                totals.append(meta.get("total") if isinstance(meta.get("total"), int) else None)
-                if totals[-1] != totals[0]:
-                    return None
-                if page == 1 and totals[0] is not None and records:
-                    bound = math.ceil(totals[0] / len(records)) + _SPARE_PAGES
+                total = meta.get("total") if isinstance(meta.get("total"), int) else None
+                if not seen or total != seen[-1]:
+                    seen.append(total)
+                    if page > 1:
+                        return None
+                if page == 1 and total is not None and records:
+                    bound = math.ceil(total / len(records)) + _SPARE_PAGES
                 if records and records == last:
                     req.fail(BadResponseError, f"the API sent the same page of countries again at offset {len(out)}: "
                              "its paging ignores the offset; nothing was loaded")  # fmt: skip
@@ -184,15 +188,12 @@ async def fetch_region(
                      region=name, request=f"GET {req.shown}")  # fmt: skip
         return out
 
-    seen_totals: list[int | None] = []
     for _ in range(2):
-        totals: list[int | None] = []
-        records = await walk(totals)
+        records = await walk()
         if records is not None:
             logger.info("Fetched %d countries of %s from the %s API", len(records), name, dialect.name)
             return records
-        seen_totals += [t for t in totals if not seen_totals or t != seen_totals[-1]]
-        went = ", then ".join(map(str, seen_totals))
+        went = ", then ".join(map(str, seen))
         logger.warning("%s: the API's count of countries changed while paging (%s)", name, went)
     request(0).fail(
         TransientApiError,

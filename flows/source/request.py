@@ -13,10 +13,10 @@ import logging
 import re
 import socket
 import time
-from collections.abc import Awaitable, Callable, Generator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import httpx
 import tenacity
@@ -39,6 +39,7 @@ from flows.source.client import DEADLINE_ENV, MAX_RESPONSE_ENV, ApiClient
 from flows.source.dialects import KEY_ADVICE, Dialect
 
 logger = logging.getLogger("flows.source")
+E = TypeVar("E", bound=BaseException)
 
 TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 _REFUSED_TRIES = 3  # connection refused: a restarting server gets ~1 s, then the run says nothing listens there
@@ -137,22 +138,21 @@ def _retry_after(value: str | None) -> float | None:
     return max(0.0, (when.replace(tzinfo=when.tzinfo or UTC) - datetime.now(UTC)).total_seconds())
 
 
-def _causes(exc: BaseException) -> Generator[BaseException, None, None]:
-    """``exc`` and everything it was raised from, exception groups included."""
-    seen, todo = set(), [exc]
+def _cause(exc: BaseException, kind: type[E]) -> E | None:
+    """The first ``kind`` among ``exc`` and what it was raised from, exception groups included."""
+    todo = [exc]
     while todo:
         cur = todo.pop()
-        if id(cur) not in seen:
-            seen.add(id(cur))
-            yield cur
-            todo += [c for c in (cur.__cause__, cur.__context__) if c is not None]
-            todo += list(getattr(cur, "exceptions", ()))
+        if isinstance(cur, kind):
+            return cur
+        todo += [c for c in (cur.__cause__ or cur.__context__, *getattr(cur, "exceptions", ())) if c is not None]
+    return None
 
 
 def dns_failure(exc: BaseException) -> tuple[bool, str] | None:
     """(permanent, resolver text) when ``exc`` comes from a failed host name lookup (permanent: the name does not
     exist, EAI_NONAME / EAI_NODATA), else None."""
-    gai = next((c for c in _causes(exc) if isinstance(c, socket.gaierror)), None)
+    gai = _cause(exc, socket.gaierror)
     if gai is None:
         return None
     return gai.errno in {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}, gai.strerror or str(gai)
@@ -187,9 +187,8 @@ async def _try(req: Request, seconds: float, bound: str) -> Answer:
                                         f"check the URL ({setting('base_url')}) and the network")  # fmt: skip
         if dns is not None:
             raise _Retry(f"the host {url.host} cannot be resolved right now ({req.quote(dns[1])})", "network") from None
-        refused = any(isinstance(c, ConnectionRefusedError) for c in _causes(exc))
         raise _Retry(f"connection failed: {req.quote(str(exc)) or type(exc).__name__}",
-                     "refused" if refused else "network") from None  # fmt: skip
+                     "network" if _cause(exc, ConnectionRefusedError) is None else "refused") from None  # fmt: skip
     except (httpx.NetworkError, httpx.RemoteProtocolError, httpx.ProxyError) as exc:
         raise _Retry(f"connection failed ({type(exc).__name__}: {req.quote(str(exc)) or 'no detail'})", "network") from None
     except httpx.TransportError as exc:
