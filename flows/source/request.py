@@ -176,10 +176,9 @@ async def _try(req: Request, seconds: float, bound: str) -> Answer:
             if declared.isdigit() and int(declared) > req.client.max_bytes:
                 _too_large(req, f"it announced {int(declared) / 1e6:g} MB")
             body = await read_bounded(req, response, req.client.max_bytes, cut=False)
-    except TimeoutError:
-        raise _Retry(f"no complete answer {bound}", "timeout") from None
-    except httpx.TimeoutException as exc:
-        raise _Retry(f"{type(exc).__name__} {bound}", "timeout") from None
+    except (TimeoutError, httpx.TimeoutException) as exc:
+        what = "no complete answer" if isinstance(exc, TimeoutError) else type(exc).__name__
+        raise _Retry(f"{what} {bound}", "timeout") from None
     except httpx.ConnectError as exc:
         dns = dns_failure(exc)
         if dns is not None and dns[0]:
