@@ -27,11 +27,19 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from flows.transform import schema
-from flows.source import ApiClient, RequestStats, expand_regions, fetch_region, fingerprint, get_dialect, make_client
+from flows.source import (
+    ApiClient,
+    RequestStats,
+    expand_regions,
+    fetch_region,
+    fingerprint,
+    get_dialect,
+    make_client,
+    one_error,
+)
 from flows.source import budget
 from flows.source.client import DEADLINE_ENV, HOSTED_ORIGIN, MAX_RESPONSE_ENV, KeyAuth, is_loopback
 from flows.source.dialects import DIALECTS, REGIONS, SUBREGIONS, canonical_region
-from flows.source.fetch import unknown_regions
 from flows.source.request import RetryPolicy, dns_failure
 from flows.errors import (
     ApiError,
@@ -1029,13 +1037,13 @@ def test_a_base_url_with_a_wrong_path_is_named_with_the_full_url(fake, dialect, 
 
     errors = run(go())
     assert all(isinstance(e, UnknownRegionError) and e.status == 404 for e in errors), errors
-    err = unknown_regions(errors, asked=len(REGIONS), dialect=dialect)
+    err = one_error(errors, asked=len(REGIONS), dialect=dialect)
     text = str(err)
     assert isinstance(err, WrongBaseUrlError) and text.startswith("the base URL looks wrong")
     assert f"GET {fake.url}{path}" in text and "…" not in text, text
     assert "\n" not in text and CANARY not in text
     assert fake.count() == len(REGIONS)
-    partly = unknown_regions(errors[:2], asked=len(REGIONS), dialect=dialect)  # some regions had countries
+    partly = one_error(errors[:2], asked=len(REGIONS), dialect=dialect)  # some regions had countries
     assert isinstance(partly, UnknownRegionError) and not isinstance(partly, WrongBaseUrlError)
 
 

@@ -1,7 +1,5 @@
-"""The REST Countries HTTP client (:class:`ApiClient`, an ``httpx.AsyncClient`` with the run's bounds) and the
-key guard (:class:`KeyAuth`, an ``httpx.Auth``: httpx calls it for every request, so no code path can send the
-key where it may not go). Redirects are never followed.
-"""
+"""The API's HTTP client (:func:`make_client`) and its key guard (:class:`KeyAuth`, which httpx calls for every
+request); checks of base URLs and keys."""
 
 from __future__ import annotations
 
@@ -18,15 +16,12 @@ import httpx
 from flows.errors import ConfigurationError, DemoKeyError
 from flows.source.dialects import KEY_ADVICE
 
-HOSTED_ORIGIN = "https://api.restcountries.com"
-"""The hosted API's origin: the API key is always allowed to go there."""
-DEMO_KEY = "rc_live_demo"
-"""The public demo key of REST Countries' docs: it answers every query with one fixed sample record."""
+HOSTED_ORIGIN = "https://api.restcountries.com"  # the API key may always go there
+DEMO_KEY = "rc_live_demo"  # the public demo key of REST Countries' docs: one fixed sample for every query
 DEADLINE_ENV = "RESTCOUNTRIES_DEADLINE_SECONDS"
 MAX_RESPONSE_ENV = "RESTCOUNTRIES_MAX_RESPONSE_MB"
 USER_AGENT = "countries-pipeline (+httpx)"
-DIRECT_LOOPBACK = ("localhost", "127.0.0.1", "::1")
-"""Loopback hosts always reached directly: an ``$HTTP_PROXY`` never sees plain http to them."""
+DIRECT_LOOPBACK = ("localhost", "127.0.0.1", "::1")  # always reached directly, never through $HTTP_PROXY
 
 
 def origin(url: str | httpx.URL) -> str:
@@ -80,20 +75,13 @@ class KeyAuth(httpx.Auth):
     """Adds ``Authorization: Bearer <key>`` to a request only when :meth:`withheld_reason` finds no reason."""
 
     def __init__(self, key: str, trusted: Iterable[str], *, plain_http_proxy: bool = False):
-        self._key = key
+        self.key = key
         self.trusted_origins = frozenset(trusted)
         self.plain_http_proxy = plain_http_proxy
 
-    def __repr__(self) -> str:
-        return f"KeyAuth(key=***, trusted_origins={sorted(self.trusted_origins)})"
-
     def withheld_reason(self, url: str | httpx.URL) -> str | None:
-        """Why the key is not sent to ``url``, or None if it is.
-
-        ``"plain-http"``: http to another machine; ``"proxied"``: http to a loopback
-        address that goes through the environment's proxy (only :data:`DIRECT_LOOPBACK`
-        hosts always go direct); ``"untrusted"``: an origin not trusted.
-        """
+        """Why the key is not sent to ``url`` (``"plain-http"`` to another machine, ``"proxied"`` plain http to a
+        proxy, ``"untrusted"``), or None if it is."""
         u = httpx.URL(url)
         if u.scheme != "https":
             if not is_loopback(u.host):
@@ -102,28 +90,10 @@ class KeyAuth(httpx.Auth):
                 return "proxied"
         return None if origin(u) in self.trusted_origins else "untrusted"
 
-    def redact(self, text: str) -> str:
-        """``text`` with the key masked as ``***``."""
-        return text.replace(self._key, "***")
-
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         if self.withheld_reason(request.url) is None:
-            request.headers["Authorization"] = f"Bearer {self._key}"
+            request.headers["Authorization"] = f"Bearer {self.key}"
         yield request
-
-
-def trusted_origins(base_urls: Iterable[str | None]) -> frozenset[str]:
-    """The hosted API's origin and those of ``base_urls`` (blanks ignored); ``ConfigurationError`` if not http(s)."""
-    out = {HOSTED_ORIGIN}
-    for raw in (str(b).strip() for b in base_urls if b is not None and str(b).strip()):
-        u, problem = parse_base_url(raw)
-        if u is None:
-            raise ConfigurationError(
-                f"The trusted API base URL {shown_url(raw)!r} {problem}: fix RESTCOUNTRIES_BASE_URL or "
-                "save it again with `python blocks/create_blocks.py --base-url URL`."
-            )
-        out.add(origin(u))
-    return frozenset(out)
 
 
 def fingerprint(key: str | None) -> str:
@@ -142,8 +112,7 @@ def demo_key_message(subject: str = "the demo key") -> str:
 
 
 def check_key(key: str, what: str = "the API key") -> None:
-    """Refuse a key no request can use: ``ConfigurationError`` (spaces, control or non-ASCII characters;
-    never quoting it), ``DemoKeyError`` for the public demo key."""
+    """``ConfigurationError`` for a key no header can carry (never quoting it), ``DemoKeyError`` for the demo key."""
     if not key.isprintable() or not key.isascii() or any(c.isspace() for c in key):
         raise ConfigurationError(
             f"{what[0].upper()}{what[1:]} contains spaces, control or non-ASCII characters; "
@@ -163,7 +132,7 @@ class ApiClient(httpx.AsyncClient):
 
     def redact(self, text: str) -> str:
         """``text`` with the API key masked as ``***`` (for quoting what a server said)."""
-        return text if self.key_auth is None else self.key_auth.redact(text)
+        return text if self.key_auth is None else text.replace(self.key_auth.key, "***")
 
 
 def _env_number(name: str, default: float) -> float:
@@ -181,21 +150,25 @@ def make_client(
     *, api_key: str | None = None, trusted_base_urls: Iterable[str | None] = (), deadline: float | None = None,
     max_bytes: int | None = None,
 ) -> ApiClient:  # fmt: skip
-    """An :class:`ApiClient`; the caller closes it (``async with``).
+    """An :class:`ApiClient` the caller closes (``async with``).
 
-    The key goes as ``Authorization: Bearer`` only to ``https://api.restcountries.com``
-    and the origins of ``trusted_base_urls``, over plain http only to loopback with no
-    proxy in between. The environment's proxies are used as httpx uses them, except that
-    plain http to ``localhost``, ``127.0.0.1`` and ``[::1]`` always goes direct.
-    ``deadline`` defaults to ``$RESTCOUNTRIES_DEADLINE_SECONDS`` or 60 s; ``max_bytes``
-    to ``$RESTCOUNTRIES_MAX_RESPONSE_MB`` (10**6 bytes) or 20 MB.
-
-    Raises ``ConfigurationError`` for a bad environment value, trusted URL or a key no
-    header can carry (never quoting it); ``DemoKeyError`` for the demo key.
+    The key goes only to :data:`HOSTED_ORIGIN` and the origins of ``trusted_base_urls``, over plain http only to
+    loopback with no proxy between; plain http to :data:`DIRECT_LOOPBACK` always goes direct. ``deadline``
+    defaults to ``$RESTCOUNTRIES_DEADLINE_SECONDS`` or 60 s, ``max_bytes`` to ``$RESTCOUNTRIES_MAX_RESPONSE_MB``
+    or 20 MB. Raises ``ConfigurationError`` for a bad environment value, trusted URL or key (never quoting it),
+    ``DemoKeyError`` for the demo key.
     """
     deadline = _env_number(DEADLINE_ENV, 60.0) if deadline is None else deadline
     max_bytes = int(_env_number(MAX_RESPONSE_ENV, 20.0) * 1e6) if max_bytes is None else max_bytes
-    origins = trusted_origins(trusted_base_urls)
+    origins = {HOSTED_ORIGIN}
+    for raw in (str(b).strip() for b in trusted_base_urls if b is not None and str(b).strip()):
+        u, problem = parse_base_url(raw)
+        if u is None:
+            raise ConfigurationError(
+                f"The trusted API base URL {shown_url(raw)!r} {problem}: fix RESTCOUNTRIES_BASE_URL or "
+                "save it again with `python blocks/create_blocks.py --base-url URL`."
+            )
+        origins.add(origin(u))
     key_auth = None
     if api_key and api_key.strip():
         check_key(api_key.strip())

@@ -1,7 +1,4 @@
-"""The REST Countries API described as data: its versions (:class:`Dialect`) and its documented regions.
-
-Which fields to fetch is the caller's (the table schema knows them).
-"""
+"""The REST Countries API as data: its versions (:class:`Dialect`, :func:`get_dialect`) and documented regions."""
 
 from __future__ import annotations
 
@@ -15,7 +12,7 @@ from flows.errors import ConfigurationError, UnknownRegionNameError, setting
 
 KEY_ADVICE = "set RESTCOUNTRIES_API_KEY or the `restcountries-api-key` Secret block"
 
-SUBREGIONS: Mapping[str, tuple[str, ...]] = {
+SUBREGIONS: Mapping[str, tuple[str, ...]] = {  # each documented region's subregions, as the API spells them
     "Africa": ("Eastern Africa", "Middle Africa", "Northern Africa", "Southern Africa", "Western Africa"),
     "Americas": ("Caribbean", "Central America", "North America", "South America"),
     "Antarctic": (),
@@ -30,20 +27,15 @@ SUBREGIONS: Mapping[str, tuple[str, ...]] = {
     ),
     "Oceania": ("Australia and New Zealand", "Melanesia", "Micronesia", "Polynesia"),
 }
-"""Each region the API documents (v5 and v3.1 alike) with its subregions (UN M49 names, as the API spells them)."""
 
 REGIONS: tuple[str, ...] = tuple(SUBREGIONS)
-REGION_FIELDS = ("region", "subregion")
-"""Requested with every record, so that its region can be checked."""
+REGION_FIELDS = ("region", "subregion")  # requested with every record, so that its region can be checked
 _CANONICAL = {n.casefold(): n for n in (*REGIONS, *(s for subs in SUBREGIONS.values() for s in subs))}
 
 
 def canonical_region(name: str) -> str:
-    """The API's spelling of region or subregion ``name`` (any case, blanks around ignored).
-
-    Raises ``UnknownRegionNameError`` (a ``ConfigurationError``) for any other
-    name, with a "did you mean" suggestion when one is close.
-    """
+    """The API's spelling of region or subregion ``name`` (any case, blanks around ignored); else
+    ``UnknownRegionNameError`` with a "did you mean" suggestion when one is close."""
     folded = name.strip().casefold() if isinstance(name, str) else ""
     if folded in _CANONICAL:
         return _CANONICAL[folded]
@@ -65,10 +57,7 @@ def _unknown(names: list[str]) -> UnknownRegionNameError:
 
 def expand_regions(names: Sequence[str]) -> list[str]:
     """The canonical region/subregion names to fetch, in order, each once; ``"all"`` (any case) is every region.
-
-    Raises ``ConfigurationError`` for no names or a blank one, ``UnknownRegionNameError``
-    naming every name the API does not document, each with its suggestion.
-    """
+    Raises ``ConfigurationError`` for no or blank names, ``UnknownRegionNameError`` naming every unknown one."""
     names = [names] if isinstance(names, str) else list(names)
     if not names or any(not isinstance(n, str) or not n.strip() for n in names):
         raise ConfigurationError(
@@ -84,19 +73,9 @@ def expand_regions(names: Sequence[str]) -> list[str]:
 
 @dataclass(frozen=True)
 class Dialect:
-    """One REST Countries API version, as data.
-
-    A region's URL is the base URL + ``region_route`` (``{name}``: the quoted
-    name) with the query ``region_query`` (``{name}``: the name); a subregion's
-    likewise. ``fields_param`` selects the fields of the source paths: each up to
-    its first ``*`` (v5) or, with ``top_level_fields``, its first segment (v3.1),
-    plus :data:`REGION_FIELDS`. Records are the list at ``records_at`` (None: the
-    body). With ``limit_param`` set, pages of ``page_size`` are walked by
-    ``offset_param`` while ``<page_meta_at>.<more_key>`` is true;
-    ``<page_meta_at>.<total_key>`` counts the region's records. ``demo_flag_at``
-    marks a demo-key answer; ``key_path`` names a country; a redirect of a route
-    starting with ``legacy_prefix`` may mean the deprecated hosted API.
-    """
+    """One REST Countries API version: its routes and query (``{name}``: a region), the list of records at
+    ``records_at`` (None: the body), paged by ``limit`` and ``offset`` while ``<page_meta_at>.more`` is
+    true (``.total`` counts the records), the demo-key flag, a country's name path, the legacy route prefix."""
 
     name: str
     default_base_url: str
@@ -110,13 +89,7 @@ class Dialect:
     errors_body_advice: str
     top_level_fields: bool = False
     region_query: tuple[tuple[str, str], ...] = ()
-    subregion_query: tuple[tuple[str, str], ...] = ()
     page_meta_at: str | None = None
-    more_key: str = "more"
-    total_key: str = "total"
-    limit_param: str | None = None
-    offset_param: str | None = None
-    page_size: int = 100
     demo_flag_at: str | None = None
     legacy_prefix: str | None = None
 
@@ -127,11 +100,10 @@ class Dialect:
 
     def route(self, name: str) -> tuple[str, dict[str, str]]:
         """(path, query) of canonical region or subregion ``name``."""
-        if name in SUBREGIONS:
-            route, query = self.region_route, self.region_query
-        else:
-            route, query = self.subregion_route, self.subregion_query
-        return route.format(name=quote(name, safe="")), {k: v.format(name=name) for k, v in query}
+        is_region = name in SUBREGIONS
+        route = self.region_route if is_region else self.subregion_route
+        query = {k: v.format(name=name) for k, v in self.region_query} if is_region else {}
+        return route.format(name=quote(name, safe="")), query
 
 
 V5 = Dialect(
@@ -146,8 +118,6 @@ V5 = Dialect(
     subregion_route="/subregion/{name}",
     records_at="data.objects",
     page_meta_at="data.meta",
-    limit_param="limit",
-    offset_param="offset",
     demo_flag_at="data._demo",
     errors_body_advice=f"check the API's status and changelog, and that {setting('base_url')} points at the v5 API",
 )
@@ -181,8 +151,7 @@ def get_dialect(name: str) -> Dialect:
         raise ConfigurationError(f"Unknown REST Countries API version {name!r}: use one of {', '.join(DIALECTS)}.") from None
 
 
-MISSING: Any = object()
-"""What :func:`get_path` returns for a path that is not there."""
+MISSING: Any = object()  # what get_path returns for a path that is not there
 
 
 def get_path(obj: Any, path: str) -> Any:

@@ -1,9 +1,7 @@
-"""One GET to the API: bounded in time and size, retried by ``tenacity``, every failure one line.
+"""One GET to the API, bounded in time and size and retried (tenacity): :func:`send`, :func:`raise_for_status`.
 
-:func:`send` returns the first answer not worth retrying; :func:`raise_for_status` raises the
-``flows.errors`` exception of a final answer that is not 2xx. A message says the cause and what
-to do, then the request (``(GET …/subregion/Caribbean)``) and, after retries, the tries and
-seconds this request really spent.
+Every failure is one ``flows.errors`` line: the cause, what to do, then the request
+(``(GET …/subregion/Caribbean)``) and, after retries, the tries and seconds it took.
 """
 
 from __future__ import annotations
@@ -15,10 +13,10 @@ import logging
 import re
 import socket
 import time
-from collections.abc import Awaitable, Callable, Generator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import httpx
 import tenacity
@@ -41,6 +39,7 @@ from flows.source.client import DEADLINE_ENV, MAX_RESPONSE_ENV, ApiClient
 from flows.source.dialects import KEY_ADVICE, Dialect
 
 logger = logging.getLogger("flows.source")
+E = TypeVar("E", bound=BaseException)
 
 TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 _REFUSED_TRIES = 3  # connection refused: a restarting server gets ~1 s, then the run says nothing listens there
@@ -49,13 +48,8 @@ _ERROR_BODY_BYTES = 64_000  # how much of an error answer is read for its messag
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Retries of one request (a failed page 3 does not refetch pages 1-2).
-
-    At most ``max_attempts`` tries, waiting a random time up to ``base_delay *
-    2**(n-1)`` (at most ``max_delay``) after failed try ``n``, or what ``Retry-After``
-    asks; no try or wait starts that would end after ``max_total_seconds`` (at
-    least one deadline) from the first. A refused connection gets at most 3 tries.
-    """
+    """Retries of one request: at most ``max_attempts`` tries, random exponential waits from ``base_delay`` up to
+    ``max_delay`` (or what ``Retry-After`` asks), all within ``max_total_seconds`` (at least one deadline)."""
 
     max_attempts: int = 4
     base_delay: float = 0.5
@@ -123,12 +117,14 @@ class Request:
         return text if len(text) <= 300 else text[:297] + "..."
 
 
+@dataclass
 class _Retry(Exception):
-    """One try failed in a way worth retrying; ``kind``: status, timeout, refused, network or body."""
+    """One try failed in a way worth retrying; ``kind``: a key of :data:`_GIVE_UP`."""
 
-    def __init__(self, failure: str, kind: str, *, status: int | None = None, retry_after: float | None = None):
-        super().__init__(failure)
-        self.failure, self.kind, self.status, self.retry_after = failure, kind, status, retry_after
+    failure: str
+    kind: str
+    status: int | None = None
+    retry_after: float | None = None
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -142,25 +138,21 @@ def _retry_after(value: str | None) -> float | None:
     return max(0.0, (when.replace(tzinfo=when.tzinfo or UTC) - datetime.now(UTC)).total_seconds())
 
 
-def _causes(exc: BaseException) -> Generator[BaseException, None, None]:
-    """``exc`` and everything it was raised from, exception groups included."""
-    seen, todo = set(), [exc]
+def _cause(exc: BaseException, kind: type[E]) -> E | None:
+    """The first ``kind`` among ``exc`` and what it was raised from, exception groups included."""
+    todo = [exc]
     while todo:
         cur = todo.pop()
-        if id(cur) not in seen:
-            seen.add(id(cur))
-            yield cur
-            todo += [c for c in (cur.__cause__, cur.__context__) if c is not None]
-            todo += list(getattr(cur, "exceptions", ()))
+        if isinstance(cur, kind):
+            return cur
+        todo += [c for c in (cur.__cause__ or cur.__context__, *getattr(cur, "exceptions", ())) if c is not None]
+    return None
 
 
 def dns_failure(exc: BaseException) -> tuple[bool, str] | None:
-    """(permanent, resolver text) when ``exc`` comes from a failed host name lookup, else None.
-
-    EAI_NONAME / EAI_NODATA say the name does not exist (permanent); the rest
-    ("Temporary failure in name resolution") may pass.
-    """
-    gai = next((c for c in _causes(exc) if isinstance(c, socket.gaierror)), None)
+    """(permanent, resolver text) when ``exc`` comes from a failed host name lookup (permanent: the name does not
+    exist, EAI_NONAME / EAI_NODATA), else None."""
+    gai = _cause(exc, socket.gaierror)
     if gai is None:
         return None
     return gai.errno in {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}, gai.strerror or str(gai)
@@ -174,8 +166,8 @@ async def _try(req: Request, seconds: float, bound: str) -> Answer:
             status, headers = response.status_code, response.headers
             if status in TRANSIENT_STATUSES:
                 said = req.quote(Answer(status, headers, await read_bounded(req, response, _ERROR_BODY_BYTES)).message())
-                raise _Retry(f"HTTP {status}" + (f' "{said}"' if said else ""), "status", status=status,
-                             retry_after=_retry_after(headers.get("Retry-After")))  # fmt: skip
+                raise _Retry(f"HTTP {status}" + (f' "{said}"' if said else ""), "status", status,
+                             _retry_after(headers.get("Retry-After")))  # fmt: skip
             if response.is_redirect:
                 return Answer(status, headers)  # never read, never followed with the key
             if not response.is_success:
@@ -184,10 +176,9 @@ async def _try(req: Request, seconds: float, bound: str) -> Answer:
             if declared.isdigit() and int(declared) > req.client.max_bytes:
                 _too_large(req, f"it announced {int(declared) / 1e6:g} MB")
             body = await read_bounded(req, response, req.client.max_bytes, cut=False)
-    except TimeoutError:
-        raise _Retry(f"no complete answer {bound}", "timeout") from None
-    except httpx.TimeoutException as exc:
-        raise _Retry(f"{type(exc).__name__} {bound}", "timeout") from None
+    except (TimeoutError, httpx.TimeoutException) as exc:
+        what = "no complete answer" if isinstance(exc, TimeoutError) else type(exc).__name__
+        raise _Retry(f"{what} {bound}", "timeout") from None
     except httpx.ConnectError as exc:
         dns = dns_failure(exc)
         if dns is not None and dns[0]:
@@ -195,9 +186,8 @@ async def _try(req: Request, seconds: float, bound: str) -> Answer:
                                         f"check the URL ({setting('base_url')}) and the network")  # fmt: skip
         if dns is not None:
             raise _Retry(f"the host {url.host} cannot be resolved right now ({req.quote(dns[1])})", "network") from None
-        refused = any(isinstance(c, ConnectionRefusedError) for c in _causes(exc))
         raise _Retry(f"connection failed: {req.quote(str(exc)) or type(exc).__name__}",
-                     "refused" if refused else "network") from None  # fmt: skip
+                     "network" if _cause(exc, ConnectionRefusedError) is None else "refused") from None  # fmt: skip
     except (httpx.NetworkError, httpx.RemoteProtocolError, httpx.ProxyError) as exc:
         raise _Retry(f"connection failed ({type(exc).__name__}: {req.quote(str(exc)) or 'no detail'})", "network") from None
     except httpx.TransportError as exc:
@@ -209,7 +199,7 @@ async def _try(req: Request, seconds: float, bound: str) -> Answer:
         return Answer(status, headers, data=json.loads(body))  # the bytes are not kept: 14 MB a region at scale
     except (ValueError, UnicodeDecodeError) as exc:  # cut short on the way, most likely: worth another try
         where = f"{exc.msg}: byte {exc.pos} of {len(body)}" if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
-        raise _Retry(f"not valid JSON: {where}", "body", status=status) from None
+        raise _Retry(f"not valid JSON: {where}", "body", status) from None
 
 
 async def read_bounded(req: Request, response: httpx.Response, limit: int, *, cut: bool = True) -> bytes:
@@ -232,18 +222,30 @@ def _too_large(req: Request, detail: str) -> NoReturn:
              f"({detail}): check {setting('base_url')}, or raise ${MAX_RESPONSE_ENV} if the API really sends that much")  # fmt: skip
 
 
+_GIVE_UP = {  # the last failure's kind -> (error, message)
+    "refused": (NothingListeningError, "nothing is listening at {host_port} (connection refused): start the API "
+                "server there, or fix {base_url}"),
+    "body": (BadResponseError, "the API's answer is {failure}, on every try (cut short or malformed): check "
+             "{base_url} and any proxy between here and the API"),
+    "timeout": (DeadlineExceededError, "the API did not answer in time ({failure}): try again later, or raise $"
+                + DEADLINE_ENV + " if the API is just slow"),
+    "status": (TransientApiError, "the API is unavailable or overloaded ({failure}): {again}"),
+    "network": (TransientApiError, "the API could not be reached ({failure}): {again}"),
+}  # fmt: skip
+_TOO_LATE = ("the API asked to retry after {retry_after:.0f}s ({failure}), more than the {left:.0f}s left of this "
+             "request's retry budget: try again after {at}")  # fmt: skip
+
+
 async def send(
     req: Request, *, retry: RetryPolicy, stats: RequestStats, before_request: Callable[[], Awaitable[None]] | None
 ) -> Answer:
-    """The first answer to ``req`` that is not worth retrying (any status but 408, 429, 5xx; a 2xx with JSON).
+    """The first answer to ``req`` not worth retrying (any status but 408, 429, 5xx; a 2xx with JSON).
 
-    Each try awaits ``before_request`` (e.g. the run's request budget) and counts
-    in ``stats``; retries are logged as warnings. Raises, with the true number of
-    tries and seconds: ``TransientApiError`` (``DeadlineExceededError`` when the
-    last try ran out of time) once the tries or the time run out, or at once when
-    ``Retry-After`` asks for more time than is left; ``NothingListeningError``
-    after 3 refused connections; ``BadResponseError`` for HTML, or a body that was
-    no JSON on every try; ``HostNotFoundError``, ``ResponseTooLargeError`` at once.
+    Each try awaits ``before_request`` and counts in ``stats``; retries are logged as warnings. Raises
+    with the tries and seconds spent: ``TransientApiError`` (``DeadlineExceededError`` after a timeout)
+    when tries or time run out, or at once when ``Retry-After`` asks for more than is left;
+    ``NothingListeningError`` after 3 refused connections; ``BadResponseError`` for HTML or no JSON on
+    every try; ``HostNotFoundError`` and ``ResponseTooLargeError`` at once.
     """
     total = max(retry.max_total_seconds, req.client.deadline)
     started = time.monotonic()
@@ -257,48 +259,40 @@ async def send(
             return await _try(req, left, f"before the {total:g}s retry budget ran out")
         return await _try(req, req.client.deadline, f"within the {req.client.deadline:g}s deadline")
 
-    def wait(state: tenacity.RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, _Retry) and exc.retry_after is not None:
-            return exc.retry_after
-        return tenacity.wait_random_exponential(multiplier=retry.base_delay, max=retry.max_delay)(state)
+    backoff = tenacity.wait_random_exponential(multiplier=retry.base_delay, max=retry.max_delay)
 
-    def refused_enough(state: tenacity.RetryCallState) -> bool:
-        exc = state.outcome.exception() if state.outcome else None
-        return getattr(exc, "kind", None) == "refused" and state.attempt_number >= _REFUSED_TRIES
+    def wait(state: tenacity.RetryCallState) -> float:
+        asked = state.outcome.exception().retry_after
+        return backoff(state) if asked is None else asked
 
     def log_retry(state: tenacity.RetryCallState) -> None:
         stats.retries += 1
         logger.warning("(GET %s) failed: %s; retrying in %.2fs (try %d of at most %d)", req.shown,
-                       getattr(state.outcome.exception(), "failure", None), state.upcoming_sleep,
+                       state.outcome.exception().failure, state.upcoming_sleep,
                        state.attempt_number + 1, retry.max_attempts)  # fmt: skip
 
     def give_up(state: tenacity.RetryCallState) -> NoReturn:
-        exc = state.outcome.exception()
-        assert isinstance(exc, _Retry)
-        seconds = time.monotonic() - started
-        tries = f"{state.attempt_number} tr{'ies' if state.attempt_number > 1 else 'y'} in {seconds:.1f}s"
-        if exc.kind == "refused":
-            u = httpx.URL(req.url)
-            req.fail(NothingListeningError, f"nothing is listening at {u.host}:{u.port or {'https': 443}.get(u.scheme, 80)} "
-                     f"(connection refused): start the API server there, or fix {setting('base_url')}", tries)  # fmt: skip
-        if exc.kind == "body":
-            req.fail(BadResponseError, f"the API's answer is {exc.failure}, on every try (cut short or malformed): "
-                     f"check {setting('base_url')} and any proxy between here and the API", tries, status=exc.status)  # fmt: skip
-        cls = DeadlineExceededError if exc.kind == "timeout" else TransientApiError
-        if exc.retry_after is not None and state.attempt_number < retry.max_attempts and exc.retry_after > total - seconds:
-            at = (datetime.now(UTC) + timedelta(seconds=exc.retry_after)).strftime("%Y-%m-%d %H:%M:%S UTC")
-            message = (f"the API asked to retry after {exc.retry_after:.0f}s ({exc.failure}), more than the "
-                       f"{max(total - seconds, 0):.0f}s left of this request's retry budget: try again after {at}")  # fmt: skip
-        else:
-            what = {"timeout": "the API did not answer in time", "status": "the API is unavailable or overloaded"}
-            advice = f"try again later, or raise ${DEADLINE_ENV} if the API is just slow" if exc.kind == "timeout" else (
-                f"try again in {exc.retry_after:.0f}s or later" if exc.retry_after else "try again later")  # fmt: skip
-            message = f"{what.get(exc.kind, 'the API could not be reached')} ({exc.failure}): {advice}"
-        req.fail(cls, message, tries, status=exc.status, retry_after=exc.retry_after)
+        exc, tries, seconds = state.outcome.exception(), state.attempt_number, time.monotonic() - started
+        cls, template = _GIVE_UP[exc.kind]
+        if exc.retry_after is not None and tries < retry.max_attempts and exc.retry_after > total - seconds:
+            template = _TOO_LATE
+        u = httpx.URL(req.url)
+        message = template.format(
+            failure=exc.failure,
+            base_url=setting("base_url"),
+            host_port=f"{u.host}:{u.port or {'https': 443}.get(u.scheme, 80)}",
+            again=f"try again in {exc.retry_after:.0f}s or later" if exc.retry_after else "try again later",
+            retry_after=exc.retry_after,
+            left=max(total - seconds, 0),
+            at=(datetime.now(UTC) + timedelta(seconds=exc.retry_after or 0)).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        )
+        extra = {"retry_after": exc.retry_after} if issubclass(cls, TransientApiError) else {}
+        req.fail(cls, message, f"{tries} tr{'ies' if tries > 1 else 'y'} in {seconds:.1f}s", status=exc.status, **extra)
 
     retrying = tenacity.AsyncRetrying(
-        stop=tenacity.stop_after_attempt(retry.max_attempts) | tenacity.stop_before_delay(total) | refused_enough,
+        stop=tenacity.stop_after_attempt(retry.max_attempts)
+        | tenacity.stop_before_delay(total)
+        | (lambda state: state.outcome.exception().kind == "refused" and state.attempt_number >= _REFUSED_TRIES),
         wait=wait,
         retry=tenacity.retry_if_exception_type(_Retry),
         before_sleep=log_retry,
@@ -307,22 +301,23 @@ async def send(
     return await retrying(one_try)
 
 
-def raise_for_status(req: Request, answer: Answer, name: str, fields: Sequence[str], dialect: Dialect) -> NoReturn:
-    """Raise the ``flows.errors`` exception of a final answer that is not 2xx (transient statuses never get here).
+_FINAL = {  # a final status -> (error, message)
+    400: (PermanentApiError, "the API rejected a request parameter (HTTP 400{said}): check the region name, or "
+          "report this if the API changed"),
+    401: (AuthenticationError, "the API key was refused (HTTP 401{said}): " + KEY_ADVICE + " to a valid key"),
+    403: (QuotaExceededError, "the API refused the request (HTTP 403{said}): the plan's request quota is used up "
+          "or a requested field needs a premium plan; wait for the quota to reset or upgrade the plan"),
+}  # fmt: skip
 
-    401 ``AuthenticationError``, 403 ``QuotaExceededError``, 404 ``UnknownRegionError``
-    (region ``name``; ``PermanentApiError`` when the API names an unknown field),
-    400, 3xx and the rest ``PermanentApiError``.
-    """
+
+def raise_for_status(req: Request, answer: Answer, name: str, fields: Sequence[str], dialect: Dialect) -> NoReturn:
+    """Raise the error of a final answer that is not 2xx: 401 ``AuthenticationError``, 403 ``QuotaExceededError``,
+    404 ``UnknownRegionError`` (region ``name``; ``PermanentApiError`` for an unknown field), else
+    ``PermanentApiError``."""
     status, message = answer.status, answer.message()
     said = f' "{req.quote(message)}"' if message else ""
-    if status == 401:
-        req.fail(AuthenticationError, f"the API key was refused (HTTP 401{said}): {KEY_ADVICE} to a valid key",
-                 status=status)  # fmt: skip
-    if status == 403:
-        req.fail(QuotaExceededError, f"the API refused the request (HTTP 403{said}): the plan's request quota is "
-                 "used up or a requested field needs a premium plan; wait for the quota to reset or upgrade the plan",
-                 status=status)  # fmt: skip
+    if status in _FINAL:
+        req.fail(_FINAL[status][0], _FINAL[status][1].format(said=said), status=status)
     if status == 404 and any(w in (message or "").lower() for w in ("propert", "field")):
         req.fail(PermanentApiError, f"the API does not know a requested field (HTTP 404{said}; asked for "
                  f"{','.join(fields)}): the {dialect.name} schema may have changed, check {setting('api')}",
@@ -332,9 +327,6 @@ def raise_for_status(req: Request, answer: Answer, name: str, fields: Sequence[s
                  f"none, or the path of {setting('base_url')} is wrong (a {dialect.name} base URL looks like "
                  f"{dialect.base_url_example})",
                  status=404, region=name, request=f"GET {req.shown}")  # fmt: skip
-    if status == 400:
-        req.fail(PermanentApiError, f"the API rejected a request parameter (HTTP 400{said}): check the region "
-                 "name, or report this if the API changed", status=status)  # fmt: skip
     if 300 <= status < 400:
         req.fail(PermanentApiError, f"the API redirected the request (HTTP {status} to "
                  f"{req.quote(answer.headers.get('Location', '?'))}), and the client does not follow redirects: "
