@@ -11,21 +11,21 @@ One load, one transaction on a psycopg2 connection of the caller's SQLAlchemy en
    reader blocked; the comparison, the change report and the write see one state.
 4. The row-drop rule (``force`` bypasses it).
 5. ``"rows"``: one hash full join of the table and the staged rows on a row hash
-   (``flows.load.state.row_hash``), rows compared by value on a match (NULL equals NULL),
-   keeps the rows of one side only; ``DELETE`` those of the table by ctid, ``INSERT`` the
-   staged ones. Rows in both are untouched (same row version): a user's foreign key (even
-   ``ON DELETE CASCADE``), views, indexes, triggers, grants, extra columns all stay. A row
-   held several times on a side is counted exactly: the fingerprints of table and staged
-   rows must then agree, else the transaction goes back to before step 5 and compares by
-   one hash aggregate counting each side. Equal content: nothing written.
+   (``flows.load.state.row_hash``), paired rows compared by value (NULL equals NULL); the
+   table's rows left unpaired are deleted by ctid, the staged ones inserted. Rows in both are
+   untouched (same row version): a user's foreign key (even ``ON DELETE CASCADE``), views,
+   indexes, triggers, grants, extra columns all stay. A row hash held several times on a
+   side pairs its copies by number (a second join), so counts are exact. Equal content:
+   nothing written.
    ``"swap"``: unless both fingerprints are equal, carry grants and comment over, ``DROP`` the
    table, ``RENAME`` the staging one (indexes, constraints, triggers, owner are not kept; a
    view on the table makes it fail).
-6. The table's fingerprint (``flows.load.state.fingerprint``); commit. Any failure rolls back.
+6. The table's fingerprint (``flows.load.state.fingerprint``, summed in the join for ``"rows"``);
+   commit. Any failure rolls back.
 
 Waits for users' locks: ``lock_timeout``, ``lock_retries`` (``flows.load.locks``). An
 interrupt (``flows.load.interrupt_loads``) cancels the statement and rolls back.
-PostgreSQL 14 or later (``hash_record_extended``, ``min(tid)``: 14); tested on 18.
+PostgreSQL 14 or later (``hash_record_extended``); tested on 18.
 """
 
 from __future__ import annotations
@@ -110,21 +110,12 @@ class _Load:
         previous = waits.bounded(oid, "write", lock_and_count)
         if not self.options["force"]:
             check_row_drop(self.plan.rows, previous, self.options["min_row_fraction"], table.name)
-        if not swap or spec is not None:  # a comparison follows: the planner then knows how many rows there are
-            cur.execute(f"ANALYZE {staging}")
         if swap:
             return self._swap(oid, comment, staging, previous, complete, waits)
-        cur.execute("SAVEPOINT countries_pipeline_diff")
-        for exact in (False, True):
-            deleted, inserted, differing = self._diff(staging, previous, exact)
-            summary = None if spec is None else self._report(oid, staging, differing, deleted + inserted)
-            if deleted or inserted:  # behind a user's row lock (SELECT ... FOR UPDATE): bounded, retried
-                waits.bounded(oid, "write", lambda d=deleted, i=inserted: self._write(staging, d, previous, i))
-            content = fingerprint(cur, table, self.columns)
-            # No row of the table is in the data, or the contents are equal: the fast comparison was right.
-            if exact or deleted == previous or content == fingerprint(cur, staging, self.columns):
-                break
-            cur.execute("ROLLBACK TO SAVEPOINT countries_pipeline_diff")  # rows held several times: count them
+        deleted, inserted, content = self._diff(staging, previous)
+        summary = None if spec is None else self._report(oid, staging, deleted + inserted)
+        if deleted or inserted:  # behind a user's row lock (SELECT ... FOR UPDATE): bounded, retried
+            waits.bounded(oid, "write", lambda: self._write(staging, deleted, previous, inserted))
         return self._result(previous, deleted, inserted, summary, content)
 
     def _result(self, previous, deleted: int, inserted: int, summary, content: str) -> LoadResult:
@@ -175,90 +166,73 @@ class _Load:
         summary = None if spec is None else change_report.compare(cur, spec, None, table.sql, table.sql)
         return self._result(None, 0, self.plan.rows, summary, fingerprint(cur, table, self.columns))
 
-    def _diff(self, staging: str, previous: int, exact: bool) -> tuple[int, int, str]:
-        """The rows on one side only (step 5), into ``_DIFF``: data columns, ``oc``/``nc`` (count in the table, in
-        the data), ``old_id``/``new_id`` (a ctid of each side). Returns (rows to delete, to insert, ``_DIFF``)."""
-        cur, names, table = self.cur, self.plan.names(), self.table.sql
-        if exact:
-            cur.execute(
-                f"CREATE TEMPORARY TABLE {_DIFF} ON COMMIT DROP AS SELECT {names},"
-                " count(*) FILTER (WHERE side = 0) AS oc, count(*) FILTER (WHERE side = 1) AS nc,"
-                " min(id) FILTER (WHERE side = 0) AS old_id, min(id) FILTER (WHERE side = 1) AS new_id"
-                f" FROM (SELECT 0 AS side, ctid AS id, {names} FROM {table}"
-                f" UNION ALL SELECT 1, ctid, {names} FROM {staging}) u GROUP BY {names}"
-                " HAVING count(*) FILTER (WHERE side = 0) <> count(*) FILTER (WHERE side = 1)"
-            )
-        else:
-            o, n = (", ".join(f"{side}.{quote_ident(c)}" for c in self.columns) for side in "on")
-            ho, hn = (row_hash(cur, staging, self.columns, alias) for alias in "on")  # staged in the table's types
-            cur.execute("SET LOCAL work_mem = '128MB'")  # the hash of a million rows in memory: 2x faster here
-            spec = self.options["changes"]  # the report reads the key of the differing rows; nothing else is kept
-            k = "" if spec is None else quote_ident(spec.key)
-            key = f"coalesce(o.{k}, n.{k}) AS {k}," if k else ""
-            cur.execute(
-                f"CREATE TEMPORARY TABLE {_DIFF} ON COMMIT DROP AS SELECT {key}"
-                " (o.ctid IS NOT NULL)::int::bigint AS oc,"
-                f" (n.ctid IS NOT NULL)::int::bigint AS nc, o.ctid AS old_id, n.ctid AS new_id FROM {table} o"
-                f" FULL JOIN {staging} n"
-                f" ON {ho} = {hn}"
-                f" WHERE o.ctid IS NULL OR n.ctid IS NULL OR ROW({o}) IS DISTINCT FROM ROW({n})"
-            )
-        cur.execute(
-            "SELECT coalesce(sum(oc - nc) FILTER (WHERE oc > nc), 0), coalesce(sum(nc - oc) FILTER (WHERE nc > oc), 0),"
-            f" count(*) FILTER (WHERE oc = 1 AND nc = 1) FROM {_DIFF}"
-        )
-        deleted, inserted, collisions = (int(v) for v in cur.fetchone())
-        if collisions:  # two different rows of one hash: compare them by counting
-            cur.execute(f"DROP TABLE {_DIFF}")
-            return self._diff(staging, previous, exact=True)
-        if (deleted or inserted) and deleted < previous and inserted < self.plan.rows:
-            cur.execute(f"ANALYZE {_DIFF}")  # the planner then knows how many rows change (not needed: all change)
-        return deleted, inserted, _DIFF
+    def _diff(self, staging: str, previous: int) -> tuple[int, int, str]:
+        """Step 5's comparison, one hash full join of the table and the staged rows into ``_DIFF`` (one row: the
+        ctids ``gone`` of the table and ``added`` of the staged rows that are on one side only; with a change spec,
+        the ``keys`` of those rows). Returns (rows to delete, to insert, the new content's fingerprint).
 
-    def _report(self, oid: int, staging: str, differing: str, count: int) -> ChangeSummary:
+        Rows are paired on their row hash and, when a hash is held several times on a side, on its copy's number
+        among them (a second join, which sorts); a pair that is not equal by value (a hash collision) is a delete
+        and an insert. The fingerprint is the staged rows' (``flows.load.state.fingerprint``), summed in the join.
+        """
+        cur, names = self.cur, self.plan.names()
+        h = row_hash(cur, staging, self.columns, "")  # staged in the table's types: one hash function for both
+        o, n = (", ".join(f"{side}.{quote_ident(c)}" for c in self.columns) for side in "on")
+        spec = self.options["changes"]  # the report reads the key of the differing rows; nothing else is kept
+        k = "" if spec is None else quote_ident(spec.key)
+        keys = f", array_agg(coalesce(o.{k}, n.{k})) FILTER (WHERE NOT same) AS keys" if k else ""
+        cur.execute("SET LOCAL work_mem = '128MB'")  # the hash of a million rows in memory: 2x faster here
+        for copy in ("1", f"row_number() OVER (PARTITION BY {h})"):
+            cur.execute(f"DROP TABLE IF EXISTS {_DIFF}")
+            cur.execute(
+                f"CREATE TEMPORARY TABLE {_DIFF} ON COMMIT DROP AS SELECT count(o.id) AS old, count(n.id) AS new,"
+                " coalesce(sum(n.h), 0) AS total,"
+                " coalesce(array_agg(o.id) FILTER (WHERE o.id IS NOT NULL AND NOT same), '{}') AS gone,"
+                f" coalesce(array_agg(n.id) FILTER (WHERE n.id IS NOT NULL AND NOT same), '{{}}') AS added{keys}"
+                f" FROM (SELECT ctid AS id, {h} AS h, {copy} AS i, {names} FROM {self.table.sql}) o"
+                f" FULL JOIN (SELECT ctid AS id, {h} AS h, {copy} AS i, {names} FROM {staging}) n"
+                " ON o.h = n.h AND o.i = n.i CROSS JOIN LATERAL (SELECT o.id IS NOT NULL AND n.id IS NOT NULL"
+                f" AND ROW({o}) IS NOT DISTINCT FROM ROW({n})) s(same)"
+            )
+            cur.execute(f"SELECT old, new, cardinality(gone), cardinality(added), total FROM {_DIFF}")
+            old, new, deleted, inserted, total = cur.fetchone()
+            if old == previous and new == self.plan.rows:  # each row paired once: the comparison is exact
+                return deleted, inserted, f"{new}:{total}"
+        raise AssertionError("numbered copies pair each row once")
+
+    def _report(self, oid: int, staging: str, count: int) -> ChangeSummary:
         spec = self.options["changes"]
         if not count:
             return ChangeSummary.identical(spec)
         reason = change_report.missing_columns(self.cur, spec, oid)
         if reason:
             return ChangeSummary.skipped(spec, reason)
+        differing = f"(SELECT unnest(keys) AS {quote_ident(spec.key)} FROM {_DIFF}) d"
         return change_report.compare(self.cur, spec, self.table.sql, staging, differing)
 
     def _write(self, staging: str, deleted: int, previous: int, inserted: int) -> None:
-        """Strategy "rows": delete the table's surplus rows, insert the missing ones; the others stay untouched."""
-        cur, table, names = self.cur, self.table, self.plan.names()
+        """Strategy "rows": delete the table's rows of ``gone``, insert the staged ones of ``added``."""
+        cur, table, names = self.cur, self.table.sql, self.plan.names()
         if deleted and deleted == previous:  # every row goes: no need to find them one by one
-            cur.execute(f"DELETE FROM {table.sql}")
+            cur.execute(f"DELETE FROM {table}")
         elif deleted:
-            gone = f"SELECT old_id FROM {_DIFF} WHERE oc = 1 AND nc = 0"
-            cur.execute(f"SELECT count(*) FROM {_DIFF} WHERE oc > 1 AND oc > nc")
-            if cur.fetchone()[0]:  # a row the table holds several times, fewer times in the new data: number copies
-                same = " AND ".join(f"o.{quote_ident(c)} IS NOT DISTINCT FROM d.{quote_ident(c)}" for c in self.columns)
-                gone += (
-                    " UNION ALL SELECT w.id FROM (SELECT o.ctid AS id, d.oc - d.nc AS surplus, row_number() OVER"
-                    f" (PARTITION BY d.old_id) AS i FROM {table.sql} o JOIN {_DIFF} d ON {same}"
-                    " WHERE d.oc > 1 AND d.oc > d.nc) w WHERE w.i <= w.surplus"
-                )
-            cur.execute(f"DELETE FROM {table.sql} t USING ({gone}) g(id) WHERE t.ctid = g.id")
+            cur.execute(f"DELETE FROM {table} WHERE ctid = ANY((SELECT gone FROM {_DIFF})::tid[])")
         if inserted == self.plan.rows:
-            cur.execute(f"INSERT INTO {table.sql} ({names}) SELECT {names} FROM {staging}")
+            cur.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM {staging}")
         elif inserted:
-            staged = ", ".join(f"s.{quote_ident(c)}" for c in self.columns)
-            cur.execute(
-                f"INSERT INTO {table.sql} ({names}) SELECT {staged} FROM {_DIFF} d JOIN {staging} s"
-                " ON s.ctid = d.new_id CROSS JOIN LATERAL generate_series(1, d.nc - d.oc) WHERE d.nc > d.oc"
-            )
+            cur.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM {staging}"
+                        f" WHERE ctid = ANY((SELECT added FROM {_DIFF})::tid[])")
 
     def _swap(self, oid: int, comment, staging: str, previous: int, complete: bool, waits: LockWaits) -> LoadResult:
         """Strategy "swap": unless the content is equal, carry grants and the comment over, DROP, RENAME."""
         cur, table, spec = self.cur, self.table, self.options["changes"]
         content = fingerprint(cur, staging, self.columns)
-        if complete and content == fingerprint(cur, table, self.columns):  # equal: nothing to swap
+        if complete and previous == self.plan.rows and content == fingerprint(cur, table, self.columns):  # equal
             cur.execute(f"DROP TABLE {staging}")
             return self._result(previous, 0, 0, None if spec is None else ChangeSummary.identical(spec), content)
         summary = None
         if spec is not None and complete:
-            summary = self._report(oid, staging, self._diff(staging, previous, exact=False)[2], 1)
+            summary = self._report(oid, staging, sum(self._diff(staging, previous)[:2]))
         elif spec is not None:
             summary = ChangeSummary.skipped(spec, change_report.missing_columns(cur, spec, oid) or "other columns")
         cur.execute(
