@@ -52,7 +52,7 @@ from flows.errors import (
 import flows.load.changes as change_report
 from flows.load.changes import ChangeSpec, ChangeSummary, check_min_row_fraction, check_row_drop
 from flows.load.database import TableName, parse_table_name, pg_message, quote_ident, resolve_schema, scrub, unreachable
-from flows.load.locks import LockWaits, Running, advisory_lock, commit, running_loads
+from flows.load.locks import LockWaits, Running, commit, running_loads
 from flows.load.state import LoadResult, fingerprint, row_hash
 
 if TYPE_CHECKING:
@@ -359,7 +359,7 @@ def _run(load: Running, target: TableName, plan: CopyPlan, options: dict, url) -
     try:
         with connection.cursor() as cur:
             target = resolve_schema(cur, target)
-            advisory_lock(cur, str(target), options["loader_wait"], url)
+            LockWaits(cur, str(target), url, options["loader_wait"], 0).advisory()
             waits = LockWaits(cur, str(target), url, options["lock_timeout"], options["lock_retries"])
             waits.apply_limit()
             result = _Load(cur, target, plan, options).run(waits)
