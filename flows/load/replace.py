@@ -6,7 +6,8 @@ One load, one transaction on a psycopg2 connection of the caller's SQLAlchemy en
    the wait blocks no reader and is bounded (``loader_wait``), then "table busy".
 2. ``COPY ... FROM STDIN (FREEZE)`` the rows into a staging table made from the TABLE's
    columns (``CREATE ... AS SELECT <columns> FROM <table> WITH NO DATA``), so they are
-   compared in its types: temporary for ``"rows"``, beside the table for ``"swap"``.
+   compared in its types: temporary for ``"rows"``, beside the table for ``"swap"``. A first
+   load copies straight into the table it creates, and ends there.
 3. ``LOCK TABLE ... IN SHARE ROW EXCLUSIVE MODE``: no other writer until the commit, no
    reader blocked; the comparison, the change report and the write see one state.
 4. The row-drop rule (``force`` bypasses it).
@@ -97,10 +98,12 @@ class _Load:
         if relkind not in (None, "r"):
             raise LoadError(f"{table} exists but is not a plain table (relkind {relkind!r}); refusing to replace it")
         complete = oid is not None and self._has_columns(oid, swap)  # a swap may replace a table lacking some
+        if oid is None:  # a first load: the rows go straight into the new table
+            self._stage(table.sql, None, temporary=False, oid=oid, waits=waits)
+            summary = None if spec is None else change_report.compare(cur, spec, None, table.sql, table.sql)
+            return self._result(None, 0, self.plan.rows, summary, fingerprint(cur, table, self.columns))
         staging = TableName(table.schema, f"{table.name[:40]}__swap_{secrets.token_hex(4)}").sql if swap else _STAGE
         self._stage(staging, table.sql if complete else None, temporary=not swap, oid=oid, waits=waits)
-        if oid is None:
-            return self._first(staging, swap)
 
         def lock_and_count() -> tuple[int, str | None]:
             cur.execute(f"LOCK TABLE {table.sql} IN SHARE ROW EXCLUSIVE MODE")  # no other writer; no reader blocked
@@ -144,7 +147,8 @@ class _Load:
         return not missing
 
     def _stage(self, staging: str, like: str | None, temporary: bool, oid: int | None, waits: LockWaits) -> None:
-        """Create ``staging`` in the types of ``like`` (the table) or of the data, and COPY the rows in."""
+        """Create ``staging`` in the types of ``like`` (the table) or of the data, and COPY the rows in (FREEZE: the
+        table is new in this transaction, so its rows need no hint bits on first read)."""
         cur, names = self.cur, self.plan.names()
         kind, on_commit = ("TEMPORARY ", " ON COMMIT DROP") if temporary else ("", "")
         if like is None:
@@ -154,20 +158,8 @@ class _Load:
             waits.bounded(oid, "read", lambda: cur.execute(create))
         from flows.load.copy import CopyStream
 
-        # FREEZE (the table is new in this transaction): its rows need no hint bits on first read.
         copy = f"COPY {staging} ({names}) FROM STDIN WITH (FORMAT text, FREEZE, ENCODING 'UTF8')"
         cur.copy_expert(copy, CopyStream(self.plan), size=1 << 20)
-
-    def _first(self, staging: str, swap: bool) -> LoadResult:
-        """A first load: the staging table becomes the table (swap), or the table is created from it."""
-        cur, table, spec = self.cur, self.table, self.options["changes"]
-        if swap:
-            cur.execute(f"ALTER TABLE {staging} RENAME TO {quote_ident(table.name)}")
-        else:
-            cur.execute(f"CREATE TABLE {table.sql} ({self.plan.definitions()})")
-            cur.execute(f"INSERT INTO {table.sql} ({self.plan.names()}) SELECT {self.plan.names()} FROM {staging}")
-        summary = None if spec is None else change_report.compare(cur, spec, None, table.sql, table.sql)
-        return self._result(None, 0, self.plan.rows, summary, fingerprint(cur, table, self.columns))
 
     def _diff(self, staging: str, previous: int) -> tuple[int, int, str]:
         """Step 5's comparison, one hash full join of the table and the staged rows into ``_DIFF`` (one row: the
