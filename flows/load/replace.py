@@ -107,7 +107,7 @@ class _Load:
 
         def lock_and_count() -> tuple[int, str | None]:
             cur.execute(f"LOCK TABLE {table.sql} IN SHARE ROW EXCLUSIVE MODE")  # no other writer; no reader blocked
-            if swap and complete:  # equal content is not swapped: its fingerprint, which counts the rows too
+            if swap and complete and spec is None:  # equal content is not swapped: its fingerprint counts rows too
                 content = fingerprint(cur, table, self.columns)
                 return int(content.split(":")[0]), content
             cur.execute(f"SELECT count(*) FROM {table.sql}")
@@ -117,7 +117,7 @@ class _Load:
         if not self.options["force"]:
             check_row_drop(self.plan.rows, previous, self.options["min_row_fraction"], table.name)
         if swap:
-            return self._swap(oid, comment, staging, previous, content, waits)
+            return self._swap(oid, comment, staging, previous, complete, content, waits)
         deleted, inserted, content = self._diff(staging, previous)
         summary = None if spec is None else self._report(oid, staging, deleted + inserted)
         if deleted or inserted:  # behind a user's row lock (SELECT ... FOR UPDATE): bounded, retried
@@ -219,18 +219,24 @@ class _Load:
             cur.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM {staging}"
                         f" WHERE ctid = ANY((SELECT added FROM {_DIFF})::tid[])")
 
-    def _swap(self, oid: int, comment, staging: str, previous: int, old: str | None, waits: LockWaits) -> LoadResult:
-        """Strategy "swap": unless the content is equal, carry grants and the comment over, DROP, RENAME."""
+    def _swap(self, oid: int, comment, staging: str, previous: int, complete: bool, old: str | None,
+              waits: LockWaits) -> LoadResult:  # fmt: skip
+        """Strategy "swap": unless the content is equal, carry grants and the comment over, DROP, RENAME.
+
+        ``complete``: the table has every column of the data; ``old``: its fingerprint (``None`` with a change spec,
+        whose comparison tells whether anything changed)."""
         cur, table, spec = self.cur, self.table, self.options["changes"]
-        content = fingerprint(cur, staging, self.columns)
-        if content == old:  # equal: nothing to swap
+        if spec is not None and complete:  # the comparison says what changed, and whether anything did
+            deleted, inserted, content = self._diff(staging, previous)
+            summary, equal = self._report(oid, staging, deleted + inserted), not deleted + inserted
+        else:
+            content = fingerprint(cur, staging, self.columns)
+            summary, equal = None, content == old
+            if spec is not None:
+                summary = ChangeSummary.skipped(spec, change_report.missing_columns(cur, spec, oid) or "other columns")
+        if equal:
             cur.execute(f"DROP TABLE {staging}")
-            return self._result(previous, 0, 0, None if spec is None else ChangeSummary.identical(spec), content)
-        summary = None
-        if spec is not None and old is not None:
-            summary = self._report(oid, staging, sum(self._diff(staging, previous)[:2]))
-        elif spec is not None:
-            summary = ChangeSummary.skipped(spec, change_report.missing_columns(cur, spec, oid) or "other columns")
+            return self._result(previous, 0, 0, summary, content)
         cur.execute(
             "SELECT a.privilege_type, a.is_grantable, r.rolname FROM pg_class c CROSS JOIN LATERAL"
             " aclexplode(c.relacl) a LEFT JOIN pg_roles r ON r.oid = a.grantee WHERE c.oid = %s",
