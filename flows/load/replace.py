@@ -6,7 +6,8 @@ One load, one transaction on a psycopg2 connection of the caller's SQLAlchemy en
    the wait blocks no reader and is bounded (``loader_wait``), then "table busy".
 2. ``COPY ... FROM STDIN (FREEZE)`` the rows into a staging table made from the TABLE's
    columns (``CREATE ... AS SELECT <columns> FROM <table> WITH NO DATA``), so they are
-   compared in its types: temporary for ``"rows"``, beside the table for ``"swap"``. A first
+   compared in its types: beside the table (``"rows"``: unlogged, so that PostgreSQL scans it
+   in parallel; temporary when the role may not create tables in the schema). A first
    load copies straight into the table it creates, and ends there.
 3. ``LOCK TABLE ... IN SHARE ROW EXCLUSIVE MODE``: no other writer until the commit, no
    reader blocked; the comparison, the change report and the write see one state.
@@ -99,11 +100,14 @@ class _Load:
             raise LoadError(f"{table} exists but is not a plain table (relkind {relkind!r}); refusing to replace it")
         complete = oid is not None and self._has_columns(oid, swap)  # a swap may replace a table lacking some
         if oid is None:  # a first load: the rows go straight into the new table
-            self._stage(table.sql, None, temporary=False, oid=oid, waits=waits)
+            self._stage(table.sql, None, "", oid=oid, waits=waits)
             summary = None if spec is None else change_report.compare(cur, spec, None, table.sql, table.sql)
             return self._result(None, 0, self.plan.rows, summary, fingerprint(cur, table, self.columns))
-        staging = TableName(table.schema, f"{table.name[:40]}__swap_{secrets.token_hex(4)}").sql if swap else _STAGE
-        self._stage(staging, table.sql if complete else None, temporary=not swap, oid=oid, waits=waits)
+        cur.execute("SELECT has_schema_privilege(to_regnamespace(%s), 'CREATE')", (quote_ident(table.schema),))
+        kind = "" if swap else "UNLOGGED " if cur.fetchone()[0] else "TEMPORARY "
+        beside = TableName(table.schema, f"{table.name[:40]}__{'swap' if swap else 'load'}_{secrets.token_hex(4)}")
+        staging = _STAGE if kind == "TEMPORARY " else beside.sql
+        self._stage(staging, table.sql if complete else None, kind, oid=oid, waits=waits)
 
         def lock_and_count() -> tuple[int, str | None]:
             cur.execute(f"LOCK TABLE {table.sql} IN SHARE ROW EXCLUSIVE MODE")  # no other writer; no reader blocked
@@ -122,6 +126,7 @@ class _Load:
         summary = None if spec is None else self._report(oid, staging, deleted + inserted)
         if deleted or inserted:  # behind a user's row lock (SELECT ... FOR UPDATE): bounded, retried
             waits.bounded(oid, "write", lambda: self._write(staging, deleted, previous, inserted))
+        cur.execute(f"DROP TABLE {staging}")  # never seen by another session: created in this transaction
         return self._result(previous, deleted, inserted, summary, content)
 
     def _result(self, previous, deleted: int, inserted: int, summary, content: str) -> LoadResult:
@@ -146,11 +151,11 @@ class _Load:
             )
         return not missing
 
-    def _stage(self, staging: str, like: str | None, temporary: bool, oid: int | None, waits: LockWaits) -> None:
+    def _stage(self, staging: str, like: str | None, kind: str, oid: int | None, waits: LockWaits) -> None:
         """Create ``staging`` in the types of ``like`` (the table) or of the data, and COPY the rows in (FREEZE: the
         table is new in this transaction, so its rows need no hint bits on first read)."""
         cur, names = self.cur, self.plan.names()
-        kind, on_commit = ("TEMPORARY ", " ON COMMIT DROP") if temporary else ("", "")
+        on_commit = " ON COMMIT DROP" if kind == "TEMPORARY " else ""
         if like is None:
             cur.execute(f"CREATE {kind}TABLE {staging} ({self.plan.definitions()}){on_commit}")
         else:  # in the table's own types: compared by value, as the table holds them
