@@ -135,10 +135,10 @@ class LockWaits:
             )
         else:
             blocked = "the blocking session has ended since; re-run"
-        tries = f"{self.retries + 1} tries" if self.retries else "1 try"
+        each = f"{self.retries + 1} tries to lock it, each waiting" if self.retries else "1 try to lock it, waiting"
         return scrub(
-            f"table {self.table} is busy: {tries} to lock it, each waiting up to "
-            f"{self.timeout:g}s, failed; {blocked}; the previous table is unchanged",
+            f"table {self.table} is busy: {each} up to {self.timeout:g}s, failed; {blocked}; "
+            "the previous table is unchanged",
             self.url,
         )
 
