@@ -1377,6 +1377,31 @@ def test_missing_database_is_unreachable(pg, caplog):
     assert 'database "no_such_db" does not exist' in message
 
 
+def test_a_role_that_may_only_write_rows_loads_through_a_temporary_table(pg, engine, database_url):
+    """docs/operations.md: TEMP on the database and SELECT, INSERT, DELETE on the table are enough for "rows"."""
+    replace_table(engine, countries(10, seed=1), "countries")
+    role = f"loader_{uuid.uuid4().hex[:8]}"
+    database = sa.make_url(database_url).database
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f'CREATE ROLE "{role}" LOGIN')
+        conn.exec_driver_sql(f'GRANT TEMP ON DATABASE "{database}" TO "{role}"')
+        conn.exec_driver_sql(f'GRANT USAGE ON SCHEMA public TO "{role}"')
+        conn.exec_driver_sql(f'GRANT SELECT, INSERT, DELETE ON countries TO "{role}"')
+    loader = sa.create_engine(f"postgresql+psycopg2://{role}@/{database}?host={pg.socket_dir}")
+    try:
+        with loader.connect() as conn:
+            assert conn.exec_driver_sql("SELECT has_schema_privilege('public', 'CREATE')").scalar_one() is False
+        new = countries(10, seed=2)
+        result = replace_table(loader, new, "countries")
+        assert result.changed and same_rows(engine, new)
+        assert relnames(engine) == ["countries"]
+    finally:
+        loader.dispose()
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f'DROP OWNED BY "{role}"')
+            conn.exec_driver_sql(f'DROP ROLE "{role}"')
+
+
 def test_role_that_may_not_log_in_is_unreachable(pg, engine, database_url, caplog):
     caplog.set_level(logging.DEBUG)
     role = f"nologin_{uuid.uuid4().hex[:8]}"

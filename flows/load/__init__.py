@@ -8,7 +8,7 @@
 - :mod:`flows.load.database`: the database (``Database``), table names, messages.
 - :mod:`flows.load.changes`: the change report.
 
-Oldest PostgreSQL supported: 14 (``hash_record_extended`` and ``min(tid)``); tested on 18.
+Oldest PostgreSQL supported: 14 (``hash_record_extended``); tested on 18.
 Importing this package imports psycopg2, never pandas or SQLAlchemy (a load imports them).
 """
 

@@ -1,10 +1,10 @@
 """The locks a load takes, and how long it waits for them (private to ``flows.load``).
 
-- :func:`advisory_lock`: a transaction-level advisory lock on the table's name,
+- :meth:`LockWaits.advisory`: a transaction-level advisory lock on the table's name,
   so that loaders of one table run one after the other. It is on no table, so
   waiting for it blocks no reader; the wait is bounded (``lock_timeout`` applies
   to advisory locks too), then ``TableBusyError`` names the session holding it.
-- :class:`LockWaits`: every wait for a lock a user's session holds (the write
+- :meth:`LockWaits.bounded`: every wait for a lock a user's session holds (the write
   lock behind a user's writes, the swap's ``ACCESS EXCLUSIVE`` lock behind a
   reader, a read behind an ``ALTER TABLE``) is cut after ``lock_timeout`` and
   tried ``1 + lock_retries`` times in a savepoint, so no reader queues behind the
@@ -33,8 +33,8 @@ from flows.load.database import scrub
 from flows.errors import TableBusyError
 
 
-Need = Literal["read", "write", "swap"]
-"""What a step does to the table, which decides whose table locks can make it wait."""
+Need = Literal["load", "read", "write", "swap"]
+"""What a step does to the table, which decides whose locks can make it wait ("load": another load's)."""
 
 _MODES = "AccessShare RowShare RowExclusive ShareUpdateExclusive Share ShareRowExclusive Exclusive AccessExclusive"
 _MODES_WEAKEST_FIRST = tuple(f"{m}Lock" for m in _MODES.split())
@@ -51,41 +51,11 @@ def _lock_key(name: str) -> int:
     return int.from_bytes(hashlib.sha256(f"countries-pipeline:{name}".encode()).digest()[:8], "big", signed=True)
 
 
-def advisory_lock(cur: psycopg2.extensions.cursor, name: str, timeout: float, url: Any) -> None:
-    """Take the transaction-level advisory lock of ``name`` (held until commit or rollback).
-
-    Waits at most ``timeout`` seconds for another loader holding it, then raises
-    ``TableBusyError`` naming that session (``url``: to keep its password out).
-    """
-    key = _lock_key(name)
-    cur.execute("SAVEPOINT countries_pipeline_lock")
-    cur.execute(f"SET LOCAL lock_timeout = '{max(1, round(timeout * 1000))}ms'")
-    try:
-        cur.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
-    except psycopg2.errors.LockNotAvailable:
-        cur.execute("ROLLBACK TO SAVEPOINT countries_pipeline_lock")
-        cur.execute(
-            f"{_SESSIONS} WHERE pid IN (SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
-            " AND classid = ((%s >> 32) & 4294967295)::oid AND objid = (%s & 4294967295)::oid AND objsubid = 1"
-            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
-            (key, key),
-        )
-        holders = [_describe_session(*row) for row in cur.fetchall()]
-        held = f"held by {holders[0]}" if holders else "held by a session that has ended since"
-        raise TableBusyError(
-            scrub(
-                f"table {name} is busy: another load of it has been running for more than {timeout:g}s, "
-                f"{held}; wait for it to end (or end it: SELECT pg_terminate_backend(pid)) and re-run; "
-                "the previous table is unchanged",
-                url,
-            )
-        ) from None
-    cur.execute("RELEASE SAVEPOINT countries_pipeline_lock")
-
-
 _SESSIONS = (
     "SELECT pid, usename, application_name, state, extract(epoch FROM clock_timestamp() - xact_start)::float8"
-    " FROM pg_stat_activity"
+    " FROM pg_stat_activity WHERE pid IN (SELECT pid FROM pg_locks WHERE {} AND pid <> pg_backend_pid()"
+    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))"
+    " ORDER BY xact_start NULLS LAST, pid"
 )
 
 
@@ -122,11 +92,17 @@ class LockWaits:
         """From here on, every lock wait of the transaction is cut after ``timeout`` (``LockNotAvailable``)."""
         self.cur.execute(f"SET LOCAL lock_timeout = '{max(1, round(self.timeout * 1000))}ms'")
 
+    def advisory(self) -> None:
+        """Take the transaction-level advisory lock of the table's name (held until commit or rollback)."""
+        key = _lock_key(self.table)
+        self.apply_limit()
+        self.bounded(key, "load", lambda: self.cur.execute("SELECT pg_advisory_xact_lock(%s)", (key,)))
+
     def bounded(self, oid: int, need: Need, action: Callable[[], _T]) -> _T:
         """``action()`` in a savepoint, each try waiting at most ``timeout`` for a lock.
 
         Tried ``1 + retries`` times, then ``TableBusyError`` naming the sessions whose
-        locks on the table ``oid`` can block ``need``.
+        locks on the table ``oid`` can block ``need`` (``"load"``: ``oid`` is the advisory lock's key).
         """
         for attempt in range(self.retries + 1):
             self.cur.execute("SAVEPOINT countries_pipeline_lock")
@@ -143,13 +119,12 @@ class LockWaits:
         raise AssertionError("unreachable")
 
     def _busy(self, oid: int, need: Need) -> str:
-        self.cur.execute(
-            f"{_SESSIONS} WHERE pid IN (SELECT pid FROM pg_locks WHERE locktype = 'relation'"
-            " AND relation = %s AND pid <> pg_backend_pid() AND mode = ANY(%s)"
-            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))"
-            " ORDER BY xact_start NULLS LAST, pid",
-            (oid, list(_BLOCKERS[need])),
-        )
+        if need == "load":
+            held = ("locktype = 'advisory' AND granted AND classid = ((%s >> 32) & 4294967295)::oid"
+                    " AND objid = (%s & 4294967295)::oid AND objsubid = 1", (oid, oid))  # fmt: skip
+        else:
+            held = "locktype = 'relation' AND relation = %s AND mode = ANY(%s)", (oid, list(_BLOCKERS[need]))
+        self.cur.execute(_SESSIONS.format(held[0]), held[1])
         sessions = [_describe_session(*row) for row in self.cur.fetchall()]
         if sessions:
             more = f"; and {len(sessions) - 3} more" if len(sessions) > 3 else ""
@@ -160,9 +135,10 @@ class LockWaits:
             )
         else:
             blocked = "the blocking session has ended since; re-run"
+        each = f"{self.retries + 1} tries to lock it, each waiting" if self.retries else "1 try to lock it, waiting"
         return scrub(
-            f"table {self.table} is busy: {self.retries + 1} tries to lock it, each waiting up to "
-            f"{self.timeout:g}s, failed; {blocked}; the previous table is unchanged",
+            f"table {self.table} is busy: {each} up to {self.timeout:g}s, failed; {blocked}; "
+            "the previous table is unchanged",
             self.url,
         )
 

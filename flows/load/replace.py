@@ -6,26 +6,28 @@ One load, one transaction on a psycopg2 connection of the caller's SQLAlchemy en
    the wait blocks no reader and is bounded (``loader_wait``), then "table busy".
 2. ``COPY ... FROM STDIN (FREEZE)`` the rows into a staging table made from the TABLE's
    columns (``CREATE ... AS SELECT <columns> FROM <table> WITH NO DATA``), so they are
-   compared in its types: temporary for ``"rows"``, beside the table for ``"swap"``.
+   compared in its types: beside the table (``"rows"``: unlogged, so that PostgreSQL scans it
+   in parallel; temporary when the role may not create tables in the schema). A first
+   load copies straight into the table it creates, and ends there.
 3. ``LOCK TABLE ... IN SHARE ROW EXCLUSIVE MODE``: no other writer until the commit, no
    reader blocked; the comparison, the change report and the write see one state.
 4. The row-drop rule (``force`` bypasses it).
 5. ``"rows"``: one hash full join of the table and the staged rows on a row hash
-   (``flows.load.state.row_hash``), rows compared by value on a match (NULL equals NULL),
-   keeps the rows of one side only; ``DELETE`` those of the table by ctid, ``INSERT`` the
-   staged ones. Rows in both are untouched (same row version): a user's foreign key (even
-   ``ON DELETE CASCADE``), views, indexes, triggers, grants, extra columns all stay. A row
-   held several times on a side is counted exactly: the fingerprints of table and staged
-   rows must then agree, else the transaction goes back to before step 5 and compares by
-   one hash aggregate counting each side. Equal content: nothing written.
+   (``flows.load.state.row_hash``), paired rows compared by value (NULL equals NULL); the
+   table's rows left unpaired are deleted by ctid, the staged ones inserted. Rows in both are
+   untouched (same row version): a user's foreign key (even ``ON DELETE CASCADE``), views,
+   indexes, triggers, grants, extra columns all stay. A row hash held several times on a
+   side pairs its copies by number (a second join), so counts are exact. Equal content:
+   nothing written.
    ``"swap"``: unless both fingerprints are equal, carry grants and comment over, ``DROP`` the
    table, ``RENAME`` the staging one (indexes, constraints, triggers, owner are not kept; a
    view on the table makes it fail).
-6. The table's fingerprint (``flows.load.state.fingerprint``); commit. Any failure rolls back.
+6. The table's fingerprint (``flows.load.state.fingerprint``, summed in the join for ``"rows"``);
+   commit. Any failure rolls back.
 
 Waits for users' locks: ``lock_timeout``, ``lock_retries`` (``flows.load.locks``). An
 interrupt (``flows.load.interrupt_loads``) cancels the statement and rolls back.
-PostgreSQL 14 or later (``hash_record_extended``, ``min(tid)``: 14); tested on 18.
+PostgreSQL 14 or later (``hash_record_extended``); tested on 18.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ from flows.errors import (
 import flows.load.changes as change_report
 from flows.load.changes import ChangeSpec, ChangeSummary, check_min_row_fraction, check_row_drop
 from flows.load.database import TableName, parse_table_name, pg_message, quote_ident, resolve_schema, scrub, unreachable
-from flows.load.locks import LockWaits, Running, advisory_lock, commit, running_loads
+from flows.load.locks import LockWaits, Running, commit, running_loads
 from flows.load.state import LoadResult, fingerprint, row_hash
 
 if TYPE_CHECKING:
@@ -67,6 +69,7 @@ Strategy = Literal["rows", "swap"]
 STRATEGIES: tuple[str, ...] = ("rows", "swap")
 _STAGE = 'pg_temp."countries_pipeline_new"'
 _DIFF = 'pg_temp."countries_pipeline_diff"'
+_KEYS = 'pg_temp."countries_pipeline_keys"'
 _PRIVILEGES = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER", "MAINTAIN"})
 
 
@@ -97,34 +100,35 @@ class _Load:
         if relkind not in (None, "r"):
             raise LoadError(f"{table} exists but is not a plain table (relkind {relkind!r}); refusing to replace it")
         complete = oid is not None and self._has_columns(oid, swap)  # a swap may replace a table lacking some
-        staging = TableName(table.schema, f"{table.name[:40]}__swap_{secrets.token_hex(4)}").sql if swap else _STAGE
-        self._stage(staging, table.sql if complete else None, temporary=not swap, oid=oid, waits=waits)
-        if oid is None:
-            return self._first(staging, swap)
+        if oid is None:  # a first load: the rows go straight into the new table
+            self._stage(table.sql, None, "", oid=oid, waits=waits)
+            cur.execute(f"ANALYZE {table.sql}")  # its statistics from the start: VACUUM skips frozen pages
+            summary = None if spec is None else change_report.compare(cur, spec, None, table.sql, table.sql)
+            return self._result(None, 0, self.plan.rows, summary, fingerprint(cur, table, self.columns))
+        cur.execute("SELECT has_schema_privilege(to_regnamespace(%s), 'CREATE')", (quote_ident(table.schema),))
+        kind = "" if swap else "UNLOGGED " if cur.fetchone()[0] else "TEMPORARY "
+        beside = TableName(table.schema, f"{table.name[:40]}__{'swap' if swap else 'load'}_{secrets.token_hex(4)}")
+        staging = _STAGE if kind == "TEMPORARY " else beside.sql
+        self._stage(staging, table.sql if complete else None, kind, oid=oid, waits=waits)
 
-        def lock_and_count() -> int:
+        def lock_and_count() -> tuple[int, str | None]:
             cur.execute(f"LOCK TABLE {table.sql} IN SHARE ROW EXCLUSIVE MODE")  # no other writer; no reader blocked
+            if swap and complete and spec is None:  # equal content is not swapped: its fingerprint counts rows too
+                content = fingerprint(cur, table, self.columns)
+                return int(content.split(":")[0]), content
             cur.execute(f"SELECT count(*) FROM {table.sql}")
-            return cur.fetchone()[0]
+            return cur.fetchone()[0], None
 
-        previous = waits.bounded(oid, "write", lock_and_count)
+        previous, content = waits.bounded(oid, "write", lock_and_count)
         if not self.options["force"]:
             check_row_drop(self.plan.rows, previous, self.options["min_row_fraction"], table.name)
-        if not swap or spec is not None:  # a comparison follows: the planner then knows how many rows there are
-            cur.execute(f"ANALYZE {staging}")
         if swap:
-            return self._swap(oid, comment, staging, previous, complete, waits)
-        cur.execute("SAVEPOINT countries_pipeline_diff")
-        for exact in (False, True):
-            deleted, inserted, differing = self._diff(staging, previous, exact)
-            summary = None if spec is None else self._report(oid, staging, differing, deleted + inserted)
-            if deleted or inserted:  # behind a user's row lock (SELECT ... FOR UPDATE): bounded, retried
-                waits.bounded(oid, "write", lambda d=deleted, i=inserted: self._write(staging, d, previous, i))
-            content = fingerprint(cur, table, self.columns)
-            # No row of the table is in the data, or the contents are equal: the fast comparison was right.
-            if exact or deleted == previous or content == fingerprint(cur, staging, self.columns):
-                break
-            cur.execute("ROLLBACK TO SAVEPOINT countries_pipeline_diff")  # rows held several times: count them
+            return self._swap(oid, comment, staging, previous, complete, content, waits)
+        deleted, inserted, content = self._diff(staging, previous)
+        summary = None if spec is None else self._report(oid, staging, deleted + inserted)
+        if deleted or inserted:  # behind a user's row lock (SELECT ... FOR UPDATE): bounded, retried
+            waits.bounded(oid, "write", lambda: self._write(staging, deleted, previous, inserted))
+        cur.execute(f"DROP TABLE {staging}")  # never seen by another session: created in this transaction
         return self._result(previous, deleted, inserted, summary, content)
 
     def _result(self, previous, deleted: int, inserted: int, summary, content: str) -> LoadResult:
@@ -149,10 +153,11 @@ class _Load:
             )
         return not missing
 
-    def _stage(self, staging: str, like: str | None, temporary: bool, oid: int | None, waits: LockWaits) -> None:
-        """Create ``staging`` in the types of ``like`` (the table) or of the data, and COPY the rows in."""
+    def _stage(self, staging: str, like: str | None, kind: str, oid: int | None, waits: LockWaits) -> None:
+        """Create ``staging`` in the types of ``like`` (the table) or of the data, and COPY the rows in (FREEZE: the
+        table is new in this transaction, so its rows need no hint bits on first read)."""
         cur, names = self.cur, self.plan.names()
-        kind, on_commit = ("TEMPORARY ", " ON COMMIT DROP") if temporary else ("", "")
+        on_commit = " ON COMMIT DROP" if kind == "TEMPORARY " else ""
         if like is None:
             cur.execute(f"CREATE {kind}TABLE {staging} ({self.plan.definitions()}){on_commit}")
         else:  # in the table's own types: compared by value, as the table holds them
@@ -160,107 +165,93 @@ class _Load:
             waits.bounded(oid, "read", lambda: cur.execute(create))
         from flows.load.copy import CopyStream
 
-        # FREEZE (the table is new in this transaction): its rows need no hint bits on first read.
         copy = f"COPY {staging} ({names}) FROM STDIN WITH (FORMAT text, FREEZE, ENCODING 'UTF8')"
         cur.copy_expert(copy, CopyStream(self.plan), size=1 << 20)
 
-    def _first(self, staging: str, swap: bool) -> LoadResult:
-        """A first load: the staging table becomes the table (swap), or the table is created from it."""
-        cur, table, spec = self.cur, self.table, self.options["changes"]
-        if swap:
-            cur.execute(f"ALTER TABLE {staging} RENAME TO {quote_ident(table.name)}")
-        else:
-            cur.execute(f"CREATE TABLE {table.sql} ({self.plan.definitions()})")
-            cur.execute(f"INSERT INTO {table.sql} ({self.plan.names()}) SELECT {self.plan.names()} FROM {staging}")
-        summary = None if spec is None else change_report.compare(cur, spec, None, table.sql, table.sql)
-        return self._result(None, 0, self.plan.rows, summary, fingerprint(cur, table, self.columns))
+    def _diff(self, staging: str, previous: int) -> tuple[int, int, str]:
+        """Step 5's comparison, one hash full join of the table and the staged rows into ``_DIFF`` (one row: the
+        ctids ``gone`` of the table and ``added`` of the staged rows that are on one side only; with a change spec,
+        the ``keys`` of those rows). Returns (rows to delete, to insert, the new content's fingerprint).
 
-    def _diff(self, staging: str, previous: int, exact: bool) -> tuple[int, int, str]:
-        """The rows on one side only (step 5), into ``_DIFF``: data columns, ``oc``/``nc`` (count in the table, in
-        the data), ``old_id``/``new_id`` (a ctid of each side). Returns (rows to delete, to insert, ``_DIFF``)."""
-        cur, names, table = self.cur, self.plan.names(), self.table.sql
-        if exact:
+        Rows are paired on their row hash and, when a hash is held several times on a side, on its copy's number
+        among them (a second join, which sorts); a pair that is not equal by value (a hash collision) is a delete
+        and an insert. The fingerprint is the staged rows' (``flows.load.state.fingerprint``), summed in the join.
+        """
+        cur, names = self.cur, self.plan.names()
+        h = row_hash(cur, staging, self.columns, "")  # staged in the table's types: one hash function for both
+        o, n = (", ".join(f"{side}.{quote_ident(c)}" for c in self.columns) for side in "on")
+        spec = self.options["changes"]  # the report reads the key of the differing rows; nothing else is kept
+        k = "" if spec is None else quote_ident(spec.key)
+        keys = f", array_agg(coalesce(o.{k}, n.{k})) FILTER (WHERE NOT same) AS keys" if k else ""
+        cur.execute("SET LOCAL work_mem = '128MB'")  # the hash of a million rows in memory: 2x faster here
+        # The joins here and in the change report are on values without an index: hash joins. A merge join sorts
+        # (20% slower here); a nested loop, chosen when a table's statistics say it is nearly empty (COPY FREEZE
+        # leaves VACUUM nothing to count), reads a million rows once per key.
+        cur.execute("SET LOCAL enable_mergejoin = off")
+        cur.execute("SET LOCAL enable_nestloop = off")
+        for copy in ("1", f"row_number() OVER (PARTITION BY {h})"):
+            cur.execute(f"DROP TABLE IF EXISTS {_DIFF}")
             cur.execute(
-                f"CREATE TEMPORARY TABLE {_DIFF} ON COMMIT DROP AS SELECT {names},"
-                " count(*) FILTER (WHERE side = 0) AS oc, count(*) FILTER (WHERE side = 1) AS nc,"
-                " min(id) FILTER (WHERE side = 0) AS old_id, min(id) FILTER (WHERE side = 1) AS new_id"
-                f" FROM (SELECT 0 AS side, ctid AS id, {names} FROM {table}"
-                f" UNION ALL SELECT 1, ctid, {names} FROM {staging}) u GROUP BY {names}"
-                " HAVING count(*) FILTER (WHERE side = 0) <> count(*) FILTER (WHERE side = 1)"
+                f"CREATE TEMPORARY TABLE {_DIFF} ON COMMIT DROP AS SELECT count(o.id) AS old, count(n.id) AS new,"
+                " coalesce(sum(n.h), 0) AS total,"
+                " coalesce(array_agg(o.id) FILTER (WHERE o.id IS NOT NULL AND NOT same), '{}') AS gone,"
+                f" coalesce(array_agg(n.id) FILTER (WHERE n.id IS NOT NULL AND NOT same), '{{}}') AS added{keys}"
+                f" FROM (SELECT ctid AS id, {h} AS h, {copy} AS i, {names} FROM {self.table.sql}) o"
+                f" FULL JOIN (SELECT ctid AS id, {h} AS h, {copy} AS i, {names} FROM {staging}) n"
+                " ON o.h = n.h AND o.i = n.i CROSS JOIN LATERAL (SELECT o.id IS NOT NULL AND n.id IS NOT NULL"
+                f" AND ROW({o}) IS NOT DISTINCT FROM ROW({n})) s(same)"
             )
-        else:
-            o, n = (", ".join(f"{side}.{quote_ident(c)}" for c in self.columns) for side in "on")
-            ho, hn = (row_hash(cur, staging, self.columns, alias) for alias in "on")  # staged in the table's types
-            cur.execute("SET LOCAL work_mem = '128MB'")  # the hash of a million rows in memory: 2x faster here
-            spec = self.options["changes"]  # the report reads the key of the differing rows; nothing else is kept
-            k = "" if spec is None else quote_ident(spec.key)
-            key = f"coalesce(o.{k}, n.{k}) AS {k}," if k else ""
-            cur.execute(
-                f"CREATE TEMPORARY TABLE {_DIFF} ON COMMIT DROP AS SELECT {key}"
-                " (o.ctid IS NOT NULL)::int::bigint AS oc,"
-                f" (n.ctid IS NOT NULL)::int::bigint AS nc, o.ctid AS old_id, n.ctid AS new_id FROM {table} o"
-                f" FULL JOIN {staging} n"
-                f" ON {ho} = {hn}"
-                f" WHERE o.ctid IS NULL OR n.ctid IS NULL OR ROW({o}) IS DISTINCT FROM ROW({n})"
-            )
-        cur.execute(
-            "SELECT coalesce(sum(oc - nc) FILTER (WHERE oc > nc), 0), coalesce(sum(nc - oc) FILTER (WHERE nc > oc), 0),"
-            f" count(*) FILTER (WHERE oc = 1 AND nc = 1) FROM {_DIFF}"
-        )
-        deleted, inserted, collisions = (int(v) for v in cur.fetchone())
-        if collisions:  # two different rows of one hash: compare them by counting
-            cur.execute(f"DROP TABLE {_DIFF}")
-            return self._diff(staging, previous, exact=True)
-        if (deleted or inserted) and deleted < previous and inserted < self.plan.rows:
-            cur.execute(f"ANALYZE {_DIFF}")  # the planner then knows how many rows change (not needed: all change)
-        return deleted, inserted, _DIFF
+            cur.execute(f"SELECT old, new, cardinality(gone), cardinality(added), total FROM {_DIFF}")
+            old, new, deleted, inserted, total = cur.fetchone()
+            if old == previous and new == self.plan.rows:  # each row paired once: the comparison is exact
+                return deleted, inserted, f"{new}:{total}"
+        raise AssertionError("numbered copies pair each row once")
 
-    def _report(self, oid: int, staging: str, differing: str, count: int) -> ChangeSummary:
+    def _report(self, oid: int, staging: str, count: int) -> ChangeSummary:
         spec = self.options["changes"]
         if not count:
             return ChangeSummary.identical(spec)
         reason = change_report.missing_columns(self.cur, spec, oid)
         if reason:
             return ChangeSummary.skipped(spec, reason)
-        return change_report.compare(self.cur, spec, self.table.sql, staging, differing)
+        # A table, analysed: the planner then knows how many keys there are (with unnest's guess of 10 it may
+        # scan the table once per key).
+        self.cur.execute(f"CREATE TEMPORARY TABLE {_KEYS} ON COMMIT DROP AS"
+                         f" SELECT DISTINCT unnest(keys) AS {quote_ident(spec.key)} FROM {_DIFF}")  # fmt: skip
+        self.cur.execute(f"ANALYZE {_KEYS}")
+        return change_report.compare(self.cur, spec, self.table.sql, staging, _KEYS)
 
     def _write(self, staging: str, deleted: int, previous: int, inserted: int) -> None:
-        """Strategy "rows": delete the table's surplus rows, insert the missing ones; the others stay untouched."""
-        cur, table, names = self.cur, self.table, self.plan.names()
+        """Strategy "rows": delete the table's rows of ``gone``, insert the staged ones of ``added``."""
+        cur, table, names = self.cur, self.table.sql, self.plan.names()
         if deleted and deleted == previous:  # every row goes: no need to find them one by one
-            cur.execute(f"DELETE FROM {table.sql}")
+            cur.execute(f"DELETE FROM {table}")
         elif deleted:
-            gone = f"SELECT old_id FROM {_DIFF} WHERE oc = 1 AND nc = 0"
-            cur.execute(f"SELECT count(*) FROM {_DIFF} WHERE oc > 1 AND oc > nc")
-            if cur.fetchone()[0]:  # a row the table holds several times, fewer times in the new data: number copies
-                same = " AND ".join(f"o.{quote_ident(c)} IS NOT DISTINCT FROM d.{quote_ident(c)}" for c in self.columns)
-                gone += (
-                    " UNION ALL SELECT w.id FROM (SELECT o.ctid AS id, d.oc - d.nc AS surplus, row_number() OVER"
-                    f" (PARTITION BY d.old_id) AS i FROM {table.sql} o JOIN {_DIFF} d ON {same}"
-                    " WHERE d.oc > 1 AND d.oc > d.nc) w WHERE w.i <= w.surplus"
-                )
-            cur.execute(f"DELETE FROM {table.sql} t USING ({gone}) g(id) WHERE t.ctid = g.id")
+            cur.execute(f"DELETE FROM {table} WHERE ctid = ANY((SELECT gone FROM {_DIFF})::tid[])")
         if inserted == self.plan.rows:
-            cur.execute(f"INSERT INTO {table.sql} ({names}) SELECT {names} FROM {staging}")
+            cur.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM {staging}")
         elif inserted:
-            staged = ", ".join(f"s.{quote_ident(c)}" for c in self.columns)
-            cur.execute(
-                f"INSERT INTO {table.sql} ({names}) SELECT {staged} FROM {_DIFF} d JOIN {staging} s"
-                " ON s.ctid = d.new_id CROSS JOIN LATERAL generate_series(1, d.nc - d.oc) WHERE d.nc > d.oc"
-            )
+            cur.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM {staging}"
+                        f" WHERE ctid = ANY((SELECT added FROM {_DIFF})::tid[])")
 
-    def _swap(self, oid: int, comment, staging: str, previous: int, complete: bool, waits: LockWaits) -> LoadResult:
-        """Strategy "swap": unless the content is equal, carry grants and the comment over, DROP, RENAME."""
+    def _swap(self, oid: int, comment, staging: str, previous: int, complete: bool, old: str | None,
+              waits: LockWaits) -> LoadResult:  # fmt: skip
+        """Strategy "swap": unless the content is equal, carry grants and the comment over, DROP, RENAME.
+
+        ``complete``: the table has every column of the data; ``old``: its fingerprint (``None`` with a change spec,
+        whose comparison tells whether anything changed)."""
         cur, table, spec = self.cur, self.table, self.options["changes"]
-        content = fingerprint(cur, staging, self.columns)
-        if complete and content == fingerprint(cur, table, self.columns):  # equal: nothing to swap
+        if spec is not None and complete:  # the comparison says what changed, and whether anything did
+            deleted, inserted, content = self._diff(staging, previous)
+            summary, equal = self._report(oid, staging, deleted + inserted), not deleted + inserted
+        else:
+            content = fingerprint(cur, staging, self.columns)
+            summary, equal = None, content == old
+            if spec is not None:
+                summary = ChangeSummary.skipped(spec, change_report.missing_columns(cur, spec, oid) or "other columns")
+        if equal:
             cur.execute(f"DROP TABLE {staging}")
-            return self._result(previous, 0, 0, None if spec is None else ChangeSummary.identical(spec), content)
-        summary = None
-        if spec is not None and complete:
-            summary = self._report(oid, staging, self._diff(staging, previous, exact=False)[2], 1)
-        elif spec is not None:
-            summary = ChangeSummary.skipped(spec, change_report.missing_columns(cur, spec, oid) or "other columns")
+            return self._result(previous, 0, 0, summary, content)
         cur.execute(
             "SELECT a.privilege_type, a.is_grantable, r.rolname FROM pg_class c CROSS JOIN LATERAL"
             " aclexplode(c.relacl) a LEFT JOIN pg_roles r ON r.oid = a.grantee WHERE c.oid = %s",
@@ -381,7 +372,7 @@ def _run(load: Running, target: TableName, plan: CopyPlan, options: dict, url) -
     try:
         with connection.cursor() as cur:
             target = resolve_schema(cur, target)
-            advisory_lock(cur, str(target), options["loader_wait"], url)
+            LockWaits(cur, str(target), url, options["loader_wait"], 0).advisory()
             waits = LockWaits(cur, str(target), url, options["lock_timeout"], options["lock_retries"])
             waits.apply_limit()
             result = _Load(cur, target, plan, options).run(waits)

@@ -28,6 +28,7 @@ import functools
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -78,6 +79,7 @@ class LoadResult:
 
 # --- what a run is about to load -------------------------------------------------------------
 
+_DIGEST_CHUNK = 50_000
 _ROW_MAKING_LIBRARIES = ("pandas", "numpy")
 """Libraries whose version can change the rows made from the same records (dtypes, text of values)."""
 
@@ -108,18 +110,25 @@ def source_digest(records: Sequence[Any], *, dialect: str, columns: Iterable[tup
     numpy). Equal digests mean equal rows. None when a record holds something JSON
     cannot express (a non-text key, an object, an integer beyond 64 bits).
 
-    Serialised by orjson (Prefect's own JSON library): 0.47 s for 200,000 records
-    here against 2.07 s with ``json.dumps(sort_keys=True)``. orjson writes NaN as
-    ``null``; both load as NULL, so the rows are the same.
+    Serialised by orjson (Prefect's own JSON library; it writes NaN as ``null``, and
+    both load as NULL), ``_DIGEST_CHUNK`` records at a time, each chunk hashed on a
+    thread while the next is serialised (hashlib releases the GIL).
     """
     import orjson
 
     header = {"dialect": dialect, "columns": [list(c) for c in columns], "code": _code_identity()}
-    try:
-        text = orjson.dumps([header, records], option=orjson.OPT_SORT_KEYS)
-    except TypeError:  # not JSON data: a non-str key, an object, a cycle, a huge integer
-        return None
-    return hashlib.sha256(text).hexdigest()
+    digest = hashlib.sha256(orjson.dumps(header, option=orjson.OPT_SORT_KEYS))
+    with ThreadPoolExecutor(1) as hasher:
+        hashed = hasher.submit(int)
+        for start in range(0, len(records), _DIGEST_CHUNK):
+            try:  # each chunk a JSON array: their concatenation reads back one way only
+                chunk = orjson.dumps(records[start : start + _DIGEST_CHUNK], option=orjson.OPT_SORT_KEYS)
+            except TypeError:  # not JSON data: a non-str key, an object, a cycle, a huge integer
+                return None
+            hashed.result()
+            hashed = hasher.submit(digest.update, chunk)
+        hashed.result()
+    return digest.hexdigest()
 
 
 # --- the table's content -----------------------------------------------------------------------
