@@ -16,9 +16,9 @@ import logging
 import os
 import signal
 import sys
-import threading
 import time
 import typing
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -109,32 +109,24 @@ async def prepare_database(db_block: str, data_dir: Path | None) -> str | None:
     from prefect.exceptions import ObjectNotFound
 
     from flows.errors import ConfigurationError
-    from flows.ops import local
-    from flows.ops.settings import (
-        DB_BLOCK_TYPE,
-        DEFAULT_DB_BLOCK,
-        connection_from_url,
-        no_db_block_error,
-        save_db_block,
-    )
+    from flows.ops import local, settings
 
-    socket_dir = None
+    default, socket_dir, exists = settings.DEFAULT_DB_BLOCK, None, True
     async with get_client() as client:
         try:
-            document = await client.read_block_document_by_name(db_block, DB_BLOCK_TYPE, include_secrets=False)
-            exists, info = True, document.data.get("connection_info")
-            socket_dir = ((info.get("query") if isinstance(info, dict) else None) or {}).get("host")
+            document = await client.read_block_document_by_name(db_block, settings.DB_BLOCK_TYPE, include_secrets=False)
+            info = document.data.get("connection_info")
+            socket_dir = (info.get("query") or {}).get("host") if isinstance(info, dict) else None
         except ObjectNotFound:
+            if db_block != default:
+                raise await settings.no_db_block_error(db_block, client) from None
             exists = False
-            if db_block != DEFAULT_DB_BLOCK:
-                raise await no_db_block_error(db_block, client) from None
-    embedded = db_block == DEFAULT_DB_BLOCK and not (exists and not local.owns_socket(socket_dir, data_dir))
-    if not embedded:
+    if db_block != default or (exists and not local.owns_socket(socket_dir, data_dir)):
         if data_dir is not None:
             raise ConfigurationError(
                 f"--local-db-dir {data_dir} is not used: the database block '{db_block}' points at another "
                 "database; run without --local-db-dir, or give the default block's embedded PostgreSQL that "
-                f"directory by removing the block (`prefect block delete sqlalchemy-connector/{DEFAULT_DB_BLOCK}`) "
+                f"directory by removing the block (`prefect block delete sqlalchemy-connector/{default}`) "
                 "first"
             )
         return None
@@ -142,7 +134,7 @@ async def prepare_database(db_block: str, data_dir: Path | None) -> str | None:
     if db is None or db.socket_dir != socket_dir:
         db = local.ensure_database(data_dir)
         if db.socket_dir != socket_dir:
-            await save_db_block(db_block, connection_from_url(db.psql_url))
+            await settings.save_db_block(db_block, settings.connection_from_url(db.psql_url))
     return f'embedded PostgreSQL (data in {db.data_dir}); see the table with: psql "{db.psql_url}"'
 
 
@@ -224,12 +216,8 @@ class Interruptible:
     traceback, Prefect's SIGTERM handler raised inside the event loop, and a load went on and committed.
     """
 
-    def __init__(self) -> None:
-        self.signum, self.running, self.committed, self.outcome = 0, False, [], (None, None)
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.task: asyncio.Task | None = None
-
     def __enter__(self) -> Interruptible:
+        self.signum, self.running, self.committed, self.cancel = 0, False, [], None
         self.began = time.monotonic()  # loads committed from here on are this run's
         self.handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         return self
@@ -240,29 +228,23 @@ class Interruptible:
 
     def run(self, main: typing.Coroutine[Any, Any, Any]) -> Any:
         """``main``'s result (also when a signal came after it ended), else ``Interrupted`` or what it raised."""
-        thread = threading.Thread(target=self._thread, args=(main,), name="countries-run", daemon=True)
-        self.running = True
-        thread.start()
-        thread.join()  # the signal handler runs while this waits
-        result, error = self.outcome
-        if error is None:
-            return result
-        if self.signum:
-            raise Interrupted(self.interrupted(), 128 + self.signum)
-        raise error
 
-    def _thread(self, main: typing.Coroutine[Any, Any, Any]) -> None:
-        async def run() -> Any:
-            self.loop, self.task = asyncio.get_running_loop(), asyncio.current_task()
+        async def started() -> Any:
+            loop, task = asyncio.get_running_loop(), asyncio.current_task()
+            self.cancel = lambda: loop.call_soon_threadsafe(task.cancel)
             if self.signum:  # stopped before it began
                 main.close()
                 raise asyncio.CancelledError
             return await main
 
-        try:
-            self.outcome = (asyncio.run(run()), None)
-        except BaseException as exc:  # noqa: BLE001 -- handed over to the main thread, which raises it
-            self.outcome = (None, exc)
+        self.running = True
+        with ThreadPoolExecutor(1, thread_name_prefix="countries-run") as pool:
+            try:
+                return pool.submit(asyncio.run, started()).result()  # the signal handler runs while this waits
+            except BaseException:
+                if self.signum:
+                    raise Interrupted(self.interrupted(), 128 + self.signum) from None
+                raise
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self.signum:
@@ -271,8 +253,8 @@ class Interruptible:
         self.signum = signum
         if not self.running:  # the main thread is still on the command line's checks: stop there
             raise Interrupted(self.interrupted(), 128 + signum)
-        if self.loop is not None and self.task is not None:
-            self.loop.call_soon_threadsafe(self.task.cancel)
+        if self.cancel is not None:
+            self.cancel()
         load = sys.modules.get("flows.load")  # not imported yet: no load has started, none to stop
         self.committed = load.interrupt_loads(timeout=10.0, since=self.began) if load else []
 

@@ -20,7 +20,6 @@ import sys
 import time
 import urllib.request
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,14 +99,11 @@ def ensure_database(data_dir: Path | None = None) -> LocalDatabase:
         ) from None
     db = LocalDatabase(data_dir=data_dir, socket_dir=str(server.get_postmaster_info().socket_dir))
     conn = psycopg2.connect(host=db.socket_dir, user=USER, dbname="postgres")
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,))
-            if cur.fetchone() is None:
-                cur.execute(f'CREATE DATABASE "{DATABASE}"')  # a constant name
-    finally:
-        conn.close()
+    conn.autocommit = True
+    with contextlib.closing(conn), conn.cursor() as cur:
+        cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,))
+        if cur.fetchone() is None:
+            cur.execute(f'CREATE DATABASE "{DATABASE}"')  # a constant name
     return db
 
 
@@ -204,9 +200,11 @@ def ensure_prefect_server(timeout: float = 180.0) -> tuple[LocalPrefectServer, b
     One starting is waited for; a stale ``server.pid`` is removed. ``ConfigurationError`` when none answers
     within ``timeout`` s (a fresh PREFECT_HOME migrates its database first).
     """
-    home = _prefect_home()
-    started = False
-    with _lock():  # `prefect server start` writes its pid file after creating it empty: no second run in between
+    home, started = _prefect_home(), False
+    local_dir().mkdir(parents=True, exist_ok=True)
+    with (local_dir() / "prefect-server.lock").open("w") as lock:
+        # One process at a time: `prefect server start` writes its pid file after creating it empty.
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
         for _attempt in range(3):  # another program may take the free port before the server binds it
             if _background_server(home) is None:
                 (home / PID_FILE).unlink(missing_ok=True)  # stale: `prefect server start` would refuse to start
@@ -218,15 +216,6 @@ def ensure_prefect_server(timeout: float = 180.0) -> tuple[LocalPrefectServer, b
         "the local Prefect server did not start: run `prefect server start` to see why; or set PREFECT_API_URL "
         "to a running Prefect server"
     )
-
-
-@contextlib.contextmanager
-def _lock() -> Iterator[None]:
-    """One process of this project at a time checks and starts the local Prefect server."""
-    local_dir().mkdir(parents=True, exist_ok=True)
-    with (local_dir() / "prefect-server.lock").open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed
-        yield
 
 
 def _start_prefect_server(home: Path) -> bool:

@@ -47,28 +47,27 @@ class CountriesSettings(Block):
 
     base_url: str | None = Field(
         default=None,
-        description=(
-            "REST Countries base URL runs use when their base_url parameter is empty, and that is "
-            "trusted with the API key (e.g. a self-hosted server or a proxy)."
-        ),
+        description="REST Countries base URL that runs use when their base_url is empty and that is trusted with "
+        "the API key (a self-hosted server or a proxy).",
     )
     notify_block: str | None = Field(
         default=None,
-        description="Notification block (NAME or TYPE-SLUG/NAME) that receives stale-table alerts.",
+        description="Notification block (NAME or TYPE-SLUG/NAME: Slack, webhook, e-mail...) told when a "
+        "deployment's table goes stale (default: no alerts).",
     )
     stale_after_intervals: float | None = Field(
         default=None,
-        description="A table is stale after this many schedule intervals without a completed run "
+        description="A table is stale after this many schedule intervals without a completed run, more than 1 "
         f"(default {DEFAULT_STALE_AFTER_INTERVALS:g}).",
     )
     crash_after_seconds: float | None = Field(
         default=None,
-        description="A deployment run is marked Crashed after this long without a heartbeat "
-        f"(default {DEFAULT_CRASH_AFTER_SECONDS:g}).",
+        description="A deployment run is marked Crashed after this many seconds without a heartbeat, at least 60 "
+        f"(default {DEFAULT_CRASH_AFTER_SECONDS:g}: 3 heartbeats of 30 s).",
     )
     rerun_window_minutes: float | None = Field(
         default=None,
-        description="A crashed deployment run is rerun at once, at most once per deployment in this window "
+        description="A crashed deployment run is rerun at once, at most once per deployment in this many minutes "
         f"(default {DEFAULT_RERUN_WINDOW_MINUTES:g}).",
     )
 
