@@ -18,7 +18,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,18 +179,24 @@ def _background_server(home: Path) -> LocalPrefectServer | None:
     return None
 
 
-def _healthy(server: LocalPrefectServer) -> bool:
-    try:
-        with urllib.request.urlopen(f"{server.api_url}/health", timeout=5) as response:  # noqa: S310 - http://127.0.0.1
-            return response.status == 200
-    except OSError:
-        return False
+def _answering(home: Path, timeout: float = 0) -> LocalPrefectServer | None:
+    """``home``'s background Prefect server once it answers (waiting up to ``timeout`` s), else None."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while (server := _background_server(home)) is not None:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{server.api_url}/health", timeout=5).is_success:
+                return server
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.2)  # polling a readiness probe, not synchronising on time
+    return None
 
 
 def prefect_server_status() -> LocalPrefectServer | None:
     """The background Prefect server of the current PREFECT_HOME when it answers, else None."""
-    server = _background_server(_prefect_home())
-    return server if server is not None and _healthy(server) else None
+    return _answering(_prefect_home())
 
 
 def ensure_prefect_server(timeout: float = 180.0) -> tuple[LocalPrefectServer, bool]:
@@ -209,7 +214,7 @@ def ensure_prefect_server(timeout: float = 180.0) -> tuple[LocalPrefectServer, b
             if _background_server(home) is None:
                 (home / PID_FILE).unlink(missing_ok=True)  # stale: `prefect server start` would refuse to start
                 started = _start_prefect_server(home) or started
-            server = _wait_until_healthy(home, timeout)
+            server = _answering(home, timeout)
             if server is not None:
                 return server, started
     raise ConfigurationError(
@@ -245,18 +250,6 @@ def _start_prefect_server(home: Path) -> bool:
     return done.returncode == 0
 
 
-def _wait_until_healthy(home: Path, timeout: float) -> LocalPrefectServer | None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        server = _background_server(home)
-        if server is None:
-            return None
-        if _healthy(server):
-            return server
-        time.sleep(0.2)  # polling a readiness probe, not synchronising on time
-    return None
-
-
 def stop_prefect_server() -> bool:
     """``prefect server stop`` for the current PREFECT_HOME, and wait; False if none ran."""
     import psutil
@@ -269,12 +262,9 @@ def stop_prefect_server() -> bool:
     subprocess.run(
         [sys.executable, "-m", "prefect", "server", "stop"], env=env, capture_output=True, timeout=120, check=False
     )
-    try:
-        psutil.Process(server.pid).wait(timeout=30)
-    except psutil.TimeoutExpired:
-        psutil.Process(server.pid).kill()
-    except psutil.NoSuchProcess:
-        pass
+    with contextlib.suppress(psutil.NoSuchProcess):
+        for process in psutil.wait_procs([psutil.Process(server.pid)], timeout=30)[1]:  # still alive: killed
+            process.kill()
     return True
 
 

@@ -27,9 +27,8 @@ DB_BLOCK_TYPE = "sqlalchemy-connector"  # prefect-sqlalchemy's SqlAlchemyConnect
 API_KEY_BLOCK = "restcountries-api-key"
 SETTINGS_BLOCK = "countries-settings"
 
-DEFAULT_STALE_AFTER_INTERVALS = 2.0
-DEFAULT_CRASH_AFTER_SECONDS = 90.0
-DEFAULT_RERUN_WINDOW_MINUTES = 60.0
+# What the operations automations use for a setting not saved.
+OPERATIONS_DEFAULTS = {"stale_after_intervals": 2.0, "crash_after_seconds": 90.0, "rerun_window_minutes": 60.0}
 
 API_KEY_ENV = "RESTCOUNTRIES_API_KEY"
 BASE_URL_ENV = "RESTCOUNTRIES_BASE_URL"
@@ -58,17 +57,17 @@ class CountriesSettings(Block):
     stale_after_intervals: float | None = Field(
         default=None,
         description="A table is stale after this many schedule intervals without a completed run, more than 1 "
-        f"(default {DEFAULT_STALE_AFTER_INTERVALS:g}).",
+        f"(default {OPERATIONS_DEFAULTS['stale_after_intervals']:g}).",
     )
     crash_after_seconds: float | None = Field(
         default=None,
         description="A deployment run is marked Crashed after this many seconds without a heartbeat, at least 60 "
-        f"(default {DEFAULT_CRASH_AFTER_SECONDS:g}: 3 heartbeats of 30 s).",
+        f"(default {OPERATIONS_DEFAULTS['crash_after_seconds']:g}: 3 heartbeats of 30 s).",
     )
     rerun_window_minutes: float | None = Field(
         default=None,
         description="A crashed deployment run is rerun at once, at most once per deployment in this many minutes "
-        f"(default {DEFAULT_RERUN_WINDOW_MINUTES:g}).",
+        f"(default {OPERATIONS_DEFAULTS['rerun_window_minutes']:g}).",
     )
 
 
@@ -112,24 +111,15 @@ def connection_from_url(url: str, password: str | None = None):
     in_query = query.pop("password", None)  # libpq reads one there too: kept as the secret
     if password is None:
         password = parsed.password if parsed.password is not None else in_query
-    return ConnectionComponents(
-        driver=SyncDriver.POSTGRESQL_PSYCOPG2,
-        username=parsed.username,
-        password=password,
-        host=parsed.host,
-        port=parsed.port,
-        database=parsed.database,
-        query=query or None,
-    )
+    parts = {k: getattr(parsed, k) for k in ("username", "host", "port", "database")}
+    return ConnectionComponents(driver=SyncDriver.POSTGRESQL_PSYCOPG2, password=password, query=query or None, **parts)
 
 
-async def save_db_block(name: str, connection):
-    """Create or overwrite the ``SqlAlchemyConnector`` block ``name``; returns the block."""
+async def save_db_block(name: str, connection) -> None:
+    """Create or overwrite the ``SqlAlchemyConnector`` block ``name``."""
     from prefect_sqlalchemy import SqlAlchemyConnector
 
-    block = SqlAlchemyConnector(connection_info=connection)
-    await block.asave(name, overwrite=True)
-    return block
+    await SqlAlchemyConnector(connection_info=connection).asave(name, overwrite=True)
 
 
 async def db_block_names(client: PrefectClient | None = None) -> list[str]:
@@ -167,21 +157,14 @@ def block_database(
     try:
         if isinstance(connection_info, str):
             return Database.from_url(connection_info, connect_args, block=block)
-        if isinstance(connection_info, Mapping) and connection_info.get("driver"):
-            port = connection_info.get("port")
+        if isinstance(connection_info, Mapping) and (driver := connection_info.get("driver")):
+            parts = {k: connection_info.get(k) for k in ("username", "host", "port", "database")}
+            port = parts["port"]
             if not (port is None or isinstance(port, int) or str(port).isdigit()):
                 raise TypeError("port")
-            return Database(
-                drivername=str(getattr(connection_info["driver"], "value", connection_info["driver"])),
-                username=connection_info.get("username"),
-                password=connection_info.get("password") or None,
-                host=connection_info.get("host"),
-                port=port,
-                database=connection_info.get("database"),
-                query=connection_info.get("query") or {},
-                connect_args=connect_args or {},
-                block=block,
-            )
+            parts.update(password=connection_info.get("password") or None, query=connection_info.get("query") or {})
+            driver = str(getattr(driver, "value", driver))
+            return Database(driver, connect_args=connect_args or {}, block=block, **parts)
     except TypeError:
         problem = "has a component of the wrong type (port must be a number, query text values)"
     except ValueError as exc:  # its messages never hold the password

@@ -21,12 +21,7 @@ from prefect.client.schemas.responses import DeploymentResponse
 from prefect.events.filters import AutomationFilter, AutomationFilterTags
 
 from flows.errors import ConfigurationError, setting
-from flows.ops.settings import (
-    DEFAULT_CRASH_AFTER_SECONDS,
-    DEFAULT_RERUN_WINDOW_MINUTES,
-    DEFAULT_STALE_AFTER_INTERVALS,
-    CountriesSettings,
-)
+from flows.ops.settings import OPERATIONS_DEFAULTS, CountriesSettings
 from flows.transform.schema import target_table
 
 HERE = Path(__file__).parent
@@ -37,6 +32,7 @@ FRESHNESS_PREFIX = f"{FLOW_NAME}: stale "
 HEARTBEAT_ENV = "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"
 PREFECT_DEFAULT_HEARTBEAT_SECONDS = 180  # Prefect's default when the variable is not set
 MINIMUM_HEARTBEAT_SECONDS = 30  # Prefect refuses lower values
+
 
 def describe_duration(delta: timedelta) -> str:
     """``90 s``, ``45 min``, ``12 h``, ``1 day``, ``36 h``: a duration as an operator reads it (whole units)."""
@@ -154,12 +150,7 @@ async def apply_automation(client: PrefectClient, wanted: AutomationCore) -> str
 
 def choices(saved: CountriesSettings) -> CountriesSettings:
     """``saved`` with the defaults for the settings not saved; ``ConfigurationError`` when one cannot work."""
-    defaults = {
-        "crash_after_seconds": DEFAULT_CRASH_AFTER_SECONDS,
-        "rerun_window_minutes": DEFAULT_RERUN_WINDOW_MINUTES,
-        "stale_after_intervals": DEFAULT_STALE_AFTER_INTERVALS,
-    }
-    chosen = saved.model_copy(update={k: v for k, v in defaults.items() if getattr(saved, k) is None})
+    chosen = saved.model_copy(update={k: v for k, v in OPERATIONS_DEFAULTS.items() if getattr(saved, k) is None})
     if chosen.crash_after_seconds < 2 * MINIMUM_HEARTBEAT_SECONDS:
         raise ConfigurationError(
             f"{setting('crash_after')} must be at least {2 * MINIMUM_HEARTBEAT_SECONDS} s (two heartbeats of "
