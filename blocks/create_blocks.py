@@ -1,14 +1,7 @@
-"""Set up the Prefect server at ``PREFECT_API_URL`` for the countries pipeline (``--help``); idempotent.
+"""``python blocks/create_blocks.py --help``: set up the Prefect server at ``PREFECT_API_URL``, idempotently.
 
-Saves the database block, the API key's Secret block, the ``restcountries-api`` rate limit and the
-operator settings, and applies the automations of ``flows/ops/automations/``. Everything is checked
-first: a call that fails (exit 2, one ``error:`` line) changed nothing. Never prints a secret.
-
-Usage (from the repository root, with the project installed: ``pip install -e .``)::
-
-    python blocks/create_blocks.py --db-url 'postgresql+psycopg2://etl@db.internal:5432/analytics'
-    COUNTRIES_DB_PASSWORD=... python blocks/create_blocks.py --host db.internal --user etl --database analytics
-    python blocks/create_blocks.py --notify-block ops-webhook --stale-after-intervals 2
+Saves the blocks, the rate limit and the operator settings, and applies ``flows/ops/automations/``; a call
+that fails (exit 2, one ``error:`` line) changed nothing. Never prints a secret.
 """
 
 from __future__ import annotations
@@ -169,13 +162,11 @@ def main(argv: list[str] | None = None) -> int:
 
     args = _parser().parse_args(argv)
     try:
-        try:
-            lines = asyncio.run(_run(args))
-        except httpx.TransportError as exc:
-            advice = "start it (`prefect server start`), or set PREFECT_API_URL to the server the worker uses"
-            raise settings.prefect_api_unreachable(exc, advice) from None
-    except CountriesError as exc:
-        print(f"error: {exc.for_audience('cli')}", file=sys.stderr)
+        lines = asyncio.run(_run(args))
+    except (CountriesError, httpx.TransportError) as exc:
+        advice = "start it (`prefect server start`), or set PREFECT_API_URL to the server the worker uses"
+        error = exc if isinstance(exc, CountriesError) else settings.prefect_api_unreachable(exc, advice)
+        print(f"error: {error.for_audience('cli')}", file=sys.stderr)
         return 2
     for line in lines:
         print(line)

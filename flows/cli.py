@@ -1,11 +1,8 @@
 """The command line of the countries flow (``countries``, ``python flows/countries.py``): :func:`main`.
 
-Its options are ``countries_flow``'s parameters (cyclopts reads the signature) plus ``--local-db-dir``.
-Steps, so that a mistake costs no server start and no request: 1. checks without network; 2. the Prefect
-API (``PREFECT_API_URL``, else the local server, else with ``COUNTRIES_LOCAL_PREFECT_SERVER=0`` Prefect's
-temporary one); 3. the API key; 4. the database block (the default one served by the embedded PostgreSQL);
-5. the run, the table, the summary line. A failure is one ``error:`` line; SIGINT/SIGTERM cancel the run,
-roll back an uncommitted load and print one ``interrupted`` line. Exit 0, 1 failed, 2 usage, 130/143.
+Options: ``countries_flow``'s parameters plus ``--local-db-dir``. Checks needing no network come first, then
+the Prefect API, the API key, the database block, the run; a failure is one ``error:`` line (exit 1, 2 usage).
+SIGINT/SIGTERM roll back an uncommitted load and print one ``interrupted`` line (exit 130/143).
 """
 
 from __future__ import annotations
@@ -26,8 +23,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def build_app(flow: Any) -> Any:
-    """The ``cyclopts.App`` of ``flow``; called, it returns the options given (None after ``--help``) or raises
-    ``CycloptsError``."""
+    """The ``cyclopts.App`` of ``flow``: called, the options given (None after ``--help``), or ``CycloptsError``."""
     import cyclopts
 
     from flows.ops import local
@@ -100,11 +96,8 @@ def connect_prefect() -> str | None:
 
 
 async def prepare_database(db_block: str, data_dir: Path | None) -> str | None:
-    """Make sure the block ``db_block`` can be used (step 4); returns a note to print, if any.
-
-    Another block than the default must exist (``ConfigurationError``). The default block, when it does not
-    exist or points at the embedded PostgreSQL in ``data_dir``, is served by that server (started if needed).
-    """
+    """Make sure the block ``db_block`` exists, or is the default one served by the embedded PostgreSQL in
+    ``data_dir`` (started if needed); returns a note to print, if any. ``ConfigurationError`` otherwise."""
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
@@ -204,17 +197,13 @@ async def _run(flow: Any, given: dict[str, Any], params: dict[str, Any], data_di
 
 
 class Interrupted(BaseException):
-    """SIGINT or SIGTERM stopped the run: ``args`` are the line to print and the exit status (a
-    ``BaseException``, so that no library's ``except Exception`` swallows it)."""
+    """A signal stopped the run; ``args``: (the line to print, the exit status). No ``except Exception`` stops it."""
 
 
 class Interruptible:
-    """Inside ``with``, SIGINT or SIGTERM raises ``Interrupted``: at once before ``run``; during it, after
-    cancelling the run (Crashed) and interrupting its loads. A second signal ends the process at once.
-
-    ``run`` runs the coroutine on a thread of its own: on the main thread, Ctrl-C printed up to 136 lines of
-    traceback, Prefect's SIGTERM handler raised inside the event loop, and a load went on and committed.
-    """
+    """Inside ``with``, SIGINT or SIGTERM raises ``Interrupted`` (during ``run``, after cancelling the run and
+    its loads); a second signal ends the process. ``run`` keeps the coroutine off the main thread: there, Ctrl-C
+    printed 136 lines of traceback, Prefect's SIGTERM handler raised inside the loop and a load committed."""
 
     def __enter__(self) -> Interruptible:
         self.signum, self.running, self.committed, self.cancel = 0, False, [], None
@@ -267,8 +256,7 @@ class Interruptible:
 
 
 def _quiet_prefect_on_the_console() -> None:
-    """Run errors stay in the run's logs (on the console a failed run is one ``error:`` line); Prefect's log and
-    event senders do not note their progress."""
+    """Run errors only in the run's logs (the console has one ``error:`` line); no progress notes of Prefect's."""
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker, PrefectConsoleHandler
 

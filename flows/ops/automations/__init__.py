@@ -1,8 +1,7 @@
-"""The Prefect automations that catch dead runs, rerun them and report stale tables: :func:`ensure_operations`.
+"""The automations that catch dead runs, rerun them and report stale tables: :func:`ensure_operations`.
 
-They are the YAML files beside this module (``prefect automation create --from-file`` format, ``${...}``
-for the operator's settings), applied idempotently through the client (the CLI adds a copy each time).
-"""
+The YAML files beside this module (``prefect automation create --from-file`` format, ``${...}`` for the
+operator's settings), applied idempotently through the client (the CLI adds a copy each time)."""
 
 from __future__ import annotations
 
@@ -24,7 +23,6 @@ from flows.errors import ConfigurationError, setting
 from flows.ops.settings import OPERATIONS_DEFAULTS, CountriesSettings
 from flows.transform.schema import target_table
 
-HERE = Path(__file__).parent
 FLOW_NAME = "countries"
 AUTOMATION_TAG = "countries-pipeline"
 FRESHNESS_PREFIX = f"{FLOW_NAME}: stale "
@@ -61,7 +59,7 @@ def load(file: str, **values: Any) -> AutomationCore:
             return Template(node).substitute(values)
         return node
 
-    data = fill(yaml.safe_load((HERE / file).read_text(encoding="utf-8")))
+    data = fill(yaml.safe_load((Path(__file__).parent / file).read_text(encoding="utf-8")))
     for action in data.get("actions", []):
         for key in ("subject", "body"):
             if isinstance(action.get(key), str) and ("{" in action[key] or "%" in action[key]):
@@ -71,12 +69,8 @@ def load(file: str, **values: Any) -> AutomationCore:
 
 def active_interval(deployment: DeploymentResponse) -> timedelta | None:
     """The shortest interval among the deployment's active interval schedules, or None."""
-    intervals = [
-        s.schedule.interval
-        for s in deployment.schedules
-        if s.active and isinstance(getattr(s.schedule, "interval", None), timedelta)
-    ]
-    return min(intervals) if intervals else None
+    schedules = [s.schedule for s in deployment.schedules if s.active]
+    return min((s.interval for s in schedules if isinstance(getattr(s, "interval", None), timedelta)), default=None)
 
 
 def heartbeat_seconds(deployment: DeploymentResponse) -> float:
@@ -95,8 +89,6 @@ async def find_notification_block(client: PrefectClient, ref: str) -> BlockDocum
     documents: list[BlockDocument] = []
     while page := await client.read_block_documents(offset=len(documents), limit=200, include_secrets=False):
         documents += page
-        if len(page) < 200:
-            break
     documents = [d for d in documents if not d.is_anonymous]
 
     def can_notify(d: BlockDocument) -> bool:
@@ -131,8 +123,7 @@ def _comparable(automation: AutomationCore) -> dict[str, Any]:
 
 
 async def apply_automation(client: PrefectClient, wanted: AutomationCore) -> str:
-    """Create or update the automation named like ``wanted``: ``created``/``updated``/``unchanged``, then
-    ``; removed N duplicates`` (two setups at once, or a create the client retried, made them)."""
+    """Create or update the automation named like ``wanted`` (deleting duplicates); what it did, in words."""
     existing = await client.read_automations_by_name(wanted.name)
     if not existing:
         await client.create_automation(wanted)
@@ -142,7 +133,7 @@ async def apply_automation(client: PrefectClient, wanted: AutomationCore) -> str
     else:
         await client.update_automation(existing[0].id, wanted)
         outcome = "updated"
-    for duplicate in existing[1:]:
+    for duplicate in existing[1:]:  # two setups at once, or a create the client sent again to a busy server
         await client.delete_automation(duplicate.id)
     extra = len(existing) - 1 if outcome != "created" else 0
     return outcome + (f"; removed {extra} duplicate{'s' if extra > 1 else ''}" if extra else "")
@@ -170,11 +161,8 @@ def choices(saved: CountriesSettings) -> CountriesSettings:
 
 
 async def ensure_operations(saved: CountriesSettings, notify: BlockDocument | None = None) -> list[str]:
-    """Create or update the operations automations for the ``saved`` settings and the ``notify`` block they
-    name (looked up when not given); one report line per thing done or noticed (``warning:`` lines).
-
-    ``ConfigurationError``, before anything changes, when a setting or the notification block cannot work.
-    """
+    """Apply the automations for the ``saved`` settings and the ``notify`` block they name (looked up if not
+    given); one line per thing done or noticed. ``ConfigurationError``, changing nothing, when one cannot work."""
     options = choices(saved)
     crash_after = timedelta(seconds=options.crash_after_seconds)
     rerun_window = timedelta(minutes=options.rerun_window_minutes)
