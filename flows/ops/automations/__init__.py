@@ -123,7 +123,8 @@ def _comparable(automation: AutomationCore) -> dict[str, Any]:
 
 
 async def apply_automation(client: PrefectClient, wanted: AutomationCore) -> str:
-    """Create or update the automation named like ``wanted`` (deleting duplicates); what it did, in words."""
+    """Create or update the automation named like ``wanted``: ``created``, ``updated`` or ``unchanged``, then
+    ``; removed N duplicates`` when it deleted some."""
     existing = await client.read_automations_by_name(wanted.name)
     if not existing:
         await client.create_automation(wanted)
