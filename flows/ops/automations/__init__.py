@@ -1,17 +1,11 @@
-"""Unattended operation: the Prefect automations that catch dead runs, rerun them, and report stale tables.
+"""The automations that catch dead runs, rerun them and report stale tables: :func:`ensure_operations`.
 
-The automations are the YAML files beside this module (``crash-detection.yaml``,
-``rerun-crashed.yaml``, and ``stale-table.yaml`` per scheduled deployment when a
-notification block is named), in the format of ``prefect automation create
---from-file`` with ``${...}`` where the operator's settings go. Each file says
-what it does. :func:`ensure_operations` applies them idempotently through the
-client (``prefect automation create`` adds a copy on every run on 3.9.1).
-"""
+The YAML files beside this module (``prefect automation create --from-file`` format, ``${...}`` for the
+operator's settings), applied idempotently through the client (the CLI adds a copy each time)."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from string import Template
@@ -26,15 +20,9 @@ from prefect.client.schemas.responses import DeploymentResponse
 from prefect.events.filters import AutomationFilter, AutomationFilterTags
 
 from flows.errors import ConfigurationError, setting
-from flows.ops.settings import (
-    DEFAULT_CRASH_AFTER_SECONDS,
-    DEFAULT_RERUN_WINDOW_MINUTES,
-    DEFAULT_STALE_AFTER_INTERVALS,
-    CountriesSettings,
-)
+from flows.ops.settings import OPERATIONS_DEFAULTS, CountriesSettings
 from flows.transform.schema import target_table
 
-HERE = Path(__file__).parent
 FLOW_NAME = "countries"
 AUTOMATION_TAG = "countries-pipeline"
 FRESHNESS_PREFIX = f"{FLOW_NAME}: stale "
@@ -42,7 +30,6 @@ FRESHNESS_PREFIX = f"{FLOW_NAME}: stale "
 HEARTBEAT_ENV = "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"
 PREFECT_DEFAULT_HEARTBEAT_SECONDS = 180  # Prefect's default when the variable is not set
 MINIMUM_HEARTBEAT_SECONDS = 30  # Prefect refuses lower values
-
 
 
 def describe_duration(delta: timedelta) -> str:
@@ -57,10 +44,8 @@ def describe_duration(delta: timedelta) -> str:
 
 
 def load(file: str, **values: Any) -> AutomationCore:
-    """The automation of the YAML ``file`` (in this package) with its ``${name}`` placeholders filled from
-    ``values``: a placeholder that is a whole value takes the value itself (a number stays a number), one
-    inside text its text. The server renders notification texts as Jinja: a filled-in text that Jinja would
-    read is kept literal. Raises ``KeyError`` for a placeholder without a value."""
+    """The automation of the YAML ``file`` with its ``${name}`` filled from ``values`` (a whole value keeps its
+    type); notification texts are kept literal for the server's Jinja. ``KeyError`` for a missing value."""
 
     def fill(node: Any) -> Any:
         if isinstance(node, dict):
@@ -74,7 +59,7 @@ def load(file: str, **values: Any) -> AutomationCore:
             return Template(node).substitute(values)
         return node
 
-    data = fill(yaml.safe_load((HERE / file).read_text(encoding="utf-8")))
+    data = fill(yaml.safe_load((Path(__file__).parent / file).read_text(encoding="utf-8")))
     for action in data.get("actions", []):
         for key in ("subject", "body"):
             if isinstance(action.get(key), str) and ("{" in action[key] or "%" in action[key]):
@@ -82,29 +67,15 @@ def load(file: str, **values: Any) -> AutomationCore:
     return AutomationCore.model_validate(data)
 
 
-def deployment_table(deployment: DeploymentResponse) -> str:
-    """The table a deployment's runs load: its ``table`` parameter, or the one its regions name by default."""
-    parameters = deployment.parameters or {}
-    return target_table(parameters.get("table"), parameters.get("regions"))
-
-
 def active_interval(deployment: DeploymentResponse) -> timedelta | None:
     """The shortest interval among the deployment's active interval schedules, or None."""
-    intervals = [
-        s.schedule.interval
-        for s in deployment.schedules
-        if s.active and isinstance(getattr(s.schedule, "interval", None), timedelta)
-    ]
-    return min(intervals) if intervals else None
+    schedules = [s.schedule for s in deployment.schedules if s.active]
+    return min((s.interval for s in schedules if isinstance(getattr(s, "interval", None), timedelta)), default=None)
 
 
 def heartbeat_seconds(deployment: DeploymentResponse) -> float:
-    """How often the deployment's runs send a heartbeat, from its ``env`` job variable (Prefect's default if unset).
-
-    A worker or work pool can set the variable too; only the deployment's own
-    job variables are read here.
-    """
-    env = (deployment.job_variables or {}).get("env") or {}
+    """How often the deployment's runs send a heartbeat, by its own ``env`` job variables (else Prefect's default)."""
+    env = deployment.job_variables.get("env") or {}
     try:
         return max(float(env.get(HEARTBEAT_ENV)), MINIMUM_HEARTBEAT_SECONDS)
     except (TypeError, ValueError):
@@ -112,17 +83,12 @@ def heartbeat_seconds(deployment: DeploymentResponse) -> float:
 
 
 async def find_notification_block(client: PrefectClient, ref: str) -> BlockDocument:
-    """The notification block named ``ref`` (``NAME`` or ``TYPE-SLUG/NAME``, e.g. ``slack-webhook/ops``).
-
-    Raises ``ConfigurationError`` naming the notification blocks that exist when
-    there is no such block, when the name is ambiguous, or when the block cannot notify.
-    """
+    """The notification block ``ref`` (``NAME`` or ``TYPE-SLUG/NAME``); ``ConfigurationError`` naming those that
+    exist when there is none, several, or it cannot notify."""
     slug, _, name = ref.rpartition("/")
     documents: list[BlockDocument] = []
     while page := await client.read_block_documents(offset=len(documents), limit=200, include_secrets=False):
         documents += page
-        if len(page) < 200:
-            break
     documents = [d for d in documents if not d.is_anonymous]
 
     def can_notify(d: BlockDocument) -> bool:
@@ -151,21 +117,14 @@ async def find_notification_block(client: PrefectClient, ref: str) -> BlockDocum
     return block
 
 
-# --- applying -------------------------------------------------------------------------
-
-
 def _comparable(automation: AutomationCore) -> dict[str, Any]:
     """The automation's definition as plain Python values (sets stay sets: their order means nothing)."""
     return AutomationCore.model_validate(automation.model_dump(mode="json")).model_dump(exclude={"owner_resource"})
 
 
 async def apply_automation(client: PrefectClient, wanted: AutomationCore) -> str:
-    """Create the automation named like ``wanted``, or update it to ``wanted``; ``created``/``updated``/``unchanged``
-    (followed by ``; removed N duplicates`` when there were some).
-
-    Extra automations of the same name are deleted: two setups run at once, or a create request that the
-    client sent again after a slow answer (a busy server), would otherwise make an automation act twice.
-    """
+    """Create or update the automation named like ``wanted``: ``created``, ``updated`` or ``unchanged``, then
+    ``; removed N duplicates`` when it deleted some."""
     existing = await client.read_automations_by_name(wanted.name)
     if not existing:
         await client.create_automation(wanted)
@@ -175,84 +134,51 @@ async def apply_automation(client: PrefectClient, wanted: AutomationCore) -> str
     else:
         await client.update_automation(existing[0].id, wanted)
         outcome = "updated"
-    for duplicate in existing[1:]:
+    for duplicate in existing[1:]:  # two setups at once, or a create the client sent again to a busy server
         await client.delete_automation(duplicate.id)
     extra = len(existing) - 1 if outcome != "created" else 0
     return outcome + (f"; removed {extra} duplicate{'s' if extra > 1 else ''}" if extra else "")
 
 
-@dataclass(frozen=True)
-class Choices:
-    """The operator's settings the automations use, with the built-in defaults for those not saved."""
-
-    crash_after: timedelta
-    rerun_window: timedelta
-    stale_after_intervals: float
-    notify_block: str | None
-
-
-def choices(saved: CountriesSettings) -> Choices:
-    """The ``saved`` operator settings as :class:`Choices`; ``ConfigurationError`` (one line) when one cannot work."""
-
-    def given(value: float | None, default: float) -> float:
-        return default if value is None else value
-
-    chosen = Choices(
-        crash_after=timedelta(seconds=given(saved.crash_after_seconds, DEFAULT_CRASH_AFTER_SECONDS)),
-        rerun_window=timedelta(minutes=given(saved.rerun_window_minutes, DEFAULT_RERUN_WINDOW_MINUTES)),
-        stale_after_intervals=given(saved.stale_after_intervals, DEFAULT_STALE_AFTER_INTERVALS),
-        notify_block=saved.notify_block,
-    )
-    if chosen.crash_after < timedelta(seconds=2 * MINIMUM_HEARTBEAT_SECONDS):
+def choices(saved: CountriesSettings) -> CountriesSettings:
+    """``saved`` with the defaults for the settings not saved; ``ConfigurationError`` when one cannot work."""
+    chosen = saved.model_copy(update={k: v for k, v in OPERATIONS_DEFAULTS.items() if getattr(saved, k) is None})
+    if chosen.crash_after_seconds < 2 * MINIMUM_HEARTBEAT_SECONDS:
         raise ConfigurationError(
             f"{setting('crash_after')} must be at least {2 * MINIMUM_HEARTBEAT_SECONDS} s (two heartbeats of "
-            f"{MINIMUM_HEARTBEAT_SECONDS} s, Prefect's shortest), got {describe_duration(chosen.crash_after)}"
+            f"{MINIMUM_HEARTBEAT_SECONDS} s, Prefect's shortest), got "
+            f"{describe_duration(timedelta(seconds=chosen.crash_after_seconds))}"
         )
     if not math.isfinite(chosen.stale_after_intervals) or chosen.stale_after_intervals <= 1:
         raise ConfigurationError(
             f"{setting('stale_after_intervals')} must be more than 1 (one interval plus a margin), "
             f"got {chosen.stale_after_intervals:g}"
         )
-    if chosen.rerun_window <= timedelta(0):
+    if chosen.rerun_window_minutes <= 0:
         raise ConfigurationError(
-            f"{setting('rerun_window')} must be a positive number of minutes, got "
-            f"{chosen.rerun_window.total_seconds() / 60:g}"
+            f"{setting('rerun_window')} must be a positive number of minutes, got {chosen.rerun_window_minutes:g}"
         )
     return chosen
 
 
 async def ensure_operations(saved: CountriesSettings, notify: BlockDocument | None = None) -> list[str]:
-    """Create or update the operations automations for the ``saved`` operator settings; one report line per
-    thing done or noticed (``warning:`` lines need the operator's attention).
-
-    ``notify`` is the notification block the settings name (looked up when not given). Raises
-    ``ConfigurationError`` when a setting cannot work or the notification block cannot be used, before
-    anything is changed.
-    """
+    """Apply the automations for the ``saved`` settings and the ``notify`` block they name (looked up if not
+    given); one line per thing done or noticed. ``ConfigurationError``, changing nothing, when one cannot work."""
     options = choices(saved)
+    crash_after = timedelta(seconds=options.crash_after_seconds)
+    rerun_window = timedelta(minutes=options.rerun_window_minutes)
     lines: list[str] = []
     async with get_client() as client:
         if options.notify_block and notify is None:
             notify = await find_notification_block(client, options.notify_block)
-        crash_after, rerun_window = options.crash_after, options.rerun_window
-        detection = load(
-            "crash-detection.yaml",
-            crash_after=describe_duration(crash_after),
-            crash_after_seconds=crash_after.total_seconds(),
+        crashes = (
+            ("crash-detection.yaml", "crash_after", crash_after, "a run silent for {} is marked Crashed and rerun"),
+            ("rerun-crashed.yaml", "rerun_window", rerun_window, "a crashed run is rerun at once, at most every {}"),
         )
-        lines.append(
-            f"automation '{detection.name}': {await apply_automation(client, detection)} (a deployment run silent "
-            f"for {describe_duration(crash_after)} is marked Crashed and rerun at once)"
-        )
-        rerun = load(
-            "rerun-crashed.yaml",
-            rerun_window=describe_duration(rerun_window),
-            rerun_window_seconds=rerun_window.total_seconds(),
-        )
-        lines.append(
-            f"automation '{rerun.name}': {await apply_automation(client, rerun)} (a deployment run reported "
-            f"Crashed is rerun at once, at most once per deployment every {describe_duration(rerun_window)})"
-        )
+        for file, key, span, what in crashes:
+            automation = load(file, **{key: describe_duration(span), f"{key}_seconds": span.total_seconds()})
+            outcome = await apply_automation(client, automation)
+            lines.append(f"automation '{automation.name}': {outcome} ({what.format(describe_duration(span))})")
 
         flow_filter = FlowFilter(name=FlowFilterName(any_=[FLOW_NAME]))
         deployments = sorted(await client.read_deployments(flow_filter=flow_filter), key=lambda d: d.name)
@@ -283,7 +209,7 @@ async def ensure_operations(saved: CountriesSettings, notify: BlockDocument | No
                 "stale-table.yaml",
                 deployment=d.name,
                 deployment_id=str(d.id),
-                table=deployment_table(d),
+                table=target_table(d.parameters.get("table"), d.parameters.get("regions")),
                 notify_block=notify.name,
                 notify_block_id=str(notify.id),
                 window=describe_duration(window),
