@@ -1,29 +1,24 @@
 """The public entry point: :func:`unnest` (its docstring is the contract), its arguments checked.
 
-:func:`unnest` checks its arguments, then feeds the records batch by batch through the
-parts of the package: :class:`~flows.transform.unnest.walk.Walker` reads a batch along the
-:class:`~flows.transform.unnest.paths.PathTree`, :mod:`~flows.transform.unnest.layout` counts and places its
-rows, and the :class:`~flows.transform.unnest.columns.ColumnSet` writes and finally converts the
-columns. Pure: no I/O, no Prefect, no global state.
+It reads the records batch by batch: :class:`~flows.transform.unnest.walk.Schema` reads a
+batch along the tree of paths, :func:`~flows.transform.unnest.rows.place` counts and writes
+its rows, and :func:`~flows.transform.unnest.rows.series` makes the final columns.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sized
+from collections.abc import Iterable, Iterator, Mapping, Sized
 from itertools import islice
 from typing import Any
 
 import pandas as pd
 
 from flows.errors import UnnestError
-from flows.transform.unnest.columns import MAX_EXACT, ColumnSet
-from flows.transform.unnest.layout import count_rows, placed
-from flows.transform.unnest.paths import KEY, WILDCARD, PathTree
-from flows.transform.unnest.values import DICT_ONLY
-from flows.transform.unnest.walk import Walker
+from flows.transform.unnest.rows import MAX_EXACT, place, series
+from flows.transform.unnest.walk import KEY, WILDCARD, Schema
 
-__all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_MAX_ROWS", "unnest"]
+__all__ = ["DEFAULT_MAX_ROWS", "unnest"]
 
 DEFAULT_MAX_ROWS = 10_000_000
 DEFAULT_BATCH_SIZE = 1_000
@@ -147,37 +142,26 @@ def unnest(
         selected = _selection(columns, sep)
         overrides = None
 
-    out = ColumnSet(sep, len(records) if isinstance(records, Sized) else None)
-    tree = PathTree(full=selected is None, maps=overrides, sep=sep, columns=out)
-    chosen = {segments: tree.select(segments) for _, segments in selected or ()}
-    walker = Walker(tree)
+    schema = Schema(full=selected is None, maps=overrides, sep=sep)
+    chosen = [(name, schema.select(segments)) for name, segments in selected or ()]
+    expected = len(records) if isinstance(records, Sized) else None
+    rows = read = 0
     for batch in _batches(records, batch_size):
-        _add_batch(walker, out, batch, max_rows)
+        schema.walk(batch)
+        read += len(batch)
+        levels = [node for node in schema.nodes() if node is schema.root or node.parents is not None]
+        growth = 2.0 if expected is None else 1.05 * max(expected, read) / read  # room for the rest
+        rows += place(levels, schema.columns, len(batch), rows, max_rows, growth)
+        schema.end_batch()
         del batch  # gone before the next batch is read: one batch of input held, not two
 
-    index = pd.RangeIndex(out.rows)
+    index = pd.RangeIndex(rows)
     if selected is None:
-        data = {col.name: out.series(col) for col in tree.ordered_columns()}
+        data = {col.name: series(col, rows) for node in schema.nodes() for col in (node.keycol, node.col) if col}
     else:
-        by_path = {segments: out.series(col) for segments, col in chosen.items()}
-        data = {name: by_path[segments] for name, segments in selected}
+        made = {id(col): series(col, rows) for col in {id(col): col for _, col in chosen}.values()}
+        data = {name: made[id(col)] for name, col in chosen}
     return pd.DataFrame(data, index=index, copy=False) if data else pd.DataFrame(index=index)
-
-
-def _add_batch(walker: Walker, out: ColumnSet, batch: list[dict], max_rows: int) -> None:
-    """Walk one batch, count its rows (refusing past ``max_rows``), and write its columns."""
-    levels, leaves = walker.walk(batch)
-    rows = count_rows(levels, out.rows, max_rows)
-    out.reserve(rows, len(batch))
-    by_level: dict[int, list] = {}
-    for leaf in leaves:
-        by_level.setdefault(id(leaf[1]), []).append(leaf)
-    for level in placed(levels, rows):
-        for col, _, where, values, inferred in by_level.get(id(level), ()):
-            out.write(
-                col, values, inferred, where=where, n=level.n, inst=level.inst, complete=level.complete, rows=rows
-            )
-    out.end_batch(rows, {id(leaf[0]) for leaf in leaves})
 
 
 def _selection(columns: Mapping[str, str] | Iterable[str], sep: str) -> list[tuple[str, tuple[str, ...]]]:
@@ -229,13 +213,8 @@ def _split(path: Any, sep: str, what: str) -> tuple[str, ...]:
     return segments
 
 
-def _batches(records: Iterable[Any], size: int) -> Iterable[list[dict]]:
-    """The records in lists of up to ``size``, each record checked to be a dict.
-
-    A batch is let go before the next is read, so that while a generator makes the next
-    records (allocating many containers, which sets the garbage collector off) the previous
-    batch is no longer there for the collector to scan.
-    """
+def _batches(records: Iterable[Any], size: int) -> Iterator[list[Mapping]]:
+    """The records in lists of up to ``size``, each record checked to be a Mapping."""
     if isinstance(records, Mapping | str | bytes):
         raise UnnestError(
             f"records must be an iterable of dicts, got a single {type(records).__name__}; wrap one record in a list"
@@ -246,15 +225,12 @@ def _batches(records: Iterable[Any], size: int) -> Iterable[list[dict]]:
         raise UnnestError(f"records must be an iterable of dicts, got {type(records).__name__}") from None
     done = 0
     while batch := list(islice(iterator, size)):
-        if set(map(type, batch)) != DICT_ONLY:
-            for i, record in enumerate(batch):
-                if type(record) is not dict:
-                    if not isinstance(record, Mapping):
-                        raise UnnestError(
-                            f"record {done + i} is a {type(record).__name__}, expected a dict "
-                            "(a JSON object); pass an iterable of dicts"
-                        )
-                    batch[i] = dict(record)
+        for i, record in enumerate(batch if set(map(type, batch)) != {dict} else ()):
+            if not isinstance(record, Mapping):
+                raise UnnestError(
+                    f"record {done + i} is a {type(record).__name__}, expected a dict (a JSON object); "
+                    "pass an iterable of dicts"
+                )
         done += len(batch)
         yield batch
         del batch  # not held while the next batch is read

@@ -1,0 +1,171 @@
+"""The rows of one batch read by :class:`~flows.transform.unnest.walk.Schema`, and the final columns.
+
+Contract:
+
+- :func:`place` counts the batch's rows (each instance spans the product, over its star
+  children, of their elements' rows, at least 1 each: an empty list keeps the row) and
+  raises RowLimitExceededError with the exact count, before anything the size of the rows
+  is allocated, if the rows so far would pass ``max_rows``. It then appends to every column
+  written in the batch the values of the batch's rows (null where a row shows no value).
+- :func:`series` makes a column's Series, of the dtype pandas infers from the list of its
+  values, except that ints with nulls become float64 only if every int survives as a float
+  (otherwise object: exact ints). A column is null in the batches that did not write it.
+
+How: the rows are built by exploding the star levels one after the other, in path order:
+each row showing an instance with elements at the next level becomes one row per element
+(the first level varying slowest), as a few numpy index operations per level.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from pandas.api.types import infer_dtype
+
+from flows.errors import RowLimitExceededError
+from flows.transform.unnest.walk import Column, Node
+
+MAX_EXACT = 2**53
+"""The largest count float64 holds exactly (and the bound of ``max_rows``)."""
+
+# What pandas makes of values that infer_dtype finds all of one kind, without nulls.
+_TYPED = {"integer": np.int64, "floating": np.float64, "boolean": np.bool_}
+_STR = pd.Series(["a"]).dtype  # pandas' dtype for strings
+
+
+def place(levels: list[Node], columns: list[Column], records: int, done: int, max_rows: int, growth: float) -> int:
+    """Write the rows of a batch of ``records`` records into ``columns``; return their count.
+
+    ``levels``: the root, then the star nodes in path order. ``done``: rows of the earlier
+    batches. RowLimitExceededError if ``done`` plus these would pass ``max_rows``. A column
+    buffer that must grow gets room for ``growth`` times the rows so far.
+    """
+    root = levels[0]
+    sizes = {root: records}
+    parents = {}
+    for star in levels[1:]:
+        parents[star] = star.parents
+        sizes[star] = len(star.parents)
+    total = _count(levels, sizes, parents)
+    if done + total > max_rows:
+        total = _count_exactly(levels, sizes)
+        raise RowLimitExceededError(
+            f"unnest would produce at least {done + total:,} rows, more than max_rows={max_rows:,}; "
+            "select fewer list/map paths with columns= or raise max_rows"
+        )
+
+    # For every row, the instance of each level it shows (-1: none); root None: row i is record i.
+    shown: dict[Node, np.ndarray | None] = {root: None}
+    rows = records
+    for star in levels[1:]:
+        holders = shown[star.parent.level]
+        if holders is None:
+            holders = np.arange(rows)
+        per_parent = np.bincount(parents[star], minlength=sizes[star.parent.level] + 1)  # last: for -1
+        elements = per_parent[holders]
+        repeats = np.maximum(elements, 1)
+        grown = int(repeats.sum())
+        which: np.ndarray | int = 0  # each row's element among its holder's
+        if grown != rows:
+            which = np.arange(grown) - np.repeat(np.cumsum(repeats) - repeats, repeats)
+            for level, instances in shown.items():
+                shown[level] = np.repeat(np.arange(rows) if instances is None else instances, repeats)
+            holders, elements = np.repeat(holders, repeats), np.repeat(elements, repeats)
+            rows = grown
+        instance = (np.cumsum(per_parent) - per_parent)[holders] + which
+        shown[star] = np.where(elements > 0, instance, -1)
+
+    for col in columns:
+        _write(col, shown.get(col.level), sizes.get(col.level, 0), done, rows, int((done + rows) * growth) + 16)
+    return rows
+
+
+def _write(col: Column, instances: np.ndarray | None, size: int, done: int, rows: int, room: int) -> None:
+    """Write the batch's ``rows`` rows of ``col`` after the ``done`` rows of earlier batches.
+
+    ``instances``: for each row, the instance of the column's level it shows (-1: none;
+    None: row i shows instance i); ``size``: the level's instances in the batch. The
+    column's buffer grows to ``room`` rows if it has less room.
+    """
+    if col.buf is None or len(col.buf) < done + rows:
+        grown = np.full(room, None, dtype=object)
+        if col.buf is not None:
+            grown[:done] = col.buf[:done]
+        elif done:
+            col.kinds.add("empty")  # a new column: null in the earlier batches
+        col.buf = grown
+    if col.values is None:
+        col.kinds.add("empty")  # not in this batch: null
+        return
+    values = col.values
+    if type(values) is not np.ndarray:
+        values = np.fromiter(values, dtype=object, count=len(values))
+    target = col.buf[done : done + rows]
+    if col.ids is not None or size != len(values) or (instances is not None and bool((instances < 0).any())):
+        dense = np.full(size + 1, None, dtype=object)  # the last slot: for row -1
+        dense[slice(len(values)) if col.ids is None else col.ids] = values
+        values = dense
+    if instances is None:
+        target[:] = values[:rows]
+    else:
+        values.take(instances, out=target, mode="wrap")  # -1: the last slot
+    col.kinds.add(_kind(target))
+
+
+def _count(levels: list[Node], sizes: dict, parents: dict) -> float:
+    """The batch's rows, counted bottom-up in float64 (no overflow, exact up to 2**53)."""
+    count = {level: np.ones(sizes[level]) for level in levels}
+    for star in reversed(levels[1:]):
+        above = star.parent.level
+        rows = np.bincount(parents[star], weights=count[star], minlength=sizes[above])
+        count[above] *= np.maximum(rows, 1.0)
+    return float(count[levels[0]].sum())
+
+
+def _count_exactly(levels: list[Node], sizes: dict) -> int:
+    """The batch's rows in Python ints (for the error message of a huge count)."""
+    count = {level: [1] * sizes[level] for level in levels}
+    for star in reversed(levels[1:]):
+        rows = [0] * sizes[star.parent.level]
+        for holder, spans in zip(star.parents.tolist(), count[star], strict=True):
+            rows[holder] += spans
+        above = count[star.parent.level]
+        for i, spans in enumerate(rows):
+            above[i] *= max(1, spans)
+    return sum(count[levels[0]])
+
+
+def _kind(values: np.ndarray) -> str | None:
+    """What the column's final dtype needs to know of these values (read while in the CPU cache).
+
+    "integer", "floating", "boolean" (all of that kind, no null), "string" (strings and
+    nulls), "empty" (nulls only) or None (anything else).
+    """
+    kind = infer_dtype(values, skipna=False)
+    if kind not in _TYPED and kind != "string":
+        kind = infer_dtype(values, skipna=True)
+        if kind != "string" and kind != "empty":
+            return None
+    return kind
+
+
+def series(col: Column, rows: int) -> pd.Series:
+    """The column's Series over all ``rows`` rows (its buffer is released)."""
+    values = np.full(rows, None, dtype=object) if col.buf is None else col.buf[:rows]
+    if col.buf is not None and len(col.buf) > 1.25 * rows + 16:
+        values = values.copy()  # do not keep much unused room alive
+    col.buf = None
+    kinds = col.kinds
+    if len(kinds) == 1 and kinds <= _TYPED.keys():
+        try:
+            return pd.Series(values.astype(_TYPED[kinds.pop()]), copy=False)
+        except OverflowError:
+            pass  # ints beyond int64
+    if kinds - {"empty"} == {"string"}:
+        return pd.Series(pd.array(values, dtype=_STR, copy=False), copy=False)
+    inferred = pd.Series(values, copy=False).infer_objects()
+    if inferred.dtype == np.float64 and len(inferred):
+        big = np.flatnonzero(np.abs(inferred.to_numpy()) >= MAX_EXACT)
+        if any(type(values[i]) is int and float(values[i]) != values[i] for i in big):
+            return pd.Series(values, copy=False)
+    return inferred
