@@ -23,7 +23,7 @@ import pandas as pd
 from pandas.api.types import infer_dtype
 
 from flows.errors import RowLimitExceededError
-from flows.transform.unnest.walk import Column, Node
+from flows.transform.unnest.walk import SCALAR_KINDS, Column, Node
 
 MAX_EXACT = 2**53
 """The largest count float64 holds exactly (and the bound of ``max_rows``)."""
@@ -101,15 +101,16 @@ def _write(col: Column, instances: np.ndarray | None, size: int, done: int, rows
     if type(values) is not np.ndarray:
         values = np.fromiter(values, dtype=object, count=len(values))
     target = col.buf[done : done + rows]
+    kind = col.kind  # still true of the rows if every row shows a value
     if col.ids is not None or size != len(values) or (instances is not None and bool((instances < 0).any())):
         dense = np.full(size + 1, None, dtype=object)  # the last slot: for row -1
         dense[slice(len(values)) if col.ids is None else col.ids] = values
-        values = dense
+        values, kind = dense, None
     if instances is None:
         target[:] = values[:rows]
     else:
         values.take(instances, out=target, mode="wrap")  # -1: the last slot
-    col.kinds.add(_kind(target))
+    col.kinds.add(kind or _kind(target))
 
 
 def _count(levels: list[Node], sizes: dict, parents: dict) -> float:
@@ -142,7 +143,7 @@ def _kind(values: np.ndarray) -> str | None:
     nulls), "empty" (nulls only) or None (anything else).
     """
     kind = infer_dtype(values, skipna=False)
-    if kind not in _TYPED and kind != "string":
+    if kind not in SCALAR_KINDS:
         kind = infer_dtype(values, skipna=True)
         if kind != "string" and kind != "empty":
             return None

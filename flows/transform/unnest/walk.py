@@ -34,6 +34,7 @@ from operator import attrgetter, contains, itemgetter
 from typing import Any
 
 import numpy as np
+from pandas.api.types import infer_dtype
 
 from flows.errors import UnnestError
 
@@ -44,6 +45,8 @@ KEY = "*~"
 """Last path segment for "the key of each map entry, or the position of each list element"."""
 
 _SCALARS = frozenset({str, int, float, bool, type(None)})
+SCALAR_KINDS = frozenset({"string", "integer", "floating", "boolean"})
+"""infer_dtype's answers that rule out a container, and that the final dtype can use as they are."""
 _SCALAR, _DICT, _LIST = range(3)
 
 
@@ -66,13 +69,14 @@ def _plain(value: Any, kind: int) -> Any:
 class Column:
     """One output column: this batch's scalars, and the parts of the earlier batches."""
 
-    __slots__ = ("buf", "ids", "kinds", "level", "name", "values")
+    __slots__ = ("buf", "ids", "kind", "kinds", "level", "name", "values")
 
     def __init__(self, name: str, level: Node):
         self.name = name
         self.level = level  # the level whose instances hold the values
         self.values: Any = None  # this batch's values (a list or an object array), if any
         self.ids: np.ndarray | None = None  # the instance holding each; None: every one, in order
+        self.kind: str | None = None  # what infer_dtype said of them, if it was asked
         self.buf: np.ndarray | None = None  # the column's rows so far (None: no value), and room
         self.kinds: set[str | None] = set()  # what rows.py's _kind said of each batch's values
 
@@ -108,6 +112,7 @@ class Schema:
         self.columns: list[Column] = []
         self.stars: list[Node] = []
         self._names: dict[str, Column] = {}
+        self._order: tuple[int, list[Node]] = (-1, [])  # nodes() as of the last node made
 
     # --- the tree -------------------------------------------------------------------------------
 
@@ -170,6 +175,8 @@ class Schema:
 
     def nodes(self) -> list[Node]:
         """Every node in path order: depth first, siblings in the order first met."""
+        if self._order[0] == self.seq:
+            return self._order[1]
         out: list[Node] = []
         stack = [self.root]
         while stack:
@@ -177,6 +184,7 @@ class Schema:
             out.append(node)
             below = [*node.children.values(), *([node.star] if node.star else [])]
             stack.extend(sorted(below, key=attrgetter("seq"), reverse=True))
+        self._order = (self.seq, out)
         return out
 
     # --- reading a batch ------------------------------------------------------------------------
@@ -186,6 +194,11 @@ class Schema:
         work: list[tuple[Node, Any, np.ndarray | None]] = [(self.root, records, None)]
         while work:
             node, values, ids = work.pop()
+            if node.col is not None and type(values) is np.ndarray:  # scalars last time: checked in C
+                kind = infer_dtype(values, skipna=False)
+                if kind in SCALAR_KINDS:
+                    self._scalars(node, values, ids, kind)
+                    continue
             types = set(map(type, values))
             if types <= _SCALARS:
                 self._scalars(node, values, ids)
@@ -214,11 +227,11 @@ class Schema:
         if (kinds == _SCALAR).any():
             self._scalars(node, list(compress(values, kinds == _SCALAR)), ids[kinds == _SCALAR])
 
-    def _scalars(self, node: Node, values: Any, ids: np.ndarray | None) -> None:
+    def _scalars(self, node: Node, values: Any, ids: np.ndarray | None, kind: str | None = None) -> None:
         if node.col is None and not self.full:
             return  # not selected
         col = self._col(node)
-        col.values, col.ids = values, ids
+        col.values, col.ids, col.kind = values, ids, kind
 
     def _dicts(self, node: Node, dicts: Any, ids: np.ndarray | None, work: list, *, explode: bool = True) -> None:
         """Dicts at ``node``: maps explode into rows; plain dicts give their keys' values."""
@@ -239,7 +252,7 @@ class Schema:
                 if key not in node.children:
                     self._child(node, key)
         node.keys = keys
-        if len(keys) > 1 and self._read_all(node, keys, dicts, ids, work):
+        if keys and self._read_all(node, keys, dicts, ids, work):
             return
         for key in keys:
             present = np.fromiter(map(contains, dicts, repeat(key)), dtype=bool, count=n)
@@ -255,9 +268,11 @@ class Schema:
         n = len(dicts)
         if sum(map(len, dicts)) != n * len(keys):
             return False
-        getter = itemgetter(*keys) if len(keys) > 1 else lambda d: (d[keys[0]],)
         try:
-            flat = np.fromiter(chain.from_iterable(map(getter, dicts)), dtype=object, count=n * len(keys))
+            if len(keys) == 1:
+                flat = np.fromiter(map(itemgetter(keys[0]), dicts), dtype=object, count=n)
+            else:
+                flat = np.fromiter(chain.from_iterable(map(itemgetter(*keys), dicts)), dtype=object, count=n * len(keys))
         except KeyError:
             return False  # as many keys, not the same ones
         for key, column in zip(keys, flat.reshape(n, len(keys)).T.copy(), strict=True):
@@ -280,11 +295,12 @@ class Schema:
             return  # empty everywhere: one row each, nothing below
         star.parents = parents
         if maps:
-            elements = list(chain.from_iterable(map(dict.values, containers)))
+            flat = chain.from_iterable(map(dict.values, containers))
         elif maps is False:
-            elements = list(chain.from_iterable(containers))
+            flat = chain.from_iterable(containers)
         else:
-            elements = list(chain.from_iterable(c.values() if type(c) is dict else c for c in containers))
+            flat = chain.from_iterable(c.values() if type(c) is dict else c for c in containers)
+        elements = np.fromiter(flat, dtype=object, count=len(parents))
         keycol = star.keycol
         if keycol is None and self.full and (maps or maps is None and any(type(c) is dict and c for c in containers)):
             keycol = self._keycol(star)
