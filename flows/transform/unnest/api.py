@@ -28,7 +28,7 @@ def unnest(
     records: Iterable[Mapping[str, Any]],
     columns: Mapping[str, str] | Iterable[str] | None = None,
     *,
-    maps: Mapping[str, bool] | bool | None = None,
+    maps: bool | None = None,
     max_rows: int = DEFAULT_MAX_ROWS,
     sep: str = ".",
     batch_size: int = DEFAULT_BATCH_SIZE,
@@ -75,11 +75,9 @@ def unnest(
     in the first batch where the path holds a non-empty dict, it is a map when it holds a
     non-empty dict at least twice and no key appears in more than half of those dicts
     (field names recur in every record; codes vary). Once decided, a path keeps its decision
-    for the whole call. ``maps`` overrides: a mapping of paths (``*`` for list/map levels, e.g.
-    ``{"name.nativeName": True, "flags": False}``) to True (map) or False (plain dict),
-    unlisted paths being detected; ``maps=False`` turns detection off (every dict is plain,
-    as in ``pandas.json_normalize``); ``maps=True`` makes every dict below the record a map.
-    The record itself is never a map.
+    for the whole call. ``maps=False`` turns detection off (every dict is plain, as in
+    ``pandas.json_normalize``); ``maps=True`` makes every dict below the record a map. The
+    record itself is never a map.
 
     **Selecting columns.** ``columns`` selects and names the output columns: a mapping
     ``{output name: path}`` (output in that order), or an iterable of paths (each named by
@@ -120,9 +118,9 @@ def unnest(
     lists: their columns come in the order first met).
 
     Raises:
-        UnnestError: a record is not a dict; a path or ``maps`` entry is malformed; ``maps``
-            given with ``columns``; an argument has the wrong type or range; two paths give
-            one column name.
+        UnnestError: a record is not a dict; a path is malformed; ``maps`` given with
+            ``columns``; an argument has the wrong type or range; two paths give one column
+            name.
         RowLimitExceededError: the output would exceed ``max_rows`` rows.
     """
     if not isinstance(sep, str) or not sep or WILDCARD in sep or "~" in sep:
@@ -131,18 +129,15 @@ def unnest(
         raise UnnestError(f"max_rows must be an int from 0 to 2**53, got {max_rows!r}")
     if type(batch_size) is not int or batch_size < 1:
         raise UnnestError(f"batch_size must be a positive int, got {batch_size!r}")
-    if columns is None:
-        selected = None
-        overrides = _overrides(maps, sep)
-    elif maps is not None:
+    if maps is not None and type(maps) is not bool:
+        raise UnnestError(f"maps must be True, False or None, got {maps!r}")
+    if columns is not None and maps is not None:
         raise UnnestError(
             "maps= applies only to a full unnest (columns=None); in columns= a '*' path segment declares the map"
         )
-    else:
-        selected = _selection(columns, sep)
-        overrides = None
+    selected = None if columns is None else _selection(columns, sep)
 
-    schema = Schema(full=selected is None, maps=overrides, sep=sep)
+    schema = Schema(full=selected is None, maps=maps, sep=sep)
     chosen = [(name, schema.select(segments)) for name, segments in selected or ()]
     expected = len(records) if isinstance(records, Sized) else None
     rows = read = 0
@@ -179,38 +174,15 @@ def _selection(columns: Mapping[str, str] | Iterable[str], sep: str) -> list[tup
     for name, path in pairs:
         if not isinstance(name, str):
             raise UnnestError(f"column names must be strings, got {name!r}")
-        segments = _split(path, sep, f"column {name!r}")
+        if not isinstance(path, str):
+            raise UnnestError(f"column {name!r}: path {path!r} is not a string; write paths like 'name{sep}official'")
+        segments = tuple(path.split(sep))
+        if "" in segments:
+            raise UnnestError(f"column {name!r}: path {path!r} has an empty segment; write paths like 'name{sep}official'")
         if KEY in segments[:-1]:
             raise UnnestError(f"column {name!r}: '*~' may only end a path, got {path!r}")
         selected.append((name, segments))
     return selected
-
-
-def _overrides(maps: Mapping[str, bool] | bool | None, sep: str) -> Mapping[tuple[str, ...], bool] | bool | None:
-    """``maps=`` with its paths as segments; UnnestError if malformed."""
-    if isinstance(maps, bool) or maps is None:
-        return maps
-    if not isinstance(maps, Mapping):
-        raise UnnestError(f"maps must be a mapping {{path: bool}}, a bool or None, got {type(maps).__name__}")
-    overrides = {}
-    for path, flag in maps.items():
-        segments = _split(path, sep, "maps")
-        if KEY in segments:
-            raise UnnestError(f"maps: path {path!r} may not contain '*~' (a key is not a dict)")
-        if type(flag) is not bool:
-            raise UnnestError(f"maps: {path!r} must map to True or False, got {flag!r}")
-        overrides[segments] = flag
-    return overrides
-
-
-def _split(path: Any, sep: str, what: str) -> tuple[str, ...]:
-    """A path string as its segments; UnnestError if it is not a well-formed path."""
-    if not isinstance(path, str):
-        raise UnnestError(f"{what}: path {path!r} is not a string; write paths like 'name{sep}official'")
-    segments = tuple(path.split(sep))
-    if not path or "" in segments:
-        raise UnnestError(f"{what}: path {path!r} has an empty segment; write paths like 'name{sep}official'")
-    return segments
 
 
 def _batches(records: Iterable[Any], size: int) -> Iterator[list[Mapping]]:

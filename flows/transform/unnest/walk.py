@@ -103,7 +103,7 @@ class Node:
 class Schema:
     """The tree of one call's paths, and the batch being read (see the module docstring)."""
 
-    def __init__(self, *, full: bool, maps: Mapping[tuple[str, ...], bool] | bool | None, sep: str):
+    def __init__(self, *, full: bool, maps: bool | None, sep: str):
         self.full = full
         self.maps = maps
         self.sep = sep
@@ -129,14 +129,9 @@ class Schema:
         return node.star
 
     def _node(self, parent: Node, segment: str, *, star: bool) -> Node:
-        path = (*parent.path, segment)
-        maps = self.maps
-        if not self.full:
-            is_map: bool | None = False  # until a selected '*' says otherwise
-        else:
-            is_map = maps if isinstance(maps, bool) else (maps or {}).get(path)
         self.seq += 1
-        return Node(parent, path, self.seq, is_map, star)
+        # A selection: no map until a selected '*' says so; a full unnest: maps=, or detection.
+        return Node(parent, (*parent.path, segment), self.seq, self.maps if self.full else False, star)
 
     def _column(self, name: str, level: Node) -> Column:
         if name in self._names:
