@@ -1,28 +1,17 @@
 """Reading a batch of records along the tree of their paths: values and elements, not rows yet.
 
-A :class:`Node` is one path: a key below its parent node, or its parent's elements (the
-*star* node, ``*``). A star node is a *level*: its instances are the elements of the lists
-and maps found at its parent, each held by one instance of the level above (the records
-are the instances of the root level). Any other node belongs to the level of its nearest
-star ancestor, or to the root's: each instance of that level holds at most one value there.
+A :class:`Node` is one path: a key below its parent, or its parent's elements (the *star*
+node, ``*``). A star node is a *level*: its instances are the elements of the lists and maps
+found at its parent, each held by one instance of the level above (the records are the
+instances of the root level). Any other node belongs to the level of its nearest star
+ancestor (or the root): each instance of that level holds at most one value there.
 
-Contract of :class:`Schema`:
-
-- :meth:`Schema.walk` reads one batch: each :class:`Column` gets the scalars at its path
-  (``values``) and the instances of its level holding them (``ids``, None: every instance,
-  in order), and each star node the instance holding each of its elements (``parents``). A
-  full unnest creates nodes and columns as it meets them; with :meth:`Schema.select`, only
-  the selected paths are read.
-- A node's dicts are read as a map (their entries explode into the star node, the keys into
-  the star's ``*~`` column) or as plain dicts (each key a child path), as the unnest
-  docstring says: overrides first, else detection on the path's dicts in the first batch
-  where it holds a non-empty one.
-- :meth:`Schema.nodes` lists the nodes in path order (depth first, siblings in the order
-  first met): the order of the columns and of the nesting of sibling lists.
-
-How: one path at a time over the whole batch, with C-level passes (``map``, ``itemgetter``,
-``chain``, numpy) rather than Python code per value. Nothing recurses (a work stack), so
-depth is unlimited.
+:meth:`Schema.walk` reads one batch: each :class:`Column` gets the scalars at its path and
+the instances holding them, each star node the holder of each element. A full unnest makes
+nodes and columns as it meets them, and decides maps as the unnest docstring says; with
+:meth:`Schema.select`, only the selected paths are read. It works one path at a time over
+the whole batch, with C-level passes (``map``, ``itemgetter``, ``chain``, numpy) rather than
+Python code per value, and never recurses (a work stack), so depth is unlimited.
 """
 
 from __future__ import annotations
@@ -57,17 +46,8 @@ def _kind(value: Any) -> int:
     return _LIST if isinstance(value, list | tuple) else _SCALAR
 
 
-def _plain(value: Any, kind: int) -> Any:
-    """A container of another type as a dict or list (a copy); anything else as it is."""
-    if kind == _DICT and type(value) is not dict:
-        return dict(value)
-    if kind == _LIST and type(value) is not list:
-        return list(value)
-    return value
-
-
 class Column:
-    """One output column: this batch's scalars, and the parts of the earlier batches."""
+    """One output column: this batch's scalars, and the rows so far."""
 
     __slots__ = ("buf", "ids", "kind", "kinds", "level", "name", "values")
 
@@ -112,26 +92,21 @@ class Schema:
         self.columns: list[Column] = []
         self.stars: list[Node] = []
         self._names: dict[str, Column] = {}
-        self._order: tuple[int, list[Node]] = (-1, [])  # nodes() as of the last node made
 
     # --- the tree -------------------------------------------------------------------------------
 
-    def _child(self, node: Node, key: Any) -> Node:
-        segment = key if type(key) is str else str(key)
-        child = self._node(node, segment, star=False)
-        node.children[key] = child
-        return child
-
-    def _star(self, node: Node) -> Node:
-        if node.star is None:
-            node.star = self._node(node, WILDCARD, star=True)
-            self.stars.append(node.star)
-        return node.star
-
-    def _node(self, parent: Node, segment: str, *, star: bool) -> Node:
+    def _child(self, node: Node, key: Any, *, star: bool = False) -> Node:
+        """A new node below ``node``: the one for ``key``, or its star node."""
         self.seq += 1
+        segment = WILDCARD if star else key if type(key) is str else str(key)
         # A selection: no map until a selected '*' says so; a full unnest: maps=, or detection.
-        return Node(parent, (*parent.path, segment), self.seq, self.maps if self.full else False, star)
+        child = Node(node, (*node.path, segment), self.seq, self.maps if self.full else False, star)
+        if star:
+            node.star = child
+            self.stars.append(child)
+        else:
+            node.children[key] = child
+        return child
 
     def _column(self, name: str, level: Node) -> Column:
         if name in self._names:
@@ -165,13 +140,11 @@ class Schema:
     def _step(self, node: Node, segment: str) -> Node:
         if segment == WILDCARD:
             node.is_map = True  # in a selection, '*' declares the dicts there maps
-            return self._star(node)
+            return node.star or self._child(node, WILDCARD, star=True)
         return node.children.get(segment) or self._child(node, segment)
 
     def nodes(self) -> list[Node]:
         """Every node in path order: depth first, siblings in the order first met."""
-        if self._order[0] == self.seq:
-            return self._order[1]
         out: list[Node] = []
         stack = [self.root]
         while stack:
@@ -179,7 +152,6 @@ class Schema:
             out.append(node)
             below = [*node.children.values(), *([node.star] if node.star else [])]
             stack.extend(sorted(below, key=attrgetter("seq"), reverse=True))
-        self._order = (self.seq, out)
         return out
 
     # --- reading a batch ------------------------------------------------------------------------
@@ -207,7 +179,8 @@ class Schema:
     def _mixed(self, node: Node, values: Any, ids: np.ndarray | None, work: list) -> None:
         """Values of several kinds at one path: each kind read on its own, dicts first."""
         kinds = np.fromiter(map(_kind, values), dtype=np.int8, count=len(values))
-        values = list(map(_plain, values, kinds.tolist()))
+        # Other Mappings and tuples read as dicts and lists (copies: no __missing__ hook runs).
+        values = [dict(v) if k == _DICT else list(v) if k == _LIST else v for v, k in zip(values, kinds.tolist())]
         ids = np.arange(len(values)) if ids is None else ids
         dicts = list(compress(values, kinds == _DICT))
         containers = kinds == _LIST
@@ -216,7 +189,7 @@ class Schema:
         if node.is_map:  # its dicts explode together with its lists, in order
             containers |= kinds == _DICT
         if dicts and not (node.is_map and self.full):
-            self._dicts(node, dicts, ids[kinds == _DICT], work, explode=False)
+            self._fields(node, dicts, ids[kinds == _DICT], work)
         if containers.any():
             self._explode(node, list(compress(values, containers)), ids[containers], work, maps=None)
         if (kinds == _SCALAR).any():
@@ -228,18 +201,21 @@ class Schema:
         col = self._col(node)
         col.values, col.ids, col.kind = values, ids, kind
 
-    def _dicts(self, node: Node, dicts: Any, ids: np.ndarray | None, work: list, *, explode: bool = True) -> None:
+    def _dicts(self, node: Node, dicts: Any, ids: np.ndarray | None, work: list) -> None:
         """Dicts at ``node``: maps explode into rows; plain dicts give their keys' values."""
         if node.is_map is None and self.full:
             node.is_map = _detect_map(dicts)
-        if node.is_map and explode:
+        if node.is_map:
             self._explode(node, dicts, ids, work, maps=True)
-            if self.full:
-                return
+        if not (node.is_map and self.full):  # a selection reads a map's selected keys too
+            self._fields(node, dicts, ids, work)
+
+    def _fields(self, node: Node, dicts: Any, ids: np.ndarray | None, work: list) -> None:
+        """Plain dicts at ``node``: queue each key's values (only the selected keys' in a selection)."""
         n = len(dicts)
         if not self.full:
             keys = tuple(node.children)
-        elif node.keys and self._read_all(node, node.keys, dicts, ids, work):
+        elif len(node.keys) > 1 and self._read_all(node, node.keys, dicts, ids, work):
             return  # the same keys as last batch
         else:
             keys = tuple(dict.fromkeys(chain.from_iterable(dicts)))
@@ -247,7 +223,7 @@ class Schema:
                 if key not in node.children:
                     self._child(node, key)
         node.keys = keys
-        if keys and self._read_all(node, keys, dicts, ids, work):
+        if len(keys) > 1 and self._read_all(node, keys, dicts, ids, work):
             return
         for key in keys:
             present = np.fromiter(map(contains, dicts, repeat(key)), dtype=bool, count=n)
@@ -264,10 +240,7 @@ class Schema:
         if sum(map(len, dicts)) != n * len(keys):
             return False
         try:
-            if len(keys) == 1:
-                flat = np.fromiter(map(itemgetter(keys[0]), dicts), dtype=object, count=n)
-            else:
-                flat = np.fromiter(chain.from_iterable(map(itemgetter(*keys), dicts)), dtype=object, count=n * len(keys))
+            flat = np.fromiter(chain.from_iterable(map(itemgetter(*keys), dicts)), dtype=object, count=n * len(keys))
         except KeyError:
             return False  # as many keys, not the same ones
         for key, column in zip(keys, flat.reshape(n, len(keys)).T.copy(), strict=True):
@@ -283,7 +256,7 @@ class Schema:
         if star is None:
             if not self.full:
                 return  # not selected
-            star = self._star(node)
+            star = self._child(node, WILDCARD, star=True)
         lens = np.fromiter(map(len, containers), dtype=np.int64, count=len(containers))
         parents = np.repeat(np.arange(len(containers)) if ids is None else ids, lens)
         if not len(parents):
