@@ -1,19 +1,17 @@
-"""The rows of one batch read by :class:`~flows.transform.unnest.walk.Schema`, and the final columns.
-
-Contract:
+"""The rows of a batch read by :class:`~flows.transform.unnest.walk.Schema`, and the final columns.
 
 - :func:`place` counts the batch's rows (each instance spans the product, over its star
-  children, of their elements' rows, at least 1 each: an empty list keeps the row) and
+  levels, of their elements' rows, at least 1 each: an empty list keeps the row) and
   raises RowLimitExceededError with the exact count, before anything the size of the rows
-  is allocated, if the rows so far would pass ``max_rows``. It then appends to every column
-  written in the batch the values of the batch's rows (null where a row shows no value).
+  is allocated, if the rows so far would pass ``max_rows``. Then it writes every column's
+  rows (null where a row shows no value of it).
 - :func:`series` makes a column's Series, of the dtype pandas infers from the list of its
   values, except that ints with nulls become float64 only if every int survives as a float
-  (otherwise object: exact ints). A column is null in the batches that did not write it.
+  (otherwise object: exact ints).
 
-How: the rows are built by exploding the star levels one after the other, in path order:
+How: the rows are made by exploding the star levels one after the other, in path order:
 each row showing an instance with elements at the next level becomes one row per element
-(the first level varying slowest), as a few numpy index operations per level.
+(so the first level varies slowest), a few numpy index operations per level.
 """
 
 from __future__ import annotations
@@ -28,41 +26,33 @@ from flows.transform.unnest.walk import SCALAR_KINDS, Column, Node
 MAX_EXACT = 2**53
 """The largest count float64 holds exactly (and the bound of ``max_rows``)."""
 
-# What pandas makes of values that infer_dtype finds all of one kind, without nulls.
-_TYPED = {"integer": np.int64, "floating": np.float64, "boolean": np.bool_}
+_TYPED = {"integer": np.int64, "floating": np.float64, "boolean": np.bool_}  # without nulls
 _STR = pd.Series(["a"]).dtype  # pandas' dtype for strings
 
 
 def place(levels: list[Node], columns: list[Column], records: int, done: int, max_rows: int, growth: float) -> int:
     """Write the rows of a batch of ``records`` records into ``columns``; return their count.
 
-    ``levels``: the root, then the star nodes in path order. ``done``: rows of the earlier
-    batches. RowLimitExceededError if ``done`` plus these would pass ``max_rows``. A column
-    buffer that must grow gets room for ``growth`` times the rows so far.
+    ``levels``: the root, then the star nodes with elements, in path order. ``done``: rows of
+    the earlier batches. A column buffer that must grow gets room for ``growth`` times the
+    rows so far.
     """
     root = levels[0]
-    sizes = {root: records}
-    parents = {}
-    for star in levels[1:]:
-        parents[star] = star.parents
-        sizes[star] = len(star.parents)
-    total = _count(levels, sizes, parents)
-    if done + total > max_rows:
-        total = _count_exactly(levels, sizes)
+    sizes = {root: records, **{star: len(star.parents) for star in levels[1:]}}
+    if done + _count(levels, sizes, float) > max_rows:
         raise RowLimitExceededError(
-            f"unnest would produce at least {done + total:,} rows, more than max_rows={max_rows:,}; "
-            "select fewer list/map paths with columns= or raise max_rows"
+            f"unnest would produce at least {done + _count(levels, sizes, object):,} rows, more than "
+            f"max_rows={max_rows:,}; select fewer list/map paths with columns= or raise max_rows"
         )
 
-    # For every row, the instance of each level it shows (-1: none); root None: row i is record i.
+    # For each row, the instance of each level it shows (-1: none); root None: row i is record i.
     shown: dict[Node, np.ndarray | None] = {root: None}
     rows = records
     for star in levels[1:]:
-        holders = shown[star.parent.level]
-        if holders is None:
-            holders = np.arange(rows)
-        per_parent = np.bincount(parents[star], minlength=sizes[star.parent.level] + 1)  # last: for -1
-        elements = per_parent[holders]
+        above = star.parent.level
+        holders = np.arange(rows) if shown[above] is None else shown[above]
+        per_holder = np.bincount(star.parents, minlength=sizes[above] + 1)  # the last: for -1
+        elements = per_holder[holders]
         repeats = np.maximum(elements, 1)
         grown = int(repeats.sum())
         which: np.ndarray | int = 0  # each row's element among its holder's
@@ -72,20 +62,31 @@ def place(levels: list[Node], columns: list[Column], records: int, done: int, ma
                 shown[level] = np.repeat(np.arange(rows) if instances is None else instances, repeats)
             holders, elements = np.repeat(holders, repeats), np.repeat(elements, repeats)
             rows = grown
-        instance = (np.cumsum(per_parent) - per_parent)[holders] + which
-        shown[star] = np.where(elements > 0, instance, -1)
+        first = np.cumsum(per_holder) - per_holder
+        shown[star] = np.where(elements > 0, first[holders] + which, -1)
 
+    room = int((done + rows) * growth) + 16
     for col in columns:
-        _write(col, shown.get(col.level), sizes.get(col.level, 0), done, rows, int((done + rows) * growth) + 16)
+        _write(col, shown.get(col.level), sizes.get(col.level, 0), done, rows, room)
     return rows
+
+
+def _count(levels: list[Node], sizes: dict[Node, int], dtype: type) -> int | float:
+    """The batch's rows, bottom-up: in float64 (fast, never overflows) or exact Python ints."""
+    count = {level: np.ones(sizes[level], dtype=dtype) for level in levels}
+    for star in reversed(levels[1:]):
+        above = star.parent.level
+        rows = np.zeros(sizes[above], dtype=dtype)
+        np.add.at(rows, star.parents, count[star])
+        count[above] *= np.maximum(rows, 1)
+    return count[levels[0]].sum()
 
 
 def _write(col: Column, instances: np.ndarray | None, size: int, done: int, rows: int, room: int) -> None:
     """Write the batch's ``rows`` rows of ``col`` after the ``done`` rows of earlier batches.
 
     ``instances``: for each row, the instance of the column's level it shows (-1: none;
-    None: row i shows instance i); ``size``: the level's instances in the batch. The
-    column's buffer grows to ``room`` rows if it has less room.
+    None: row i shows instance i); ``size``: the level's instances in the batch.
     """
     if col.buf is None or len(col.buf) < done + rows:
         grown = np.full(room, None, dtype=object)
@@ -95,7 +96,7 @@ def _write(col: Column, instances: np.ndarray | None, size: int, done: int, rows
             col.kinds.add("empty")  # a new column: null in the earlier batches
         col.buf = grown
     if col.values is None:
-        col.kinds.add("empty")  # not in this batch: null
+        col.kinds.add("empty")  # null in this batch
         return
     values = col.values
     if type(values) is not np.ndarray:
@@ -113,34 +114,11 @@ def _write(col: Column, instances: np.ndarray | None, size: int, done: int, rows
     col.kinds.add(kind or _kind(target))
 
 
-def _count(levels: list[Node], sizes: dict, parents: dict) -> float:
-    """The batch's rows, counted bottom-up in float64 (no overflow, exact up to 2**53)."""
-    count = {level: np.ones(sizes[level]) for level in levels}
-    for star in reversed(levels[1:]):
-        above = star.parent.level
-        rows = np.bincount(parents[star], weights=count[star], minlength=sizes[above])
-        count[above] *= np.maximum(rows, 1.0)
-    return float(count[levels[0]].sum())
-
-
-def _count_exactly(levels: list[Node], sizes: dict) -> int:
-    """The batch's rows in Python ints (for the error message of a huge count)."""
-    count = {level: [1] * sizes[level] for level in levels}
-    for star in reversed(levels[1:]):
-        rows = [0] * sizes[star.parent.level]
-        for holder, spans in zip(star.parents.tolist(), count[star], strict=True):
-            rows[holder] += spans
-        above = count[star.parent.level]
-        for i, spans in enumerate(rows):
-            above[i] *= max(1, spans)
-    return sum(count[levels[0]])
-
-
 def _kind(values: np.ndarray) -> str | None:
-    """What the column's final dtype needs to know of these values (read while in the CPU cache).
+    """What the final dtype needs to know of one batch's rows, asked while they are in cache.
 
-    "integer", "floating", "boolean" (all of that kind, no null), "string" (strings and
-    nulls), "empty" (nulls only) or None (anything else).
+    A key of ``_TYPED`` (all of that kind, no null), "string" (strings and nulls), "empty"
+    (nulls only) or None (anything else).
     """
     kind = infer_dtype(values, skipna=False)
     if kind not in SCALAR_KINDS:
