@@ -7,7 +7,6 @@ its rows, and :func:`~flows.transform.unnest.rows.series` makes the final column
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sized
 from itertools import islice
 from typing import Any
@@ -147,7 +146,6 @@ def unnest(
         levels = [node for node in schema.nodes() if node is schema.root or node.parents is not None]
         growth = 2.0 if expected is None else 1.05 * max(expected, read) / read  # room for the rest
         rows += place(levels, schema.columns, len(batch), rows, max_rows, growth)
-        schema.end_batch()
         del batch  # gone before the next batch is read: one batch of input held, not two
 
     index = pd.RangeIndex(rows)
@@ -163,26 +161,22 @@ def _selection(columns: Mapping[str, str] | Iterable[str], sep: str) -> list[tup
     """``columns=`` as (output name, path segments) pairs, in output order; UnnestError if malformed."""
     if isinstance(columns, str | bytes):
         raise UnnestError(f"columns must be a mapping {{name: path}} or a list of paths, not the string {columns!r}")
-    if isinstance(columns, Mapping):
-        pairs = list(columns.items())
-    else:
-        pairs = [(path, path) for path in columns]
-        seen = [name for name, count in Counter(p for p, _ in pairs).items() if count > 1]
-        if seen:
-            raise UnnestError(f"columns lists the path {seen[0]!r} twice")
-    selected = []
+    pairs = columns.items() if isinstance(columns, Mapping) else [(path, path) for path in columns]
+    selected: dict[str, tuple[str, ...]] = {}
     for name, path in pairs:
-        if not isinstance(name, str):
-            raise UnnestError(f"column names must be strings, got {name!r}")
         if not isinstance(path, str):
             raise UnnestError(f"column {name!r}: path {path!r} is not a string; write paths like 'name{sep}official'")
+        if not isinstance(name, str):
+            raise UnnestError(f"column names must be strings, got {name!r}")
+        if name in selected:  # only a list can name one twice
+            raise UnnestError(f"columns lists the path {name!r} twice")
         segments = tuple(path.split(sep))
         if "" in segments:
             raise UnnestError(f"column {name!r}: path {path!r} has an empty segment; write paths like 'name{sep}official'")
         if KEY in segments[:-1]:
             raise UnnestError(f"column {name!r}: '*~' may only end a path, got {path!r}")
-        selected.append((name, segments))
-    return selected
+        selected[name] = segments
+    return list(selected.items())
 
 
 def _batches(records: Iterable[Any], size: int) -> Iterator[list[Mapping]]:

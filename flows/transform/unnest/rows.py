@@ -31,7 +31,9 @@ _STR = pd.Series(["a"]).dtype  # pandas' dtype for strings
 
 
 def place(levels: list[Node], columns: list[Column], records: int, done: int, max_rows: int, growth: float) -> int:
-    """Write the rows of a batch of ``records`` records into ``columns``; return their count.
+    """Write the rows of a batch of ``records`` records into ``columns``, then forget the batch.
+
+    Returns the batch's row count.
 
     ``levels``: the root, then the star nodes with elements, in path order. ``done``: rows of
     the earlier batches. A column buffer that must grow gets room for ``growth`` times the
@@ -68,6 +70,9 @@ def place(levels: list[Node], columns: list[Column], records: int, done: int, ma
     room = int((done + rows) * growth) + 16
     for col in columns:
         _write(col, shown.get(col.level), sizes.get(col.level, 0), done, rows, room)
+        col.values = col.ids = None  # the batch is done
+    for star in levels[1:]:
+        star.parents = None
     return rows
 
 

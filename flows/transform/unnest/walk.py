@@ -90,7 +90,6 @@ class Schema:
         self.seq = 0
         self.root = Node(None, (), 0, False, True)
         self.columns: list[Column] = []
-        self.stars: list[Node] = []
         self._names: dict[str, Column] = {}
 
     # --- the tree -------------------------------------------------------------------------------
@@ -103,30 +102,27 @@ class Schema:
         child = Node(node, (*node.path, segment), self.seq, self.maps if self.full else False, star)
         if star:
             node.star = child
-            self.stars.append(child)
         else:
             node.children[key] = child
         return child
 
-    def _column(self, name: str, level: Node) -> Column:
-        if name in self._names:
-            raise UnnestError(
-                f"two different paths flatten to the column name {name!r} (a key contains the "
-                f"separator {self.sep!r} or is '*' or '*~'); pass a sep= that no key contains"
-            )
-        col = self._names[name] = Column(name, level)
-        self.columns.append(col)
+    def _column(self, node: Node, *, key: bool = False) -> Column:
+        """The column of the scalars at ``node`` (``key``: of star ``node``'s keys), made if new."""
+        col = node.keycol if key else node.col
+        if col is None:
+            name = self.sep.join((*node.path[:-1], KEY) if key else node.path)
+            if name in self._names:
+                raise UnnestError(
+                    f"two different paths flatten to the column name {name!r} (a key contains the "
+                    f"separator {self.sep!r} or is '*' or '*~'); pass a sep= that no key contains"
+                )
+            col = self._names[name] = Column(name, node.level)
+            self.columns.append(col)
+            if key:
+                node.keycol = col
+            else:
+                node.col = col
         return col
-
-    def _col(self, node: Node) -> Column:
-        if node.col is None:
-            node.col = self._column(self.sep.join(node.path), node.level)
-        return node.col
-
-    def _keycol(self, star: Node) -> Column:
-        if star.keycol is None:
-            star.keycol = self._column(self.sep.join((*star.path[:-1], KEY)), star)
-        return star.keycol
 
     def select(self, segments: tuple[str, ...]) -> Column:
         """Selection: the nodes of one selected path, and the column of its values."""
@@ -134,8 +130,8 @@ class Schema:
         for segment in segments[:-1]:
             node = self._step(node, segment)
         if segments[-1] == KEY:
-            return self._keycol(self._step(node, WILDCARD))
-        return self._col(self._step(node, segments[-1]))
+            return self._column(self._step(node, WILDCARD), key=True)
+        return self._column(self._step(node, segments[-1]))
 
     def _step(self, node: Node, segment: str) -> Node:
         if segment == WILDCARD:
@@ -198,7 +194,7 @@ class Schema:
     def _scalars(self, node: Node, values: Any, ids: np.ndarray | None, kind: str | None = None) -> None:
         if node.col is None and not self.full:
             return  # not selected
-        col = self._col(node)
+        col = self._column(node)
         col.values, col.ids, col.kind = values, ids, kind
 
     def _dicts(self, node: Node, dicts: Any, ids: np.ndarray | None, work: list) -> None:
@@ -271,20 +267,13 @@ class Schema:
         elements = np.fromiter(flat, dtype=object, count=len(parents))
         keycol = star.keycol
         if keycol is None and self.full and (maps or maps is None and any(type(c) is dict and c for c in containers)):
-            keycol = self._keycol(star)
+            keycol = self._column(star, key=True)
         if keycol is not None:
             # A map's keys; a list's positions in a selection, None in a full unnest.
             keycol.values = list(chain.from_iterable(containers if maps else (
                 c if type(c) is dict else repeat(None, len(c)) if self.full else range(len(c)) for c in containers
             )))
         work.append((star, elements, None))
-
-    def end_batch(self) -> None:
-        """Forget the batch read (after its rows are placed)."""
-        for col in self.columns:
-            col.values = col.ids = None
-        for star in self.stars:
-            star.parents = None
 
 
 def _detect_map(dicts: Any) -> bool | None:
