@@ -1,13 +1,9 @@
 """Turn JSON records (any nesting of dicts and lists) into one flat pandas DataFrame.
 
-The one public function is :func:`unnest`; its docstring is the contract. It is pure: no
-I/O, no Prefect, no global state. The parts, each with its contract in its docstring:
-
-- :mod:`flows.transform.unnest.api`: :func:`unnest` itself: arguments, batches, the frame;
-- :mod:`flows.transform.unnest.walk`: the tree of paths, and one batch read along it
-  record by record into each column's values and each list's or map's elements;
-- :mod:`flows.transform.unnest.rows`: the batch's rows (their count, the row limit, the
-  cross products) and the final columns with their dtypes.
+The one public function is :func:`unnest` (:mod:`~flows.transform.unnest.api`); its
+docstring is the contract. Pure: no I/O, no Prefect, no global state. Its parts:
+:mod:`~flows.transform.unnest.walk` reads a batch of records along the tree of their paths,
+:mod:`~flows.transform.unnest.rows` makes the batch's rows and the final columns.
 """
 
 from flows.transform.unnest.api import DEFAULT_MAX_ROWS, unnest

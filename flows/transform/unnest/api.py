@@ -34,87 +34,72 @@ def unnest(
 ) -> pd.DataFrame:
     """Flatten JSON records into one DataFrame with no dict or list left in any cell.
 
-    **Input.** ``records`` is any iterable of dicts (JSON objects) nesting dicts, lists and
-    scalars arbitrarily deep; it is read once, ``batch_size`` records at a time, so a
-    generator is never held whole (only one batch of input at a time). A record that is not a
-    dict (a Mapping is accepted) raises :class:`UnnestError` naming its index. Depth is
-    unlimited (no recursion).
+    **Input.** ``records``: any iterable of dicts (JSON objects; any Mapping) nesting dicts,
+    lists (or tuples) and scalars to any depth (no recursion). It is read once, ``batch_size``
+    records at a time, so a generator is never held whole. A record that is not a dict
+    raises :class:`UnnestError` naming its index.
 
     **Paths and columns.** A *path* names where a value sits: dict keys joined by ``sep``
     (``name.official``); ``*`` stands for the elements of a list or the values of a data-keyed
-    map (``currencies.*.name``); ``*~`` as the last segment stands for the *key* of those
-    entries: the map key (``currencies.*~`` is ``DKK``), or the 0-based position in a list.
-    Every output column is named by (or, with ``columns=``, selects) one such path, and holds
-    exactly the scalars (str, int, float, bool, None, or any other non-dict, non-list object)
-    found at that path. Values are never coerced from one path to another.
+    map (``currencies.*.name``); ``*~`` as the last segment for their *key*: the map key
+    (``currencies.*~`` is ``DKK``), or the 0-based position in a list. Each output column is
+    named by (or, with ``columns=``, selects) one path, and holds exactly the scalars (any
+    value but a dict or list, None included) found there; values never move between paths.
 
     **Rows.** Each record gives one or more rows, in input order:
 
     - a nested dict adds columns, not rows;
     - a list gives one row per element (list order), a data-keyed map one row per entry
       (insertion order), with the record's other values repeated on each;
-    - sibling lists/maps within one record are independent and multiply (a cross product,
-      like SQL lateral joins), so every value appears: ``{"a": [1, 2], "b": ["x", "y"]}``
-      gives rows (1, x), (1, y), (2, x), (2, y). Sibling lists nest in path order (depth
-      first, keys in first-seen order; with ``columns=``, in the order the paths are first
-      mentioned), the first varying slowest: in a full unnest, the list whose columns come
-      first;
-    - an empty list or dict, a missing key, or a path where a record holds a different kind of
-      value keeps the row, with null in the columns below that path (like a LEFT JOIN); it
-      never drops a record. A null is a scalar: it gives null at its own path.
+    - sibling lists/maps multiply (a cross product, like SQL lateral joins), so every value
+      appears: ``{"a": [1, 2], "b": ["x", "y"]}`` gives rows (1, x), (1, y), (2, x), (2, y).
+      They nest in path order (depth first, keys in first-seen order; with ``columns=``, in
+      the order the paths are first mentioned), the first varying slowest;
+    - an empty list or dict, a missing key, or a path where a record holds another kind of
+      value keeps the row, with null in the columns below that path (like a LEFT JOIN); no
+      record is ever dropped. A null is a scalar: null at its own path.
 
     **Mixed types at one path.** A scalar at ``P`` goes to column ``P``, a dict's keys to
-    ``P.key`` (or ``P.*~``/``P.*`` if ``P`` is a map), a list's elements to ``P.*``. So a path
-    holding a scalar in one record, a dict in another and a list in a third gives all three
-    kinds of columns, each null where the record held another kind.
+    ``P.key`` (or ``P.*~``/``P.*`` if ``P`` is a map), a list's elements to ``P.*``, each
+    column null where the record held another kind.
 
-    **Data-keyed maps** (full unnest only, ``columns=None``). A dict whose keys are data
-    (currency codes, language codes, years) rather than field names is a *map*: one row per
-    entry, its key in column ``P.*~``, its values under ``P.*``. Detection rule, per path:
-    in the first batch where the path holds a non-empty dict, it is a map when it holds a
-    non-empty dict at least twice and no key appears in more than half of those dicts
-    (field names recur in every record; codes vary). Once decided, a path keeps its decision
-    for the whole call. ``maps=False`` turns detection off (every dict is plain, as in
-    ``pandas.json_normalize``); ``maps=True`` makes every dict below the record a map. The
-    record itself is never a map.
+    **Data-keyed maps** (full unnest only). A dict whose keys are data (currency codes,
+    years) rather than field names is a *map*: one row per entry, its key in column ``P.*~``,
+    its values under ``P.*``. Per path, in the first batch where it holds a non-empty dict:
+    a map if it holds a non-empty dict at least twice and no key is in more than half of
+    them; the decision then holds for the whole call. ``maps=False``: no maps (as in
+    ``pandas.json_normalize``); ``maps=True``: every dict below the record is a map.
 
-    **Selecting columns.** ``columns`` selects and names the output columns: a mapping
-    ``{output name: path}`` (output in that order), or an iterable of paths (each named by
-    itself). Only the selected paths are read: other branches are not walked and their lists
-    never multiply rows. In a selected path, ``*`` explodes a list, and also a dict, which it
-    declares a map (so ``currencies.*.name`` works whether ``currencies`` is a list of
-    ``{"code", "name"}`` dicts or a dict keyed by code; ``maps`` does not apply and may not be
-    given). A path ending in ``*~`` selects the map key / list position. A path whose value is
-    a dict or list in some record gives null there. A selected path found in no record gives
-    an all-null column. Keys containing ``sep``, or equal to ``*`` or ``*~``, cannot be
-    selected: pass another ``sep``.
+    **Selecting columns.** ``columns``: a mapping ``{output name: path}`` (output in that
+    order), or an iterable of paths (each named by itself). Only the selected paths are read:
+    other branches are not walked and their lists never multiply rows. A selected ``*``
+    explodes a list, and also a dict, which it declares a map (``currencies.*.name`` reads a
+    list of ``{"code", "name"}`` dicts or a dict keyed by code alike; ``maps`` may not be
+    given); ``*~`` selects the map key / list position. A path holding a dict or list in some
+    record gives null there; a path found nowhere, an all-null column. Keys containing
+    ``sep``, ``*`` or ``*~`` cannot be selected: pass another ``sep``.
 
-    **Full unnest** (``columns=None``): every scalar path becomes a column, named by its path
-    (``tld.*``, ``currencies.*~``, ``currencies.*.name``), so any column name can be passed
-    back as a path in ``columns=`` to select those values (a selected ``*`` also reads as a
-    map any dict at that level, so it may find more). Columns are ordered by first-seen key,
-    depth first, a map's ``*~`` column before its values. ``P.*~`` exists for each map path
-    ``P`` and holds the map keys (lists found at ``P`` give null there: their order is the
-    row order). If two different paths would give the same column name (a key containing
-    ``sep``), UnnestError asks for another ``sep``.
+    **Full unnest** (``columns=None``): every scalar path becomes a column named by its path
+    (``tld.*``, ``currencies.*~``, ``currencies.*.name``), which ``columns=`` accepts back to
+    select those values (a selected ``*`` may find more: it reads any dict there as a map).
+    Columns are in first-seen key order, depth first, a map's ``*~`` column before its
+    values; in ``P.*~``, lists found at ``P`` give null. Two paths giving one column name (a
+    key containing ``sep``) raise UnnestError asking for another ``sep``.
 
-    **Output.** A DataFrame with a RangeIndex. Each column's dtype is what pandas infers
-    from the list of its Python values (``pandas.Series(values)``): int64 for ints without
-    nulls, float64 for floats and for ints with nulls (unless an int would lose precision as a
-    float: then object), bool without nulls, ``str`` for strings (nulls are NaN), object for
-    mixed values or only nulls. No records gives an empty frame (no columns for a full
-    unnest, the selected columns otherwise).
+    **Output.** A DataFrame with a RangeIndex. Each column's dtype is what pandas infers from
+    the list of its values (``pandas.Series(values)``): int64 for ints without nulls, float64
+    for floats and for ints with nulls (object if an int would lose precision as a float),
+    bool without nulls, ``str`` for strings (nulls are NaN), object for mixed values or only
+    nulls. No records: an empty frame (no columns for a full unnest, else the selected ones).
 
-    **Row limit.** The rows are counted before they are built, batch by batch: as soon as the
+    **Row limit.** Rows are counted before they are built, batch by batch: as soon as the
     records read so far would give more than ``max_rows`` rows, :class:`RowLimitExceededError`
-    is raised (saying the count reached, the bound and what to do); no more than ``max_rows``
-    rows are ever held, and no DataFrame is built. A single record whose lists multiply to an
-    astronomical count is refused at once, its rows never built.
+    says the count, the bound and what to do; no more than ``max_rows`` rows are ever held. A
+    record whose lists multiply to an astronomical count is refused without building them.
 
-    **Batches.** ``batch_size`` (default 1,000) records are read at a time: it bounds the input
-    held, and is the sample that decides a path's maps (see above). Rows, values and dtypes
-    do not depend on it otherwise (column order can, where one path holds both dicts and
-    lists: their columns come in the order first met).
+    **Batches.** ``batch_size`` (default 1,000) bounds the input held and is the sample that
+    decides maps. Rows, values and dtypes do not depend on it otherwise (column order can,
+    where one path holds both dicts and lists: their columns come in the order first met).
 
     Raises:
         UnnestError: a record is not a dict; a path is malformed; ``maps`` given with

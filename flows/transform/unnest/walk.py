@@ -208,19 +208,16 @@ class Schema:
 
     def _fields(self, node: Node, dicts: Any, ids: np.ndarray | None, work: list) -> None:
         """Plain dicts at ``node``: queue each key's values (only the selected keys' in a selection)."""
-        n = len(dicts)
-        if not self.full:
-            keys = tuple(node.children)
-        elif len(node.keys) > 1 and self._read_all(node, node.keys, dicts, ids, work):
+        if self.full and len(node.keys) > 1 and self._read_all(node, node.keys, dicts, ids, work):
             return  # the same keys as last batch
-        else:
-            keys = tuple(dict.fromkeys(chain.from_iterable(dicts)))
-            for key in keys:
-                if key not in node.children:
-                    self._child(node, key)
+        keys = tuple(dict.fromkeys(chain.from_iterable(dicts)) if self.full else node.children)
+        for key in keys:
+            if key not in node.children:
+                self._child(node, key)
         node.keys = keys
         if len(keys) > 1 and self._read_all(node, keys, dicts, ids, work):
             return
+        n = len(dicts)
         for key in keys:
             present = np.fromiter(map(contains, dicts, repeat(key)), dtype=bool, count=n)
             if present.all():
