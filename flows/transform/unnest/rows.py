@@ -1,17 +1,10 @@
 """The rows of a batch read by :class:`~flows.transform.unnest.walk.Schema`, and the final columns.
 
-- :func:`place` counts the batch's rows (each instance spans the product, over its star
-  levels, of their elements' rows, at least 1 each: an empty list keeps the row) and
-  raises RowLimitExceededError with the exact count, before anything the size of the rows
-  is allocated, if the rows so far would pass ``max_rows``. Then it writes every column's
-  rows (null where a row shows no value of it).
-- :func:`series` makes a column's Series, of the dtype pandas infers from the list of its
-  values, except that ints with nulls become float64 only if every int survives as a float
-  (otherwise object: exact ints).
-
-How: the rows are made by exploding the star levels one after the other, in path order:
-each row showing an instance with elements at the next level becomes one row per element
-(so the first level varies slowest), a few numpy index operations per level.
+:func:`place` counts the batch's rows, refusing past ``max_rows`` before building any
+(RowLimitExceededError), then writes each column's rows; :func:`series` makes a column's
+Series, of the dtype the unnest docstring promises. The rows are made by exploding the star
+levels one after the other, in path order: each row showing an instance with elements at
+the next level becomes one row per element (so the first level varies slowest).
 """
 
 from __future__ import annotations
