@@ -92,8 +92,6 @@ class Schema:
         self.columns: list[Column] = []
         self._names: dict[str, Column] = {}
 
-    # --- the tree -------------------------------------------------------------------------------
-
     def _child(self, node: Node, key: Any, *, star: bool = False) -> Node:
         """A new node below ``node``: the one for ``key``, or its star node."""
         self.seq += 1
@@ -149,8 +147,6 @@ class Schema:
             below = [*node.children.values(), *([node.star] if node.star else [])]
             stack.extend(sorted(below, key=attrgetter("seq"), reverse=True))
         return out
-
-    # --- reading a batch ------------------------------------------------------------------------
 
     def walk(self, records: list[Mapping]) -> None:
         """Read one batch of records into the columns and star nodes (see the module docstring)."""
