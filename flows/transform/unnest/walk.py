@@ -188,10 +188,9 @@ class Schema:
             self._scalars(node, list(compress(values, kinds == _SCALAR)), ids[kinds == _SCALAR])
 
     def _scalars(self, node: Node, values: Any, ids: np.ndarray | None, kind: str | None = None) -> None:
-        if node.col is None and not self.full:
-            return  # not selected
-        col = self._column(node)
-        col.values, col.ids, col.kind = values, ids, kind
+        if node.col is not None or self.full:  # else not selected
+            col = self._column(node)
+            col.values, col.ids, col.kind = values, ids, kind
 
     def _dicts(self, node: Node, dicts: Any, ids: np.ndarray | None, work: list) -> None:
         """Dicts at ``node``: maps explode into rows; plain dicts give their keys' values."""
@@ -274,7 +273,4 @@ def _detect_map(dicts: Any) -> bool | None:
     nonempty = [d for d in dicts if d]
     if not nonempty:
         return None
-    if len(nonempty) < 2:
-        return False
-    most = max(Counter(chain.from_iterable(nonempty)).values())
-    return most * 2 <= len(nonempty)
+    return len(nonempty) >= 2 and max(Counter(chain.from_iterable(nonempty)).values()) * 2 <= len(nonempty)
