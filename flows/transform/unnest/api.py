@@ -1,29 +1,23 @@
 """The public entry point: :func:`unnest` (its docstring is the contract), its arguments checked.
 
-:func:`unnest` checks its arguments, then feeds the records batch by batch through the
-parts of the package: :class:`~flows.transform.unnest.walk.Walker` reads a batch along the
-:class:`~flows.transform.unnest.paths.PathTree`, :mod:`~flows.transform.unnest.layout` counts and places its
-rows, and the :class:`~flows.transform.unnest.columns.ColumnSet` writes and finally converts the
-columns. Pure: no I/O, no Prefect, no global state.
+It reads the records batch by batch: :class:`~flows.transform.unnest.walk.Schema` reads a
+batch along the tree of paths, :func:`~flows.transform.unnest.rows.place` counts and writes
+its rows, and :func:`~flows.transform.unnest.rows.series` makes the final columns.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Iterable, Mapping, Sized
+from collections.abc import Iterable, Iterator, Mapping, Sized
 from itertools import islice
 from typing import Any
 
 import pandas as pd
 
 from flows.errors import UnnestError
-from flows.transform.unnest.columns import MAX_EXACT, ColumnSet
-from flows.transform.unnest.layout import count_rows, placed
-from flows.transform.unnest.paths import KEY, WILDCARD, PathTree
-from flows.transform.unnest.values import DICT_ONLY
-from flows.transform.unnest.walk import Walker
+from flows.transform.unnest.rows import MAX_EXACT, place, series
+from flows.transform.unnest.walk import KEY, WILDCARD, Schema
 
-__all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_MAX_ROWS", "unnest"]
+__all__ = ["DEFAULT_MAX_ROWS", "unnest"]
 
 DEFAULT_MAX_ROWS = 10_000_000
 DEFAULT_BATCH_SIZE = 1_000
@@ -33,101 +27,84 @@ def unnest(
     records: Iterable[Mapping[str, Any]],
     columns: Mapping[str, str] | Iterable[str] | None = None,
     *,
-    maps: Mapping[str, bool] | bool | None = None,
+    maps: bool | None = None,
     max_rows: int = DEFAULT_MAX_ROWS,
     sep: str = ".",
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> pd.DataFrame:
     """Flatten JSON records into one DataFrame with no dict or list left in any cell.
 
-    **Input.** ``records`` is any iterable of dicts (JSON objects) nesting dicts, lists and
-    scalars arbitrarily deep; it is read once, ``batch_size`` records at a time, so a
-    generator is never held whole (only one batch of input at a time). A record that is not a
-    dict (a Mapping is accepted) raises :class:`UnnestError` naming its index. Depth is
-    unlimited (no recursion).
+    **Input.** ``records``: any iterable of dicts (JSON objects; any Mapping) nesting dicts,
+    lists (or tuples) and scalars to any depth (no recursion). It is read once, ``batch_size``
+    records at a time, so a generator is never held whole. A record that is not a dict
+    raises :class:`UnnestError` naming its index.
 
     **Paths and columns.** A *path* names where a value sits: dict keys joined by ``sep``
     (``name.official``); ``*`` stands for the elements of a list or the values of a data-keyed
-    map (``currencies.*.name``); ``*~`` as the last segment stands for the *key* of those
-    entries: the map key (``currencies.*~`` is ``DKK``), or the 0-based position in a list.
-    Every output column is named by (or, with ``columns=``, selects) one such path, and holds
-    exactly the scalars (str, int, float, bool, None, or any other non-dict, non-list object)
-    found at that path. Values are never coerced from one path to another.
+    map (``currencies.*.name``); ``*~`` as the last segment for their *key*: the map key
+    (``currencies.*~`` is ``DKK``), or the 0-based position in a list. Each output column is
+    named by (or, with ``columns=``, selects) one path, and holds exactly the scalars (any
+    value but a dict or list, None included) found there; values never move between paths.
 
     **Rows.** Each record gives one or more rows, in input order:
 
     - a nested dict adds columns, not rows;
     - a list gives one row per element (list order), a data-keyed map one row per entry
       (insertion order), with the record's other values repeated on each;
-    - sibling lists/maps within one record are independent and multiply (a cross product,
-      like SQL lateral joins), so every value appears: ``{"a": [1, 2], "b": ["x", "y"]}``
-      gives rows (1, x), (1, y), (2, x), (2, y). Sibling lists nest in path order (depth
-      first, keys in first-seen order; with ``columns=``, in the order the paths are first
-      mentioned), the first varying slowest: in a full unnest, the list whose columns come
-      first;
-    - an empty list or dict, a missing key, or a path where a record holds a different kind of
-      value keeps the row, with null in the columns below that path (like a LEFT JOIN); it
-      never drops a record. A null is a scalar: it gives null at its own path.
+    - sibling lists/maps multiply (a cross product, like SQL lateral joins), so every value
+      appears: ``{"a": [1, 2], "b": ["x", "y"]}`` gives rows (1, x), (1, y), (2, x), (2, y).
+      They nest in path order (depth first, keys in first-seen order; with ``columns=``, in
+      the order the paths are first mentioned), the first varying slowest;
+    - an empty list or dict, a missing key, or a path where a record holds another kind of
+      value keeps the row, with null in the columns below that path (like a LEFT JOIN); no
+      record is ever dropped. A null is a scalar: null at its own path.
 
     **Mixed types at one path.** A scalar at ``P`` goes to column ``P``, a dict's keys to
-    ``P.key`` (or ``P.*~``/``P.*`` if ``P`` is a map), a list's elements to ``P.*``. So a path
-    holding a scalar in one record, a dict in another and a list in a third gives all three
-    kinds of columns, each null where the record held another kind.
+    ``P.key`` (or ``P.*~``/``P.*`` if ``P`` is a map), a list's elements to ``P.*``, each
+    column null where the record held another kind.
 
-    **Data-keyed maps** (full unnest only, ``columns=None``). A dict whose keys are data
-    (currency codes, language codes, years) rather than field names is a *map*: one row per
-    entry, its key in column ``P.*~``, its values under ``P.*``. Detection rule, per path:
-    in the first batch where the path holds a non-empty dict, it is a map when it holds a
-    non-empty dict at least twice and no key appears in more than half of those dicts
-    (field names recur in every record; codes vary). Once decided, a path keeps its decision
-    for the whole call. ``maps`` overrides: a mapping of paths (``*`` for list/map levels, e.g.
-    ``{"name.nativeName": True, "flags": False}``) to True (map) or False (plain dict),
-    unlisted paths being detected; ``maps=False`` turns detection off (every dict is plain,
-    as in ``pandas.json_normalize``); ``maps=True`` makes every dict below the record a map.
-    The record itself is never a map.
+    **Data-keyed maps** (full unnest only). A dict whose keys are data (currency codes,
+    years) rather than field names is a *map*: one row per entry, its key in column ``P.*~``,
+    its values under ``P.*``. Per path, in the first batch where it holds a non-empty dict:
+    a map if it holds a non-empty dict at least twice and no key is in more than half of
+    them; the decision then holds for the whole call. ``maps=False``: no maps (as in
+    ``pandas.json_normalize``); ``maps=True``: every dict below the record is a map.
 
-    **Selecting columns.** ``columns`` selects and names the output columns: a mapping
-    ``{output name: path}`` (output in that order), or an iterable of paths (each named by
-    itself). Only the selected paths are read: other branches are not walked and their lists
-    never multiply rows. In a selected path, ``*`` explodes a list, and also a dict, which it
-    declares a map (so ``currencies.*.name`` works whether ``currencies`` is a list of
-    ``{"code", "name"}`` dicts or a dict keyed by code; ``maps`` does not apply and may not be
-    given). A path ending in ``*~`` selects the map key / list position. A path whose value is
-    a dict or list in some record gives null there. A selected path found in no record gives
-    an all-null column. Keys containing ``sep``, or equal to ``*`` or ``*~``, cannot be
-    selected: pass another ``sep``.
+    **Selecting columns.** ``columns``: a mapping ``{output name: path}`` (output in that
+    order), or an iterable of paths (each named by itself). Only the selected paths are read:
+    other branches are not walked and their lists never multiply rows. A selected ``*``
+    explodes a list, and also a dict, which it declares a map (``currencies.*.name`` reads a
+    list of ``{"code", "name"}`` dicts or a dict keyed by code alike; ``maps`` may not be
+    given); ``*~`` selects the map key / list position. A path holding a dict or list in some
+    record gives null there; a path found nowhere, an all-null column. Keys containing
+    ``sep``, ``*`` or ``*~`` cannot be selected: pass another ``sep``.
 
-    **Full unnest** (``columns=None``): every scalar path becomes a column, named by its path
-    (``tld.*``, ``currencies.*~``, ``currencies.*.name``), so any column name can be passed
-    back as a path in ``columns=`` to select those values (a selected ``*`` also reads as a
-    map any dict at that level, so it may find more). Columns are ordered by first-seen key,
-    depth first, a map's ``*~`` column before its values. ``P.*~`` exists for each map path
-    ``P`` and holds the map keys (lists found at ``P`` give null there: their order is the
-    row order). If two different paths would give the same column name (a key containing
-    ``sep``), UnnestError asks for another ``sep``.
+    **Full unnest** (``columns=None``): every scalar path becomes a column named by its path
+    (``tld.*``, ``currencies.*~``, ``currencies.*.name``), which ``columns=`` accepts back to
+    select those values (a selected ``*`` may find more: it reads any dict there as a map).
+    Columns are in first-seen key order, depth first, a map's ``*~`` column before its
+    values; in ``P.*~``, lists found at ``P`` give null. Two paths giving one column name (a
+    key containing ``sep``) raise UnnestError asking for another ``sep``.
 
-    **Output.** A DataFrame with a RangeIndex. Each column's dtype is what pandas infers
-    from the list of its Python values (``pandas.Series(values)``): int64 for ints without
-    nulls, float64 for floats and for ints with nulls (unless an int would lose precision as a
-    float: then object), bool without nulls, ``str`` for strings (nulls are NaN), object for
-    mixed values or only nulls. No records gives an empty frame (no columns for a full
-    unnest, the selected columns otherwise).
+    **Output.** A DataFrame with a RangeIndex. Each column's dtype is what pandas infers from
+    the list of its values (``pandas.Series(values)``): int64 for ints without nulls, float64
+    for floats and for ints with nulls (object if an int would lose precision as a float),
+    bool without nulls, ``str`` for strings (nulls are NaN), object for mixed values or only
+    nulls. No records: an empty frame (no columns for a full unnest, else the selected ones).
 
-    **Row limit.** The rows are counted before they are built, batch by batch: as soon as the
+    **Row limit.** Rows are counted before they are built, batch by batch: as soon as the
     records read so far would give more than ``max_rows`` rows, :class:`RowLimitExceededError`
-    is raised (saying the count reached, the bound and what to do); no more than ``max_rows``
-    rows are ever held, and no DataFrame is built. A single record whose lists multiply to an
-    astronomical count is refused at once, its rows never built.
+    says the count, the bound and what to do; no more than ``max_rows`` rows are ever held. A
+    record whose lists multiply to an astronomical count is refused without building them.
 
-    **Batches.** ``batch_size`` (default 1,000) records are read at a time: it bounds the input
-    held, and is the sample that decides a path's maps (see above). Rows, values and dtypes
-    do not depend on it otherwise (column order can, where one path holds both dicts and
-    lists: their columns come in the order first met).
+    **Batches.** ``batch_size`` (default 1,000) bounds the input held and is the sample that
+    decides maps. Rows, values and dtypes do not depend on it otherwise (column order can,
+    where one path holds both dicts and lists: their columns come in the order first met).
 
     Raises:
-        UnnestError: a record is not a dict; a path or ``maps`` entry is malformed; ``maps``
-            given with ``columns``; an argument has the wrong type or range; two paths give
-            one column name.
+        UnnestError: a record is not a dict; a path is malformed; ``maps`` given with
+            ``columns``; an argument has the wrong type or range; two paths give one column
+            name.
         RowLimitExceededError: the output would exceed ``max_rows`` rows.
     """
     if not isinstance(sep, str) or not sep or WILDCARD in sep or "~" in sep:
@@ -136,106 +113,59 @@ def unnest(
         raise UnnestError(f"max_rows must be an int from 0 to 2**53, got {max_rows!r}")
     if type(batch_size) is not int or batch_size < 1:
         raise UnnestError(f"batch_size must be a positive int, got {batch_size!r}")
-    if columns is None:
-        selected = None
-        overrides = _overrides(maps, sep)
-    elif maps is not None:
+    if maps is not None and type(maps) is not bool:
+        raise UnnestError(f"maps must be True, False or None, got {maps!r}")
+    if columns is not None and maps is not None:
         raise UnnestError(
             "maps= applies only to a full unnest (columns=None); in columns= a '*' path segment declares the map"
         )
-    else:
-        selected = _selection(columns, sep)
-        overrides = None
+    selected = None if columns is None else _selection(columns, sep)
 
-    out = ColumnSet(sep, len(records) if isinstance(records, Sized) else None)
-    tree = PathTree(full=selected is None, maps=overrides, sep=sep, columns=out)
-    chosen = {segments: tree.select(segments) for _, segments in selected or ()}
-    walker = Walker(tree)
+    schema = Schema(full=selected is None, maps=maps, sep=sep)
+    chosen = [(name, schema.select(segments)) for name, segments in selected or ()]
+    expected = len(records) if isinstance(records, Sized) else None
+    rows = read = 0
     for batch in _batches(records, batch_size):
-        _add_batch(walker, out, batch, max_rows)
+        schema.walk(batch)
+        read += len(batch)
+        levels = [node for node in schema.nodes() if node is schema.root or node.parents is not None]
+        growth = 2.0 if expected is None else 1.05 * max(expected, read) / read  # room for the rest
+        rows += place(levels, schema.columns, len(batch), rows, max_rows, growth)
         del batch  # gone before the next batch is read: one batch of input held, not two
 
-    index = pd.RangeIndex(out.rows)
+    index = pd.RangeIndex(rows)
     if selected is None:
-        data = {col.name: out.series(col) for col in tree.ordered_columns()}
+        data = {col.name: series(col, rows) for node in schema.nodes() for col in (node.keycol, node.col) if col}
     else:
-        by_path = {segments: out.series(col) for segments, col in chosen.items()}
-        data = {name: by_path[segments] for name, segments in selected}
+        made = {id(col): series(col, rows) for col in {id(col): col for _, col in chosen}.values()}
+        data = {name: made[id(col)] for name, col in chosen}
     return pd.DataFrame(data, index=index, copy=False) if data else pd.DataFrame(index=index)
-
-
-def _add_batch(walker: Walker, out: ColumnSet, batch: list[dict], max_rows: int) -> None:
-    """Walk one batch, count its rows (refusing past ``max_rows``), and write its columns."""
-    levels, leaves = walker.walk(batch)
-    rows = count_rows(levels, out.rows, max_rows)
-    out.reserve(rows, len(batch))
-    by_level: dict[int, list] = {}
-    for leaf in leaves:
-        by_level.setdefault(id(leaf[1]), []).append(leaf)
-    for level in placed(levels, rows):
-        for col, _, where, values, inferred in by_level.get(id(level), ()):
-            out.write(
-                col, values, inferred, where=where, n=level.n, inst=level.inst, complete=level.complete, rows=rows
-            )
-    out.end_batch(rows, {id(leaf[0]) for leaf in leaves})
 
 
 def _selection(columns: Mapping[str, str] | Iterable[str], sep: str) -> list[tuple[str, tuple[str, ...]]]:
     """``columns=`` as (output name, path segments) pairs, in output order; UnnestError if malformed."""
     if isinstance(columns, str | bytes):
         raise UnnestError(f"columns must be a mapping {{name: path}} or a list of paths, not the string {columns!r}")
-    if isinstance(columns, Mapping):
-        pairs = list(columns.items())
-    else:
-        pairs = [(path, path) for path in columns]
-        seen = [name for name, count in Counter(p for p, _ in pairs).items() if count > 1]
-        if seen:
-            raise UnnestError(f"columns lists the path {seen[0]!r} twice")
-    selected = []
+    pairs = columns.items() if isinstance(columns, Mapping) else [(path, path) for path in columns]
+    selected: dict[str, tuple[str, ...]] = {}
     for name, path in pairs:
+        if not isinstance(path, str):
+            raise UnnestError(f"column {name!r}: path {path!r} is not a string; write paths like 'name{sep}official'")
         if not isinstance(name, str):
             raise UnnestError(f"column names must be strings, got {name!r}")
-        segments = _split(path, sep, f"column {name!r}")
+        if name in selected:  # only a list can name one twice
+            raise UnnestError(f"columns lists the path {name!r} twice")
+        segments = tuple(path.split(sep))
+        if "" in segments:
+            raise UnnestError(f"column {name!r}: path {path!r} has an empty segment; write paths like 'name{sep}official'")
         if KEY in segments[:-1]:
             raise UnnestError(f"column {name!r}: '*~' may only end a path, got {path!r}")
-        selected.append((name, segments))
-    return selected
+        selected[name] = segments
+    return list(selected.items())
 
 
-def _overrides(maps: Mapping[str, bool] | bool | None, sep: str) -> Mapping[tuple[str, ...], bool] | bool | None:
-    """``maps=`` with its paths as segments; UnnestError if malformed."""
-    if isinstance(maps, bool) or maps is None:
-        return maps
-    if not isinstance(maps, Mapping):
-        raise UnnestError(f"maps must be a mapping {{path: bool}}, a bool or None, got {type(maps).__name__}")
-    overrides = {}
-    for path, flag in maps.items():
-        segments = _split(path, sep, "maps")
-        if KEY in segments:
-            raise UnnestError(f"maps: path {path!r} may not contain '*~' (a key is not a dict)")
-        if type(flag) is not bool:
-            raise UnnestError(f"maps: {path!r} must map to True or False, got {flag!r}")
-        overrides[segments] = flag
-    return overrides
-
-
-def _split(path: Any, sep: str, what: str) -> tuple[str, ...]:
-    """A path string as its segments; UnnestError if it is not a well-formed path."""
-    if not isinstance(path, str):
-        raise UnnestError(f"{what}: path {path!r} is not a string; write paths like 'name{sep}official'")
-    segments = tuple(path.split(sep))
-    if not path or "" in segments:
-        raise UnnestError(f"{what}: path {path!r} has an empty segment; write paths like 'name{sep}official'")
-    return segments
-
-
-def _batches(records: Iterable[Any], size: int) -> Iterable[list[dict]]:
-    """The records in lists of up to ``size``, each record checked to be a dict.
-
-    A batch is let go before the next is read, so that while a generator makes the next
-    records (allocating many containers, which sets the garbage collector off) the previous
-    batch is no longer there for the collector to scan.
-    """
+def _batches(records: Iterable[Any], size: int) -> Iterator[list[Mapping]]:
+    """The records in lists of up to ``size``, each record checked to be a Mapping."""
     if isinstance(records, Mapping | str | bytes):
         raise UnnestError(
             f"records must be an iterable of dicts, got a single {type(records).__name__}; wrap one record in a list"
@@ -246,15 +176,12 @@ def _batches(records: Iterable[Any], size: int) -> Iterable[list[dict]]:
         raise UnnestError(f"records must be an iterable of dicts, got {type(records).__name__}") from None
     done = 0
     while batch := list(islice(iterator, size)):
-        if set(map(type, batch)) != DICT_ONLY:
-            for i, record in enumerate(batch):
-                if type(record) is not dict:
-                    if not isinstance(record, Mapping):
-                        raise UnnestError(
-                            f"record {done + i} is a {type(record).__name__}, expected a dict "
-                            "(a JSON object); pass an iterable of dicts"
-                        )
-                    batch[i] = dict(record)
+        for i, record in enumerate(batch if set(map(type, batch)) != {dict} else ()):
+            if not isinstance(record, Mapping):
+                raise UnnestError(
+                    f"record {done + i} is a {type(record).__name__}, expected a dict (a JSON object); "
+                    "pass an iterable of dicts"
+                )
         done += len(batch)
         yield batch
         del batch  # not held while the next batch is read
