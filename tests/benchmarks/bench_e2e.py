@@ -262,7 +262,7 @@ def _table_rows(pg_dir: Path) -> list[tuple]:
     db = local.database_status(pg_dir)
     if db is None:
         raise AssertionError(f"the embedded PostgreSQL in {pg_dir} is not running after the run")
-    conn = psycopg2.connect(host=db.socket_dir, user=db.user, dbname=db.database)
+    conn = psycopg2.connect(db.psql_url)
     try:
         with conn.cursor() as cur:
             cur.execute(f'SELECT nation_official_name, currency_name, population FROM "{TABLE}"')

@@ -83,7 +83,7 @@ def _psql_dsn(pg_dir: Path) -> str:
     db = local.database_status(pg_dir)
     if db is None:
         raise RuntimeError(f"the embedded PostgreSQL in {pg_dir} is not running")
-    return f"host={db.socket_dir} user={db.user} dbname={db.database}"
+    return db.psql_url
 
 
 def _same_rows(dsn: str, ours: str, theirs: str) -> int:
