@@ -69,8 +69,8 @@ from tests.e2e_support import (
 from tests.expected import EXPECTED_NORTHERN_EUROPE, NORTHERN_EUROPE_COUNTRIES
 from tests.fake_api import FakeRestCountries, Fault
 
-# One pytest-xdist worker runs every test that starts servers and workers of its own, one after the other:
-# two such scenarios side by side on 2 cores starve each other's Prefect server (SQLite "database is locked").
+# With test_local, one pytest-xdist worker (group "servers"), one test after the other; test_operations_e2e
+# runs beside it on another worker (group "ops-e2e").
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("servers")]
 
 DB_BLOCK = "countries-db"

@@ -25,7 +25,7 @@ from flows.ops import local
 from tests.conftest import REPO_ROOT
 
 
-# Starts servers of its own: on the same pytest-xdist worker as the end-to-end tests (see test_operations_e2e).
+# Starts servers of its own: on one pytest-xdist worker with test_deployment_e2e (group "servers").
 pytestmark = pytest.mark.xdist_group("servers")
 
 @pytest.fixture(scope="module")

@@ -67,9 +67,10 @@ from tests.expected import EXPECTED_NORTHERN_EUROPE
 from tests.fake_api import FakeRestCountries, Fault
 from tests.prefect_servers import LEASES_ON_DISK, PrefectServer
 
-# One pytest-xdist worker runs every test that starts servers and workers of its own, one after the other:
-# two such scenarios side by side on 2 cores starve each other's Prefect server (SQLite "database is locked").
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("servers")]
+# One pytest-xdist worker runs this module (its scenarios already run side by side); the other tests that
+# start servers of their own are group "servers", on another worker. A second copy of these scenarios beside
+# them would starve both on 2 cores.
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("ops-e2e")]
 
 LOADED_WITHIN = 200  # seconds from the crash to a new run's load (issue 10)
 SCENARIO_TIMEOUT = 280  # seconds a scenario may take in all, setup excluded
