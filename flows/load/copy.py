@@ -1,13 +1,8 @@
 """A DataFrame as PostgreSQL's COPY text format (private to ``flows.load``).
 
-:func:`plan_copy` validates a frame and settles each column's SQL type (from
-``column_types``, else from its dtype: text / bigint / double precision /
-boolean / timestamptz) without touching the data. :func:`serialise` then
-yields the rows in COPY text format (UTF-8), a chunk of rows at a time:
-NULL (None/NaN/NaT/NA) as ``\\N``; backslash, tab, newline and CR escaped;
-ints and floats exact (``%r`` round-trips); datetimes in UTC with
-microseconds. :class:`CopyStream` is what ``copy_expert`` reads. Text
-PostgreSQL cannot store (NUL, lone surrogates) raises ``LoadError``.
+:func:`plan_copy` checks a frame and settles each column's SQL type; :func:`serialise` yields its rows as COPY text
+(UTF-8, NULL as ``\\N``, numbers exact, datetimes in UTC) a chunk at a time; :class:`CopyStream` is what
+``copy_expert`` reads.
 """
 
 from __future__ import annotations
@@ -28,8 +23,7 @@ _SQL_TYPE = re.compile(
     r"(?: ?\(\s*\d+\s*(?:,\s*\d+\s*)?\))?"
     r"(?: [A-Za-z_][A-Za-z0-9_]*)*"
 )
-_COPY_CHUNK_ROWS = 4096
-"""Rows per chunk handed to COPY: the server parses one chunk while the next is serialised."""
+_COPY_CHUNK_ROWS = 4096  # the server parses one chunk while the next is serialised
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,11 +105,7 @@ def plan_copy(df: pd.DataFrame, column_types: Mapping[str, str] | None) -> CopyP
 
 
 def _fields(column: Column) -> tuple[str, Callable[[int, int], list]]:
-    """(``%``-format of one field, rows ``i:j`` -> their fields with NULL as ``\\N``) for a column.
-
-    Ints and floats without NULLs go to the format as numbers (``%d``, and ``%r``: exact
-    round trip); everything else as text.
-    """
+    """(``%``-format of one field, rows ``i:j`` -> their fields) for a column; numbers without NULLs stay numbers."""
     series, dtype = column.series, column.series.dtype
     if _is_text(dtype):
         values = series.to_numpy(dtype=object)  # NaN/None/NA where missing
@@ -145,10 +135,7 @@ def _fields(column: Column) -> tuple[str, Callable[[int, int], list]]:
 
 
 def _escaped(values: np.ndarray, name: str) -> list[str]:
-    """Text values as COPY fields: backslash, tab, newline and CR escaped, NULL as ``\\N``.
-
-    One join, four replaces and one split per chunk (C speed); other objects load as ``str()``.
-    """
+    """Text values as COPY fields (other objects as ``str()``), escaped by one join, replaces and a split."""
     texts = values.tolist()
     nulls = np.flatnonzero(pd.isna(values))
     for k in nulls:
@@ -171,10 +158,7 @@ def _escaped(values: np.ndarray, name: str) -> list[str]:
 
 
 def serialise(plan: CopyPlan) -> Iterator[bytes]:
-    """The rows in COPY text format (UTF-8), chunk by chunk: one ``%``-format of a repeated row per chunk.
-
-    Raises ``LoadError`` for text PostgreSQL cannot store (NUL, lone surrogates).
-    """
+    """The rows in COPY text format (UTF-8), chunk by chunk; ``LoadError`` for text PostgreSQL cannot store."""
     fields = [_fields(c) for c in plan.columns]
     width = len(fields)
     row = "\t".join(spec for spec, _ in fields) + "\n"

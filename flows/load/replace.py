@@ -1,33 +1,12 @@
 """Make a PostgreSQL table's rows equal to a DataFrame's, in one transaction, writing only what differs.
 
-One load, one transaction on a psycopg2 connection of the caller's SQLAlchemy engine:
-
-1. ``pg_advisory_xact_lock`` on the table's name: loads of one table run one after the other;
-   the wait blocks no reader and is bounded (``loader_wait``), then "table busy".
-2. ``COPY ... FROM STDIN (FREEZE)`` the rows into a staging table made from the TABLE's
-   columns (``CREATE ... AS SELECT <columns> FROM <table> WITH NO DATA``), so they are
-   compared in its types: beside the table (``"rows"``: unlogged, so that PostgreSQL scans it
-   in parallel; temporary when the role may not create tables in the schema). A first
-   load copies straight into the table it creates, and ends there.
-3. ``LOCK TABLE ... IN SHARE ROW EXCLUSIVE MODE``: no other writer until the commit, no
-   reader blocked; the comparison, the change report and the write see one state.
-4. The row-drop rule (``force`` bypasses it).
-5. ``"rows"``: one hash full join of the table and the staged rows on a row hash
-   (``flows.load.state.row_hash``), paired rows compared by value (NULL equals NULL); the
-   table's rows left unpaired are deleted by ctid, the staged ones inserted. Rows in both are
-   untouched (same row version): a user's foreign key (even ``ON DELETE CASCADE``), views,
-   indexes, triggers, grants, extra columns all stay. A row hash held several times on a
-   side pairs its copies by number (a second join), so counts are exact. Equal content:
-   nothing written.
-   ``"swap"``: unless both fingerprints are equal, carry grants and comment over, ``DROP`` the
-   table, ``RENAME`` the staging one (indexes, constraints, triggers, owner are not kept; a
-   view on the table makes it fail).
-6. The table's fingerprint (``flows.load.state.fingerprint``, summed in the join for ``"rows"``);
-   commit. Any failure rolls back.
-
-Waits for users' locks: ``lock_timeout``, ``lock_retries`` (``flows.load.locks``). An
-interrupt (``flows.load.interrupt_loads``) cancels the statement and rolls back.
-PostgreSQL 14 or later (``hash_record_extended``); tested on 18.
+Steps: an advisory lock on the table's name (loads of one table run one after the other); ``COPY`` into a staging
+table in the table's types (unlogged beside it when the role may create one, for a parallel hash join; temporary
+otherwise; a first load copies straight into the table it creates); ``SHARE ROW EXCLUSIVE`` lock (no other writer,
+no reader blocked); the row-drop rule; then ``"rows"``: one hash full join on a row hash gives the rows to delete
+(by ctid) and insert, the change report's keys and the new fingerprint, and rows in both stay untouched (foreign
+keys, views, indexes, triggers, grants, extra columns all stay); ``"swap"``: unless the content is equal, grants and
+comment carried over, ``DROP``, ``RENAME``. Any failure or interrupt rolls back. PostgreSQL 14 or later.
 """
 
 from __future__ import annotations
@@ -73,12 +52,9 @@ _KEYS = 'pg_temp."countries_pipeline_keys"'
 _PRIVILEGES = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER", "MAINTAIN"})
 
 
-# --- one load, in one transaction ----------------------------------------------------------
-
-
 @dataclasses.dataclass
 class _Load:
-    """Steps 2-7 of the module docstring on ``cur``, inside the caller's transaction."""
+    """One load's steps after the advisory lock, on ``cur`` in the caller's transaction."""
 
     cur: psycopg2.extensions.cursor
     table: TableName  # schema-qualified
@@ -138,7 +114,7 @@ class _Load:
         )  # fmt: skip
 
     def _has_columns(self, oid: int, swap: bool) -> bool:
-        """Whether the table has every column of the data; strategy "rows" refuses a table without them."""
+        """Whether the table has every column of the data; ``LoadError`` if not, unless ``swap``."""
         self.cur.execute(
             "SELECT attname FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped", (oid,)
         )
@@ -154,8 +130,7 @@ class _Load:
         return not missing
 
     def _stage(self, staging: str, like: str | None, kind: str, oid: int | None, waits: LockWaits) -> None:
-        """Create ``staging`` in the types of ``like`` (the table) or of the data, and COPY the rows in (FREEZE: the
-        table is new in this transaction, so its rows need no hint bits on first read)."""
+        """Create ``staging`` in the types of ``like`` (the table) or of the data, and COPY the rows in."""
         cur, names = self.cur, self.plan.names()
         on_commit = " ON COMMIT DROP" if kind == "TEMPORARY " else ""
         if like is None:
@@ -169,26 +144,21 @@ class _Load:
         cur.copy_expert(copy, CopyStream(self.plan), size=1 << 20)
 
     def _diff(self, staging: str, previous: int) -> tuple[int, int, str]:
-        """Step 5's comparison, one hash full join of the table and the staged rows into ``_DIFF`` (one row: the
-        ctids ``gone`` of the table and ``added`` of the staged rows that are on one side only; with a change spec,
-        the ``keys`` of those rows). Returns (rows to delete, to insert, the new content's fingerprint).
+        """Compare the table with ``staging`` into ``_DIFF`` (ctids ``gone`` and ``added``, the change spec's
+        ``keys`` of both); return (rows to delete, to insert, the staged rows' fingerprint).
 
-        Rows are paired on their row hash and, when a hash is held several times on a side, on its copy's number
-        among them (a second join, which sorts); a pair that is not equal by value (a hash collision) is a delete
-        and an insert. The fingerprint is the staged rows' (``flows.load.state.fingerprint``), summed in the join.
-        """
+        Rows pair on their row hash, and on their copy's number when a hash repeats (a second join); a pair not
+        equal by value is a delete and an insert."""
         cur, names = self.cur, self.plan.names()
         h = row_hash(cur, staging, self.columns, "")  # staged in the table's types: one hash function for both
         o, n = (", ".join(f"{side}.{quote_ident(c)}" for c in self.columns) for side in "on")
         spec = self.options["changes"]  # the report reads the key of the differing rows; nothing else is kept
         k = "" if spec is None else quote_ident(spec.key)
         keys = f", array_agg(coalesce(o.{k}, n.{k})) FILTER (WHERE NOT same) AS keys" if k else ""
-        cur.execute("SET LOCAL work_mem = '128MB'")  # the hash of a million rows in memory: 2x faster here
-        # The joins here and in the change report are on values without an index: hash joins. A merge join sorts
-        # (20% slower here); a nested loop, chosen when a table's statistics say it is nearly empty (COPY FREEZE
-        # leaves VACUUM nothing to count), reads a million rows once per key.
-        cur.execute("SET LOCAL enable_mergejoin = off")
-        cur.execute("SET LOCAL enable_nestloop = off")
+        # Hash joins, here and in the change report: in memory 2x faster, a merge join sorts (20% slower), a nested
+        # loop (chosen when statistics say a table is nearly empty) reads a million rows once per key.
+        for setting_sql in ("work_mem = '128MB'", "enable_mergejoin = off", "enable_nestloop = off"):
+            cur.execute(f"SET LOCAL {setting_sql}")
         for copy in ("1", f"row_number() OVER (PARTITION BY {h})"):
             cur.execute(f"DROP TABLE IF EXISTS {_DIFF}")
             cur.execute(
@@ -214,15 +184,14 @@ class _Load:
         reason = change_report.missing_columns(self.cur, spec, oid)
         if reason:
             return ChangeSummary.skipped(spec, reason)
-        # A table, analysed: the planner then knows how many keys there are (with unnest's guess of 10 it may
-        # scan the table once per key).
+        # Analysed: the planner knows how many keys there are (guessing 10, it may scan the table once per key).
         self.cur.execute(f"CREATE TEMPORARY TABLE {_KEYS} ON COMMIT DROP AS"
                          f" SELECT DISTINCT unnest(keys) AS {quote_ident(spec.key)} FROM {_DIFF}")  # fmt: skip
         self.cur.execute(f"ANALYZE {_KEYS}")
         return change_report.compare(self.cur, spec, self.table.sql, staging, _KEYS)
 
     def _write(self, staging: str, deleted: int, previous: int, inserted: int) -> None:
-        """Strategy "rows": delete the table's rows of ``gone``, insert the staged ones of ``added``."""
+        """Delete the table's rows of ``gone``, insert the staged ones of ``added``."""
         cur, table, names = self.cur, self.table.sql, self.plan.names()
         if deleted and deleted == previous:  # every row goes: no need to find them one by one
             cur.execute(f"DELETE FROM {table}")
@@ -236,10 +205,8 @@ class _Load:
 
     def _swap(self, oid: int, comment, staging: str, previous: int, complete: bool, old: str | None,
               waits: LockWaits) -> LoadResult:  # fmt: skip
-        """Strategy "swap": unless the content is equal, carry grants and the comment over, DROP, RENAME.
-
-        ``complete``: the table has every column of the data; ``old``: its fingerprint (``None`` with a change spec,
-        whose comparison tells whether anything changed)."""
+        """Unless the content is equal to ``old`` (the table's fingerprint; ``None`` with a change spec), carry grants
+        and the comment over, DROP, RENAME. ``complete``: the table has every column of the data."""
         cur, table, spec = self.cur, self.table, self.options["changes"]
         if spec is not None and complete:  # the comparison says what changed, and whether anything did
             deleted, inserted, content = self._diff(staging, previous)
@@ -279,9 +246,6 @@ class _Load:
         return self._result(previous, previous, self.plan.rows, summary, content)
 
 
-# --- the public entry point -----------------------------------------------------------------
-
-
 def _check_options(plan: CopyPlan, o: dict) -> None:
     if o["strategy"] not in STRATEGIES:
         raise ConfigurationError(f"{setting('strategy')} must be one of {', '.join(STRATEGIES)}, got {o['strategy']!r}")
@@ -311,24 +275,18 @@ def replace_table(
     lock_retries: int = 3,
     loader_wait: float = 60.0,
 ) -> LoadResult:
-    """Make the rows of ``table`` equal to those of ``df`` in one transaction, writing only what differs.
+    """Make the rows of ``table`` (a name for ``parse_table_name``; its schema must exist) equal to the columns
+    of ``df`` in one transaction, writing only what differs.
 
-    ``df``'s columns become the table's data columns (the index is ignored). ``table``: a
-    ``TableName`` or a string for ``parse_table_name`` (no schema: the first of
-    ``search_path``; the schema must exist, the table need not). ``column_types``: SQL
-    types for a table the load creates (the others from the dtype: text / bigint / double
-    precision / boolean / timestamptz); an existing table keeps its own types, and rows are
-    compared in them. ``min_row_fraction``: refuse a load smaller than that fraction of the
-    table (``force`` bypasses it). ``changes``: what the change report compares.
-    ``strategy``: ``"rows"`` (keeps the table and all attached to it) or ``"swap"`` (a new
-    table, when the content differs). ``lock_timeout`` / ``lock_retries``: the bound of each
-    wait for a user's lock; ``loader_wait``: the bound of the wait for another load of the
-    table (seconds).
+    ``column_types``: SQL types for a table the load creates (else from the dtypes); an existing table keeps its
+    types. ``min_row_fraction``: refuse a load smaller than that fraction of the table, unless ``force``.
+    ``changes``: what the change report compares. ``strategy``: ``"rows"`` (keeps the table and all attached to
+    it) or ``"swap"`` (a new table). ``lock_timeout`` / ``lock_retries``: each wait for a user's lock;
+    ``loader_wait``: the wait for another load of the table (seconds).
 
-    Returns a ``LoadResult`` (``deleted == inserted == 0``: equal content, nothing written).
-    Raises ``InvalidTableNameError`` / ``ConfigurationError`` (database not touched),
-    ``DatabaseUnreachableError``, ``QualityGateError``, ``TableBusyError``,
-    ``LoadInterruptedError`` (``interrupt_loads``) or ``LoadError``; the table is then as it was.
+    Returns a ``LoadResult``. Raises ``InvalidTableNameError``, ``ConfigurationError``,
+    ``DatabaseUnreachableError``, ``QualityGateError``, ``TableBusyError``, ``LoadInterruptedError`` or
+    ``LoadError``; the table is then as it was.
     """
     from flows.load.copy import plan_copy
 
@@ -363,7 +321,6 @@ def replace_table(
 
 
 def _run(load: Running, target: TableName, plan: CopyPlan, options: dict, url) -> LoadResult:
-    """The load's transaction: commit only if it was not interrupted; roll back on any failure."""
     connection = load.connection
 
     def interrupted() -> LoadInterruptedError:
