@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import flows.load.copy as copy_text
-from flows.load.changes import ChangeSpec, Measure, MeasureChange, SetChange, SetColumn
+from flows.load.changes import ChangeSpec, Measure, Change, SetColumn
 from flows.load.database import Database, resolve_table, scrub
 from flows.errors import (
     ConfigurationError,
@@ -1495,15 +1495,15 @@ def test_change_report_names_added_and_removed_countries_population_and_currency
     [population] = changes.measures
     assert population.count == 3
     assert population.largest == (  # largest change first
-        MeasureChange("Republic of Finland", 5_500_000, 5_600_000),
-        MeasureChange("Kingdom of Norway", 5_400_000, 5_350_000),
-        MeasureChange("Faroe Islands", 54_000, 54_001),
+        Change("Republic of Finland", 5_500_000, 5_600_000),
+        Change("Kingdom of Norway", 5_400_000, 5_350_000),
+        Change("Faroe Islands", 54_000, 54_001),
     )
     [currencies] = changes.sets
     assert currencies.count == 2
     assert currencies.changes == (  # by name, code-point order
-        SetChange("Faroe Islands", ("Danish krone", "Faroese króna"), ("Danish krone",)),
-        SetChange("Iceland", ("Icelandic króna",), ("Euro", "Icelandic króna")),
+        Change("Faroe Islands", ("Danish krone", "Faroese króna"), ("Danish krone",)),
+        Change("Iceland", ("Icelandic króna",), ("Euro", "Icelandic króna")),
     )
     assert changes.phrase() == "+1 country, -1 country, 3 populations changed, currencies changed for 2 countries"
     assert changes.log_lines() == [
@@ -1549,7 +1549,7 @@ def test_change_report_caps_its_lists_and_counts_exactly(engine):
 
     assert changes.added_count == 13 and changes.added == tuple(f"New {i:02d}" for i in range(10))
     assert changes.measures[0].count == 12 and len(changes.measures[0].largest) == 10
-    assert changes.measures[0].largest[0] == MeasureChange("Country 11", 1011, 2022)  # the largest first
+    assert changes.measures[0].largest[0] == Change("Country 11", 1011, 2022)  # the largest first
     assert changes.phrase() == "+13 countries, 12 populations changed"
     assert changes.log_lines()[0] == (
         "countries added (13): New 00, New 01, New 02, New 03, New 04, New 05, New 06, New 07, New 08, New 09"

@@ -1,20 +1,10 @@
 """What a load changes: the change report, computed in the database, and the row-drop rule.
 
-The report is generic over a :class:`ChangeSpec`; for the countries table the key is
-``nation_official_name``, the measure ``population`` and the set column ``currency_name``.
-Rows are grouped by the key (NULL keys left out); per key a measure's value is
-``max(column)`` (every row of a country repeats its population) and a set column's value
-the set of its distinct non-NULL values. The report holds the keys added and removed; per
-measure, how many keys changed value and the largest changes (NULL last); per set column,
-how many keys changed set and the first of them. Lists hold at most ``spec.limit`` keys
-(code-point order); counts are exact.
-
-:func:`compare` is one statement over the rows the load found different (under its write
-lock): only the keys they touch are aggregated on both sides, so its cost follows the
-changes. Renderings: :meth:`ChangeSummary.phrase` (``+1 country, 3 populations changed``),
-``log_lines``, ``table_rows`` and ``markdown`` (the artifact).
-
-:func:`check_row_drop`: refuse a load that would shrink the table below a fraction of its rows.
+The report is generic over a :class:`ChangeSpec` (a key column, numeric measures, set columns): rows are grouped by
+the key (NULL keys left out), a measure's value per key is its ``max``, a set column's the set of its non-NULL
+values. It lists the keys added and removed, the largest measure changes and the first set changes (at most
+``spec.limit`` each, code-point order; counts exact). :func:`check_row_drop` refuses a load that shrinks the table
+too much.
 """
 
 from __future__ import annotations
@@ -27,9 +17,6 @@ from typing import Any
 from flows.errors import ConfigurationError, QualityGateError, setting
 from flows.load.database import quote_ident as _q
 
-# --- what to compare --------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class Measure:
     """A numeric column compared by value, e.g. ``Measure("population", "population", "populations")``."""
@@ -37,9 +24,6 @@ class Measure:
     column: str
     noun: str
     plural: str
-
-    def label(self, count: int) -> str:
-        return self.noun if count == 1 else self.plural
 
 
 @dataclass(frozen=True)
@@ -72,9 +56,6 @@ class ChangeSpec:
         return f"{count:,} {self.noun if count == 1 else self.plural}"
 
 
-# --- what changed ----------------------------------------------------------------------
-
-
 def _number(value: Any) -> str:
     """``5,500,000``; ``none`` for NULL; as PostgreSQL wrote it otherwise (``NaN``, ``Infinity``)."""
     if value is None:
@@ -82,58 +63,40 @@ def _number(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int | float) else str(value)
 
 
-@dataclass(frozen=True)
-class MeasureChange:
-    """One key whose measure changed: ``before`` and ``after`` (``None`` for NULL)."""
-
-    key: str
-    before: int | float | None
-    after: int | float | None
-
-    def __str__(self) -> str:
-        text = f"{self.key} {_number(self.before)} -> {_number(self.after)}"
-        if isinstance(self.before, int | float) and isinstance(self.after, int | float):
-            text += f" ({self.after - self.before:+,})"
-        return text
-
-
-@dataclass(frozen=True)
-class MeasureChanges:
-    """How many keys' ``measure`` changed, and the largest changes (at most ``spec.limit``)."""
-
-    measure: Measure
-    count: int
-    largest: tuple[MeasureChange, ...]
-
-
-@dataclass(frozen=True)
-class SetChange:
-    """One key whose set changed: the sorted values before and after."""
-
-    key: str
-    before: tuple[str, ...]
-    after: tuple[str, ...]
-
-    def __str__(self) -> str:
-        return f"{self.key}: {_set(self.before)} -> {_set(self.after)}"
-
-
 def _set(values: tuple[str, ...]) -> str:
     return "{" + ", ".join(values) + "}"
 
 
 @dataclass(frozen=True)
+class Change:
+    """One key whose measure or set changed: the value (or sorted values) ``before`` and ``after``."""
+
+    key: str
+    before: Any
+    after: Any
+
+
+@dataclass(frozen=True)
+class MeasureChanges:
+    """How many keys' ``measure`` changed, and the largest changes."""
+
+    measure: Measure
+    count: int
+    largest: tuple[Change, ...]
+
+
+@dataclass(frozen=True)
 class SetChanges:
-    """How many keys' set column changed, and the first of them by key (at most ``spec.limit``)."""
+    """How many keys' set ``column`` changed, and the first of them by key."""
 
     column: SetColumn
     count: int
-    changes: tuple[SetChange, ...]
+    changes: tuple[Change, ...]
 
 
 @dataclass(frozen=True)
 class ChangeSummary:
-    """What changed between the previous table and the new rows (see the module docstring).
+    """What changed between the previous table and the new rows.
 
     ``unchanged``: the content was equal; ``not_compared``: why the comparison could not run, else ``""``.
     """
@@ -152,84 +115,69 @@ class ChangeSummary:
     def identical(cls, spec: ChangeSpec) -> ChangeSummary:
         return cls(spec, unchanged=True)
 
-    @classmethod
-    def skipped(cls, spec: ChangeSpec, reason: str) -> ChangeSummary:
-        return cls(spec, not_compared=reason)
+    def _kinds(self) -> list[tuple[str, int, list[tuple[str, str, str, str]], str, str]]:
+        """Each kind of change that happened: (its name in the table, count, the listed changes as (key, before,
+        after, text), its phrase, its log line's head)."""
+        spec, added, removed = self.spec, self.added_count, self.removed_count
+        kinds = [
+            ("added", added, [(k, "", "", k) for k in self.added], f"+{spec.entities(added)}",
+             f"{spec.plural} added ({added:,})"),
+            ("removed", removed, [(k, "", "", k) for k in self.removed], f"-{spec.entities(removed)}",
+             f"{spec.plural} removed ({removed:,})"),
+        ]  # fmt: skip
+        for m in self.measures:
+            listed = []
+            for c in m.largest:
+                text = f"{c.key} {_number(c.before)} -> {_number(c.after)}"
+                if isinstance(c.before, int | float) and isinstance(c.after, int | float):
+                    text += f" ({c.after - c.before:+,})"
+                listed.append((c.key, _number(c.before), _number(c.after), text))
+            noun = m.measure.noun if m.count == 1 else m.measure.plural
+            kinds.append((m.measure.noun, m.count, listed, f"{m.count:,} {noun} changed",
+                          f"{m.measure.plural} changed ({m.count:,}), largest"))  # fmt: skip
+        for s in self.sets:
+            listed = [(c.key, _set(c.before), _set(c.after), f"{c.key}: {_set(c.before)} -> {_set(c.after)}")
+                      for c in s.changes]  # fmt: skip
+            phrase = f"{s.column.label} changed for {spec.entities(s.count)}"
+            kinds.append((s.column.label, s.count, listed, phrase, phrase))
+        return [kind for kind in kinds if kind[1]]
 
     @property
     def any(self) -> bool:
         """Whether anything the spec compares changed."""
-        return any([self.added_count, self.removed_count, *(m.count for m in self.measures),
-                    *(s.count for s in self.sets)])  # fmt: skip
-
-    def _capped(self, items: tuple, count: int) -> str:
-        text = ", ".join(str(i) for i in items)
-        return text + (f" and {count - len(items):,} more" if count > len(items) else "")
+        return bool(self._kinds())
 
     def phrase(self) -> str:
         """``+1 country, -2 countries, 3 populations changed``; ``no changes``; ``same countries, populations and
         currencies`` when rows changed in other columns."""
-        spec = self.spec
         if self.unchanged:
             return "no changes"
         if self.not_compared:
             return f"changes not compared: {self.not_compared}"
-        parts = []
-        if self.added_count:
-            parts.append(f"+{spec.entities(self.added_count)}")
-        if self.removed_count:
-            parts.append(f"-{spec.entities(self.removed_count)}")
-        parts += [f"{m.count:,} {m.measure.label(m.count)} changed" for m in self.measures if m.count]
-        parts += [f"{s.column.label} changed for {spec.entities(s.count)}" for s in self.sets if s.count]
+        parts = [kind[3] for kind in self._kinds()]
         if parts:
             return ", ".join(parts)
+        spec = self.spec
         names = [spec.plural, *(m.measure.plural for m in self.measures), *(s.column.label for s in self.sets)]
         listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
         return f"same {listed}"
 
     def log_lines(self) -> list[str]:
         """One line per kind of change, lists capped (``and N more``); ``[phrase]`` when nothing is listed."""
-        spec, lines = self.spec, []
-        if self.added_count:
-            lines.append(f"{spec.plural} added ({self.added_count:,}): {self._capped(self.added, self.added_count)}")
-        if self.removed_count:
-            removed = self._capped(self.removed, self.removed_count)
-            lines.append(f"{spec.plural} removed ({self.removed_count:,}): {removed}")
-        for m in self.measures:
-            if m.count:
-                lines.append(f"{m.measure.plural} changed ({m.count:,}), largest: {self._capped(m.largest, m.count)}")
-        for s in self.sets:
-            if s.count:
-                changes = self._capped(s.changes, s.count)
-                lines.append(f"{s.column.label} changed for {spec.entities(s.count)}: {changes}")
+        lines = []
+        for _, count, listed, _, head in self._kinds():
+            more = f" and {count - len(listed):,} more" if count > len(listed) else ""
+            lines.append(f"{head}: {', '.join(change[3] for change in listed)}{more}")
         return lines or [self.phrase()]
 
     def table_rows(self) -> list[dict[str, str]]:
         """Rows ``change``, the noun (e.g. ``country``), ``before``, ``after``: one per listed change, a capped list
         ending with ``and N more``; empty when nothing is listed."""
-        noun, rows = self.spec.noun, []
-
-        def row(change: str, key: str, before: str = "", after: str = "") -> None:
-            rows.append({"change": change, noun: key, "before": before, "after": after})
-
-        def more(change: str, shown: int, count: int) -> None:
-            if count > shown:
-                row(change, f"and {count - shown:,} more")
-
-        for key in self.added:
-            row("added", key)
-        more("added", len(self.added), self.added_count)
-        for key in self.removed:
-            row("removed", key)
-        more("removed", len(self.removed), self.removed_count)
-        for m in self.measures:
-            for c in m.largest:
-                row(m.measure.noun, c.key, _number(c.before), _number(c.after))
-            more(m.measure.noun, len(m.largest), m.count)
-        for s in self.sets:
-            for c in s.changes:
-                row(s.column.label, c.key, _set(c.before), _set(c.after))
-            more(s.column.label, len(s.changes), s.count)
+        rows = []
+        for change, count, listed, _, _ in self._kinds():
+            if count > len(listed):
+                listed = [*listed, (f"and {count - len(listed):,} more", "", "", "")]
+            rows += [{"change": change, self.spec.noun: key, "before": b, "after": a} for key, b, a, _ in listed]
         return rows
 
     def markdown(self) -> str:
@@ -239,26 +187,13 @@ class ChangeSummary:
         if rows:
             header = list(rows[0])
             lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-            lines += ["| " + " | ".join(_cell(r[h]) for h in header) + " |" for r in rows]
+            cells = (" | ".join(r[h].replace("|", "\\|").replace("\n", " ") for h in header) for r in rows)
+            lines += [f"| {line} |" for line in cells]
         return "\n".join(lines) + "\n"
 
 
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-# --- the comparison in SQL ------------------------------------------------------------------
-
-
-def _sorted(values: list[str]) -> tuple[str, ...]:
-    return tuple(sorted(set(values)))
-
-
 def missing_columns(cursor: Any, spec: ChangeSpec, relation_oid: int) -> str:
-    """Why the relation ``relation_oid`` cannot be compared under ``spec``, or ``""`` if it can.
-
-    It can when it has every column of ``spec.columns`` and its measures are numeric.
-    """
+    """Why the relation ``relation_oid`` cannot be compared (a column missing, a measure not numeric), or ``""``."""
     cursor.execute(
         "SELECT a.attname, t.typcategory FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid"
         " WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped",
@@ -283,13 +218,8 @@ def _top(source: str, where: str, value: str, order: str, limit: int) -> str:
 
 
 def _statement(spec: ChangeSpec, old: str, new: str, differing: str) -> str:
-    """One statement whose cost follows the number of changes.
-
-    ``t``: the keys of the rows that differ (``differing``, the loader's comparison).
-    For those keys only: aggregate each side by key, join on the key and keep the
-    keys that differ. A set column is aggregated unordered and compared as a set
-    (``@>`` both ways); the listed sets are sorted in Python.
-    """
+    """One statement that aggregates both sides by key for the keys of ``differing`` only, so that its cost follows
+    the number of changes; sets compare by ``@>`` both ways."""
     key, limit, by_key = _q(spec.key), int(spec.limit), 'k COLLATE "C"'
     measures, sets = range(len(spec.measures)), range(len(spec.sets))
 
@@ -345,22 +275,15 @@ def compare(cursor: Any, spec: ChangeSpec, old: str | None, new: str, differing:
     if old is None:
         old = f"(SELECT * FROM {new} WHERE false) AS nothing"
     cursor.execute(_statement(spec, old, new, differing))
-    values = list(cursor.fetchone())
+    values = cursor.fetchone()
+    pairs = [values[i : i + 2] for i in range(4, len(values), 2)]
+    measures = [MeasureChanges(m, n, tuple(Change(*c) for c in top)) for m, (n, top) in zip(spec.measures, pairs)]
+    sets = [
+        SetChanges(c, n, tuple(Change(k, tuple(sorted(set(b))), tuple(sorted(set(a)))) for k, b, a in top))
+        for c, (n, top) in zip(spec.sets, pairs[len(measures) :])
+    ]
     added_count, added, removed_count, removed = values[:4]
-    measures, position = [], 4
-    for measure in spec.measures:
-        count, largest = values[position : position + 2]
-        position += 2
-        measures.append(MeasureChanges(measure, count, tuple(MeasureChange(*c) for c in largest)))
-    sets = []
-    for column in spec.sets:
-        count, changes = values[position : position + 2]
-        position += 2
-        sets.append(SetChanges(column, count, tuple(SetChange(k, _sorted(b), _sorted(a)) for k, b, a in changes)))
     return ChangeSummary(spec, added_count, tuple(added), removed_count, tuple(removed), tuple(measures), tuple(sets))
-
-
-# --- the row-drop rule: how much a load may shrink the table ------------------------------------
 
 
 def _percent(kept: float, limit: float) -> str:
@@ -380,11 +303,8 @@ def check_min_row_fraction(min_fraction: float) -> None:
 
 
 def check_row_drop(new_rows: int, previous_rows: int | None, min_fraction: float, table: str) -> None:
-    """Refuse (``QualityGateError``) a load of fewer than ``min_fraction`` of the table's ``previous_rows``.
-
-    Never refused: a first load (``None``), an empty table. Exactly ``min_fraction``
-    passes (computed on the decimal fraction: 0.1 of 10 rows is 1 row).
-    """
+    """``QualityGateError`` for fewer ``new_rows`` than ``min_fraction`` (as a decimal: 0.1 of 10 rows is 1 row) of
+    ``previous_rows``; never for a first load (``None``) or an empty table."""
     if not previous_rows:
         return
     needed = Fraction(repr(float(min_fraction))) * previous_rows

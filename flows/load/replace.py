@@ -183,7 +183,7 @@ class _Load:
             return ChangeSummary.identical(spec)
         reason = change_report.missing_columns(self.cur, spec, oid)
         if reason:
-            return ChangeSummary.skipped(spec, reason)
+            return ChangeSummary(spec, not_compared=reason)
         # Analysed: the planner knows how many keys there are (guessing 10, it may scan the table once per key).
         self.cur.execute(f"CREATE TEMPORARY TABLE {_KEYS} ON COMMIT DROP AS"
                          f" SELECT DISTINCT unnest(keys) AS {quote_ident(spec.key)} FROM {_DIFF}")  # fmt: skip
@@ -215,7 +215,8 @@ class _Load:
             content = fingerprint(cur, staging, self.columns)
             summary, equal = None, content == old
             if spec is not None:
-                summary = ChangeSummary.skipped(spec, change_report.missing_columns(cur, spec, oid) or "other columns")
+                reason = change_report.missing_columns(cur, spec, oid) or "other columns"
+                summary = ChangeSummary(spec, not_compared=reason)
         if equal:
             cur.execute(f"DROP TABLE {staging}")
             return self._result(previous, 0, 0, summary, content)
