@@ -192,14 +192,19 @@ class ChangeSummary:
         return "\n".join(lines) + "\n"
 
 
-def missing_columns(cursor: Any, spec: ChangeSpec, relation_oid: int) -> str:
-    """Why the relation ``relation_oid`` cannot be compared (a column missing, a measure not numeric), or ``""``."""
+def column_categories(cursor: Any, relation_oid: int) -> dict[str, str]:
+    """The columns of the relation ``relation_oid`` in order, each with its type's category (``N``: numeric)."""
     cursor.execute(
         "SELECT a.attname, t.typcategory FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid"
-        " WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped",
+        " WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
         (relation_oid,),
     )
-    categories = dict(cursor.fetchall())
+    return dict(cursor.fetchall())
+
+
+def missing_columns(cursor: Any, spec: ChangeSpec, relation_oid: int) -> str:
+    """Why the relation ``relation_oid`` cannot be compared (a column missing, a measure not numeric), or ``""``."""
+    categories = column_categories(cursor, relation_oid)
     missing = [c for c in spec.columns if c not in categories]
     if missing:
         return "the previous table has no column " + ", ".join(f'"{c}"' for c in missing)

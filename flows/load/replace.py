@@ -23,13 +23,7 @@ from typing import TYPE_CHECKING, Literal
 import psycopg2
 import psycopg2.errors
 
-from flows.errors import (
-    ConfigurationError,
-    CountriesError,
-    LoadError,
-    LoadInterruptedError,
-    setting,
-)
+from flows.errors import ConfigurationError, CountriesError, LoadError, LoadInterruptedError, setting
 import flows.load.changes as change_report
 from flows.load.changes import ChangeSpec, ChangeSummary, check_min_row_fraction, check_row_drop
 from flows.load.database import TableName, parse_table_name, pg_message, quote_ident, resolve_schema, scrub, unreachable
@@ -49,7 +43,6 @@ STRATEGIES: tuple[str, ...] = ("rows", "swap")
 _STAGE = 'pg_temp."countries_pipeline_new"'
 _DIFF = 'pg_temp."countries_pipeline_diff"'
 _KEYS = 'pg_temp."countries_pipeline_keys"'
-_PRIVILEGES = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER", "MAINTAIN"})
 
 
 @dataclasses.dataclass
@@ -68,11 +61,11 @@ class _Load:
     def run(self, waits: LockWaits) -> LoadResult:
         cur, table, swap, spec = self.cur, self.table, self.options["strategy"] == "swap", self.options["changes"]
         cur.execute(
-            "SELECT oid, relkind, obj_description(oid, 'pg_class') FROM pg_class"
-            " WHERE relnamespace = to_regnamespace(%s) AND relname = %s",
+            "SELECT c.oid, c.relkind, obj_description(c.oid, 'pg_class'), has_schema_privilege(s, 'CREATE')"
+            " FROM to_regnamespace(%s) s LEFT JOIN pg_class c ON c.relnamespace = s AND c.relname = %s",
             (quote_ident(table.schema), table.name),
         )
-        oid, relkind, comment = cur.fetchone() or (None, None, None)
+        oid, relkind, comment, may_create = cur.fetchone()
         if relkind not in (None, "r"):
             raise LoadError(f"{table} exists but is not a plain table (relkind {relkind!r}); refusing to replace it")
         complete = oid is not None and self._has_columns(oid, swap)  # a swap may replace a table lacking some
@@ -81,8 +74,7 @@ class _Load:
             cur.execute(f"ANALYZE {table.sql}")  # its statistics from the start: VACUUM skips frozen pages
             summary = None if spec is None else change_report.compare(cur, spec, None, table.sql, table.sql)
             return self._result(None, 0, self.plan.rows, summary, fingerprint(cur, table, self.columns))
-        cur.execute("SELECT has_schema_privilege(to_regnamespace(%s), 'CREATE')", (quote_ident(table.schema),))
-        kind = "" if swap else "UNLOGGED " if cur.fetchone()[0] else "TEMPORARY "
+        kind = "" if swap else "UNLOGGED " if may_create else "TEMPORARY "
         beside = TableName(table.schema, f"{table.name[:40]}__{'swap' if swap else 'load'}_{secrets.token_hex(4)}")
         staging = _STAGE if kind == "TEMPORARY " else beside.sql
         self._stage(staging, table.sql if complete else None, kind, oid=oid, waits=waits)
@@ -115,10 +107,7 @@ class _Load:
 
     def _has_columns(self, oid: int, swap: bool) -> bool:
         """Whether the table has every column of the data; ``LoadError`` if not, unless ``swap``."""
-        self.cur.execute(
-            "SELECT attname FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped", (oid,)
-        )
-        have = [r[0] for r in self.cur.fetchall()]
+        have = list(change_report.column_categories(self.cur, oid))
         missing = [c for c in self.columns if c not in have]
         if missing and not swap:
             names = ", ".join(json.dumps(m, ensure_ascii=False) for m in missing)
@@ -173,9 +162,8 @@ class _Load:
             )
             cur.execute(f"SELECT old, new, cardinality(gone), cardinality(added), total FROM {_DIFF}")
             old, new, deleted, inserted, total = cur.fetchone()
-            if old == previous and new == self.plan.rows:  # each row paired once: the comparison is exact
+            if copy != "1" or (old, new) == (previous, self.plan.rows):  # each row paired once: exact
                 return deleted, inserted, f"{new}:{total}"
-        raise AssertionError("numbered copies pair each row once")
 
     def _report(self, oid: int, staging: str, count: int) -> ChangeSummary:
         spec = self.options["changes"]
@@ -193,15 +181,15 @@ class _Load:
     def _write(self, staging: str, deleted: int, previous: int, inserted: int) -> None:
         """Delete the table's rows of ``gone``, insert the staged ones of ``added``."""
         cur, table, names = self.cur, self.table.sql, self.plan.names()
-        if deleted and deleted == previous:  # every row goes: no need to find them one by one
-            cur.execute(f"DELETE FROM {table}")
-        elif deleted:
-            cur.execute(f"DELETE FROM {table} WHERE ctid = ANY((SELECT gone FROM {_DIFF})::tid[])")
-        if inserted == self.plan.rows:
-            cur.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM {staging}")
-        elif inserted:
-            cur.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM {staging}"
-                        f" WHERE ctid = ANY((SELECT added FROM {_DIFF})::tid[])")
+
+        def among(ctids: str, count: int, of: int) -> str:  # all rows: no need to find them one by one
+            return "" if count == of else f" WHERE ctid = ANY((SELECT {ctids} FROM {_DIFF})::tid[])"
+
+        if deleted:
+            cur.execute(f"DELETE FROM {table}{among('gone', deleted, previous)}")
+        if inserted:
+            where = among("added", inserted, self.plan.rows)
+            cur.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM {staging}{where}")
 
     def _swap(self, oid: int, comment, staging: str, previous: int, complete: bool, old: str | None,
               waits: LockWaits) -> LoadResult:  # fmt: skip
@@ -225,10 +213,9 @@ class _Load:
             " aclexplode(c.relacl) a LEFT JOIN pg_roles r ON r.oid = a.grantee WHERE c.oid = %s",
             (oid,),
         )
-        for privilege, grantable, role in cur.fetchall():
-            if privilege in _PRIVILEGES:
-                grantee = "PUBLIC" if role is None else quote_ident(role)
-                cur.execute(f"GRANT {privilege} ON {staging} TO {grantee}{' WITH GRANT OPTION' * grantable}")
+        for privilege, grantable, role in cur.fetchall():  # a table's privileges: all of them valid in GRANT
+            grantee = "PUBLIC" if role is None else quote_ident(role)
+            cur.execute(f"GRANT {privilege} ON {staging} TO {grantee}{' WITH GRANT OPTION' * grantable}")
         if comment:
             cur.execute(f"COMMENT ON TABLE {staging} IS %s", (comment,))
 
