@@ -63,51 +63,32 @@ def _number(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int | float) else str(value)
 
 
-def _set(values: tuple[str, ...]) -> str:
-    return "{" + ", ".join(values) + "}"
+def _set(values: list[str]) -> str:
+    """A set column's values, sorted, as ``{a, b}``."""
+    return "{" + ", ".join(sorted(set(values))) + "}"
 
 
 @dataclass(frozen=True)
-class Change:
-    """One key whose measure or set changed: the value (or sorted values) ``before`` and ``after``."""
+class Kind:
+    """One kind of change: its ``name`` in the table, how many keys, the ``listed`` changes as (key, before,
+    after, text), its ``phrase`` and its log line's ``head``."""
 
-    key: str
-    before: Any
-    after: Any
-
-
-@dataclass(frozen=True)
-class MeasureChanges:
-    """How many keys' ``measure`` changed, and the largest changes."""
-
-    measure: Measure
+    name: str
     count: int
-    largest: tuple[Change, ...]
-
-
-@dataclass(frozen=True)
-class SetChanges:
-    """How many keys' set ``column`` changed, and the first of them by key."""
-
-    column: SetColumn
-    count: int
-    changes: tuple[Change, ...]
+    listed: tuple[tuple[str, str, str, str], ...]
+    phrase: str
+    head: str
 
 
 @dataclass(frozen=True)
 class ChangeSummary:
-    """What changed between the previous table and the new rows.
+    """What changed between the previous table and the new rows: the ``kinds`` of change that happened.
 
     ``unchanged``: the content was equal; ``not_compared``: why the comparison could not run, else ``""``.
     """
 
     spec: ChangeSpec
-    added_count: int = 0
-    added: tuple[str, ...] = ()
-    removed_count: int = 0
-    removed: tuple[str, ...] = ()
-    measures: tuple[MeasureChanges, ...] = ()
-    sets: tuple[SetChanges, ...] = ()
+    kinds: tuple[Kind, ...] = ()
     unchanged: bool = False
     not_compared: str = ""
 
@@ -115,37 +96,10 @@ class ChangeSummary:
     def identical(cls, spec: ChangeSpec) -> ChangeSummary:
         return cls(spec, unchanged=True)
 
-    def _kinds(self) -> list[tuple[str, int, list[tuple[str, str, str, str]], str, str]]:
-        """Each kind of change that happened: (its name in the table, count, the listed changes as (key, before,
-        after, text), its phrase, its log line's head)."""
-        spec, added, removed = self.spec, self.added_count, self.removed_count
-        kinds = [
-            ("added", added, [(k, "", "", k) for k in self.added], f"+{spec.entities(added)}",
-             f"{spec.plural} added ({added:,})"),
-            ("removed", removed, [(k, "", "", k) for k in self.removed], f"-{spec.entities(removed)}",
-             f"{spec.plural} removed ({removed:,})"),
-        ]  # fmt: skip
-        for m in self.measures:
-            listed = []
-            for c in m.largest:
-                text = f"{c.key} {_number(c.before)} -> {_number(c.after)}"
-                if isinstance(c.before, int | float) and isinstance(c.after, int | float):
-                    text += f" ({c.after - c.before:+,})"
-                listed.append((c.key, _number(c.before), _number(c.after), text))
-            noun = m.measure.noun if m.count == 1 else m.measure.plural
-            kinds.append((m.measure.noun, m.count, listed, f"{m.count:,} {noun} changed",
-                          f"{m.measure.plural} changed ({m.count:,}), largest"))  # fmt: skip
-        for s in self.sets:
-            listed = [(c.key, _set(c.before), _set(c.after), f"{c.key}: {_set(c.before)} -> {_set(c.after)}")
-                      for c in s.changes]  # fmt: skip
-            phrase = f"{s.column.label} changed for {spec.entities(s.count)}"
-            kinds.append((s.column.label, s.count, listed, phrase, phrase))
-        return [kind for kind in kinds if kind[1]]
-
     @property
     def any(self) -> bool:
         """Whether anything the spec compares changed."""
-        return bool(self._kinds())
+        return bool(self.kinds)
 
     def phrase(self) -> str:
         """``+1 country, -2 countries, 3 populations changed``; ``no changes``; ``same countries, populations and
@@ -154,7 +108,7 @@ class ChangeSummary:
             return "no changes"
         if self.not_compared:
             return f"changes not compared: {self.not_compared}"
-        parts = [kind[3] for kind in self._kinds()]
+        parts = [kind.phrase for kind in self.kinds]
         if parts:
             return ", ".join(parts)
         spec = self.spec
@@ -165,19 +119,20 @@ class ChangeSummary:
     def log_lines(self) -> list[str]:
         """One line per kind of change, lists capped (``and N more``); ``[phrase]`` when nothing is listed."""
         lines = []
-        for _, count, listed, _, head in self._kinds():
-            more = f" and {count - len(listed):,} more" if count > len(listed) else ""
-            lines.append(f"{head}: {', '.join(change[3] for change in listed)}{more}")
+        for kind in self.kinds:
+            more = f" and {kind.count - len(kind.listed):,} more" if kind.count > len(kind.listed) else ""
+            lines.append(f"{kind.head}: {', '.join(change[3] for change in kind.listed)}{more}")
         return lines or [self.phrase()]
 
     def table_rows(self) -> list[dict[str, str]]:
         """Rows ``change``, the noun (e.g. ``country``), ``before``, ``after``: one per listed change, a capped list
         ending with ``and N more``; empty when nothing is listed."""
         rows = []
-        for change, count, listed, _, _ in self._kinds():
-            if count > len(listed):
-                listed = [*listed, (f"and {count - len(listed):,} more", "", "", "")]
-            rows += [{"change": change, self.spec.noun: key, "before": b, "after": a} for key, b, a, _ in listed]
+        for kind in self.kinds:
+            listed = kind.listed
+            if kind.count > len(listed):
+                listed = (*listed, (f"and {kind.count - len(listed):,} more", "", "", ""))
+            rows += [{"change": kind.name, self.spec.noun: key, "before": b, "after": a} for key, b, a, _ in listed]
         return rows
 
     def markdown(self) -> str:
@@ -280,15 +235,29 @@ def compare(cursor: Any, spec: ChangeSpec, old: str | None, new: str, differing:
     if old is None:
         old = f"(SELECT * FROM {new} WHERE false) AS nothing"
     cursor.execute(_statement(spec, old, new, differing))
-    values = cursor.fetchone()
-    pairs = [values[i : i + 2] for i in range(4, len(values), 2)]
-    measures = [MeasureChanges(m, n, tuple(Change(*c) for c in top)) for m, (n, top) in zip(spec.measures, pairs)]
-    sets = [
-        SetChanges(c, n, tuple(Change(k, tuple(sorted(set(b))), tuple(sorted(set(a)))) for k, b, a in top))
-        for c, (n, top) in zip(spec.sets, pairs[len(measures) :])
-    ]
-    added_count, added, removed_count, removed = values[:4]
-    return ChangeSummary(spec, added_count, tuple(added), removed_count, tuple(removed), tuple(measures), tuple(sets))
+    row = cursor.fetchone()
+    (added, added_keys), (removed, removed_keys), *pairs = (row[i : i + 2] for i in range(0, len(row), 2))
+    kinds = [
+        Kind("added", added, tuple((k, "", "", k) for k in added_keys), f"+{spec.entities(added)}",
+             f"{spec.plural} added ({added:,})"),
+        Kind("removed", removed, tuple((k, "", "", k) for k in removed_keys), f"-{spec.entities(removed)}",
+             f"{spec.plural} removed ({removed:,})"),
+    ]  # fmt: skip
+    for m, (count, largest) in zip(spec.measures, pairs):
+        listed = []
+        for key, before, after in largest:
+            text = f"{key} {_number(before)} -> {_number(after)}"
+            if isinstance(before, int | float) and isinstance(after, int | float):
+                text += f" ({after - before:+,})"
+            listed.append((key, _number(before), _number(after), text))
+        noun = m.noun if count == 1 else m.plural
+        head = f"{m.plural} changed ({count:,}), largest"
+        kinds.append(Kind(m.noun, count, tuple(listed), f"{count:,} {noun} changed", head))
+    for c, (count, first) in zip(spec.sets, pairs[len(spec.measures) :]):
+        listed = [(key, _set(before), _set(after)) for key, before, after in first]
+        phrase = f"{c.label} changed for {spec.entities(count)}"
+        kinds.append(Kind(c.label, count, tuple((k, b, a, f"{k}: {b} -> {a}") for k, b, a in listed), phrase, phrase))
+    return ChangeSummary(spec, tuple(kind for kind in kinds if kind.count))
 
 
 def _percent(kept: float, limit: float) -> str:
