@@ -112,7 +112,7 @@ class ChangeSummary:
         if parts:
             return ", ".join(parts)
         spec = self.spec
-        names = [spec.plural, *(m.measure.plural for m in self.measures), *(s.column.label for s in self.sets)]
+        names = [spec.plural, *(m.plural for m in spec.measures), *(s.label for s in spec.sets)]
         listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
         return f"same {listed}"
 
