@@ -169,62 +169,38 @@ def missing_columns(cursor: Any, spec: ChangeSpec, relation_oid: int) -> str:
     return ""
 
 
-def _top(source: str, where: str, value: str, order: str, limit: int) -> str:
-    """A JSON array of ``value`` for the first ``limit`` rows of ``source`` matching ``where`` (top-N sort)."""
-    return (
-        f"(SELECT coalesce(json_agg({value} ORDER BY {order}), '[]') FROM"
-        f" (SELECT * FROM {source} WHERE {where} ORDER BY {order} LIMIT {limit}) x)"
-    )
-
-
 def _statement(spec: ChangeSpec, old: str, new: str, differing: str) -> str:
     """One statement that aggregates both sides by key for the keys of ``differing`` only, so that its cost follows
-    the number of changes; sets compare by ``@>`` both ways."""
-    key, limit, by_key = _q(spec.key), int(spec.limit), 'k COLLATE "C"'
+    the number of changes: per kind of change, its count and the first ``spec.limit`` (a top-N sort)."""
+    key, by_key = _q(spec.key), 'k COLLATE "C"'
     measures, sets = range(len(spec.measures)), range(len(spec.sets))
-
     aggregates = [f"{key}::text AS k"]
     aggregates += [f"max({_q(m.column)})::numeric AS m{i}" for i, m in enumerate(spec.measures)]
     aggregates += [
         f"coalesce(array_agg({_q(c.column)}::text) FILTER (WHERE {_q(c.column)} IS NOT NULL), '{{}}') AS s{i}"
         for i, c in enumerate(spec.sets)
     ]
-
-    def per_key(relation: str) -> str:
-        return (
-            f"SELECT {', '.join(aggregates)} FROM {relation}"
-            f" WHERE {key} IS NOT NULL AND {key}::text IN (SELECT k FROM t) GROUP BY 1"
-        )
-
+    o, n = (f"SELECT {', '.join(aggregates)} FROM {relation} WHERE {key} IS NOT NULL AND {key}::text IN"
+            " (SELECT k FROM t) GROUP BY 1" for relation in (old, new))  # fmt: skip
     kept = ["coalesce(n.k, o.k) AS k", "o.k IS NULL AS added", "n.k IS NULL AS removed"]
     kept += [f"o.m{i} AS om{i}, n.m{i} AS nm{i}" for i in measures]
     kept += [f"o.s{i} AS os{i}, n.s{i} AS ns{i}, NOT (o.s{i} @> n.s{i} AND n.s{i} @> o.s{i}) AS sd{i}" for i in sets]
-    differs = ["o.k IS NULL", "n.k IS NULL"]
-    differs += [f"o.m{i} IS DISTINCT FROM n.m{i}" for i in measures]
-    differs += [f"NOT (o.s{i} @> n.s{i} AND n.s{i} @> o.s{i})" for i in sets]
     ctes = [
         f"t AS MATERIALIZED (SELECT DISTINCT {key}::text AS k FROM {differing} WHERE {key} IS NOT NULL)",
-        f"o AS ({per_key(old)})",
-        f"n AS ({per_key(new)})",
-        f"d AS MATERIALIZED (SELECT {', '.join(kept)} FROM o FULL JOIN n ON n.k = o.k WHERE {' OR '.join(differs)})",
+        f"o AS ({o})",
+        f"n AS ({n})",
+        f"d AS MATERIALIZED (SELECT {', '.join(kept)} FROM o FULL JOIN n ON n.k = o.k)",
     ]
-
     both = "NOT added AND NOT removed"
+    kinds = [("added", "k", by_key), ("removed", "k", by_key)]
+    kinds += [(f"{both} AND om{i} IS DISTINCT FROM nm{i}", f"json_build_array(k, om{i}, nm{i})",
+               f"abs(nm{i} - om{i}) DESC NULLS LAST, {by_key}") for i in measures]  # fmt: skip
+    kinds += [(f"{both} AND sd{i}", f"json_build_array(k, os{i}, ns{i})", by_key) for i in sets]
     results = [
-        "(SELECT count(*) FROM d WHERE added)",
-        _top("d", "added", "k", by_key, limit),
-        "(SELECT count(*) FROM d WHERE removed)",
-        _top("d", "removed", "k", by_key, limit),
+        f"(SELECT count(*) FROM d WHERE {where}), (SELECT coalesce(json_agg({value} ORDER BY {order}), '[]') FROM"
+        f" (SELECT * FROM d WHERE {where} ORDER BY {order} LIMIT {int(spec.limit)}) x)"
+        for where, value, order in kinds
     ]
-    for i in measures:
-        changed = f"{both} AND om{i} IS DISTINCT FROM nm{i}"
-        order = f"abs(nm{i} - om{i}) DESC NULLS LAST, {by_key}"
-        results.append(f"(SELECT count(*) FROM d WHERE {changed})")
-        results.append(_top("d", changed, f"json_build_array(k, om{i}, nm{i})", order, limit))
-    for i in sets:
-        changed = f"{both} AND sd{i}"
-        results.append(f"(SELECT count(*) FROM d WHERE {changed})")
-        results.append(_top("d", changed, f"json_build_array(k, os{i}, ns{i})", by_key, limit))
     return f"WITH {', '.join(ctes)} SELECT {', '.join(results)}"
 
 

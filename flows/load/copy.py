@@ -72,9 +72,9 @@ def _default_sql_type(name: str, dtype: object) -> str:
 
 
 def plan_copy(df: pd.DataFrame, column_types: Mapping[str, str] | None) -> CopyPlan:
-    """Validate the frame and settle each column's SQL type (cheap; no data is touched)."""
-    if not isinstance(df, pd.DataFrame):
-        raise ConfigurationError(f"expected a pandas DataFrame, got {type(df).__name__}")
+    """Check the frame's column names and ``column_types`` and settle each column's SQL type (no data is read).
+
+    A frame without columns or with duplicate names fails later, in PostgreSQL (``LoadError``)."""
     column_types = dict(column_types or {})
     names = list(df.columns)
     for name in names:
@@ -82,10 +82,6 @@ def plan_copy(df: pd.DataFrame, column_types: Mapping[str, str] | None) -> CopyP
             raise ConfigurationError(f"column name {name!r} is not usable: column names must be non-empty strings")
         if len(name.encode("utf-8")) > MAX_IDENTIFIER_BYTES:
             raise ConfigurationError(f'column name "{name}" is longer than PostgreSQL\'s 63 bytes')
-    if not names:
-        raise ConfigurationError("the frame has no columns; there is nothing to load")
-    if len(set(names)) != len(names):
-        raise ConfigurationError(f"the frame has duplicate column names: {names}")
     unknown = sorted(set(column_types) - set(names))
     if unknown:
         raise ConfigurationError(f"column_types names columns the frame does not have: {unknown} (columns: {names})")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import hashlib
 import threading
 import time
@@ -45,17 +46,11 @@ _SESSIONS = (
 )
 
 
-def _duration(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, seconds = divmod(int(seconds), 60)
-    return f"{minutes} min {seconds} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
-
-
 def _describe_session(pid, user, application, state, open_seconds) -> str:
     parts = [f'user "{user}"', *([f'application "{application}"'] if application else []), state or "state unknown"]
-    if open_seconds is not None:
-        parts.append(f"transaction open {_duration(open_seconds)}")
+    if open_seconds is not None:  # "12.5s", or "1:02:03"
+        shown = f"{open_seconds:.1f}s" if open_seconds < 60 else str(datetime.timedelta(seconds=round(open_seconds)))
+        parts.append(f"transaction open {shown}")
     return f"pid {pid} ({', '.join(parts)})"
 
 

@@ -67,12 +67,8 @@ def _code_identity() -> str:
     for path in sorted(package.rglob("*.py")):
         digest.update(f"{path.relative_to(package).as_posix()}\0".encode())
         digest.update(hashlib.sha256(path.read_bytes()).digest())
-    for name in _ROW_MAKING_LIBRARIES:
-        try:
-            version = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            version = "-"
-        digest.update(f"{name}=={version}\0".encode())
+    for name in _ROW_MAKING_LIBRARIES:  # dependencies of the load: installed
+        digest.update(f"{name}=={metadata.version(name)}\0".encode())
     return digest.hexdigest()
 
 
@@ -175,10 +171,6 @@ async def save_state(db: Database, table: TableName, source_digest: str | None, 
     """Record that ``table`` holds ``result`` (its fingerprint, columns and rows), made from ``source_digest``."""
     from prefect.variables import Variable
 
-    value = {
-        "source": source_digest,
-        "fingerprint": result.fingerprint,
-        "columns": list(result.columns),
-        "rows": result.rows,
-    }
+    value = {"source": source_digest, "fingerprint": result.fingerprint, "columns": list(result.columns),
+             "rows": result.rows}  # fmt: skip
     await Variable.aset(variable_name(db, table), value, overwrite=True)
