@@ -214,8 +214,6 @@ class TableName:
 def parse_table_name(name: str) -> TableName:
     """``"countries"`` or ``"analytics.countries"`` as a lower-case ``TableName``; ``InvalidTableNameError`` for
     a part that is not a plain identifier of at most 63 bytes or more than one dot."""
-    if not isinstance(name, str):
-        raise InvalidTableNameError(f"invalid table name {name!r}: expected a string; {_NAME_HELP}")
     shown = json.dumps(name, ensure_ascii=False)
     parts = name.split(".")
     if len(parts) > 2:

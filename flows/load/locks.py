@@ -24,7 +24,7 @@ from flows.errors import TableBusyError
 Need = Literal["load", "read", "write", "swap"]  # what a step does: whose locks can make it wait ("load": a load's)
 
 _MODES = "AccessShare RowShare RowExclusive ShareUpdateExclusive Share ShareRowExclusive Exclusive AccessExclusive"
-_MODES_WEAKEST_FIRST = tuple(f"{m}Lock" for m in _MODES.split())
+_MODES_WEAKEST_FIRST = [f"{m}Lock" for m in _MODES.split()]
 _BLOCKERS = {  # the table locks of sessions that can make a step wait
     "read": _MODES_WEAKEST_FIRST[-1:],
     "write": _MODES_WEAKEST_FIRST[1:],  # DELETE, INSERT, COMMENT: conflicting table locks, writers' row locks
@@ -96,7 +96,7 @@ class LockWaits:
             held = ("locktype = 'advisory' AND granted AND classid = ((%s >> 32) & 4294967295)::oid"
                     " AND objid = (%s & 4294967295)::oid AND objsubid = 1", (oid, oid))  # fmt: skip
         else:
-            held = "locktype = 'relation' AND relation = %s AND mode = ANY(%s)", (oid, list(_BLOCKERS[need]))
+            held = "locktype = 'relation' AND relation = %s AND mode = ANY(%s)", (oid, _BLOCKERS[need])
         self.cur.execute(_SESSIONS.format(held[0]), held[1])
         sessions = [_describe_session(*row) for row in self.cur.fetchall()]
         if sessions:
@@ -164,11 +164,11 @@ def running_loads(connection: psycopg2.extensions.connection) -> Iterator[Runnin
         load.done.set()
 
 
-def commit(load: Running, result: Any, interrupted: Callable[[], Exception]) -> None:
-    """Commit ``load``'s transaction unless it was interrupted (then raise ``interrupted()``); record ``result``."""
+def commit(load: Running, result: Any, interrupted: Exception) -> None:
+    """Commit ``load``'s transaction unless it was interrupted (then raise ``interrupted``); record ``result``."""
     with _guard:
         if load.interrupted:
-            raise interrupted()
+            raise interrupted
         load.committing = True
     load.connection.commit()
     with _guard:

@@ -263,18 +263,14 @@ def replace_table(
     lock_retries: int = 3,
     loader_wait: float = 60.0,
 ) -> LoadResult:
-    """Make the rows of ``table`` (a name for ``parse_table_name``; its schema must exist) equal to the columns
-    of ``df`` in one transaction, writing only what differs.
+    """Make the rows of ``table`` (its schema must exist) equal to the columns of ``df`` in one transaction,
+    writing only what differs; return a ``LoadResult``.
 
-    ``column_types``: SQL types for a table the load creates (else from the dtypes); an existing table keeps its
-    types. ``min_row_fraction``: refuse a load smaller than that fraction of the table, unless ``force``.
-    ``changes``: what the change report compares. ``strategy``: ``"rows"`` (keeps the table and all attached to
-    it) or ``"swap"`` (a new table). ``lock_timeout`` / ``lock_retries``: each wait for a user's lock;
-    ``loader_wait``: the wait for another load of the table (seconds).
-
-    Returns a ``LoadResult``. Raises ``InvalidTableNameError``, ``ConfigurationError``,
-    ``DatabaseUnreachableError``, ``QualityGateError``, ``TableBusyError``, ``LoadInterruptedError`` or
-    ``LoadError``; the table is then as it was.
+    ``column_types``: SQL types for a table the load creates (else from the dtypes). ``min_row_fraction``: refuse a
+    load smaller than that fraction of the table, unless ``force``. ``changes``: what the change report compares.
+    ``strategy``: ``"rows"`` (keeps the table and all attached to it) or ``"swap"`` (a new table).
+    ``lock_timeout`` / ``lock_retries``: each wait for a user's lock; ``loader_wait``: for another load (seconds).
+    Raises a ``CountriesError`` (``LoadError``, ``TableBusyError``, ...) and leaves the table as it was.
     """
     from flows.load.copy import plan_copy
 
@@ -300,20 +296,14 @@ def replace_table(
         else:
             proxy.close()
     result = dataclasses.replace(result, seconds=time.perf_counter() - started)
-    if result.changed:
-        logger.info("wrote %s [%s]: %d rows deleted, %d inserted, now %d rows, in %.3fs", result.table, strategy,
-                    result.deleted, result.inserted, result.rows, result.seconds)  # fmt: skip
-    else:
-        logger.info("%s already equal to the data: %d rows, nothing written", result.table, result.rows)
+    logger.info("loaded %s [%s]: %d rows deleted, %d inserted, now %d rows, in %.3fs", result.table, strategy,
+                result.deleted, result.inserted, result.rows, result.seconds)  # fmt: skip
     return result
 
 
 def _run(load: Running, target: TableName, plan: CopyPlan, options: dict, url) -> LoadResult:
     connection = load.connection
-
-    def interrupted() -> LoadInterruptedError:
-        return LoadInterruptedError(f"interrupted: the table was not changed ({target} was being loaded)")
-
+    interrupted = LoadInterruptedError(f"interrupted: the table was not changed ({target} was being loaded)")
     try:
         with connection.cursor() as cur:
             target = resolve_schema(cur, target)
@@ -328,7 +318,7 @@ def _run(load: Running, target: TableName, plan: CopyPlan, options: dict, url) -
             with contextlib.suppress(psycopg2.Error):  # lost on the way: nothing was committed
                 connection.rollback()
         if load.interrupted and isinstance(exc, psycopg2.Error | LoadError):
-            raise interrupted() from None
+            raise interrupted from None
         if isinstance(exc, CountriesError) or not isinstance(exc, psycopg2.Error):
             raise
         message = scrub(pg_message(exc), url)

@@ -25,9 +25,6 @@ from flows.load.database import SECRET_QUERY_KEYS, Database, TableName, quote_id
 if TYPE_CHECKING:
     from flows.load.changes import ChangeSummary
 
-VARIABLE_PREFIX = "countries-load-"
-
-
 @dataclasses.dataclass(frozen=True)
 class LoadResult:
     """What a load did to ``table``: ``previous_rows`` is ``None`` for a new table; ``deleted`` / ``inserted`` are
@@ -56,7 +53,6 @@ class LoadResult:
         return cls(table, rows, rows, 0, 0, changes, strategy, fingerprint="")
 
 _DIGEST_CHUNK = 50_000
-_ROW_MAKING_LIBRARIES = ("pandas", "numpy")  # their version can change the rows made from the same records
 
 
 @functools.cache
@@ -67,7 +63,7 @@ def _code_identity() -> str:
     for path in sorted(package.rglob("*.py")):
         digest.update(f"{path.relative_to(package).as_posix()}\0".encode())
         digest.update(hashlib.sha256(path.read_bytes()).digest())
-    for name in _ROW_MAKING_LIBRARIES:  # dependencies of the load: installed
+    for name in ("pandas", "numpy"):  # their versions can change the rows made from the same records
         digest.update(f"{name}=={metadata.version(name)}\0".encode())
     return digest.hexdigest()
 
@@ -129,7 +125,7 @@ def variable_name(db: Database, table: TableName) -> str:
     """The Prefect Variable of ``table`` in ``db``: a hash of where the database is (no secret) and the table."""
     query = {k: v for k, v in db.query.items() if k not in SECRET_QUERY_KEYS}
     where = [db.username, db.host, db.port, db.database, sorted(query.items()), str(table)]
-    return VARIABLE_PREFIX + hashlib.sha256(json.dumps(where, default=str).encode()).hexdigest()[:32]
+    return "countries-load-" + hashlib.sha256(json.dumps(where, default=str).encode()).hexdigest()[:32]
 
 
 def live_rows(db: Database, table: TableName, stored: dict[str, Any], *, lock_timeout: float = 1.0) -> int | None:
