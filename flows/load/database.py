@@ -131,9 +131,6 @@ class Database:
             )
         return s
 
-    def __str__(self) -> str:
-        return self.description
-
     def __repr__(self) -> str:
         return f"Database({self.description!r})"
 

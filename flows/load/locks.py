@@ -12,7 +12,7 @@ import hashlib
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import psycopg2
 import psycopg2.errors
@@ -31,7 +31,6 @@ _BLOCKERS = {  # the table locks of sessions that can make a step wait
     "swap": _MODES_WEAKEST_FIRST,
 }
 _RETRY_PAUSE = 0.2  # seconds between tries: readers queued behind the load go first
-_T = TypeVar("_T")
 
 
 def _lock_key(name: str) -> int:
@@ -75,7 +74,7 @@ class LockWaits:
         self.apply_limit()
         self.bounded(key, "load", lambda: self.cur.execute("SELECT pg_advisory_xact_lock(%s)", (key,)))
 
-    def bounded(self, oid: int, need: Need, action: Callable[[], _T]) -> _T:
+    def bounded(self, oid: int, need: Need, action: Callable[[], Any]) -> Any:
         """``action()`` in a savepoint, tried ``1 + retries`` times; then ``TableBusyError`` naming the sessions
         whose locks on the table ``oid`` can block ``need`` (``"load"``: ``oid`` is the advisory lock's key)."""
         for attempt in range(self.retries + 1):

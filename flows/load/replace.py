@@ -1,12 +1,9 @@
 """Make a PostgreSQL table's rows equal to a DataFrame's, in one transaction, writing only what differs.
 
-Steps: an advisory lock on the table's name (loads of one table run one after the other); ``COPY`` into a staging
-table in the table's types (unlogged beside it when the role may create one, for a parallel hash join; temporary
-otherwise; a first load copies straight into the table it creates); ``SHARE ROW EXCLUSIVE`` lock (no other writer,
-no reader blocked); the row-drop rule; then ``"rows"``: one hash full join on a row hash gives the rows to delete
-(by ctid) and insert, the change report's keys and the new fingerprint, and rows in both stay untouched (foreign
-keys, views, indexes, triggers, grants, extra columns all stay); ``"swap"``: unless the content is equal, grants and
-comment carried over, ``DROP``, ``RENAME``. Any failure or interrupt rolls back. PostgreSQL 14 or later.
+Advisory lock on the table's name; ``COPY`` into a staging table in the table's types (unlogged beside it when the
+role may, temporary otherwise); ``SHARE ROW EXCLUSIVE`` lock (no other writer, no reader blocked); the row-drop rule;
+``"rows"``: one hash full join gives the rows to delete and insert, the report's keys and the new fingerprint (rows
+in both untouched, so all attached to the table stays); ``"swap"``: grants and comment carried over, DROP, RENAME.
 """
 
 from __future__ import annotations
@@ -27,7 +24,7 @@ from flows.errors import ConfigurationError, CountriesError, LoadError, LoadInte
 import flows.load.changes as change_report
 from flows.load.changes import ChangeSpec, ChangeSummary, check_min_row_fraction, check_row_drop
 from flows.load.database import TableName, parse_table_name, pg_message, quote_ident, resolve_schema, scrub, unreachable
-from flows.load.locks import LockWaits, Running, commit, running_loads
+from flows.load.locks import LockWaits, commit, running_loads
 from flows.load.state import LoadResult, fingerprint, row_hash
 
 if TYPE_CHECKING:
@@ -272,6 +269,8 @@ def replace_table(
     ``lock_timeout`` / ``lock_retries``: each wait for a user's lock; ``loader_wait``: for another load (seconds).
     Raises a ``CountriesError`` (``LoadError``, ``TableBusyError``, ...) and leaves the table as it was.
     """
+    import sqlalchemy as sa
+
     from flows.load.copy import plan_copy
 
     started = time.perf_counter()
@@ -282,14 +281,30 @@ def replace_table(
     _check_options(plan, options)
     try:
         proxy = engine.raw_connection()
-    except Exception as exc:  # SQLAlchemy wraps the driver's error; anything else is not a connection failure
-        if isinstance(getattr(exc, "orig", exc), psycopg2.Error):
-            raise unreachable(engine.url, exc) from None
-        raise
-    connection = proxy.dbapi_connection
+    except (sa.exc.DBAPIError, psycopg2.Error) as exc:  # the driver's error, wrapped by SQLAlchemy or not
+        raise unreachable(engine.url, exc) from None
+    connection, url = proxy.dbapi_connection, engine.url
+    interrupted = LoadInterruptedError(f"interrupted: the table was not changed ({target} was being loaded)")
     try:
         with running_loads(connection) as load:
-            result = _run(load, target, plan, options, engine.url)
+            try:
+                with connection.cursor() as cur:
+                    target = resolve_schema(cur, target)
+                    LockWaits(cur, str(target), url, loader_wait, 0).advisory()
+                    waits = LockWaits(cur, str(target), url, lock_timeout, lock_retries)
+                    waits.apply_limit()
+                    result = _Load(cur, target, plan, options).run(waits)
+                commit(load, result, interrupted)
+            except BaseException as exc:  # rolled back while the load is still registered: an interrupt waits
+                if not connection.closed:
+                    with contextlib.suppress(psycopg2.Error):  # lost on the way: nothing was committed
+                        connection.rollback()
+                if load.interrupted and isinstance(exc, psycopg2.Error | LoadError):
+                    raise interrupted from None
+                if isinstance(exc, CountriesError) or not isinstance(exc, psycopg2.Error):
+                    raise
+                message = scrub(pg_message(exc), url)
+                raise LoadError(f"loading {target} failed: {message}; the previous table is unchanged") from None
     finally:
         if connection.closed:  # lost: SQLAlchemy's pool drops it
             proxy.invalidate()
@@ -299,27 +314,3 @@ def replace_table(
     logger.info("loaded %s [%s]: %d rows deleted, %d inserted, now %d rows, in %.3fs", result.table, strategy,
                 result.deleted, result.inserted, result.rows, result.seconds)  # fmt: skip
     return result
-
-
-def _run(load: Running, target: TableName, plan: CopyPlan, options: dict, url) -> LoadResult:
-    connection = load.connection
-    interrupted = LoadInterruptedError(f"interrupted: the table was not changed ({target} was being loaded)")
-    try:
-        with connection.cursor() as cur:
-            target = resolve_schema(cur, target)
-            LockWaits(cur, str(target), url, options["loader_wait"], 0).advisory()
-            waits = LockWaits(cur, str(target), url, options["lock_timeout"], options["lock_retries"])
-            waits.apply_limit()
-            result = _Load(cur, target, plan, options).run(waits)
-        commit(load, result, interrupted)
-        return result
-    except BaseException as exc:
-        if not connection.closed:
-            with contextlib.suppress(psycopg2.Error):  # lost on the way: nothing was committed
-                connection.rollback()
-        if load.interrupted and isinstance(exc, psycopg2.Error | LoadError):
-            raise interrupted from None
-        if isinstance(exc, CountriesError) or not isinstance(exc, psycopg2.Error):
-            raise
-        message = scrub(pg_message(exc), url)
-        raise LoadError(f"loading {target} failed: {message}; the previous table is unchanged") from None
