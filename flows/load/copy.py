@@ -1,8 +1,7 @@
 """A DataFrame as PostgreSQL's COPY text format (private to ``flows.load``).
 
 :func:`plan_copy` checks a frame and settles each column's SQL type; :func:`serialise` yields its rows as COPY text
-(UTF-8, NULL as ``\\N``, numbers exact, datetimes in UTC) a chunk at a time; :class:`CopyStream` is what
-``copy_expert`` reads.
+(UTF-8, NULL as ``\\N``, numbers exact, datetimes in UTC) a chunk at a time.
 """
 
 from __future__ import annotations
@@ -172,12 +171,3 @@ def serialise(plan: CopyPlan) -> Iterator[bytes]:
             ) from None
         yield chunk
 
-
-class CopyStream:
-    """What ``copy_expert`` reads: the frame serialised as COPY asks. An error while serialising aborts the COPY."""
-
-    def __init__(self, plan: CopyPlan) -> None:
-        self._chunks = serialise(plan)
-
-    def read(self, size: int = -1) -> bytes:
-        return next(self._chunks, b"")

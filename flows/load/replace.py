@@ -14,6 +14,7 @@ import json
 import logging
 import secrets
 import time
+import types
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Literal
 
@@ -65,7 +66,16 @@ class _Load:
         oid, relkind, comment, may_create = cur.fetchone()
         if relkind not in (None, "r"):
             raise LoadError(f"{table} exists but is not a plain table (relkind {relkind!r}); refusing to replace it")
-        complete = oid is not None and self._has_columns(oid, swap)  # a swap may replace a table lacking some
+        have = [] if oid is None else list(change_report.column_categories(cur, oid))
+        missing = [c for c in self.columns if c not in have]
+        if oid is not None and missing and not swap:  # a swap may replace a table lacking some
+            names = ", ".join(json.dumps(m, ensure_ascii=False) for m in missing)
+            raise LoadError(
+                f"{table} has no column {names} of the data (its columns: {', '.join(have)}): add it, drop the "
+                f"table so that the next load creates it, or load with {setting('strategy', 'swap')} to replace "
+                "the table; the previous table is unchanged"
+            )
+        complete = oid is not None and not missing
         if oid is None:  # a first load: the rows go straight into the new table
             self._stage(table.sql, None, "", oid=oid, waits=waits)
             cur.execute(f"ANALYZE {table.sql}")  # its statistics from the start: VACUUM skips frozen pages
@@ -102,19 +112,6 @@ class _Load:
             self.options["strategy"], content, tuple(self.columns),
         )  # fmt: skip
 
-    def _has_columns(self, oid: int, swap: bool) -> bool:
-        """Whether the table has every column of the data; ``LoadError`` if not, unless ``swap``."""
-        have = list(change_report.column_categories(self.cur, oid))
-        missing = [c for c in self.columns if c not in have]
-        if missing and not swap:
-            names = ", ".join(json.dumps(m, ensure_ascii=False) for m in missing)
-            raise LoadError(
-                f"{self.table} has no column {names} of the data (its columns: {', '.join(have)}): add it, drop the "
-                f"table so that the next load creates it, or load with {setting('strategy', 'swap')} to replace "
-                "the table; the previous table is unchanged"
-            )
-        return not missing
-
     def _stage(self, staging: str, like: str | None, kind: str, oid: int | None, waits: LockWaits) -> None:
         """Create ``staging`` in the types of ``like`` (the table) or of the data, and COPY the rows in."""
         cur, names = self.cur, self.plan.names()
@@ -124,10 +121,11 @@ class _Load:
         else:  # in the table's own types: compared by value, as the table holds them
             create = f"CREATE {kind}TABLE {staging}{on_commit} AS SELECT {names} FROM {like} WITH NO DATA"
             waits.bounded(oid, "read", lambda: cur.execute(create))
-        from flows.load.copy import CopyStream
+        from flows.load.copy import serialise
 
         copy = f"COPY {staging} ({names}) FROM STDIN WITH (FORMAT text, FREEZE, ENCODING 'UTF8')"
-        cur.copy_expert(copy, CopyStream(self.plan), size=1 << 20)
+        chunks = serialise(self.plan)  # what copy_expert reads: the next chunk; an error aborts the COPY
+        cur.copy_expert(copy, types.SimpleNamespace(read=lambda _size: next(chunks, b"")), size=1 << 20)
 
     def _diff(self, staging: str, previous: int) -> tuple[int, int, str]:
         """Compare the table with ``staging`` into ``_DIFF`` (ctids ``gone`` and ``added``, the change spec's
@@ -136,7 +134,7 @@ class _Load:
         Rows pair on their row hash, and on their copy's number when a hash repeats (a second join); a pair not
         equal by value is a delete and an insert."""
         cur, names = self.cur, self.plan.names()
-        h = row_hash(cur, staging, self.columns, "")  # staged in the table's types: one hash function for both
+        h = row_hash(cur, staging, self.columns)  # staged in the table's types: one hash function for both
         o, n = (", ".join(f"{side}.{quote_ident(c)}" for c in self.columns) for side in "on")
         spec = self.options["changes"]  # the report reads the key of the differing rows; nothing else is kept
         k = "" if spec is None else quote_ident(spec.key)
