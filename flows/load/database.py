@@ -233,19 +233,16 @@ def parse_table_name(name: str) -> TableName:
 
 def resolve_schema(cur: psycopg2.extensions.cursor, table: TableName) -> TableName:
     """``table`` with its schema made explicit (from ``search_path``); ``LoadError`` if there is none."""
-    if table.schema is None:
-        cur.execute("SELECT current_schema()")
-        schema = cur.fetchone()[0]
-        if schema is None:
-            raise LoadError(f"cannot place table {table}: search_path names no existing schema; use schema.table")
-        return TableName(schema, table.name)
-    cur.execute("SELECT to_regnamespace(%s)", (quote_ident(table.schema),))
-    if cur.fetchone()[0] is None:
+    cur.execute("SELECT s, to_regnamespace(quote_ident(s)) FROM coalesce(%s, current_schema()) s", (table.schema,))
+    schema, exists = cur.fetchone()
+    if schema is None:
+        raise LoadError(f"cannot place table {table}: search_path names no existing schema; use schema.table")
+    if exists is None:
         raise LoadError(
             f'schema "{table.schema}" does not exist: create it first '
             f"(CREATE SCHEMA {quote_ident(table.schema)}) or load into another schema; nothing was written"
         )
-    return table
+    return TableName(schema, table.name)
 
 
 def resolve_table(db: Database, table: str | TableName) -> TableName:

@@ -80,7 +80,7 @@ class _Load:
             self._stage(table.sql, None, "", oid=oid, waits=waits)
             cur.execute(f"ANALYZE {table.sql}")  # its statistics from the start: VACUUM skips frozen pages
             summary = None if spec is None else change_report.compare(cur, spec, None, table.sql, table.sql)
-            return self._result(None, 0, self.plan.rows, summary, fingerprint(cur, table, self.columns))
+            return self._result(None, 0, self.plan.rows, summary, fingerprint(cur, table.sql, self.columns))
         kind = "" if swap else "UNLOGGED " if may_create else "TEMPORARY "
         beside = TableName(table.schema, f"{table.name[:40]}__{'swap' if swap else 'load'}_{secrets.token_hex(4)}")
         staging = _STAGE if kind == "TEMPORARY " else beside.sql
@@ -89,7 +89,7 @@ class _Load:
         def lock_and_count() -> tuple[int, str | None]:
             cur.execute(f"LOCK TABLE {table.sql} IN SHARE ROW EXCLUSIVE MODE")  # no other writer; no reader blocked
             if swap and complete and spec is None:  # equal content is not swapped: its fingerprint counts rows too
-                content = fingerprint(cur, table, self.columns)
+                content = fingerprint(cur, table.sql, self.columns)
                 return int(content.split(":")[0]), content
             cur.execute(f"SELECT count(*) FROM {table.sql}")
             return cur.fetchone()[0], None

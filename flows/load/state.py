@@ -112,9 +112,8 @@ def row_hash(cur: psycopg2.extensions.cursor, relation: str, columns: Sequence[s
     return "(" + " # ".join(f"coalesce({f}({c}, {i}), {i})" for i, (f, c) in enumerate(zip(functions, cells))) + ")"
 
 
-def fingerprint(cur: psycopg2.extensions.cursor, table: TableName | str, columns: Sequence[str]) -> str:
-    """``"<rows>:<sum of row hashes>"`` of ``table``'s ``columns`` (a name or quoted SQL), in the caller's snapshot."""
-    relation = table.sql if isinstance(table, TableName) else table
+def fingerprint(cur: psycopg2.extensions.cursor, relation: str, columns: Sequence[str]) -> str:
+    """``"<rows>:<sum of row hashes>"`` of the ``columns`` of ``relation`` (quoted SQL), in the caller's snapshot."""
     cur.execute(f"SELECT count(*), coalesce(sum({row_hash(cur, relation, columns)}), 0) FROM {relation}")
     rows, total = cur.fetchone()
     return f"{rows}:{total}"
@@ -136,7 +135,7 @@ def live_rows(db: Database, table: TableName, stored: dict[str, Any], *, lock_ti
         conn.set_session(readonly=True)
         with conn.cursor() as cur:
             cur.execute("SELECT set_config('lock_timeout', %s, true)", (f"{max(1, round(lock_timeout * 1000))}ms",))
-            live = fingerprint(cur, table, stored["columns"])
+            live = fingerprint(cur, table.sql, stored["columns"])
         return int(stored["rows"]) if live == stored["fingerprint"] else None
     except (psycopg2.Error, KeyError, TypeError, ValueError):  # no table, a column gone, a lock wait: load instead
         return None
