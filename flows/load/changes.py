@@ -1,10 +1,8 @@
 """What a load changes: the change report, computed in the database, and the row-drop rule.
 
-The report is generic over a :class:`ChangeSpec` (a key column, numeric measures, set columns): rows are grouped by
-the key (NULL keys left out), a measure's value per key is its ``max``, a set column's the set of its non-NULL
-values. It lists the keys added and removed, the largest measure changes and the first set changes (at most
-``spec.limit`` each, code-point order; counts exact). :func:`check_row_drop` refuses a load that shrinks the table
-too much.
+Per key of a :class:`ChangeSpec` (NULL keys left out): added, removed, a measure's ``max`` changed, a set column's
+non-NULL values changed; lists hold at most ``spec.limit`` keys, counts are exact. :func:`check_row_drop` refuses a
+load that shrinks the table too much.
 """
 
 from __future__ import annotations

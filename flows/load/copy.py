@@ -105,19 +105,15 @@ def _fields(column: Column) -> tuple[str, Callable[[int, int], list]]:
     if _is_text(dtype):
         values = series.to_numpy(dtype=object)  # NaN/None/NA where missing
         return "%s", lambda i, j: _escaped(values[i:j], column.name)
-    mask = series.isna().to_numpy(dtype=bool)
+    mask, floating = series.isna().to_numpy(dtype=bool), pd.api.types.is_float_dtype(dtype)
     if pd.api.types.is_bool_dtype(dtype):
         words = np.array(["f", "t"], dtype=object)[series.to_numpy(dtype=bool, na_value=False).astype(np.intp)]
-    elif pd.api.types.is_integer_dtype(dtype):
-        ints = series.to_numpy(dtype="uint64" if pd.api.types.is_unsigned_integer_dtype(dtype) else "int64", na_value=0)
+    elif floating or pd.api.types.is_integer_dtype(dtype):  # ints as %d, floats as %r: both exact
+        kind = "float64" if floating else "uint64" if pd.api.types.is_unsigned_integer_dtype(dtype) else "int64"
+        numbers = series.to_numpy(dtype=kind, na_value=np.nan if floating else 0)  # NaN is missing: NULL
         if not mask.any():
-            return "%d", lambda i, j: ints[i:j].tolist()
-        words = np.array(list(map(str, ints.tolist())), dtype=object)
-    elif pd.api.types.is_float_dtype(dtype):
-        floats = series.to_numpy(dtype="float64", na_value=np.nan)  # NaN is missing: NULL, like None
-        if not mask.any():
-            return "%r", lambda i, j: floats[i:j].tolist()
-        words = np.array(list(map(repr, floats.tolist())), dtype=object)
+            return "%r" if floating else "%d", lambda i, j: numbers[i:j].tolist()
+        words = np.array(list(map(repr if floating else str, numbers.tolist())), dtype=object)
     elif pd.api.types.is_datetime64_any_dtype(dtype):
         if isinstance(dtype, pd.DatetimeTZDtype):
             series = series.dt.tz_convert("UTC").dt.tz_localize(None)  # naive datetimes are taken as UTC
