@@ -234,17 +234,10 @@ def compare(cursor: Any, spec: ChangeSpec, old: str | None, new: str, differing:
     return ChangeSummary(spec, tuple(kind for kind in kinds if kind.count))
 
 
-def _percent(kept: float, limit: float) -> str:
-    shown = f"{kept * 100:.0f}"
-    if float(shown) >= limit * 100:
-        shown = f"{math.floor(kept * 1000) / 10:.1f}"
-    return f"{shown}%"
-
-
 def check_min_row_fraction(min_fraction: float) -> None:
     """``ConfigurationError`` unless ``min_fraction`` is a number in [0, 1]."""
     valid = isinstance(min_fraction, int | float) and not isinstance(min_fraction, bool)
-    if not valid or math.isnan(min_fraction) or not 0.0 <= min_fraction <= 1.0:
+    if not valid or not 0.0 <= min_fraction <= 1.0:  # NaN is in no range
         raise ConfigurationError(
             f"{setting('min_row_fraction')} must be between 0 and 1 (a fraction like 0.5 for 50%), got {min_fraction!r}"
         )
@@ -257,8 +250,11 @@ def check_row_drop(new_rows: int, previous_rows: int | None, min_fraction: float
         return
     needed = Fraction(repr(float(min_fraction))) * previous_rows
     if new_rows < needed:
+        shown = f"{new_rows / previous_rows * 100:.0f}"
+        if float(shown) >= min_fraction * 100:  # rounded up to the limit: one decimal, rounded down
+            shown = f"{math.floor(new_rows / previous_rows * 1000) / 10:.1f}"
         raise QualityGateError(
-            f"new data has {new_rows} rows, {_percent(new_rows / previous_rows, min_fraction)} of the "
+            f"new data has {new_rows} rows, {shown}% of the "
             f"{previous_rows} in {table}, below {setting('min_row_fraction', min_fraction)} "
             f"(at least {math.ceil(needed)} rows); re-run with {setting('force', True)} if this is expected"
         )
