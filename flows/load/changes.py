@@ -80,10 +80,8 @@ class Kind:
 
 @dataclass(frozen=True)
 class ChangeSummary:
-    """What changed between the previous table and the new rows: the ``kinds`` of change that happened.
-
-    ``unchanged``: the content was equal; ``not_compared``: why the comparison could not run, else ``""``.
-    """
+    """The ``kinds`` of change between the previous table and the new rows; ``unchanged``: the content was equal;
+    ``not_compared``: why the comparison could not run, else ``""``."""
 
     spec: ChangeSpec
     kinds: tuple[Kind, ...] = ()

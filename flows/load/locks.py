@@ -131,11 +131,8 @@ _guard = threading.Lock()
 
 
 def interrupt_loads(timeout: float = 10.0, since: float = 0.0) -> list:
-    """Stop every load in progress in this process (for a signal handler); return the results of its loads
-    committed at or after ``since`` (``time.monotonic()``).
-
-    A load not yet committing has its statement cancelled, rolls back and raises ``LoadInterruptedError``; one
-    committing finishes. Waits at most ``timeout`` seconds in all."""
+    """Cancel every load of this process not yet committing (it rolls back, raises ``LoadInterruptedError``), wait
+    at most ``timeout`` seconds for all to end; return the results committed at or after ``since`` (monotonic)."""
     with _guard:
         running = list(_running)
         for load in running:

@@ -128,11 +128,9 @@ class _Load:
         cur.copy_expert(copy, types.SimpleNamespace(read=lambda _size: next(chunks, b"")), size=1 << 20)
 
     def _diff(self, staging: str, previous: int) -> tuple[int, int, str]:
-        """Compare the table with ``staging`` into ``_DIFF`` (ctids ``gone`` and ``added``, the change spec's
-        ``keys`` of both); return (rows to delete, to insert, the staged rows' fingerprint).
-
-        Rows pair on their row hash, and on their copy's number when a hash repeats (a second join); a pair not
-        equal by value is a delete and an insert."""
+        """Compare the table with ``staging`` into ``_DIFF`` (ctids ``gone`` and ``added``, their ``keys``); return
+        (rows to delete, to insert, the staged rows' fingerprint). Rows pair by row hash, and by copy number when a
+        hash repeats (a second join); a pair not equal by value is a delete and an insert."""
         cur, names = self.cur, self.plan.names()
         h = row_hash(cur, staging, self.columns)  # staged in the table's types: one hash function for both
         o, n = (", ".join(f"{side}.{quote_ident(c)}" for c in self.columns) for side in "on")

@@ -71,7 +71,6 @@ def _code_identity() -> str:
 def source_digest(records: Sequence[Any], *, dialect: str, columns: Iterable[tuple[str, str, str]]) -> str | None:
     """SHA-256 hex of the ``records`` as canonical JSON, ``columns`` (name, source path, SQL type), ``dialect``
     and the code that turns records into rows: equal digests mean equal rows. None for records JSON cannot hold.
-
     Each chunk is hashed on a thread while orjson serialises the next (hashlib releases the GIL)."""
     import orjson
 
