@@ -66,21 +66,21 @@ class _Load:
         oid, relkind, comment, may_create = cur.fetchone()
         if relkind not in (None, "r"):
             raise LoadError(f"{table} exists but is not a plain table (relkind {relkind!r}); refusing to replace it")
-        have = [] if oid is None else list(change_report.column_categories(cur, oid))
+        if oid is None:  # a first load: the rows go straight into the new table
+            self._stage(table.sql, None, "", oid=oid, waits=waits)
+            cur.execute(f"ANALYZE {table.sql}")  # its statistics from the start: VACUUM skips frozen pages
+            summary = None if spec is None else change_report.compare(cur, spec, None, table.sql, table.sql)
+            return self._result(None, 0, self.plan.rows, summary, fingerprint(cur, table.sql, self.columns))
+        have = list(change_report.column_categories(cur, oid))
         missing = [c for c in self.columns if c not in have]
-        if oid is not None and missing and not swap:  # a swap may replace a table lacking some
+        if missing and not swap:  # a swap may replace a table lacking some
             names = ", ".join(json.dumps(m, ensure_ascii=False) for m in missing)
             raise LoadError(
                 f"{table} has no column {names} of the data (its columns: {', '.join(have)}): add it, drop the "
                 f"table so that the next load creates it, or load with {setting('strategy', 'swap')} to replace "
                 "the table; the previous table is unchanged"
             )
-        complete = oid is not None and not missing
-        if oid is None:  # a first load: the rows go straight into the new table
-            self._stage(table.sql, None, "", oid=oid, waits=waits)
-            cur.execute(f"ANALYZE {table.sql}")  # its statistics from the start: VACUUM skips frozen pages
-            summary = None if spec is None else change_report.compare(cur, spec, None, table.sql, table.sql)
-            return self._result(None, 0, self.plan.rows, summary, fingerprint(cur, table.sql, self.columns))
+        complete = not missing
         kind = "" if swap else "UNLOGGED " if may_create else "TEMPORARY "
         beside = TableName(table.schema, f"{table.name[:40]}__{'swap' if swap else 'load'}_{secrets.token_hex(4)}")
         staging = _STAGE if kind == "TEMPORARY " else beside.sql
