@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import flows.load.copy as copy_text
-from flows.load.changes import ChangeSpec, Measure, MeasureChange, SetChange, SetColumn
+from flows.load.changes import ChangeSpec, Measure, SetColumn
 from flows.load.database import Database, resolve_table, scrub
 from flows.errors import (
     ConfigurationError,
@@ -1489,22 +1489,7 @@ def test_change_report_names_added_and_removed_countries_population_and_currency
 
     result = replace_table(engine, frame(AFTER), "countries", changes=SPEC, strategy=strategy)
 
-    changes = result.changes
-    assert (changes.added_count, changes.added) == (1, ("Svalbard and Jan Mayen",))
-    assert (changes.removed_count, changes.removed) == (1, ("Narnia",))
-    [population] = changes.measures
-    assert population.count == 3
-    assert population.largest == (  # largest change first
-        MeasureChange("Republic of Finland", 5_500_000, 5_600_000),
-        MeasureChange("Kingdom of Norway", 5_400_000, 5_350_000),
-        MeasureChange("Faroe Islands", 54_000, 54_001),
-    )
-    [currencies] = changes.sets
-    assert currencies.count == 2
-    assert currencies.changes == (  # by name, code-point order
-        SetChange("Faroe Islands", ("Danish krone", "Faroese króna"), ("Danish krone",)),
-        SetChange("Iceland", ("Icelandic króna",), ("Euro", "Icelandic króna")),
-    )
+    changes = result.changes  # lists in code-point order, the largest population change first
     assert changes.phrase() == "+1 country, -1 country, 3 populations changed, currencies changed for 2 countries"
     assert changes.log_lines() == [
         "countries added (1): Svalbard and Jan Mayen",
@@ -1547,21 +1532,21 @@ def test_change_report_caps_its_lists_and_counts_exactly(engine):
 
     changes = replace_table(engine, frame(grown), "countries", changes=SPEC).changes
 
-    assert changes.added_count == 13 and changes.added == tuple(f"New {i:02d}" for i in range(10))
-    assert changes.measures[0].count == 12 and len(changes.measures[0].largest) == 10
-    assert changes.measures[0].largest[0] == MeasureChange("Country 11", 1011, 2022)  # the largest first
     assert changes.phrase() == "+13 countries, 12 populations changed"
     assert changes.log_lines()[0] == (
         "countries added (13): New 00, New 01, New 02, New 03, New 04, New 05, New 06, New 07, New 08, New 09"
         " and 3 more"
     )
     assert changes.table_rows()[10] == {"change": "added", "country": "and 3 more", "before": "", "after": ""}
+    rows = changes.table_rows()
+    assert rows[11] == {"change": "population", "country": "Country 11", "before": "1,011", "after": "2,022"}
+    assert rows[21] == {"change": "population", "country": "and 2 more", "before": "", "after": ""}
 
 
 def test_change_report_on_a_first_load_lists_every_country_as_added(engine):
     changes = replace_table(engine, frame(BEFORE), "countries", changes=SPEC).changes
     assert changes.phrase() == "+8 countries"
-    assert changes.added[:3] == ("Faroe Islands", "Iceland", "Kingdom of Denmark")
+    assert changes.log_lines()[0].startswith("countries added (8): Faroe Islands, Iceland, Kingdom of Denmark, ")
 
 
 def test_rows_in_another_order_are_the_same_table(engine):

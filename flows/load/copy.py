@@ -1,13 +1,7 @@
 """A DataFrame as PostgreSQL's COPY text format (private to ``flows.load``).
 
-:func:`plan_copy` validates a frame and settles each column's SQL type (from
-``column_types``, else from its dtype: text / bigint / double precision /
-boolean / timestamptz) without touching the data. :func:`serialise` then
-yields the rows in COPY text format (UTF-8), a chunk of rows at a time:
-NULL (None/NaN/NaT/NA) as ``\\N``; backslash, tab, newline and CR escaped;
-ints and floats exact (``%r`` round-trips); datetimes in UTC with
-microseconds. :class:`CopyStream` is what ``copy_expert`` reads. Text
-PostgreSQL cannot store (NUL, lone surrogates) raises ``LoadError``.
+:func:`plan_copy` checks a frame and settles each column's SQL type; :func:`serialise` yields its rows as COPY text
+(UTF-8, NULL as ``\\N``, numbers exact, datetimes in UTC) a chunk at a time.
 """
 
 from __future__ import annotations
@@ -28,8 +22,7 @@ _SQL_TYPE = re.compile(
     r"(?: ?\(\s*\d+\s*(?:,\s*\d+\s*)?\))?"
     r"(?: [A-Za-z_][A-Za-z0-9_]*)*"
 )
-_COPY_CHUNK_ROWS = 4096
-"""Rows per chunk handed to COPY: the server parses one chunk while the next is serialised."""
+_COPY_CHUNK_ROWS = 4096  # the server parses one chunk while the next is serialised
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,9 +71,9 @@ def _default_sql_type(name: str, dtype: object) -> str:
 
 
 def plan_copy(df: pd.DataFrame, column_types: Mapping[str, str] | None) -> CopyPlan:
-    """Validate the frame and settle each column's SQL type (cheap; no data is touched)."""
-    if not isinstance(df, pd.DataFrame):
-        raise ConfigurationError(f"expected a pandas DataFrame, got {type(df).__name__}")
+    """Check the frame's column names and ``column_types`` and settle each column's SQL type (no data is read).
+
+    A frame without columns or with duplicate names fails later, in PostgreSQL (``LoadError``)."""
     column_types = dict(column_types or {})
     names = list(df.columns)
     for name in names:
@@ -88,10 +81,6 @@ def plan_copy(df: pd.DataFrame, column_types: Mapping[str, str] | None) -> CopyP
             raise ConfigurationError(f"column name {name!r} is not usable: column names must be non-empty strings")
         if len(name.encode("utf-8")) > MAX_IDENTIFIER_BYTES:
             raise ConfigurationError(f'column name "{name}" is longer than PostgreSQL\'s 63 bytes')
-    if not names:
-        raise ConfigurationError("the frame has no columns; there is nothing to load")
-    if len(set(names)) != len(names):
-        raise ConfigurationError(f"the frame has duplicate column names: {names}")
     unknown = sorted(set(column_types) - set(names))
     if unknown:
         raise ConfigurationError(f"column_types names columns the frame does not have: {unknown} (columns: {names})")
@@ -111,28 +100,20 @@ def plan_copy(df: pd.DataFrame, column_types: Mapping[str, str] | None) -> CopyP
 
 
 def _fields(column: Column) -> tuple[str, Callable[[int, int], list]]:
-    """(``%``-format of one field, rows ``i:j`` -> their fields with NULL as ``\\N``) for a column.
-
-    Ints and floats without NULLs go to the format as numbers (``%d``, and ``%r``: exact
-    round trip); everything else as text.
-    """
+    """(``%``-format of one field, rows ``i:j`` -> their fields) for a column; numbers without NULLs stay numbers."""
     series, dtype = column.series, column.series.dtype
     if _is_text(dtype):
         values = series.to_numpy(dtype=object)  # NaN/None/NA where missing
         return "%s", lambda i, j: _escaped(values[i:j], column.name)
-    mask = series.isna().to_numpy(dtype=bool)
+    mask, floating = series.isna().to_numpy(dtype=bool), pd.api.types.is_float_dtype(dtype)
     if pd.api.types.is_bool_dtype(dtype):
         words = np.array(["f", "t"], dtype=object)[series.to_numpy(dtype=bool, na_value=False).astype(np.intp)]
-    elif pd.api.types.is_integer_dtype(dtype):
-        ints = series.to_numpy(dtype="uint64" if pd.api.types.is_unsigned_integer_dtype(dtype) else "int64", na_value=0)
+    elif floating or pd.api.types.is_integer_dtype(dtype):  # ints as %d, floats as %r: both exact
+        kind = "float64" if floating else "uint64" if pd.api.types.is_unsigned_integer_dtype(dtype) else "int64"
+        numbers = series.to_numpy(dtype=kind, na_value=np.nan if floating else 0)  # NaN is missing: NULL
         if not mask.any():
-            return "%d", lambda i, j: ints[i:j].tolist()
-        words = np.array(list(map(str, ints.tolist())), dtype=object)
-    elif pd.api.types.is_float_dtype(dtype):
-        floats = series.to_numpy(dtype="float64", na_value=np.nan)  # NaN is missing: NULL, like None
-        if not mask.any():
-            return "%r", lambda i, j: floats[i:j].tolist()
-        words = np.array(list(map(repr, floats.tolist())), dtype=object)
+            return "%r" if floating else "%d", lambda i, j: numbers[i:j].tolist()
+        words = np.array(list(map(repr if floating else str, numbers.tolist())), dtype=object)
     elif pd.api.types.is_datetime64_any_dtype(dtype):
         if isinstance(dtype, pd.DatetimeTZDtype):
             series = series.dt.tz_convert("UTC").dt.tz_localize(None)  # naive datetimes are taken as UTC
@@ -145,10 +126,7 @@ def _fields(column: Column) -> tuple[str, Callable[[int, int], list]]:
 
 
 def _escaped(values: np.ndarray, name: str) -> list[str]:
-    """Text values as COPY fields: backslash, tab, newline and CR escaped, NULL as ``\\N``.
-
-    One join, four replaces and one split per chunk (C speed); other objects load as ``str()``.
-    """
+    """Text values as COPY fields (other objects as ``str()``), escaped by one join, replaces and a split."""
     texts = values.tolist()
     nulls = np.flatnonzero(pd.isna(values))
     for k in nulls:
@@ -171,10 +149,7 @@ def _escaped(values: np.ndarray, name: str) -> list[str]:
 
 
 def serialise(plan: CopyPlan) -> Iterator[bytes]:
-    """The rows in COPY text format (UTF-8), chunk by chunk: one ``%``-format of a repeated row per chunk.
-
-    Raises ``LoadError`` for text PostgreSQL cannot store (NUL, lone surrogates).
-    """
+    """The rows in COPY text format (UTF-8), chunk by chunk; ``LoadError`` for text PostgreSQL cannot store."""
     fields = [_fields(c) for c in plan.columns]
     width = len(fields)
     row = "\t".join(spec for spec, _ in fields) + "\n"
@@ -192,12 +167,3 @@ def serialise(plan: CopyPlan) -> Iterator[bytes]:
             ) from None
         yield chunk
 
-
-class CopyStream:
-    """What ``copy_expert`` reads: the frame serialised as COPY asks. An error while serialising aborts the COPY."""
-
-    def __init__(self, plan: CopyPlan) -> None:
-        self._chunks = serialise(plan)
-
-    def read(self, size: int = -1) -> bytes:
-        return next(self._chunks, b"")

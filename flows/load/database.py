@@ -1,21 +1,7 @@
-"""The database a load writes to, its table names, and its messages (psycopg2 only; SQLAlchemy when asked).
+"""The database a load writes to (:class:`Database`), its table names, and its messages.
 
-- :class:`Database`: a PostgreSQL database as the parts of a SQLAlchemy URL (what
-  a ``SqlAlchemyConnector`` block holds), psycopg2 ``connect_args`` and the name
-  of the block it came from. ``connect()`` opens a psycopg2 connection;
-  ``url``/``engine()`` are SQLAlchemy's (imported then).
-- :class:`TableName`, :func:`parse_table_name`, :func:`resolve_table`: table
-  names as a load places them; :func:`quote_ident`: the one identifier quoting.
-- :func:`pg_message`: PostgreSQL's message on one line; :func:`scrub`: a text
-  with the password masked where it stands as a credential.
-
-Measured reason for not importing SQLAlchemy here: ``import sqlalchemy`` plus
-its psycopg2 dialect takes 0.14-0.23 s on these machines (``python -X importtime``),
-10-15% of a warm run on a running server (1.43 s, target 1.3x of Prefect's
-trivial flow, today 1.10x). The warm run only connects and describes the
-database, so the simple cases of both are written here (and checked against
-SQLAlchemy's own by the tests); URL strings, multi-host queries and engines use
-SQLAlchemy.
+Only psycopg2 is imported: ``import sqlalchemy`` costs 0.14-0.23 s, 10-15% of a warm run, which
+only connects and describes the database; URL strings, multi-host queries and engines import it.
 """
 
 from __future__ import annotations
@@ -35,30 +21,19 @@ if TYPE_CHECKING:
     import sqlalchemy as sa
 
 MAX_IDENTIFIER_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1; longer names would be truncated silently
-SECRET_QUERY_KEYS = frozenset({"password", "sslpassword"})
-"""libpq connection parameters that are secrets when a URL's query holds them."""
+SECRET_QUERY_KEYS = frozenset({"password", "sslpassword"})  # libpq parameters that are secrets
 PSYCOPG2_DRIVERS = ("postgresql+psycopg2", "postgresql")
 
 
 def quote_ident(name: str) -> str:
-    """``name`` as a quoted SQL identifier (any text is safe: quotes are doubled)."""
+    """``name`` as a quoted SQL identifier."""
     return '"' + name.replace('"', '""') + '"'
-
-
-# --- the database ---------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Database:
-    """A PostgreSQL database reached through psycopg2: the parts of a SQLAlchemy URL, ``connect_args``, its block.
-
-    The parts mean what they mean to SQLAlchemy's ``URL.create`` and its psycopg2
-    dialect; ``connect_args`` are extra psycopg2 keyword arguments; ``block`` is
-    the name of the block it was read from (messages say which block to check;
-    ``None``: not from a block). Raises ``ValueError`` for a driver other than
-    psycopg2's. The password (and ``connect_args``) never appear in its ``repr``
-    or messages.
-    """
+    """A PostgreSQL database: the parts of a SQLAlchemy URL, extra psycopg2 ``connect_args``, and the name of
+    the block it came from (for messages). ``ValueError`` for a driver other than psycopg2's. No secret in its repr."""
 
     drivername: str = "postgresql+psycopg2"
     username: str | None = None
@@ -96,8 +71,7 @@ class Database:
 
     @property
     def url(self) -> sa.engine.URL:
-        """This database as a SQLAlchemy ``URL`` (imports SQLAlchemy), always with psycopg2's driver: SQLAlchemy 2.1
-        reads a bare ``postgresql://`` as psycopg 3, which is not installed."""
+        """This database as a SQLAlchemy ``URL``, with psycopg2's driver (2.1 reads ``postgresql://`` as psycopg 3)."""
         import sqlalchemy as sa
 
         return sa.engine.URL.create(
@@ -105,17 +79,15 @@ class Database:
         )
 
     def engine(self, **kwargs: Any) -> sa.Engine:
-        """A new SQLAlchemy engine on this database (the caller disposes it), as prefect-sqlalchemy's would be."""
+        """A new SQLAlchemy engine on this database (the caller disposes it)."""
         import sqlalchemy as sa
 
         return sa.create_engine(self.url, connect_args=dict(self.connect_args), **kwargs)
 
     def psycopg2_arguments(self) -> tuple[list[str], dict[str, Any]]:
-        """The arguments of ``psycopg2.connect``: exactly those of SQLAlchemy's psycopg2 dialect, then ``connect_args``.
+        """The arguments of ``psycopg2.connect``: those of SQLAlchemy's psycopg2 dialect, then ``connect_args``.
 
-        A query naming several hosts or a port is handed to that dialect (imported
-        then); ``ValueError`` when it refuses it.
-        """
+        A query naming several hosts or a port is read by that dialect; ``ValueError`` when it refuses it."""
         host = self.query.get("host")
         if "port" in self.query or not (host is None or (isinstance(host, str) and not set(host) & {",", ":"})):
             import sqlalchemy as sa
@@ -134,7 +106,7 @@ class Database:
         return [], {**opts, **self.query, **self.connect_args}
 
     def connect(self) -> psycopg2.extensions.connection:
-        """A new psycopg2 connection (the caller closes it), or ``DatabaseUnreachableError`` saying where and what."""
+        """A new psycopg2 connection (the caller closes it); ``DatabaseUnreachableError`` if none."""
         args, kwargs = self.psycopg2_arguments()
         try:
             return psycopg2.connect(*args, **kwargs)
@@ -159,14 +131,8 @@ class Database:
             )
         return s
 
-    def __str__(self) -> str:
-        return self.description
-
     def __repr__(self) -> str:
         return f"Database({self.description!r})"
-
-
-# --- messages -------------------------------------------------------------------------------
 
 
 def _where(url: Any) -> str:
@@ -198,12 +164,8 @@ def pg_message(exc: BaseException) -> str:
 
 
 def scrub(text: str, url: Any) -> str:
-    """``text`` with the secrets of ``url`` (a SQLAlchemy URL or a :class:`Database`) masked as ``***``.
-
-    Masked only where a secret stands as a credential: a URL's ``user:SECRET@``
-    and a DSN's or query's ``password=SECRET`` (quoted or not, also percent-encoded),
-    never inside other words: a password ``st`` leaves "does not exist" readable.
-    """
+    """``text`` with the secrets of ``url`` (a SQLAlchemy URL or a :class:`Database`) masked as ``***`` where
+    they stand as credentials (``user:SECRET@``, ``password=SECRET``, also percent-encoded), not inside words."""
     secrets = [str(url.password)] if url.password else []
     for key in SECRET_QUERY_KEYS & set(url.query):
         value = url.query[key]
@@ -223,9 +185,6 @@ def unreachable(url: Any, exc: BaseException, block: str | None = None) -> Datab
         f"cannot connect to PostgreSQL {_where(url)}: {scrub(pg_message(exc), url)}; "
         f"{check} and that PostgreSQL is running"
     )
-
-
-# --- table names ----------------------------------------------------------------------------
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
 _NAME_HELP = "use letters, digits and underscores, optionally schema-qualified like analytics.countries"
@@ -250,14 +209,8 @@ class TableName:
 
 
 def parse_table_name(name: str) -> TableName:
-    """Parse ``"countries"`` or ``"analytics.countries"`` into a ``TableName``.
-
-    Each part must match ``[A-Za-z_][A-Za-z0-9_$]*`` and be at most 63 bytes;
-    upper case is folded to lower case, as PostgreSQL does for unquoted names.
-    Raises ``InvalidTableNameError`` (what was wrong, what is allowed) otherwise.
-    """
-    if not isinstance(name, str):
-        raise InvalidTableNameError(f"invalid table name {name!r}: expected a string; {_NAME_HELP}")
+    """``"countries"`` or ``"analytics.countries"`` as a lower-case ``TableName``; ``InvalidTableNameError`` for
+    a part that is not a plain identifier of at most 63 bytes or more than one dot."""
     shown = json.dumps(name, ensure_ascii=False)
     parts = name.split(".")
     if len(parts) > 2:
@@ -279,30 +232,21 @@ def parse_table_name(name: str) -> TableName:
 
 
 def resolve_schema(cur: psycopg2.extensions.cursor, table: TableName) -> TableName:
-    """``table`` with its schema made explicit (the first existing schema of ``search_path`` if none).
-
-    Raises ``LoadError`` when the schema does not exist or ``search_path`` names none.
-    """
-    if table.schema is None:
-        cur.execute("SELECT current_schema()")
-        schema = cur.fetchone()[0]
-        if schema is None:
-            raise LoadError(f"cannot place table {table}: search_path names no existing schema; use schema.table")
-        return TableName(schema, table.name)
-    cur.execute("SELECT to_regnamespace(%s)", (quote_ident(table.schema),))
-    if cur.fetchone()[0] is None:
+    """``table`` with its schema made explicit (from ``search_path``); ``LoadError`` if there is none."""
+    cur.execute("SELECT s, to_regnamespace(quote_ident(s)) FROM coalesce(%s, current_schema()) s", (table.schema,))
+    schema, exists = cur.fetchone()
+    if schema is None:
+        raise LoadError(f"cannot place table {table}: search_path names no existing schema; use schema.table")
+    if exists is None:
         raise LoadError(
             f'schema "{table.schema}" does not exist: create it first '
             f"(CREATE SCHEMA {quote_ident(table.schema)}) or load into another schema; nothing was written"
         )
-    return table
+    return TableName(schema, table.name)
 
 
 def resolve_table(db: Database, table: str | TableName) -> TableName:
-    """``table`` schema-qualified as a load would place it, checked against ``db`` over one psycopg2 connection.
-
-    Raises ``DatabaseUnreachableError``, or ``LoadError`` for a missing schema. Nothing is written.
-    """
+    """``table`` schema-qualified as a load would place it in ``db`` (:func:`resolve_schema`); writes nothing."""
     target = table if isinstance(table, TableName) else parse_table_name(table)
     conn = db.connect()
     try:

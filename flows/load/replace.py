@@ -1,33 +1,9 @@
 """Make a PostgreSQL table's rows equal to a DataFrame's, in one transaction, writing only what differs.
 
-One load, one transaction on a psycopg2 connection of the caller's SQLAlchemy engine:
-
-1. ``pg_advisory_xact_lock`` on the table's name: loads of one table run one after the other;
-   the wait blocks no reader and is bounded (``loader_wait``), then "table busy".
-2. ``COPY ... FROM STDIN (FREEZE)`` the rows into a staging table made from the TABLE's
-   columns (``CREATE ... AS SELECT <columns> FROM <table> WITH NO DATA``), so they are
-   compared in its types: beside the table (``"rows"``: unlogged, so that PostgreSQL scans it
-   in parallel; temporary when the role may not create tables in the schema). A first
-   load copies straight into the table it creates, and ends there.
-3. ``LOCK TABLE ... IN SHARE ROW EXCLUSIVE MODE``: no other writer until the commit, no
-   reader blocked; the comparison, the change report and the write see one state.
-4. The row-drop rule (``force`` bypasses it).
-5. ``"rows"``: one hash full join of the table and the staged rows on a row hash
-   (``flows.load.state.row_hash``), paired rows compared by value (NULL equals NULL); the
-   table's rows left unpaired are deleted by ctid, the staged ones inserted. Rows in both are
-   untouched (same row version): a user's foreign key (even ``ON DELETE CASCADE``), views,
-   indexes, triggers, grants, extra columns all stay. A row hash held several times on a
-   side pairs its copies by number (a second join), so counts are exact. Equal content:
-   nothing written.
-   ``"swap"``: unless both fingerprints are equal, carry grants and comment over, ``DROP`` the
-   table, ``RENAME`` the staging one (indexes, constraints, triggers, owner are not kept; a
-   view on the table makes it fail).
-6. The table's fingerprint (``flows.load.state.fingerprint``, summed in the join for ``"rows"``);
-   commit. Any failure rolls back.
-
-Waits for users' locks: ``lock_timeout``, ``lock_retries`` (``flows.load.locks``). An
-interrupt (``flows.load.interrupt_loads``) cancels the statement and rolls back.
-PostgreSQL 14 or later (``hash_record_extended``); tested on 18.
+Advisory lock on the table's name; ``COPY`` into a staging table in the table's types (unlogged beside it when the
+role may, temporary otherwise); ``SHARE ROW EXCLUSIVE`` lock (no other writer, no reader blocked); the row-drop rule;
+``"rows"``: one hash full join gives the rows to delete and insert, the report's keys and the new fingerprint (rows
+in both untouched, so all attached to the table stays); ``"swap"``: grants and comment carried over, DROP, RENAME.
 """
 
 from __future__ import annotations
@@ -38,23 +14,18 @@ import json
 import logging
 import secrets
 import time
+import types
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Literal
 
 import psycopg2
 import psycopg2.errors
 
-from flows.errors import (
-    ConfigurationError,
-    CountriesError,
-    LoadError,
-    LoadInterruptedError,
-    setting,
-)
+from flows.errors import ConfigurationError, CountriesError, LoadError, LoadInterruptedError, setting
 import flows.load.changes as change_report
 from flows.load.changes import ChangeSpec, ChangeSummary, check_min_row_fraction, check_row_drop
 from flows.load.database import TableName, parse_table_name, pg_message, quote_ident, resolve_schema, scrub, unreachable
-from flows.load.locks import LockWaits, Running, commit, running_loads
+from flows.load.locks import LockWaits, commit, running_loads
 from flows.load.state import LoadResult, fingerprint, row_hash
 
 if TYPE_CHECKING:
@@ -70,15 +41,11 @@ STRATEGIES: tuple[str, ...] = ("rows", "swap")
 _STAGE = 'pg_temp."countries_pipeline_new"'
 _DIFF = 'pg_temp."countries_pipeline_diff"'
 _KEYS = 'pg_temp."countries_pipeline_keys"'
-_PRIVILEGES = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER", "MAINTAIN"})
-
-
-# --- one load, in one transaction ----------------------------------------------------------
 
 
 @dataclasses.dataclass
 class _Load:
-    """Steps 2-7 of the module docstring on ``cur``, inside the caller's transaction."""
+    """One load's steps after the advisory lock, on ``cur`` in the caller's transaction."""
 
     cur: psycopg2.extensions.cursor
     table: TableName  # schema-qualified
@@ -92,21 +59,29 @@ class _Load:
     def run(self, waits: LockWaits) -> LoadResult:
         cur, table, swap, spec = self.cur, self.table, self.options["strategy"] == "swap", self.options["changes"]
         cur.execute(
-            "SELECT oid, relkind, obj_description(oid, 'pg_class') FROM pg_class"
-            " WHERE relnamespace = to_regnamespace(%s) AND relname = %s",
+            "SELECT c.oid, c.relkind, obj_description(c.oid, 'pg_class'), has_schema_privilege(s, 'CREATE')"
+            " FROM to_regnamespace(%s) s LEFT JOIN pg_class c ON c.relnamespace = s AND c.relname = %s",
             (quote_ident(table.schema), table.name),
         )
-        oid, relkind, comment = cur.fetchone() or (None, None, None)
+        oid, relkind, comment, may_create = cur.fetchone()
         if relkind not in (None, "r"):
             raise LoadError(f"{table} exists but is not a plain table (relkind {relkind!r}); refusing to replace it")
-        complete = oid is not None and self._has_columns(oid, swap)  # a swap may replace a table lacking some
         if oid is None:  # a first load: the rows go straight into the new table
             self._stage(table.sql, None, "", oid=oid, waits=waits)
             cur.execute(f"ANALYZE {table.sql}")  # its statistics from the start: VACUUM skips frozen pages
             summary = None if spec is None else change_report.compare(cur, spec, None, table.sql, table.sql)
-            return self._result(None, 0, self.plan.rows, summary, fingerprint(cur, table, self.columns))
-        cur.execute("SELECT has_schema_privilege(to_regnamespace(%s), 'CREATE')", (quote_ident(table.schema),))
-        kind = "" if swap else "UNLOGGED " if cur.fetchone()[0] else "TEMPORARY "
+            return self._result(None, 0, self.plan.rows, summary, fingerprint(cur, table.sql, self.columns))
+        have = list(change_report.column_categories(cur, oid))
+        missing = [c for c in self.columns if c not in have]
+        if missing and not swap:  # a swap may replace a table lacking some
+            names = ", ".join(json.dumps(m, ensure_ascii=False) for m in missing)
+            raise LoadError(
+                f"{table} has no column {names} of the data (its columns: {', '.join(have)}): add it, drop the "
+                f"table so that the next load creates it, or load with {setting('strategy', 'swap')} to replace "
+                "the table; the previous table is unchanged"
+            )
+        complete = not missing
+        kind = "" if swap else "UNLOGGED " if may_create else "TEMPORARY "
         beside = TableName(table.schema, f"{table.name[:40]}__{'swap' if swap else 'load'}_{secrets.token_hex(4)}")
         staging = _STAGE if kind == "TEMPORARY " else beside.sql
         self._stage(staging, table.sql if complete else None, kind, oid=oid, waits=waits)
@@ -114,7 +89,7 @@ class _Load:
         def lock_and_count() -> tuple[int, str | None]:
             cur.execute(f"LOCK TABLE {table.sql} IN SHARE ROW EXCLUSIVE MODE")  # no other writer; no reader blocked
             if swap and complete and spec is None:  # equal content is not swapped: its fingerprint counts rows too
-                content = fingerprint(cur, table, self.columns)
+                content = fingerprint(cur, table.sql, self.columns)
                 return int(content.split(":")[0]), content
             cur.execute(f"SELECT count(*) FROM {table.sql}")
             return cur.fetchone()[0], None
@@ -137,25 +112,8 @@ class _Load:
             self.options["strategy"], content, tuple(self.columns),
         )  # fmt: skip
 
-    def _has_columns(self, oid: int, swap: bool) -> bool:
-        """Whether the table has every column of the data; strategy "rows" refuses a table without them."""
-        self.cur.execute(
-            "SELECT attname FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped", (oid,)
-        )
-        have = [r[0] for r in self.cur.fetchall()]
-        missing = [c for c in self.columns if c not in have]
-        if missing and not swap:
-            names = ", ".join(json.dumps(m, ensure_ascii=False) for m in missing)
-            raise LoadError(
-                f"{self.table} has no column {names} of the data (its columns: {', '.join(have)}): add it, drop the "
-                f"table so that the next load creates it, or load with {setting('strategy', 'swap')} to replace "
-                "the table; the previous table is unchanged"
-            )
-        return not missing
-
     def _stage(self, staging: str, like: str | None, kind: str, oid: int | None, waits: LockWaits) -> None:
-        """Create ``staging`` in the types of ``like`` (the table) or of the data, and COPY the rows in (FREEZE: the
-        table is new in this transaction, so its rows need no hint bits on first read)."""
+        """Create ``staging`` in the types of ``like`` (the table) or of the data, and COPY the rows in."""
         cur, names = self.cur, self.plan.names()
         on_commit = " ON COMMIT DROP" if kind == "TEMPORARY " else ""
         if like is None:
@@ -163,32 +121,26 @@ class _Load:
         else:  # in the table's own types: compared by value, as the table holds them
             create = f"CREATE {kind}TABLE {staging}{on_commit} AS SELECT {names} FROM {like} WITH NO DATA"
             waits.bounded(oid, "read", lambda: cur.execute(create))
-        from flows.load.copy import CopyStream
+        from flows.load.copy import serialise
 
         copy = f"COPY {staging} ({names}) FROM STDIN WITH (FORMAT text, FREEZE, ENCODING 'UTF8')"
-        cur.copy_expert(copy, CopyStream(self.plan), size=1 << 20)
+        chunks = serialise(self.plan)  # what copy_expert reads: the next chunk; an error aborts the COPY
+        cur.copy_expert(copy, types.SimpleNamespace(read=lambda _size: next(chunks, b"")), size=1 << 20)
 
     def _diff(self, staging: str, previous: int) -> tuple[int, int, str]:
-        """Step 5's comparison, one hash full join of the table and the staged rows into ``_DIFF`` (one row: the
-        ctids ``gone`` of the table and ``added`` of the staged rows that are on one side only; with a change spec,
-        the ``keys`` of those rows). Returns (rows to delete, to insert, the new content's fingerprint).
-
-        Rows are paired on their row hash and, when a hash is held several times on a side, on its copy's number
-        among them (a second join, which sorts); a pair that is not equal by value (a hash collision) is a delete
-        and an insert. The fingerprint is the staged rows' (``flows.load.state.fingerprint``), summed in the join.
-        """
+        """Compare the table with ``staging`` into ``_DIFF`` (ctids ``gone`` and ``added``, their ``keys``); return
+        (rows to delete, to insert, the staged rows' fingerprint). Rows pair by row hash, and by copy number when a
+        hash repeats (a second join); a pair not equal by value is a delete and an insert."""
         cur, names = self.cur, self.plan.names()
-        h = row_hash(cur, staging, self.columns, "")  # staged in the table's types: one hash function for both
+        h = row_hash(cur, staging, self.columns)  # staged in the table's types: one hash function for both
         o, n = (", ".join(f"{side}.{quote_ident(c)}" for c in self.columns) for side in "on")
         spec = self.options["changes"]  # the report reads the key of the differing rows; nothing else is kept
         k = "" if spec is None else quote_ident(spec.key)
         keys = f", array_agg(coalesce(o.{k}, n.{k})) FILTER (WHERE NOT same) AS keys" if k else ""
-        cur.execute("SET LOCAL work_mem = '128MB'")  # the hash of a million rows in memory: 2x faster here
-        # The joins here and in the change report are on values without an index: hash joins. A merge join sorts
-        # (20% slower here); a nested loop, chosen when a table's statistics say it is nearly empty (COPY FREEZE
-        # leaves VACUUM nothing to count), reads a million rows once per key.
-        cur.execute("SET LOCAL enable_mergejoin = off")
-        cur.execute("SET LOCAL enable_nestloop = off")
+        # Hash joins, here and in the change report: in memory 2x faster, a merge join sorts (20% slower), a nested
+        # loop (chosen when statistics say a table is nearly empty) reads a million rows once per key.
+        for setting_sql in ("work_mem = '128MB'", "enable_mergejoin = off", "enable_nestloop = off"):
+            cur.execute(f"SET LOCAL {setting_sql}")
         for copy in ("1", f"row_number() OVER (PARTITION BY {h})"):
             cur.execute(f"DROP TABLE IF EXISTS {_DIFF}")
             cur.execute(
@@ -203,9 +155,8 @@ class _Load:
             )
             cur.execute(f"SELECT old, new, cardinality(gone), cardinality(added), total FROM {_DIFF}")
             old, new, deleted, inserted, total = cur.fetchone()
-            if old == previous and new == self.plan.rows:  # each row paired once: the comparison is exact
+            if copy != "1" or (old, new) == (previous, self.plan.rows):  # each row paired once: exact
                 return deleted, inserted, f"{new}:{total}"
-        raise AssertionError("numbered copies pair each row once")
 
     def _report(self, oid: int, staging: str, count: int) -> ChangeSummary:
         spec = self.options["changes"]
@@ -213,33 +164,30 @@ class _Load:
             return ChangeSummary.identical(spec)
         reason = change_report.missing_columns(self.cur, spec, oid)
         if reason:
-            return ChangeSummary.skipped(spec, reason)
-        # A table, analysed: the planner then knows how many keys there are (with unnest's guess of 10 it may
-        # scan the table once per key).
+            return ChangeSummary(spec, not_compared=reason)
+        # Analysed: the planner knows how many keys there are (guessing 10, it may scan the table once per key).
         self.cur.execute(f"CREATE TEMPORARY TABLE {_KEYS} ON COMMIT DROP AS"
                          f" SELECT DISTINCT unnest(keys) AS {quote_ident(spec.key)} FROM {_DIFF}")  # fmt: skip
         self.cur.execute(f"ANALYZE {_KEYS}")
         return change_report.compare(self.cur, spec, self.table.sql, staging, _KEYS)
 
     def _write(self, staging: str, deleted: int, previous: int, inserted: int) -> None:
-        """Strategy "rows": delete the table's rows of ``gone``, insert the staged ones of ``added``."""
+        """Delete the table's rows of ``gone``, insert the staged ones of ``added``."""
         cur, table, names = self.cur, self.table.sql, self.plan.names()
-        if deleted and deleted == previous:  # every row goes: no need to find them one by one
-            cur.execute(f"DELETE FROM {table}")
-        elif deleted:
-            cur.execute(f"DELETE FROM {table} WHERE ctid = ANY((SELECT gone FROM {_DIFF})::tid[])")
-        if inserted == self.plan.rows:
-            cur.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM {staging}")
-        elif inserted:
-            cur.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM {staging}"
-                        f" WHERE ctid = ANY((SELECT added FROM {_DIFF})::tid[])")
+
+        def among(ctids: str, count: int, of: int) -> str:  # all rows: no need to find them one by one
+            return "" if count == of else f" WHERE ctid = ANY((SELECT {ctids} FROM {_DIFF})::tid[])"
+
+        if deleted:
+            cur.execute(f"DELETE FROM {table}{among('gone', deleted, previous)}")
+        if inserted:
+            where = among("added", inserted, self.plan.rows)
+            cur.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM {staging}{where}")
 
     def _swap(self, oid: int, comment, staging: str, previous: int, complete: bool, old: str | None,
               waits: LockWaits) -> LoadResult:  # fmt: skip
-        """Strategy "swap": unless the content is equal, carry grants and the comment over, DROP, RENAME.
-
-        ``complete``: the table has every column of the data; ``old``: its fingerprint (``None`` with a change spec,
-        whose comparison tells whether anything changed)."""
+        """Unless the content is equal to ``old`` (the table's fingerprint; ``None`` with a change spec), carry grants
+        and the comment over, DROP, RENAME. ``complete``: the table has every column of the data."""
         cur, table, spec = self.cur, self.table, self.options["changes"]
         if spec is not None and complete:  # the comparison says what changed, and whether anything did
             deleted, inserted, content = self._diff(staging, previous)
@@ -248,7 +196,8 @@ class _Load:
             content = fingerprint(cur, staging, self.columns)
             summary, equal = None, content == old
             if spec is not None:
-                summary = ChangeSummary.skipped(spec, change_report.missing_columns(cur, spec, oid) or "other columns")
+                reason = change_report.missing_columns(cur, spec, oid) or "other columns"
+                summary = ChangeSummary(spec, not_compared=reason)
         if equal:
             cur.execute(f"DROP TABLE {staging}")
             return self._result(previous, 0, 0, summary, content)
@@ -257,10 +206,9 @@ class _Load:
             " aclexplode(c.relacl) a LEFT JOIN pg_roles r ON r.oid = a.grantee WHERE c.oid = %s",
             (oid,),
         )
-        for privilege, grantable, role in cur.fetchall():
-            if privilege in _PRIVILEGES:
-                grantee = "PUBLIC" if role is None else quote_ident(role)
-                cur.execute(f"GRANT {privilege} ON {staging} TO {grantee}{' WITH GRANT OPTION' * grantable}")
+        for privilege, grantable, role in cur.fetchall():  # a table's privileges: all of them valid in GRANT
+            grantee = "PUBLIC" if role is None else quote_ident(role)
+            cur.execute(f"GRANT {privilege} ON {staging} TO {grantee}{' WITH GRANT OPTION' * grantable}")
         if comment:
             cur.execute(f"COMMENT ON TABLE {staging} IS %s", (comment,))
 
@@ -277,9 +225,6 @@ class _Load:
 
         waits.bounded(oid, "swap", swap)
         return self._result(previous, previous, self.plan.rows, summary, content)
-
-
-# --- the public entry point -----------------------------------------------------------------
 
 
 def _check_options(plan: CopyPlan, o: dict) -> None:
@@ -311,25 +256,17 @@ def replace_table(
     lock_retries: int = 3,
     loader_wait: float = 60.0,
 ) -> LoadResult:
-    """Make the rows of ``table`` equal to those of ``df`` in one transaction, writing only what differs.
+    """Make the rows of ``table`` (its schema must exist) equal to the columns of ``df`` in one transaction,
+    writing only what differs; return a ``LoadResult``.
 
-    ``df``'s columns become the table's data columns (the index is ignored). ``table``: a
-    ``TableName`` or a string for ``parse_table_name`` (no schema: the first of
-    ``search_path``; the schema must exist, the table need not). ``column_types``: SQL
-    types for a table the load creates (the others from the dtype: text / bigint / double
-    precision / boolean / timestamptz); an existing table keeps its own types, and rows are
-    compared in them. ``min_row_fraction``: refuse a load smaller than that fraction of the
-    table (``force`` bypasses it). ``changes``: what the change report compares.
-    ``strategy``: ``"rows"`` (keeps the table and all attached to it) or ``"swap"`` (a new
-    table, when the content differs). ``lock_timeout`` / ``lock_retries``: the bound of each
-    wait for a user's lock; ``loader_wait``: the bound of the wait for another load of the
-    table (seconds).
-
-    Returns a ``LoadResult`` (``deleted == inserted == 0``: equal content, nothing written).
-    Raises ``InvalidTableNameError`` / ``ConfigurationError`` (database not touched),
-    ``DatabaseUnreachableError``, ``QualityGateError``, ``TableBusyError``,
-    ``LoadInterruptedError`` (``interrupt_loads``) or ``LoadError``; the table is then as it was.
+    ``column_types``: SQL types for a table the load creates (else from the dtypes). ``min_row_fraction``: refuse a
+    load smaller than that fraction of the table, unless ``force``. ``changes``: what the change report compares.
+    ``strategy``: ``"rows"`` (keeps the table and all attached to it) or ``"swap"`` (a new table).
+    ``lock_timeout`` / ``lock_retries``: each wait for a user's lock; ``loader_wait``: for another load (seconds).
+    Raises a ``CountriesError`` (``LoadError``, ``TableBusyError``, ...) and leaves the table as it was.
     """
+    import sqlalchemy as sa
+
     from flows.load.copy import plan_copy
 
     started = time.perf_counter()
@@ -340,51 +277,36 @@ def replace_table(
     _check_options(plan, options)
     try:
         proxy = engine.raw_connection()
-    except Exception as exc:  # SQLAlchemy wraps the driver's error; anything else is not a connection failure
-        if isinstance(getattr(exc, "orig", exc), psycopg2.Error):
-            raise unreachable(engine.url, exc) from None
-        raise
-    connection = proxy.dbapi_connection
+    except (sa.exc.DBAPIError, psycopg2.Error) as exc:  # the driver's error, wrapped by SQLAlchemy or not
+        raise unreachable(engine.url, exc) from None
+    connection, url = proxy.dbapi_connection, engine.url
+    interrupted = LoadInterruptedError(f"interrupted: the table was not changed ({target} was being loaded)")
     try:
         with running_loads(connection) as load:
-            result = _run(load, target, plan, options, engine.url)
+            try:
+                with connection.cursor() as cur:
+                    target = resolve_schema(cur, target)
+                    LockWaits(cur, str(target), url, loader_wait, 0).advisory()
+                    waits = LockWaits(cur, str(target), url, lock_timeout, lock_retries)
+                    waits.apply_limit()
+                    result = _Load(cur, target, plan, options).run(waits)
+                commit(load, result, interrupted)
+            except BaseException as exc:  # rolled back while the load is still registered: an interrupt waits
+                if not connection.closed:
+                    with contextlib.suppress(psycopg2.Error):  # lost on the way: nothing was committed
+                        connection.rollback()
+                if load.interrupted and isinstance(exc, psycopg2.Error | LoadError):
+                    raise interrupted from None
+                if isinstance(exc, CountriesError) or not isinstance(exc, psycopg2.Error):
+                    raise
+                message = scrub(pg_message(exc), url)
+                raise LoadError(f"loading {target} failed: {message}; the previous table is unchanged") from None
     finally:
         if connection.closed:  # lost: SQLAlchemy's pool drops it
             proxy.invalidate()
         else:
             proxy.close()
     result = dataclasses.replace(result, seconds=time.perf_counter() - started)
-    if result.changed:
-        logger.info("wrote %s [%s]: %d rows deleted, %d inserted, now %d rows, in %.3fs", result.table, strategy,
-                    result.deleted, result.inserted, result.rows, result.seconds)  # fmt: skip
-    else:
-        logger.info("%s already equal to the data: %d rows, nothing written", result.table, result.rows)
+    logger.info("loaded %s [%s]: %d rows deleted, %d inserted, now %d rows, in %.3fs", result.table, strategy,
+                result.deleted, result.inserted, result.rows, result.seconds)  # fmt: skip
     return result
-
-
-def _run(load: Running, target: TableName, plan: CopyPlan, options: dict, url) -> LoadResult:
-    """The load's transaction: commit only if it was not interrupted; roll back on any failure."""
-    connection = load.connection
-
-    def interrupted() -> LoadInterruptedError:
-        return LoadInterruptedError(f"interrupted: the table was not changed ({target} was being loaded)")
-
-    try:
-        with connection.cursor() as cur:
-            target = resolve_schema(cur, target)
-            LockWaits(cur, str(target), url, options["loader_wait"], 0).advisory()
-            waits = LockWaits(cur, str(target), url, options["lock_timeout"], options["lock_retries"])
-            waits.apply_limit()
-            result = _Load(cur, target, plan, options).run(waits)
-        commit(load, result, interrupted)
-        return result
-    except BaseException as exc:
-        if not connection.closed:
-            with contextlib.suppress(psycopg2.Error):  # lost on the way: nothing was committed
-                connection.rollback()
-        if load.interrupted and isinstance(exc, psycopg2.Error | LoadError):
-            raise interrupted() from None
-        if isinstance(exc, CountriesError) or not isinstance(exc, psycopg2.Error):
-            raise
-        message = scrub(pg_message(exc), url)
-        raise LoadError(f"loading {target} failed: {message}; the previous table is unchanged") from None

@@ -1,23 +1,8 @@
 """What the last load wrote, so that a run with the same source can skip the transform and the load.
 
-Nothing is kept in the user's database: the load state of a table is a Prefect
-Variable (``countries-load-<hash>``, named from a hash of the database, without
-its password, and the schema-qualified table), holding the digest of the
-source records, the table's content fingerprint after the load, its columns
-and its row count.
-
-- :func:`source_digest`: a digest of what a run is about to load, taken before any transform.
-- :func:`fingerprint`: the content of a table as the database sees it, computed in SQL:
-  ``count(*)`` and the sum of the rows' hashes (:func:`row_hash`: each column hashed by its
-  type's own hash function, so equal values hash equal). Order-independent, counts
-  duplicates (a multiset). About 0.2-0.3 s for 1,000,000 rows here (parallel scan).
-- :func:`is_unchanged`: the table's rows when its stored source digest is the run's and the
-  live fingerprint equals the stored one (so a hand edit makes the next run load and
-  repair it); ``None`` otherwise.
-- :func:`save_state`: record a load's result.
-
-Importing this module imports psycopg2 and Prefect, never pandas or SQLAlchemy:
-the warm run stays light. Needs PostgreSQL 14 or later (``hash_record_extended``).
+The load state of a table is a Prefect Variable (named from a hash of the database, without its password, and the
+table): the digest of the source records, the table's fingerprint after the load, its columns and rows. Imports
+psycopg2 and Prefect, never pandas or SQLAlchemy.
 """
 
 from __future__ import annotations
@@ -40,20 +25,11 @@ from flows.load.database import SECRET_QUERY_KEYS, Database, TableName, quote_id
 if TYPE_CHECKING:
     from flows.load.changes import ChangeSummary
 
-VARIABLE_PREFIX = "countries-load-"
-
-
 @dataclasses.dataclass(frozen=True)
 class LoadResult:
-    """What a load did to a table.
-
-    ``table``: schema-qualified name; ``rows``: rows in it now; ``previous_rows``: before
-    (``None``: no table); ``deleted`` / ``inserted``: rows this load deleted and inserted
-    (0 and 0: the content was equal and nothing was written; a swap counts every row);
-    ``changes``: the change report (``None`` without a ``ChangeSpec``); ``strategy``;
-    ``fingerprint`` and ``columns``: the table's content as committed
-    (``flows.load.state.fingerprint``); ``seconds``: wall time.
-    """
+    """What a load did to ``table``: ``previous_rows`` is ``None`` for a new table; ``deleted`` / ``inserted`` are
+    0 when nothing was written (a swap counts every row); ``changes`` is ``None`` without a ``ChangeSpec``;
+    ``fingerprint`` and ``columns``: the table's content as committed (:func:`fingerprint`)."""
 
     table: str
     rows: int
@@ -76,12 +52,7 @@ class LoadResult:
         """The result of a load that was not needed: the table already held these ``rows``."""
         return cls(table, rows, rows, 0, 0, changes, strategy, fingerprint="")
 
-
-# --- what a run is about to load -------------------------------------------------------------
-
 _DIGEST_CHUNK = 50_000
-_ROW_MAKING_LIBRARIES = ("pandas", "numpy")
-"""Libraries whose version can change the rows made from the same records (dtypes, text of values)."""
 
 
 @functools.cache
@@ -92,28 +63,15 @@ def _code_identity() -> str:
     for path in sorted(package.rglob("*.py")):
         digest.update(f"{path.relative_to(package).as_posix()}\0".encode())
         digest.update(hashlib.sha256(path.read_bytes()).digest())
-    for name in _ROW_MAKING_LIBRARIES:
-        try:
-            version = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            version = "-"
-        digest.update(f"{name}=={version}\0".encode())
+    for name in ("pandas", "numpy"):  # their versions can change the rows made from the same records
+        digest.update(f"{name}=={metadata.version(name)}\0".encode())
     return digest.hexdigest()
 
 
 def source_digest(records: Sequence[Any], *, dialect: str, columns: Iterable[tuple[str, str, str]]) -> str | None:
-    """SHA-256 hex of what a run is about to load, before any transform; None if it cannot be taken.
-
-    Covers the records in order as canonical JSON (keys sorted), ``columns`` (each
-    ``(name, source path, SQL type)``), the API ``dialect`` and the code that turns
-    records into rows (the ``flows`` package's files, the versions of pandas and
-    numpy). Equal digests mean equal rows. None when a record holds something JSON
-    cannot express (a non-text key, an object, an integer beyond 64 bits).
-
-    Serialised by orjson (Prefect's own JSON library; it writes NaN as ``null``, and
-    both load as NULL), ``_DIGEST_CHUNK`` records at a time, each chunk hashed on a
-    thread while the next is serialised (hashlib releases the GIL).
-    """
+    """SHA-256 hex of the ``records`` as canonical JSON, ``columns`` (name, source path, SQL type), ``dialect``
+    and the code that turns records into rows: equal digests mean equal rows. None for records JSON cannot hold.
+    Each chunk is hashed on a thread while orjson serialises the next (hashlib releases the GIL)."""
     import orjson
 
     header = {"dialect": dialect, "columns": [list(c) for c in columns], "code": _code_identity()}
@@ -131,17 +89,10 @@ def source_digest(records: Sequence[Any], *, dialect: str, columns: Iterable[tup
     return digest.hexdigest()
 
 
-# --- the table's content -----------------------------------------------------------------------
-
-
-def row_hash(cur: psycopg2.extensions.cursor, relation: TableName | str, columns: Sequence[str], alias: str) -> str:
-    """An SQL expression of a row's 64-bit hash, by value: the XOR of each column's hash by its type's own
-    extended hash function (the one hash indexes use), for ``columns`` of ``relation`` as ``alias``.
-
-    Half the cost of ``hash_record_extended(ROW(...), 0)`` (which builds a row first; 3.0 s against 6.0 s for
-    the load's comparison at 1M rows here), which stands in when a column's type has no such function.
-    """
-    relation = relation.sql if isinstance(relation, TableName) else relation
+def row_hash(cur: psycopg2.extensions.cursor, relation: str, columns: Sequence[str]) -> str:
+    """An SQL expression of the 64-bit hash by value of ``columns`` of ``relation``: the XOR of
+    each column's hash by its type's extended hash function, half the cost of ``hash_record_extended(ROW(...))``
+    (3.0 s against 6.0 s for the comparison of 1M rows), which stands in for a type without one."""
     cur.execute(
         "SELECT (SELECT p.amproc::regproc::text FROM pg_opclass c JOIN pg_amproc p ON p.amprocfamily = c.opcfamily"
         " AND p.amprocnum = 2 AND p.amproclefttype = c.opcintype AND p.amprocrighttype = c.opcintype"
@@ -154,16 +105,15 @@ def row_hash(cur: psycopg2.extensions.cursor, relation: TableName | str, columns
         (list(columns), relation),
     )
     functions = [r[0] for r in cur.fetchall()]
-    cells = [f"{alias}.{quote_ident(c)}" if alias else quote_ident(c) for c in columns]
+    cells = [quote_ident(c) for c in columns]
     if not all(functions):
         return f"hash_record_extended(ROW({', '.join(cells)}), 0)"
     return "(" + " # ".join(f"coalesce({f}({c}, {i}), {i})" for i, (f, c) in enumerate(zip(functions, cells))) + ")"
 
 
-def fingerprint(cur: psycopg2.extensions.cursor, table: TableName | str, columns: Sequence[str]) -> str:
-    """``"<rows>:<sum of row hashes>"`` of ``table``'s ``columns`` (a name or quoted SQL), in the caller's snapshot."""
-    relation = table.sql if isinstance(table, TableName) else table
-    cur.execute(f"SELECT count(*), coalesce(sum({row_hash(cur, relation, columns, '')}), 0) FROM {relation}")
+def fingerprint(cur: psycopg2.extensions.cursor, relation: str, columns: Sequence[str]) -> str:
+    """``"<rows>:<sum of row hashes>"`` of the ``columns`` of ``relation`` (quoted SQL), in the caller's snapshot."""
+    cur.execute(f"SELECT count(*), coalesce(sum({row_hash(cur, relation, columns)}), 0) FROM {relation}")
     rows, total = cur.fetchone()
     return f"{rows}:{total}"
 
@@ -172,21 +122,19 @@ def variable_name(db: Database, table: TableName) -> str:
     """The Prefect Variable of ``table`` in ``db``: a hash of where the database is (no secret) and the table."""
     query = {k: v for k, v in db.query.items() if k not in SECRET_QUERY_KEYS}
     where = [db.username, db.host, db.port, db.database, sorted(query.items()), str(table)]
-    return VARIABLE_PREFIX + hashlib.sha256(json.dumps(where, default=str).encode()).hexdigest()[:32]
+    return "countries-load-" + hashlib.sha256(json.dumps(where, default=str).encode()).hexdigest()[:32]
 
 
 def live_rows(db: Database, table: TableName, stored: dict[str, Any], *, lock_timeout: float = 1.0) -> int | None:
     """The table's rows if its live fingerprint is ``stored["fingerprint"]``, else None (any doubt is None).
 
-    Read-only, on a connection of its own; waits at most ``lock_timeout`` seconds
-    for a lock a user holds. Raises only ``DatabaseUnreachableError``.
-    """
+    Read-only; waits at most ``lock_timeout`` seconds for a lock. Raises only ``DatabaseUnreachableError``."""
     conn = db.connect()
     try:
         conn.set_session(readonly=True)
         with conn.cursor() as cur:
             cur.execute("SELECT set_config('lock_timeout', %s, true)", (f"{max(1, round(lock_timeout * 1000))}ms",))
-            live = fingerprint(cur, table, stored["columns"])
+            live = fingerprint(cur, table.sql, stored["columns"])
         return int(stored["rows"]) if live == stored["fingerprint"] else None
     except (psycopg2.Error, KeyError, TypeError, ValueError):  # no table, a column gone, a lock wait: load instead
         return None
@@ -195,10 +143,7 @@ def live_rows(db: Database, table: TableName, stored: dict[str, Any], *, lock_ti
 
 
 async def stored_state(db: Database, table: TableName) -> dict[str, Any] | None:
-    """What the last load of ``table`` recorded (``source``, ``fingerprint``, ``columns``, ``rows``), or None.
-
-    Read it before :func:`save_state`: a load from the same source that still wrote rows repaired edits
-    made outside the pipeline."""
+    """What the last load of ``table`` recorded (``source``, ``fingerprint``, ``columns``, ``rows``), or None."""
     from prefect.variables import Variable
 
     stored = await Variable.aget(variable_name(db, table), default=None)
@@ -208,13 +153,8 @@ async def stored_state(db: Database, table: TableName) -> dict[str, Any] | None:
 async def is_unchanged(
     db: Database, table: TableName, source_digest: str | None, stored: dict[str, Any] | None
 ) -> int | None:
-    """The rows of ``table`` when its last load (``stored``, see :func:`stored_state`) was made from
-    ``source_digest`` and nobody changed the table since.
-
-    That is: the stored state names that source digest, and the table's live fingerprint equals the one
-    the load committed. None otherwise, and when there is no state or no digest. Raises only
-    ``DatabaseUnreachableError``.
-    """
+    """The rows of ``table`` when its last load (``stored``) was made from ``source_digest`` and its live
+    fingerprint is still the one that load committed; else None. Raises only ``DatabaseUnreachableError``."""
     if source_digest is None or stored is None or stored.get("source") != source_digest:
         return None
     return await asyncio.to_thread(live_rows, db, table, stored)
@@ -224,10 +164,6 @@ async def save_state(db: Database, table: TableName, source_digest: str | None, 
     """Record that ``table`` holds ``result`` (its fingerprint, columns and rows), made from ``source_digest``."""
     from prefect.variables import Variable
 
-    value = {
-        "source": source_digest,
-        "fingerprint": result.fingerprint,
-        "columns": list(result.columns),
-        "rows": result.rows,
-    }
+    value = {"source": source_digest, "fingerprint": result.fingerprint, "columns": list(result.columns),
+             "rows": result.rows}  # fmt: skip
     await Variable.aset(variable_name(db, table), value, overwrite=True)
