@@ -274,11 +274,12 @@ def _table_rows(pg_dir: Path) -> list[tuple]:
 
 def flow_body_seconds(api_url: str, run: Run) -> dict[str, float]:
     """The flow's own step timings for ``run``: the "Steps" table of its report artifact on the server."""
-    match = re.search(r"Beginning flow run '([^']+)' for flow 'countries'", run.stdout + run.stderr)
+    # By id: every run of the same regions has the same name, and a name would find the loading run's artifact too.
+    match = re.search(r"/runs/flow-run/([0-9a-f-]{36})", run.stdout + run.stderr)
     if not match:
-        raise RuntimeError(f"no flow run name in the output:\n{run.stderr[-2000:]}")
+        raise RuntimeError(f"no flow run id in the output:\n{run.stderr[-2000:]}")
     response = httpx.post(
-        f"{api_url}/artifacts/filter", json={"flow_runs": {"name": {"any_": [match.group(1)]}}, "limit": 50}, timeout=30
+        f"{api_url}/artifacts/filter", json={"flow_runs": {"id": {"any_": [match.group(1)]}}, "limit": 50}, timeout=30
     )
     response.raise_for_status()
     for artifact in response.json():
