@@ -141,7 +141,7 @@ async def _run(args: argparse.Namespace) -> list[str]:
     if api_key:
         await Secret(value=api_key).asave(settings.API_KEY_BLOCK, overwrite=True)
         done.append(f"saved block '{settings.API_KEY_BLOCK}' from ${args.api_key_env}")
-    changed_limit = await budget.ensure_rate_limit(burst=args.rate_burst, per_second=args.rate_per_second, update=True)
+    _, changed_limit = await budget.ensure_rate_limit(burst=args.rate_burst, per_second=args.rate_per_second, update=True)
     done.append(
         f"rate limit '{budget.RATE_LIMIT_NAME}': burst {args.rate_burst}, {args.rate_per_second:g}/s"
         + ("" if changed_limit else " (unchanged)")

@@ -19,20 +19,20 @@ DEFAULT_PER_SECOND = 1.0  # with the burst of 10: at most 20 requests in any 10 
 
 async def ensure_rate_limit(
     *, burst: int = DEFAULT_BURST, per_second: float = DEFAULT_PER_SECOND, update: bool = False
-) -> bool:
+) -> tuple[int, bool]:
     """Create the limit (``burst`` slots decaying at ``per_second``) if missing, or with ``update=True`` set it to
-    them; True when it was created or changed. Raises Prefect's errors when its API is unreachable."""
+    them: its slots, and True when it was created or changed. Raises Prefect's errors when its API is unreachable."""
     wanted = {"limit": burst, "slot_decay_per_second": per_second}
     async with get_client() as client:
         try:
             found = await client.read_global_concurrency_limit_by_name(RATE_LIMIT_NAME)
         except ObjectNotFound:
             await client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=RATE_LIMIT_NAME, **wanted))
-            return True
+            return burst, True
         if update and (found.limit, found.slot_decay_per_second) != (burst, per_second):
             await client.update_global_concurrency_limit(RATE_LIMIT_NAME, GlobalConcurrencyLimitUpdate(**wanted))
-            return True
-        return False
+            return burst, True
+        return found.limit, False
 
 
 class RunBudget:
@@ -55,9 +55,8 @@ async def start_run(requests: int, *, metered: bool = True) -> RunBudget:
     ``metered=False`` (a self-hosted server) one that never waits. Raises Prefect's errors when unreachable."""
     if not metered:
         return RunBudget(prepaid=math.inf)
-    await ensure_rate_limit()
-    async with get_client() as client:
-        limit = max(1, (await client.read_global_concurrency_limit_by_name(RATE_LIMIT_NAME)).limit)
+    slots, _ = await ensure_rate_limit()
+    limit = max(1, slots)
     for taken in range(0, requests, limit):
         await rate_limit(RATE_LIMIT_NAME, occupy=min(limit, requests - taken), strict=True)
     return RunBudget(prepaid=requests)
