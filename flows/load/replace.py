@@ -14,7 +14,6 @@ import json
 import logging
 import secrets
 import time
-import types
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Literal
 
@@ -121,11 +120,9 @@ class _Load:
         else:  # in the table's own types: compared by value, as the table holds them
             create = f"CREATE {kind}TABLE {staging}{on_commit} AS SELECT {names} FROM {like} WITH NO DATA"
             waits.bounded(oid, "read", lambda: cur.execute(create))
-        from flows.load.copy import serialise
+        from flows.load.copy import copy_rows
 
-        copy = f"COPY {staging} ({names}) FROM STDIN WITH (FORMAT text, FREEZE, ENCODING 'UTF8')"
-        chunks = serialise(self.plan)  # what copy_expert reads: the next chunk; an error aborts the COPY
-        cur.copy_expert(copy, types.SimpleNamespace(read=lambda _size: next(chunks, b"")), size=1 << 20)
+        copy_rows(cur, self.plan, f"COPY {staging} ({names}) FROM STDIN WITH (FORMAT text, FREEZE, ENCODING 'UTF8')")
 
     def _diff(self, staging: str, previous: int) -> tuple[int, int, str]:
         """Compare the table with ``staging`` into ``_DIFF`` (ctids ``gone`` and ``added``, their ``keys``); return
