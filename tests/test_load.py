@@ -282,6 +282,36 @@ def test_unchanged_data_is_not_rewritten(engine, strategy):
     assert relnames(engine) == ["countries"]
 
 
+@pytest.mark.parametrize("changed_row", [None, 0, 99], ids=["unchanged", "first-row", "last-row"])
+def test_a_swap_without_a_change_spec_replaces_the_table_only_when_a_row_differs(engine, changed_row):
+    df = countries(100)
+    replace_table(engine, df, "countries", strategy="swap")
+    before = relation_state(engine)
+    new = df.copy()
+    if changed_row is not None:
+        new.loc[changed_row, "population"] += 1
+
+    result = replace_table(engine, new, "countries", strategy="swap")
+
+    assert result.changed == (changed_row is not None)
+    assert (relation_state(engine) == before) == (changed_row is None)  # unchanged: the same table, untouched
+    assert same_rows(engine, new)
+
+
+def test_when_the_tables_first_rows_all_changed_the_rows_in_both_are_still_kept(engine):
+    df = countries(100)
+    replace_table(engine, df, "countries")
+    versions = Counter(relation_state(engine)[4])
+    changed = df.copy()
+    changed.loc[:69, "population"] += 1  # the table's first rows, in its physical order
+
+    result = replace_table(engine, changed, "countries")
+
+    assert (result.deleted, result.inserted) == (70, 70)
+    assert sum((Counter(relation_state(engine)[4]) & versions).values()) == 30  # untouched
+    assert same_rows(engine, changed)
+
+
 def test_a_changed_value_is_detected_and_loaded_in_place(engine):
     df = countries(30)
     replace_table(engine, df, "countries")
@@ -1541,6 +1571,17 @@ def test_change_report_caps_its_lists_and_counts_exactly(engine):
     rows = changes.table_rows()
     assert rows[11] == {"change": "population", "country": "Country 11", "before": "1,011", "after": "2,022"}
     assert rows[21] == {"change": "population", "country": "and 2 more", "before": "", "after": ""}
+
+
+def test_change_report_when_every_row_differs_compares_every_country(engine):
+    replace_table(engine, frame(BEFORE), "countries")
+    after = [(n, c, p * 2) for n, c, p in BEFORE if n != "Narnia"] + [("Atlantis", "Euro", 1)]
+
+    result = replace_table(engine, frame(after), "countries", changes=SPEC)
+
+    assert (result.deleted, result.inserted) == (len(BEFORE), len(after))
+    assert result.changes.phrase() == "+1 country, -1 country, 7 populations changed"
+    assert Counter(read_table(engine)) == Counter(after)
 
 
 def test_change_report_on_a_first_load_lists_every_country_as_added(engine):

@@ -2,8 +2,9 @@
 
 Advisory lock on the table's name; ``COPY`` into a staging table in the table's types (unlogged beside it when the
 role may, temporary otherwise); ``SHARE ROW EXCLUSIVE`` lock (no other writer, no reader blocked); the row-drop rule;
-``"rows"``: one hash full join gives the rows to delete and insert, the report's keys and the new fingerprint (rows
-in both untouched, so all attached to the table stays); ``"swap"``: grants and comment carried over, DROP, RENAME.
+``"rows"``: one hash full join gives the rows to delete and insert and the report's keys, checked against both
+fingerprints (rows in both untouched, so all attached to the table stays); ``"swap"``: grants and comment carried
+over, DROP, RENAME.
 """
 
 from __future__ import annotations
@@ -85,21 +86,18 @@ class _Load:
         staging = _STAGE if kind == "TEMPORARY " else beside.sql
         self._stage(staging, table.sql if complete else None, kind, oid=oid, waits=waits)
 
-        def lock_and_count() -> tuple[int, str | None]:
+        def lock_and_count() -> int:
             cur.execute(f"LOCK TABLE {table.sql} IN SHARE ROW EXCLUSIVE MODE")  # no other writer; no reader blocked
-            if swap and complete and spec is None:  # equal content is not swapped: its fingerprint counts rows too
-                content = fingerprint(cur, table.sql, self.columns)
-                return int(content.split(":")[0]), content
             cur.execute(f"SELECT count(*) FROM {table.sql}")
-            return cur.fetchone()[0], None
+            return cur.fetchone()[0]
 
-        previous, content = waits.bounded(oid, "write", lock_and_count)
+        previous = waits.bounded(oid, "write", lock_and_count)
         if not self.options["force"]:
             check_row_drop(self.plan.rows, previous, self.options["min_row_fraction"], table.name)
         if swap:
-            return self._swap(oid, comment, staging, previous, complete, content, waits)
+            return self._swap(oid, comment, staging, previous, complete, waits)
         deleted, inserted, content = self._diff(staging, previous)
-        summary = None if spec is None else self._report(oid, staging, deleted + inserted)
+        summary = None if spec is None else self._report(oid, staging, deleted, previous, inserted)
         if deleted or inserted:  # behind a user's row lock (SELECT ... FOR UPDATE): bounded, retried
             waits.bounded(oid, "write", lambda: self._write(staging, deleted, previous, inserted))
         cur.execute(f"DROP TABLE {staging}")  # never seen by another session: created in this transaction
@@ -125,46 +123,75 @@ class _Load:
         copy_rows(cur, self.plan, f"COPY {staging} ({names}) FROM STDIN WITH (FORMAT text, FREEZE, ENCODING 'UTF8')")
 
     def _diff(self, staging: str, previous: int) -> tuple[int, int, str]:
-        """Compare the table with ``staging`` into ``_DIFF`` (ctids ``gone`` and ``added``, their ``keys``); return
-        (rows to delete, to insert, the staged rows' fingerprint). Rows pair by row hash, and by copy number when a
-        hash repeats (a second join); a pair not equal by value is a delete and an insert."""
+        """Compare the table (``previous`` rows) with ``staging``; return (rows to delete, to insert, the staged rows'
+        fingerprint). Unless every row differs, ``_DIFF`` gets a row per row on one side only (ctid ``gone`` or
+        ``added``, its row hash, its ``key``).
+
+        Rows pair by row hash; a pair not equal by value is a delete and an insert. When a hash repeats, pairs may not
+        be one to one: the table's fingerprint after the writes would then differ from the staged rows', and a second
+        comparison pairs copies by number (exact). Only the differing rows are kept (measured at 1M rows, every row
+        different: 1.0 s, against 2.1 s for arrays of their ctids in one aggregate). When none of the table's first
+        rows is staged, one join of the row hashes alone first checks whether any row is in both (0.45 s)."""
         cur, names = self.cur, self.plan.names()
-        h = row_hash(cur, staging, self.columns)  # staged in the table's types: one hash function for both
-        o, n = (", ".join(f"{side}.{quote_ident(c)}" for c in self.columns) for side in "on")
-        spec = self.options["changes"]  # the report reads the key of the differing rows; nothing else is kept
-        k = "" if spec is None else quote_ident(spec.key)
-        keys = f", array_agg(coalesce(o.{k}, n.{k})) FILTER (WHERE NOT same) AS keys" if k else ""
         # Hash joins, here and in the change report: in memory 2x faster, a merge join sorts (20% slower), a nested
-        # loop (chosen when statistics say a table is nearly empty) reads a million rows once per key.
+        # loop (chosen when statistics say a table is nearly empty, or for EXISTS) reads a million rows per row.
         for setting_sql in ("work_mem = '128MB'", "enable_mergejoin = off", "enable_nestloop = off"):
             cur.execute(f"SET LOCAL {setting_sql}")
+        h = row_hash(cur, staging, self.columns)  # staged in the table's types: one hash function for both
+        content, found, probed = self._staged(staging, h)
+        if probed and not found:
+            cur.execute(f"SELECT EXISTS (SELECT FROM (SELECT {h} AS h FROM {self.table.sql}) o"
+                        f" JOIN (SELECT {h} AS h FROM {staging}) n USING (h))")  # fmt: skip
+            if not cur.fetchone()[0]:  # no row in both
+                return previous, self.plan.rows, content
+        (old_rows, old_total), (new_rows, new_total) = (
+            map(int, f.split(":")) for f in (fingerprint(cur, self.table.sql, self.columns), content)
+        )
+        o, n = (", ".join(f"{side}.{quote_ident(c)}" for c in self.columns) for side in "on")
+        spec = self.options["changes"]  # the report reads the key of the differing rows
+        key = "" if spec is None else f", coalesce(o.{quote_ident(spec.key)}, n.{quote_ident(spec.key)}) AS key"
         for copy in ("1", f"row_number() OVER (PARTITION BY {h})"):
             cur.execute(f"DROP TABLE IF EXISTS {_DIFF}")
             cur.execute(
-                f"CREATE TEMPORARY TABLE {_DIFF} ON COMMIT DROP AS SELECT count(o.id) AS old, count(n.id) AS new,"
-                " coalesce(sum(n.h), 0) AS total,"
-                " coalesce(array_agg(o.id) FILTER (WHERE o.id IS NOT NULL AND NOT same), '{}') AS gone,"
-                f" coalesce(array_agg(n.id) FILTER (WHERE n.id IS NOT NULL AND NOT same), '{{}}') AS added{keys}"
-                f" FROM (SELECT ctid AS id, {h} AS h, {copy} AS i, {names} FROM {self.table.sql}) o"
+                f"CREATE TEMPORARY TABLE {_DIFF} ON COMMIT DROP AS SELECT o.id AS gone, o.h AS gone_h, n.id AS added,"
+                f" n.h AS added_h{key} FROM (SELECT ctid AS id, {h} AS h, {copy} AS i, {names} FROM {self.table.sql}) o"
                 f" FULL JOIN (SELECT ctid AS id, {h} AS h, {copy} AS i, {names} FROM {staging}) n"
-                " ON o.h = n.h AND o.i = n.i CROSS JOIN LATERAL (SELECT o.id IS NOT NULL AND n.id IS NOT NULL"
-                f" AND ROW({o}) IS NOT DISTINCT FROM ROW({n})) s(same)"
+                " ON o.h = n.h AND o.i = n.i WHERE o.id IS NULL OR n.id IS NULL"
+                f" OR ROW({o}) IS DISTINCT FROM ROW({n})"
             )
-            cur.execute(f"SELECT old, new, cardinality(gone), cardinality(added), total FROM {_DIFF}")
-            old, new, deleted, inserted, total = cur.fetchone()
-            if copy != "1" or (old, new) == (previous, self.plan.rows):  # each row paired once: exact
-                return deleted, inserted, f"{new}:{total}"
+            cur.execute(
+                f"SELECT count(gone), count(added), coalesce(sum(gone_h), 0), coalesce(sum(added_h), 0) FROM {_DIFF}"
+            )
+            deleted, inserted, gone, added = map(int, cur.fetchone())
+            if copy != "1" or (old_rows - deleted + inserted, old_total - gone + added) == (new_rows, new_total):
+                return deleted, inserted, content
 
-    def _report(self, oid: int, staging: str, count: int) -> ChangeSummary:
+    def _staged(self, staging: str, h: str) -> tuple[str, int, int]:
+        """(The staged rows' fingerprint, how many of the distinct row hashes ``h`` of the table's first rows are among
+        them, of how many): a cheap probe of whether the two have rows in common."""
+        cur = self.cur
+        cur.execute(f"SELECT DISTINCT {h} FROM (SELECT * FROM {self.table.sql} LIMIT 63) AS first_rows")
+        probe = [int(row[0]) for row in cur.fetchall()]  # a bit each in a bigint
+        hashes = f"ARRAY[{', '.join(map(str, probe))}]::bigint[]"  # numbers: no parameters (names may hold a %)
+        found = f"bit_or(1::bigint << (array_position({hashes}, {h}) - 1)) FILTER (WHERE {h} = ANY({hashes}))"
+        cur.execute(f"SELECT count(*), coalesce(sum({h}), 0), coalesce({found}, 0) FROM {staging}")
+        rows, total, found_bits = cur.fetchone()
+        return f"{rows}:{total}", int(found_bits).bit_count(), len(probe)
+
+    def _report(self, oid: int, staging: str, deleted: int, previous: int, inserted: int) -> ChangeSummary:
         spec = self.options["changes"]
-        if not count:
+        if not deleted + inserted:
             return ChangeSummary.identical(spec)
         reason = change_report.missing_columns(self.cur, spec, oid)
         if reason:
             return ChangeSummary(spec, not_compared=reason)
+        k = quote_ident(spec.key)
+        keys = f"SELECT key FROM {_DIFF}"
+        if (deleted, inserted) == (previous, self.plan.rows):  # every row differs: every key
+            keys = f"SELECT {k} FROM {self.table.sql} UNION ALL SELECT {k} FROM {staging}"
         # Analysed: the planner knows how many keys there are (guessing 10, it may scan the table once per key).
         self.cur.execute(f"CREATE TEMPORARY TABLE {_KEYS} ON COMMIT DROP AS"
-                         f" SELECT DISTINCT unnest(keys) AS {quote_ident(spec.key)} FROM {_DIFF}")  # fmt: skip
+                         f" SELECT DISTINCT key AS {k} FROM ({keys}) AS differing(key)")  # fmt: skip
         self.cur.execute(f"ANALYZE {_KEYS}")
         return change_report.compare(self.cur, spec, self.table.sql, staging, _KEYS)
 
@@ -173,7 +200,8 @@ class _Load:
         cur, table, names = self.cur, self.table.sql, self.plan.names()
 
         def among(ctids: str, count: int, of: int) -> str:  # all rows: no need to find them one by one
-            return "" if count == of else f" WHERE ctid = ANY((SELECT {ctids} FROM {_DIFF})::tid[])"
+            rows = f"SELECT {ctids} FROM {_DIFF} WHERE {ctids} IS NOT NULL"
+            return "" if count == of else f" WHERE ctid = ANY(ARRAY({rows}))"
 
         if deleted:
             cur.execute(f"DELETE FROM {table}{among('gone', deleted, previous)}")
@@ -181,17 +209,27 @@ class _Load:
             where = among("added", inserted, self.plan.rows)
             cur.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM {staging}{where}")
 
-    def _swap(self, oid: int, comment, staging: str, previous: int, complete: bool, old: str | None,
-              waits: LockWaits) -> LoadResult:  # fmt: skip
-        """Unless the content is equal to ``old`` (the table's fingerprint; ``None`` with a change spec), carry grants
-        and the comment over, DROP, RENAME. ``complete``: the table has every column of the data."""
+    def _equal(self, staging: str, previous: int) -> tuple[str, bool]:
+        """(The staged rows' fingerprint, whether the table holds the same rows). Some rows of the table missing from
+        ``staging`` prove a difference without fingerprinting the whole table (measured at 1M rows: 0.07 s saved)."""
+        content, found, probed = self._staged(staging, row_hash(self.cur, staging, self.columns))
+        if int(content.split(":")[0]) != previous or found < probed:
+            return content, False
+        return content, fingerprint(self.cur, self.table.sql, self.columns) == content
+
+    def _swap(self, oid: int, comment, staging: str, previous: int, complete: bool, waits: LockWaits) -> LoadResult:
+        """Unless the content is equal to the table's, carry grants and the comment over, DROP, RENAME. ``complete``:
+        the table has every column of the data."""
         cur, table, spec = self.cur, self.table, self.options["changes"]
         if spec is not None and complete:  # the comparison says what changed, and whether anything did
             deleted, inserted, content = self._diff(staging, previous)
-            summary, equal = self._report(oid, staging, deleted + inserted), not deleted + inserted
+            summary, equal = self._report(oid, staging, deleted, previous, inserted), not deleted + inserted
         else:
-            content = fingerprint(cur, staging, self.columns)
-            summary, equal = None, content == old
+            if complete:
+                content, equal = self._equal(staging, previous)
+            else:
+                content, equal = fingerprint(cur, staging, self.columns), False
+            summary = None
             if spec is not None:
                 reason = change_report.missing_columns(cur, spec, oid) or "other columns"
                 summary = ChangeSummary(spec, not_compared=reason)
