@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import types
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
@@ -173,7 +174,6 @@ def serialise(plan: CopyPlan) -> Iterator[bytes]:
         yield chunk
 
 
-
 def copy_rows(cur: psycopg2.extensions.cursor, plan: CopyPlan, copy_sql: str) -> None:
     """Run ``copy_sql`` (a ``COPY ... FROM STDIN`` in text format) with the rows of ``plan``; ``LoadError`` aborts it.
 
@@ -182,22 +182,13 @@ def copy_rows(cur: psycopg2.extensions.cursor, plan: CopyPlan, copy_sql: str) ->
     ready buffer: 0.47 s)."""
     chunks = serialise(plan)
     with ThreadPoolExecutor(1, thread_name_prefix="copy-serialise") as serialiser:
-        pending = serialiser.submit(next, chunks, b"")
+        pending = [serialiser.submit(next, chunks, b"")]
 
-        def read(_size: int) -> bytes:
-            nonlocal pending
-            chunk = pending.result()  # an error here aborts the COPY
-            pending = serialiser.submit(next, chunks, b"")
-            return chunk
+        def read(_size: int) -> bytes:  # an error raised here aborts the COPY
+            pending.append(serialiser.submit(next, chunks, b""))
+            return pending.pop(0).result()
 
         try:
-            cur.copy_expert(copy_sql, _Reader(read), size=1 << 20)
+            cur.copy_expert(copy_sql, types.SimpleNamespace(read=read), size=1 << 20)
         finally:
-            pending.cancel()
-
-
-@dataclasses.dataclass(frozen=True)
-class _Reader:
-    """The file-like object ``copy_expert`` reads from."""
-
-    read: Callable[[int], bytes]
+            pending[-1].cancel()
