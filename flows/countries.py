@@ -104,9 +104,9 @@ async def fetch_all(
 ) -> list[report.RegionFetch]:
     """Every region's fetch, in region order, each to its end. Raises what ``flows.source.check_source`` raises,
     then ``flows.source.one_error`` of the regions that failed; an unexpected error as it is."""
-    fetch = fetch_region.with_options(
-        cache_expiration=timedelta(minutes=cache_minutes), refresh_cache=cache_minutes == 0
-    )
+    fetch = fetch_region.with_options(cache_expiration=timedelta(minutes=cache_minutes))
+    if not cache_minutes:  # always fetch: no records persisted for a cache nothing reads
+        fetch = fetch_region.with_options(cache_policy=NO_CACHE, persist_result=False)
     dialect = restcountries.get_dialect(source.api)
     async with restcountries.make_client(api_key=api_key, trusted_base_urls=trusted) as client:
         restcountries.check_source(client, dialect=dialect, base_url=source.base_url)
