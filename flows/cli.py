@@ -202,8 +202,7 @@ class Interrupted(BaseException):
 
 class Interruptible:
     """Inside ``with``, SIGINT or SIGTERM raises ``Interrupted`` (during ``run``, after cancelling the run and
-    its loads); a second signal ends the process. ``run`` keeps the coroutine off the main thread: there, Ctrl-C
-    printed 136 lines of traceback, Prefect's SIGTERM handler raised inside the loop and a load committed."""
+    its loads); a second signal ends the process. ``run`` keeps the coroutine off the main thread (the handlers')."""
 
     def __enter__(self) -> Interruptible:
         self.signum, self.running, self.committed, self.cancel = 0, False, [], None

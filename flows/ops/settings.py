@@ -170,8 +170,7 @@ def block_database(
 
 async def db_block_database(name: str) -> Database:
     """The database of the block ``name``; ``ConfigurationError`` naming the blocks that exist when it does not."""
-    # Not SqlAlchemyConnector.load: importing SQLAlchemy and prefect-sqlalchemy adds 0.7-1.1 s to a warm run on a
-    # server (measured on 3.9.1: 1.58 s against a 1.3x target of the 1.43 s floor), which needs no SQLAlchemy.
+    # Not SqlAlchemyConnector.load: importing SQLAlchemy and prefect-sqlalchemy adds 0.7-1.1 s to a warm run.
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 

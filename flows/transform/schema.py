@@ -94,8 +94,7 @@ def currency_shape(value: Any) -> str | None:
     return None
 
 
-# The same rules over many values at once: True only if every value passes.
-# Measured at 200,000 records: checking value by value took about 0.7 s; these take about 0.05 s.
+# The same rules over many values at once (0.05 s for 200,000 records, not 0.7 s): True only if every value passes.
 
 
 def all_whole_numbers(values: list[Any]) -> bool:
