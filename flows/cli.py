@@ -131,24 +131,13 @@ async def prepare_database(db_block: str, data_dir: Path | None) -> str | None:
     return f'embedded PostgreSQL (data in {db.data_dir}); see the table with: psql "{db.psql_url}"'
 
 
-def _no_api_key(api: str) -> Exception:
-    from flows.errors import ConfigurationError, setting
-    from flows.ops.settings import API_KEY_BLOCK, API_KEY_ENV
-
-    return ConfigurationError(
-        f"no REST Countries API key for {setting('api', api)}: set {API_KEY_ENV}, or save it in the "
-        f"'{API_KEY_BLOCK}' Secret block with `{API_KEY_ENV}=... python blocks/create_blocks.py`; "
-        f"a self-hosted server needs none: {setting('api', 'v3.1')} {setting('base_url')} http://HOST:PORT"
-    )
-
-
 def check_api_key_before_starting(api: str) -> None:
     """Raises what ``check_key`` raises for ``$RESTCOUNTRIES_API_KEY``, or the missing-key error when ``api`` needs
     a key and no Prefect database exists yet that could hold the Secret block."""
     from prefect.settings import get_current_settings
 
     from flows.ops.settings import API_KEY_ENV
-    from flows.source import check_key, get_dialect
+    from flows.source import check_key, get_dialect, no_key_error
 
     if not get_dialect(api).requires_key:
         return
@@ -159,7 +148,7 @@ def check_api_key_before_starting(api: str) -> None:
     url = current.server.database.connection_url
     url = url.get_secret_value() if url is not None else ""
     if not (key or current.api.url) and url.startswith("sqlite") and not Path(url.split(":///", 1)[-1]).exists():
-        raise _no_api_key(api)
+        raise no_key_error(api)
 
 
 async def run_once(flow: Any, **params: Any) -> Any:
@@ -180,12 +169,12 @@ async def _run(flow: Any, given: dict[str, Any], params: dict[str, Any], data_di
     import httpx
 
     from flows.ops.settings import load_api_key, prefect_api_unreachable
-    from flows.source import get_dialect
+    from flows.source import get_dialect, no_key_error
 
     ui = connect_prefect()
     try:
         if get_dialect(params["api"]).requires_key and await load_api_key() is None:  # step 3
-            raise _no_api_key(params["api"])
+            raise no_key_error(params["api"])
         note = await prepare_database(params["db_block"], data_dir)
     except httpx.TransportError as exc:  # the first requests to the Prefect API
         advice = "start that server, or unset PREFECT_API_URL to use the local Prefect server"

@@ -239,7 +239,11 @@ def test_a_failing_setup_changes_nothing_on_the_server(prefect_server, database_
     args = ["--db-block", block, "--db-url", database_url, "--rate-burst", "9", *bad]
     result = run_script(*args, env={"RESTCOUNTRIES_API_KEY": CANARY_KEY + "-unsaved"})
     assert result.returncode == 2, result.stdout + result.stderr
-    assert asyncio.run(settings.db_block_names()).count(block) == 0
+    async def db_block_names() -> list[str]:
+        async with get_client() as client:
+            return await settings.db_block_names(client)
+
+    assert asyncio.run(db_block_names()).count(block) == 0
     assert asyncio.run(settings.load_api_key()) != CANARY_KEY + "-unsaved"
     assert limit() == limit_before
     assert asyncio.run(settings.load_settings()).notify_block is None

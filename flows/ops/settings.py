@@ -115,14 +115,10 @@ async def save_db_block(name: str, connection) -> None:
     await SqlAlchemyConnector(connection_info=connection).asave(name, overwrite=True)
 
 
-async def db_block_names(client: PrefectClient | None = None) -> list[str]:
-    """The names of the ``SqlAlchemyConnector`` blocks on the Prefect server, sorted."""
-    from prefect.client.orchestration import get_client
+async def db_block_names(client: PrefectClient) -> list[str]:
+    """The names of the ``SqlAlchemyConnector`` blocks on the Prefect server of ``client``, sorted."""
     from prefect.exceptions import ObjectNotFound
 
-    if client is None:
-        async with get_client() as own:
-            return await db_block_names(own)
     try:
         documents = await client.read_block_documents_by_type(DB_BLOCK_TYPE, include_secrets=False)
     except ObjectNotFound:  # the block type was never registered: there are none
@@ -130,7 +126,7 @@ async def db_block_names(client: PrefectClient | None = None) -> list[str]:
     return sorted(d.name for d in documents if d.name and not d.is_anonymous)
 
 
-async def no_db_block_error(name: str, client: PrefectClient | None = None) -> ConfigurationError:
+async def no_db_block_error(name: str, client: PrefectClient) -> ConfigurationError:
     """The error for a database block ``name`` that does not exist: it lists the blocks that do."""
     names = await db_block_names(client)
     listing = f"the SqlAlchemyConnector blocks are: {', '.join(names)}" if names else "there are none"

@@ -6,7 +6,7 @@
 
 from flows.source.client import ApiClient, check_key, fingerprint, make_client, parse_base_url, shown_url
 from flows.source.dialects import expand_regions, get_dialect
-from flows.source.fetch import check_source, fetch_region, one_error
+from flows.source.fetch import check_source, fetch_region, no_key_error, one_error
 from flows.source.request import RequestStats
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "fingerprint",
     "get_dialect",
     "make_client",
+    "no_key_error",
     "one_error",
     "parse_base_url",
     "shown_url",
