@@ -4,7 +4,7 @@
         records = await fetch_region(client, "Northern Europe", dialect=get_dialect("v5"), paths=["population"])
 """
 
-from flows.source.client import ApiClient, check_key, fingerprint, make_client, parse_base_url, shown_url
+from flows.source.client import ApiClient, check_base_url, check_key, fingerprint, make_client
 from flows.source.dialects import expand_regions, get_dialect
 from flows.source.fetch import check_source, fetch_region, no_key_error, one_error
 from flows.source.request import RequestStats
@@ -12,6 +12,7 @@ from flows.source.request import RequestStats
 __all__ = [
     "ApiClient",
     "RequestStats",
+    "check_base_url",
     "check_key",
     "check_source",
     "expand_regions",
@@ -21,6 +22,4 @@ __all__ = [
     "make_client",
     "no_key_error",
     "one_error",
-    "parse_base_url",
-    "shown_url",
 ]

@@ -28,7 +28,7 @@ from flows.errors import (
     WrongBaseUrlError,
     setting,
 )
-from flows.source.client import HOSTED_ORIGIN, USER_AGENT, ApiClient, demo_key_message, origin, parse_base_url, shown_url
+from flows.source.client import HOSTED_ORIGIN, USER_AGENT, ApiClient, check_base_url, demo_key_message, origin
 from flows.source.dialects import MISSING, REGION_FIELDS, SUBREGIONS, Dialect, canonical_region, get_path
 from flows.source.request import (
     Answer,
@@ -52,10 +52,7 @@ _MAX_NAMED = 5  # foreign records named in a message
 def check_source(client: ApiClient, *, dialect: Dialect, base_url: str | None) -> str:
     """The base URL to use (no trailing slash). Raises ``ConfigurationError`` for a base URL that is not http(s) or
     a v5 client without a key, ``KeyWithheldError`` when the client would not send the needed key there."""
-    base = (base_url or dialect.default_base_url).strip().rstrip("/")
-    _, problem = parse_base_url(base)
-    if problem is not None:
-        raise ConfigurationError(f"The API base URL {shown_url(base)!r} {problem}: fix {setting('base_url')}.")
+    base = check_base_url(base_url or "") or dialect.default_base_url
     if not dialect.requires_key:
         return base
     if client.key_auth is None:
