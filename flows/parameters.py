@@ -25,7 +25,6 @@ def check_parameters(
         parse_table_name(table)
     except InvalidTableNameError as exc:
         raise InvalidTableNameError(f"{setting('table')}: {exc}") from None
-    get_dialect(api)
     if not isinstance(db_block, str) or not db_block.strip():
         raise ConfigurationError(f"{setting('db_block')} is empty: name a SqlAlchemyConnector block, e.g. countries-db")
     return {
@@ -33,6 +32,6 @@ def check_parameters(
         "regions": names,
         "table": table,
         "db_block": db_block.strip(),
-        "api": api.strip(),
+        "api": get_dialect(api).name,
         "base_url": check_base_url(base_url or ""),
     }

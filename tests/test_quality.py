@@ -131,7 +131,6 @@ def test_rules_are_checked_in_order():
 
 def test_rules_are_data_and_easy_to_extend(monkeypatch):
     rule = RowRule(
-        "name not blank",
         "a blank nation_official_name",
         lambda df: df["nation_official_name"].str.strip().eq("").fillna(False).astype(bool),
         lambda df, label: f"row {label}",
