@@ -123,11 +123,9 @@ async def prepare_database(db_block: str, data_dir: Path | None) -> str | None:
                 "first"
             )
         return None
-    db = local.database_status(data_dir)
-    if db is None or db.socket_dir != socket_dir:
-        db = local.ensure_database(data_dir)
-        if db.socket_dir != socket_dir:
-            await settings.save_db_block(db_block, settings.connection_from_url(db.psql_url))
+    db = local.ensure_database(data_dir)  # the running one, if any
+    if db.socket_dir != socket_dir:
+        await settings.save_db_block(db_block, settings.connection_from_url(db.psql_url))
     return f'embedded PostgreSQL (data in {db.data_dir}); see the table with: psql "{db.psql_url}"'
 
 

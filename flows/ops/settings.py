@@ -205,13 +205,12 @@ def _clean(url: str | None) -> str | None:
     return url or None
 
 
-def trusted_base_urls(saved: CountriesSettings, job_variables: Mapping[str, Any] | None = None) -> list[str]:
-    """The base URLs trusted with the key: ``$RESTCOUNTRIES_BASE_URL``, unless the run's ``env`` job variables
-    (``job_variables``, default the flow run's) set it, and ``saved.base_url``; never the run's parameter."""
-    if job_variables is None:
-        from prefect.runtime import flow_run
+def trusted_base_urls(saved: CountriesSettings) -> list[str]:
+    """The base URLs trusted with the key: ``$RESTCOUNTRIES_BASE_URL``, unless the flow run's ``env`` job variables
+    set it, and ``saved.base_url``; never the run's parameter."""
+    from prefect.runtime import flow_run
 
-        job_variables = flow_run.job_variables
+    job_variables = flow_run.job_variables
     env = job_variables.get("env") if isinstance(job_variables, Mapping) else None
     overridden = isinstance(env, Mapping) and BASE_URL_ENV in env
     urls = [None if overridden else _clean(os.environ.get(BASE_URL_ENV)), _clean(saved.base_url)]
