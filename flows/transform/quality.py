@@ -49,8 +49,7 @@ def _name_of(df: pd.DataFrame, label: object) -> str:
 
 
 def _required(col: schema.Column) -> RowRule:
-    example = (lambda df, label: f"row {label}") if col is schema.KEY else _name_of
-    return RowRule(f"no {col.name}", lambda df: df[col.name].isna(), example)
+    return RowRule(f"no {col.name}", lambda df: df[col.name].isna(), _name_of)
 
 
 def _at_least(col: schema.Column, minimum: int) -> RowRule:
