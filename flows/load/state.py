@@ -47,11 +47,6 @@ class LoadResult:
         """Whether this load wrote anything."""
         return self.deleted + self.inserted > 0
 
-    @classmethod
-    def unchanged(cls, table: str, rows: int, changes: ChangeSummary | None, strategy: str) -> LoadResult:
-        """The result of a load that was not needed: the table already held these ``rows``."""
-        return cls(table, rows, rows, 0, 0, changes, strategy, fingerprint="")
-
 _DIGEST_CHUNK = 50_000
 
 
