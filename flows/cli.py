@@ -123,23 +123,10 @@ async def prepare_database(db_block: str, data_dir: Path | None) -> str | None:
                 "first"
             )
         return None
-    db = local.database_status(data_dir)
-    if db is None or db.socket_dir != socket_dir:
-        db = local.ensure_database(data_dir)
-        if db.socket_dir != socket_dir:
-            await settings.save_db_block(db_block, settings.connection_from_url(db.psql_url))
+    db = local.ensure_database(data_dir)  # the running one, if any
+    if db.socket_dir != socket_dir:
+        await settings.save_db_block(db_block, settings.connection_from_url(db.psql_url))
     return f'embedded PostgreSQL (data in {db.data_dir}); see the table with: psql "{db.psql_url}"'
-
-
-def _no_api_key(api: str) -> Exception:
-    from flows.errors import ConfigurationError, setting
-    from flows.ops.settings import API_KEY_BLOCK, API_KEY_ENV
-
-    return ConfigurationError(
-        f"no REST Countries API key for {setting('api', api)}: set {API_KEY_ENV}, or save it in the "
-        f"'{API_KEY_BLOCK}' Secret block with `{API_KEY_ENV}=... python blocks/create_blocks.py`; "
-        f"a self-hosted server needs none: {setting('api', 'v3.1')} {setting('base_url')} http://HOST:PORT"
-    )
 
 
 def check_api_key_before_starting(api: str) -> None:
@@ -148,7 +135,7 @@ def check_api_key_before_starting(api: str) -> None:
     from prefect.settings import get_current_settings
 
     from flows.ops.settings import API_KEY_ENV
-    from flows.source import check_key, get_dialect
+    from flows.source import check_key, get_dialect, no_key_error
 
     if not get_dialect(api).requires_key:
         return
@@ -159,7 +146,7 @@ def check_api_key_before_starting(api: str) -> None:
     url = current.server.database.connection_url
     url = url.get_secret_value() if url is not None else ""
     if not (key or current.api.url) and url.startswith("sqlite") and not Path(url.split(":///", 1)[-1]).exists():
-        raise _no_api_key(api)
+        raise no_key_error(api)
 
 
 async def run_once(flow: Any, **params: Any) -> Any:
@@ -180,12 +167,12 @@ async def _run(flow: Any, given: dict[str, Any], params: dict[str, Any], data_di
     import httpx
 
     from flows.ops.settings import load_api_key, prefect_api_unreachable
-    from flows.source import get_dialect
+    from flows.source import get_dialect, no_key_error
 
     ui = connect_prefect()
     try:
         if get_dialect(params["api"]).requires_key and await load_api_key() is None:  # step 3
-            raise _no_api_key(params["api"])
+            raise no_key_error(params["api"])
         note = await prepare_database(params["db_block"], data_dir)
     except httpx.TransportError as exc:  # the first requests to the Prefect API
         advice = "start that server, or unset PREFECT_API_URL to use the local Prefect server"
@@ -202,8 +189,7 @@ class Interrupted(BaseException):
 
 class Interruptible:
     """Inside ``with``, SIGINT or SIGTERM raises ``Interrupted`` (during ``run``, after cancelling the run and
-    its loads); a second signal ends the process. ``run`` keeps the coroutine off the main thread: there, Ctrl-C
-    printed 136 lines of traceback, Prefect's SIGTERM handler raised inside the loop and a load committed."""
+    its loads); a second signal ends the process. ``run`` keeps the coroutine off the main thread (the handlers')."""
 
     def __enter__(self) -> Interruptible:
         self.signum, self.running, self.committed, self.cancel = 0, False, [], None

@@ -283,8 +283,8 @@ async def transform_and_load(
     if rows is not None:
         get_run_logger().info("%s unchanged: %d rows already loaded from the same source data, nothing written "
                               "(unnest, quality gate and load skipped)", target.table, rows)  # fmt: skip
-        skipped = LoadResult.unchanged(str(target.table), rows, ChangeSummary.identical(schema.CHANGES), p["strategy"])
-        return skipped, None, False
+        changes = ChangeSummary.identical(schema.CHANGES)  # the table already held these rows
+        return LoadResult(str(target.table), rows, rows, 0, 0, changes, p["strategy"], fingerprint=""), None, False
     # Each step's state is read for its result: a failed step raises its error here (see failing_with_the_cause).
     with _timed(steps, "unnest + quality gate"):
         unnest = unnest_countries.with_options(task_run_name=f"unnest {len(records)} records")

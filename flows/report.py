@@ -58,8 +58,7 @@ def _table(title: str, rows: list[tuple[str, Any]], seconds: float) -> list[str]
 @dataclass
 class RunSummary:
     """What a completed run did: figures, ``fetches`` (without their records: Prefect need not walk the data),
-    and ``preview``, the table's new
-    content as pandas shows it (None when the transform and load were skipped)."""
+    and ``preview``, the table's new content as pandas shows it (None when the transform and load were skipped)."""
 
     table: str
     database: str

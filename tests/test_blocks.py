@@ -239,7 +239,11 @@ def test_a_failing_setup_changes_nothing_on_the_server(prefect_server, database_
     args = ["--db-block", block, "--db-url", database_url, "--rate-burst", "9", *bad]
     result = run_script(*args, env={"RESTCOUNTRIES_API_KEY": CANARY_KEY + "-unsaved"})
     assert result.returncode == 2, result.stdout + result.stderr
-    assert asyncio.run(settings.db_block_names()).count(block) == 0
+    async def db_block_names() -> list[str]:
+        async with get_client() as client:
+            return await settings.db_block_names(client)
+
+    assert asyncio.run(db_block_names()).count(block) == 0
     assert asyncio.run(settings.load_api_key()) != CANARY_KEY + "-unsaved"
     assert limit() == limit_before
     assert asyncio.run(settings.load_settings()).notify_block is None
@@ -282,18 +286,22 @@ def test_base_url_is_saved_trusted_and_the_default(prefect_server, monkeypatch):
 
 def test_a_base_url_set_by_the_runs_own_job_variables_is_not_trusted(monkeypatch):
     """Whoever may start a custom run may set its job variables (env): that value gets no key (issue 8 §3)."""
+    from prefect.runtime import flow_run
+
     from flows.ops import settings
 
     saved = settings.CountriesSettings(base_url="https://countries.internal:8443/v5")
     monkeypatch.setenv("RESTCOUNTRIES_BASE_URL", "https://collector.example.org/v5")
     run_env = {"env": {"RESTCOUNTRIES_BASE_URL": "https://collector.example.org/v5"}}
-    assert settings.trusted_base_urls(saved, run_env) == ["https://countries.internal:8443/v5"]
-    assert settings.trusted_base_urls(settings.CountriesSettings(), run_env) == []
+    monkeypatch.setitem(flow_run.FIELDS, "job_variables", lambda: run_env)  # as inside that run
+    assert settings.trusted_base_urls(saved) == ["https://countries.internal:8443/v5"]
+    assert settings.trusted_base_urls(settings.CountriesSettings()) == []
     # It is still the base URL the run uses (like its base_url parameter), just not trusted with the key.
     assert settings.resolve_base_url(None, "https://public/v5", saved) == "https://collector.example.org/v5"
     # Job variables that leave it alone, and a run outside a deployment (no flow run: no job variables).
     for job_variables in ({"env": {"PREFECT_LOGGING_LEVEL": "DEBUG"}}, {}, {"env": None}, None):
-        assert settings.trusted_base_urls(saved, job_variables) == [
+        monkeypatch.setitem(flow_run.FIELDS, "job_variables", lambda: job_variables)  # noqa: B023 - called at once
+        assert settings.trusted_base_urls(saved) == [
             "https://collector.example.org/v5",
             "https://countries.internal:8443/v5",
         ]

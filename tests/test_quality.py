@@ -131,7 +131,6 @@ def test_rules_are_checked_in_order():
 
 def test_rules_are_data_and_easy_to_extend(monkeypatch):
     rule = RowRule(
-        "name not blank",
         "a blank nation_official_name",
         lambda df: df["nation_official_name"].str.strip().eq("").fillna(False).astype(bool),
         lambda df, label: f"row {label}",
@@ -254,7 +253,7 @@ def test_a_text_population_that_is_not_exactly_an_ascii_whole_number_is_refused(
 def test_a_text_population_that_is_exactly_a_whole_number_becomes_that_number(text, number):
     from flows.transform.schema import check_records, to_frame_dtypes
 
-    assert check_records([_iceland(text)], "v3.1") == 1
+    check_records([_iceland(text)], "v3.1")  # accepted
     frame = to_frame_dtypes(pd.DataFrame({"nation_official_name": ["Iceland"], "population": [text]}))
     assert str(frame["population"].dtype) == "Int64"
     assert int(frame["population"].iloc[0]) == number

@@ -78,7 +78,7 @@ def _projected(countries: list[dict]) -> list[dict]:
 
 def test_the_checks_at_scale_find_one_bad_value_among_many():
     records = _projected(synthetic_countries(20_000))
-    assert schema.check_records(records, "v3.1") == 20_000
+    schema.check_records(records, "v3.1")  # no bad value: no error
     records[12_345]["population"] = 30654.7
     records[15_000]["currencies"] = {"EUR": {"symbol": "€"}}
     with pytest.raises(InvalidRecordError) as info:

@@ -92,11 +92,6 @@ class ChangeSummary:
     def identical(cls, spec: ChangeSpec) -> ChangeSummary:
         return cls(spec, unchanged=True)
 
-    @property
-    def any(self) -> bool:
-        """Whether anything the spec compares changed."""
-        return bool(self.kinds)
-
     def phrase(self) -> str:
         """``+1 country, -2 countries, 3 populations changed``; ``no changes``; ``same countries, populations and
         currencies`` when rows changed in other columns."""

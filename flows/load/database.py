@@ -1,8 +1,5 @@
-"""The database a load writes to (:class:`Database`), its table names, and its messages.
-
-Only psycopg2 is imported: ``import sqlalchemy`` costs 0.14-0.23 s, 10-15% of a warm run, which
-only connects and describes the database; URL strings, multi-host queries and engines import it.
-"""
+"""The database a load writes to (:class:`Database`), its table names, and its messages. Imports psycopg2;
+SQLAlchemy (0.14-0.23 s to import) only for URL strings, multi-host queries and engines."""
 
 from __future__ import annotations
 

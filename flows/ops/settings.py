@@ -115,14 +115,10 @@ async def save_db_block(name: str, connection) -> None:
     await SqlAlchemyConnector(connection_info=connection).asave(name, overwrite=True)
 
 
-async def db_block_names(client: PrefectClient | None = None) -> list[str]:
-    """The names of the ``SqlAlchemyConnector`` blocks on the Prefect server, sorted."""
-    from prefect.client.orchestration import get_client
+async def db_block_names(client: PrefectClient) -> list[str]:
+    """The names of the ``SqlAlchemyConnector`` blocks on the Prefect server of ``client``, sorted."""
     from prefect.exceptions import ObjectNotFound
 
-    if client is None:
-        async with get_client() as own:
-            return await db_block_names(own)
     try:
         documents = await client.read_block_documents_by_type(DB_BLOCK_TYPE, include_secrets=False)
     except ObjectNotFound:  # the block type was never registered: there are none
@@ -130,7 +126,7 @@ async def db_block_names(client: PrefectClient | None = None) -> list[str]:
     return sorted(d.name for d in documents if d.name and not d.is_anonymous)
 
 
-async def no_db_block_error(name: str, client: PrefectClient | None = None) -> ConfigurationError:
+async def no_db_block_error(name: str, client: PrefectClient) -> ConfigurationError:
     """The error for a database block ``name`` that does not exist: it lists the blocks that do."""
     names = await db_block_names(client)
     listing = f"the SqlAlchemyConnector blocks are: {', '.join(names)}" if names else "there are none"
@@ -170,8 +166,7 @@ def block_database(
 
 async def db_block_database(name: str) -> Database:
     """The database of the block ``name``; ``ConfigurationError`` naming the blocks that exist when it does not."""
-    # Not SqlAlchemyConnector.load: importing SQLAlchemy and prefect-sqlalchemy adds 0.7-1.1 s to a warm run on a
-    # server (measured on 3.9.1: 1.58 s against a 1.3x target of the 1.43 s floor), which needs no SQLAlchemy.
+    # Not SqlAlchemyConnector.load: importing SQLAlchemy and prefect-sqlalchemy adds 0.7-1.1 s to a warm run.
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
@@ -210,13 +205,12 @@ def _clean(url: str | None) -> str | None:
     return url or None
 
 
-def trusted_base_urls(saved: CountriesSettings, job_variables: Mapping[str, Any] | None = None) -> list[str]:
-    """The base URLs trusted with the key: ``$RESTCOUNTRIES_BASE_URL``, unless the run's ``env`` job variables
-    (``job_variables``, default the flow run's) set it, and ``saved.base_url``; never the run's parameter."""
-    if job_variables is None:
-        from prefect.runtime import flow_run
+def trusted_base_urls(saved: CountriesSettings) -> list[str]:
+    """The base URLs trusted with the key: ``$RESTCOUNTRIES_BASE_URL``, unless the flow run's ``env`` job variables
+    set it, and ``saved.base_url``; never the run's parameter."""
+    from prefect.runtime import flow_run
 
-        job_variables = flow_run.job_variables
+    job_variables = flow_run.job_variables
     env = job_variables.get("env") if isinstance(job_variables, Mapping) else None
     overridden = isinstance(env, Mapping) and BASE_URL_ENV in env
     urls = [None if overridden else _clean(os.environ.get(BASE_URL_ENV)), _clean(saved.base_url)]

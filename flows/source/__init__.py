@@ -4,14 +4,15 @@
         records = await fetch_region(client, "Northern Europe", dialect=get_dialect("v5"), paths=["population"])
 """
 
-from flows.source.client import ApiClient, check_key, fingerprint, make_client, parse_base_url, shown_url
+from flows.source.client import ApiClient, check_base_url, check_key, fingerprint, make_client
 from flows.source.dialects import expand_regions, get_dialect
-from flows.source.fetch import check_source, fetch_region, one_error
+from flows.source.fetch import check_source, fetch_region, no_key_error, one_error
 from flows.source.request import RequestStats
 
 __all__ = [
     "ApiClient",
     "RequestStats",
+    "check_base_url",
     "check_key",
     "check_source",
     "expand_regions",
@@ -19,7 +20,6 @@ __all__ = [
     "fingerprint",
     "get_dialect",
     "make_client",
+    "no_key_error",
     "one_error",
-    "parse_base_url",
-    "shown_url",
 ]

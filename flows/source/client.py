@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from flows.errors import ConfigurationError, DemoKeyError
+from flows.errors import ConfigurationError, DemoKeyError, setting
 from flows.source.dialects import KEY_ADVICE
 
 HOSTED_ORIGIN = "https://api.restcountries.com"  # the API key may always go there
@@ -69,6 +69,21 @@ def parse_base_url(text: str) -> tuple[httpx.URL | None, str | None]:
     ]
     problem = next((p for bad, p in problems if bad), None)
     return (None, problem) if problem else (u, None)
+
+
+def check_base_url(base_url: str) -> str:
+    """``base_url`` stripped, without a trailing slash (empty stays empty). Raises ``ConfigurationError``
+    unless it is an http(s) address; the message shows it without credentials, query and fragment."""
+    url = base_url.strip()
+    if not url:
+        return ""
+    _, problem = parse_base_url(url)
+    if problem:
+        raise ConfigurationError(
+            f"{setting('base_url')} {shown_url(url)!r} {problem}: give the API's address, e.g. "
+            "https://api.restcountries.com/countries/v5 or http://127.0.0.1:8080 for a self-hosted v3.1 server"
+        )
+    return url.rstrip("/")
 
 
 class KeyAuth(httpx.Auth):

@@ -28,8 +28,8 @@ from flows.errors import (
     WrongBaseUrlError,
     setting,
 )
-from flows.source.client import HOSTED_ORIGIN, USER_AGENT, ApiClient, demo_key_message, origin, parse_base_url, shown_url
-from flows.source.dialects import KEY_ADVICE, MISSING, REGION_FIELDS, SUBREGIONS, Dialect, canonical_region, get_path
+from flows.source.client import HOSTED_ORIGIN, USER_AGENT, ApiClient, check_base_url, demo_key_message, origin
+from flows.source.dialects import MISSING, REGION_FIELDS, SUBREGIONS, Dialect, canonical_region, get_path
 from flows.source.request import (
     Answer,
     Request,
@@ -52,17 +52,11 @@ _MAX_NAMED = 5  # foreign records named in a message
 def check_source(client: ApiClient, *, dialect: Dialect, base_url: str | None) -> str:
     """The base URL to use (no trailing slash). Raises ``ConfigurationError`` for a base URL that is not http(s) or
     a v5 client without a key, ``KeyWithheldError`` when the client would not send the needed key there."""
-    base = (base_url or dialect.default_base_url).strip().rstrip("/")
-    _, problem = parse_base_url(base)
-    if problem is not None:
-        raise ConfigurationError(f"The API base URL {shown_url(base)!r} {problem}: fix {setting('base_url')}.")
+    base = check_base_url(base_url or "") or dialect.default_base_url
     if not dialect.requires_key:
         return base
     if client.key_auth is None:
-        raise ConfigurationError(
-            f"The {dialect.name} REST Countries API needs an API key and none is set: {KEY_ADVICE} "
-            f"(or use {setting('api', 'v3.1')} with {setting('base_url')} pointing at a self-hosted v3.1 server)."
-        )
+        raise no_key_error(dialect.name)
     reason = {
         "plain-http": f": it is never sent over plain http except to this machine (loopback); use https for "
         f"{setting('base_url')}",
@@ -77,6 +71,15 @@ def check_source(client: ApiClient, *, dialect: Dialect, base_url: str | None) -
     if reason is not None:
         raise KeyWithheldError(f"the API key was withheld from {origin(base)}{reason}")
     return base
+
+
+def no_key_error(api: str) -> ConfigurationError:
+    """The error for API version ``api``, which needs a key, when none is set."""
+    return ConfigurationError(
+        f"no REST Countries API key for {setting('api', api)}: set RESTCOUNTRIES_API_KEY, or save it in the "
+        "'restcountries-api-key' Secret block with `RESTCOUNTRIES_API_KEY=... python blocks/create_blocks.py`; "
+        f"a self-hosted server needs none: {setting('api', 'v3.1')} {setting('base_url')} http://HOST:PORT"
+    )
 
 
 def one_error(failures: Sequence[CountriesError], *, asked: int, dialect: Dialect) -> CountriesError:

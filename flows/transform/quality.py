@@ -17,7 +17,6 @@ class RowRule:
     """``failing(df)``: a mask of the rows that break it, reported as "<n> rows have <problem> (e.g. <example>)";
     ``example(df, index_label)`` shows the first failing row."""
 
-    name: str
     problem: str
     failing: Callable[[pd.DataFrame], pd.Series]
     example: Callable[[pd.DataFrame, object], str]
@@ -50,13 +49,11 @@ def _name_of(df: pd.DataFrame, label: object) -> str:
 
 
 def _required(col: schema.Column) -> RowRule:
-    example = (lambda df, label: f"row {label}") if col is schema.KEY else _name_of
-    return RowRule(f"{col.name} present", f"no {col.name}", lambda df: df[col.name].isna(), example)
+    return RowRule(f"no {col.name}", lambda df: df[col.name].isna(), _name_of)
 
 
 def _at_least(col: schema.Column, minimum: int) -> RowRule:
     return RowRule(
-        f"{col.name} at least {minimum}",
         f"a negative {col.name}" if minimum == 0 else f"{col.name} below {minimum}",
         lambda df: (df[col.name] < minimum).fillna(False).astype(bool),
         lambda df, label: f"{_name_of(df, label)}: {df.at[label, col.name]}",

@@ -94,8 +94,7 @@ def currency_shape(value: Any) -> str | None:
     return None
 
 
-# The same rules over many values at once: True only if every value passes.
-# Measured at 200,000 records: checking value by value took about 0.7 s; these take about 0.05 s.
+# The same rules over many values at once (0.05 s for 200,000 records, not 0.7 s): True only if every value passes.
 
 
 def all_whole_numbers(values: list[Any]) -> bool:
@@ -245,9 +244,9 @@ def count_distinct(records: list[Mapping[str, Any]], column: Column, dialect: st
     return len({v for v in values_at(records, column.sources[dialect]) if v is not None} - {MISSING})
 
 
-def check_records(records: list[Mapping[str, Any]], dialect: str) -> int:
-    """How many records were checked against the columns' rules. Raises ``InvalidRecordError`` naming the first
-    bad record's country, the value, what is accepted and how many values break a rule."""
+def check_records(records: list[Mapping[str, Any]], dialect: str) -> None:
+    """Check the records against the columns' rules. Raises ``InvalidRecordError`` naming the first bad record's
+    country, the value, what is accepted and how many values break a rule."""
     names: list[Any] | None = None
     problems: list[tuple[int, int, str]] = []
     for c, col in enumerate(COLUMNS):
@@ -267,7 +266,6 @@ def check_records(records: list[Mapping[str, Any]], dialect: str) -> int:
         first = min(problems)[2]  # the first record's first problem, columns in table order
         more = f" ({len(problems)} values break the table's rules; this is the first)" if len(problems) > 1 else ""
         raise InvalidRecordError(f"{first}{more}; the table was not changed")
-    return len(records)
 
 
 def to_frame_dtypes(frame: Any) -> Any:

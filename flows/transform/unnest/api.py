@@ -1,9 +1,4 @@
-"""The public entry point: :func:`unnest` (its docstring is the contract), its arguments checked.
-
-It reads the records batch by batch: :class:`~flows.transform.unnest.walk.Schema` reads a
-batch along the tree of paths, :func:`~flows.transform.unnest.rows.place` counts and writes
-its rows, and :func:`~flows.transform.unnest.rows.series` makes the final columns.
-"""
+"""The public entry point: :func:`unnest` (its docstring is the contract), its arguments checked."""
 
 from __future__ import annotations
 

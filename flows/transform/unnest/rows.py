@@ -1,11 +1,5 @@
-"""The rows of a batch read by :class:`~flows.transform.unnest.walk.Schema`, and the final columns.
-
-:func:`place` counts the batch's rows, refusing past ``max_rows`` before building any
-(RowLimitExceededError), then writes each column's rows; :func:`series` makes a column's
-Series, of the dtype the unnest docstring promises. The rows are made by exploding the star
-levels one after the other, in path order: each row showing an instance with elements at
-the next level becomes one row per element (so the first level varies slowest).
-"""
+"""The rows of a batch read by :class:`~flows.transform.unnest.walk.Schema` (:func:`place`, which raises
+``RowLimitExceededError`` before building any past ``max_rows``), and the final columns (:func:`series`)."""
 
 from __future__ import annotations
 
@@ -24,9 +18,7 @@ _STR = pd.Series(["a"]).dtype  # pandas' dtype for strings
 
 
 def place(levels: list[Node], columns: list[Column], records: int, done: int, max_rows: int, growth: float) -> int:
-    """Write the rows of a batch of ``records`` records into ``columns``, then forget the batch.
-
-    Returns the batch's row count.
+    """Write the rows of a batch of ``records`` records into ``columns``, forget the batch, return its row count.
 
     ``levels``: the root, then the star nodes with elements, in path order. ``done``: rows of
     the earlier batches. A column buffer that must grow gets room for ``growth`` times the
@@ -40,7 +32,8 @@ def place(levels: list[Node], columns: list[Column], records: int, done: int, ma
             f"max_rows={max_rows:,}; select fewer list/map paths with columns= or raise max_rows"
         )
 
-    # For each row, the instance of each level it shows (-1: none); root None: row i is record i.
+    # For each row, the instance of each level it shows (-1: none); root None: row i is record i. Each star level
+    # in path order turns a row showing a holder of n elements into n rows (so the first level varies slowest).
     shown: dict[Node, np.ndarray | None] = {root: None}
     rows = records
     for star in levels[1:]:
@@ -113,11 +106,8 @@ def _write(col: Column, instances: np.ndarray | None, size: int, done: int, rows
 
 
 def _kind(values: np.ndarray) -> str | None:
-    """What the final dtype needs to know of one batch's rows, asked while they are in cache.
-
-    A key of ``_TYPED`` (all of that kind, no null), "string" (strings and nulls), "empty"
-    (nulls only) or None (anything else).
-    """
+    """What the final dtype needs to know of one batch's rows: a key of ``_TYPED`` (all of that kind, no null),
+    "string" (strings and nulls), "empty" (nulls only) or None (anything else)."""
     kind = infer_dtype(values, skipna=False)
     if kind not in SCALAR_KINDS:
         kind = infer_dtype(values, skipna=True)

@@ -7,11 +7,8 @@ instances of the root level). Any other node belongs to the level of its nearest
 ancestor (or the root): each instance of that level holds at most one value there.
 
 :meth:`Schema.walk` reads one batch: each :class:`Column` gets the scalars at its path and
-the instances holding them, each star node the holder of each element. A full unnest makes
-nodes and columns as it meets them, and decides maps as the unnest docstring says; with
-:meth:`Schema.select`, only the selected paths are read. It works one path at a time over
-the whole batch, with C-level passes (``map``, ``itemgetter``, ``chain``, numpy) rather than
-Python code per value, and never recurses (a work stack), so depth is unlimited.
+the instances holding them, each star node the holder of each element; with
+:meth:`Schema.select`, only the selected paths are read. Depth is unlimited (no recursion).
 """
 
 from __future__ import annotations
@@ -236,10 +233,8 @@ class Schema:
         return True
 
     def _explode(self, node: Node, containers: Any, ids: np.ndarray | None, work: list, *, maps: bool | None) -> None:
-        """Lists and maps at ``node``: their elements become the instances of its star level.
-
-        ``maps``: True if ``containers`` are all dicts, False if all lists, None if both.
-        """
+        """Lists and maps at ``node``: their elements become the instances of its star level. ``maps``: True if
+        ``containers`` are all dicts, False if all lists, None if both."""
         star = node.star
         if star is None:
             if not self.full:
