@@ -66,6 +66,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
+from dataclasses import field as dataclass_field
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
@@ -94,6 +95,7 @@ FaultKind = Literal[
     "ok",  # answer normally (lets a queue skip requests, e.g. fail only page 3)
     "status",  # answer `status` (with optional Retry-After and errors body)
     "latency",  # wait `seconds`, then answer normally
+    "held",  # wait until the test sets `release` (a threading.Event), then answer normally
     "hang",  # never answer (until the client gives up or the server stops)
     "drop",  # close the connection without any response
     "truncated",  # 200 with the normal JSON body cut in half
@@ -114,7 +116,7 @@ class Fault:
 
     Build with the class methods: ``Fault.ok()``, ``Fault.status(503, retry_after=2)``,
     ``Fault.status(429, retry_after=datetime(...))``, ``Fault.latency(1.5)``,
-    ``Fault.hang()``, ``Fault.drop()``, ``Fault.bad_body("truncated" | "html" |
+    ``Fault.held(event)``, ``Fault.hang()``, ``Fault.drop()``, ``Fault.bad_body("truncated" | "html" |
     "non_list" | "errors_body")``, ``Fault.missing_field("population")``,
     ``Fault.trickle(0.5)``, ``Fault.oversize(200_000_000, declare_length=False)``,
     ``Fault.foreign("Americas")``.
@@ -129,6 +131,7 @@ class Fault:
     size: int = 0  # oversize: body length in bytes
     declare_length: bool = True  # oversize: send Content-Length (else the body ends when the connection closes)
     region: str = "Americas"  # foreign: the region whose records are mixed in
+    release: threading.Event | None = dataclass_field(default=None, compare=False)  # held: answered once it is set
 
     @classmethod
     def status(
@@ -152,6 +155,11 @@ class Fault:
     def latency(cls, seconds: float) -> Fault:
         """Wait ``seconds`` before answering normally."""
         return cls("latency", seconds=seconds)
+
+    @classmethod
+    def held(cls, release: threading.Event) -> Fault:
+        """Answer normally once ``release`` is set (the test decides when, not a clock)."""
+        return cls("held", release=release)
 
     @classmethod
     def hang(cls) -> Fault:
@@ -767,6 +775,10 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._drop()
             if fault.kind == "latency" and fake._sleep(fault.seconds):
                 return self._drop()
+            if fault.kind == "held" and fault.release is not None:
+                while not fault.release.wait(0.05):  # the test releases it; a stopping server drops it
+                    if fake._stopping.is_set():
+                        return self._drop()
             if fault.kind == "status":
                 headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
                 if 300 <= fault.status_code < 400:

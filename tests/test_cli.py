@@ -53,6 +53,11 @@ OPTIONS = (
 )
 CANARY_KEY = "canary-cli-key-5d1f"
 
+# On one pytest-xdist worker (group "cli"): the module's local stack (fixture ``stack``, a Prefect server and an
+# embedded PostgreSQL started by a first run) is then started once, not once on every worker that draws one of
+# its tests.
+pytestmark = pytest.mark.xdist_group("cli")
+
 
 def run_cli(
     *args: str, env: dict[str, str], command: tuple[str, ...] = (sys.executable, str(SCRIPT)), timeout: float = 300

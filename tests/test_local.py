@@ -28,6 +28,15 @@ from tests.conftest import REPO_ROOT
 # Starts servers of its own: on one pytest-xdist worker with test_deployment_e2e (group "servers").
 pytestmark = pytest.mark.xdist_group("servers")
 
+
+def test_the_xdist_group_takes_effect(request: pytest.FixtureRequest) -> None:
+    """Under ``--dist loadgroup`` (pyproject.toml) this test's id carries its group, by which xdist keeps the group
+    on one worker. pytest 9.2 with pytest-xdist 3.8 dropped it silently: the groups were split across workers,
+    and each worker that drew a test of test_operations_e2e set up that whole module again."""
+    if not getattr(request.config.option, "loadgroup", False):
+        pytest.skip("not run by a pytest-xdist worker with --dist loadgroup")
+    assert request.node.nodeid.endswith("@servers"), request.node.nodeid
+
 @pytest.fixture(scope="module")
 def stack_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """This process and its subprocesses use the module's PREFECT_HOME and .local directory.

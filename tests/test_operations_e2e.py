@@ -4,15 +4,16 @@ a rollout loses no run.
 Everything is real: the session's ``prefect server start`` and a second server of this module's own (the one
 that is restarted), ``prefect deploy`` of deployments derived from prefect.yaml (the same work pool job
 variables, so runs send a heartbeat every 30 s, and the same one-run-at-a-time limit), the documented setup
-``python blocks/create_blocks.py`` (blocks and the operations automations, with their production defaults:
-a run silent for 90 s is marked Crashed), ``prefect worker start``, the flow run processes, the fake REST
-Countries API (v3.1; a hanging or slow first answer keeps a run in flight), the embedded PostgreSQL and a
-webhook receiver on 127.0.0.1 behind a Prefect notification block.
+``python blocks/create_blocks.py`` (blocks and the operations automations, with their production defaults
+but for the silence threshold: ``--crash-after 60``), ``prefect worker start``, the flow run processes, the
+fake REST Countries API (v3.1; a first answer that hangs, or is held until the test releases it, keeps a run
+in flight), the embedded PostgreSQL and a webhook receiver on 127.0.0.1 behind a Prefect notification block.
 
 Every scenario has its own deployment, work queue, worker, fake API and table, so they run at the same
 time: the module fixture ``scenarios`` starts each in a thread once the setup is done, and each test waits
-for its own outcome and checks it. Only the worker's polling (2 s instead of 10 s) and the freshness
-alert's schedule (every 10 s, stale after 2 intervals) are shortened.
+for its own outcome and checks it. Only the worker's polling (2 s instead of 10 s), the silence after which
+a run is marked Crashed (60 s, the shortest the setup accepts: two missed heartbeats of 30 s, instead of the
+default 90 s) and the freshness alert's schedule (every 10 s, stale after 2 intervals) are shortened.
 
 What issue 10 requires of each crash scenario: a new run loads the table within 200 s of the crash, and the
 dead run no longer shows as RUNNING (it is Crashed).
@@ -73,6 +74,7 @@ from tests.prefect_servers import LEASES_ON_DISK, PrefectServer
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("ops-e2e")]
 
 LOADED_WITHIN = 200  # seconds from the crash to a new run's load (issue 10)
+CRASH_AFTER = 60  # seconds of silence after which the setup's automation marks a run Crashed (default 90)
 SCENARIO_TIMEOUT = 280  # seconds a scenario may take in all, setup excluded
 ROLLOUT_MARKER = "countries rollout marker v2 in flow run"
 
@@ -452,9 +454,10 @@ def scenario_restart(sc: Scenario) -> dict[str, Any]:
 def scenario_rollout(sc: Scenario, origin: Path) -> dict[str, Any]:
     """A run in flight while the checkout is updated (git pull) and deployed again (prefect deploy)."""
     deadline = time.monotonic() + SCENARIO_TIMEOUT
-    # The first run's answer takes 2 minutes (its request deadline raised to allow it): time enough to pull and
-    # deploy beside it even on a busy machine; the test checks it was still running after the deploy.
-    sc.fake.inject("*", Fault.latency(120))
+    # The first run's answer is held until the pull, the deploy and a manual run are done beside it (its request
+    # deadline raised to allow that on a busy machine); the test checks it was still running after the deploy.
+    release = threading.Event()
+    sc.fake.inject("*", Fault.held(release))
     worker = start_worker(dict(sc.stack.env, RESTCOUNTRIES_DEADLINE_SECONDS="300"), sc.queue, sc.log, sc.cwd)
     try:
         first = sc.start_run()
@@ -474,6 +477,7 @@ def scenario_rollout(sc: Scenario, origin: Path) -> dict[str, Any]:
             deadline,
             sc.details,
         )
+        release.set()  # the first run's answer arrives: it loads the table with the old code
         first_run = wait_for(
             f"{sc.name}: the in-flight run final",
             lambda: (r := sc.state(first)).state and r.state.is_final() and r,
@@ -498,6 +502,7 @@ def scenario_rollout(sc: Scenario, origin: Path) -> dict[str, Any]:
             "details": sc.details(),
         }
     finally:
+        release.set()
         stop_worker(worker)
 
 
@@ -581,11 +586,16 @@ def scenarios(prefect_server, pg, tmp_path_factory) -> Iterator[dict[str, Future
         stacks: list[Stack] = []
 
         @cleanup.callback
-        def _teardown() -> None:
-            for stack in stacks:
+        def _teardown() -> None:  # the two servers are independent: both torn down at once
+            def tear_down(stack: Stack) -> None:
                 with contextlib.suppress(Exception):
                     teardown_stack(stack, pg)
-            restart_server.stop()
+                if stack.server is restart_server:
+                    restart_server.stop()
+
+            with ThreadPoolExecutor(max_workers=2) as teardown:
+                list(teardown.map(tear_down, stacks))
+            restart_server.stop()  # also when its stack was never made
 
         def scenario(name: str, stack: Stack, cwd: Path) -> Scenario:
             return Scenario(
@@ -610,7 +620,7 @@ def scenarios(prefect_server, pg, tmp_path_factory) -> Iterator[dict[str, Future
             stacks.append(other)
             restart = scenario("restart", other, checkout)
             deploy(other, [restart.spec()], checkout, tmp / "ops-restart.yaml")
-            return restart, setup_script(other)
+            return restart, setup_script(other, "--crash-after", str(CRASH_AFTER))
 
         other_ready = pool.submit(set_up_restart_server)
 
@@ -640,7 +650,9 @@ def scenarios(prefect_server, pg, tmp_path_factory) -> Iterator[dict[str, Future
             name="ops", url=receiver.url, json_data={"subject": "{{subject}}", "body": "{{body}}"}
         ).save(notify)
         cleanup.callback(_delete_block, notify, "custom-webhook")
-        main_setup = setup_script(main, "--notify-block", notify, "--stale-after-intervals", "2")
+        main_setup = setup_script(
+            main, "--notify-block", notify, "--stale-after-intervals", "2", "--crash-after", str(CRASH_AFTER)
+        )
 
         futures["kill9"] = pool.submit(scenario_kill9, kill9)
         futures["oom"] = pool.submit(scenario_oom, oom)
@@ -716,7 +728,7 @@ def assert_recovered(result: dict[str, Any], rerun_by: str = SILENT_RUN_DETECTOR
     print(f"{dead.name}: table loaded by a new run {result['loaded_after']:.0f} s after the crash")
     assert dead.state_type == StateType.CRASHED, details
     if rerun_by == SILENT_RUN_DETECTOR:
-        assert (dead.state.message or "").startswith("no heartbeat for 90 s"), details
+        assert (dead.state.message or "").startswith("no heartbeat for 1 min"), details  # CRASH_AFTER
     assert result["loaded_after"] <= LOADED_WITHIN, f"loaded {result['loaded_after']:.0f} s after the crash\n{details}"
     assert rerun.created_by is not None and rerun.created_by.type == "AUTOMATION", details
     assert rerun.created_by.display_value == rerun_by, details
