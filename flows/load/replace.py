@@ -164,16 +164,15 @@ class _Load:
                 return deleted, inserted, content
 
     def _staged(self, staging: str, h: str) -> tuple[str, int, int]:
-        """(The staged rows' fingerprint, how many of the distinct row hashes ``h`` of the table's first rows are among
-        them, of how many): a cheap probe of whether the two have rows in common."""
+        """(The staged rows' fingerprint, how many staged rows have one of the distinct row hashes ``h`` of the table's
+        first rows, how many of those there are): a cheap probe of whether the two have rows in common."""
         cur = self.cur
         cur.execute(f"SELECT DISTINCT {h} FROM (SELECT * FROM {self.table.sql} LIMIT 63) AS first_rows")
-        probe = [int(row[0]) for row in cur.fetchall()]  # a bit each in a bigint
-        hashes = f"ARRAY[{', '.join(map(str, probe))}]::bigint[]"  # numbers: no parameters (names may hold a %)
-        found = f"bit_or(1::bigint << (array_position({hashes}, {h}) - 1)) FILTER (WHERE {h} = ANY({hashes}))"
-        cur.execute(f"SELECT count(*), coalesce(sum({h}), 0), coalesce({found}, 0) FROM {staging}")
-        rows, total, found_bits = cur.fetchone()
-        return f"{rows}:{total}", int(found_bits).bit_count(), len(probe)
+        probe = [int(row[0]) for row in cur.fetchall()]  # numbers: inlined, no parameters (names may hold a %)
+        found = f"count(*) FILTER (WHERE {h} = ANY(ARRAY[{', '.join(map(str, probe))}]::bigint[]))"
+        cur.execute(f"SELECT count(*), coalesce(sum({h}), 0), {found} FROM {staging}")
+        rows, total, found_rows = cur.fetchone()
+        return f"{rows}:{total}", found_rows, len(probe)
 
     def _report(self, oid: int, staging: str, deleted: int, previous: int, inserted: int) -> ChangeSummary:
         spec = self.options["changes"]
@@ -210,7 +209,7 @@ class _Load:
         """(The staged rows' fingerprint, whether the table holds the same rows). Some rows of the table missing from
         ``staging`` prove a difference without fingerprinting the whole table (measured at 1M rows: 0.07 s saved)."""
         content, found, probed = self._staged(staging, row_hash(self.cur, staging, self.columns))
-        if int(content.split(":")[0]) != previous or found < probed:
+        if int(content.split(":")[0]) != previous or found < probed:  # a row of the table is not staged
             return content, False
         return content, fingerprint(self.cur, self.table.sql, self.columns) == content
 
