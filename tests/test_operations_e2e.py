@@ -733,8 +733,16 @@ def assert_recovered(result: dict[str, Any], rerun_by: str = SILENT_RUN_DETECTOR
     assert rerun.created_by is not None and rerun.created_by.type == "AUTOMATION", details
     assert rerun.created_by.display_value == rerun_by, details
     assert Counter(result["rows"]) == Counter(EXPECTED_NORTHERN_EUROPE), details
-    # Nothing else ran: one rerun, and no run cancelled for want of the dead run's slot.
-    assert result["others"] == [], details
+    # Nothing else ran: one rerun, and no run cancelled for want of the dead run's slot. Prefect's proactive
+    # trigger may fire twice for one silent run (seen under load, on Prefect 3.9.1): its second rerun, made once
+    # the dead run was Crashed, finds the slot taken by the first and is cancelled before it does anything.
+    duplicates = [
+        r for r in result["others"]
+        if r.state_type == StateType.CANCELLED and r.created_by is not None
+        and r.created_by.display_value == rerun_by and r.created >= dead.state.timestamp
+    ]  # fmt: skip
+    assert result["others"] == duplicates, details
+    assert len(duplicates) <= 1, details
 
 
 # --- tests ------------------------------------------------------------------------------

