@@ -344,9 +344,12 @@ def run(smoke: bool = False, db_block: str | None = None) -> list[Figure]:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     latency = 0.2 if smoke else 1.0
-    tmp = Path(tempfile.mkdtemp(prefix="bench-fetch-"))
     large = large_bodies(smoke)
-    with FakeRestCountries(synthetic_countries(COUNTRIES, seed=7), latency=latency) as fake:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-fetch-", ignore_cleanup_errors=True) as tmp_dir,
+        FakeRestCountries(synthetic_countries(COUNTRIES, seed=7), latency=latency) as fake,
+    ):
+        tmp = Path(tmp_dir)
         if os.environ.get("PREFECT_API_URL"):
             if db_block is not None:
                 return _figures(smoke, fake, db_block, latency) + large
