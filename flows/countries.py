@@ -104,8 +104,9 @@ async def fetch_all(
 ) -> list[report.RegionFetch]:
     """Every region's fetch, in region order, each to its end. Raises what ``flows.source.check_source`` raises,
     then ``flows.source.one_error`` of the regions that failed; an unexpected error as it is."""
-    fetch = fetch_region.with_options(cache_expiration=timedelta(minutes=cache_minutes))
-    if not cache_minutes:  # always fetch: no records persisted for a cache nothing reads
+    if cache_minutes:
+        fetch = fetch_region.with_options(cache_expiration=timedelta(minutes=cache_minutes))
+    else:  # always fetch: no records persisted for a cache nothing reads
         fetch = fetch_region.with_options(cache_policy=NO_CACHE, persist_result=False)
     dialect = restcountries.get_dialect(source.api)
     async with restcountries.make_client(api_key=api_key, trusted_base_urls=trusted) as client:
@@ -283,8 +284,11 @@ async def transform_and_load(
     if rows is not None:
         get_run_logger().info("%s unchanged: %d rows already loaded from the same source data, nothing written "
                               "(unnest, quality gate and load skipped)", target.table, rows)  # fmt: skip
-        changes = ChangeSummary.identical(schema.CHANGES)  # the table already held these rows
-        return LoadResult(str(target.table), rows, rows, 0, 0, changes, p["strategy"], fingerprint=""), None, False
+        skipped = LoadResult(
+            table=str(target.table), rows=rows, previous_rows=rows, deleted=0, inserted=0,
+            changes=ChangeSummary.identical(schema.CHANGES), strategy=p["strategy"], fingerprint="",
+        )  # fmt: skip
+        return skipped, None, False
     # Each step's state is read for its result: a failed step raises its error here (see failing_with_the_cause).
     with _timed(steps, "unnest + quality gate"):
         unnest = unnest_countries.with_options(task_run_name=f"unnest {len(records)} records")

@@ -37,6 +37,7 @@ def test_the_xdist_group_takes_effect(request: pytest.FixtureRequest) -> None:
         pytest.skip("not run by a pytest-xdist worker with --dist loadgroup")
     assert request.node.nodeid.endswith("@servers"), request.node.nodeid
 
+
 @pytest.fixture(scope="module")
 def stack_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """This process and its subprocesses use the module's PREFECT_HOME and .local directory.

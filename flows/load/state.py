@@ -25,6 +25,7 @@ from flows.load.database import SECRET_QUERY_KEYS, Database, TableName, quote_id
 if TYPE_CHECKING:
     from flows.load.changes import ChangeSummary
 
+
 @dataclasses.dataclass(frozen=True)
 class LoadResult:
     """What a load did to ``table``: ``previous_rows`` is ``None`` for a new table; ``deleted`` / ``inserted`` are
@@ -46,6 +47,7 @@ class LoadResult:
     def changed(self) -> bool:
         """Whether this load wrote anything."""
         return self.deleted + self.inserted > 0
+
 
 _DIGEST_CHUNK = 50_000
 

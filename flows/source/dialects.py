@@ -10,7 +10,9 @@ from urllib.parse import quote
 
 from flows.errors import ConfigurationError, UnknownRegionNameError, setting
 
-KEY_ADVICE = "set RESTCOUNTRIES_API_KEY or the `restcountries-api-key` Secret block"
+API_KEY_ENV = "RESTCOUNTRIES_API_KEY"  # where the API key is read, then from the Secret block API_KEY_BLOCK
+API_KEY_BLOCK = "restcountries-api-key"
+KEY_ADVICE = f"set {API_KEY_ENV} or the `{API_KEY_BLOCK}` Secret block"
 
 SUBREGIONS: Mapping[str, tuple[str, ...]] = {  # each documented region's subregions, as the API spells them
     "Africa": ("Eastern Africa", "Middle Africa", "Northern Africa", "Southern Africa", "Western Africa"),

@@ -29,7 +29,16 @@ from flows.errors import (
     setting,
 )
 from flows.source.client import HOSTED_ORIGIN, USER_AGENT, ApiClient, check_base_url, demo_key_message, origin
-from flows.source.dialects import MISSING, REGION_FIELDS, SUBREGIONS, Dialect, canonical_region, get_path
+from flows.source.dialects import (
+    API_KEY_BLOCK,
+    API_KEY_ENV,
+    MISSING,
+    REGION_FIELDS,
+    SUBREGIONS,
+    Dialect,
+    canonical_region,
+    get_path,
+)
 from flows.source.request import (
     Answer,
     Request,
@@ -76,8 +85,8 @@ def check_source(client: ApiClient, *, dialect: Dialect, base_url: str | None) -
 def no_key_error(api: str) -> ConfigurationError:
     """The error for API version ``api``, which needs a key, when none is set."""
     return ConfigurationError(
-        f"no REST Countries API key for {setting('api', api)}: set RESTCOUNTRIES_API_KEY, or save it in the "
-        "'restcountries-api-key' Secret block with `RESTCOUNTRIES_API_KEY=... python blocks/create_blocks.py`; "
+        f"no REST Countries API key for {setting('api', api)}: set {API_KEY_ENV}, or save it in the "
+        f"'{API_KEY_BLOCK}' Secret block with `{API_KEY_ENV}=... python blocks/create_blocks.py`; "
         f"a self-hosted server needs none: {setting('api', 'v3.1')} {setting('base_url')} http://HOST:PORT"
     )
 
