@@ -298,17 +298,19 @@ def test_a_swap_without_a_change_spec_replaces_the_table_only_when_a_row_differs
     assert same_rows(engine, new)
 
 
-def test_when_the_tables_first_rows_all_changed_the_rows_in_both_are_still_kept(engine):
-    df = countries(100)
+@pytest.mark.parametrize("rows", [100, 3000], ids=["one-page", "many-pages"])
+def test_when_the_tables_first_rows_all_changed_the_rows_in_both_are_still_kept(engine, rows):
+    df = countries(rows)
     replace_table(engine, df, "countries")
     versions = Counter(relation_state(engine)[4])
     changed = df.copy()
-    changed.loc[:69, "population"] += 1  # the table's first rows, in its physical order
+    first = rows * 2 // 3
+    changed.loc[: first - 1, "population"] += 1  # the table's first rows, in its physical order
 
     result = replace_table(engine, changed, "countries")
 
-    assert (result.deleted, result.inserted) == (70, 70)
-    assert sum((Counter(relation_state(engine)[4]) & versions).values()) == 30  # untouched
+    assert (result.deleted, result.inserted) == (first, first)
+    assert sum((Counter(relation_state(engine)[4]) & versions).values()) == rows - first  # untouched
     assert same_rows(engine, changed)
 
 
