@@ -285,6 +285,7 @@ def test_unchanged_data_is_not_rewritten(engine, strategy):
 @pytest.mark.parametrize("changed_row", [None, 0, 99], ids=["unchanged", "first-row", "last-row"])
 def test_a_swap_without_a_change_spec_replaces_the_table_only_when_a_row_differs(engine, changed_row):
     df = countries(100)
+    df.loc[0, "currency_name"] = None  # a NULL in the table's first row
     replace_table(engine, df, "countries", strategy="swap")
     before = relation_state(engine)
     new = df.copy()

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Literal
 
 import psycopg2
 import psycopg2.errors
+from psycopg2 import sql
 
 from flows.errors import ConfigurationError, CountriesError, LoadError, LoadInterruptedError, setting
 import flows.load.changes as change_report
@@ -162,17 +163,6 @@ class _Load:
             if copy or (old_rows, new_rows) == (previous, self.plan.rows):
                 return deleted, inserted, f"{new_rows}:{total}"
 
-    def _staged(self, staging: str, h: str) -> tuple[str, int, int]:
-        """(The staged rows' fingerprint, how many staged rows have one of the distinct row hashes ``h`` of the table's
-        first rows, how many of those there are): a cheap probe of whether the two have rows in common."""
-        cur = self.cur
-        cur.execute(f"SELECT DISTINCT {h} FROM (SELECT * FROM {self.table.sql} LIMIT 63) AS first_rows")
-        probe = [int(row[0]) for row in cur.fetchall()]  # numbers: inlined, no parameters (names may hold a %)
-        found = f"count(*) FILTER (WHERE {h} = ANY(ARRAY[{', '.join(map(str, probe))}]::bigint[]))"
-        cur.execute(f"SELECT count(*), coalesce(sum({h}), 0), {found} FROM {staging}")
-        rows, total, found_rows = cur.fetchone()
-        return f"{rows}:{total}", found_rows, len(probe)
-
     def _report(self, oid: int, staging: str, deleted: int, previous: int, inserted: int) -> ChangeSummary:
         spec = self.options["changes"]
         if not deleted + inserted:
@@ -215,12 +205,20 @@ class _Load:
             cur.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM {staging}{where}")
 
     def _equal(self, staging: str, previous: int) -> tuple[str, bool]:
-        """(The staged rows' fingerprint, whether the table holds the same rows). Some rows of the table missing from
-        ``staging`` prove a difference without fingerprinting the whole table (measured at 1M rows: 0.07 s saved)."""
-        content, found, probed = self._staged(staging, row_hash(self.cur, staging, self.columns))
-        if int(content.split(":")[0]) != previous or found < probed:  # a row of the table is not staged
+        """(The staged rows' fingerprint, whether the table holds the same rows). A row of the table that is not
+        staged proves a difference without fingerprinting the whole table (1M rows: 0.07 s saved)."""
+        cur, cells = self.cur, [quote_ident(c) for c in self.columns]
+        cur.execute(f"SELECT {', '.join(f'{c}::text' for c in cells)} FROM {self.table.sql} LIMIT 1")
+        row = cur.fetchone()  # compared by value, as text literals that take the column's type (1M rows: 5 ms)
+        same = ("0" if row is None else "count(*) FILTER (WHERE "
+                + " AND ".join(f"{c} IS NOT DISTINCT FROM {sql.Literal(v).as_string(cur)}" for c, v in zip(cells, row))
+                + ")")  # fmt: skip
+        cur.execute(f"SELECT count(*), coalesce(sum({row_hash(cur, staging, self.columns)}), 0), {same} FROM {staging}")
+        rows, total, found = cur.fetchone()
+        content = f"{rows}:{total}"
+        if rows != previous or (row is not None and not found):
             return content, False
-        return content, fingerprint(self.cur, self.table.sql, self.columns) == content
+        return content, fingerprint(cur, self.table.sql, self.columns) == content
 
     def _swap(self, oid: int, comment, staging: str, previous: int, complete: bool, waits: LockWaits) -> LoadResult:
         """Unless the content is equal to the table's, carry grants and the comment over, DROP, RENAME. ``complete``:
