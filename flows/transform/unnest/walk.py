@@ -203,14 +203,14 @@ class Schema:
 
     def _fields(self, node: Node, dicts: Any, ids: np.ndarray | None, work: list) -> None:
         """Plain dicts at ``node``: queue each key's values (only the selected keys' in a selection)."""
-        if self.full and len(node.keys) > 1 and self._read_all(node, node.keys, dicts, ids, work):
+        if self.full and node.keys and self._read_all(node, node.keys, dicts, ids, work):
             return  # the same keys as last batch
         keys = tuple(dict.fromkeys(chain.from_iterable(dicts)) if self.full else node.children)
         for key in keys:
             if key not in node.children:
                 self._child(node, key)
         node.keys = keys
-        if len(keys) > 1 and self._read_all(node, keys, dicts, ids, work):
+        if keys and self._read_all(node, keys, dicts, ids, work):
             return
         n = len(dicts)
         for key in keys:
@@ -227,8 +227,9 @@ class Schema:
         n = len(dicts)
         if sum(map(len, dicts)) != n * len(keys):
             return False
-        try:
-            flat = list(chain.from_iterable(map(itemgetter(*keys), dicts)))
+        values = map(itemgetter(*keys), dicts)
+        try:  # one key's getter gives the value, not a 1-tuple: zip makes one
+            flat = list(chain.from_iterable(values if len(keys) > 1 else zip(values)))
         except KeyError:
             return False  # as many keys, not the same ones
         for i, key in enumerate(keys):
