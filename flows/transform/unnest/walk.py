@@ -147,7 +147,7 @@ class Schema:
 
     def walk(self, records: list[Mapping]) -> None:
         """Read one batch of records into the columns and star nodes (see the module docstring)."""
-        # Values travel as lists, iterated faster than object arrays (measured: 5% less CPU at 100k records).
+        # Values travel as lists, iterated faster than object arrays (5% less CPU at 100k records, A/B in one process).
         work: list[tuple[Node, Any, np.ndarray | None]] = [(self.root, records, None)]
         while work:
             node, values, ids = work.pop()
