@@ -746,12 +746,15 @@ def test_any_text_round_trips_property(engine):
     check()
 
 
-def test_text_with_nul_character_is_refused_and_old_table_kept(engine):
+@pytest.mark.parametrize("neighbour", [None, "needs\tescaping"])
+def test_text_with_nul_character_is_refused_and_old_table_kept(engine, neighbour):
     old = countries(10)
     replace_table(engine, old, "countries")
     before = relation_state(engine)
     bad = countries(10, seed=5)
     bad.loc[7, "nation_official_name"] = "nul\x00inside"
+    if neighbour is not None:  # a value of the same chunk and column with a character to escape
+        bad.loc[6, "nation_official_name"] = neighbour
 
     with pytest.raises(LoadError, match=r'column "nation_official_name" contains a NUL character'):
         replace_table(engine, bad, "countries")

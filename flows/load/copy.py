@@ -96,13 +96,9 @@ def plan_copy(df: pd.DataFrame, column_types: Mapping[str, str] | None) -> CopyP
                 f'column_types["{name}"] = {sql_type!r} is not a plain SQL type name '
                 '(like "text", "bigint", "numeric(12,2)", "timestamp with time zone")'
             )
-    columns = []
-    for position, name in enumerate(names):
-        series = df.iloc[:, position]
-        columns.append(
-            Column(name, column_types.get(name, "").strip() or _default_sql_type(name, series.dtype), series)
-        )
-    return CopyPlan(columns=columns, rows=len(df))
+    series = [df.iloc[:, position] for position in range(len(names))]  # by position: names may repeat
+    types = [column_types.get(n, "").strip() or _default_sql_type(n, s.dtype) for n, s in zip(names, series)]
+    return CopyPlan(columns=list(map(Column, names, types, series)), rows=len(df))
 
 
 def _fields(column: Column) -> tuple[str, Callable[[int, int], list]]:
@@ -133,25 +129,30 @@ def _fields(column: Column) -> tuple[str, Callable[[int, int], list]]:
 
 def _escaped(values: np.ndarray, name: str) -> list[str]:
     """Text values as COPY fields (other objects as ``str()``), escaped by one join, replaces and a split."""
-    texts = values.tolist()
-    nulls = np.flatnonzero(pd.isna(values))
-    for k in nulls:
-        texts[k] = ""
+    texts, nulls = values.tolist(), []
     try:
         joined = "\x00".join(texts)
-    except TypeError:  # other objects than str: their text
-        texts = [t if isinstance(t, str) else str(t) for t in texts]
+    except TypeError:  # a missing value (NaN, None, NA) or another object than str
+        nulls = np.flatnonzero(pd.isna(values)).tolist()
+        for k in nulls:
+            texts[k] = ""
+        if set(map(type, texts)) != {str}:
+            texts = [t if isinstance(t, str) else str(t) for t in texts]
         joined = "\x00".join(texts)
-    if joined.count("\x00") != len(texts) - 1:
-        raise LoadError(
-            f'column "{name}" contains a NUL character (\\x00), which PostgreSQL text cannot store; '
-            "the previous table is unchanged"
-        )
-    escaped = joined.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
-    fields = texts if escaped is joined else escaped.split("\x00")  # replace() returns its input when nothing matched
+    fields = texts  # four membership tests, not four replaces finding nothing: 4 us against 270 us per 4,096 values
+    if any(special in joined for special in "\\\t\n\r"):
+        escaped = joined.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+        fields = escaped.split("\x00")
+        if len(fields) != len(texts):
+            raise _nul(name)
     for k in nulls:
         fields[k] = _NULL
     return fields
+
+
+def _nul(name: str) -> LoadError:
+    return LoadError(f'column "{name}" contains a NUL character (\\x00), which PostgreSQL text cannot store; '
+                     "the previous table is unchanged")  # fmt: skip
 
 
 def serialise(plan: CopyPlan) -> Iterator[bytes]:
@@ -171,6 +172,8 @@ def serialise(plan: CopyPlan) -> Iterator[bytes]:
                 f"the data contains text that is not valid Unicode ({exc.reason}: "
                 f"{exc.object[exc.start : exc.end]!r}); the previous table is unchanged"
             ) from None
+        if b"\x00" in chunk:  # a NUL in a value (the fields' separators are tab and newline)
+            raise _nul(next(plan.columns[p % width].name for p, a in enumerate(arguments) if "\x00" in str(a)))
         yield chunk
 
 
