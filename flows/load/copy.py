@@ -128,7 +128,7 @@ def _fields(column: Column) -> tuple[str, Callable[[int, int], list]]:
 
 
 def _escaped(values: np.ndarray, name: str) -> list[str]:
-    """Text values as COPY fields (other objects as ``str()``), escaped by one join, replaces and a split."""
+    """Text values as escaped COPY fields (others as ``str()``); a NUL raises LoadError here or in ``serialise``."""
     texts, nulls = values.tolist(), []
     try:
         joined = "\x00".join(texts)
@@ -150,7 +150,7 @@ def _escaped(values: np.ndarray, name: str) -> list[str]:
     return fields
 
 
-def _nul(name: str) -> LoadError:
+def _nul(name: str) -> LoadError:  # the one message for a NUL, from _escaped or serialise
     return LoadError(f'column "{name}" contains a NUL character (\\x00), which PostgreSQL text cannot store; '
                      "the previous table is unchanged")  # fmt: skip
 
