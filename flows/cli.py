@@ -192,7 +192,7 @@ class Interruptible:
     its loads); a second signal ends the process. ``run`` keeps the coroutine off the main thread (the handlers')."""
 
     def __enter__(self) -> Interruptible:
-        self.signum, self.running, self.committed, self.cancel = 0, False, [], None
+        self.signum, self.running, self.cancel = 0, False, None
         self.began = time.monotonic()  # loads committed from here on are this run's
         self.handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         return self
@@ -200,6 +200,8 @@ class Interruptible:
     def __exit__(self, *exc_info: object) -> None:
         for signum, handler in self.handlers.items():
             signal.signal(signum, handler)
+        if "flows.load" in sys.modules:
+            sys.modules["flows.load"].resume_loads()
 
     def run(self, main: typing.Coroutine[Any, Any, Any]) -> Any:
         """``main``'s result (also when a signal came after it ended), else ``Interrupted`` or what it raised."""
@@ -225,19 +227,27 @@ class Interruptible:
         if self.signum:
             print(self.interrupted(), file=sys.stderr, flush=True)
             os._exit(128 + signum)
-        self.signum = signum
         if not self.running:  # the main thread is still on the command line's checks: stop there
+            self.signum = signum
             raise Interrupted(self.interrupted(), 128 + signum)
+        # The run's thread may be in synchronous code (the quality gate) and go on into a load before the cancel
+        # lands at its next await: loads are refused from here on (before signum is set, which says it is done).
+        from flows.load import interrupt_loads
+
+        interrupt_loads(timeout=0)
+        self.signum = signum
         if self.cancel is not None:
             self.cancel()
-        load = sys.modules.get("flows.load")  # not imported yet: no load has started, none to stop
-        self.committed = load.interrupt_loads(timeout=10.0, since=self.began) if load else []
 
     def interrupted(self) -> str:
-        """One line: what the interrupted run left behind."""
-        if not self.committed:
+        """One line: what the interrupted run left behind (a load's commit under way: after it, for at most 10 s)."""
+        load = sys.modules.get("flows.load")  # not imported: no load has started
+        committed = load.interrupt_loads(timeout=10.0, since=self.began) if load else []
+        if committed is None:
+            return "interrupted during a commit: the table holds its previous rows or the new ones; re-run to be sure"
+        if not committed:
             return "interrupted: the table was not changed"
-        loads = "; ".join(f"{r.table}: {r.deleted} rows deleted, {r.inserted} inserted" for r in self.committed)
+        loads = "; ".join(f"{r.table}: {r.deleted} rows deleted, {r.inserted} inserted" for r in committed)
         return f"interrupted after the load: {loads}"
 
 

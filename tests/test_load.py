@@ -41,7 +41,7 @@ from flows.errors import (
     QualityGateError,
     TableBusyError,
 )
-from flows.load import LoadResult, TableName, interrupt_loads, parse_table_name, replace_table
+from flows.load import LoadResult, TableName, interrupt_loads, parse_table_name, replace_table, resume_loads
 from flows.load.state import live_rows, source_digest
 from tests.conftest import free_port
 
@@ -1697,13 +1697,57 @@ def test_an_interrupt_while_a_load_waits_for_a_lock_rolls_it_back(engine, pg, da
             return cur.fetchone()[0] > 0
 
         wait_until(waiting, "the load to wait for its lock")
-        committed = interrupt_loads(timeout=10, since=began)
-        with pytest.raises(LoadInterruptedError, match="^interrupted: the table was not changed"):
-            load.result()
+        try:
+            committed = interrupt_loads(timeout=10, since=began)
+            with pytest.raises(LoadInterruptedError, match="^interrupted: the table was not changed"):
+                load.result()
+            assert interrupt_loads(timeout=1, since=began) == []  # nothing left running, nothing committed since
+        finally:
+            resume_loads()
         cur.execute("ROLLBACK")
     assert committed == []
     assert same_rows(engine, countries(5))
-    assert interrupt_loads(timeout=1, since=began) == []  # nothing left running, nothing committed since
+
+
+def test_a_load_that_starts_after_an_interrupt_rolls_back_until_loads_resume(engine):
+    """An interrupt that comes before the load registers (the run's thread busy in the quality gate) must still
+    stop it: every load from then on rolls back, until ``resume_loads``."""
+    replace_table(engine, countries(5), "countries")
+    try:
+        assert interrupt_loads(timeout=1, since=time.monotonic()) == []  # none running, none committed since
+        with pytest.raises(LoadInterruptedError, match="^interrupted: the table was not changed"):
+            replace_table(engine, countries(5, seed=2), "countries")
+    finally:
+        resume_loads()
+    assert same_rows(engine, countries(5))
+    replace_table(engine, countries(5, seed=2), "countries")  # resumed: loads commit again
+    assert same_rows(engine, countries(5, seed=2))
+
+
+def test_ctrl_c_while_the_run_is_busy_before_the_load_leaves_the_table_and_says_so(engine):
+    """The command line's guard (flows.cli.Interruptible): Ctrl-C lands while the run's thread is in synchronous
+    code before the load (as in the quality gate), which goes on into the load; the table must stay as it was and
+    the one line must say so."""
+    import asyncio
+    import os
+    import signal
+
+    from flows.cli import Interrupted, Interruptible
+
+    replace_table(engine, countries(5), "countries")
+
+    async def run(guard: Interruptible) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        wait_until(lambda: guard.signum, "the signal handler to run")  # synchronous: the event loop waits too
+        replace_table(engine, countries(5, seed=2), "countries")  # as the load task, no await before it
+        await asyncio.sleep(0)  # the run's next await: where the cancellation lands
+
+    with Interruptible() as guard, pytest.raises(Interrupted) as stopped:
+        guard.run(run(guard))
+    assert stopped.value.args == ("interrupted: the table was not changed", 128 + signal.SIGINT)
+    assert same_rows(engine, countries(5))
+    replace_table(engine, countries(5, seed=2), "countries")  # the guard is gone: loads commit again
+    assert same_rows(engine, countries(5, seed=2))
 
 
 # --- issue 16 §7: messages that name the real cause, and mask the password only as a credential ---

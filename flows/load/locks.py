@@ -128,28 +128,35 @@ class Running:
 _running: set[Running] = set()
 _committed: list[tuple[float, Any]] = []  # (time.monotonic() of the commit, result): for interrupt_loads
 _guard = threading.Lock()
+_refusing = threading.Event()  # set by interrupt_loads, cleared by resume_loads
 
 
-def interrupt_loads(timeout: float = 10.0, since: float = 0.0) -> list:
-    """Cancel every load of this process not yet committing (it rolls back, raises ``LoadInterruptedError``), wait
-    at most ``timeout`` seconds for all to end; return the results committed at or after ``since`` (monotonic)."""
+def interrupt_loads(timeout: float = 10.0, since: float = 0.0) -> list | None:
+    """Cancel every load of this process not yet committing, and every one that starts before :func:`resume_loads`
+    (each rolls back, raises ``LoadInterruptedError``); wait at most ``timeout`` seconds for the running ones to
+    end. Return the results committed at or after ``since`` (monotonic), or None if a commit had not ended."""
     with _guard:
+        _refusing.set()
         running = list(_running)
         for load in running:
             if not load.committing:
                 load.interrupted = True
                 load.connection.cancel()
     deadline = time.monotonic() + timeout
-    for load in running:
-        load.done.wait(max(0.0, deadline - time.monotonic()))
+    ended = all([load.done.wait(max(0.0, deadline - time.monotonic())) for load in running])
     with _guard:
-        return [result for moment, result in _committed if moment >= since]
+        return [result for moment, result in _committed if moment >= since] if ended else None
+
+
+def resume_loads() -> None:
+    """Let loads commit again after :func:`interrupt_loads`."""
+    _refusing.clear()
 
 
 @contextlib.contextmanager
 def running_loads(connection: psycopg2.extensions.connection) -> Iterator[Running]:
     """Register a load on ``connection`` for :func:`interrupt_loads` while the block runs."""
-    load = Running(connection)
+    load = Running(connection, interrupted=_refusing.is_set())
     with _guard:
         _running.add(load)
     try:
@@ -163,7 +170,7 @@ def running_loads(connection: psycopg2.extensions.connection) -> Iterator[Runnin
 def commit(load: Running, result: Any, interrupted: Exception) -> None:
     """Commit ``load``'s transaction unless it was interrupted (then raise ``interrupted``); record ``result``."""
     with _guard:
-        if load.interrupted:
+        if load.interrupted or _refusing.is_set():
             raise interrupted
         load.committing = True
     load.connection.commit()

@@ -326,6 +326,8 @@ def replace_table(
     try:
         with running_loads(connection) as load:
             try:
+                if load.interrupted:  # interrupted before it began
+                    raise interrupted
                 with connection.cursor() as cur:
                     target = resolve_schema(cur, target)
                     LockWaits(cur, str(target), url, loader_wait, 0).advisory()
