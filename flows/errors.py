@@ -162,5 +162,9 @@ class TableBusyError(LoadError):
     """A lock the load needed was held too long; the message names the blocking sessions. Nothing was written."""
 
 
+class CommitUnknownError(CountriesError):
+    """The connection was lost during the load's commit: the table holds either its previous rows or the new ones."""
+
+
 class LoadInterruptedError(LoadError):
     """The load was interrupted (``flows.load.interrupt_loads``) before its commit and rolled back."""

@@ -98,16 +98,14 @@ class RunSummary:
 
     def one_line(self) -> str:
         """The summary line, e.g. ``loaded public.t at …: 1 row deleted, 1 inserted (1 population changed), 20 rows
-        in the table; 1 API request``, ``unchanged: …`` or ``repaired 1 row edited outside the pipeline …``."""
+        in the table; 1 API request``, ``unchanged: …`` or ``repaired rows edited outside the pipeline …``."""
         where = f"{self.table} at {self.database}"
         written = f"{plural(self.deleted, 'row')} deleted, {self.inserted} inserted ({self.changes.phrase()})"
         if not self.changed:
             done = f"unchanged: {plural(self.rows, 'row')} already in {where}, nothing written"
-        elif self.repaired and self.strategy == "swap":
-            done = f"repaired rows edited outside the pipeline in {where} (the table swapped): {written}"
-        elif self.repaired:
-            edited = plural(max(self.deleted, self.inserted), "row")
-            done = f"repaired {edited} edited outside the pipeline in {where}: {written}"
+        elif self.repaired:  # how many rows were edited is not known: an edit may show as a deletion and an insertion
+            swapped = " (the table swapped)" if self.strategy == "swap" else ""
+            done = f"repaired rows edited outside the pipeline in {where}{swapped}: {written}"
         else:
             done = f"loaded {where}: {written}, {plural(self.rows, 'row')} in the table"
         api = plural(self.requests, "API request")
@@ -145,11 +143,11 @@ class RunSummary:
         return "\n".join(lines) + "\n"
 
 
-def failure_markdown(table: str, message: str, seconds: float) -> str:
-    """The short report of a failed run: what failed, and that the table is untouched."""
+def failure_markdown(table: str, message: str, seconds: float, *, unchanged: bool = True) -> str:
+    """The short report of a failed run: what failed, and whether the table is untouched."""
     rows = [
         ("table", f"`{table}`"),
-        ("result", "**failed**: the table was not changed"),
+        ("result", "**failed**: the table was not changed" if unchanged else "**failed**: see the cause"),
         ("cause", message.replace("|", "\\|")),
     ]
     return "\n".join(_table("Countries load failed", rows, seconds)) + "\n"

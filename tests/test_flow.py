@@ -384,7 +384,7 @@ def test_a_hand_edit_is_repaired_by_the_next_run_and_said_so(fake_api, db):
 
     assert TRANSFORM_AND_LOAD <= task_names(state)
     assert (summary.changed, summary.deleted, summary.inserted, summary.previous_rows) == (True, 0, 1, 19)
-    assert summary.repaired and summary.one_line().startswith("repaired 1 row edited outside the pipeline in ")
+    assert summary.repaired and summary.one_line().startswith("repaired rows edited outside the pipeline in ")
     assert summary.one_line() in logs_of(state.state_details.flow_run_id)  # the repair, said in the run's log
     assert table_rows(url) == EXPECTED_NORTHERN_EUROPE
 
@@ -399,7 +399,7 @@ def test_a_hand_edit_keeping_the_row_count_is_repaired_even_with_force_or_swap(f
         assert (summary.changed, summary.repaired) == (True, True), params
         if params.get("strategy") != "swap":  # swap rewrites the whole table: its counts are the table's
             assert (summary.deleted, summary.inserted) == (1, 1), params
-            assert summary.one_line().startswith("repaired 1 row edited outside the pipeline"), params
+            assert summary.one_line().startswith("repaired rows edited outside the pipeline"), params
         assert table_rows(url) == EXPECTED_NORTHERN_EUROPE, params
 
 

@@ -33,6 +33,7 @@ import flows.load.copy as copy_text
 from flows.load.changes import ChangeSpec, Measure, SetColumn
 from flows.load.database import Database, resolve_table, scrub
 from flows.errors import (
+    CommitUnknownError,
     ConfigurationError,
     DatabaseUnreachableError,
     InvalidTableNameError,
@@ -1560,6 +1561,22 @@ def test_change_report_names_added_and_removed_countries_population_and_currency
     )
 
 
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_a_population_put_back_on_one_of_a_countrys_rows_is_a_population_change(engine, strategy):
+    """A hand edit of one of Faroe Islands' two rows (its greatest population unchanged) is repaired: the report
+    must not say "same populations"."""
+    edited = [(n, c, 1 if c == "Faroese króna" else p) for n, c, p in BEFORE]
+    replace_table(engine, frame(edited), "countries", strategy=strategy)
+
+    changes = replace_table(engine, frame(BEFORE), "countries", changes=SPEC, strategy=strategy).changes
+
+    assert changes.phrase() == "1 population changed"
+    assert changes.log_lines() == ["populations changed (1), largest: Faroe Islands 1 to 54,000 -> 54,000"]
+    assert changes.table_rows() == [
+        {"change": "population", "country": "Faroe Islands", "before": "1 to 54,000", "after": "54,000"}
+    ]
+
+
 def test_change_report_caps_its_lists_and_counts_exactly(engine):
     base = [(f"Country {i:02d}", "Euro", 1000 + i) for i in range(30)]
     replace_table(engine, frame(base), "countries")
@@ -1707,6 +1724,36 @@ def test_an_interrupt_while_a_load_waits_for_a_lock_rolls_it_back(engine, pg, da
         cur.execute("ROLLBACK")
     assert committed == []
     assert same_rows(engine, countries(5))
+
+
+def test_a_connection_lost_during_the_commit_is_not_said_to_leave_the_table_unchanged(engine, pg, database_url):
+    """The server may have committed before the connection was lost: the error must say the outcome is unknown.
+    A user's deferred constraint trigger holds the load inside its COMMIT; the session is then terminated."""
+    replace_table(engine, countries(5), "countries")
+    with contextlib.closing(dbapi_connect(pg, database_url, "user")) as user, user.cursor() as cur:
+        user.autocommit = True
+        cur.execute(
+            "CREATE FUNCTION wait_at_commit() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$BEGIN PERFORM pg_advisory_lock(4242); RETURN NULL; END$$;"
+            " CREATE CONSTRAINT TRIGGER at_commit AFTER INSERT ON countries DEFERRABLE INITIALLY DEFERRED"
+            " FOR EACH ROW EXECUTE FUNCTION wait_at_commit(); SELECT pg_advisory_lock(4242)"
+        )
+        try:
+            load = Background(engine, countries(5, seed=2), "countries", lock_timeout=30)
+
+            def committing() -> int | None:
+                cur.execute("SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242 AND NOT granted")
+                return (cur.fetchone() or [None])[0]
+
+            wait_until(committing, "the load's COMMIT to wait in the trigger")
+            cur.execute("SELECT pg_terminate_backend(%s)", (committing(),))
+            with pytest.raises(CommitUnknownError, match=r"^loading public\.countries: the connection was lost during"
+                               r" the commit \(.+\); the table holds its previous rows or the new ones: re-run$"):
+                load.result()
+        finally:
+            cur.execute("DROP TRIGGER at_commit ON countries; DROP FUNCTION wait_at_commit()")
+            cur.execute("SELECT pg_advisory_unlock_all()")
+    assert same_rows(engine, countries(5))  # here the server had not committed
 
 
 def test_a_load_that_starts_after_an_interrupt_rolls_back_until_loads_resume(engine):

@@ -1,8 +1,8 @@
 """What a load changes: the change report, computed in the database, and the row-drop rule.
 
-Per key of a :class:`ChangeSpec` (NULL keys left out): added, removed, a measure's ``max`` changed, a set column's
-non-NULL values changed; lists hold at most ``spec.limit`` keys, counts are exact. :func:`check_row_drop` refuses a
-load that shrinks the table too much.
+Per key of a :class:`ChangeSpec` (NULL keys left out): added, removed, a measure's least or greatest value changed,
+a set column's non-NULL values changed; lists hold at most ``spec.limit`` keys, counts are exact.
+:func:`check_row_drop` refuses a load that shrinks the table too much.
 """
 
 from __future__ import annotations
@@ -59,6 +59,11 @@ def _number(value: Any) -> str:
     if value is None:
         return "none"
     return f"{value:,}" if isinstance(value, int | float) else str(value)
+
+
+def _range(least: Any, greatest: Any) -> str:
+    """A key's values of a measure: ``5,500,000``, or ``1 to 5,500,000`` when its rows disagree."""
+    return _number(greatest) if least == greatest else f"{_number(least)} to {_number(greatest)}"
 
 
 def _set(values: list[str]) -> str:
@@ -166,7 +171,8 @@ def _statement(spec: ChangeSpec, old: str, new: str, differing: str) -> str:
     key, by_key = _q(spec.key), 'k COLLATE "C"'
     measures, sets = range(len(spec.measures)), range(len(spec.sets))
     aggregates = [f"{key}::text AS k"]
-    aggregates += [f"max({_q(m.column)})::numeric AS m{i}" for i, m in enumerate(spec.measures)]
+    measured = [_q(m.column) for m in spec.measures]
+    aggregates += [f"min({c})::numeric AS a{i}, max({c})::numeric AS m{i}" for i, c in enumerate(measured)]
     aggregates += [
         f"coalesce(array_agg({_q(c.column)}::text) FILTER (WHERE {_q(c.column)} IS NOT NULL), '{{}}') AS s{i}"
         for i, c in enumerate(spec.sets)
@@ -174,7 +180,7 @@ def _statement(spec: ChangeSpec, old: str, new: str, differing: str) -> str:
     o, n = (f"SELECT {', '.join(aggregates)} FROM {relation} WHERE {key} IS NOT NULL AND {key}::text IN"
             " (SELECT k FROM t) GROUP BY 1" for relation in (old, new))  # fmt: skip
     kept = ["coalesce(n.k, o.k) AS k", "o.k IS NULL AS added", "n.k IS NULL AS removed"]
-    kept += [f"o.m{i} AS om{i}, n.m{i} AS nm{i}" for i in measures]
+    kept += [f"o.a{i} AS oa{i}, n.a{i} AS na{i}, o.m{i} AS om{i}, n.m{i} AS nm{i}" for i in measures]
     kept += [f"o.s{i} AS os{i}, n.s{i} AS ns{i}, NOT (o.s{i} @> n.s{i} AND n.s{i} @> o.s{i}) AS sd{i}" for i in sets]
     ctes = [
         f"t AS MATERIALIZED (SELECT DISTINCT {key}::text AS k FROM {differing} WHERE {key} IS NOT NULL)",
@@ -184,8 +190,10 @@ def _statement(spec: ChangeSpec, old: str, new: str, differing: str) -> str:
     ]
     both = "NOT added AND NOT removed"
     kinds = [("added", "k", by_key), ("removed", "k", by_key)]
-    kinds += [(f"{both} AND om{i} IS DISTINCT FROM nm{i}", f"json_build_array(k, om{i}, nm{i})",
-               f"abs(nm{i} - om{i}) DESC NULLS LAST, {by_key}") for i in measures]  # fmt: skip
+    kinds += [(f"{both} AND (oa{i}, om{i}) IS DISTINCT FROM (na{i}, nm{i})",
+               f"json_build_array(k, oa{i}, om{i}, na{i}, nm{i})",
+               f"greatest(abs(nm{i} - om{i}), abs(na{i} - oa{i})) DESC NULLS LAST, {by_key}")
+              for i in measures]  # fmt: skip
     kinds += [(f"{both} AND sd{i}", f"json_build_array(k, os{i}, ns{i})", by_key) for i in sets]
     results = [
         f"(SELECT count(*) FROM d WHERE {where}), (SELECT coalesce(json_agg({value} ORDER BY {order}), '[]') FROM"
@@ -212,11 +220,12 @@ def compare(cursor: Any, spec: ChangeSpec, old: str | None, new: str, differing:
     ]  # fmt: skip
     for m, (count, largest) in zip(spec.measures, pairs):
         listed = []
-        for key, before, after in largest:
-            text = f"{key} {_number(before)} -> {_number(after)}"
-            if isinstance(before, int | float) and isinstance(after, int | float):
-                text += f" ({after - before:+,})"
-            listed.append((key, _number(before), _number(after), text))
+        for key, *values in largest:  # a key's least and greatest value, before and after
+            (before, after), (b, a) = (_range(*values[:2]), _range(*values[2:])), values[1::2]
+            text = f"{key} {before} -> {after}"
+            if isinstance(b, int | float) and isinstance(a, int | float) and values[::2] == [b, a]:
+                text += f" ({a - b:+,})"
+            listed.append((key, before, after, text))
         noun = m.noun if count == 1 else m.plural
         head = f"{m.plural} changed ({count:,}), largest"
         kinds.append(Kind(m.noun, count, tuple(listed), f"{count:,} {noun} changed", head))

@@ -22,7 +22,8 @@ import psycopg2
 import psycopg2.errors
 from psycopg2 import sql
 
-from flows.errors import ConfigurationError, CountriesError, LoadError, LoadInterruptedError, setting
+from flows.errors import CommitUnknownError, ConfigurationError, CountriesError, LoadError, LoadInterruptedError
+from flows.errors import setting
 import flows.load.changes as change_report
 from flows.load.changes import ChangeSpec, ChangeSummary, check_min_row_fraction, check_row_drop
 from flows.load.database import TableName, parse_table_name, pg_message, quote_ident, resolve_schema, scrub, unreachable
@@ -344,6 +345,11 @@ def replace_table(
                 if isinstance(exc, CountriesError) or not isinstance(exc, psycopg2.Error):
                     raise
                 message = scrub(pg_message(exc), url)
+                if load.committing and connection.closed:
+                    raise CommitUnknownError(  # the server may have committed before the connection was lost
+                        f"loading {target}: the connection was lost during the commit ({message}); the table holds "
+                        "its previous rows or the new ones: re-run"
+                    ) from None
                 raise LoadError(f"loading {target} failed: {message}; the previous table is unchanged") from None
     finally:
         if connection.closed:  # lost: SQLAlchemy's pool drops it
