@@ -51,7 +51,7 @@ def build_app(flow: Any) -> Any:
         result_action="return_value",
         default_parameter=cyclopts.Parameter(consume_multiple=True, negative=()),
         help_epilogue=(
-            f"Runs the flow '{flow.name}' once; prints the table when it changed, then a one-line summary. "
+            f"Runs the flow '{flow.name}' once; prints the table when the run changed it, then a one-line summary. "
             "Prefect: PREFECT_API_URL when set; otherwise a local Prefect server on 127.0.0.1, started on the first "
             "run and reused (COUNTRIES_LOCAL_PREFECT_SERVER=0: Prefect's temporary server instead). Database: the "
             "block --db-block; the default block, when it does not exist yet, is served by an embedded PostgreSQL. "
@@ -71,6 +71,8 @@ def usage_error(exc: Exception) -> str:
     if isinstance(exc.__cause__, ValidationError) and tokens:  # a range or type of the signature
         message = exc.__cause__.errors()[0]["msg"]
         return f"{tokens[0].keyword} {tokens[0].value}: {message[:1].lower()}{message[1:]}"
+    if getattr(exc, "unused_tokens", None):  # cyclopts' "Unused Tokens: [...]"
+        return f"unexpected {' '.join(map(str, exc.unused_tokens))!r}: a value follows its option, a flag takes none"
     return " ".join(str(exc).split()).rstrip(".")
 
 
@@ -324,7 +326,7 @@ def _main(countries_flow: Any, argv: list[str] | None, guard: Interruptible) -> 
         _finish_prefect_output(temporary_server)  # before the last line
     if isinstance(summary, CountriesError):
         return _fail(summary.for_audience("cli"), EXIT_FAILED)
-    if summary.preview is not None:
+    if summary.preview is not None and summary.changed:
         print(summary.preview, flush=True)
     print(summary.one_line(), flush=True)
     return EXIT_OK

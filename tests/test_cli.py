@@ -153,9 +153,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory, fake: FakeRestCountries) -> 
         (["--base-url", "not a url"], "--base-url"),
         (["--regions", " "], "region"),
         (["--api", "v4"], "--api"),
-        (["--regions"], "region"),
+        (["--regions"], "--regions must name regions"),
         (["--tabel", "t"], "--tabel"),
-        (["Europe"], "europe"),
+        (["Europe"], "unexpected 'europe': a value follows its option"),
+        (["--force", "false"], "unexpected 'false': a value follows its option, a flag takes none"),
     ],
     ids=[
         "table-name",
@@ -168,6 +169,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, fake: FakeRestCountries) -> 
         "no-region",
         "unknown-option",
         "positional",
+        "flag-value",
     ],
 )
 def test_a_mistake_is_one_error_line_before_any_server_or_request(fake_api, tmp_path, args, option):

@@ -63,8 +63,8 @@ def expand_regions(names: Sequence[str]) -> list[str]:
     names = [names] if isinstance(names, str) else list(names)
     if not names or any(not isinstance(n, str) or not n.strip() for n in names):
         raise ConfigurationError(
-            f"Region names must be non-blank text, got {names!r}: name a region such as 'Europe', "
-            "a subregion such as 'Northern Europe', or 'all'."
+            f"{setting('regions')} must name regions in non-blank text, got {names!r}: name a region such as "
+            "'Europe', a subregion such as 'Northern Europe', or 'all'"
         )
     folded = [n.strip().casefold() for n in names]
     unknown = [n.strip() for n, f in zip(names, folded, strict=True) if f != "all" and f not in _CANONICAL]
