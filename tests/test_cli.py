@@ -53,10 +53,10 @@ OPTIONS = (
 )
 CANARY_KEY = "canary-cli-key-5d1f"
 
-# On one pytest-xdist worker (group "cli"): the module's local stack (fixture ``stack``, a Prefect server and an
-# embedded PostgreSQL started by a first run) is then started once, not once on every worker that draws one of
-# its tests.
-pytestmark = pytest.mark.xdist_group("cli")
+# The tests of the module's local stack (fixture ``stack``, a Prefect server and an embedded PostgreSQL started by a
+# first run) are on one pytest-xdist worker (group "cli"): the stack is then started once, not once on every worker
+# that draws one of its tests. The other tests of the module go to any worker.
+on_the_stack = pytest.mark.xdist_group("cli")
 
 
 def run_cli(
@@ -193,6 +193,7 @@ def test_a_mistake_is_one_error_line_before_any_server_or_request(fake_api, tmp_
     assert CANARY_KEY not in result.stdout + result.stderr
 
 
+@on_the_stack
 def test_a_missing_api_key_is_found_before_the_database_and_any_request(stack, fake_api):
     # A block name that does not exist: had the database been looked at first, that would be the error.
     result = run_cli("--api", "v5", "--base-url", fake_api.v5_base_url, "--db-block", "no-such-block", env=stack.env)
@@ -224,6 +225,7 @@ def test_on_a_fresh_machine_a_key_problem_is_one_line_before_any_server_starts(f
     assert not (home / "prefect.db").exists()  # nor Prefect's temporary server
 
 
+@on_the_stack
 def test_a_mistyped_block_lists_the_blocks_that_exist_and_creates_none(stack, fake_api):
     assert stack.first.returncode == 0, stack.first.stderr
     api_url = ui_url(stack.first.stdout) + "/api"
@@ -241,6 +243,7 @@ def test_a_mistyped_block_lists_the_blocks_that_exist_and_creates_none(stack, fa
     assert fake_api.requests == []  # and nothing fetched
 
 
+@on_the_stack
 def test_a_local_db_dir_the_run_would_not_use_is_an_error_not_ignored(stack, fake_api, tmp_path):
     """The default block already points at the first run's embedded PostgreSQL: another directory is refused."""
     assert stack.first.returncode == 0, stack.first.stderr
@@ -256,6 +259,7 @@ def test_a_local_db_dir_the_run_would_not_use_is_an_error_not_ignored(stack, fak
 # --- the local stack -------------------------------------------------------------------------
 
 
+@on_the_stack
 def test_the_first_local_run_starts_both_servers_and_loads_the_table(stack):
     result = stack.first
     assert result.returncode == 0, result.stderr
@@ -282,6 +286,7 @@ def test_the_first_local_run_starts_both_servers_and_loads_the_table(stack):
     assert Path(served["home"]) == Path(stack.env["PREFECT_HOME"])
 
 
+@on_the_stack
 def test_a_warm_run_reuses_the_local_servers(stack, fake_api):
     assert stack.first.returncode == 0, stack.first.stderr
     server_pid = stack.server_pid()
@@ -298,6 +303,7 @@ def test_a_warm_run_reuses_the_local_servers(stack, fake_api):
     assert fake_api.count("/v3.1/subregion/*") == 1
 
 
+@on_the_stack
 def test_without_table_the_table_is_named_after_the_regions(stack, fake_api):
     assert stack.first.returncode == 0, stack.first.stderr
     result = run_cli(
