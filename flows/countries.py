@@ -243,20 +243,14 @@ async def countries_flow(
 
     # 7. Report. The table is written: nothing from here on may fail the run.
     summary = report.RunSummary(
-        table=result.table,
+        **vars(result),
         database=target.db.description,
-        rows=result.rows,
-        deleted=result.deleted,
-        inserted=result.inserted,
         repaired=repaired,
-        strategy=result.strategy,
-        previous_rows=result.previous_rows,
         countries=schema.count_distinct(records, schema.KEY, dialect.name),
         currencies=schema.count_distinct(records, schema.column("currency_name"), dialect.name),
         fetches=[replace(f, records=[]) for f in fetches],
         started=started_at,
         seconds=time.perf_counter() - started,
-        changes=result.changes,
         step_seconds=steps,
         preview=None if frame is None else frame.to_string(max_rows=60, min_rows=10),
     )
@@ -288,7 +282,7 @@ async def transform_and_load(
                               "(unnest, quality gate and load skipped)", target.table, rows)  # fmt: skip
         skipped = LoadResult(
             table=str(target.table), rows=rows, previous_rows=rows, deleted=0, inserted=0,
-            changes=ChangeSummary.identical(schema.CHANGES), strategy=p["strategy"], fingerprint="",
+            changes=ChangeSummary(schema.CHANGES, unchanged=True), strategy=p["strategy"], fingerprint="",
         )  # fmt: skip
         return skipped, None, False
     # Each step's state is read for its result: a failed step raises its error here (see failing_with_the_cause).

@@ -11,7 +11,7 @@ from typing import Any
 
 from flows.errors import InvalidTableNameError
 from flows.load import parse_table_name
-from flows.load.changes import ChangeSummary
+from flows.load.state import LoadResult
 
 
 @dataclass(frozen=True)
@@ -55,31 +55,21 @@ def _table(title: str, rows: list[tuple[str, Any]], seconds: float) -> list[str]
     return [f"# {title}", "", "| what | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
 
 
-@dataclass
-class RunSummary:
-    """What a completed run did: figures, ``fetches`` (without their records: Prefect need not walk the data),
-    and ``preview``, the table's new content as pandas shows it (None when the transform and load were skipped)."""
+@dataclass(frozen=True, kw_only=True)
+class RunSummary(LoadResult):
+    """What a completed run did: its load's :class:`LoadResult`, figures, ``fetches`` (without their records:
+    Prefect need not walk the data), and ``preview``, the table's new content as pandas shows it (None when the
+    transform and load were skipped)."""
 
-    table: str
     database: str
-    rows: int
-    deleted: int
-    inserted: int
-    previous_rows: int | None
     countries: int
     currencies: int
     fetches: list[RegionFetch]
     started: datetime
     seconds: float
-    changes: ChangeSummary
     repaired: bool = False
-    strategy: str = "rows"
     step_seconds: dict[str, float] = field(default_factory=dict)
     preview: str | None = field(default=None, repr=False)
-
-    @property
-    def changed(self) -> bool:
-        return self.deleted + self.inserted > 0
 
     @property
     def cached(self) -> list[RegionFetch]:

@@ -93,10 +93,6 @@ class ChangeSummary:
     unchanged: bool = False
     not_compared: str = ""
 
-    @classmethod
-    def identical(cls, spec: ChangeSpec) -> ChangeSummary:
-        return cls(spec, unchanged=True)
-
     def phrase(self) -> str:
         """``+1 country, -2 countries, 3 populations changed``; ``no changes``; ``same countries, populations and
         currencies`` when rows changed in other columns."""

@@ -12,9 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import logging
 import secrets
-import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Literal
 
@@ -35,8 +33,6 @@ if TYPE_CHECKING:
     import sqlalchemy as sa
 
     from flows.load.copy import CopyPlan
-
-logger = logging.getLogger(__name__)
 
 Strategy = Literal["rows", "swap"]
 STRATEGIES: tuple[str, ...] = ("rows", "swap")
@@ -172,7 +168,7 @@ class _Load:
     def _report(self, oid: int, staging: str, deleted: int, previous: int, inserted: int) -> ChangeSummary:
         spec = self.options["changes"]
         if not deleted + inserted:
-            return ChangeSummary.identical(spec)
+            return ChangeSummary(spec, unchanged=True)
         reason = change_report.missing_columns(self.cur, spec, oid)
         if reason:
             return ChangeSummary(spec, not_compared=reason)
@@ -312,7 +308,6 @@ def replace_table(
 
     from flows.load.copy import plan_copy
 
-    started = time.perf_counter()
     target = table if isinstance(table, TableName) else parse_table_name(table)
     plan = plan_copy(df, column_types)
     options = dict(force=force, min_row_fraction=min_row_fraction, changes=changes, strategy=strategy,
@@ -356,7 +351,4 @@ def replace_table(
             proxy.invalidate()
         else:
             proxy.close()
-    result = dataclasses.replace(result, seconds=time.perf_counter() - started)
-    logger.info("loaded %s [%s]: %d rows deleted, %d inserted, now %d rows, in %.3fs", result.table, strategy,
-                result.deleted, result.inserted, result.rows, result.seconds)  # fmt: skip
     return result

@@ -41,7 +41,6 @@ class LoadResult:
     strategy: str
     fingerprint: str
     columns: tuple[str, ...] = ()
-    seconds: float = 0.0
 
     @property
     def changed(self) -> bool:

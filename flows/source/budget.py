@@ -5,7 +5,6 @@ serialises on the Prefect server's database, see tests/benchmarks/bench_fetch.py
 from __future__ import annotations
 
 import math
-import threading
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
@@ -40,12 +39,10 @@ class RunBudget:
 
     def __init__(self, prepaid: float = 0):
         self.prepaid = prepaid
-        self._lock = threading.Lock()
 
     async def before_request(self) -> None:
         """Await before every HTTP request of the run (retries included)."""
-        with self._lock:
-            paid, self.prepaid = self.prepaid > 0, max(self.prepaid - 1, 0)
+        paid, self.prepaid = self.prepaid > 0, max(self.prepaid - 1, 0)
         if not paid:
             await rate_limit(RATE_LIMIT_NAME, occupy=1, strict=True)
 

@@ -145,10 +145,6 @@ class ApiClient(httpx.AsyncClient):
         super().__init__(auth=key_auth, **kwargs)
         self.key_auth, self.deadline, self.max_bytes = key_auth, deadline, max_bytes
 
-    def redact(self, text: str) -> str:
-        """``text`` with the API key masked as ``***`` (for quoting what a server said)."""
-        return text if self.key_auth is None else text.replace(self.key_auth.key, "***")
-
 
 def _env_number(name: str, default: float) -> float:
     raw = os.environ.get(name, "").strip()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 from urllib.parse import quote
 
@@ -153,13 +154,26 @@ def get_dialect(name: str) -> Dialect:
         raise ConfigurationError(f"Unknown REST Countries API version {name!r}: use one of {', '.join(DIALECTS)}.") from None
 
 
-MISSING: Any = object()  # what get_path returns for a path that is not there
+class _Missing:
+    def __repr__(self) -> str:
+        return "MISSING"
 
 
-def get_path(obj: Any, path: str) -> Any:
-    """The value at dotted ``path`` in nested dicts, or :data:`MISSING`."""
+MISSING = _Missing()
+"""What :func:`values_at` gives where a record has no value at a path (null is None)."""
+
+
+def values_at(records: list[Any], path: str) -> list[Any]:
+    """The values at dotted ``path`` in ``records``: without ``*`` one per record (:data:`MISSING` where there
+    is none); ``*`` stands for every element of a list or value of a dict, and no MISSING comes from below it."""
+    values = records
     for part in path.split("."):
-        if not isinstance(obj, dict) or part not in obj:
-            return MISSING
-        obj = obj[part]
-    return obj
+        if part == "*":
+            values = list(
+                chain.from_iterable(v.values() if type(v) is dict else v if type(v) is list else () for v in values)
+            )
+        else:
+            values = [v.get(part, MISSING) if type(v) is dict else MISSING for v in values]
+    if "*" in path:
+        values = [v for v in values if v is not MISSING]
+    return values

@@ -37,7 +37,7 @@ from flows.source.dialects import (
     SUBREGIONS,
     Dialect,
     canonical_region,
-    get_path,
+    values_at,
 )
 from flows.source.request import (
     Answer,
@@ -203,7 +203,6 @@ async def fetch_region(
     for _ in range(2):
         records = await walk()
         if records is not None:
-            logger.info("Fetched %d countries of %s from the %s API", len(records), name, dialect.name)
             return records
         went = ", then ".join(map(str, seen))
         logger.warning("%s: the API's count of countries changed while paging (%s)", name, went)
@@ -241,8 +240,8 @@ def _kind(value: Any) -> str:
 def _records_and_meta(req: Request, dialect: Dialect, answer: Answer) -> tuple[list[Any], dict[str, Any] | None]:
     """The record list (and the page meta, when paged) of a 2xx answer; the errors of a demo or errors body."""
     body = answer.data
-    if dialect.demo_flag_at and get_path(body, dialect.demo_flag_at) is not MISSING:
-        notice = get_path(body, dialect.demo_flag_at)
+    if dialect.demo_flag_at and values_at([body], dialect.demo_flag_at)[0] is not MISSING:
+        notice = values_at([body], dialect.demo_flag_at)[0]
         said = f' ("{req.quote(str(notice))}")' if isinstance(notice, str) and notice.strip() else ""
         req.fail(DemoKeyError, demo_key_message(f"the API answered with its demo sample{said}: the demo key"),
                  status=answer.status)  # fmt: skip
@@ -250,14 +249,14 @@ def _records_and_meta(req: Request, dialect: Dialect, answer: Answer) -> tuple[l
         req.fail(DeprecatedApiError, f'the API answered HTTP {answer.status} with an error instead of data: '
                  f'"{req.quote(api_message(body) or "no message")}"; {dialect.errors_body_advice}',
                  status=answer.status)  # fmt: skip
-    records = body if dialect.records_at is None else get_path(body, dialect.records_at)
+    records = body if dialect.records_at is None else values_at([body], dialect.records_at)[0]
     if not isinstance(records, list):
         got = _kind(body) if dialect.records_at is None or not isinstance(body, dict) else str(sorted(body)[:5])
         where = "is a JSON {} where a list of countries was expected" if dialect.records_at is None else (
             f"has no list at '{dialect.records_at}' (got {{}})")  # fmt: skip
         req.fail(BadResponseError, f"the API's answer {where.format(req.quote(got))}: is "
                  f"{setting('base_url')} pointing at a {dialect.name} server (or should {setting('api')} differ)?")  # fmt: skip
-    meta = get_path(body, dialect.page_meta_at) if dialect.page_meta_at else None
+    meta = values_at([body], dialect.page_meta_at)[0] if dialect.page_meta_at else None
     if dialect.page_meta_at and not (isinstance(meta, dict) and isinstance(meta.get("more"), bool)):
         req.fail(BadResponseError, f"the API's answer has no '{dialect.page_meta_at}.more' paging "
                  f"flag: is {setting('base_url')} pointing at the {dialect.name} API?")  # fmt: skip
@@ -287,5 +286,5 @@ def _check_records(req: Request, dialect: Dialect, records: list[Any], first: in
 
 
 def _name(req: Request, dialect: Dialect, record: Any, index: int) -> str:
-    name = get_path(record, dialect.key_path)
+    name = values_at([record], dialect.key_path)[0]
     return repr(req.quote(name)) if isinstance(name, str) else f"#{index}"

@@ -113,7 +113,8 @@ class Request:
 
     def quote(self, text: str | None) -> str:
         """Outside text made safe to embed: one line, at most 300 characters, the API key masked."""
-        text = re.sub(r"\s+", " ", self.client.redact(text or "")).strip()
+        auth, text = self.client.key_auth, text or ""
+        text = re.sub(r"\s+", " ", text if auth is None else text.replace(auth.key, "***")).strip()
         return text if len(text) <= 300 else text[:297] + "..."
 
 

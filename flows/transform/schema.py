@@ -17,18 +17,11 @@ from typing import Any
 
 from flows.errors import ConflictingRecordsError, InvalidRecordError
 from flows.load.changes import ChangeSpec, Measure, SetColumn
+from flows.source.dialects import MISSING, values_at
 
 BIGINT_MAX = 2**63 - 1
 BIGINT_MIN = -(2**63)
 
-
-class _Missing:
-    def __repr__(self) -> str:
-        return "MISSING"
-
-
-MISSING = _Missing()
-"""What :func:`values_at` gives where a record has no value at a path (null is None)."""
 
 # Value rules: the raw JSON value at a column's container -> a problem, or None.
 
@@ -110,7 +103,7 @@ def all_non_empty_text(values: list[Any]) -> bool:
 def all_currency_shapes(values: list[Any]) -> bool:
     """Every value is null, missing, or a list or code-keyed dict of dicts with a text name."""
     kinds = set(map(type, values))
-    if not kinds <= {list, dict, type(None), _Missing}:
+    if not kinds <= {list, dict, type(None), type(MISSING)}:
         return False
     dicts = values if kinds == {dict} else [v for v in values if type(v) is dict]
     lists = [v for v in values if type(v) is list] if list in kinds else []
@@ -187,22 +180,6 @@ def column(name: str) -> Column:
 def unnest_columns(dialect: str) -> dict[str, str]:
     """``{column name: unnest path}`` for ``flows.transform.unnest.unnest(records, columns=...)``."""
     return {c.name: c.sources[dialect] for c in COLUMNS}
-
-
-def values_at(records: list[Any], path: str) -> list[Any]:
-    """The values at dotted ``path`` in ``records``: without ``*`` one per record (:data:`MISSING` where there
-    is none); ``*`` stands for every element of a list or value of a dict, and no MISSING comes from below it."""
-    values = records
-    for part in path.split("."):
-        if part == "*":
-            values = list(
-                chain.from_iterable(v.values() if type(v) is dict else v if type(v) is list else () for v in values)
-            )
-        else:
-            values = [v.get(part, MISSING) if type(v) is dict else MISSING for v in values]
-    if "*" in path:
-        values = [v for v in values if v is not MISSING]
-    return values
 
 
 def _country(name: Any) -> str:

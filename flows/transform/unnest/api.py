@@ -12,8 +12,6 @@ from flows.errors import UnnestError
 from flows.transform.unnest.rows import MAX_EXACT, place, series
 from flows.transform.unnest.walk import KEY, WILDCARD, Schema
 
-__all__ = ["DEFAULT_MAX_ROWS", "unnest"]
-
 DEFAULT_MAX_ROWS = 10_000_000
 DEFAULT_BATCH_SIZE = 1_000
 
