@@ -1,6 +1,6 @@
 """The flow ``countries_flow``: make a PostgreSQL table's rows equal to the REST Countries API's, steps 1 to 7
-below. A ``CountriesError`` ends the run Failed with its one line, the table untouched. Run it with
-``python flows/countries.py --help``; deploy it with ``prefect deploy``."""
+below. A ``CountriesError`` ends the run Failed with its one line, the table untouched (but for a connection lost
+during the commit). Run it with ``python flows/countries.py --help``; deploy it with ``prefect deploy``."""
 
 from __future__ import annotations
 
@@ -203,7 +203,7 @@ async def countries_flow(
 
     Raises:
         CountriesError: only when called directly; the run ends Failed with one secret-free line, cause first,
-            and the table unchanged.
+            and the table unchanged (except after ``CommitUnknownError``: a connection lost during the commit).
     """
     given = dict(locals())  # the parameters: nothing else is defined yet
     started_at, started = datetime.now(UTC), time.perf_counter()

@@ -1571,10 +1571,22 @@ def test_a_population_put_back_on_one_of_a_countrys_rows_is_a_population_change(
     changes = replace_table(engine, frame(BEFORE), "countries", changes=SPEC, strategy=strategy).changes
 
     assert changes.phrase() == "1 population changed"
-    assert changes.log_lines() == ["populations changed (1), largest: Faroe Islands 1 to 54,000 -> 54,000"]
+    assert changes.log_lines() == ["populations changed (1), largest: Faroe Islands 1 / 54,000 -> 54,000"]
     assert changes.table_rows() == [
-        {"change": "population", "country": "Faroe Islands", "before": "1 to 54,000", "after": "54,000"}
+        {"change": "population", "country": "Faroe Islands", "before": "1 / 54,000", "after": "54,000"}
     ]
+
+
+def test_a_population_changed_on_a_middle_row_of_a_country_is_a_population_change(engine):
+    """Neither the least nor the greatest of the country's populations changes: still a population change."""
+    rows = [("Zimbabwe", currency, population) for currency, population in (("A", 1), ("B", 7), ("C", 15))]
+    replace_table(engine, frame(rows), "countries")
+
+    changed = [(n, c, 9 if c == "B" else p) for n, c, p in rows]
+    changes = replace_table(engine, frame(changed), "countries", changes=SPEC).changes
+
+    assert changes.phrase() == "1 population changed"
+    assert changes.log_lines() == ["populations changed (1), largest: Zimbabwe 1 / 7 / 15 -> 1 / 9 / 15"]
 
 
 def test_change_report_caps_its_lists_and_counts_exactly(engine):
@@ -1754,6 +1766,50 @@ def test_a_connection_lost_during_the_commit_is_not_said_to_leave_the_table_unch
             cur.execute("DROP TRIGGER at_commit ON countries; DROP FUNCTION wait_at_commit()")
             cur.execute("SELECT pg_advisory_unlock_all()")
     assert same_rows(engine, countries(5))  # here the server had not committed
+
+
+def test_an_interrupt_waits_only_for_commits_under_way(engine):
+    """A load that has not reached its commit can no longer commit: the interrupt need not wait for it to end, and
+    it did not change the table (before: it waited the whole timeout, then said a commit was under way)."""
+    from flows.load.locks import running_loads
+
+    proxy = engine.raw_connection()
+    try:
+        with running_loads(proxy.dbapi_connection) as load:  # registered, never reaches its commit
+            began = time.monotonic()
+            assert interrupt_loads(timeout=30, since=began) == []
+            assert time.monotonic() - began < 15 and load.interrupted
+    finally:
+        resume_loads()
+        proxy.close()
+
+
+def test_a_second_interrupt_inside_the_first_returns(engine):
+    """A second Ctrl-C's handler runs on the main thread inside the first one's, e.g. while it cancels a load
+    (a network round trip): it must not wait for a lock the first one holds. The stand-in connection's cancel
+    interrupts again, as that second signal would."""
+    from flows.load.locks import running_loads
+
+    class CancelInterrupted:
+        signals = 1
+
+        def cancel(self) -> None:
+            if self.signals:  # one second signal
+                self.signals -= 1
+                interrupt_loads(timeout=0)
+
+    finished = threading.Event()
+
+    def first_interrupt() -> None:
+        with running_loads(CancelInterrupted()):
+            interrupt_loads(timeout=0)
+        finished.set()
+
+    try:
+        threading.Thread(target=first_interrupt, daemon=True).start()
+        assert finished.wait(30), "the nested interrupt waited for the lock its own thread held"
+    finally:
+        resume_loads()
 
 
 def test_a_load_that_starts_after_an_interrupt_rolls_back_until_loads_resume(engine):

@@ -1,7 +1,7 @@
 """What a load changes: the change report, computed in the database, and the row-drop rule.
 
-Per key of a :class:`ChangeSpec` (NULL keys left out): added, removed, a measure's least or greatest value changed,
-a set column's non-NULL values changed; lists hold at most ``spec.limit`` keys, counts are exact.
+Per key of a :class:`ChangeSpec` (NULL keys left out): added, removed, a measure's distinct values changed, a set
+column's non-NULL values changed; lists hold at most ``spec.limit`` keys, counts are exact.
 :func:`check_row_drop` refuses a load that shrinks the table too much.
 """
 
@@ -61,9 +61,9 @@ def _number(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int | float) else str(value)
 
 
-def _range(least: Any, greatest: Any) -> str:
-    """A key's values of a measure: ``5,500,000``, or ``1 to 5,500,000`` when its rows disagree."""
-    return _number(greatest) if least == greatest else f"{_number(least)} to {_number(greatest)}"
+def _values(values: list[Any]) -> str:
+    """A key's distinct values of a measure, in order: ``5,500,000``, or ``1 / 5,500,000`` when its rows disagree."""
+    return " / ".join(map(_number, values))
 
 
 def _set(values: list[str]) -> str:
@@ -168,7 +168,8 @@ def _statement(spec: ChangeSpec, old: str, new: str, differing: str) -> str:
     measures, sets = range(len(spec.measures)), range(len(spec.sets))
     aggregates = [f"{key}::text AS k"]
     measured = [_q(m.column) for m in spec.measures]
-    aggregates += [f"min({c})::numeric AS a{i}, max({c})::numeric AS m{i}" for i, c in enumerate(measured)]
+    aggregates += [f"array_agg(DISTINCT {c} ORDER BY {c})::numeric[] AS v{i}, max({c})::numeric AS m{i}"
+                   for i, c in enumerate(measured)]
     aggregates += [
         f"coalesce(array_agg({_q(c.column)}::text) FILTER (WHERE {_q(c.column)} IS NOT NULL), '{{}}') AS s{i}"
         for i, c in enumerate(spec.sets)
@@ -176,7 +177,7 @@ def _statement(spec: ChangeSpec, old: str, new: str, differing: str) -> str:
     o, n = (f"SELECT {', '.join(aggregates)} FROM {relation} WHERE {key} IS NOT NULL AND {key}::text IN"
             " (SELECT k FROM t) GROUP BY 1" for relation in (old, new))  # fmt: skip
     kept = ["coalesce(n.k, o.k) AS k", "o.k IS NULL AS added", "n.k IS NULL AS removed"]
-    kept += [f"o.a{i} AS oa{i}, n.a{i} AS na{i}, o.m{i} AS om{i}, n.m{i} AS nm{i}" for i in measures]
+    kept += [f"o.v{i} AS ov{i}, n.v{i} AS nv{i}, o.m{i} AS om{i}, n.m{i} AS nm{i}" for i in measures]
     kept += [f"o.s{i} AS os{i}, n.s{i} AS ns{i}, NOT (o.s{i} @> n.s{i} AND n.s{i} @> o.s{i}) AS sd{i}" for i in sets]
     ctes = [
         f"t AS MATERIALIZED (SELECT DISTINCT {key}::text AS k FROM {differing} WHERE {key} IS NOT NULL)",
@@ -186,10 +187,8 @@ def _statement(spec: ChangeSpec, old: str, new: str, differing: str) -> str:
     ]
     both = "NOT added AND NOT removed"
     kinds = [("added", "k", by_key), ("removed", "k", by_key)]
-    kinds += [(f"{both} AND (oa{i}, om{i}) IS DISTINCT FROM (na{i}, nm{i})",
-               f"json_build_array(k, oa{i}, om{i}, na{i}, nm{i})",
-               f"greatest(abs(nm{i} - om{i}), abs(na{i} - oa{i})) DESC NULLS LAST, {by_key}")
-              for i in measures]  # fmt: skip
+    kinds += [(f"{both} AND ov{i} IS DISTINCT FROM nv{i}", f"json_build_array(k, ov{i}, nv{i})",
+               f"abs(nm{i} - om{i}) DESC NULLS LAST, {by_key}") for i in measures]  # fmt: skip
     kinds += [(f"{both} AND sd{i}", f"json_build_array(k, os{i}, ns{i})", by_key) for i in sets]
     results = [
         f"(SELECT count(*) FROM d WHERE {where}), (SELECT coalesce(json_agg({value} ORDER BY {order}), '[]') FROM"
@@ -216,10 +215,11 @@ def compare(cursor: Any, spec: ChangeSpec, old: str | None, new: str, differing:
     ]  # fmt: skip
     for m, (count, largest) in zip(spec.measures, pairs):
         listed = []
-        for key, *values in largest:  # a key's least and greatest value, before and after
-            (before, after), (b, a) = (_range(*values[:2]), _range(*values[2:])), values[1::2]
+        for key, old_values, new_values in largest:  # the key's distinct values, in order
+            before, after = _values(old_values), _values(new_values)
             text = f"{key} {before} -> {after}"
-            if isinstance(b, int | float) and isinstance(a, int | float) and values[::2] == [b, a]:
+            (b, *more_b), (a, *more_a) = old_values, new_values
+            if isinstance(b, int | float) and isinstance(a, int | float) and not more_b + more_a:
                 text += f" ({a - b:+,})"
             listed.append((key, before, after, text))
         noun = m.noun if count == 1 else m.plural

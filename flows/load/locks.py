@@ -127,23 +127,25 @@ class Running:
 
 _running: set[Running] = set()
 _committed: list[tuple[float, Any]] = []  # (time.monotonic() of the commit, result): for interrupt_loads
-_guard = threading.Lock()
+_guard = threading.RLock()  # re-entrant: a second signal's handler can run inside the first's, on the same thread
 _refusing = threading.Event()  # set by interrupt_loads, cleared by resume_loads
 
 
 def interrupt_loads(timeout: float = 10.0, since: float = 0.0) -> list | None:
     """Cancel every load of this process not yet committing, and every one that starts before :func:`resume_loads`
-    (each rolls back, raises ``LoadInterruptedError``); wait at most ``timeout`` seconds for the running ones to
-    end. Return the results committed at or after ``since`` (monotonic), or None if a commit had not ended."""
-    with _guard:
-        _refusing.set()
+    (each rolls back, raises ``LoadInterruptedError``); wait at most ``timeout`` seconds for the commits under way.
+    Return the results committed at or after ``since`` (monotonic), or None if a commit had not ended."""
+    _refusing.set()
+    with _guard:  # from here on no load begins its commit
         running = list(_running)
         for load in running:
-            if not load.committing:
-                load.interrupted = True
+            load.interrupted = not load.committing
+    for load in running:
+        if load.interrupted:
+            with contextlib.suppress(psycopg2.Error):  # a round trip, outside the lock; ended meanwhile: closed
                 load.connection.cancel()
     deadline = time.monotonic() + timeout
-    ended = all([load.done.wait(max(0.0, deadline - time.monotonic())) for load in running])
+    ended = all([load.done.wait(max(0.0, deadline - time.monotonic())) for load in running if load.committing])
     with _guard:
         return [result for moment, result in _committed if moment >= since] if ended else None
 
