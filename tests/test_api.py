@@ -612,7 +612,8 @@ def test_the_retry_budget_bounds_the_whole_request(fake):
     fake.inject("*", Fault.trickle(0.05), times=50)
     started = time.monotonic()
     err = _fail(fake, deadline=0.4, retry=RetryPolicy(max_attempts=50, base_delay=0.01, max_total_seconds=1))
-    assert isinstance(err, DeadlineExceededError) and time.monotonic() - started < 1.5
+    # Without the budget: 50 tries of 0.4 s. The bound leaves room for a busy machine's setup time.
+    assert isinstance(err, DeadlineExceededError) and time.monotonic() - started < 3
 
 
 def test_a_hang_is_retried_after_the_deadline(fake):
@@ -956,7 +957,7 @@ def test_retries_stop_at_the_total_time_budget(fake):
     started = time.monotonic()
     err = _fail(fake, retry=policy, deadline=1)
     assert isinstance(err, TransientApiError) and err.status == 503 and "unavailable or overloaded" in str(err)
-    assert time.monotonic() - started < 1.5 and fake.count() <= 2
+    assert time.monotonic() - started < 3 and fake.count() <= 2  # without the budget: a 50 s wait
 
 
 def test_retry_after_seconds_is_honoured(fake, caplog):
@@ -1047,7 +1048,8 @@ def test_a_base_url_with_a_wrong_path_is_named_with_the_full_url(fake, dialect, 
     assert isinstance(partly, UnknownRegionError) and not isinstance(partly, WrongBaseUrlError)
 
 
-def test_nothing_listening_fails_fast_saying_so_with_true_counts():
+def test_nothing_listening_fails_fast_saying_so_with_true_counts(caplog):
+    caplog.set_level(logging.WARNING, logger="flows.source")
     port = free_port()
     stats = RequestStats()
 
@@ -1065,7 +1067,11 @@ def test_nothing_listening_fails_fast_saying_so_with_true_counts():
     assert text.startswith(f"nothing is listening at 127.0.0.1:{port} (connection refused")
     said = re.search(r"(\d+) tries in ([\d.]+)s", text)
     assert said is not None and int(said.group(1)) == stats.requests >= 2, text
-    assert abs(float(said.group(2)) - elapsed) < 0.3 and elapsed < 5
+    # At least the waits between the tries (as logged, each rounded to 0.01 s), at most the call's time (0.1 s
+    # rounding); a fixed tolerance around the call's time failed on a busy machine.
+    waits = [float(w) for w in re.findall(r"retrying in ([\d.]+)s", caplog.text)]
+    assert len(waits) == stats.requests - 1, caplog.text
+    assert sum(waits) - 0.05 - 0.01 * len(waits) <= float(said.group(2)) <= elapsed + 0.05 and elapsed < 5
     assert not isinstance(info.value, TransientApiError)  # final: a task retry would not multiply it
     _assert_good_message(info.value, "…/v3.1/region/Europe")
 
