@@ -22,7 +22,7 @@ from pydantic import Field
 
 from flows import report
 from flows import source as restcountries
-from flows.errors import CommitUnknownError, CountriesError, TransientApiError
+from flows.errors import CountriesError, TransientApiError
 from flows.failures import failing_with_the_cause, quiet_expected_failures
 from flows.load import LoadResult
 from flows.load import state as load_state
@@ -236,9 +236,7 @@ async def countries_flow(
         result, frame, repaired = await transform_and_load(records, dialect.name, target, p, steps)
     except CountriesError as exc:
         seconds = time.perf_counter() - started
-        unchanged = not isinstance(exc, CommitUnknownError)
-        markdown = report.failure_markdown(report_table, str(exc), seconds, unchanged=unchanged)
-        await publish(report_table, markdown, f"failed: {exc}")
+        await publish(report_table, report.failure_markdown(report_table, exc, seconds), f"failed: {exc}")
         return Failed(message=str(exc), data=exc)
 
     # 7. Report. The table is written: nothing from here on may fail the run.

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from flows.errors import InvalidTableNameError
+from flows.errors import CommitUnknownError, CountriesError, InvalidTableNameError
 from flows.load import parse_table_name
 from flows.load.state import LoadResult
 
@@ -133,11 +133,13 @@ class RunSummary(LoadResult):
         return "\n".join(lines) + "\n"
 
 
-def failure_markdown(table: str, message: str, seconds: float, *, unchanged: bool = True) -> str:
-    """The short report of a failed run: what failed, and whether the table is untouched."""
+def failure_markdown(table: str, error: CountriesError, seconds: float) -> str:
+    """The short report of a run failed with ``error``: what failed, and that the table is untouched (unless the
+    connection was lost during the commit, ``CommitUnknownError``)."""
+    unchanged = not isinstance(error, CommitUnknownError)
     rows = [
         ("table", f"`{table}`"),
         ("result", "**failed**: the table was not changed" if unchanged else "**failed**: see the cause"),
-        ("cause", message.replace("|", "\\|")),
+        ("cause", str(error).replace("|", "\\|")),
     ]
     return "\n".join(_table("Countries load failed", rows, seconds)) + "\n"

@@ -302,6 +302,11 @@ def test_a_warm_run_reuses_the_local_servers(stack, fake_api):
     assert last_line(again.stdout).startswith("unchanged: 20 rows")
     assert fake_api.count("/v3.1/subregion/*") == 1
 
+    # --force loads again and writes nothing: the table is printed only when the run changed it (--help).
+    forced = run_cli("--api", "v3.1", "--base-url", fake_api.v31_base_url, "--force", env=stack.env)
+    assert forced.returncode == 0, forced.stderr
+    assert last_line(forced.stdout).startswith("unchanged: 20 rows") and "Faroese króna" not in forced.stdout
+
 
 @on_the_stack
 def test_without_table_the_table_is_named_after_the_regions(stack, fake_api):

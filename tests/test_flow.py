@@ -655,6 +655,15 @@ def test_a_failed_run_publishes_a_short_report_and_leaves_the_table(fake_api, db
     assert table_rows(url) == EXPECTED_NORTHERN_EUROPE
 
 
+def test_a_failure_report_does_not_say_the_table_was_unchanged_after_a_lost_commit():
+    """After CommitUnknownError the table may hold the new rows: the report must not claim it was not changed."""
+    from flows.errors import CommitUnknownError
+
+    lost = CommitUnknownError("loading public.t: the connection was lost during the commit (server closed)")
+    markdown = report.failure_markdown("public.t", lost, 1.0)
+    assert "not changed" not in markdown and "the connection was lost during the commit" in markdown
+
+
 # --- what the UI shows of a failure -------------------------------------------------------------
 
 

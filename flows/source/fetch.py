@@ -240,8 +240,8 @@ def _kind(value: Any) -> str:
 def _records_and_meta(req: Request, dialect: Dialect, answer: Answer) -> tuple[list[Any], dict[str, Any] | None]:
     """The record list (and the page meta, when paged) of a 2xx answer; the errors of a demo or errors body."""
     body = answer.data
-    if dialect.demo_flag_at and values_at([body], dialect.demo_flag_at)[0] is not MISSING:
-        notice = values_at([body], dialect.demo_flag_at)[0]
+    notice = values_at([body], dialect.demo_flag_at)[0] if dialect.demo_flag_at else MISSING
+    if notice is not MISSING:
         said = f' ("{req.quote(str(notice))}")' if isinstance(notice, str) and notice.strip() else ""
         req.fail(DemoKeyError, demo_key_message(f"the API answered with its demo sample{said}: the demo key"),
                  status=answer.status)  # fmt: skip
