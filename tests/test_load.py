@@ -468,7 +468,7 @@ def test_a_plain_foreign_key_to_rows_that_stay_does_not_fail_the_load(engine):
     assert same_rows(engine, new)
     before = relation_state(engine)
     gone = frame([("Carpania", "Lion", 14), ("Borduria", None, 900)])  # Aland is still referenced
-    with pytest.raises(LoadError, match=r'^loading public.countries failed: .*"visits".*the previous table is'):
+    with pytest.raises(LoadError, match=r'^loading public.countries failed: .*"visits".*the table was not changed'):
         replace_table(engine, gone, "countries")
     assert relation_state(engine) == before
 
@@ -550,10 +550,10 @@ def test_rows_strategy_refuses_a_table_without_the_datas_columns_and_swap_replac
     assert str(err.value) == (
         'public.countries has no column "nation_official_name", "currency_name", "population" of the data '
         "(its columns: x): add it, drop the table so that the next load creates it, or load with "
-        "strategy=swap to replace the table; the previous table is unchanged"
+        "strategy=swap to replace the table; the table was not changed"
     )
     assert err.value.for_audience("cli").endswith(
-        "or load with --strategy swap to replace the table; the previous table is unchanged"
+        "or load with --strategy swap to replace the table; the table was not changed"
     )
     assert relation_state(engine) == before
     result = replace_table(engine, countries(6), "countries", strategy="swap")
@@ -761,6 +761,19 @@ def test_text_with_nul_character_is_refused_and_old_table_kept(engine, neighbour
         replace_table(engine, bad, "countries")
 
     assert relation_state(engine) == before
+
+
+def test_a_failed_first_load_creates_no_table_and_claims_no_previous_one(engine):
+    bad = countries(10, seed=2)
+    bad["population"] = bad["population"].astype(object)
+    bad.loc[9, "population"] = "about 5 million"
+
+    with pytest.raises(LoadError) as err:
+        replace_table(engine, bad, "countries", column_types={"population": "bigint"})
+
+    assert str(err.value).endswith("; the table was not changed")
+    assert "previous" not in str(err.value)  # there was no table before
+    assert relnames(engine) == []
 
 
 def test_bad_text_met_in_a_later_chunk_fails_the_copy_and_keeps_the_old_table(engine, monkeypatch):
@@ -1166,7 +1179,7 @@ def test_swap_behind_a_long_reader_ends_table_busy_naming_it_and_readers_keep_wo
     )  # the oldest transaction first
     assert "count(*)" not in message and "query" not in message  # its SQL text is not for the message's readers
     assert f"end that transaction (or SELECT pg_terminate_backend(pid) for pid {pid}" in message
-    assert message.endswith(") and re-run; the previous table is unchanged")
+    assert message.endswith(") and re-run; the table was not changed")
     assert relation_state(engine) == before
     assert relnames(engine) == ["countries"]  # the staging table went with the transaction
     assert errors == [] and reads  # readers arriving during the swap's tries were held at most ~1 s each
@@ -1211,7 +1224,7 @@ def test_bad_value_for_the_type_fails_copy_and_keeps_the_old_table(engine):
         'loading public.countries failed: invalid input syntax for type bigint: "about 5 million"'
     )
     assert "line 40, column population" in message
-    assert message.endswith("the previous table is unchanged")
+    assert message.endswith("the table was not changed")
     assert "\n" not in message
     assert relation_state(engine) == before
     assert relnames(engine) == ["countries"]
@@ -1233,7 +1246,8 @@ def test_a_users_trigger_or_constraint_refusing_a_row_fails_the_load_and_keeps_t
     before = relation_state(engine)
 
     narnia = pd.concat([countries(20, seed=2), frame([("Narnia", "Lion", 5)])], ignore_index=True)
-    with pytest.raises(LoadError, match=r"^loading public.countries failed: Narnia is not a country; .*unchanged$"):
+    refused = r"^loading public.countries failed: Narnia is not a country; .*; the table was not changed$"
+    with pytest.raises(LoadError, match=refused):
         replace_table(engine, narnia, "countries")
     negative = pd.concat([countries(20, seed=2), frame([("Atlantis", None, -1)])], ignore_index=True)
     with pytest.raises(LoadError, match=r'violates check constraint "population_not_negative"'):
@@ -1259,7 +1273,7 @@ def test_loader_killed_in_the_middle_keeps_the_old_table(engine, pg, database_ur
     message = str(err.value)
     assert message.startswith("loading public.countries failed: ")
     assert "terminat" in message or "closed" in message
-    assert message.endswith("the previous table is unchanged")
+    assert message.endswith("the table was not changed")
     after = relation_state(engine)  # (its catalog row changed: the test's trigger came and went)
     assert (after[0], after[1], after[3], after[4]) == (before[0], before[1], before[3], before[4])
     assert relnames(engine) == ["countries"]
@@ -1282,7 +1296,7 @@ def test_swap_refuses_to_drop_a_table_with_a_view_and_rows_keeps_the_view(engine
         "cannot swap public.countries: cannot drop table countries because other objects depend on it; "
     )
     assert str(err.value).endswith(
-        "load with strategy=rows (the default), which keeps them, or drop them; the previous table is unchanged"
+        "load with strategy=rows (the default), which keeps them, or drop them; the table was not changed"
     )
     assert read_table(engine) == as_tuples(old)
     assert relnames(engine) == ["countries"]

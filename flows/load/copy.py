@@ -152,7 +152,7 @@ def _escaped(values: np.ndarray, name: str) -> list[str]:
 
 def _nul(name: str) -> LoadError:  # the one message for a NUL, from _escaped or serialise
     return LoadError(f'column "{name}" contains a NUL character (\\x00), which PostgreSQL text cannot store; '
-                     "the previous table is unchanged")  # fmt: skip
+                     "the table was not changed")  # fmt: skip
 
 
 def serialise(plan: CopyPlan) -> Iterator[bytes]:
@@ -170,7 +170,7 @@ def serialise(plan: CopyPlan) -> Iterator[bytes]:
         except UnicodeEncodeError as exc:
             raise LoadError(
                 f"the data contains text that is not valid Unicode ({exc.reason}: "
-                f"{exc.object[exc.start : exc.end]!r}); the previous table is unchanged"
+                f"{exc.object[exc.start : exc.end]!r}); the table was not changed"
             ) from None
         if b"\x00" in chunk:  # a NUL in a value (the fields' separators are tab and newline)
             raise _nul(next(plan.columns[p % width].name for p, a in enumerate(arguments) if "\x00" in str(a)))

@@ -110,7 +110,7 @@ class LockWaits:
         each = f"{self.retries + 1} tries to lock it, each waiting" if self.retries else "1 try to lock it, waiting"
         return scrub(
             f"table {self.table} is busy: {each} up to {self.timeout:g}s, failed; {blocked}; "
-            "the previous table is unchanged",
+            "the table was not changed",
             self.url,
         )
 

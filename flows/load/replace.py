@@ -82,7 +82,7 @@ class _Load:
             raise LoadError(
                 f"{table} has no column {names} of the data (its columns: {', '.join(have)}): add it, drop the "
                 f"table so that the next load creates it, or load with {setting('strategy', 'swap')} to replace "
-                "the table; the previous table is unchanged"
+                "the table; the table was not changed"
             )
         complete = not missing
         kind = "" if swap else "UNLOGGED " if may_create else "TEMPORARY "
@@ -258,7 +258,7 @@ class _Load:
             except psycopg2.errors.DependentObjectsStillExist as exc:
                 raise LoadError(
                     f"cannot swap {table}: {pg_message(exc)}; load with {setting('strategy', 'rows')} "
-                    "(the default), which keeps them, or drop them; the previous table is unchanged"
+                    "(the default), which keeps them, or drop them; the table was not changed"
                 ) from None
             cur.execute(f"ALTER TABLE {staging} RENAME TO {quote_ident(table.name)}")
 
@@ -345,7 +345,7 @@ def replace_table(
                         f"loading {target}: the connection was lost during the commit ({message}); the table holds "
                         "its previous rows or the new ones: re-run"
                     ) from None
-                raise LoadError(f"loading {target} failed: {message}; the previous table is unchanged") from None
+                raise LoadError(f"loading {target} failed: {message}; the table was not changed") from None
     finally:
         if connection.closed:  # lost: SQLAlchemy's pool drops it
             proxy.invalidate()
