@@ -274,7 +274,9 @@ async def transform_and_load(
         columns = [(c.name, c.sources[api_name], c.sql_type) for c in schema.COLUMNS]
         digest = load_state.source_digest(records, dialect=api_name, columns=columns)
         stored = await load_state.stored_state(target.db, target.table)
-        rows = None if p["force"] else await load_state.is_unchanged(target.db, target.table, digest, stored)
+        same_source = digest is not None and (stored or {}).get("source") == digest
+        live = same_source and not p["force"]  # the table may hold what that load committed: its fingerprint says
+        rows = await asyncio.to_thread(load_state.live_rows, target.db, target.table, stored) if live else None
     if rows is not None:
         get_run_logger().info("%s unchanged: %d rows already loaded from the same source data, nothing written "
                               "(unnest, quality gate and load skipped)", target.table, rows)  # fmt: skip
@@ -289,13 +291,15 @@ async def transform_and_load(
         unnested = await unnest(quote(records), api_name, return_state=True).aresult()
         frame = await quality_gate(quote(unnested), return_state=True).aresult()
     with _timed(steps, "load"):
+        if stored is not None and not same_source:  # else a repair: the state stays true
+            await load_state.forget_state(target.db, target.table)
         options = {k: p[k] for k in ("force", "min_row_fraction", "strategy")}
         result = await load_table(quote(frame), target, options, return_state=True).aresult()
     try:
         await load_state.save_state(target.db, target.table, digest, result)
     except Exception as exc:  # noqa: BLE001 - the table is written; without a state the next run compares rows
         get_run_logger().warning("the load state was not saved (the next run compares the rows instead): %s", exc)
-    repaired = result.changed and digest is not None and (stored or {}).get("source") == digest
+    repaired = result.changed and same_source
     return result, frame, repaired
 
 

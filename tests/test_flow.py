@@ -37,6 +37,7 @@ from prefect.client.schemas.filters import (
 from prefect.logging.handlers import APILogWorker
 
 from flows import report
+from flows.load import state as load_state
 from flows.cli import run_once
 from flows.countries import countries_flow
 from flows.errors import (
@@ -387,6 +388,27 @@ def test_a_hand_edit_is_repaired_by_the_next_run_and_said_so(fake_api, db):
     assert summary.repaired and summary.one_line().startswith("repaired rows edited outside the pipeline in ")
     assert summary.one_line() in logs_of(state.state_details.flow_run_id)  # the repair, said in the run's log
     assert table_rows(url) == EXPECTED_NORTHERN_EUROPE
+
+
+def test_rows_a_run_wrote_without_saving_its_state_are_not_called_edited_by_hand(fake_api, db, monkeypatch):
+    """A run commits new data, then its state is not saved (its worker died; here, the save fails). The next run
+    of the first data loads it back: the pipeline's own rows, not rows edited outside it."""
+    block, url = db
+    run(db_block=block, api="v3.1", base_url=fake_api.v31_base_url, cache_minutes=0)
+    with monkeypatch.context() as patched, FakeRestCountries(with_country("Iceland", population=400_000)) as changed:
+        patched.setattr(load_state, "save_state", refuse_to_save)
+        assert run(db_block=block, api="v3.1", base_url=changed.v31_base_url, cache_minutes=0).changed
+    assert ("Iceland", "Icelandic króna", 400_000) in table_rows(url)
+
+    summary = run(db_block=block, api="v3.1", base_url=fake_api.v31_base_url, cache_minutes=0)  # the first data
+
+    assert (summary.changed, summary.deleted, summary.inserted, summary.repaired) == (True, 1, 1, False)
+    assert summary.one_line().startswith(f"loaded public.{TABLE} at ")
+    assert table_rows(url) == EXPECTED_NORTHERN_EUROPE
+
+
+async def refuse_to_save(*args: object) -> None:
+    raise RuntimeError("the worker died before the load state was saved")
 
 
 def test_a_hand_edit_keeping_the_row_count_is_repaired_even_with_force_or_swap(fake_api, db):

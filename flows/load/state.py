@@ -7,7 +7,6 @@ psycopg2 and Prefect, never pandas or SQLAlchemy.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import functools
 import hashlib
@@ -144,14 +143,12 @@ async def stored_state(db: Database, table: TableName) -> dict[str, Any] | None:
     return stored if isinstance(stored, dict) else None
 
 
-async def is_unchanged(
-    db: Database, table: TableName, source_digest: str | None, stored: dict[str, Any] | None
-) -> int | None:
-    """The rows of ``table`` when its last load (``stored``) was made from ``source_digest`` and its live
-    fingerprint is still the one that load committed; else None. Raises only ``DatabaseUnreachableError``."""
-    if source_digest is None or stored is None or stored.get("source") != source_digest:
-        return None
-    return await asyncio.to_thread(live_rows, db, table, stored)
+async def forget_state(db: Database, table: TableName) -> None:
+    """Delete the recorded state of ``table``, before a load of other data: should that load commit and its state
+    not be saved (a worker killed in between), no state of the old data claims the table."""
+    from prefect.variables import Variable
+
+    await Variable.aunset(variable_name(db, table))
 
 
 async def save_state(db: Database, table: TableName, source_digest: str | None, result: LoadResult) -> None:
