@@ -297,8 +297,9 @@ async def transform_and_load(
         result = await load_table(quote(frame), target, options, return_state=True).aresult()
     try:
         await load_state.save_state(target.db, target.table, digest, result)
-    except Exception as exc:  # noqa: BLE001 - the table is written; without a state the next run compares rows
-        get_run_logger().warning("the load state was not saved (the next run compares the rows instead): %s", exc)
+    except Exception as exc:  # noqa: BLE001 - the table is written; a run without a state compares the rows
+        kept = "the previous state of the same data stays" if same_source else "the next run compares the rows instead"
+        get_run_logger().warning("the load state was not saved (%s): %s", kept, exc)
     repaired = result.changed and same_source
     return result, frame, repaired
 

@@ -397,8 +397,11 @@ def test_rows_a_run_wrote_without_saving_its_state_are_not_called_edited_by_hand
     run(db_block=block, api="v3.1", base_url=fake_api.v31_base_url, cache_minutes=0)
     with monkeypatch.context() as patched, FakeRestCountries(with_country("Iceland", population=400_000)) as changed:
         patched.setattr(load_state, "save_state", refuse_to_save)
-        assert run(db_block=block, api="v3.1", base_url=changed.v31_base_url, cache_minutes=0).changed
+        unsaved = run_state(db_block=block, api="v3.1", base_url=changed.v31_base_url, cache_minutes=0)
+        assert asyncio.run(unsaved.aresult()).changed
     assert ("Iceland", "Icelandic króna", 400_000) in table_rows(url)
+    warning = "the load state was not saved (the next run compares the rows instead): the worker died"
+    assert any(line.startswith(warning) for line in logs_of(unsaved.state_details.flow_run_id))
 
     summary = run(db_block=block, api="v3.1", base_url=fake_api.v31_base_url, cache_minutes=0)  # the first data
 
