@@ -292,7 +292,7 @@ async def transform_and_load(
         frame = await quality_gate(quote(unnested), return_state=True).aresult()
     with _timed(steps, "load"):
         if stored is not None and not same_source:  # else a repair: the state stays true
-            await load_state.forget_state(target.db, target.table)
+            await load_state.mark_pending(target.db, target.table, stored)
         options = {k: p[k] for k in ("force", "min_row_fraction", "strategy")}
         result = await load_table(quote(frame), target, options, return_state=True).aresult()
     try:
@@ -300,7 +300,7 @@ async def transform_and_load(
     except Exception as exc:  # noqa: BLE001 - the table is written; a run without a state compares the rows
         kept = "the previous state of the same data stays" if same_source else "the next run compares the rows instead"
         get_run_logger().warning("the load state was not saved (%s): %s", kept, exc)
-    repaired = result.changed and same_source
+    repaired = result.changed and same_source and not stored.get("pending")  # pending: perhaps rows of ours
     return result, frame, repaired
 
 

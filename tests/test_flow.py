@@ -410,6 +410,22 @@ def test_rows_a_run_wrote_without_saving_its_state_are_not_called_edited_by_hand
     assert table_rows(url) == EXPECTED_NORTHERN_EUROPE
 
 
+def test_a_refused_load_of_other_data_leaves_the_old_data_skipping(fake_api, db):
+    block, url = db
+    run(db_block=block, api="v3.1", base_url=fake_api.v31_base_url, cache_minutes=0)
+    few = [c for c in COUNTRIES if c.get("subregion") == "Northern Europe"][:3]
+    with FakeRestCountries(few) as shrunk:  # 3 countries: below min_row_fraction of the table's 20 rows
+        refused = run_state(db_block=block, api="v3.1", base_url=shrunk.v31_base_url, cache_minutes=0)
+    assert refused.is_failed() and "below min_row_fraction" in refused.message
+
+    state = run_state(db_block=block, api="v3.1", base_url=fake_api.v31_base_url, cache_minutes=0)  # the old data
+
+    assert state.is_completed()
+    assert task_names(state) == {"fetch Northern Europe"}  # skipped: the table is as its last load left it
+    assert asyncio.run(state.aresult()).one_line().startswith(f"unchanged: 20 rows already in public.{TABLE} at ")
+    assert table_rows(url) == EXPECTED_NORTHERN_EUROPE
+
+
 async def refuse_to_save(*args: object) -> None:
     raise RuntimeError("the worker died before the load state was saved")
 

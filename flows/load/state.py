@@ -143,12 +143,12 @@ async def stored_state(db: Database, table: TableName) -> dict[str, Any] | None:
     return stored if isinstance(stored, dict) else None
 
 
-async def forget_state(db: Database, table: TableName) -> None:
-    """Delete the recorded state of ``table``, before a load of other data: should that load commit and its state
-    not be saved (a worker killed in between), no state of the old data claims the table."""
+async def mark_pending(db: Database, table: TableName, stored: dict[str, Any]) -> None:
+    """Mark ``stored``, the recorded state of ``table``, ``pending`` before a load of other data: until that load
+    saves its own, the table may differ from it by the pipeline's own rows (a worker killed after the commit)."""
     from prefect.variables import Variable
 
-    await Variable.aunset(variable_name(db, table))
+    await Variable.aset(variable_name(db, table), {**stored, "pending": True}, overwrite=True)
 
 
 async def save_state(db: Database, table: TableName, source_digest: str | None, result: LoadResult) -> None:
